@@ -1,0 +1,208 @@
+"""Capture a loaded model with torch.export (non-strict, eval, no_grad) into the analysis IR.
+
+torch.export traces on fake tensors, so capturing a long sequence allocates no activation memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import sympy
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from analysis.errors import UserError
+from analysis.ir import Graph, Meta, Node, Ref, Size, Source, Symbol, TensorMeta
+from analysis.loader import LoadedModel, describe, model_frame
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)\n\s*(?P<code>.*)')
+
+_KINDS = {
+    InputKind.PARAMETER: "param",
+    InputKind.BUFFER: "buffer",
+    InputKind.CONSTANT_TENSOR: "constant",
+    InputKind.USER_INPUT: "input",
+}
+
+
+def export(loaded: LoadedModel) -> ExportedProgram:
+    """Run torch.export on the model, turning a capture failure into a UserError at the model line."""
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                loaded.module, loaded.inputs, dynamic_shapes=loaded.dynamic_shapes, strict=False
+            )
+    except Exception as exc:
+        where = model_frame(exc, loaded.path) or loaded.path.name
+        raise UserError(f"{where}: torch.export could not capture the model: {describe(exc)}") from None
+
+
+def capture(loaded: LoadedModel) -> Graph:
+    """Export the model and build the IR."""
+    return build_graph(export(loaded), loaded)
+
+
+def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
+    """Translate an ExportedProgram into the immutable analysis IR."""
+    specs = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
+    dim_names = _dim_names(loaded)
+    nodes: list[Node] = []
+    inputs: list[str] = []
+    symbols: dict[sympy.Symbol, Symbol] = {}
+    outputs: tuple[Any, ...] = ()
+    for fx in ep.graph.nodes:
+        if fx.op == "placeholder":
+            spec = specs[fx.name]
+            kind = _KINDS.get(spec.kind)
+            if kind is None:
+                raise UserError(f"graph input {fx.name}: unsupported input kind {spec.kind.name}")
+            meta = _meta(fx.meta.get("val"))
+            if kind == "input":
+                position = len(inputs)
+                inputs.append(fx.name)
+                if isinstance(meta, TensorMeta):
+                    for axis, size in enumerate(meta.shape):
+                        if isinstance(size, sympy.Symbol) and size not in symbols:
+                            hint = int(loaded.inputs[position].shape[axis])
+                            name = dim_names.get((position, axis), f"{fx.name}_size_{axis}")
+                            symbols[size] = Symbol(size, name, fx.name, axis, hint)
+            target = fx.name if kind == "input" else spec.target
+            nodes.append(Node(name=fx.name, kind=kind, target=target, meta=meta))
+        elif fx.op == "call_function":
+            nodes.append(_op_node(fx, loaded.path))
+        elif fx.op == "output":
+            outputs = tuple(_arg(a) for a in fx.args[0])
+        else:
+            raise UserError(f"graph node {fx.name}: unsupported fx op {fx.op}")
+    return Graph(
+        nodes=tuple(nodes),
+        outputs=outputs,
+        out_spec=ep.call_spec.out_spec,
+        inputs=tuple(inputs),
+        symbols=tuple(symbols.values()),
+        model_file=str(loaded.path),
+        model_class=type(loaded.module).__name__,
+    )
+
+
+def _op_node(fx: torch.fx.Node, path: Path) -> Node:
+    target = fx.target
+    args = tuple(_arg(a) for a in fx.args)
+    kwargs = tuple((k, _arg(v)) for k, v in fx.kwargs.items())
+    aliases = _shared_storage(fx)
+    mutates = _mutated(target, fx) if isinstance(target, torch._ops.OpOverload) else None
+    stack = fx.meta.get("nn_module_stack") or {}
+    module_path, module_type = "", ""
+    if stack:
+        module_path, module_type = list(stack.values())[-1]
+        if module_path.startswith("_"):
+            module_path, module_type = "", ""
+        module_type = module_type.rsplit(".", 1)[-1] if isinstance(module_type, str) else ""
+    return Node(
+        name=fx.name,
+        kind="op",
+        target=target,
+        args=args,
+        kwargs=kwargs,
+        meta=_meta(fx.meta.get("val")),
+        source=_source(fx.meta.get("stack_trace"), path),
+        module_path=module_path if isinstance(module_path, str) else "",
+        module_type=module_type,
+        aliases=aliases,
+        mutates=mutates,
+    )
+
+
+def _storages(value: Any) -> list[StorageWeakRef]:
+    if isinstance(value, torch.Tensor):
+        return [StorageWeakRef(value.untyped_storage())]
+    if isinstance(value, (list, tuple)):
+        return [ref for v in value for ref in _storages(v)]
+    return []
+
+
+def _shared_storage(fx: torch.fx.Node) -> str | None:
+    """Return the input whose storage the result shares (a view), from the fake tensors."""
+    produced = _storages(fx.meta.get("val"))
+    if not produced:
+        return None
+    for arg in fx.all_input_nodes:
+        if any(ref in produced for ref in _storages(arg.meta.get("val"))):
+            return arg.name
+    return None
+
+
+def _mutated(op: torch._ops.OpOverload, fx: torch.fx.Node) -> str | None:
+    """Return the input an in-place op writes, from the op schema's alias annotations."""
+    for position, argument in enumerate(op._schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        value = fx.args[position] if position < len(fx.args) else fx.kwargs.get(argument.name)
+        if isinstance(value, torch.fx.Node):
+            return value.name
+    return None
+
+
+def _arg(value: Any) -> Any:
+    if isinstance(value, torch.fx.Node):
+        return Ref(value.name)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arg(v) for v in value)
+    if isinstance(value, torch.SymInt):
+        return _size(value)
+    return value
+
+
+def _size(value: Any) -> Size:
+    if isinstance(value, torch.SymInt):
+        expr = value.node.expr
+        return int(expr) if expr.is_Integer else expr
+    return int(value)
+
+
+def _meta(value: Any) -> Meta:
+    if isinstance(value, torch.Tensor):
+        return TensorMeta(tuple(_size(s) for s in value.shape), value.dtype)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
+        return tuple(TensorMeta(tuple(_size(s) for s in v.shape), v.dtype) for v in value)
+    if isinstance(value, (torch.SymInt, int)) and not isinstance(value, bool):
+        return _size(value)
+    return None
+
+
+def _source(stack: str | None, path: Path) -> Source | None:
+    """Return the deepest stack frame inside the model file, else the deepest outside torch."""
+    if not stack:
+        return None
+    frames = [m for m in _FRAME.finditer(stack)]
+    ours = [m for m in frames if Path(m["file"]).resolve() == path]
+    outside = [m for m in frames if "/site-packages/" not in m["file"]]
+    chosen = (ours or outside or [None])[-1]
+    if chosen is None:
+        return None
+    return Source(chosen["file"], int(chosen["line"]), chosen["function"], chosen["code"].strip())
+
+
+def _dim_names(loaded: LoadedModel) -> dict[tuple[int, int], str]:
+    """Map (input position, axis) to the Dim name `dynamic_shapes()` gives it."""
+    spec = loaded.dynamic_shapes
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        params = list(inspect.signature(loaded.module.forward).parameters)
+        per_input = [spec.get(name) for name in params[: len(loaded.inputs)]]
+    else:
+        per_input = list(spec)
+    names: dict[tuple[int, int], str] = {}
+    for position, dims in enumerate(per_input):
+        items = dims.items() if isinstance(dims, dict) else enumerate(dims or ())
+        for axis, dim in items:
+            name = getattr(dim, "__name__", None)
+            if isinstance(name, str) and name.isidentifier():
+                names[(position, axis)] = name
+    return names

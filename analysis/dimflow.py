@@ -1,0 +1,389 @@
+"""Dimension flow: for each op, which output dim moves with which input dims.
+
+NOTE [Dimension flow]
+A rule lists, for every output dim, the (input slot, input dim) pairs that index the same
+positions: slicing the output along that dim needs exactly those input dims sliced the same way,
+and no other input sliced at all. An input dim that appears in no group is mixed by the op (a
+reduction, a softmax axis, a matmul's contracted dim, a gather, a position-dependent mask): a
+chunk loop can never cut through it. Broadcast dims (size 1 against a larger output) are in no
+group either: that input is used whole. An op with no rule mixes every dim. That is never an
+error: it only means no loop passes through that op. Slots number the op's tensor inputs in
+argument order, as `tensor_inputs` lists them.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate
+
+aten = torch.ops.aten
+
+#: A position inside a node's args: (argument index, element index within a list argument).
+ArgPath = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DimRule:
+    """How an op's output dims correspond to its tensor inputs' dims."""
+
+    #: per output dim: the (slot, input dim) pairs that move with it
+    groups: tuple[tuple[tuple[int, int], ...], ...]
+    #: per output dim: size arguments to replace by the chunk length when that dim is chunked
+    resize: tuple[tuple[ArgPath, ...], ...] = ()
+
+    def group_of(self, slot: int, dim: int) -> int | None:
+        """Return the output dim that input `slot`'s dim `dim` moves with, or None if mixed."""
+        for out_dim, group in enumerate(self.groups):
+            if (slot, dim) in group:
+                return out_dim
+        return None
+
+    def input_dim(self, out_dim: int, slot: int) -> int | None:
+        """Return the dim of input `slot` that moves with `out_dim`, or None if used whole."""
+        for s, d in self.groups[out_dim]:
+            if s == slot:
+                return d
+        return None
+
+    def resized(self, out_dim: int) -> tuple[ArgPath, ...]:
+        return self.resize[out_dim] if self.resize else ()
+
+
+def tensor_inputs(node: Node, graph: Graph) -> tuple[str, ...]:
+    """Return the tensor-valued nodes a node reads, one slot per occurrence, in argument order."""
+    slots: list[str] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Ref):
+            meta = graph[value.name].meta
+            if isinstance(meta, (TensorMeta, tuple)):
+                slots.append(value.name)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    for value in (*node.args, *(v for _, v in node.kwargs)):
+        visit(value)
+    return tuple(slots)
+
+
+def out_meta(node: Node) -> TensorMeta | None:
+    """Return the layout shared by the node's tensor results (all elements of a tuple agree)."""
+    if isinstance(node.meta, TensorMeta):
+        return node.meta
+    if isinstance(node.meta, tuple) and node.meta:
+        return node.meta[0]
+    return None
+
+
+Rule = Callable[[Node, Graph], "DimRule | None"]
+_RULES: dict[Any, Rule] = {}
+
+
+def rule(*ops: Any) -> Callable[[Rule], Rule]:
+    """Register a dimension rule for ATen op packets or overloads."""
+
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            _RULES[op] = fn
+        return fn
+
+    return register
+
+
+def dim_rule(node: Node, graph: Graph) -> DimRule | None:
+    """Return the op's rule, or None when it mixes every dim (unknown ops included)."""
+    if node.kind != "op" or out_meta(node) is None:
+        return None
+    target = node.target
+    fn = _RULES.get(target) or _RULES.get(getattr(target, "overloadpacket", None))
+    if fn is None:
+        return None
+    try:
+        return fn(node, graph)
+    except (IndexError, TypeError, ValueError):
+        return None  # an argument form the rule does not expect: mix everything
+
+
+def _same(a: Size, b: Size, graph: Graph) -> bool:
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return a == b or evaluate(a, graph.hints) == evaluate(b, graph.hints) and str(a) == str(b)
+
+
+def _shapes(node: Node, graph: Graph) -> list[tuple[Size, ...]]:
+    shapes = []
+    for name in tensor_inputs(node, graph):
+        meta = graph[name].meta
+        shapes.append(meta.shape if isinstance(meta, TensorMeta) else meta[0].shape)
+    return shapes
+
+
+def _broadcast(node: Node, graph: Graph, slots: list[int] | None = None) -> DimRule:
+    """Elementwise with broadcasting: dims align from the right; size-1 dims are used whole."""
+    out = out_meta(node).shape
+    shapes = _shapes(node, graph)
+    groups = []
+    for j, size in enumerate(out):
+        group = []
+        for slot, shape in enumerate(shapes):
+            if slots is not None and slot not in slots:
+                continue
+            k = j - (len(out) - len(shape))
+            if k >= 0 and _same(shape[k], size, graph):
+                group.append((slot, k))
+        groups.append(tuple(group))
+    return DimRule(tuple(groups))
+
+
+def _identity_except(node: Node, graph: Graph, mixed: set[int]) -> DimRule:
+    """Output dim j moves with input 0's dim j, except the mixed dims."""
+    rank = out_meta(node).rank
+    return DimRule(tuple(() if j in mixed else ((0, j),) for j in range(rank)))
+
+
+def _norm_dim(dim: int, rank: int) -> int:
+    return dim + rank if dim < 0 else dim
+
+
+@rule(
+    aten.add, aten.sub, aten.mul, aten.div, aten.neg, aten.exp, aten.log, aten.tanh,
+    aten.sigmoid, aten.relu, aten.gelu, aten.silu, aten.sqrt, aten.rsqrt, aten.pow, aten.abs,
+    aten.masked_fill, aten.where, aten.bitwise_not, aten.logical_not, aten.eq, aten.ne,
+    aten.lt, aten.le, aten.gt, aten.ge, aten.clone, aten.contiguous, aten._to_copy, aten.to,
+    aten.type_as, aten.alias, aten.detach, aten.clamp, aten.maximum, aten.minimum, aten.erf,
+    aten.logical_and, aten.logical_or, aten.bitwise_and, aten.bitwise_or, aten.reciprocal,
+    aten.add_, aten.sub_, aten.mul_, aten.div_, aten.masked_fill_, aten.relu_, aten.copy_,
+    aten.square, aten.sin, aten.cos, aten.tanh_, aten.gelu_, aten.silu_, aten.sigmoid_,
+)  # fmt: skip
+def _elementwise(node: Node, graph: Graph) -> DimRule:
+    return _broadcast(node, graph)
+
+
+@rule(aten.dropout, aten.native_dropout, aten.feature_dropout)
+def _dropout(node: Node, graph: Graph) -> DimRule | None:
+    train = node.args[2] if len(node.args) > 2 else node.kwarg("train", False)
+    return _broadcast(node, graph) if train is False else None
+
+
+@rule(aten.linear)
+def _linear(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    groups: list[tuple[tuple[int, int], ...]] = [((0, j),) for j in range(rank - 1)]
+    last = [(1, 0)] + ([(2, 0)] if len(tensor_inputs(node, graph)) > 2 else [])
+    return DimRule((*groups, tuple(last)))
+
+
+@rule(aten.mm)
+def _mm(node: Node, graph: Graph) -> DimRule:
+    return DimRule((((0, 0),), ((1, 1),)))
+
+
+@rule(aten.bmm)
+def _bmm(node: Node, graph: Graph) -> DimRule:
+    return DimRule((((0, 0), (1, 0)), ((0, 1),), ((1, 2),)))
+
+
+@rule(aten.addmm)
+def _addmm(node: Node, graph: Graph) -> DimRule:
+    bias = _shapes(node, graph)[0]
+    out = out_meta(node).shape
+    rows = [(1, 0)] + ([(0, 0)] if len(bias) == 2 and _same(bias[0], out[0], graph) else [])
+    cols = [(2, 1)] + ([(0, len(bias) - 1)] if _same(bias[-1], out[1], graph) else [])
+    return DimRule((tuple(rows), tuple(cols)))
+
+
+@rule(aten.matmul)
+def _matmul(node: Node, graph: Graph) -> DimRule | None:
+    a, b = _shapes(node, graph)
+    out = out_meta(node).shape
+    if len(a) < 2 or len(b) < 2:
+        return None
+    groups = []
+    for j in range(len(out) - 2):
+        group = []
+        for slot, shape in ((0, a), (1, b)):
+            k = j - (len(out) - len(shape))
+            if k >= 0 and _same(shape[k], out[j], graph):
+                group.append((slot, k))
+        groups.append(tuple(group))
+    groups.append(((0, len(a) - 2),))
+    groups.append(((1, len(b) - 1),))
+    return DimRule(tuple(groups))
+
+
+@rule(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax)
+def _softmax(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    return _identity_except(node, graph, {_norm_dim(node.args[1], rank)})
+
+
+@rule(aten.layer_norm)
+def _layer_norm(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    normalized = len(node.args[1])
+    return _identity_except(node, graph, set(range(rank - normalized, rank)))
+
+
+@rule(aten.tril, aten.triu)
+def _triangle(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    return _identity_except(node, graph, {rank - 2, rank - 1})
+
+
+@rule(aten.view, aten.reshape, aten._unsafe_view)
+def _view(node: Node, graph: Graph) -> DimRule:
+    (source,) = _shapes(node, graph)
+    target = out_meta(node).shape
+    groups: list[tuple[tuple[int, int], ...]] = [() for _ in target]
+    resize: list[tuple[ArgPath, ...]] = [() for _ in target]
+    for ins, outs in _factor(source, target, graph):
+        big_in = [k for k in ins if evaluate(source[k], graph.hints) != 1]
+        big_out = [j for j in outs if evaluate(target[j], graph.hints) != 1]
+        if len(big_in) == 1 and len(big_out) == 1:
+            j = big_out[0]
+            groups[j] = ((0, big_in[0]),)
+            resize[j] = ((1, j),)
+    return DimRule(tuple(groups), tuple(resize))
+
+
+def _factor(
+    source: tuple[Size, ...], target: tuple[Size, ...], graph: Graph
+) -> list[tuple[list[int], list[int]]]:
+    """Split a reshape into groups of input and output dims with equal products."""
+    sizes_in = [evaluate(s, graph.hints) for s in source]
+    sizes_out = [evaluate(s, graph.hints) for s in target]
+    groups = []
+    i = j = 0
+    while i < len(sizes_in) or j < len(sizes_out):
+        ins, outs, p_in, p_out = [], [], 1, 1
+        while True:
+            if p_in <= p_out and i < len(sizes_in) and (not ins or p_in != p_out):
+                p_in *= sizes_in[i]
+                ins.append(i)
+                i += 1
+            elif j < len(sizes_out) and (not outs or p_in != p_out):
+                p_out *= sizes_out[j]
+                outs.append(j)
+                j += 1
+            else:
+                break
+        groups.append((ins, outs))
+    return groups
+
+
+@rule(aten.transpose)
+def _transpose(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    a, b = (_norm_dim(d, rank) for d in node.args[1:3])
+    order = list(range(rank))
+    order[a], order[b] = order[b], order[a]
+    return DimRule(tuple(((0, k),) for k in order))
+
+
+@rule(aten.t)
+def _t(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    return DimRule(tuple(((0, k),) for k in reversed(range(rank))))
+
+
+@rule(aten.permute)
+def _permute(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    return DimRule(tuple(((0, _norm_dim(k, rank)),) for k in node.args[1]))
+
+
+@rule(aten.unsqueeze)
+def _unsqueeze(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    new = _norm_dim(node.args[1], rank)
+    return DimRule(tuple(() if j == new else ((0, j if j < new else j - 1),) for j in range(rank)))
+
+
+@rule(aten.squeeze)
+def _squeeze(node: Node, graph: Graph) -> DimRule:
+    (source,) = _shapes(node, graph)
+    dims = node.args[1] if len(node.args) > 1 else range(len(source))
+    dims = [dims] if isinstance(dims, int) else dims
+    gone = {
+        _norm_dim(d, len(source)) for d in dims if evaluate(source[d], graph.hints) == 1
+    }
+    kept = [k for k in range(len(source)) if k not in gone]
+    return DimRule(tuple(((0, k),) for k in kept))
+
+
+@rule(aten.expand)
+def _expand(node: Node, graph: Graph) -> DimRule:
+    (source,) = _shapes(node, graph)
+    out = out_meta(node).shape
+    groups, resize = [], []
+    for j, size in enumerate(out):
+        k = j - (len(out) - len(source))
+        moves = k >= 0 and _same(source[k], size, graph)
+        groups.append(((0, k),) if moves else ())
+        resize.append(((1, j),) if moves else ())
+    return DimRule(tuple(groups), tuple(resize))
+
+
+@rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unbind)
+def _split(node: Node, graph: Graph) -> DimRule:
+    (source,) = _shapes(node, graph)
+    dim = node.args[2] if len(node.args) > 2 else node.kwarg("dim", 0)
+    if node.target.overloadpacket is aten.unbind:
+        dim = node.args[1] if len(node.args) > 1 else node.kwarg("dim", 0)
+        gone = _norm_dim(dim, len(source))
+        return DimRule(tuple(((0, k),) for k in range(len(source)) if k != gone))
+    return _identity_except(node, graph, {_norm_dim(dim, len(source))})
+
+
+@rule(operator.getitem)
+def _getitem(node: Node, graph: Graph) -> DimRule | None:
+    if not isinstance(graph[node.args[0].name].meta, tuple):
+        return None
+    return DimRule(tuple(((0, j),) for j in range(out_meta(node).rank)))
+
+
+@rule(aten.slice)
+def _slice(node: Node, graph: Graph) -> DimRule:
+    (source,) = _shapes(node, graph)
+    args = list(node.args) + [None] * (5 - len(node.args))
+    dim = _norm_dim(args[1] or 0, len(source))
+    start, end, step = args[2] or 0, args[3], args[4] or 1
+    full = (
+        start == 0
+        and step == 1
+        and (end is None or (isinstance(end, int) and end >= evaluate(source[dim], graph.hints)))
+    )
+    return _identity_except(node, graph, set() if full else {dim})
+
+
+@rule(aten.select)
+def _select(node: Node, graph: Graph) -> DimRule:
+    (source,) = _shapes(node, graph)
+    gone = _norm_dim(node.args[1], len(source))
+    return DimRule(tuple(((0, k),) for k in range(len(source)) if k != gone))
+
+
+@rule(aten.embedding)
+def _embedding(node: Node, graph: Graph) -> DimRule:
+    rank = out_meta(node).rank
+    return DimRule((*(((1, j),) for j in range(rank - 1)), ((0, 1),)))
+
+
+@rule(aten.sum, aten.mean, aten.amax, aten.amin, aten.var, aten.std, aten.logsumexp)
+def _reduce(node: Node, graph: Graph) -> DimRule | None:
+    (source,) = _shapes(node, graph)
+    dims = node.args[1] if len(node.args) > 1 else node.kwarg("dim")
+    if dims is None or dims == []:
+        return None  # a full reduction mixes everything
+    dims = [dims] if isinstance(dims, int) else dims
+    reduced = {_norm_dim(d, len(source)) for d in dims}
+    keep = node.args[2] if len(node.args) > 2 else node.kwarg("keepdim", False)
+    if keep:
+        return DimRule(tuple(() if k in reduced else ((0, k),) for k in range(len(source))))
+    return DimRule(tuple(((0, k),) for k in range(len(source)) if k not in reduced))

@@ -1,0 +1,219 @@
+"""The analysis IR: an immutable, topologically ordered graph built from a torch.export graph.
+
+Every value records its shape (sympy expressions where a dim is dynamic), dtype, producing op,
+source line, and whether it aliases (views) or mutates (in-place ops) another value's storage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+import sympy
+import torch
+
+#: One dimension's size: a literal, or a sympy expression over the dynamic-dim symbols.
+Size = Union[int, sympy.Expr]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference to another node's value inside a node's arguments."""
+
+    #: name of the referenced node
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    """Shape and dtype of one tensor value."""
+
+    #: sizes, outermost first
+    shape: tuple[Size, ...]
+    #: element type
+    dtype: torch.dtype
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def numel(self, hints: dict[sympy.Symbol, int]) -> int:
+        """Return the element count at the example sizes given by `hints`."""
+        return math.prod(evaluate(s, hints) for s in self.shape)
+
+    def nbytes(self, hints: dict[sympy.Symbol, int]) -> int:
+        """Return the bytes of a contiguous tensor of this shape at the example sizes."""
+        return self.numel(hints) * dtype_size(self.dtype)
+
+
+#: What a node produces: a tensor, a tuple of tensors, a symbolic int, or nothing.
+Meta = Union[TensorMeta, tuple[TensorMeta, ...], Size, None]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The model line a node came from."""
+
+    #: file name as given in the stack trace
+    file: str
+    #: 1-based line number
+    line: int
+    #: enclosing function
+    function: str
+    #: the source text of the line, stripped
+    code: str
+
+    def cite(self) -> str:
+        """Return "file:line in function: code", the form generated comments use."""
+        name = self.file.rsplit("/", 1)[-1]
+        return f"{name}:{self.line} in {self.function}: {self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One value-producing step: a model input, a parameter, a buffer, a constant or an op."""
+
+    #: unique name from the exported graph
+    name: str
+    #: "input", "param", "buffer", "constant" or "op"
+    kind: str
+    #: the ATen OpOverload or Python callable for ops; the FQN for params, buffers, constants
+    target: Any
+    #: positional arguments, with Ref for node references
+    args: tuple[Any, ...] = ()
+    #: keyword arguments, in order
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    #: shape and dtype of the result
+    meta: Meta = None
+    #: the model line this node came from
+    source: Source | None = None
+    #: the innermost nn.Module path that produced it ("blocks.0.attn")
+    module_path: str = ""
+    #: the class of that module ("Linear")
+    module_type: str = ""
+    #: name of the node whose storage the result views, if it is a view
+    aliases: str | None = None
+    #: name of the node whose storage this op writes in place, if any
+    mutates: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("input", "param", "buffer", "constant", "op"):
+            raise ValueError(f"node {self.name}: unknown kind {self.kind!r}")
+        if self.aliases is not None and self.mutates is not None and self.aliases != self.mutates:
+            raise ValueError(f"node {self.name}: aliases and mutates different values")
+
+    @property
+    def tensor(self) -> TensorMeta:
+        """Return the single tensor this node produces (raises if it is not one)."""
+        if not isinstance(self.meta, TensorMeta):
+            raise TypeError(f"node {self.name} does not produce one tensor")
+        return self.meta
+
+    def kwarg(self, key: str, default: Any = None) -> Any:
+        return dict(self.kwargs).get(key, default)
+
+    def refs(self) -> Iterator[str]:
+        """Yield the names of the nodes this node reads, in argument order."""
+        for value in (*self.args, *(v for _, v in self.kwargs)):
+            yield from refs_in(value)
+
+
+def refs_in(value: Any) -> Iterator[str]:
+    """Yield the node names referenced anywhere inside an argument."""
+    if isinstance(value, Ref):
+        yield value.name
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from refs_in(item)
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """A dynamic dim of a model input."""
+
+    #: the sympy symbol torch.export chose
+    symbol: sympy.Symbol
+    #: readable name, from the Dim in `dynamic_shapes()` ("seq")
+    name: str
+    #: the model input it is read from, and the axis
+    input: str
+    axis: int
+    #: its size in the example inputs
+    hint: int
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A captured model: nodes in execution order, the outputs, and the dynamic dims."""
+
+    #: every node, in topological (execution) order
+    nodes: tuple[Node, ...]
+    #: the flat outputs: Ref or a Python constant
+    outputs: tuple[Any, ...]
+    #: the pytree spec that rebuilds the model's output structure from `outputs`
+    out_spec: Any
+    #: names of the model's positional inputs, in order (node names of kind "input")
+    inputs: tuple[str, ...]
+    #: dynamic dims, in the order they first appear in the inputs
+    symbols: tuple[Symbol, ...] = ()
+    #: the model file this came from
+    model_file: str = ""
+    #: name of the model's class
+    model_class: str = "Model"
+    _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
+    _users: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {node.name: node for node in self.nodes}
+        if len(index) != len(self.nodes):
+            raise ValueError("graph has duplicate node names")
+        users: dict[str, list[str]] = {node.name: [] for node in self.nodes}
+        for node in self.nodes:
+            for ref in dict.fromkeys(node.refs()):
+                if ref not in index:
+                    raise ValueError(f"node {node.name} reads unknown node {ref}")
+                users[ref].append(node.name)
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_users", {k: tuple(v) for k, v in users.items()})
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def users(self, name: str) -> tuple[str, ...]:
+        """Return the nodes that read `name`, in execution order."""
+        return self._users[name]
+
+    @property
+    def hints(self) -> dict[sympy.Symbol, int]:
+        return {s.symbol: s.hint for s in self.symbols}
+
+    def output_names(self) -> set[str]:
+        return {name for value in self.outputs for name in refs_in(value)}
+
+    def ops(self) -> Iterator[Node]:
+        return (node for node in self.nodes if node.kind == "op")
+
+
+def evaluate(size: Size, hints: dict[sympy.Symbol, int]) -> int:
+    """Return a size's value at the example sizes."""
+    if isinstance(size, int):
+        return size
+    return int(size.xreplace(hints))
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    """Return the bytes per element of a dtype."""
+    return dtype.itemsize
+
+
+def value_bytes(meta: Meta, hints: dict[sympy.Symbol, int]) -> int:
+    """Return the bytes a freshly allocated result of this shape takes."""
+    if isinstance(meta, TensorMeta):
+        return meta.nbytes(hints)
+    if isinstance(meta, tuple):
+        return sum(m.nbytes(hints) for m in meta if isinstance(m, TensorMeta))
+    return 0

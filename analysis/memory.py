@@ -1,0 +1,197 @@
+"""Estimate activation memory by liveness over a straight-line program of statements.
+
+NOTE [Memory model]
+A program is a list of statements, each defining at most one value. A value either allocates a
+new storage (its bytes) or shares the storage of the value it views or writes in place. A
+storage is freed right after the last statement that uses any value sharing it, unless one of
+those values is an output. Model inputs, parameters, buffers and constants own zero bytes: they
+exist before the call. The live bytes right after a statement runs, plus any transient bytes the
+op holds while it runs, is that statement's footprint; the peak is the largest footprint. This
+is what the live-storage tracker in `analysis.measure` sees, op by op.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from analysis.ir import Graph, Node, TensorMeta, evaluate, value_bytes
+from analysis.plan import Region
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    """One statement's effect on storage."""
+
+    #: the value it defines, or None for a statement that only reads (a buffer write)
+    key: str | None
+    #: bytes of new storage it allocates (0 for views and in-place ops)
+    alloc: int = 0
+    #: the value whose storage it shares, for views and in-place ops
+    shares: str | None = None
+    #: values it reads
+    uses: tuple[str, ...] = ()
+    #: bytes held only while the statement runs (internal copies)
+    transient: int = 0
+    #: a label for reports: graph node name, or region id for statements in a chunk loop
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The estimated footprint after every statement."""
+
+    #: footprint (live + transient bytes) at each statement
+    footprint: tuple[int, ...]
+    #: labels of the statements, parallel to footprint
+    labels: tuple[str, ...]
+
+    @property
+    def peak(self) -> int:
+        return max(self.footprint, default=0)
+
+    @property
+    def peak_index(self) -> int:
+        return max(range(len(self.footprint)), key=self.footprint.__getitem__, default=0)
+
+
+def simulate(stmts: list[Stmt], outputs: set[str]) -> Profile:
+    """Return the footprint of a program by liveness over storages (see NOTE [Memory model])."""
+    root: dict[str, str] = {}
+    size: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for index, stmt in enumerate(stmts):
+        for use in stmt.uses:
+            if use in root:
+                last[root[use]] = index
+        if stmt.key is not None:
+            owner = root.get(stmt.shares, stmt.key) if stmt.shares else stmt.key
+            root[stmt.key] = owner
+            if owner == stmt.key:
+                size[owner] = stmt.alloc
+            last[owner] = max(last.get(owner, index), index)
+    pinned = {root[name] for name in outputs if name in root}
+    frees: dict[int, list[str]] = {}
+    for owner, index in last.items():
+        if owner not in pinned:
+            frees.setdefault(index, []).append(owner)
+    live = 0
+    footprint: list[int] = []
+    for index, stmt in enumerate(stmts):
+        if stmt.key is not None and root[stmt.key] == stmt.key:
+            live += size[stmt.key]
+        footprint.append(live + stmt.transient)
+        live -= sum(size[owner] for owner in frees.get(index, ()))
+    return Profile(tuple(footprint), tuple(s.label for s in stmts))
+
+
+def node_stmt(node: Node, graph: Graph, transient: int = 0) -> Stmt:
+    """Return the statement that runs one graph node unchunked."""
+    hints = graph.hints
+    owned = node.kind == "op" and node.aliases is None and node.mutates is None
+    return Stmt(
+        key=node.name,
+        alloc=value_bytes(node.meta, hints) if owned else 0,
+        shares=node.mutates or node.aliases,
+        uses=tuple(dict.fromkeys(node.refs())),
+        transient=transient,
+        label=node.name,
+    )
+
+
+def graph_program(graph: Graph) -> list[Stmt]:
+    """Return the program that runs the graph as captured, node by node."""
+    return [node_stmt(node, graph, transient_bytes(node, graph)) for node in graph.nodes]
+
+
+def estimate_graph(graph: Graph) -> Profile:
+    """Return the estimated activation-memory profile of the unchunked graph."""
+    return simulate(graph_program(graph), graph.output_names())
+
+
+def transient_bytes(node: Node, graph: Graph, scale: float = 1.0) -> int:
+    """Return bytes an op holds internally while it runs: copies of non-contiguous operands.
+
+    `aten.matmul` on batched operands reshapes them to 3-D for `bmm`; an operand whose layout
+    does not allow a view (a transposed head split, say) is copied first.
+    """
+    del node, graph, scale
+    return 0
+
+
+def meta_bytes(meta: TensorMeta, graph: Graph) -> int:
+    return meta.nbytes(graph.hints)
+
+
+def chunk_key(name: str) -> str:
+    """Return the program key of one chunk of a per-chunk value."""
+    return f"{name}@chunk"
+
+
+def region_label(index: int) -> str:
+    return f"region {index}"
+
+
+def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
+    """Return one region as statements: hoisted nodes, buffers, one loop iteration, loop end."""
+    label = region_label(index)
+    hints = graph.hints
+    extent = max(evaluate(region.extent, hints), 1)
+    fraction = min(region.chunk_size, extent) / extent
+    loop = region.loop_dims
+    stmts = [
+        replace(node_stmt(graph[name], graph, transient_bytes(graph[name], graph)), label=label)
+        for name in region.hoisted
+    ]
+    outputs = {name for name, _ in region.outputs}
+    for name in outputs:
+        stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=label))
+    outer: set[str] = set(outputs)
+    for name, _ in region.loop:
+        node = graph[name]
+        uses = []
+        for ref in dict.fromkeys(node.refs()):
+            uses.append(chunk_key(ref) if ref in loop else ref)
+            if ref not in loop:
+                outer.add(ref)
+        base = node.mutates or node.aliases
+        owned = base is None
+        stmts.append(
+            Stmt(
+                key=chunk_key(name),
+                alloc=math.ceil(value_bytes(node.meta, hints) * fraction) if owned else 0,
+                shares=None if owned else (chunk_key(base) if base in loop else base),
+                uses=tuple(uses),
+                transient=transient_bytes(node, graph, fraction),
+                label=label,
+            )
+        )
+        if name in outputs:
+            stmts.append(Stmt(key=None, uses=(chunk_key(name), name), label=label))
+    stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
+    return stmts
+
+
+def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:
+    """Return the program of the graph with the regions run as chunk loops."""
+    starts = {region.span[0]: (index, region) for index, region in enumerate(regions)}
+    covered = {name for region in regions for name in region.span}
+    stmts: list[Stmt] = []
+    for node in graph.nodes:
+        if node.name in starts:
+            index, region = starts[node.name]
+            stmts.extend(region_program(graph, region, index))
+        elif node.name not in covered:
+            stmts.append(node_stmt(node, graph, transient_bytes(node, graph)))
+    return stmts
+
+
+def estimate_plan(graph: Graph, regions: tuple[Region, ...]) -> Profile:
+    """Return the estimated activation-memory profile with the regions chunked."""
+    return simulate(plan_program(graph, regions), graph.output_names())
+
+
+def region_peak(profile: Profile, index: int) -> int:
+    """Return the largest footprint while region `index` runs."""
+    label = region_label(index)
+    return max((f for f, l in zip(profile.footprint, profile.labels) if l == label), default=0)

@@ -1,0 +1,121 @@
+"""The chunk plan: an immutable value saying which stretches of the graph run as chunk loops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from analysis.ir import Graph, Size, evaluate
+
+
+@dataclass(frozen=True)
+class Region:
+    """One chunk loop: a contiguous stretch of the graph run slice by slice along one dim.
+
+    Every node of `span` is either in `loop` (computed once per chunk, its result chunked along
+    the given dim) or in `hoisted` (does not depend on the chunk: run once, before the loop).
+    """
+
+    #: all graph nodes of the stretch, in execution order
+    span: tuple[str, ...]
+    #: nodes computed per chunk, in order, with the dim of their result that is chunked
+    loop: tuple[tuple[str, int], ...]
+    #: nodes of the stretch that do not depend on the chunk, run once before the loop
+    hoisted: tuple[str, ...]
+    #: values from outside the loop read as slices, with the sliced dim
+    slices: tuple[tuple[str, int], ...]
+    #: loop values read after the loop: preallocated full-size buffers filled chunk by chunk
+    outputs: tuple[tuple[str, int], ...]
+    #: length of the chunked dim
+    extent: Size
+    #: rows per chunk (the last chunk may be shorter)
+    chunk_size: int = 0
+
+    def __post_init__(self) -> None:
+        loop = {name for name, _ in self.loop}
+        if loop & set(self.hoisted) or loop | set(self.hoisted) != set(self.span):
+            raise ValueError("region: loop and hoisted nodes must partition the span")
+        if not {name for name, _ in self.outputs} <= loop:
+            raise ValueError("region: outputs must be loop nodes")
+
+    @property
+    def loop_dims(self) -> dict[str, int]:
+        return dict(self.loop)
+
+    def n_chunks(self, graph: Graph) -> int:
+        return math.ceil(evaluate(self.extent, graph.hints) / max(self.chunk_size, 1))
+
+    def with_chunk_size(self, chunk_size: int) -> Region:
+        return Region(
+            self.span, self.loop, self.hoisted, self.slices, self.outputs, self.extent, chunk_size
+        )
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The regions chosen for a graph and the estimates behind the choice."""
+
+    #: chunk loops, in execution order, not overlapping
+    regions: tuple[Region, ...]
+    #: estimated activation peak without chunking
+    original_peak_bytes: int
+    #: estimated activation peak with the regions
+    planned_peak_bytes: int
+    #: the target the plan aims for
+    budget_bytes: int
+    #: estimated peak while each region runs, parallel to regions
+    region_peaks: tuple[int, ...] = ()
+
+    @property
+    def met(self) -> bool:
+        return self.planned_peak_bytes <= self.budget_bytes
+
+    def to_json(self, graph: Graph) -> dict[str, Any]:
+        """Return the `plan --json` object of Contract 2."""
+        return {
+            "model": graph.model_file,
+            "original_peak_bytes": self.original_peak_bytes,
+            "planned_peak_bytes": self.planned_peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "target_met": self.met,
+            "regions": [
+                region_json(region, peak, graph)
+                for region, peak in zip(self.regions, self.region_peaks, strict=True)
+            ],
+        }
+
+
+def region_dim(region: Region, graph: Graph) -> tuple[str, int]:
+    """Return the (input name, axis) a region chunks: its first sliced input."""
+    if region.slices:
+        return region.slices[0]
+    name, dim = region.loop[0]
+    return name, dim
+
+
+def symbol_name(size: Size, graph: Graph) -> str | None:
+    for symbol in graph.symbols:
+        if size == symbol.symbol:
+            return symbol.name
+    return None
+
+
+def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
+    name, axis = region_dim(region, graph)
+    lines = sorted({graph[n].source.line for n in region.span if graph[n].source})
+    return {
+        "dim": {
+            "input": name,
+            "axis": axis,
+            "size": evaluate(region.extent, graph.hints),
+            "symbol": symbol_name(region.extent, graph),
+        },
+        "chunk_size": region.chunk_size,
+        "n_chunks": region.n_chunks(graph),
+        "nodes": [n for n, _ in region.loop],
+        "hoisted": list(region.hoisted),
+        "outputs": [n for n, _ in region.outputs],
+        "source_lines": lines,
+        "estimated_peak_bytes": peak,
+    }

@@ -1,0 +1,165 @@
+"""Selection: choose regions, dims and chunk sizes stage by stage until the target is met.
+
+Each stage looks at the current peak, searches stretches around it (`analysis.search`), sizes
+each candidate's chunk by bisection on the estimate (memory only falls as chunks shrink), and
+keeps the candidate that meets the target with the fewest iterations; when none can, the one
+that lowers the peak most. Stages repeat on the re-estimated program until the target is met or
+no candidate lowers the peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.dimflow import out_meta
+from analysis.ir import Graph, evaluate, value_bytes
+from analysis.memory import Profile, estimate_graph, estimate_plan, region_label, region_peak
+from analysis.plan import ChunkPlan, Region
+from analysis.search import chunkable_dims, propagate
+
+#: how far (in graph nodes) a stretch may reach before and after the peak
+WINDOW = 48
+#: how many low-memory boundary positions to try on each side of the peak
+BOUNDARIES = 8
+#: how many large values live at the peak to try as seeds
+SEEDS = 3
+#: stages are capped so a pathological graph still plans in bounded time
+MAX_STAGES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the plan must stay under: a byte budget, or a fraction of the original peak."""
+
+    #: absolute budget in bytes, if given
+    budget_bytes: int | None = None
+    #: fraction of the original estimated peak, used when no budget is given
+    ratio: float = 0.2
+
+    def bytes_for(self, original_peak: int) -> int:
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        return int(original_peak * self.ratio)
+
+
+def make_plan(graph: Graph, target: Target) -> ChunkPlan:
+    """Plan chunk loops for a graph so its estimated peak stays under the target."""
+    original = estimate_graph(graph)
+    budget = target.bytes_for(original.peak)
+    regions: tuple[Region, ...] = ()
+    profile = original
+    for _ in range(MAX_STAGES):
+        if profile.peak <= budget:
+            break
+        label = profile.labels[profile.peak_index]
+        if label.startswith("region "):
+            break  # the peak is inside a loop already sized as small as it helps
+        best = _best_candidate(graph, regions, profile, label, budget)
+        if best is None:
+            break
+        candidate = _insert(regions, best, graph)
+        new_profile = estimate_plan(graph, candidate)
+        if new_profile.peak >= profile.peak and new_profile.labels[new_profile.peak_index] == label:
+            break
+        regions, profile = candidate, new_profile
+    peaks = tuple(region_peak(profile, index) for index in range(len(regions)))
+    return ChunkPlan(regions, original.peak, profile.peak, budget, peaks)
+
+
+def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[Region, ...]:
+    order = {node.name: index for index, node in enumerate(graph.nodes)}
+    return tuple(sorted((*regions, region), key=lambda r: order[r.span[0]]))
+
+
+def _best_candidate(
+    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str, budget: int
+) -> Region | None:
+    best: tuple[tuple[int, ...], Region] | None = None
+    for region in _candidates(graph, regions, profile, peak_node):
+        sized, peak = _size_chunks(graph, regions, region, budget)
+        n_chunks = sized.n_chunks(graph)
+        if peak <= budget:
+            key = (0, n_chunks, _round(peak), len(sized.loop))
+        else:
+            key = (1, _round(peak), n_chunks, len(sized.loop))
+        if best is None or key < best[0]:
+            best = (key, sized)
+    return None if best is None else best[1]
+
+
+def _round(nbytes: int) -> int:
+    """Compare peaks at 1% resolution so near-ties fall to the simpler region."""
+    return nbytes // max(nbytes // 100, 1)
+
+
+def _size_chunks(
+    graph: Graph, regions: tuple[Region, ...], region: Region, budget: int
+) -> tuple[Region, int]:
+    """Return the region with the largest power-of-two chunk that meets the budget, and its peak."""
+    extent = evaluate(region.extent, graph.hints)
+    sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent]
+    if not sizes:
+        sizes = [1]
+
+    def peak(size: int) -> int:
+        candidate = _insert(regions, region.with_chunk_size(size), graph)
+        index = candidate.index(region.with_chunk_size(size))
+        return region_peak(estimate_plan(graph, candidate), index)
+
+    low, high = 0, len(sizes) - 1
+    if peak(sizes[low]) > budget:
+        return region.with_chunk_size(sizes[low]), peak(sizes[low])
+    while low < high:  # largest size whose peak fits
+        mid = (low + high + 1) // 2
+        if peak(sizes[mid]) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return region.with_chunk_size(sizes[low]), peak(sizes[low])
+
+
+def _candidates(
+    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str
+) -> list[Region]:
+    names = [node.name for node in graph.nodes]
+    position = names.index(peak_node)
+    covered = {name for region in regions for name in region.span}
+    first = position
+    while first > 0 and position - first < WINDOW and _free(graph, names[first - 1], covered):
+        first -= 1
+    last = position
+    while last + 1 < len(names) and last - position < WINDOW and names[last + 1] not in covered:
+        last += 1
+    footprint = dict(zip(profile.labels, profile.footprint))
+    starts = sorted(range(first, position + 1), key=lambda i: (footprint.get(names[i - 1], 0), -i))
+    ends = sorted(range(position, last + 1), key=lambda i: (footprint.get(names[i], 0), i))
+    seeds = _seeds(graph, names, first, position, peak_node)
+    found: dict[tuple[tuple[str, ...], tuple[tuple[str, int], ...]], Region] = {}
+    for start in starts[:BOUNDARIES]:
+        for end in ends[:BOUNDARIES]:
+            span = tuple(names[start : end + 1])
+            for seed in seeds:
+                if seed not in span:
+                    continue
+                for dim in chunkable_dims(graph, seed):
+                    region = propagate(graph, span, seed, dim)
+                    if region is not None:
+                        found.setdefault((region.span, region.loop), region)
+    return list(found.values())
+
+
+def _free(graph: Graph, name: str, covered: set[str]) -> bool:
+    return name not in covered and graph[name].kind == "op"
+
+
+def _seeds(graph: Graph, names: list[str], first: int, position: int, peak: str) -> list[str]:
+    """Return the peak node and the largest results computed shortly before it."""
+    hints = graph.hints
+    nearby = [
+        n for n in names[first : position + 1] if out_meta(graph[n]) is not None and n != peak
+    ]
+    nearby.sort(key=lambda n: -value_bytes(graph[n].meta, hints))
+    return [peak, *nearby[:SEEDS]]
+
+
+__all__ = ["Target", "make_plan", "region_label"]

@@ -1,0 +1,455 @@
+"""Build the generated forward: statements for every node, chunk loops for every region.
+
+The body is first laid out as a small tree of `Line` and `Loop` items (so liveness can place
+`del` statements), then turned into libcst nodes with the source-line comments attached.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import libcst as cst
+import sympy
+import torch
+
+from analysis.dimflow import dim_rule, out_meta
+from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, value_bytes
+from analysis.plan import ChunkPlan, Region, symbol_name
+from codegen.names import Namespace
+from codegen.render import literal, render_call
+
+#: ops whose module is named after the value it returns ("blocks.0.attn.qkv" for its Linear)
+_LEAF_OPS = {"linear", "embedding", "layer_norm", "conv2d", "group_norm", "conv1d"}
+
+
+@dataclass
+class Line:
+    """One statement: `code`, the names it reads, the name it binds."""
+
+    code: str
+    uses: set[str] = field(default_factory=set)
+    binds: str | None = None
+    comments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Loop:
+    """A chunk loop: its header comments, the `for` head, and its body."""
+
+    head: str
+    body: list[Any]
+    uses: set[str] = field(default_factory=set)
+    comments: list[str] = field(default_factory=list)
+    binds: str | None = None
+
+
+def format_bytes(n: float) -> str:
+    """Return a byte count in the largest binary unit that keeps it at or above 1."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def short_dtype(dtype: torch.dtype) -> str:
+    names = {
+        torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
+        torch.int64: "i64", torch.int32: "i32", torch.bool: "b8", torch.uint8: "u8",
+    }  # fmt: skip
+    return names.get(dtype, str(dtype).removeprefix("torch."))
+
+
+class ForwardBuilder:
+    """Lay out the forward body for a graph and its plan."""
+
+    def __init__(self, graph: Graph, plan: ChunkPlan) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.ns = Namespace()
+        self.names: dict[str, str] = {}
+        self.symbols: dict[sympy.Symbol, str] = {}
+        self.params: list[str] = []
+        self._cited: tuple[str, int] | None = None
+        self.device = ""
+
+    # ---------------------------------------------------------------- names
+    def sym(self, expr: sympy.Expr) -> str:
+        """Render a size expression over the dynamic-dim symbols as Python."""
+        return _pycode(expr, self.symbols)
+
+    def shape(self, shape: tuple[Size, ...]) -> str:
+        inner = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in shape)
+        return f"({inner}{',' if len(shape) == 1 else ''})"
+
+    def annotate(self, meta: Any) -> str:
+        if isinstance(meta, TensorMeta):
+            dims = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in meta.shape)
+            return f"{short_dtype(meta.dtype)}[{dims}]"
+        return ""
+
+    def _base(self, node: Node) -> str:
+        target = node.target
+        op = getattr(getattr(target, "overloadpacket", None), "__name__", None)
+        op = (op or getattr(target, "__name__", "value")).strip("_")
+        if op == "getitem":
+            source = self.graph[node.args[0].name]
+            return f"{self._base(source)}_{node.args[1]}"
+        if op in _LEAF_OPS and node.module_path:
+            return node.module_path
+        return f"{node.module_path}_{op}" if node.module_path else op
+
+    def bind(self, node: Node) -> str:
+        name = self.ns.create(self._base(node))
+        self.names[node.name] = name
+        return name
+
+    def value(self, name: str) -> str:
+        node = self.graph[name]
+        if node.kind in ("param", "buffer", "constant"):
+            return _attribute_path(node.target)
+        return self.names[name]
+
+    # ---------------------------------------------------------------- layout
+    def build(self) -> tuple[list[str], list[Any]]:
+        """Return the forward's parameter names and its body items."""
+        graph = self.graph
+        items: list[Any] = []
+        for name in graph.inputs:
+            self.names[name] = self.ns.create(name)
+            self.params.append(self.names[name])
+        tensors = [n for n in graph.inputs if isinstance(graph[n].meta, TensorMeta)]
+        self.device = f"{self.names[tensors[0]]}.device" if tensors else "None"
+        for symbol in graph.symbols:
+            var = self.ns.create(symbol.name)
+            self.symbols[symbol.symbol] = var
+            items.append(Line(f"{var} = {self.names[symbol.input]}.shape[{symbol.axis}]", binds=var))
+        starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
+        covered = {name for region in self.plan.regions for name in region.span}
+        live = _needed(graph, self.plan)
+        for node in graph.nodes:
+            if node.name in starts:
+                index, region = starts[node.name]
+                items.extend(self._region(index, region, live))
+            elif node.kind == "op" and node.name not in covered and node.name in live:
+                items.append(self._line(node, self.arg_plain))
+        items.append(self._return())
+        return self.params, _with_dels(items, set(self.params) | self._outputs())
+
+    def _outputs(self) -> set[str]:
+        return {self.names[n] for n in self.graph.output_names() if n in self.names}
+
+    def arg_plain(self, value: Any) -> str:
+        if isinstance(value, Ref):
+            return self.value(value.name)
+        if isinstance(value, (list, tuple)):
+            inner = ", ".join(self.arg_plain(v) for v in value)
+            return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+        return literal(value, self.sym, self.device)
+
+    def _cite(self, node: Node, reset: bool = False) -> list[str]:
+        if reset:
+            self._cited = None
+        source = node.source
+        if source is None:
+            return []
+        key = (source.file, source.line)
+        if key == self._cited:
+            return []
+        self._cited = key
+        return [source.cite()]
+
+    def _line(self, node: Node, arg: Any) -> Line:
+        sym_value = node.meta if node.target is torch.ops.aten.sym_size.int else None
+        if isinstance(sym_value, sympy.Symbol) and sym_value in self.symbols:
+            self.names[node.name] = self.symbols[sym_value]
+            return Line("", uses=set())
+        expr = render_call(node, arg)
+        var = self.bind(node)
+        note = self.annotate(node.meta)
+        code = f"{var}: {note!r} = {expr}" if note else f"{var} = {expr}"
+        return Line(code, uses=_idents(expr), binds=var, comments=self._cite(node))
+
+    def _return(self) -> Line:
+        flat = [self.arg_plain(v) for v in self.graph.outputs]
+        expr = _unflatten(self.graph.out_spec, iter(flat))
+        return Line(f"return {expr}", uses=_idents(expr))
+
+    # ---------------------------------------------------------------- regions
+    def _region(self, index: int, region: Region, live: set[str]) -> list[Any]:
+        graph = self.graph
+        items: list[Any] = []
+        lines = sorted({graph[n].source.line for n in region.span if graph[n].source})
+        file = next((graph[n].source.file for n in region.span if graph[n].source), "")
+        extent = self.arg_plain(region.extent)
+        where = f"{file.rsplit('/', 1)[-1]}:{lines[0]}-{lines[-1]}" if lines else "?"
+        dim_name = symbol_name(region.extent, graph)
+        over = f"`{dim_name}`" if dim_name else f"a dim of length {extent}"
+        modules = sorted({graph[n].module_path for n, _ in region.loop if graph[n].module_path})
+        owner = _common_prefix(modules) or "model"
+        biggest = max(region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints))
+        full = value_bytes(graph[biggest[0]].meta, graph.hints)
+        n = max(evaluate(region.extent, graph.hints), 1)
+        header = [
+            f"Chunk region {index + 1}/{len(self.plan.regions)}: {owner} ({where}), over {over}.",
+            f"{self.annotate(out_meta(graph[biggest[0]]))} {format_bytes(full)} -> "
+            f"{format_bytes(full * min(region.chunk_size, n) / n)} per chunk of "
+            f"{region.chunk_size}.",
+        ]
+        self._cited = None
+        hoisted = [graph[n] for n in region.hoisted if n in live]
+        for number, node in enumerate(hoisted):
+            line = self._line(node, self.arg_plain)
+            if number == 0:
+                line.comments = header + line.comments
+            line.code += "  # hoisted: does not depend on the chunk"
+            items.append(line)
+        loop_dims = region.loop_dims
+        sliced = dict(region.slices)
+        outputs = dict(region.outputs)
+        reference = self.value(region.slices[0][0]) if region.slices else self.device
+        buffers: dict[str, str] = {}
+        for name, dim in region.outputs:
+            node = graph[name]
+            var = self.bind(node)
+            buffers[name] = var
+            like = self._like(region, node.tensor.dtype)
+            code = (
+                f"{var} = torch.empty({self.shape(node.tensor.shape)}, "
+                f"dtype={like}, device={reference}.device)"
+            )
+            items.append(Line(code, uses=_idents(code), binds=var))
+        if not hoisted and items:
+            items[0].comments = header + items[0].comments
+        elif not items:
+            pass
+        chunk_names: dict[str, str] = {}
+
+        def arg_chunk(value: Any) -> str:
+            if isinstance(value, Ref):
+                name = value.name
+                if name in chunk_names:
+                    return chunk_names[name]
+                if name in sliced:
+                    return _slice_expr(self.value(name), sliced[name])
+                return self.value(name)
+            if isinstance(value, (list, tuple)):
+                inner = ", ".join(arg_chunk(v) for v in value)
+                return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
+            return literal(value, self.sym, self.device)
+
+        body: list[Any] = [Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")]
+        self._cited = None
+        for name, dim in region.loop:
+            node = graph[name]
+            node = _resized(node, dim, graph)
+            expr = render_call(node, arg_chunk)
+            base = self._base(node)
+            var = self.ns.create(f"{base}_chunk" if name in outputs else base)
+            chunk_names[name] = var
+            code = f"{var} = {expr}"
+            body.append(Line(code, uses=_idents(expr), binds=var, comments=self._cite(node)))
+            if name in outputs:
+                target = _slice_expr(buffers[name], outputs[name])
+                body.append(Line(f"{target} = {var}", uses={var, buffers[name]}))
+        del loop_dims
+        head = f"for start in range(0, {extent}, {region.chunk_size}):"
+        if not items:
+            body[0].comments = header
+        loop = Loop(head, body, uses=_idents(extent))
+        if not items:
+            loop.comments = header
+            body[0].comments = []
+        items.append(loop)
+        self._cited = None
+        return items
+
+    def _like(self, region: Region, dtype: torch.dtype) -> str:
+        for name, _ in region.slices:
+            meta = out_meta(self.graph[name])
+            if meta is not None and meta.dtype == dtype:
+                return f"{self.value(name)}.dtype"
+        return str(dtype)
+
+
+def _resized(node: Node, dim: int, graph: Graph) -> Node:
+    """Return the node with size arguments of the chunked dim replaced by the chunk length."""
+    found = dim_rule(node, graph)
+    paths = found.resized(dim) if found else ()
+    if not paths:
+        return node
+    args = list(node.args)
+    for position, element in paths:
+        sizes = list(args[position])
+        if sizes[element] != -1:
+            sizes[element] = _ChunkLength() if node.target is not torch.ops.aten.expand.default else -1
+        args[position] = sizes
+    return _replace_args(node, tuple(args))
+
+
+class _ChunkLength(sympy.Symbol):
+    """Placeholder for `stop - start` inside a chunk loop."""
+
+    def __new__(cls) -> "_ChunkLength":
+        return sympy.Symbol.__new__(cls, "stop - start")
+
+
+def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:
+    from dataclasses import replace
+
+    return replace(node, args=args)
+
+
+def _slice_expr(var: str, dim: int) -> str:
+    return f"{var}[{''.join(':, ' for _ in range(dim))}start:stop]"
+
+
+def _attribute_path(fqn: str) -> str:
+    out = "self"
+    for part in fqn.split("."):
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if part.isidentifier() else f".get_submodule({part!r})")
+    return out
+
+
+def _common_prefix(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    parts = [p.split(".") for p in paths]
+    common = []
+    for group in zip(*parts):
+        if len(set(group)) != 1:
+            break
+        common.append(group[0])
+    return ".".join(common)
+
+
+def _pycode(expr: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
+    if isinstance(expr, _ChunkLength):
+        return "stop - start"
+    if isinstance(expr, sympy.Symbol):
+        if expr in names:
+            return names[expr]
+        raise TypeError(f"size symbol {expr} is not a dim of any input")
+    if expr.is_Integer:
+        return str(int(expr))
+    if isinstance(expr, sympy.Add):
+        return " + ".join(_pycode(a, names) for a in expr.args)
+    if isinstance(expr, sympy.Mul):
+        return " * ".join(_wrap(a, names) for a in expr.args)
+    name = type(expr).__name__
+    if name == "FloorDiv":
+        return f"{_wrap(expr.args[0], names)} // {_wrap(expr.args[1], names)}"
+    if name in ("Mod", "PythonMod"):
+        return f"{_wrap(expr.args[0], names)} % {_wrap(expr.args[1], names)}"
+    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and expr.exp > 0:
+        return f"{_wrap(expr.base, names)} ** {int(expr.exp)}"
+    raise TypeError(f"cannot write size expression {expr}")
+
+
+def _wrap(expr: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
+    text = _pycode(expr, names)
+    return f"({text})" if isinstance(expr, sympy.Add) else text
+
+
+_IDENT = re.compile(r"(?<![.\w])[A-Za-z_]\w*")
+
+
+def _idents(code: str) -> set[str]:
+    """Return the bare identifiers an expression reads (attribute names excluded)."""
+    return set(_IDENT.findall(re.sub(r"\"[^\"]*\"|'[^']*'", "", code)))
+
+
+def _needed(graph: Graph, plan: ChunkPlan) -> set[str]:
+    """Return the nodes whose results are used: everything else is dead code."""
+    needed = set(graph.output_names())
+    for node in reversed(graph.nodes):
+        if node.name in needed or node.mutates is not None:
+            needed.add(node.name)
+            needed.update(node.refs())
+    return needed
+
+
+def _unflatten(spec: Any, flat: Any) -> str:
+    """Write the model's output structure around the flat outputs."""
+    kind = getattr(spec, "type", None)
+    if spec.is_leaf():
+        return next(flat)
+    children = [_unflatten(child, flat) for child in spec.children_specs]
+    if kind is tuple:
+        return f"({', '.join(children)}{',' if len(children) == 1 else ''})"
+    if kind is list:
+        return f"[{', '.join(children)}]"
+    if kind is dict:
+        keys = spec.context
+        return "{" + ", ".join(f"{k!r}: {c}" for k, c in zip(keys, children)) + "}"
+    raise TypeError(f"cannot write output structure {kind}")
+
+
+def _with_dels(items: list[Any], keep: set[str]) -> list[Any]:
+    """Insert `del` after the last use of every bound name (names in `keep` excluded)."""
+    last: dict[str, int] = {}
+    bound: set[str] = set()
+    for index, item in enumerate(items):
+        for name in _uses(item):
+            last[name] = index
+        for name in _binds(item):
+            bound.add(name)
+            last.setdefault(name, index)
+    out: list[Any] = []
+    for index, item in enumerate(items):
+        if isinstance(item, Loop):
+            inner_keep = keep | {n for n in bound} | _uses_after(items, index)
+            item.body = _with_dels(item.body, (inner_keep - _loop_locals(item)) | {"stop"})
+        if isinstance(item, Line) and not item.code:
+            continue
+        out.append(item)
+        dead = sorted(n for n in bound if last.get(n) == index and n not in keep)
+        if dead and not (isinstance(item, Line) and item.code.startswith("return")):
+            out.append(Line(f"del {', '.join(dead)}"))
+    return out
+
+
+def _uses_after(items: list[Any], index: int) -> set[str]:
+    return {n for item in items[index + 1 :] for n in _uses(item)}
+
+
+def _loop_locals(loop: Loop) -> set[str]:
+    return {n for item in loop.body for n in _binds(item)}
+
+
+def _uses(item: Any) -> set[str]:
+    if isinstance(item, Loop):
+        inner = {n for child in item.body for n in _uses(child)}
+        return (inner - _loop_locals(item)) | item.uses
+    return item.uses
+
+
+def _binds(item: Any) -> set[str]:
+    if isinstance(item, Loop):
+        return set()
+    return {item.binds} if item.binds else set()
+
+
+# ------------------------------------------------------------------- libcst
+def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
+    """Turn laid-out items into libcst statements, comments attached as leading lines."""
+    out: list[cst.BaseStatement] = []
+    for item in items:
+        comments = [cst.EmptyLine(comment=cst.Comment(f"# {c}")) for c in item.comments]
+        if isinstance(item, Loop):
+            body = to_cst(item.body)
+            loop = cst.parse_statement(f"{item.head}\n    pass\n")
+            assert isinstance(loop, cst.For)
+            out.append(
+                loop.with_changes(body=cst.IndentedBlock(body=body), leading_lines=comments)
+            )
+        else:
+            stmt = cst.parse_statement(item.code + "\n")
+            out.append(stmt.with_changes(leading_lines=comments))
+    return out
+
+
+__all__ = ["ForwardBuilder", "to_cst", "format_bytes", "math"]

@@ -1,0 +1,112 @@
+"""Emit a generated module: Jinja2 skeleton, libcst forward body, black formatting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import black
+import jinja2
+import libcst as cst
+import torch
+
+from analysis.ir import Graph
+from analysis.plan import ChunkPlan, region_dim, symbol_name
+from codegen import __version__
+from codegen.body import ForwardBuilder, format_bytes, to_cst
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """A generated module's source and the class it defines."""
+
+    #: the module's formatted source
+    source: str
+    #: name of the nn.Module subclass in `__all__`
+    class_name: str
+
+
+def forward_source(graph: Graph, plan: ChunkPlan) -> str:
+    """Return the `forward` method's source, built with libcst."""
+    builder = ForwardBuilder(graph, plan)
+    params, items = builder.build()
+    signature = ", ".join(["self", *params])
+    func = cst.parse_statement(f"def forward({signature}):\n    pass\n")
+    assert isinstance(func, cst.FunctionDef)
+    func = func.with_changes(body=cst.IndentedBlock(body=to_cst(items)))
+    return cst.Module(body=[func]).code
+
+
+def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
+    persistent = set(module.state_dict(keep_vars=True))
+    out = []
+    for kind, named in (
+        ("parameter", module.named_parameters(remove_duplicate=False)),
+        ("buffer", module.named_buffers(remove_duplicate=False)),
+    ):
+        for fqn, tensor in named:
+            out.append(
+                {
+                    "fqn": fqn,
+                    "shape": tuple(tensor.shape),
+                    "dtype": str(tensor.dtype),
+                    "kind": kind,
+                    "persistent": kind == "parameter" or fqn in persistent,
+                }
+            )
+    return out
+
+
+def emit_module(
+    graph: Graph, plan: ChunkPlan, module: torch.nn.Module, command: str, target: str
+) -> Emitted:
+    """Return the formatted source of the generated module."""
+    class_name = f"Chunked{graph.model_class}"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    regions = []
+    for region, peak in zip(plan.regions, plan.region_peaks, strict=True):
+        name, axis = region_dim(region, graph)
+        lines = sorted({graph[n].source.line for n in region.span if graph[n].source})
+        file = next((graph[n].source.file for n in region.span if graph[n].source), "")
+        dim = symbol_name(region.extent, graph) or str(region.extent)
+        regions.append(
+            {
+                "lines": f"{Path(file).name}:{lines[0]}-{lines[-1]}" if lines else "?",
+                "dim": f"{dim} ({name} axis {axis})",
+                "chunk_size": region.chunk_size,
+                "n_chunks": region.n_chunks(graph),
+                "peak": format_bytes(peak),
+            }
+        )
+    missed = ""
+    if not plan.met:
+        over = plan.planned_peak_bytes - plan.budget_bytes
+        missed = f" (misses the target by {format_bytes(over)})"
+    source = env.get_template("module.py.j2").render(
+        class_name=class_name,
+        model_class=graph.model_class,
+        model_file=Path(graph.model_file).name,
+        version=__version__,
+        command=command,
+        target=target,
+        original_peak=format_bytes(plan.original_peak_bytes),
+        planned_peak=format_bytes(plan.planned_peak_bytes),
+        missed=missed,
+        regions=regions,
+        parameters=_parameters(module),
+        forward=forward_source(graph, plan),
+    )
+    return Emitted(format_source(source), class_name)
+
+
+def format_source(source: str) -> str:
+    """Format with black; the result is stable under a second pass."""
+    return black.format_str(source, mode=black.Mode())

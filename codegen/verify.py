@@ -1,0 +1,89 @@
+"""Verify a generated module against the original on the example inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from analysis.errors import InternalError
+
+#: tolerances of Contract 3 (float32)
+RTOL = 1e-4
+ATOL = 1e-5
+
+
+def import_source(source: str, directory: Path | None = None) -> tuple[ModuleType, Path]:
+    """Write `source` to a temp file and import it; return the module and the file."""
+    handle = tempfile.NamedTemporaryFile(
+        "w", suffix=".py", prefix="autochunk_", dir=directory, delete=False
+    )
+    with handle:
+        handle.write(source)
+    path = Path(handle.name)
+    name = f"_autochunk_generated_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module, path
+
+
+def instantiate(module: ModuleType, original: torch.nn.Module) -> torch.nn.Module:
+    """Return the generated class built `from_module(original)`."""
+    (class_name,) = module.__all__
+    return getattr(module, class_name).from_module(original)
+
+
+def compare(expected: Any, actual: Any) -> str | None:
+    """Return why two model outputs differ, or None when they match (same structure, close)."""
+    flat_e, spec_e = tree_flatten(expected)
+    flat_a, spec_a = tree_flatten(actual)
+    if spec_e != spec_a:
+        return f"output structure differs: {spec_a} instead of {spec_e}"
+    for index, (e, a) in enumerate(zip(flat_e, flat_a)):
+        if isinstance(e, torch.Tensor):
+            try:
+                torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL, equal_nan=True)
+            except AssertionError as exc:
+                first = str(exc).strip().splitlines()[0]
+                return f"output {index} differs: {first}"
+        elif e != a:
+            return f"output {index} differs: {a!r} instead of {e!r}"
+    return None
+
+
+def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
+    """Raise InternalError (keeping the source in a temp file) unless the module matches."""
+    try:
+        module, path = import_source(source)
+    except Exception as exc:
+        _, kept = import_source_text(source)
+        raise InternalError(f"generated module does not import: {exc}", str(kept)) from exc
+    try:
+        generated = instantiate(module, original)
+        with torch.no_grad():
+            expected = original(*inputs)
+            actual = generated(*inputs)
+        problem = compare(expected, actual)
+    except Exception as exc:
+        raise InternalError(f"generated module failed to run: {exc}", str(path)) from exc
+    if problem is not None:
+        raise InternalError(f"generated module does not match the original: {problem}", str(path))
+    path.unlink()
+
+
+def import_source_text(source: str) -> tuple[None, Path]:
+    """Keep a source that failed to import in a temp file, for the error report."""
+    handle = tempfile.NamedTemporaryFile("w", suffix=".py", prefix="autochunk_", delete=False)
+    with handle:
+        handle.write(source)
+    return None, Path(handle.name)
