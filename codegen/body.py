@@ -87,7 +87,9 @@ class ForwardBuilder:
 
     def annotate(self, meta: Any) -> str:
         if isinstance(meta, TensorMeta):
-            dims = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in meta.shape)
+            dims = ", ".join(
+                str(s) if isinstance(s, int) else self.sym(s) for s in meta.shape
+            )
             return f"{short_dtype(meta.dtype)}[{dims}]"
         return ""
 
@@ -126,8 +128,15 @@ class ForwardBuilder:
         for symbol in graph.symbols:
             var = self.ns.create(symbol.name)
             self.symbols[symbol.symbol] = var
-            items.append(Line(f"{var} = {self.names[symbol.input]}.shape[{symbol.axis}]", binds=var))
-        starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
+            items.append(
+                Line(
+                    f"{var} = {self.names[symbol.input]}.shape[{symbol.axis}]",
+                    binds=var,
+                )
+            )
+        starts = {
+            region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)
+        }
         covered = {name for region in self.plan.regions for name in region.span}
         live = _needed(graph, self.plan)
         for node in graph.nodes:
@@ -147,7 +156,11 @@ class ForwardBuilder:
             return self.value(value.name)
         if isinstance(value, (list, tuple)):
             inner = ", ".join(self.arg_plain(v) for v in value)
-            return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+            return (
+                f"[{inner}]"
+                if isinstance(value, list)
+                else f"({inner}{',' if len(value) == 1 else ''})"
+            )
         return literal(value, self.sym, self.device)
 
     def _cite(self, node: Node, reset: bool = False) -> list[str]:
@@ -188,9 +201,13 @@ class ForwardBuilder:
         where = f"{file.rsplit('/', 1)[-1]}:{lines[0]}-{lines[-1]}" if lines else "?"
         dim_name = symbol_name(region.extent, graph)
         over = f"`{dim_name}`" if dim_name else f"a dim of length {extent}"
-        modules = sorted({graph[n].module_path for n, _ in region.loop if graph[n].module_path})
+        modules = sorted(
+            {graph[n].module_path for n, _ in region.loop if graph[n].module_path}
+        )
         owner = _common_prefix(modules) or "model"
-        biggest = max(region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints))
+        biggest = max(
+            region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints)
+        )
         full = value_bytes(graph[biggest[0]].meta, graph.hints)
         n = max(evaluate(region.extent, graph.hints), 1)
         header = [
@@ -204,8 +221,11 @@ class ForwardBuilder:
         for number, node in enumerate(hoisted):
             line = self._line(node, self.arg_plain)
             if number == 0:
-                line.comments = header + line.comments
-            line.code += "  # hoisted: does not depend on the chunk"
+                line.comments = [
+                    *header,
+                    "Hoisted: the next values do not depend on the chunk.",
+                    *line.comments,
+                ]
             items.append(line)
         loop_dims = region.loop_dims
         sliced = dict(region.slices)
@@ -241,7 +261,9 @@ class ForwardBuilder:
                 return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
             return literal(value, self.sym, self.device)
 
-        body: list[Any] = [Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")]
+        body: list[Any] = [
+            Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")
+        ]
         self._cited = None
         for name, dim in region.loop:
             node = graph[name]
@@ -251,7 +273,9 @@ class ForwardBuilder:
             var = self.ns.create(f"{base}_chunk" if name in outputs else base)
             chunk_names[name] = var
             code = f"{var} = {expr}"
-            body.append(Line(code, uses=_idents(expr), binds=var, comments=self._cite(node)))
+            body.append(
+                Line(code, uses=_idents(expr), binds=var, comments=self._cite(node))
+            )
             if name in outputs:
                 target = _slice_expr(buffers[name], outputs[name])
                 body.append(Line(f"{target} = {var}", uses={var, buffers[name]}))
@@ -285,7 +309,11 @@ def _resized(node: Node, dim: int, graph: Graph) -> Node:
     for position, element in paths:
         sizes = list(args[position])
         if sizes[element] != -1:
-            sizes[element] = _ChunkLength() if node.target is not torch.ops.aten.expand.default else -1
+            sizes[element] = (
+                _ChunkLength()
+                if node.target is not torch.ops.aten.expand.default
+                else -1
+            )
         args[position] = sizes
     return _replace_args(node, tuple(args))
 
@@ -310,7 +338,11 @@ def _slice_expr(var: str, dim: int) -> str:
 def _attribute_path(fqn: str) -> str:
     out = "self"
     for part in fqn.split("."):
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if part.isidentifier() else f".get_submodule({part!r})")
+        out += (
+            f"[{part}]"
+            if part.isdigit()
+            else (f".{part}" if part.isidentifier() else f".get_submodule({part!r})")
+        )
     return out
 
 
@@ -402,7 +434,9 @@ def _with_dels(items: list[Any], keep: set[str]) -> list[Any]:
     for index, item in enumerate(items):
         if isinstance(item, Loop):
             inner_keep = keep | {n for n in bound} | _uses_after(items, index)
-            item.body = _with_dels(item.body, (inner_keep - _loop_locals(item)) | {"stop"})
+            item.body = _with_dels(
+                item.body, (inner_keep - _loop_locals(item)) | {"stop"}
+            )
         if isinstance(item, Line) and not item.code:
             continue
         out.append(item)
@@ -444,7 +478,9 @@ def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
             loop = cst.parse_statement(f"{item.head}\n    pass\n")
             assert isinstance(loop, cst.For)
             out.append(
-                loop.with_changes(body=cst.IndentedBlock(body=body), leading_lines=comments)
+                loop.with_changes(
+                    body=cst.IndentedBlock(body=body), leading_lines=comments
+                )
             )
         else:
             stmt = cst.parse_statement(item.code + "\n")

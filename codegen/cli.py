@@ -1,0 +1,198 @@
+"""The command line: `python -m codegen emit|plan MODEL.py ...` (Contract 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from analysis.errors import InternalError, UserError
+from analysis.pipeline import Planned, plan_model
+from analysis.select import Target
+from codegen.body import format_bytes
+from codegen.emit import Emitted, emit_module
+from codegen.verify import verify
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """Parse `512MB`, `2GiB` or plain bytes into bytes (KB/MB/GB are powers of 1000)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match[2].lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (try 512MB, 2GiB or bytes)"
+        )
+    value = float(match[1]) * _UNITS[match[2].lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"budget must be at least one byte: {text!r}")
+    return int(value)
+
+
+def parse_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"ratio must be in (0, 1]: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m codegen",
+        description="Plan and emit chunked, memory-saving PyTorch modules.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    emit = sub.add_parser(
+        "emit", help="write a verified chunked module to DIR/<stem>.py"
+    )
+    emit.add_argument(
+        "model", help="model file defining make_model() and make_inputs()"
+    )
+    emit.add_argument("--out", required=True, help="output directory")
+    emit.add_argument(
+        "--no-verify", action="store_true", help="skip the check against the original"
+    )
+    plan = sub.add_parser("plan", help="print the chunk plan")
+    plan.add_argument(
+        "model", help="model file defining make_model() and make_inputs()"
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    for command in (emit, plan):
+        group = command.add_mutually_exclusive_group()
+        group.add_argument("--memory-budget", type=parse_size, metavar="SIZE")
+        group.add_argument("--memory-ratio", type=parse_ratio, metavar="R")
+    return parser
+
+
+def target_of(args: argparse.Namespace) -> tuple[Target, str]:
+    """Return the target and its description for generated headers."""
+    if args.memory_budget is not None:
+        return (
+            Target(budget_bytes=args.memory_budget),
+            f"--memory-budget {args.memory_budget}",
+        )
+    ratio = args.memory_ratio if args.memory_ratio is not None else 0.2
+    return Target(ratio=ratio), f"--memory-ratio {ratio:g}"
+
+
+def generate(model: str | Path, target: Target, flag: str) -> tuple[Planned, Emitted]:
+    """Plan and emit a model file; the returned source has not been verified."""
+    planned = plan_model(model, target)
+    name = Path(model).name
+    described = (
+        f"{format_bytes(target.budget_bytes)} budget"
+        if target.budget_bytes is not None
+        else f"{target.ratio:.0%} of the original estimated peak "
+        f"({format_bytes(planned.plan.budget_bytes)})"
+    )
+    emitted = emit_module(
+        planned.graph,
+        planned.plan,
+        planned.loaded.module,
+        command=f"python -m codegen emit {name} {flag}",
+        target=described,
+    )
+    return planned, emitted
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so readers see the old content or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _emit(args: argparse.Namespace) -> int:
+    target, flag = target_of(args)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: --out must be a directory")
+    planned, emitted = generate(args.model, target, flag)
+    if not args.no_verify:
+        verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+    destination = out_dir / f"{Path(args.model).stem}.py"
+    write_atomic(destination, emitted.source)
+    plan = planned.plan
+    note = (
+        ""
+        if plan.met
+        else f", missing the target by {format_bytes(plan.planned_peak_bytes - plan.budget_bytes)}"
+    )
+    print(
+        f"wrote {destination}: {len(plan.regions)} chunk loop(s), estimated peak "
+        f"{format_bytes(plan.original_peak_bytes)} -> {format_bytes(plan.planned_peak_bytes)}{note}"
+    )
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    target, _ = target_of(args)
+    planned = plan_model(args.model, target)
+    plan, graph = planned.plan, planned.graph
+    if args.json:
+        print(json.dumps(plan.to_json(graph), indent=2))
+        return 0
+    print(
+        f"{Path(args.model).name}: estimated activation peak {format_bytes(plan.original_peak_bytes)}"
+    )
+    print(
+        f"target {format_bytes(plan.budget_bytes)}; planned peak {format_bytes(plan.planned_peak_bytes)}"
+        + ("" if plan.met else " (target missed)")
+    )
+    for index, region in enumerate(plan.to_json(graph)["regions"], 1):
+        dim = region["dim"]
+        lines = region["source_lines"]
+        where = f"lines {lines[0]}-{lines[-1]}" if lines else "no source lines"
+        print(
+            f"  region {index}: {where}, over {dim['symbol'] or dim['size']} "
+            f"({dim['input']} axis {dim['axis']}), chunk {region['chunk_size']} x{region['n_chunks']}, "
+            f"peak {format_bytes(region['estimated_peak_bytes'])}, {len(region['nodes'])} nodes in the loop"
+        )
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "emit": _emit,
+    "plan": _plan,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 user error, 2 usage, 3 internal error)."""
+    args = _parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except InternalError as exc:
+        kept = f"; the generated code is kept in {exc.evidence}" if exc.evidence else ""
+        print(f"INTERNAL ERROR: {exc}{kept}. Please report this.", file=sys.stderr)
+        return 3
+    except Exception as exc:  # a bug of ours, not the user's
+        print(
+            f"INTERNAL ERROR: {type(exc).__name__}: {exc}. Please report this.",
+            file=sys.stderr,
+        )
+        return 3

@@ -1,0 +1,140 @@
+"""Benchmark generated modules against their originals: activation memory and time.
+
+    python scripts/bench.py [MODEL.py ...] [--memory-ratio R] [--repeats N] [--write]
+
+For each model (default: every file in examples/), in one process: plan and emit the chunked
+module (verified), measure activation memory of both with the live-storage tracker (CPU) or
+torch.cuda's allocator statistics (`--device cuda`), and time them interleaved, reporting the
+median of the per-pair time ratios. `--write` rewrites BENCHMARKS.md with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils._pytree import tree_map  # noqa: E402
+
+from analysis.measure import measure_peak  # noqa: E402
+from analysis.select import Target  # noqa: E402
+from codegen.body import format_bytes  # noqa: E402
+from codegen.cli import generate  # noqa: E402
+from codegen.verify import compare, import_source, instantiate, verify  # noqa: E402
+
+
+def _to(value: Any, device: str) -> Any:
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
+
+
+def _time(fn: Any, inputs: tuple[Any, ...], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(*inputs)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_model(path: Path, ratio: float, repeats: int, device: str) -> dict[str, Any]:
+    """Return one row: estimates, measured memory, time ratio and planning time."""
+    started = time.perf_counter()
+    planned, emitted = generate(path, Target(ratio=ratio), f"--memory-ratio {ratio:g}")
+    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+    plan_seconds = time.perf_counter() - started
+    module, _ = import_source(emitted.source)
+    original = planned.loaded.module.to(device)
+    chunked = instantiate(module, original)
+    inputs = _to(planned.loaded.inputs, device)
+    with torch.no_grad():
+        problem = compare(original(*inputs), chunked(*inputs))
+        if problem:
+            raise SystemExit(f"{path.name}: {problem}")
+        original_bytes = measure_peak(original, inputs)
+        chunked_bytes = measure_peak(chunked, inputs)
+        for fn in (original, chunked):  # warm up
+            fn(*inputs)
+        ratios = []
+        for _ in range(repeats):
+            base = _time(original, inputs, device)
+            ours = _time(chunked, inputs, device)
+            ratios.append(ours / base)
+    plan = planned.plan
+    return {
+        "model": path.stem,
+        "original": original_bytes,
+        "chunked": chunked_bytes,
+        "reduction": 1 - chunked_bytes / original_bytes,
+        "time_ratio": statistics.median(ratios),
+        "estimate_error_original": plan.original_peak_bytes / original_bytes - 1,
+        "estimate_error_chunked": plan.planned_peak_bytes / chunked_bytes - 1,
+        "regions": len(plan.regions),
+        "plan_seconds": plan_seconds,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | original | chunked | reduction | time ratio | estimate error (orig / chunked) "
+        "| regions | emit + verify |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {format_bytes(r['original'])} | {format_bytes(r['chunked'])} "
+            f"| {r['reduction']:.1%} | {r['time_ratio']:.2f}x "
+            f"| {r['estimate_error_original']:+.1%} / {r['estimate_error_chunked']:+.1%} "
+            f"| {r['regions']} | {r['plan_seconds']:.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", type=Path)
+    parser.add_argument("--memory-ratio", type=float, default=0.2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    models = args.models or sorted((ROOT / "examples").glob("*.py"))
+    rows = []
+    for path in models:
+        row = bench_model(path, args.memory_ratio, args.repeats, args.device)
+        rows.append(row)
+        print(table([row]).splitlines()[-1], flush=True)
+    text = table(rows)
+    print(text)
+    if args.write:
+        command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        machine = (
+            torch.cuda.get_device_name()
+            if args.device == "cuda"
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        )
+        (ROOT / "BENCHMARKS.md").write_text(
+            "# Benchmarks\n\n"
+            f"Command: `{command.strip()}`  \n"
+            f"Machine: {machine}; torch {torch.__version__}; target `--memory-ratio "
+            f"{args.memory_ratio:g}`.\n\n"
+            "Activation memory is measured (live-storage tracker on CPU, "
+            "`torch.cuda.max_memory_allocated` on CUDA). The time ratio is the median of "
+            f"{args.repeats} interleaved runs, chunked over original: below 1.00 is faster. "
+            "Estimate error is the planner's estimate against the measurement.\n\n"
+            f"{text}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Search and selection on small models, and `plan --json` (Contract 2)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.capture import capture
+from analysis.dimflow import dim_rule, tensor_inputs
+from analysis.loader import load_model_file
+from analysis.memory import estimate_graph
+from analysis.select import Target, make_plan
+from codegen.cli import main
+from codegen.emit import emit_module
+from codegen.verify import verify
+
+ATTENTION = """
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(32, 96)
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).split(32, dim=-1)
+            q = q.view(1, -1, 4, 8).transpose(1, 2)
+            k = k.view(1, -1, 4, 8).transpose(1, 2)
+            v = v.view(1, -1, 4, 8).transpose(1, 2)
+            att = (q @ k.transpose(-1, -2)) * 0.35
+            att = att.softmax(dim=-1)
+            y = (att @ v).transpose(1, 2).reshape(1, -1, 32)
+            return {TAIL}
+
+    def make_model():
+        torch.manual_seed(0)
+        return Attention()
+
+    def make_inputs():
+        return (torch.randn(1, 256, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def _write(tmp_path: Path, tail: str = "self.proj(y)") -> Path:
+    path = tmp_path / "attention.py"
+    path.write_text(textwrap.dedent(ATTENTION).replace("{TAIL}", tail))
+    return path
+
+
+def _plan(path: Path, target: Target):
+    loaded = load_model_file(path)
+    graph = capture(loaded)
+    return loaded, graph, make_plan(graph, target)
+
+
+def test_attention_is_chunked_along_the_query_length(tmp_path: Path) -> None:
+    loaded, graph, plan = _plan(_write(tmp_path), Target(ratio=0.3))
+    assert plan.met and plan.regions
+    (region,) = plan.regions
+    loop = dict(region.loop)
+    softmax = next(n.name for n in graph.ops() if n.target == torch.ops.aten.softmax.int)
+    assert loop[softmax] == 2  # [1, heads, query, key]: the query rows
+    assert region.extent == 256
+    emitted = emit_module(graph, plan, loaded.module, "test", "test")
+    verify(emitted.source, loaded.module, loaded.inputs)
+
+
+def test_no_loop_cuts_through_an_op_that_mixes_its_dim(tmp_path: Path) -> None:
+    # cumsum along the query rows has no rule: it mixes every dim, so the loop must stop before it
+    path = _write(tmp_path, tail="self.proj(y).cumsum(dim=1)")
+    loaded, graph, plan = _plan(path, Target(ratio=0.3))
+    cumsum = next(n.name for n in graph.ops() if "cumsum" in str(n.target))
+    assert all(cumsum not in dict(r.loop) for r in plan.regions)
+    emitted = emit_module(graph, plan, loaded.module, "test", "test")
+    verify(emitted.source, loaded.module, loaded.inputs)
+
+
+def test_every_loop_node_keeps_its_chunked_dim_unmixed(gpt_generated) -> None:
+    planned, _ = gpt_generated
+    graph = planned.graph
+    for region in planned.plan.regions:
+        loop = dict(region.loop)
+        sliced = dict(region.slices)
+        for name, dim in region.loop:
+            rule = dim_rule(graph[name], graph)
+            assert rule is not None and rule.groups[dim], name
+            for slot, source in enumerate(tensor_inputs(graph[name], graph)):
+                want = rule.input_dim(dim, slot)
+                have = loop.get(source, sliced.get(source))
+                assert want == have, (name, source, want, have)
+
+
+def test_unreachable_target_gives_best_plan_and_says_by_how_much(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path)
+    code = main(["plan", str(path), "--memory-budget", "1"])
+    assert code == 0
+    assert "target missed" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main(["emit", str(path), "--out", str(out), "--memory-budget", "1"]) == 0
+    assert "missing the target by" in capsys.readouterr().out
+    assert (out / "attention.py").exists()
+
+
+def test_plan_json_has_the_contract_fields(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path)
+    assert main(["plan", str(path), "--json", "--memory-ratio", "0.3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for key in ("original_peak_bytes", "planned_peak_bytes", "budget_bytes", "regions"):
+        assert key in data
+    assert data["planned_peak_bytes"] <= data["budget_bytes"] < data["original_peak_bytes"]
+    (region,) = data["regions"]
+    assert {"dim", "chunk_size", "n_chunks", "nodes", "estimated_peak_bytes"} <= set(region)
+    assert set(region["dim"]) >= {"input", "axis"}
+    assert region["n_chunks"] == -(-256 // region["chunk_size"])
+    assert "softmax" in region["nodes"]
+
+
+def test_memory_budget_sizes_are_parsed(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path)
+    for flag, expected in (("512MB", 512 * 10**6), ("2GiB", 2 * 2**30), ("123456", 123456)):
+        assert main(["plan", str(path), "--json", "--memory-budget", flag]) == 0
+        assert json.loads(capsys.readouterr().out)["budget_bytes"] == expected
+
+
+def test_a_model_already_under_target_gets_no_loops(tmp_path: Path) -> None:
+    loaded, graph, plan = _plan(_write(tmp_path), Target(budget_bytes=10**9))
+    assert plan.regions == () and plan.met
+    assert plan.planned_peak_bytes == estimate_graph(graph).peak
