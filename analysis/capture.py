@@ -5,8 +5,12 @@ torch.export traces on fake tensors, so capturing a long sequence allocates no a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,9 @@ from analysis.errors import UserError
 from analysis.ir import Graph, Meta, Node, Ref, Size, Source, Symbol, TensorMeta
 from analysis.loader import LoadedModel, describe, model_frame
 
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)\n\s*(?P<code>.*)')
+_FRAME = re.compile(
+    r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)\n\s*(?P<code>.*)'
+)
 
 _KINDS = {
     InputKind.PARAMETER: "param",
@@ -30,16 +36,42 @@ _KINDS = {
 }
 
 
+#: ops that only assert what the exported graph already guarantees; they produce nothing
+_CHECKS = {
+    torch.ops.aten._assert_tensor_metadata.default,
+    torch.ops.aten._assert_scalar.default,
+    torch.ops.aten.sym_constrain_range_for_size.default,
+}
+
+
 def export(loaded: LoadedModel) -> ExportedProgram:
     """Run torch.export on the model, turning a capture failure into a UserError at the model line."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             return torch.export.export(
                 loaded.module, loaded.inputs, dynamic_shapes=loaded.dynamic_shapes, strict=False
             )
     except Exception as exc:
         where = model_frame(exc, loaded.path) or loaded.path.name
-        raise UserError(f"{where}: torch.export could not capture the model: {describe(exc)}") from None
+        raise UserError(
+            f"{where}: torch.export could not capture the model: {describe(exc)}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch's logging and stderr dumps while exporting.
+
+    On a failed capture torch logs the failing op's traceback and prints the partial graph to
+    stderr; the UserError raised instead already says what went wrong, in one line.
+    """
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(disabled)
 
 
 def capture(loaded: LoadedModel) -> Graph:
@@ -74,6 +106,8 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
             target = fx.name if kind == "input" else spec.target
             nodes.append(Node(name=fx.name, kind=kind, target=target, meta=meta))
         elif fx.op == "call_function":
+            if fx.target in _CHECKS:
+                continue  # export-time metadata checks: no result, nothing to run
             nodes.append(_op_node(fx, loaded.path))
         elif fx.op == "output":
             outputs = tuple(_arg(a) for a in fx.args[0])
@@ -165,9 +199,16 @@ def _size(value: Any) -> Size:
     return int(value)
 
 
+def _contiguous(value: torch.Tensor) -> bool:
+    try:
+        return bool(value.is_contiguous())
+    except Exception:  # a layout question the symbolic shapes cannot answer
+        return False
+
+
 def _meta(value: Any) -> Meta:
     if isinstance(value, torch.Tensor):
-        return TensorMeta(tuple(_size(s) for s in value.shape), value.dtype)
+        return TensorMeta(tuple(_size(s) for s in value.shape), value.dtype, _contiguous(value))
     if isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
         return tuple(TensorMeta(tuple(_size(s) for s in v.shape), v.dtype) for v in value)
     if isinstance(value, (torch.SymInt, int)) and not isinstance(value, bool):

@@ -151,6 +151,14 @@ def _norm_dim(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
 
 
+def _schema_arg(node: Node, name: str, default: Any = None) -> Any:
+    """Return the argument the op's schema calls `name`, passed by position or by keyword."""
+    names = [a.name for a in node.target._schema.arguments]
+    if name in names and names.index(name) < len(node.args):
+        return node.args[names.index(name)]
+    return node.kwarg(name, default)
+
+
 @rule(
     aten.add, aten.sub, aten.mul, aten.div, aten.neg, aten.exp, aten.log, aten.tanh,
     aten.sigmoid, aten.relu, aten.gelu, aten.silu, aten.sqrt, aten.rsqrt, aten.pow, aten.abs,
@@ -159,7 +167,7 @@ def _norm_dim(dim: int, rank: int) -> int:
     aten.type_as, aten.alias, aten.detach, aten.clamp, aten.maximum, aten.minimum, aten.erf,
     aten.logical_and, aten.logical_or, aten.bitwise_and, aten.bitwise_or, aten.reciprocal,
     aten.add_, aten.sub_, aten.mul_, aten.div_, aten.masked_fill_, aten.relu_, aten.copy_,
-    aten.square, aten.sin, aten.cos, aten.tanh_, aten.gelu_, aten.silu_, aten.sigmoid_,
+    aten.square, aten.__and__, aten.__or__, aten.sin, aten.cos, aten.tanh_, aten.gelu_, aten.silu_, aten.sigmoid_,
 )  # fmt: skip
 def _elementwise(node: Node, graph: Graph) -> DimRule:
     return _broadcast(node, graph)
@@ -306,15 +314,17 @@ def _unsqueeze(node: Node, graph: Graph) -> DimRule:
 
 
 @rule(aten.squeeze)
-def _squeeze(node: Node, graph: Graph) -> DimRule:
+def _squeeze(node: Node, graph: Graph) -> DimRule | None:
+    # squeeze drops a listed dim whenever it has size 1 at run time, so a listed dim that is kept
+    # must not be cut (a chunk of length 1 would vanish); with no list that is every dim
     (source,) = _shapes(node, graph)
-    dims = node.args[1] if len(node.args) > 1 else range(len(source))
-    dims = [dims] if isinstance(dims, int) else dims
-    gone = {
-        _norm_dim(d, len(source)) for d in dims if evaluate(source[d], graph.hints) == 1
-    }
-    kept = [k for k in range(len(source)) if k not in gone]
-    return DimRule(tuple(((0, k),) for k in kept))
+    if len(node.args) < 2:
+        return None
+    dims = node.args[1]
+    dims = {_norm_dim(d, len(source)) for d in ([dims] if isinstance(dims, int) else dims)}
+    ones = {k for k in dims if evaluate(source[k], graph.hints) == 1}
+    kept = [k for k in range(len(source)) if k not in ones]
+    return DimRule(tuple(() if k in dims else ((0, k),) for k in kept))
 
 
 @rule(aten.expand)
@@ -378,12 +388,12 @@ def _embedding(node: Node, graph: Graph) -> DimRule:
 @rule(aten.sum, aten.mean, aten.amax, aten.amin, aten.var, aten.std, aten.logsumexp)
 def _reduce(node: Node, graph: Graph) -> DimRule | None:
     (source,) = _shapes(node, graph)
-    dims = node.args[1] if len(node.args) > 1 else node.kwarg("dim")
+    dims = _schema_arg(node, "dim")
     if dims is None or dims == []:
         return None  # a full reduction mixes everything
     dims = [dims] if isinstance(dims, int) else dims
     reduced = {_norm_dim(d, len(source)) for d in dims}
-    keep = node.args[2] if len(node.args) > 2 else node.kwarg("keepdim", False)
+    keep = _schema_arg(node, "keepdim", False)  # var.dim and std.dim put `unbiased` before it
     if keep:
         return DimRule(tuple(() if k in reduced else ((0, k),) for k in range(len(source))))
     return DimRule(tuple(((0, k),) for k in range(len(source)) if k not in reduced))

@@ -33,6 +33,8 @@ class TensorMeta:
     shape: tuple[Size, ...]
     #: element type
     dtype: torch.dtype
+    #: whether the value is laid out contiguously (views may not be)
+    contiguous: bool = True
 
     @property
     def rank(self) -> int:
@@ -175,6 +177,7 @@ class Graph:
                     raise ValueError(f"node {node.name} reads unknown node {ref}")
                 users[ref].append(node.name)
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_position", {n.name: i for i, n in enumerate(self.nodes)})
         object.__setattr__(self, "_users", {k: tuple(v) for k, v in users.items()})
 
     def __getitem__(self, name: str) -> Node:
@@ -182,6 +185,10 @@ class Graph:
 
     def __contains__(self, name: object) -> bool:
         return name in self._index
+
+    def position(self, name: str) -> int:
+        """Return the node's index in execution order."""
+        return self._position[name]
 
     def users(self, name: str) -> tuple[str, ...]:
         """Return the nodes that read `name`, in execution order."""

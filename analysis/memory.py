@@ -140,9 +140,16 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
     fraction = min(region.chunk_size, extent) / extent
     loop = region.loop_dims
     stmts = [
-        replace(node_stmt(graph[name], graph, transient_bytes(graph[name], graph)), label=label)
+        replace(
+            node_stmt(graph[name], graph, transient_bytes(graph[name], graph)),
+            label=label,
+        )
         for name in region.hoisted
     ]
+    copies = {name: f"{name}@contiguous" for name in region.materialized}
+    for name, key in copies.items():
+        nbytes = value_bytes(graph[name].meta, hints)
+        stmts.append(Stmt(key=key, alloc=nbytes, uses=(name,), label=label))
     outputs = {name for name, _ in region.outputs}
     for name in outputs:
         stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=label))
@@ -151,15 +158,16 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
         node = graph[name]
         uses = []
         for ref in dict.fromkeys(node.refs()):
-            uses.append(chunk_key(ref) if ref in loop else ref)
+            key = chunk_key(ref) if ref in loop else copies.get(ref, ref)
+            uses.append(key)
             if ref not in loop:
-                outer.add(ref)
+                outer.add(key)
         base = node.mutates or node.aliases
         owned = base is None
         stmts.append(
             Stmt(
                 key=chunk_key(name),
-                alloc=math.ceil(value_bytes(node.meta, hints) * fraction) if owned else 0,
+                alloc=(math.ceil(value_bytes(node.meta, hints) * fraction) if owned else 0),
                 shares=None if owned else (chunk_key(base) if base in loop else base),
                 uses=tuple(uses),
                 transient=transient_bytes(node, graph, fraction),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.ir import Graph, Size, evaluate
@@ -31,6 +31,9 @@ class Region:
     extent: Size
     #: rows per chunk (the last chunk may be shorter)
     chunk_size: int = 0
+    #: non-contiguous values read whole by matmuls in the loop: copied contiguous once, before
+    #: it, instead of once per chunk inside each matmul
+    materialized: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         loop = {name for name, _ in self.loop}
@@ -48,7 +51,13 @@ class Region:
 
     def with_chunk_size(self, chunk_size: int) -> Region:
         return Region(
-            self.span, self.loop, self.hoisted, self.slices, self.outputs, self.extent, chunk_size
+            self.span,
+            self.loop,
+            self.hoisted,
+            self.slices,
+            self.outputs,
+            self.extent,
+            chunk_size,
         )
 
 

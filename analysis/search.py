@@ -15,22 +15,52 @@ outputs, written into preallocated buffers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from analysis.dimflow import DimRule, dim_rule, out_meta, tensor_inputs
-from analysis.ir import Graph, evaluate
+import torch
+
+from analysis.ir import Graph, TensorMeta, evaluate
 from analysis.plan import Region
+
+aten = torch.ops.aten
 
 
 class _Reject(Exception):
     """The stretch cannot run as one loop over the seed dim."""
 
+    def __init__(self, reason: str, node: str, via: str | None = None, forward: bool = False):
+        super().__init__(reason)
+        #: the node where the conflict showed, the node it was reached from, and how
+        self.node, self.via, self.forward = node, via, forward
 
-def propagate(graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int) -> Region | None:
-    """Return the region a stretch forms when chunked along `seed_dim` of `seed`, if it can."""
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Why a stretch failed, and which boundary to move to get past it."""
+
+    #: nodes the stretch may start after to get past the conflict, nearest it first
+    start_after: tuple[str, ...]
+    #: nodes the stretch may end before to get past the conflict, nearest it first
+    end_before: tuple[str, ...]
+    reason: str
+
+
+def propagate(
+    graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int
+) -> Region | Conflict | None:
+    """Return the region a stretch forms when chunked along `seed_dim` of `seed`.
+
+    Returns a Conflict naming the boundary to move when the stretch as given cannot form one,
+    and None when the seed itself cannot be chunked along that dim.
+    """
     inside = set(span)
     rules: dict[str, DimRule | None] = {}
     loop: dict[str, int] = {}
     sliced: dict[str, int] = {}
     hoist: set[str] = set()
+    #: how each per-chunk node was reached: (from node, reached forwards)
+    parent: dict[str, tuple[str | None, bool]] = {}
 
     def rule_of(name: str) -> DimRule | None:
         if name not in rules:
@@ -41,38 +71,43 @@ def propagate(graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int) -> 
         found = rule_of(name)
         return found is not None and dim < len(found.groups) and bool(found.groups[dim])
 
-    def need_slice(name: str, dim: int) -> None:
+    def need_slice(name: str, dim: int, via: str | None, forward: bool) -> None:
         if name in loop:
-            raise _Reject(f"{name} is chunked along {loop[name]}, needed along {dim}")
+            raise _Reject(
+                f"{name} is chunked along {loop[name]}, needed along {dim}", name, via, forward
+            )
+        if isinstance(graph[name].meta, tuple):
+            raise _Reject(f"{name} is a tuple: it cannot be sliced", name, via, forward)
         if sliced.setdefault(name, dim) != dim:
-            raise _Reject(f"{name} sliced along two dims")
+            raise _Reject(f"{name} sliced along two dims", name, via, forward)
         if name in inside:
             hoist.add(name)
 
     work: list[str] = []
 
-    def chunk(name: str, dim: int, forward: bool) -> None:
+    def chunk(name: str, dim: int, via: str | None, forward: bool) -> None:
         if name in loop:
             if loop[name] != dim:
-                raise _Reject(f"{name} chunked along two dims")
+                raise _Reject(f"{name} chunked along two dims", name, via, forward)
             return
         if name not in inside:
-            need_slice(name, dim)
+            need_slice(name, dim, via, forward)
             return
         if name in hoist or not producible(name, dim):
             if forward:
-                raise _Reject(f"{name} mixes the chunked dim")
-            need_slice(name, dim)
+                raise _Reject(f"{name} mixes the chunked dim", name, via, forward)
+            need_slice(name, dim, via, forward)
             return
         if name in sliced:
-            raise _Reject(f"{name} is both sliced and chunked")
+            raise _Reject(f"{name} is both sliced and chunked", name, via, forward)
         loop[name] = dim
+        parent[name] = (via, forward)
         work.append(name)
 
     if not producible(seed, seed_dim):
         return None
     try:
-        chunk(seed, seed_dim, forward=False)
+        chunk(seed, seed_dim, None, forward=False)
         while work:
             name = work.pop()
             node = graph[name]
@@ -80,27 +115,59 @@ def propagate(graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int) -> 
             assert found is not None
             dim = loop[name]
             if node.mutates is not None and node.mutates not in loop:
-                raise _Reject(f"{name} writes in place into a value outside the loop")
+                raise _Reject(f"{name} writes into a value outside the loop", name, name, True)
             for slot, source in enumerate(tensor_inputs(node, graph)):
                 want = found.input_dim(dim, slot)
                 if want is not None:
-                    chunk(source, want, forward=False)
+                    chunk(source, want, name, forward=False)
                 elif source in loop:
-                    raise _Reject(f"{name} reads chunked {source} whole")
+                    raise _Reject(f"{name} reads chunked {source} whole", name, source, True)
             for user in graph.users(name):
                 if user not in inside:
                     continue
                 user_rule = rule_of(user)
                 slots = [s for s, v in enumerate(tensor_inputs(graph[user], graph)) if v == name]
-                if user_rule is None or not slots:
-                    raise _Reject(f"{user} mixes the chunked dim of {name}")
-                out_dims = {user_rule.group_of(slot, dim) for slot in slots}
+                out_dims = (
+                    {user_rule.group_of(slot, dim) for slot in slots} if user_rule else {None}
+                )
                 if None in out_dims or len(out_dims) != 1:
-                    raise _Reject(f"{user} mixes the chunked dim of {name}")
-                chunk(user, out_dims.pop(), forward=True)
-    except _Reject:
-        return None
+                    raise _Reject(f"{user} mixes the chunked dim of {name}", user, name, True)
+                chunk(user, out_dims.pop(), name, forward=True)
+    except _Reject as reject:
+        return _blame(reject, parent, graph, inside, seed)
     return _region(graph, span, loop, sliced, seed, seed_dim)
+
+
+def _blame(
+    reject: _Reject,
+    parent: dict[str, tuple[str | None, bool]],
+    graph: Graph,
+    inside: set[str],
+    seed: str,
+) -> Conflict:
+    """Return the boundary moves that cut the walk from the seed to the conflict.
+
+    The walk is cut by ending the stretch before a node reached forwards that runs after the
+    seed, or by starting it after a node reached backwards that runs before the seed (a
+    projection split into q, k and v, where only q may be chunked, is cut by starting after
+    the split). Cuts are listed nearest the conflict first: those keep the most of the stretch.
+    """
+    steps = [(reject.node, reject.forward)]
+    name = reject.via
+    while name is not None:
+        via, forward = parent.get(name, (None, False))
+        steps.append((name, forward))
+        name = via
+    at = graph.position(seed)
+    starts, ends = [], []
+    for node, forward in steps[:-1]:  # deepest first; the last step is the seed itself
+        if node not in inside:
+            continue
+        if forward and graph.position(node) > at:
+            ends.append(node)
+        if not forward and graph.position(node) < at:
+            starts.append(node)
+    return Conflict(tuple(starts), tuple(ends), str(reject))
 
 
 def _region(
@@ -110,7 +177,7 @@ def _region(
     sliced: dict[str, int],
     seed: str,
     seed_dim: int,
-) -> Region | None:
+) -> Region | Conflict | None:
     inside = set(span)
     graph_outputs = graph.output_names()
     outputs = []
@@ -119,11 +186,17 @@ def _region(
             continue
         if any(user not in inside for user in graph.users(name)) or name in graph_outputs:
             if isinstance(graph[name].meta, tuple):
-                return None  # a tuple of chunks read after the loop: no buffer layout for it
+                # a tuple of chunks read after the loop has no buffer layout: start after it
+                return Conflict((name,), (), f"{name} is a tuple read after the loop")
             outputs.append((name, loop[name]))
     if not outputs:
         return None
     extent = out_meta(graph[seed]).shape[seed_dim]
+    materialized = [
+        name
+        for name in _order(graph, _read_whole_by_matmul(graph, loop, sliced))
+        if isinstance(graph[name].meta, TensorMeta) and not graph[name].tensor.contiguous
+    ]
     ordered_slices = [(name, sliced[name]) for name in _order(graph, sliced)]
     return Region(
         span=span,
@@ -132,7 +205,24 @@ def _region(
         slices=tuple(ordered_slices),
         outputs=tuple(outputs),
         extent=extent,
+        materialized=tuple(materialized),
     )
+
+
+#: ops that copy a non-contiguous operand before multiplying (matmul reshapes batched operands)
+_MATMULS = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.baddbmm.default}
+
+
+def _read_whole_by_matmul(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict:
+    """Return values from outside the loop that loop matmuls read whole (not sliced)."""
+    found: dict[str, int] = {}
+    for name in loop:
+        node = graph[name]
+        if node.target in _MATMULS:
+            for source in tensor_inputs(node, graph):
+                if source not in loop and source not in sliced and graph[source].kind == "op":
+                    found[source] = 0
+    return found
 
 
 def _order(graph: Graph, names: dict[str, int]) -> list[str]:
@@ -146,3 +236,38 @@ def chunkable_dims(graph: Graph, name: str, minimum: int = 2) -> list[int]:
         return []
     sizes = [(evaluate(size, graph.hints), dim) for dim, size in enumerate(meta.shape)]
     return [dim for size, dim in sorted(sizes, key=lambda p: (-p[0], p[1])) if size >= minimum]
+
+
+def grow(
+    graph: Graph, names: list[str], first: int, last: int, seed: str, dim: int, budget: int = 24
+) -> list[Region]:
+    """Return the regions around the seed inside names[first:last+1].
+
+    Starting from the whole window, each conflict offers boundary moves (the cut nearest the
+    conflict and the one nearest the seed, on either side); the stretches they give are tried
+    breadth-first, at most `budget` of them.
+    """
+    position = {name: index for index, name in enumerate(names)}
+    at = position[seed]
+    queue = [(first, last)]
+    seen = set(queue)
+    found: list[Region] = []
+    while queue and budget > 0:
+        first, last = queue.pop(0)
+        budget -= 1
+        result = propagate(graph, tuple(names[first : last + 1]), seed, dim)
+        if result is None:
+            return found
+        if isinstance(result, Region):
+            found.append(result)
+            continue
+        moves = []
+        for cut in dict.fromkeys(result.start_after[:1] + result.start_after[-1:]):
+            moves.append((position[cut] + 1, last))
+        for cut in dict.fromkeys(result.end_before[:1] + result.end_before[-1:]):
+            moves.append((first, position[cut] - 1))
+        for move in moves:
+            if move[0] <= at <= move[1] and move not in seen:
+                seen.add(move)
+                queue.append(move)
+    return found

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 
 from analysis.dimflow import out_meta
 from analysis.ir import Graph, evaluate, value_bytes
-from analysis.memory import Profile, estimate_graph, estimate_plan, region_label, region_peak
+from analysis.memory import (
+    Profile,
+    estimate_graph,
+    estimate_plan,
+    region_label,
+    region_peak,
+)
 from analysis.plan import ChunkPlan, Region
-from analysis.search import chunkable_dims, propagate
+from analysis.search import chunkable_dims, grow
 
 #: how far (in graph nodes) a stretch may reach before and after the peak
 WINDOW = 48
@@ -72,7 +78,11 @@ def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[
 
 
 def _best_candidate(
-    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str, budget: int
+    graph: Graph,
+    regions: tuple[Region, ...],
+    profile: Profile,
+    peak_node: str,
+    budget: int,
 ) -> Region | None:
     best: tuple[tuple[int, ...], Region] | None = None
     for region in _candidates(graph, regions, profile, peak_node):
@@ -131,20 +141,16 @@ def _candidates(
     while last + 1 < len(names) and last - position < WINDOW and names[last + 1] not in covered:
         last += 1
     footprint = dict(zip(profile.labels, profile.footprint))
-    starts = sorted(range(first, position + 1), key=lambda i: (footprint.get(names[i - 1], 0), -i))
     ends = sorted(range(position, last + 1), key=lambda i: (footprint.get(names[i], 0), i))
+    ends = sorted({last, *ends[:BOUNDARIES]})
     seeds = _seeds(graph, names, first, position, peak_node)
-    found: dict[tuple[tuple[str, ...], tuple[tuple[str, int], ...]], Region] = {}
-    for start in starts[:BOUNDARIES]:
-        for end in ends[:BOUNDARIES]:
-            span = tuple(names[start : end + 1])
-            for seed in seeds:
-                if seed not in span:
-                    continue
-                for dim in chunkable_dims(graph, seed):
-                    region = propagate(graph, span, seed, dim)
-                    if region is not None:
-                        found.setdefault((region.span, region.loop), region)
+    found: dict[tuple[tuple[str, int], ...], Region] = {}
+    for end in ends:
+        for seed in seeds:
+            for dim in chunkable_dims(graph, seed):
+                for region in grow(graph, names, first, end, seed, dim):
+                    if peak_node in region.loop_dims:
+                        found.setdefault(region.loop, region)
     return list(found.values())
 
 

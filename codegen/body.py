@@ -87,9 +87,7 @@ class ForwardBuilder:
 
     def annotate(self, meta: Any) -> str:
         if isinstance(meta, TensorMeta):
-            dims = ", ".join(
-                str(s) if isinstance(s, int) else self.sym(s) for s in meta.shape
-            )
+            dims = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in meta.shape)
             return f"{short_dtype(meta.dtype)}[{dims}]"
         return ""
 
@@ -134,9 +132,7 @@ class ForwardBuilder:
                     binds=var,
                 )
             )
-        starts = {
-            region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)
-        }
+        starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
         covered = {name for region in self.plan.regions for name in region.span}
         live = _needed(graph, self.plan)
         for node in graph.nodes:
@@ -201,13 +197,9 @@ class ForwardBuilder:
         where = f"{file.rsplit('/', 1)[-1]}:{lines[0]}-{lines[-1]}" if lines else "?"
         dim_name = symbol_name(region.extent, graph)
         over = f"`{dim_name}`" if dim_name else f"a dim of length {extent}"
-        modules = sorted(
-            {graph[n].module_path for n, _ in region.loop if graph[n].module_path}
-        )
+        modules = sorted({graph[n].module_path for n, _ in region.loop if graph[n].module_path})
         owner = _common_prefix(modules) or "model"
-        biggest = max(
-            region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints)
-        )
+        biggest = max(region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints))
         full = value_bytes(graph[biggest[0]].meta, graph.hints)
         n = max(evaluate(region.extent, graph.hints), 1)
         header = [
@@ -231,6 +223,13 @@ class ForwardBuilder:
         sliced = dict(region.slices)
         outputs = dict(region.outputs)
         reference = self.value(region.slices[0][0]) if region.slices else self.device
+        contiguous: dict[str, str] = {}
+        for name in region.materialized:
+            var = self.ns.create(f"{self.value(name)}_contiguous")
+            contiguous[name] = var
+            code = f"{var} = {self.value(name)}.contiguous()"
+            comment = "Copied contiguous once: a matmul in the loop would copy it every chunk."
+            items.append(Line(code, uses=_idents(code), binds=var, comments=[comment]))
         buffers: dict[str, str] = {}
         for name, dim in region.outputs:
             node = graph[name]
@@ -253,6 +252,8 @@ class ForwardBuilder:
                 name = value.name
                 if name in chunk_names:
                     return chunk_names[name]
+                if name in contiguous:
+                    return contiguous[name]
                 if name in sliced:
                     return _slice_expr(self.value(name), sliced[name])
                 return self.value(name)
@@ -261,9 +262,7 @@ class ForwardBuilder:
                 return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
             return literal(value, self.sym, self.device)
 
-        body: list[Any] = [
-            Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")
-        ]
+        body: list[Any] = [Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")]
         self._cited = None
         for name, dim in region.loop:
             node = graph[name]
@@ -273,9 +272,7 @@ class ForwardBuilder:
             var = self.ns.create(f"{base}_chunk" if name in outputs else base)
             chunk_names[name] = var
             code = f"{var} = {expr}"
-            body.append(
-                Line(code, uses=_idents(expr), binds=var, comments=self._cite(node))
-            )
+            body.append(Line(code, uses=_idents(expr), binds=var, comments=self._cite(node)))
             if name in outputs:
                 target = _slice_expr(buffers[name], outputs[name])
                 body.append(Line(f"{target} = {var}", uses={var, buffers[name]}))
@@ -310,9 +307,7 @@ def _resized(node: Node, dim: int, graph: Graph) -> Node:
         sizes = list(args[position])
         if sizes[element] != -1:
             sizes[element] = (
-                _ChunkLength()
-                if node.target is not torch.ops.aten.expand.default
-                else -1
+                _ChunkLength() if node.target is not torch.ops.aten.expand.default else -1
             )
         args[position] = sizes
     return _replace_args(node, tuple(args))
@@ -434,9 +429,7 @@ def _with_dels(items: list[Any], keep: set[str]) -> list[Any]:
     for index, item in enumerate(items):
         if isinstance(item, Loop):
             inner_keep = keep | {n for n in bound} | _uses_after(items, index)
-            item.body = _with_dels(
-                item.body, (inner_keep - _loop_locals(item)) | {"stop"}
-            )
+            item.body = _with_dels(item.body, (inner_keep - _loop_locals(item)) | {"stop"})
         if isinstance(item, Line) and not item.code:
             continue
         out.append(item)
@@ -477,11 +470,7 @@ def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
             body = to_cst(item.body)
             loop = cst.parse_statement(f"{item.head}\n    pass\n")
             assert isinstance(loop, cst.For)
-            out.append(
-                loop.with_changes(
-                    body=cst.IndentedBlock(body=body), leading_lines=comments
-                )
-            )
+            out.append(loop.with_changes(body=cst.IndentedBlock(body=body), leading_lines=comments))
         else:
             stmt = cst.parse_statement(item.code + "\n")
             out.append(stmt.with_changes(leading_lines=comments))

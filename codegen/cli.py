@@ -31,9 +31,7 @@ def parse_size(text: str) -> int:
     """Parse `512MB`, `2GiB` or plain bytes into bytes (KB/MB/GB are powers of 1000)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match[2].lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(
-            f"not a size: {text!r} (try 512MB, 2GiB or bytes)"
-        )
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MB, 2GiB or bytes)")
     value = float(match[1]) * _UNITS[match[2].lower()]
     if value < 1:
         raise argparse.ArgumentTypeError(f"budget must be at least one byte: {text!r}")
@@ -56,20 +54,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Plan and emit chunked, memory-saving PyTorch modules.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    emit = sub.add_parser(
-        "emit", help="write a verified chunked module to DIR/<stem>.py"
-    )
-    emit.add_argument(
-        "model", help="model file defining make_model() and make_inputs()"
-    )
+    emit = sub.add_parser("emit", help="write a verified chunked module to DIR/<stem>.py")
+    emit.add_argument("model", help="model file defining make_model() and make_inputs()")
     emit.add_argument("--out", required=True, help="output directory")
     emit.add_argument(
         "--no-verify", action="store_true", help="skip the check against the original"
     )
     plan = sub.add_parser("plan", help="print the chunk plan")
-    plan.add_argument(
-        "model", help="model file defining make_model() and make_inputs()"
-    )
+    plan.add_argument("model", help="model file defining make_model() and make_inputs()")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     for command in (emit, plan):
         group = command.add_mutually_exclusive_group()

@@ -66,9 +66,7 @@ def _kw(node: Node, arg: ArgFn, skip: tuple[str, ...] = ("pin_memory",)) -> list
     return out
 
 
-def _method(
-    name: str, varargs: bool = False
-) -> Callable[[Node, list[str], ArgFn], str]:
+def _method(name: str, varargs: bool = False) -> Callable[[Node, list[str], ArgFn], str]:
     def render(node: Node, a: list[str], arg: ArgFn) -> str:
         rest = a[1:]
         if varargs and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):

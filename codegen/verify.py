@@ -20,9 +20,7 @@ RTOL = 1e-4
 ATOL = 1e-5
 
 
-def import_source(
-    source: str, directory: Path | None = None
-) -> tuple[ModuleType, Path]:
+def import_source(source: str, directory: Path | None = None) -> tuple[ModuleType, Path]:
     """Write `source` to a temp file and import it; return the module and the file."""
     handle = tempfile.NamedTemporaryFile(
         "w", suffix=".py", prefix="autochunk_", dir=directory, delete=False
@@ -69,9 +67,7 @@ def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> N
         module, path = import_source(source)
     except Exception as exc:
         _, kept = import_source_text(source)
-        raise InternalError(
-            f"generated module does not import: {exc}", str(kept)
-        ) from exc
+        raise InternalError(f"generated module does not import: {exc}", str(kept)) from exc
     try:
         generated = instantiate(module, original)
         with torch.no_grad():
@@ -79,21 +75,15 @@ def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> N
             actual = generated(*inputs)
         problem = compare(expected, actual)
     except Exception as exc:
-        raise InternalError(
-            f"generated module failed to run: {exc}", str(path)
-        ) from exc
+        raise InternalError(f"generated module failed to run: {exc}", str(path)) from exc
     if problem is not None:
-        raise InternalError(
-            f"generated module does not match the original: {problem}", str(path)
-        )
+        raise InternalError(f"generated module does not match the original: {problem}", str(path))
     path.unlink()
 
 
 def import_source_text(source: str) -> tuple[None, Path]:
     """Keep a source that failed to import in a temp file, for the error report."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", suffix=".py", prefix="autochunk_", delete=False
-    )
+    handle = tempfile.NamedTemporaryFile("w", suffix=".py", prefix="autochunk_", delete=False)
     with handle:
         handle.write(source)
     return None, Path(handle.name)
