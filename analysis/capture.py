@@ -17,7 +17,7 @@ from typing import Any
 import sympy
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind
+from torch.export.graph_signature import InputKind, OutputKind
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from analysis.errors import UserError
@@ -52,10 +52,13 @@ def export(loaded: LoadedModel) -> ExportedProgram:
                 loaded.module, loaded.inputs, dynamic_shapes=loaded.dynamic_shapes, strict=False
             )
     except Exception as exc:
-        where = model_frame(exc, loaded.path) or loaded.path.name
-        raise UserError(
-            f"{where}: torch.export could not capture the model: {describe(exc)}"
-        ) from None
+        shown = loaded.shown or loaded.path
+        where = model_frame(exc, shown) or str(shown)
+        if "DataDependent" in type(exc).__name__:
+            reason = "the model branches on a tensor's value (data-dependent control flow)"
+        else:
+            reason = describe(exc)
+        raise UserError(f"{where}: torch.export could not capture the model: {reason}") from None
 
 
 @contextlib.contextmanager
@@ -87,6 +90,7 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
     inputs: list[str] = []
     symbols: dict[sympy.Symbol, Symbol] = {}
     outputs: tuple[Any, ...] = ()
+    mutations: tuple[tuple[str, Ref], ...] = ()
     for fx in ep.graph.nodes:
         if fx.op == "placeholder":
             spec = specs[fx.name]
@@ -110,12 +114,23 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
                 continue  # export-time metadata checks: no result, nothing to run
             nodes.append(_op_node(fx, loaded.path))
         elif fx.op == "output":
-            outputs = tuple(_arg(a) for a in fx.args[0])
+            values = [_arg(a) for a in fx.args[0]]
+            for spec, value in zip(ep.graph_signature.output_specs, values, strict=True):
+                if spec.kind == OutputKind.USER_OUTPUT:
+                    outputs += (value,)
+                elif spec.kind == OutputKind.BUFFER_MUTATION and isinstance(value, Ref):
+                    mutations += ((spec.target, value),)
+                else:
+                    raise UserError(
+                        f"graph output {spec.arg.name}: the model {spec.kind.name.lower()}s, "
+                        "which the generated module does not support"
+                    )
         else:
             raise UserError(f"graph node {fx.name}: unsupported fx op {fx.op}")
     return Graph(
         nodes=tuple(nodes),
         outputs=outputs,
+        mutations=mutations,
         out_spec=ep.call_spec.out_spec,
         inputs=tuple(inputs),
         symbols=tuple(symbols.values()),

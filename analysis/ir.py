@@ -157,6 +157,8 @@ class Graph:
     out_spec: Any
     #: names of the model's positional inputs, in order (node names of kind "input")
     inputs: tuple[str, ...]
+    #: buffers the forward updates: (buffer FQN, the value written into it)
+    mutations: tuple[tuple[str, Ref], ...] = ()
     #: dynamic dims, in the order they first appear in the inputs
     symbols: tuple[Symbol, ...] = ()
     #: the model file this came from
@@ -199,7 +201,9 @@ class Graph:
         return {s.symbol: s.hint for s in self.symbols}
 
     def output_names(self) -> set[str]:
-        return {name for value in self.outputs for name in refs_in(value)}
+        """Return the nodes whose values outlive the forward: outputs and buffer updates."""
+        names = {name for value in self.outputs for name in refs_in(value)}
+        return names | {ref.name for _, ref in self.mutations}
 
     def ops(self) -> Iterator[Node]:
         return (node for node in self.nodes if node.kind == "op")

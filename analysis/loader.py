@@ -28,14 +28,16 @@ class LoadedModel:
     inputs: tuple[Any, ...]
     #: `dynamic_shapes()`, or None when the file declares no dynamic dims
     dynamic_shapes: Any
+    #: the path as the user gave it, for messages
+    shown: Path | None = None
 
 
 def model_frame(exc: BaseException, path: Path) -> str | None:
     """Return "file:line" of the deepest traceback frame inside `path`, if any."""
     where = None
     for frame in traceback.extract_tb(exc.__traceback__):
-        if Path(frame.filename).resolve() == path:
-            where = f"{path.name}:{frame.lineno}"
+        if Path(frame.filename).resolve() == path.resolve():
+            where = f"{path}:{frame.lineno}"
     return where
 
 
@@ -54,6 +56,7 @@ def _import(path: Path) -> ModuleType:
         raise UserError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
@@ -61,6 +64,8 @@ def _import(path: Path) -> ModuleType:
     except Exception as exc:  # the user's import-time code raised
         where = model_frame(exc, path) or str(path)
         raise UserError(f"{where}: error while importing the model file: {describe(exc)}") from None
+    finally:
+        sys.dont_write_bytecode = bytecode
     return module
 
 
@@ -81,21 +86,23 @@ def _call(module: ModuleType, path: Path, name: str, required: bool) -> Any:
 
 def load_model_file(path: str | Path) -> LoadedModel:
     """Import a model file and call its factories, turning every failure into a UserError."""
-    path = Path(path).resolve()
+    path = Path(path)
     module = _import(path)
     model = _call(module, path, "make_model", required=True)
     if not isinstance(model, torch.nn.Module):
         raise UserError(
-            f"{path.name}: make_model() returned {type(model).__name__}, not a torch.nn.Module"
+            f"{path}: make_model() returned {type(model).__name__}, not a torch.nn.Module"
         )
     inputs = _call(module, path, "make_inputs", required=True)
     if isinstance(inputs, list):
         inputs = tuple(inputs)
     if not isinstance(inputs, tuple):
         raise UserError(
-            f"{path.name}: make_inputs() must return a tuple, not {type(inputs).__name__}"
+            f"{path}: make_inputs() must return a tuple, not {type(inputs).__name__}"
         )
     if not any(isinstance(x, torch.Tensor) for x in inputs):
-        raise UserError(f"{path.name}: make_inputs() returned no tensor among its inputs")
+        raise UserError(f"{path}: make_inputs() returned no tensor among its inputs")
     dynamic = _call(module, path, "dynamic_shapes", required=False)
-    return LoadedModel(path=path, module=model.eval(), inputs=inputs, dynamic_shapes=dynamic)
+    return LoadedModel(
+        path=path.resolve(), module=model.eval(), inputs=inputs, dynamic_shapes=dynamic, shown=path
+    )

@@ -141,7 +141,7 @@ class ForwardBuilder:
                 items.extend(self._region(index, region, live))
             elif node.kind == "op" and node.name not in covered and node.name in live:
                 items.append(self._line(node, self.arg_plain))
-        items.append(self._return())
+        items.extend(self._return())
         return self.params, _with_dels(items, set(self.params) | self._outputs())
 
     def _outputs(self) -> set[str]:
@@ -182,10 +182,16 @@ class ForwardBuilder:
         code = f"{var}: {note!r} = {expr}" if note else f"{var} = {expr}"
         return Line(code, uses=_idents(expr), binds=var, comments=self._cite(node))
 
-    def _return(self) -> Line:
+    def _return(self) -> list[Line]:
+        lines = []
+        for fqn, ref in self.graph.mutations:
+            code = f"{_attribute_path(fqn)}.copy_({self.value(ref.name)})"
+            lines.append(
+                Line(code, uses=_idents(code), comments=[f"the forward updates buffer {fqn}"])
+            )
         flat = [self.arg_plain(v) for v in self.graph.outputs]
         expr = _unflatten(self.graph.out_spec, iter(flat))
-        return Line(f"return {expr}", uses=_idents(expr))
+        return [*lines, Line(f"return {expr}", uses=_idents(expr))]
 
     # ---------------------------------------------------------------- regions
     def _region(self, index: int, region: Region, live: set[str]) -> list[Any]:
@@ -219,8 +225,6 @@ class ForwardBuilder:
                     *line.comments,
                 ]
             items.append(line)
-        loop_dims = region.loop_dims
-        sliced = dict(region.slices)
         outputs = dict(region.outputs)
         reference = self.value(region.slices[0][0]) if region.slices else self.device
         contiguous: dict[str, str] = {}
@@ -247,16 +251,19 @@ class ForwardBuilder:
             pass
         chunk_names: dict[str, str] = {}
 
+        def operand(name: str, want: int | None) -> str:
+            """Render one tensor operand of a loop node: its chunk, a slice, or it whole."""
+            if name in chunk_names:
+                return chunk_names[name]
+            if want is not None:
+                return _slice_expr(self.value(name), want)
+            return contiguous.get(name) or self.value(name)
+
         def arg_chunk(value: Any) -> str:
+            if isinstance(value, _Code):
+                return value.text
             if isinstance(value, Ref):
-                name = value.name
-                if name in chunk_names:
-                    return chunk_names[name]
-                if name in contiguous:
-                    return contiguous[name]
-                if name in sliced:
-                    return _slice_expr(self.value(name), sliced[name])
-                return self.value(name)
+                return self.value(value.name)  # a size: symbolic ints are never chunked
             if isinstance(value, (list, tuple)):
                 inner = ", ".join(arg_chunk(v) for v in value)
                 return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
@@ -265,8 +272,10 @@ class ForwardBuilder:
         body: list[Any] = [Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")]
         self._cited = None
         for name, dim in region.loop:
-            node = graph[name]
-            node = _resized(node, dim, graph)
+            node = _resized(graph[name], dim, graph)
+            rule = dim_rule(node, graph)
+            assert rule is not None, f"loop node {name} has no dimension rule"
+            node = _operands(node, graph, lambda slot, ref: operand(ref, rule.input_dim(dim, slot)))
             expr = render_call(node, arg_chunk)
             base = self._base(node)
             var = self.ns.create(f"{base}_chunk" if name in outputs else base)
@@ -276,7 +285,6 @@ class ForwardBuilder:
             if name in outputs:
                 target = _slice_expr(buffers[name], outputs[name])
                 body.append(Line(f"{target} = {var}", uses={var, buffers[name]}))
-        del loop_dims
         head = f"for start in range(0, {extent}, {region.chunk_size}):"
         if not items:
             body[0].comments = header
@@ -318,6 +326,37 @@ class _ChunkLength(sympy.Symbol):
 
     def __new__(cls) -> "_ChunkLength":
         return sympy.Symbol.__new__(cls, "stop - start")
+
+
+@dataclass(frozen=True)
+class _Code:
+    """An argument already rendered as Python source."""
+
+    text: str
+
+
+def _operands(node: Node, graph: Graph, render: Any) -> Node:
+    """Return the node with each tensor operand replaced by `render(slot, name)` as code.
+
+    Slots are numbered in the order `tensor_inputs` lists them, so a value read twice (h @ h)
+    can be sliced in one place and read whole in the other.
+    """
+    slot = 0
+
+    def visit(value: Any) -> Any:
+        nonlocal slot
+        if isinstance(value, Ref) and isinstance(graph[value.name].meta, (TensorMeta, tuple)):
+            slot += 1
+            return _Code(render(slot - 1, value.name))
+        if isinstance(value, (list, tuple)):
+            return type(value)(visit(v) for v in value)
+        return value
+
+    from dataclasses import replace
+
+    args = tuple(visit(v) for v in node.args)
+    kwargs = tuple((k, visit(v)) for k, v in node.kwargs)
+    return replace(node, args=args, kwargs=kwargs)
 
 
 def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:
@@ -404,7 +443,7 @@ def _unflatten(spec: Any, flat: Any) -> str:
     kind = getattr(spec, "type", None)
     if spec.is_leaf():
         return next(flat)
-    children = [_unflatten(child, flat) for child in spec.children_specs]
+    children = [_unflatten(child, flat) for child in spec.children()]
     if kind is tuple:
         return f"({', '.join(children)}{',' if len(children) == 1 else ''})"
     if kind is list:

@@ -1,0 +1,94 @@
+"""End to end on small models with the shapes real models have: buffers, dict outputs,
+in-place updates, a value read both sliced and whole; plus --no-verify and internal errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.loader import load_model_file
+from analysis.measure import measure_peak
+from codegen import cli
+from codegen.verify import compare, import_source, instantiate
+
+SELF_ATTENTION = """
+    import torch
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(16, 16)
+            self.register_buffer("calls", torch.zeros(1))
+            self.register_buffer("scale", torch.full((16,), 0.5), persistent=False)
+
+        def forward(self, x):
+            self.calls.add_(1)
+            h = self.lin(x) * self.scale
+            a = (h @ h.transpose(-1, -2)).softmax(-1)  # h is the query and the key
+            return {"out": a @ h, "calls": self.calls.clone()}  # and the value, read whole
+
+    def make_model():
+        torch.manual_seed(0)
+        return SelfAttention()
+
+    def make_inputs():
+        return (torch.randn(1, 512, 16, generator=torch.Generator().manual_seed(1)),)
+"""
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "self_attention.py"
+    path.write_text(textwrap.dedent(SELF_ATTENTION))
+    return path
+
+
+def test_buffers_dict_outputs_and_a_value_read_sliced_and_whole(model_file: Path, tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(model_file), "--out", str(out), "--memory-ratio", "0.3"]) == 0
+    source = (out / "self_attention.py").read_text()
+    assert "for start in range(0, 512, " in source
+    loaded = load_model_file(model_file)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    assert torch.equal(chunked.scale, loaded.module.scale)  # non-persistent buffers copied too
+    x = loaded.inputs[0]
+    with torch.no_grad():
+        expected, actual = loaded.module(x), chunked(x)
+    assert set(actual) == {"out", "calls"}
+    assert compare(expected, actual) is None
+    assert measure_peak(chunked, (x,)) < 0.35 * measure_peak(loaded.module, (x,))
+
+
+def test_no_verify_skips_the_check(model_file: Path, tmp_path, monkeypatch) -> None:
+    called = []
+    monkeypatch.setattr(cli, "verify", lambda *args: called.append(args))
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(model_file), "--out", str(out), "--no-verify"]) == 0
+    assert not called and (out / "self_attention.py").exists()
+    assert cli.main(["emit", str(model_file), "--out", str(out)]) == 0
+    assert called
+
+
+def test_wrong_code_is_an_internal_error_that_keeps_the_evidence(
+    model_file: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    real = cli.emit_module
+
+    def broken(*args, **kwargs):
+        emitted = real(*args, **kwargs)
+        wrong = emitted.source.replace("torch.softmax(", "torch.log_softmax(")
+        return type(emitted)(wrong, emitted.class_name)
+
+    monkeypatch.setattr(cli, "emit_module", broken)
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(model_file), "--out", str(out)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("INTERNAL ERROR")
+    assert "does not match the original" in err
+    kept = Path(err.split("kept in ")[1].split(".py")[0] + ".py")
+    assert "torch.log_softmax(" in kept.read_text()
+    assert not out.exists()
