@@ -111,9 +111,19 @@ def dim_rule(node: Node, graph: Graph) -> DimRule | None:
 
 
 def _same(a: Size, b: Size, graph: Graph) -> bool:
+    """Return whether two sizes are equal for every value of the dynamic dims.
+
+    Symbolic sizes are compared at the example sizes and at a second, unrelated point, so
+    `(s**2)//s` and `s` agree while `2*s` and `s + 2` (equal only at s=2) do not.
+    """
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    return a == b or evaluate(a, graph.hints) == evaluate(b, graph.hints) and str(a) == str(b)
+    if a == b:
+        return True
+    other = {symbol: 3 * hint + 7 for symbol, hint in graph.hints.items()}
+    return evaluate(a, graph.hints) == evaluate(b, graph.hints) and evaluate(a, other) == evaluate(
+        b, other
+    )
 
 
 def _shapes(node: Node, graph: Graph) -> list[tuple[Size, ...]]:
@@ -244,7 +254,7 @@ def _triangle(node: Node, graph: Graph) -> DimRule:
     return _identity_except(node, graph, {rank - 2, rank - 1})
 
 
-@rule(aten.view, aten.reshape, aten._unsafe_view)
+@rule(aten.view, aten.reshape, aten._unsafe_view, aten.flatten)
 def _view(node: Node, graph: Graph) -> DimRule:
     (source,) = _shapes(node, graph)
     target = out_meta(node).shape
@@ -257,6 +267,8 @@ def _view(node: Node, graph: Graph) -> DimRule:
             j = big_out[0]
             groups[j] = ((0, big_in[0]),)
             resize[j] = ((1, j),)
+    if node.target.overloadpacket is aten.flatten:
+        return DimRule(tuple(groups))  # its arguments name dims, not sizes: nothing to resize
     return DimRule(tuple(groups), tuple(resize))
 
 
@@ -397,3 +409,146 @@ def _reduce(node: Node, graph: Graph) -> DimRule | None:
     if keep:
         return DimRule(tuple(() if k in reduced else ((0, k),) for k in range(len(source))))
     return DimRule(tuple(((0, k),) for k in range(len(source)) if k not in reduced))
+
+
+@rule(aten.baddbmm)
+def _baddbmm(node: Node, graph: Graph) -> DimRule:
+    bias, left, right = _shapes(node, graph)
+    out = out_meta(node).shape
+
+    def with_bias(j: int, pairs: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+        k = j - (len(out) - len(bias))
+        if k >= 0 and _same(bias[k], out[j], graph):
+            pairs.append((0, k))
+        return tuple(pairs)
+
+    return DimRule((with_bias(0, [(1, 0), (2, 0)]), with_bias(1, [(1, 1)]), with_bias(2, [(2, 2)])))
+
+
+@rule(aten.einsum)
+def _einsum(node: Node, graph: Graph) -> DimRule | None:
+    """Letters kept in the output move together; summed letters are mixed."""
+    equation = node.args[0].replace(" ", "")
+    if "->" not in equation:
+        return None  # implicit output: letters in alphabetical order, rare in models
+    lhs, output = equation.split("->")
+    operands = lhs.split(",")
+    shapes = _shapes(node, graph)
+    if len(operands) != len(shapes):
+        return None
+    out_shape = out_meta(node).shape
+    ellipsis = max(
+        (len(s) - len(o.replace("...", "")) for o, s in zip(operands, shapes)), default=0
+    )
+
+    def expand(letters: str, rank: int) -> list[str]:
+        head, dots, tail = letters.partition("...")
+        count = rank - len(head) - len(tail) if dots else 0
+        return [*head, *(f"...{i + ellipsis - count}" for i in range(count)), *tail]
+
+    out_letters = expand(output, len(out_shape))
+    groups = []
+    for j, letter in enumerate(out_letters):
+        group = []
+        for slot, (letters, shape) in enumerate(zip(operands, shapes)):
+            for k, own in enumerate(expand(letters, len(shape))):
+                if own == letter and _same(shape[k], out_shape[j], graph):
+                    group.append((slot, k))
+        groups.append(tuple(group))
+    return DimRule(tuple(groups))
+
+
+@rule(aten.group_norm, aten.native_group_norm)
+def _group_norm(node: Node, graph: Graph) -> DimRule:
+    """Statistics span a group's channels and every spatial position: only the batch is free."""
+    rank = out_meta(node).rank
+    return _identity_except(node, graph, set(range(1, rank)))
+
+
+@rule(aten.conv2d, aten.conv1d, aten.convolution)
+def _conv(node: Node, graph: Graph) -> DimRule | None:
+    """Batch is free, output channels follow the weight's rows; a spatial dim only moves with the
+    input's when the kernel is 1 wide with stride 1 and no padding (no halo crosses a chunk)."""
+    shapes = _shapes(node, graph)
+    x, weight = shapes[0], shapes[1]
+    has_bias = len(shapes) > 2
+    groups_arg = _schema_arg(node, "groups", 1)
+    if node.target.overloadpacket is aten.convolution and _schema_arg(node, "transposed", False):
+        return None
+    stride = _schema_arg(node, "stride", [1])
+    padding = _schema_arg(node, "padding", [0])
+    dilation = _schema_arg(node, "dilation", [1])
+    if isinstance(padding, str):
+        padding = [0] if padding == "valid" else [None]
+    rank = out_meta(node).rank
+    groups: list[tuple[tuple[int, int], ...]] = [((0, 0),)]
+    channels = [(1, 0)] + ([(2, 0)] if has_bias else [])
+    groups.append(tuple(channels) if groups_arg == 1 else ())
+    for axis in range(2, rank):
+        i = axis - 2
+        pointwise = (
+            evaluate(weight[axis], graph.hints) == 1
+            and _pick(stride, i) == 1
+            and _pick(padding, i) == 0
+            and _pick(dilation, i) in (1, None)
+        )
+        groups.append(
+            ((0, axis),) if pointwise and _same(x[axis], out_meta(node).shape[axis], graph) else ()
+        )
+    return DimRule(tuple(groups))
+
+
+def _pick(values: Any, index: int) -> Any:
+    if isinstance(values, int):
+        return values
+    values = list(values)
+    return values[index] if index < len(values) else values[-1] if values else None
+
+
+@rule(aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_nearest1d)
+def _upsample(node: Node, graph: Graph) -> DimRule:
+    """Batch and channels move; resized spatial dims change length, so they are mixed."""
+    rank = out_meta(node).rank
+    return _identity_except(node, graph, set(range(2, rank)))
+
+
+@rule(aten.cat)
+def _cat(node: Node, graph: Graph) -> DimRule | None:
+    shapes = _shapes(node, graph)
+    out = out_meta(node).shape
+    dim = _norm_dim(_schema_arg(node, "dim", 0), len(out))
+    groups = []
+    for j in range(len(out)):
+        if j == dim:
+            groups.append(())
+            continue
+        group = [(slot, j) for slot, shape in enumerate(shapes) if len(shape) == len(out)]
+        groups.append(tuple(group))
+    return DimRule(tuple(groups))
+
+
+@rule(aten.scaled_dot_product_attention)
+def _sdpa(node: Node, graph: Graph) -> DimRule | None:
+    """Batch and head dims move with q, k, v and the mask; the query length moves with q and
+    the mask's rows (not when causal: the diagonal would shift); keys are mixed."""
+    shapes = _shapes(node, graph)
+    q, k, v = shapes[:3]
+    mask = shapes[3] if len(shapes) > 3 else None
+    out = out_meta(node).shape
+    causal = _schema_arg(node, "is_causal", False)
+    groups = []
+    for j in range(len(out) - 2):
+        group = []
+        for slot, shape in ((0, q), (1, k), (2, v), (3, mask)):
+            if shape is None:
+                continue
+            axis = j - (len(out) - len(shape))
+            if axis >= 0 and _same(shape[axis], out[j], graph):
+                group.append((slot, axis))
+        groups.append(tuple(group))
+    rows = [] if causal else [(0, len(q) - 2)]
+    if mask is not None and not causal and len(mask) >= 2 and _same(mask[-2], out[-2], graph):
+        rows.append((3, len(mask) - 2))
+    groups.append(tuple(rows))
+    groups.append(((2, len(v) - 1),))
+    return DimRule(tuple(groups))

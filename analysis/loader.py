@@ -97,9 +97,7 @@ def load_model_file(path: str | Path) -> LoadedModel:
     if isinstance(inputs, list):
         inputs = tuple(inputs)
     if not isinstance(inputs, tuple):
-        raise UserError(
-            f"{path}: make_inputs() must return a tuple, not {type(inputs).__name__}"
-        )
+        raise UserError(f"{path}: make_inputs() must return a tuple, not {type(inputs).__name__}")
     if not any(isinstance(x, torch.Tensor) for x in inputs):
         raise UserError(f"{path}: make_inputs() returned no tensor among its inputs")
     dynamic = _call(module, path, "dynamic_shapes", required=False)

@@ -277,7 +277,7 @@ class ForwardBuilder:
             assert rule is not None, f"loop node {name} has no dimension rule"
             node = _operands(node, graph, lambda slot, ref: operand(ref, rule.input_dim(dim, slot)))
             expr = render_call(node, arg_chunk)
-            base = self._base(node)
+            base = self._base(graph[name])
             var = self.ns.create(f"{base}_chunk" if name in outputs else base)
             chunk_names[name] = var
             code = f"{var} = {expr}"
