@@ -65,8 +65,10 @@ def make_plan(graph: Graph, target: Target) -> ChunkPlan:
             break
         candidate = _insert(regions, best, graph)
         new_profile = estimate_plan(graph, candidate)
-        if new_profile.peak >= profile.peak and new_profile.labels[new_profile.peak_index] == label:
-            break
+        index = candidate.index(best)
+        if new_profile.peak > profile.peak or region_peak(new_profile, index) >= profile.peak:
+            break  # the loop would not lower the footprint where the peak was
+
         regions, profile = candidate, new_profile
     peaks = tuple(region_peak(profile, index) for index in range(len(regions)))
     return ChunkPlan(regions, original.peak, profile.peak, budget, peaks)
