@@ -110,9 +110,29 @@ def symbol_name(size: Size, graph: Graph) -> str | None:
     return None
 
 
+def region_lines(region: Region, graph: Graph) -> list[int]:
+    """Return the model lines the loop body comes from, sorted."""
+    return sorted({graph[n].source.line for n, _ in region.loop if graph[n].source})
+
+
+def describe_lines(region: Region, graph: Graph) -> str:
+    """Return where a loop's body comes from, as "file.py:35-39" or "file.py:62-66, 180"."""
+    lines = region_lines(region, graph)
+    file = next((graph[n].source.file for n, _ in region.loop if graph[n].source), "")
+    if not lines:
+        return "no source lines"
+    spans: list[list[int]] = []
+    for line in lines:
+        if spans and line - spans[-1][1] <= 3:
+            spans[-1][1] = line
+        else:
+            spans.append([line, line])
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+    return f"{file.rsplit('/', 1)[-1]}:{text}"
+
+
 def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
     name, axis = region_dim(region, graph)
-    lines = sorted({graph[n].source.line for n in region.span if graph[n].source})
     return {
         "dim": {
             "input": name,
@@ -125,6 +145,7 @@ def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
         "nodes": [n for n, _ in region.loop],
         "hoisted": list(region.hoisted),
         "outputs": [n for n, _ in region.outputs],
-        "source_lines": lines,
+        "source_lines": region_lines(region, graph),
+        "where": describe_lines(region, graph),
         "estimated_peak_bytes": peak,
     }

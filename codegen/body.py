@@ -17,7 +17,7 @@ import torch
 
 from analysis.dimflow import dim_rule, out_meta
 from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, value_bytes
-from analysis.plan import ChunkPlan, Region, symbol_name
+from analysis.plan import ChunkPlan, Region, describe_lines, symbol_name
 from codegen.names import Namespace
 from codegen.render import literal, render_call
 
@@ -197,10 +197,8 @@ class ForwardBuilder:
     def _region(self, index: int, region: Region, live: set[str]) -> list[Any]:
         graph = self.graph
         items: list[Any] = []
-        lines = sorted({graph[n].source.line for n in region.span if graph[n].source})
-        file = next((graph[n].source.file for n in region.span if graph[n].source), "")
         extent = self.arg_plain(region.extent)
-        where = f"{file.rsplit('/', 1)[-1]}:{lines[0]}-{lines[-1]}" if lines else "?"
+        where = describe_lines(region, graph)
         dim_name = symbol_name(region.extent, graph)
         over = f"`{dim_name}`" if dim_name else f"a dim of length {extent}"
         modules = sorted({graph[n].module_path for n, _ in region.loop if graph[n].module_path})

@@ -153,8 +153,7 @@ def _plan(args: argparse.Namespace) -> int:
     )
     for index, region in enumerate(plan.to_json(graph)["regions"], 1):
         dim = region["dim"]
-        lines = region["source_lines"]
-        where = f"lines {lines[0]}-{lines[-1]}" if lines else "no source lines"
+        where = region["where"]
         print(
             f"  region {index}: {where}, over {dim['symbol'] or dim['size']} "
             f"({dim['input']} axis {dim['axis']}), chunk {region['chunk_size']} x{region['n_chunks']}, "

@@ -11,7 +11,7 @@ import libcst as cst
 import torch
 
 from analysis.ir import Graph
-from analysis.plan import ChunkPlan, region_dim, symbol_name
+from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
 from codegen import __version__
 from codegen.body import ForwardBuilder, format_bytes, to_cst
 
@@ -74,12 +74,10 @@ def emit_module(
     regions = []
     for region, peak in zip(plan.regions, plan.region_peaks, strict=True):
         name, axis = region_dim(region, graph)
-        lines = sorted({graph[n].source.line for n in region.span if graph[n].source})
-        file = next((graph[n].source.file for n in region.span if graph[n].source), "")
         dim = symbol_name(region.extent, graph) or str(region.extent)
         regions.append(
             {
-                "lines": f"{Path(file).name}:{lines[0]}-{lines[-1]}" if lines else "?",
+                "lines": describe_lines(region, graph),
                 "dim": f"{dim} ({name} axis {axis})",
                 "chunk_size": region.chunk_size,
                 "n_chunks": region.n_chunks(graph),
