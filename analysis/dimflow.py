@@ -98,6 +98,13 @@ def rule(*ops: Any) -> Callable[[Rule], Rule]:
 
 def dim_rule(node: Node, graph: Graph) -> DimRule | None:
     """Return the op's rule, or None when it mixes every dim (unknown ops included)."""
+    key = ("dim_rule", node.name)  # a node with rewritten arguments keeps its rule
+    if key not in graph.memo:
+        graph.memo[key] = _find_rule(node, graph)
+    return graph.memo[key]
+
+
+def _find_rule(node: Node, graph: Graph) -> DimRule | None:
     if node.kind != "op" or out_meta(node) is None:
         return None
     target = node.target

@@ -167,6 +167,10 @@ class Graph:
     model_class: str = "Model"
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
     _users: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _position: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    #: derived values the passes memoise per graph (dimension rules, statements); the graph
+    #: itself never changes, so they never go stale
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {node.name: node for node in self.nodes}
@@ -198,7 +202,10 @@ class Graph:
 
     @property
     def hints(self) -> dict[sympy.Symbol, int]:
-        return {s.symbol: s.hint for s in self.symbols}
+        """Return each dynamic dim's size in the example inputs."""
+        if "hints" not in self.memo:
+            self.memo["hints"] = {s.symbol: s.hint for s in self.symbols}
+        return self.memo["hints"]
 
     def output_names(self) -> set[str]:
         """Return the nodes whose values outlive the forward: outputs and buffer updates."""

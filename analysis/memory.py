@@ -45,6 +45,8 @@ class Profile:
     footprint: tuple[int, ...]
     #: labels of the statements, parallel to footprint
     labels: tuple[str, ...]
+    #: live bytes after each statement, once the values it last used are freed
+    live_after: tuple[int, ...] = ()
 
     @property
     def peak(self) -> int:
@@ -77,16 +79,25 @@ def simulate(stmts: list[Stmt], outputs: set[str]) -> Profile:
             frees.setdefault(index, []).append(owner)
     live = 0
     footprint: list[int] = []
+    after: list[int] = []
     for index, stmt in enumerate(stmts):
         if stmt.key is not None and root[stmt.key] == stmt.key:
             live += size[stmt.key]
         footprint.append(live + stmt.transient)
         live -= sum(size[owner] for owner in frees.get(index, ()))
-    return Profile(tuple(footprint), tuple(s.label for s in stmts))
+        after.append(live)
+    return Profile(tuple(footprint), tuple(s.label for s in stmts), tuple(after))
 
 
 def node_stmt(node: Node, graph: Graph, transient: int = 0) -> Stmt:
     """Return the statement that runs one graph node unchunked."""
+    key = ("stmt", node.name, transient)
+    if key not in graph.memo:
+        graph.memo[key] = _node_stmt(node, graph, transient)
+    return graph.memo[key]
+
+
+def _node_stmt(node: Node, graph: Graph, transient: int) -> Stmt:
     hints = graph.hints
     owned = node.kind == "op" and node.aliases is None and node.mutates is None
     return Stmt(
@@ -197,6 +208,25 @@ def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:
 def estimate_plan(graph: Graph, regions: tuple[Region, ...]) -> Profile:
     """Return the estimated activation-memory profile with the regions chunked."""
     return simulate(plan_program(graph, regions), graph.output_names())
+
+
+def local_region_peak(graph: Graph, profile: Profile, region: Region) -> int:
+    """Return a region's peak if its stretch ran as a loop, the rest of `profile` unchanged.
+
+    Only the region's statements are simulated, on top of the bytes live just before its
+    stretch: the values alive across it are alive throughout the loop either way. This makes
+    sizing a chunk cost the region's length, not the graph's.
+    """
+    start = profile.labels.index(region.span[0])
+    before = profile.live_after[start - 1] if start > 0 else 0
+    inside = set(region.span)
+    outputs = graph.output_names()
+    keep = {
+        name
+        for name in region.span
+        if name in outputs or any(user not in inside for user in graph.users(name))
+    }
+    return before + simulate(region_program(graph, region, 0), keep).peak
 
 
 def region_peak(profile: Profile, index: int) -> int:

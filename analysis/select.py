@@ -17,6 +17,7 @@ from analysis.memory import (
     Profile,
     estimate_graph,
     estimate_plan,
+    local_region_peak,
     region_label,
     region_peak,
 )
@@ -88,7 +89,7 @@ def _best_candidate(
 ) -> Region | None:
     best: tuple[tuple[int, ...], Region] | None = None
     for region in _candidates(graph, regions, profile, peak_node):
-        sized, peak = _size_chunks(graph, regions, region, budget)
+        sized, peak = _size_chunks(graph, profile, region, budget)
         n_chunks = sized.n_chunks(graph)
         if peak <= budget:
             key = (0, n_chunks, _round(peak), len(sized.loop))
@@ -104,9 +105,7 @@ def _round(nbytes: int) -> int:
     return nbytes // max(nbytes // 100, 1)
 
 
-def _size_chunks(
-    graph: Graph, regions: tuple[Region, ...], region: Region, budget: int
-) -> tuple[Region, int]:
+def _size_chunks(graph: Graph, profile: Profile, region: Region, budget: int) -> tuple[Region, int]:
     """Return the region with the largest power-of-two chunk that meets the budget, and its peak."""
     extent = evaluate(region.extent, graph.hints)
     sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent]
@@ -114,9 +113,7 @@ def _size_chunks(
         sizes = [1]
 
     def peak(size: int) -> int:
-        candidate = _insert(regions, region.with_chunk_size(size), graph)
-        index = candidate.index(region.with_chunk_size(size))
-        return region_peak(estimate_plan(graph, candidate), index)
+        return local_region_peak(graph, profile, region.with_chunk_size(size))
 
     low, high = 0, len(sizes) - 1
     if peak(sizes[low]) > budget:

@@ -29,6 +29,7 @@ from analysis.select import Target  # noqa: E402
 from codegen.body import format_bytes  # noqa: E402
 from codegen.cli import generate  # noqa: E402
 from codegen.verify import compare, import_source, instantiate, verify  # noqa: E402
+from scripts.baselines import EXPERTS  # noqa: E402
 
 
 def _to(value: Any, device: str) -> Any:
@@ -55,26 +56,34 @@ def bench_model(path: Path, ratio: float, repeats: int, device: str) -> dict[str
     original = planned.loaded.module.to(device)
     chunked = instantiate(module, original)
     inputs = _to(planned.loaded.inputs, device)
+    make_expert = EXPERTS.get(path.stem)
+    expert = make_expert(original) if make_expert else None
+    variants = [original, chunked] + ([expert] if expert is not None else [])
     with torch.no_grad():
-        problem = compare(original(*inputs), chunked(*inputs))
-        if problem:
-            raise SystemExit(f"{path.name}: {problem}")
-        original_bytes = measure_peak(original, inputs)
-        chunked_bytes = measure_peak(chunked, inputs)
-        for fn in (original, chunked):  # warm up
-            fn(*inputs)
-        ratios = []
+        reference = original(*inputs)
+        for variant in variants[1:]:
+            problem = compare(reference, variant(*inputs))
+            if problem:
+                raise SystemExit(f"{path.name}: {problem}")
+        del reference
+        peaks = [measure_peak(variant, inputs) for variant in variants]
+        for variant in variants:  # warm up
+            variant(*inputs)
+        ratios: list[list[float]] = [[] for _ in variants[1:]]
         for _ in range(repeats):
             base = _time(original, inputs, device)
-            ours = _time(chunked, inputs, device)
-            ratios.append(ours / base)
+            for index, variant in enumerate(variants[1:]):
+                ratios[index].append(_time(variant, inputs, device) / base)
     plan = planned.plan
+    original_bytes, chunked_bytes = peaks[0], peaks[1]
     return {
         "model": path.stem,
         "original": original_bytes,
         "chunked": chunked_bytes,
         "reduction": 1 - chunked_bytes / original_bytes,
-        "time_ratio": statistics.median(ratios),
+        "time_ratio": statistics.median(ratios[0]),
+        "expert": peaks[2] if expert is not None else None,
+        "expert_time_ratio": statistics.median(ratios[1]) if expert is not None else None,
         "estimate_error_original": plan.original_peak_bytes / original_bytes - 1,
         "estimate_error_chunked": plan.planned_peak_bytes / chunked_bytes - 1,
         "regions": len(plan.regions),
@@ -84,14 +93,20 @@ def bench_model(path: Path, ratio: float, repeats: int, device: str) -> dict[str
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | original | chunked | reduction | time ratio | estimate error (orig / chunked) "
-        "| regions | emit + verify |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | original | chunked | reduction | time ratio | expert | expert reduction "
+        "| expert time ratio | estimate error (orig / chunked) | regions | emit + verify |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        expert = (
+            f"{format_bytes(r['expert'])} | {1 - r['expert'] / r['original']:.1%} "
+            f"| {r['expert_time_ratio']:.2f}x"
+            if r["expert"] is not None
+            else "- | - | -"
+        )
         lines.append(
             f"| {r['model']} | {format_bytes(r['original'])} | {format_bytes(r['chunked'])} "
-            f"| {r['reduction']:.1%} | {r['time_ratio']:.2f}x "
+            f"| {r['reduction']:.1%} | {r['time_ratio']:.2f}x | {expert} "
             f"| {r['estimate_error_original']:+.1%} / {r['estimate_error_chunked']:+.1%} "
             f"| {r['regions']} | {r['plan_seconds']:.1f} s |"
         )
