@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
 from analysis.ir import Graph, evaluate, value_bytes
 from analysis.memory import (
@@ -81,36 +82,38 @@ def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[
 
 
 def _best_candidate(
-    graph: Graph,
-    regions: tuple[Region, ...],
-    profile: Profile,
-    peak_node: str,
-    budget: int,
+    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str, budget: int
 ) -> Region | None:
-    best: tuple[tuple[int, ...], Region] | None = None
+    """Return the candidate that meets the budget fastest; failing that, the lowest peak."""
+    machine = load_machine()
+    best: tuple[tuple[float, ...], Region] | None = None
     for region in _candidates(graph, regions, profile, peak_node):
-        sized, peak = _size_chunks(graph, profile, region, budget)
-        n_chunks = sized.n_chunks(graph)
+        sized, peak = _size_chunks(graph, profile, region, budget, machine)
+        extra = region_time(graph, sized, machine) - span_time(graph, sized.span, machine)
         if peak <= budget:
-            key = (0, n_chunks, _round(peak), len(sized.loop))
+            key: tuple[float, ...] = (0, round(extra, 5), _round(peak), len(sized.loop))
         else:
-            key = (1, _round(peak), n_chunks, len(sized.loop))
+            key = (1, _round(peak), round(extra, 5), len(sized.loop))
         if best is None or key < best[0]:
             best = (key, sized)
     return None if best is None else best[1]
 
 
 def _round(nbytes: int) -> int:
-    """Compare peaks at 1% resolution so near-ties fall to the simpler region."""
+    """Compare peaks at 1% resolution so near-ties fall to the faster region."""
     return nbytes // max(nbytes // 100, 1)
 
 
-def _size_chunks(graph: Graph, profile: Profile, region: Region, budget: int) -> tuple[Region, int]:
-    """Return the region with the largest power-of-two chunk that meets the budget, and its peak."""
+def _size_chunks(
+    graph: Graph, profile: Profile, region: Region, budget: int, machine: Machine
+) -> tuple[Region, int]:
+    """Return the region at its fastest power-of-two chunk that meets the budget, and its peak.
+
+    Memory only grows with the chunk, so bisection finds the largest chunk that fits; every
+    smaller power of two fits too, and the cost model picks the fastest of them.
+    """
     extent = evaluate(region.extent, graph.hints)
-    sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent]
-    if not sizes:
-        sizes = [1]
+    sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
 
     def peak(size: int) -> int:
         return local_region_peak(graph, profile, region.with_chunk_size(size))
@@ -118,13 +121,17 @@ def _size_chunks(graph: Graph, profile: Profile, region: Region, budget: int) ->
     low, high = 0, len(sizes) - 1
     if peak(sizes[low]) > budget:
         return region.with_chunk_size(sizes[low]), peak(sizes[low])
-    while low < high:  # largest size whose peak fits
+    while low < high:  # the largest size whose peak fits
         mid = (low + high + 1) // 2
         if peak(sizes[mid]) <= budget:
             low = mid
         else:
             high = mid - 1
-    return region.with_chunk_size(sizes[low]), peak(sizes[low])
+    fastest = min(
+        sizes[: low + 1],
+        key=lambda size: (region_time(graph, region.with_chunk_size(size), machine), -size),
+    )
+    return region.with_chunk_size(fastest), peak(fastest)
 
 
 def _candidates(

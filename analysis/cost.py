@@ -1,0 +1,165 @@
+"""The cost model: estimated time of a plan, from per-op work and a calibrated machine.
+
+NOTE [Cost model]
+An op takes max(flops / matmul rate, bytes moved / bandwidth) plus a fixed dispatch cost, where
+the bandwidth depends on the op's working set (the bytes it reads and writes): in cache it is
+many times higher than from memory. The constants come from `scripts/calibrate.py`, measured on
+the machine and committed as `analysis/calibration.json`. A chunk loop repeats its body once per
+chunk: the body's chunked values shrink with the chunk, but values read whole (a key matrix,
+say) are read again every time, and every iteration pays the dispatch cost of every op. So
+small chunks pay overhead and re-reads, large ones fall out of cache; selection picks the
+cheapest chunk size that meets the memory target.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from analysis.dimflow import dim_rule, out_meta, tensor_inputs
+from analysis.ir import Graph, Node, TensorMeta, evaluate, value_bytes
+from analysis.plan import Region
+
+CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Measured speeds of the machine the plan is for."""
+
+    #: float32 matmul rate
+    flops_per_s: float
+    #: (working-set bytes, bytes per second) for an elementwise op, by increasing size
+    bandwidth: tuple[tuple[int, float], ...]
+    #: fixed cost of dispatching one op from Python
+    op_overhead_s: float
+
+    def bytes_per_s(self, working_set: int) -> float:
+        """Return the bandwidth at a working set, interpolated between measured points."""
+        sizes = [size for size, _ in self.bandwidth]
+        index = bisect.bisect_left(sizes, working_set)
+        if index == 0:
+            return self.bandwidth[0][1]
+        if index >= len(sizes):
+            return self.bandwidth[-1][1]
+        (s0, b0), (s1, b1) = self.bandwidth[index - 1], self.bandwidth[index]
+        t = (math.log(working_set) - math.log(s0)) / (math.log(s1) - math.log(s0))
+        return b0 + t * (b1 - b0)
+
+
+def load_machine(path: Path = CALIBRATION) -> Machine:
+    """Return the committed calibration (or conservative defaults when there is none)."""
+    if not path.exists():
+        return Machine(5e10, ((1 << 20, 5e10), (1 << 26, 1e10)), 5e-6)
+    data = json.loads(path.read_text())
+    return Machine(
+        data["matmul_flops_per_s"],
+        tuple((int(s), float(b)) for s, b in data["bandwidth"]),
+        data["op_overhead_s"],
+    )
+
+
+_CONTRACTIONS = {
+    aten.linear.default, aten.matmul.default, aten.mm.default, aten.bmm.default,
+    aten.addmm.default, aten.baddbmm.default, aten.einsum.default, aten.conv2d.default,
+    aten.conv1d.default, aten.scaled_dot_product_attention.default,
+}  # fmt: skip
+
+
+def node_flops(node: Node, graph: Graph) -> float:
+    """Return the op's arithmetic: 2 x outputs x contracted length for contractions, else the
+    output's element count."""
+    meta = out_meta(node)
+    if meta is None or node.aliases is not None:
+        return 0.0
+    out = meta.numel(graph.hints)
+    if node.target not in _CONTRACTIONS:
+        return float(out)
+    inputs = tensor_inputs(node, graph)
+    if node.target in (aten.conv2d.default, aten.conv1d.default):
+        weight = out_meta(graph[inputs[1]])
+        return (
+            2.0 * out * weight.numel(graph.hints) / max(evaluate(weight.shape[0], graph.hints), 1)
+        )
+    if node.target == aten.scaled_dot_product_attention.default:
+        keys = evaluate(out_meta(graph[inputs[1]]).shape[-2], graph.hints)
+        return 4.0 * _numel(graph, inputs[0]) * keys
+    slot = 1 if node.target in (aten.addmm.default, aten.baddbmm.default) else 0
+    rule = dim_rule(node, graph)
+    source = out_meta(graph[inputs[slot]])
+    if rule is None or source is None:
+        return float(out)
+    grouped = {dim for group in rule.groups for s, dim in group if s == slot}
+    contracted = math.prod(
+        evaluate(size, graph.hints) for dim, size in enumerate(source.shape) if dim not in grouped
+    )
+    return 2.0 * out * contracted
+
+
+def _numel(graph: Graph, name: str) -> int:
+    meta = out_meta(graph[name])
+    return meta.numel(graph.hints) if meta is not None else 0
+
+
+def node_time(
+    node: Node, graph: Graph, machine: Machine, fraction: float = 1.0, whole: set[str] = frozenset()
+) -> float:
+    """Return the op's estimated time when its chunked values are `fraction` of their size.
+
+    Inputs named in `whole` are read in full regardless of the fraction.
+    """
+    if node.kind != "op":
+        return 0.0
+    moved = 0.0
+    if node.aliases is None:
+        moved += value_bytes(node.meta, graph.hints) * fraction
+        for name in tensor_inputs(node, graph):
+            nbytes = value_bytes(graph[name].meta, graph.hints)
+            moved += nbytes if name in whole else nbytes * fraction
+    flops = node_flops(node, graph) * fraction
+    working = max(int(moved), 1)
+    compute = flops / machine.flops_per_s
+    memory = moved / machine.bytes_per_s(working)
+    return max(compute, memory) + machine.op_overhead_s
+
+
+def region_time(graph: Graph, region: Region, machine: Machine) -> float:
+    """Return a region's estimated time: hoisted work once, the body once per chunk."""
+    extent = max(evaluate(region.extent, graph.hints), 1)
+    size = min(max(region.chunk_size, 1), extent)
+    chunks = math.ceil(extent / size)
+    fraction = size / extent
+    loop = region.loop_dims
+    total = sum(node_time(graph[name], graph, machine) for name in region.hoisted)
+    for name in region.materialized:
+        total += 2 * value_bytes(graph[name].meta, graph.hints) / machine.bytes_per_s(1 << 30)
+    body = 0.0
+    for name, dim in region.loop:
+        node = graph[name]
+        rule = dim_rule(node, graph)
+        whole = {
+            source
+            for slot, source in enumerate(tensor_inputs(node, graph))
+            if rule is not None and rule.input_dim(dim, slot) is None and source not in loop
+        }
+        body += node_time(node, graph, machine, fraction, whole)
+    for name, _ in region.outputs:  # the copy into the buffer
+        nbytes = value_bytes(graph[name].meta, graph.hints) * fraction
+        body += 2 * nbytes / machine.bytes_per_s(int(2 * nbytes) or 1) + machine.op_overhead_s
+    body += machine.op_overhead_s * (2 + len(region.slices))  # the loop head and the slicing
+    return total + chunks * body
+
+
+def span_time(graph: Graph, names: tuple[str, ...], machine: Machine) -> float:
+    """Return the estimated time of running nodes unchunked."""
+    return sum(node_time(graph[name], graph, machine) for name in names)
+
+
+__all__ = ["Machine", "load_machine", "region_time", "span_time", "node_time", "TensorMeta"]

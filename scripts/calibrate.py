@@ -1,0 +1,61 @@
+"""Measure this machine for the planner's cost model and write analysis/calibration.json.
+
+    python scripts/calibrate.py
+
+Measures the float32 matmul rate, the bandwidth of an elementwise op at working sets from
+in-cache to far beyond it, and the fixed cost of dispatching one small op.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "analysis" / "calibration.json"
+
+
+def _median_time(fn, repeats: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    torch.set_grad_enabled(False)
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    flops = 2 * 1024**3 / _median_time(lambda: a @ b)
+    bandwidth = []
+    for mib in (0.25, 1, 4, 16, 64, 256):
+        n = int(mib * 2**20 / 4)
+        x, y = torch.randn(n), torch.randn(n)
+        seconds = _median_time(lambda: torch.add(x, y), repeats=9)
+        bandwidth.append([int(3 * n * 4), 3 * n * 4 / seconds])  # two reads, one write
+    tiny = torch.randn(4)
+    overhead = _median_time(lambda: [torch.add(tiny, tiny) for _ in range(1000)]) / 1000
+    data = {
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "matmul_flops_per_s": flops,
+        "bandwidth": bandwidth,
+        "op_overhead_s": overhead,
+    }
+    OUT.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
