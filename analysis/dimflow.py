@@ -35,6 +35,9 @@ class DimRule:
     groups: tuple[tuple[tuple[int, int], ...], ...]
     #: per output dim: size arguments to replace by the chunk length when that dim is chunked
     resize: tuple[tuple[ArgPath, ...], ...] = ()
+    #: per output dim: (argument index, sign, default) of an offset that moves with the chunk's
+    #: start (tril's diagonal: row r of a chunk is row start + r of the whole)
+    offset: tuple[tuple[tuple[int, int, int], ...], ...] = ()
 
     def group_of(self, slot: int, dim: int) -> int | None:
         """Return the output dim that input `slot`'s dim `dim` moves with, or None if mixed."""
@@ -52,6 +55,16 @@ class DimRule:
 
     def resized(self, out_dim: int) -> tuple[ArgPath, ...]:
         return self.resize[out_dim] if self.resize else ()
+
+    def offsets(self, out_dim: int) -> tuple[tuple[int, int, int], ...]:
+        return self.offset[out_dim] if self.offset else ()
+
+    def produces(self, out_dim: int) -> bool:
+        """Return whether the op can compute one chunk of that output dim by itself: its
+        inputs move with it, or it makes the dim from a size or an offset argument."""
+        return out_dim < len(self.groups) and bool(
+            self.groups[out_dim] or self.resized(out_dim) or self.offsets(out_dim)
+        )
 
 
 def tensor_inputs(node: Node, graph: Graph) -> tuple[str, ...]:
@@ -257,8 +270,21 @@ def _layer_norm(node: Node, graph: Graph) -> DimRule:
 
 @rule(aten.tril, aten.triu)
 def _triangle(node: Node, graph: Graph) -> DimRule:
+    """Position-dependent on the last two dims, but a slice of rows is the same triangle with
+    its diagonal moved by the slice's start (up for rows, down for columns)."""
     rank = out_meta(node).rank
-    return _identity_except(node, graph, {rank - 2, rank - 1})
+    offset: list[tuple[tuple[int, int, int], ...]] = [() for _ in range(rank)]
+    offset[rank - 2] = ((1, 1, 0),)
+    offset[rank - 1] = ((1, -1, 0),)
+    groups = tuple(((0, j),) for j in range(rank))
+    return DimRule(groups, offset=tuple(offset))
+
+
+@rule(aten.ones, aten.zeros, aten.empty, aten.full)
+def _factory(node: Node, graph: Graph) -> DimRule:
+    """A filled tensor has no inputs: a chunk of it is the same fill at the chunk's length."""
+    rank = out_meta(node).rank
+    return DimRule(tuple(() for _ in range(rank)), tuple(((0, j),) for j in range(rank)))
 
 
 @rule(aten.view, aten.reshape, aten._unsafe_view, aten.flatten)

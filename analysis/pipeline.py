@@ -9,7 +9,7 @@ from analysis.capture import capture
 from analysis.ir import Graph
 from analysis.loader import LoadedModel, load_model_file
 from analysis.plan import ChunkPlan
-from analysis.select import Target, make_plan
+from analysis.select import Progress, Target, make_plan
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class Planned:
 PIPELINE = ("load_model_file", "capture", "make_plan")
 
 
-def plan_model(path: str | Path, target: Target) -> Planned:
+def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
     """Run the analysis pipeline on a model file."""
     loaded = load_model_file(path)
     graph = capture(loaded)
-    return Planned(loaded, graph, make_plan(graph, target))
+    return Planned(loaded, graph, make_plan(graph, target, progress))

@@ -69,7 +69,7 @@ def propagate(
 
     def producible(name: str, dim: int) -> bool:
         found = rule_of(name)
-        return found is not None and dim < len(found.groups) and bool(found.groups[dim])
+        return found is not None and found.produces(dim)
 
     def need_slice(name: str, dim: int, via: str | None, forward: bool) -> None:
         if name in loop:

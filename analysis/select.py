@@ -10,6 +10,7 @@ no candidate lowers the peak.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
@@ -50,13 +51,19 @@ class Target:
         return int(original_peak * self.ratio)
 
 
-def make_plan(graph: Graph, target: Target) -> ChunkPlan:
+#: Called after each stage with (stage, current peak, budget), for progress displays.
+Progress = Callable[[int, int, int], None]
+
+
+def make_plan(graph: Graph, target: Target, progress: Progress | None = None) -> ChunkPlan:
     """Plan chunk loops for a graph so its estimated peak stays under the target."""
     original = estimate_graph(graph)
     budget = target.bytes_for(original.peak)
     regions: tuple[Region, ...] = ()
     profile = original
-    for _ in range(MAX_STAGES):
+    for stage in range(MAX_STAGES):
+        if progress is not None:
+            progress(stage, profile.peak, budget)
         if profile.peak <= budget:
             break
         label = profile.labels[profile.peak_index]
@@ -72,8 +79,31 @@ def make_plan(graph: Graph, target: Target) -> ChunkPlan:
             break  # the loop would not lower the footprint where the peak was
 
         regions, profile = candidate, new_profile
+    return finish_plan(graph, regions, original.peak, budget)
+
+
+def finish_plan(
+    graph: Graph, regions: tuple[Region, ...], original_peak: int, budget: int
+) -> ChunkPlan:
+    """Return the plan value for a set of regions, with its estimates."""
+    profile = estimate_plan(graph, regions)
     peaks = tuple(region_peak(profile, index) for index in range(len(regions)))
-    return ChunkPlan(regions, original.peak, profile.peak, budget, peaks)
+    return ChunkPlan(regions, original_peak, profile.peak, budget, peaks)
+
+
+def rescaled(graph: Graph, plan: ChunkPlan, factor: float) -> ChunkPlan | None:
+    """Return the plan with every chunk size scaled by `factor` (kept to powers of two within
+    each extent), or None when that no longer meets the budget the plan met."""
+    regions = []
+    for region in plan.regions:
+        extent = evaluate(region.extent, graph.hints)
+        size = max(1, min(int(region.chunk_size * factor), extent))
+        size = 1 << (size.bit_length() - 1)
+        regions.append(region.with_chunk_size(size))
+    scaled = finish_plan(graph, tuple(regions), plan.original_peak_bytes, plan.budget_bytes)
+    if plan.met and not scaled.met:
+        return None
+    return scaled
 
 
 def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[Region, ...]:

@@ -306,9 +306,19 @@ def _resized(node: Node, dim: int, graph: Graph) -> Node:
     """Return the node with size arguments of the chunked dim replaced by the chunk length."""
     found = dim_rule(node, graph)
     paths = found.resized(dim) if found else ()
-    if not paths:
+    offsets = found.offsets(dim) if found else ()
+    if not paths and not offsets:
         return node
     args = list(node.args)
+    for position, sign, default in offsets:
+        while len(args) <= position:
+            args.append(default)
+        base = args[position]
+        args[position] = _Code(
+            f"{base} {'+' if sign > 0 else '-'} start"
+            if base
+            else ("start" if sign > 0 else "-start")
+        )
     for position, element in paths:
         sizes = list(args[position])
         if sizes[element] != -1:

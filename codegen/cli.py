@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,9 +16,11 @@ import torch
 
 from analysis.errors import InternalError, UserError
 from analysis.pipeline import Planned, plan_model
+from analysis.plan import ChunkPlan
 from analysis.select import Target
 from codegen.body import format_bytes
 from codegen.emit import Emitted, emit_module
+from codegen.tune import tune as tune_plan
 from codegen.verify import verify
 
 _UNITS = {
@@ -60,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     emit.add_argument(
         "--no-verify", action="store_true", help="skip the check against the original"
     )
+    emit.add_argument(
+        "--tune",
+        action="store_true",
+        help="time a few chunk-size variants on this device and keep the fastest that fits",
+    )
     plan = sub.add_parser("plan", help="print the chunk plan")
     plan.add_argument("model", help="model file defining make_model() and make_inputs()")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -81,9 +89,38 @@ def target_of(args: argparse.Namespace) -> tuple[Target, str]:
     return Target(ratio=ratio), f"--memory-ratio {ratio:g}"
 
 
-def generate(model: str | Path, target: Target, flag: str) -> tuple[Planned, Emitted]:
+class Status:
+    """One self-overwriting status line on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + text.ljust(self._width))
+            sys.stderr.flush()
+            self._width = len(text)
+
+    def planning(self, stage: int, peak: int, budget: int) -> None:
+        self.show(
+            f"planning: stage {stage + 1}, peak {format_bytes(peak)}, target {format_bytes(budget)}"
+        )
+
+    def done(self) -> None:
+        if self.enabled and self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+            self._width = 0
+
+
+def generate(
+    model: str | Path, target: Target, flag: str, status: Status | None = None, tune: bool = False
+) -> tuple[Planned, Emitted]:
     """Plan and emit a model file; the returned source has not been verified."""
-    planned = plan_model(model, target)
+    status = status or Status()
+    status.show("capturing the model with torch.export")
+    planned = plan_model(model, target, status.planning)
     name = Path(model).name
     described = (
         f"{format_bytes(target.budget_bytes)} budget"
@@ -91,13 +128,22 @@ def generate(model: str | Path, target: Target, flag: str) -> tuple[Planned, Emi
         else f"{target.ratio:.0%} of the original estimated peak "
         f"({format_bytes(planned.plan.budget_bytes)})"
     )
-    emitted = emit_module(
-        planned.graph,
-        planned.plan,
-        planned.loaded.module,
-        command=f"python -m codegen emit {name} {flag}",
-        target=described,
-    )
+
+    def emit(plan: ChunkPlan) -> Emitted:
+        return emit_module(
+            planned.graph,
+            plan,
+            planned.loaded.module,
+            command=f"python -m codegen emit {name} {flag}",
+            target=described,
+        )
+
+    if tune:
+        plan, emitted = tune_plan(planned, emit, report=lambda line: status.show(f"tuning: {line}"))
+        planned = replace(planned, plan=plan)
+    else:
+        emitted = emit(planned.plan)
+    status.done()
     return planned, emitted
 
 
@@ -119,9 +165,13 @@ def _emit(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: --out must be a directory")
-    planned, emitted = generate(args.model, target, flag)
+    status = Status()
+    flag += " --tune" if args.tune else ""
+    planned, emitted = generate(args.model, target, flag, status, tune=args.tune)
     if not args.no_verify:
+        status.show("verifying against the original on the example inputs")
         verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+        status.done()
     destination = out_dir / f"{Path(args.model).stem}.py"
     write_atomic(destination, emitted.source)
     plan = planned.plan
@@ -139,7 +189,9 @@ def _emit(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     target, _ = target_of(args)
-    planned = plan_model(args.model, target)
+    status = Status()
+    planned = plan_model(args.model, target, status.planning)
+    status.done()
     plan, graph = planned.plan, planned.graph
     if args.json:
         print(json.dumps(plan.to_json(graph), indent=2))

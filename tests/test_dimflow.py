@@ -168,6 +168,10 @@ def check_chunk(
         for arg, item in rule.resized(j):
             args[arg] = list(args[arg])
             args[arg][item] = length
+        for arg, sign, default in rule.offsets(j):  # tril's diagonal follows the chunk start
+            while len(args) <= arg:
+                args.append(default)
+            args[arg] = args[arg] + sign * start
         with torch.no_grad():
             got = node.target(*args, **kwargs)
     except (IndexError, RuntimeError) as exc:
@@ -384,15 +388,9 @@ with torch.random.fork_rng():  # seeded inputs and parameters; the global RNG is
             {(0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)},
             {1, 2},
         ),
-        case("tril", torch.tril, (rand(2, T, T),), aten.tril.default, {(0, 1), (0, 2)}, {1, 2}),
-        case(
-            "triu",
-            lambda x: x.triu(1),
-            (rand(2, T, T),),
-            aten.triu.default,
-            {(0, 1), (0, 2)},
-            {1, 2},
-        ),
+        # position-dependent, but a chunk of rows is the triangle with its diagonal moved
+        case("tril", torch.tril, (rand(2, T, T),), aten.tril.default, set(), set()),
+        case("triu", lambda x: x.triu(1), (rand(2, T, T),), aten.triu.default, set(), set()),
         # reshapes: a dim moves only where it maps 1-1; the size argument is resized with it
         case(
             "view_split",
@@ -631,7 +629,6 @@ NO_RULE = [
     pytest.param(lambda x: torch.cumsum(x, 1), aten.cumsum.default, id="cumsum"),
     pytest.param(lambda x: torch.sort(x, -1)[0], aten.sort.default, id="sort"),
     pytest.param(lambda x: x + torch.arange(4), aten.arange.default, id="arange"),
-    pytest.param(lambda x: x + torch.ones(4), aten.ones.default, id="ones"),
     pytest.param(lambda x: x.sum(), aten.sum.default, id="sum_all"),
     pytest.param(lambda x: x.mean(), aten.mean.default, id="mean_all"),
     # squeeze() drops every dim that has size 1 at run time, a length-1 chunk included
@@ -705,3 +702,10 @@ def test_view_rule_matches_torch(shapes: tuple[tuple[int, ...], tuple[int, ...]]
     if source == target:
         for j, size in enumerate(target):
             assert size == 1 or rule.groups[j] == ((0, j),)
+
+
+def test_a_fill_makes_any_chunk_from_its_size_argument() -> None:
+    graph, _ = capture(Fn(lambda x: x + torch.ones(T, 4)), (rand(2, T, 4),))
+    rule = dim_rule(find(graph, aten.ones.default), graph)
+    assert rule is not None and all(not group for group in rule.groups)
+    assert rule.resized(0) == ((0, 0),) and rule.produces(0) and rule.produces(1)
