@@ -89,7 +89,7 @@ def test_every_loop_node_keeps_its_chunked_dim_unmixed(gpt_generated) -> None:
         sliced = dict(region.slices)
         for name, dim in region.loop:
             rule = dim_rule(graph[name], graph)
-            assert rule is not None and rule.groups[dim], name
+            assert rule is not None and rule.produces(dim), name
             for slot, source in enumerate(tensor_inputs(graph[name], graph)):
                 want = rule.input_dim(dim, slot)
                 have = loop.get(source, sliced.get(source))
