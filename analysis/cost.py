@@ -73,6 +73,10 @@ _CONTRACTIONS = {
 }  # fmt: skip
 
 
+#: ops that reshape a non-contiguous operand into a contiguous copy before multiplying
+_BATCHED = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.baddbmm.default}
+
+
 def node_flops(node: Node, graph: Graph) -> float:
     """Return the op's arithmetic: 2 x outputs x contracted length for contractions, else the
     output's element count."""
@@ -150,6 +154,12 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
             if rule is not None and rule.input_dim(dim, slot) is None and source not in loop
         }
         body += node_time(node, graph, machine, fraction, whole)
+        if node.target in _BATCHED:
+            for source in whole - set(region.materialized):  # copied contiguous every chunk
+                meta = out_meta(graph[source])
+                if meta is not None and not meta.contiguous:
+                    nbytes = 2 * value_bytes(meta, graph.hints)
+                    body += nbytes / machine.bytes_per_s(nbytes) + machine.op_overhead_s
     for name, _ in region.outputs:  # the copy into the buffer
         nbytes = value_bytes(graph[name].meta, graph.hints) * fraction
         body += 2 * nbytes / machine.bytes_per_s(int(2 * nbytes) or 1) + machine.op_overhead_s

@@ -50,15 +50,7 @@ class Region:
         return math.ceil(evaluate(self.extent, graph.hints) / max(self.chunk_size, 1))
 
     def with_chunk_size(self, chunk_size: int) -> Region:
-        return Region(
-            self.span,
-            self.loop,
-            self.hoisted,
-            self.slices,
-            self.outputs,
-            self.extent,
-            chunk_size,
-        )
+        return replace(self, chunk_size=chunk_size)
 
 
 @dataclass(frozen=True)

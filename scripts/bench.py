@@ -30,6 +30,7 @@ from codegen.body import format_bytes  # noqa: E402
 from codegen.cli import generate  # noqa: E402
 from codegen.verify import compare, import_source, instantiate, verify  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
+from scripts.sweep import FAMILIES, depth_timing, longest, plot, sweep  # noqa: E402
 
 
 def _to(value: Any, device: str) -> Any:
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also the longest input under a fixed budget"
+    )
+    parser.add_argument("--depths", action="store_true", help="also planning time by depth")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     models = args.models or sorted((ROOT / "examples").glob("*.py"))
@@ -130,6 +135,52 @@ def main(argv: list[str] | None = None) -> int:
         print(table([row]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)
+    sections = ""
+    if args.sweep:
+        sweeps = {}
+        lines = [
+            "| model | budget | original longest | chunked longest | extension |",
+            "|---|---|---|---|---|",
+        ]
+        for path in models:
+            if path.stem not in FAMILIES:
+                continue
+            budget, points = sweep(path.stem)
+            sweeps[path.stem] = (budget, points)
+            unit = FAMILIES[path.stem][4]
+            first = longest(points, budget, chunked=False)
+            last = longest(points, budget, chunked=True)
+            how = "measured" if last and last.chunked_measured else "estimated"
+            lines.append(
+                f"| {path.stem} | {format_bytes(budget)} | {first.length} {unit} (measured) "
+                f"| {last.length} {unit} ({how}) | {last.length / first.length:.1f}x |"
+            )
+        plot(sweeps, ROOT / "benchmarks.png")
+        sections += (
+            "\n## Longest input under a fixed activation budget\n\n"
+            "The budget is each original's measured peak at its example size. Lengths grow in "
+            "steps of about 1.41x; the chunked module is planned for the budget at each length. "
+            "The original is measured at the example size and estimated beyond (its estimate "
+            "tracks measurement within a few percent, table above); the chunked peaks beyond the "
+            "example size are the planner's estimates. For GPT the length is in tokens, for ViT "
+            "the image side, for the Evoformer residues, for the UNet the latent side.\n\n"
+            + "\n".join(lines)
+            + "\n\n![memory against length](benchmarks.png)\n"
+        )
+        print("\n".join(lines))
+    if args.depths:
+        lines = ["| GPT depth | graph nodes | plan | emit + verify |", "|---|---|---|---|"]
+        for r in depth_timing():
+            lines.append(
+                f"| {r['depth']} | {r['nodes']} | {r['plan_s']:.2f} s | {r['emit_s']:.1f} s |"
+            )
+        sections += (
+            "\n## Planning time by depth\n\nGPT blocks at 1024 tokens, default target. Planning "
+            "is search and selection; emit includes capture, emission and verification.\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+        print("\n".join(lines))
     if args.write:
         command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
         machine = (
@@ -145,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             "Activation memory is measured (live-storage tracker on CPU, "
             "`torch.cuda.max_memory_allocated` on CUDA). The time ratio is the median of "
             f"{args.repeats} interleaved runs, chunked over original: below 1.00 is faster. "
-            "Estimate error is the planner's estimate against the measurement.\n\n"
-            f"{text}\n"
+            "Estimate error is the planner's estimate against the measurement. Expert is the "
+            "hand-written chunking practitioners use for the family (`scripts/baselines.py`: "
+            "HF-style query-chunked attention and chunked feed-forward for GPT and ViT, "
+            "OpenFold-style `chunk_layer` for the Evoformer, diffusers-style sliced attention "
+            "and chunked feed-forward for the UNet), measured in the same process.\n\n"
+            f"{text}\n{sections}"
         )
     return 0
 

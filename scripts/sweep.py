@@ -115,11 +115,15 @@ def ladder(family: str) -> list[int]:
         k += 1
 
 
-def sweep(family: str, budget: int, log: Any = print) -> list[Point]:
-    """Return original and chunked peaks along the ladder until the chunked plan misses."""
+def sweep(family: str, log: Any = print) -> tuple[int, list[Point]]:
+    """Return the budget (the original's measured peak at the example size) and the original
+    and chunked peaks along the ladder, until the chunked plan no longer fits it."""
     points = []
     base = FAMILIES[family][3]
     with tempfile.TemporaryDirectory() as tmp:
+        example = load_model_file(model_file(family, base, Path(tmp)))
+        budget = measure_peak(example.module, example.inputs)
+        del example
         for n in ladder(family):
             path = model_file(family, n, Path(tmp))
             cheap = n <= base * MEASURE_UP_TO
@@ -144,7 +148,7 @@ def sweep(family: str, budget: int, log: Any = print) -> list[Point]:
             points.append(point)
             if point.chunked is None:
                 break
-    return points
+    return budget, points
 
 
 def longest(points: list[Point], budget: int, chunked: bool) -> Point | None:
@@ -189,14 +193,14 @@ def depth_timing(depths: tuple[int, ...] = (2, 6, 12, 24), seq: int = 1024) -> l
     return rows
 
 
-def plot(sweeps: dict[str, list[Point]], budget: int, path: Path) -> None:
+def plot(sweeps: dict[str, tuple[int, list[Point]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4))
-    for ax, (family, points) in zip(axes, sweeps.items()):
+    for ax, (family, (budget, points)) in zip(axes, sweeps.items()):
         xs = [p.length for p in points]
         ax.plot(xs, [p.original / 2**20 for p in points], "o-", label="original", color="tab:red")
         chunked = [(p.length, p.chunked / 2**20) for p in points if p.chunked is not None]
@@ -208,7 +212,9 @@ def plot(sweeps: dict[str, list[Point]], budget: int, path: Path) -> None:
         ax.set_xlabel(FAMILIES[family][4])
         ax.set_ylabel("activation MiB")
     axes[0].legend(fontsize=8)
-    fig.suptitle("Activation memory against input size (filled: measured, line: estimated)")
+    fig.suptitle(
+        "Activation memory against input size; dashed: the original's peak at the example size"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
