@@ -1345,6 +1345,26 @@ class ChunkedUNet(torch.nn.Module):
             down_0_attn_block_cross_attn_transpose.transpose(-1, -2)
         )
         del down_0_attn_block_cross_attn_transpose
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_self_attn_transpose_2_contiguous = (
+            down_0_attn_block_self_attn_transpose_2.contiguous()
+        )
+        del down_0_attn_block_self_attn_transpose_2
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_self_attn_transpose_3_contiguous = (
+            down_0_attn_block_self_attn_transpose_3.contiguous()
+        )
+        del down_0_attn_block_self_attn_transpose_3
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_cross_attn_transpose_1_contiguous = (
+            down_0_attn_block_cross_attn_transpose_1.contiguous()
+        )
+        del down_0_attn_block_cross_attn_transpose_1
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_cross_attn_transpose_2_contiguous = (
+            down_0_attn_block_cross_attn_transpose_2.contiguous()
+        )
+        del down_0_attn_block_cross_attn_transpose_2
         down_0_attn_transpose_1 = torch.empty(
             (1, 64, width * height),
             dtype=down_0_attn_transpose.dtype,
@@ -1355,7 +1375,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             down_0_attn_block_self_attn_matmul = torch.matmul(
                 down_0_attn_block_self_attn_transpose[:, :, start:stop],
-                down_0_attn_block_self_attn_transpose_3,
+                down_0_attn_block_self_attn_transpose_3_contiguous,
             )
             down_0_attn_block_self_attn_div = (
                 down_0_attn_block_self_attn_matmul / 5.656854249492381
@@ -1369,7 +1389,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             down_0_attn_block_self_attn_matmul_1 = torch.matmul(
                 down_0_attn_block_self_attn_softmax,
-                down_0_attn_block_self_attn_transpose_2,
+                down_0_attn_block_self_attn_transpose_2_contiguous,
             )
             del down_0_attn_block_self_attn_softmax
             down_0_attn_block_self_attn_transpose_4 = (
@@ -1417,7 +1437,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             down_0_attn_block_cross_attn_matmul = torch.matmul(
                 down_0_attn_block_cross_attn_transpose_3,
-                down_0_attn_block_cross_attn_transpose_2,
+                down_0_attn_block_cross_attn_transpose_2_contiguous,
             )
             del down_0_attn_block_cross_attn_transpose_3
             down_0_attn_block_cross_attn_div = (
@@ -1432,7 +1452,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             down_0_attn_block_cross_attn_matmul_1 = torch.matmul(
                 down_0_attn_block_cross_attn_softmax,
-                down_0_attn_block_cross_attn_transpose_1,
+                down_0_attn_block_cross_attn_transpose_1_contiguous,
             )
             del down_0_attn_block_cross_attn_softmax
             down_0_attn_block_cross_attn_transpose_4 = (
@@ -1499,11 +1519,11 @@ class ChunkedUNet(torch.nn.Module):
             down_0_attn_transpose_1[:, :, start:stop] = down_0_attn_transpose_chunk
             del down_0_attn_transpose_chunk
         del (
-            down_0_attn_block_cross_attn_transpose_1,
-            down_0_attn_block_cross_attn_transpose_2,
+            down_0_attn_block_cross_attn_transpose_1_contiguous,
+            down_0_attn_block_cross_attn_transpose_2_contiguous,
             down_0_attn_block_self_attn_transpose,
-            down_0_attn_block_self_attn_transpose_2,
-            down_0_attn_block_self_attn_transpose_3,
+            down_0_attn_block_self_attn_transpose_2_contiguous,
+            down_0_attn_block_self_attn_transpose_3_contiguous,
             down_0_attn_transpose,
         )
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
@@ -3589,6 +3609,26 @@ class ChunkedUNet(torch.nn.Module):
             up_4_attn_block_cross_attn_transpose.transpose(-1, -2)
         )
         del up_4_attn_block_cross_attn_transpose
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_self_attn_transpose_2_contiguous = (
+            up_4_attn_block_self_attn_transpose_2.contiguous()
+        )
+        del up_4_attn_block_self_attn_transpose_2
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_self_attn_transpose_3_contiguous = (
+            up_4_attn_block_self_attn_transpose_3.contiguous()
+        )
+        del up_4_attn_block_self_attn_transpose_3
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_cross_attn_transpose_1_contiguous = (
+            up_4_attn_block_cross_attn_transpose_1.contiguous()
+        )
+        del up_4_attn_block_cross_attn_transpose_1
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_cross_attn_transpose_2_contiguous = (
+            up_4_attn_block_cross_attn_transpose_2.contiguous()
+        )
+        del up_4_attn_block_cross_attn_transpose_2
         up_4_attn_transpose_1 = torch.empty(
             (1, 64, width * height),
             dtype=up_4_attn_transpose.dtype,
@@ -3599,7 +3639,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_4_attn_block_self_attn_matmul = torch.matmul(
                 up_4_attn_block_self_attn_transpose[:, :, start:stop],
-                up_4_attn_block_self_attn_transpose_3,
+                up_4_attn_block_self_attn_transpose_3_contiguous,
             )
             up_4_attn_block_self_attn_div = (
                 up_4_attn_block_self_attn_matmul / 5.656854249492381
@@ -3612,7 +3652,8 @@ class ChunkedUNet(torch.nn.Module):
             del up_4_attn_block_self_attn_div
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             up_4_attn_block_self_attn_matmul_1 = torch.matmul(
-                up_4_attn_block_self_attn_softmax, up_4_attn_block_self_attn_transpose_2
+                up_4_attn_block_self_attn_softmax,
+                up_4_attn_block_self_attn_transpose_2_contiguous,
             )
             del up_4_attn_block_self_attn_softmax
             up_4_attn_block_self_attn_transpose_4 = (
@@ -3659,7 +3700,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_4_attn_block_cross_attn_matmul = torch.matmul(
                 up_4_attn_block_cross_attn_transpose_3,
-                up_4_attn_block_cross_attn_transpose_2,
+                up_4_attn_block_cross_attn_transpose_2_contiguous,
             )
             del up_4_attn_block_cross_attn_transpose_3
             up_4_attn_block_cross_attn_div = (
@@ -3674,7 +3715,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             up_4_attn_block_cross_attn_matmul_1 = torch.matmul(
                 up_4_attn_block_cross_attn_softmax,
-                up_4_attn_block_cross_attn_transpose_1,
+                up_4_attn_block_cross_attn_transpose_1_contiguous,
             )
             del up_4_attn_block_cross_attn_softmax
             up_4_attn_block_cross_attn_transpose_4 = (
@@ -3741,11 +3782,11 @@ class ChunkedUNet(torch.nn.Module):
             up_4_attn_transpose_1[:, :, start:stop] = up_4_attn_transpose_chunk
             del up_4_attn_transpose_chunk
         del (
-            up_4_attn_block_cross_attn_transpose_1,
-            up_4_attn_block_cross_attn_transpose_2,
+            up_4_attn_block_cross_attn_transpose_1_contiguous,
+            up_4_attn_block_cross_attn_transpose_2_contiguous,
             up_4_attn_block_self_attn_transpose,
-            up_4_attn_block_self_attn_transpose_2,
-            up_4_attn_block_self_attn_transpose_3,
+            up_4_attn_block_self_attn_transpose_2_contiguous,
+            up_4_attn_block_self_attn_transpose_3_contiguous,
             up_4_attn_transpose,
         )
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
@@ -3912,6 +3953,16 @@ class ChunkedUNet(torch.nn.Module):
             up_5_attn_block_self_attn_transpose_1.transpose(-1, -2)
         )
         del up_5_attn_block_self_attn_transpose_1
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_5_attn_block_self_attn_transpose_2_contiguous = (
+            up_5_attn_block_self_attn_transpose_2.contiguous()
+        )
+        del up_5_attn_block_self_attn_transpose_2
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_5_attn_block_self_attn_transpose_3_contiguous = (
+            up_5_attn_block_self_attn_transpose_3.contiguous()
+        )
+        del up_5_attn_block_self_attn_transpose_3
         up_5_attn_block_self_attn_transpose_4 = torch.empty(
             (1, width * height, 2, 32),
             dtype=up_5_attn_block_self_attn_transpose.dtype,
@@ -3922,7 +3973,7 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_5_attn_block_self_attn_matmul = torch.matmul(
                 up_5_attn_block_self_attn_transpose[:, :, start:stop],
-                up_5_attn_block_self_attn_transpose_3,
+                up_5_attn_block_self_attn_transpose_3_contiguous,
             )
             up_5_attn_block_self_attn_div = (
                 up_5_attn_block_self_attn_matmul / 5.656854249492381
@@ -3935,7 +3986,8 @@ class ChunkedUNet(torch.nn.Module):
             del up_5_attn_block_self_attn_div
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             up_5_attn_block_self_attn_matmul_1 = torch.matmul(
-                up_5_attn_block_self_attn_softmax, up_5_attn_block_self_attn_transpose_2
+                up_5_attn_block_self_attn_softmax,
+                up_5_attn_block_self_attn_transpose_2_contiguous,
             )
             del up_5_attn_block_self_attn_softmax
             up_5_attn_block_self_attn_transpose_chunk = (
@@ -3948,8 +4000,8 @@ class ChunkedUNet(torch.nn.Module):
             del up_5_attn_block_self_attn_transpose_chunk
         del (
             up_5_attn_block_self_attn_transpose,
-            up_5_attn_block_self_attn_transpose_2,
-            up_5_attn_block_self_attn_transpose_3,
+            up_5_attn_block_self_attn_transpose_2_contiguous,
+            up_5_attn_block_self_attn_transpose_3_contiguous,
         )
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_5_attn_block_self_attn_reshape: "f32[1, width * height, 64]" = (

@@ -30,7 +30,7 @@ from codegen.body import format_bytes  # noqa: E402
 from codegen.cli import generate  # noqa: E402
 from codegen.verify import compare, import_source, instantiate, verify  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
-from scripts.sweep import FAMILIES, depth_timing, longest, plot, sweep  # noqa: E402
+from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
 
 def _to(value: Any, device: str) -> Any:
@@ -47,10 +47,12 @@ def _time(fn: Any, inputs: tuple[Any, ...], device: str) -> float:
     return time.perf_counter() - start
 
 
-def bench_model(path: Path, ratio: float, repeats: int, device: str) -> dict[str, Any]:
+def bench_model(
+    path: Path, ratio: float, repeats: int, device: str, tune: bool = False
+) -> dict[str, Any]:
     """Return one row: estimates, measured memory, time ratio and planning time."""
     started = time.perf_counter()
-    planned, emitted = generate(path, Target(ratio=ratio), f"--memory-ratio {ratio:g}")
+    planned, emitted = generate(path, Target(ratio=ratio), f"--memory-ratio {ratio:g}", tune=tune)
     verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
     plan_seconds = time.perf_counter() - started
     module, _ = import_source(emitted.source)
@@ -125,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", action="store_true", help="also the longest input under a fixed budget"
     )
     parser.add_argument("--depths", action="store_true", help="also planning time by depth")
+    parser.add_argument("--tune", action="store_true", help="emit with --tune (timed chunk sizes)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     models = args.models or sorted((ROOT / "examples").glob("*.py"))
     rows = []
     for path in models:
-        row = bench_model(path, args.memory_ratio, args.repeats, args.device)
+        row = bench_model(path, args.memory_ratio, args.repeats, args.device, args.tune)
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
     text = table(rows)
@@ -151,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             first = longest(points, budget, chunked=False)
             last = longest(points, budget, chunked=True)
             how = "measured" if last and last.chunked_measured else "estimated"
+            tokens = ""
+            if path.stem in TOKENS:
+                count = TOKENS[path.stem]
+                tokens = f" ({count(last.length) / count(first.length):.1f}x tokens)"
             lines.append(
                 f"| {path.stem} | {format_bytes(budget)} | {first.length} {unit} (measured) "
-                f"| {last.length} {unit} ({how}) | {last.length / first.length:.1f}x |"
+                f"| {last.length} {unit} ({how}) | {last.length / first.length:.1f}x{tokens} |"
             )
         plot(sweeps, ROOT / "benchmarks.png")
         sections += (

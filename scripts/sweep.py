@@ -46,6 +46,8 @@ TEMPLATE = """
 """
 
 #: family -> (setup line, model expression, inputs expression with {n}, example length, unit)
+#: and, in TOKENS, how many attention tokens a length gives (ViT: patches; UNet: top-level
+#: latent positions), for comparing with sequence-length figures
 FAMILIES: dict[str, tuple[str, str, str, int, str]] = {
     "gpt": (
         "family.MAX_LEN = 1 << 17",
@@ -72,6 +74,8 @@ FAMILIES: dict[str, tuple[str, str, str, int, str]] = {
         "latent px",
     ),
 }
+
+TOKENS = {"vit": lambda n: (n // 16) ** 2, "unet": lambda n: n * n}
 
 #: lengths up to this multiple of the example are run and measured; beyond, estimated only
 MEASURE_UP_TO = 1.0
@@ -115,7 +119,27 @@ def ladder(family: str) -> list[int]:
         k += 1
 
 
-def sweep(family: str, log: Any = print) -> tuple[int, list[Point]]:
+def _point(family: str, n: int, budget: int, directory: Path, log: Any) -> Point:
+    """Return one length's peaks: measured at the example size, estimated beyond."""
+    path = model_file(family, n, directory)
+    if n <= FAMILIES[family][3] * MEASURE_UP_TO:
+        planned, emitted = generate(path, Target(budget_bytes=budget), "")
+        loaded, plan = planned.loaded, planned.plan
+        original = measure_peak(loaded.module, loaded.inputs)
+        module, _ = import_source(emitted.source)
+        chunked = measure_peak(instantiate(module, loaded.module), loaded.inputs)
+        point = Point(n, original, True, chunked if plan.met else None, True)
+    else:
+        graph = capture(load_model_file(path))
+        plan = make_plan(graph, Target(budget_bytes=budget))
+        original = estimate_graph(graph).peak
+        point = Point(n, original, False, plan.planned_peak_bytes if plan.met else None, False)
+    chunked_text = "-" if point.chunked is None else f"{point.chunked / 2**20:.0f} MiB"
+    log(f"  {family} {n}: original {original / 2**20:.0f} MiB, chunked {chunked_text}")
+    return point
+
+
+def sweep(family: str, log: Any = print, refine: int = 3) -> tuple[int, list[Point]]:
     """Return the budget (the original's measured peak at the example size) and the original
     and chunked peaks along the ladder, until the chunked plan no longer fits it."""
     points = []
@@ -125,29 +149,18 @@ def sweep(family: str, log: Any = print) -> tuple[int, list[Point]]:
         budget = measure_peak(example.module, example.inputs)
         del example
         for n in ladder(family):
-            path = model_file(family, n, Path(tmp))
-            cheap = n <= base * MEASURE_UP_TO
-            if cheap:
-                planned, emitted = generate(path, Target(budget_bytes=budget), "")
-                loaded, plan = planned.loaded, planned.plan
-                original = measure_peak(loaded.module, loaded.inputs)
-                module, _ = import_source(emitted.source)
-                chunked = measure_peak(instantiate(module, loaded.module), loaded.inputs)
-                point = Point(n, original, True, chunked if plan.met else None, True)
-            else:
-                graph = capture(load_model_file(path))
-                plan = make_plan(graph, Target(budget_bytes=budget))
-                original = estimate_graph(graph).peak
-                point = Point(
-                    n, original, False, plan.planned_peak_bytes if plan.met else None, False
-                )
-            log(
-                f"  {family} {n}: original {original / 2**20:.0f} MiB, chunked "
-                f"{'-' if point.chunked is None else f'{point.chunked / 2**20:.0f} MiB'}"
-            )
-            points.append(point)
-            if point.chunked is None:
+            points.append(_point(family, n, budget, Path(tmp), log))
+            if points[-1].chunked is None:
                 break
+        if len(points) > 1 and points[-1].chunked is None:  # bisect between fit and miss
+            low, high = points[-2].length, points[-1].length
+            for _ in range(refine):
+                mid = (low + high) // 2 // STEP[family] * STEP[family]
+                if mid in (low, high):
+                    break
+                point = _point(family, mid, budget, Path(tmp), log)
+                points.insert(-1, point)
+                low, high = (mid, high) if point.chunked is not None else (low, mid)
     return budget, points
 
 
