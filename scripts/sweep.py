@@ -22,7 +22,7 @@ from analysis.loader import load_model_file
 from analysis.measure import measure_peak
 from analysis.memory import estimate_graph
 from analysis.select import Target, make_plan
-from codegen.cli import generate
+from codegen.cli import generate, main
 from codegen.verify import import_source, instantiate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,8 +191,6 @@ def depth_timing(depths: tuple[int, ...] = (2, 6, 12, 24), seq: int = 1024) -> l
             start = time.perf_counter()
             make_plan(graph, Target(ratio=0.2))
             plan_seconds = time.perf_counter() - start
-            from codegen.cli import main
-
             start = time.perf_counter()
             assert main(["emit", str(path), "--out", str(Path(tmp) / "out")]) == 0
             rows.append(
