@@ -154,6 +154,12 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
             if rule is not None and rule.input_dim(dim, slot) is None and source not in loop
         }
         body += node_time(node, graph, machine, fraction, whole)
+        for slot, source in enumerate(tensor_inputs(node, graph)):
+            want = rule.input_dim(dim, slot) if rule is not None else None
+            if want is not None and source not in loop and not _outer(graph, source, want):
+                # a slice along an inner dim is strided: the op copies it first, every chunk
+                nbytes = 2 * value_bytes(graph[source].meta, graph.hints) * fraction
+                body += nbytes / machine.bytes_per_s(int(nbytes) or 1)
         if node.target in _BATCHED:
             for source in whole - set(region.materialized):  # copied contiguous every chunk
                 meta = out_meta(graph[source])
@@ -165,6 +171,14 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
         body += 2 * nbytes / machine.bytes_per_s(int(2 * nbytes) or 1) + machine.op_overhead_s
     body += machine.op_overhead_s * (2 + len(region.slices))  # the loop head and the slicing
     return total + chunks * body
+
+
+def _outer(graph: Graph, name: str, dim: int) -> bool:
+    """Return whether slicing `name` along `dim` leaves it contiguous: every dim before it is 1."""
+    meta = out_meta(graph[name])
+    if meta is None or not meta.contiguous:
+        return False
+    return all(evaluate(size, graph.hints) == 1 for size in meta.shape[:dim])
 
 
 def span_time(graph: Graph, names: tuple[str, ...], machine: Machine) -> float:
