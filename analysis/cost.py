@@ -40,16 +40,19 @@ class Machine:
     bandwidth: tuple[tuple[int, float], ...]
     #: fixed cost of dispatching one op from Python
     op_overhead_s: float
+    #: the same for a softmax: exponentials make it slower and more sensitive to the cache
+    transcendental: tuple[tuple[int, float], ...] = ()
 
-    def bytes_per_s(self, working_set: int) -> float:
+    def bytes_per_s(self, working_set: int, transcendental: bool = False) -> float:
         """Return the bandwidth at a working set, interpolated between measured points."""
-        sizes = [size for size, _ in self.bandwidth]
+        table = self.transcendental if transcendental and self.transcendental else self.bandwidth
+        sizes = [size for size, _ in table]
         index = bisect.bisect_left(sizes, working_set)
         if index == 0:
-            return self.bandwidth[0][1]
+            return table[0][1]
         if index >= len(sizes):
-            return self.bandwidth[-1][1]
-        (s0, b0), (s1, b1) = self.bandwidth[index - 1], self.bandwidth[index]
+            return table[-1][1]
+        (s0, b0), (s1, b1) = table[index - 1], table[index]
         t = (math.log(working_set) - math.log(s0)) / (math.log(s1) - math.log(s0))
         return b0 + t * (b1 - b0)
 
@@ -63,6 +66,7 @@ def load_machine(path: Path = CALIBRATION) -> Machine:
         data["matmul_flops_per_s"],
         tuple((int(s), float(b)) for s, b in data["bandwidth"]),
         data["op_overhead_s"],
+        tuple((int(s), float(b)) for s, b in data.get("transcendental_bandwidth", ())),
     )
 
 
@@ -72,6 +76,12 @@ _CONTRACTIONS = {
     aten.conv1d.default, aten.scaled_dot_product_attention.default,
 }  # fmt: skip
 
+
+#: ops whose exponentials make them run at the softmax's calibrated rate
+_TRANSCENDENTAL = {
+    aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten.exp.default,
+    aten.gelu.default, aten.sigmoid.default, aten.tanh.default, aten.silu.default,
+}  # fmt: skip
 
 #: ops that reshape a non-contiguous operand into a contiguous copy before multiplying
 _BATCHED = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.baddbmm.default}
@@ -130,7 +140,7 @@ def node_time(
     flops = node_flops(node, graph) * fraction
     working = max(int(moved), 1)
     compute = flops / machine.flops_per_s
-    memory = moved / machine.bytes_per_s(working)
+    memory = moved / machine.bytes_per_s(working, node.target in _TRANSCENDENTAL)
     return max(compute, memory) + machine.op_overhead_s
 
 

@@ -2,8 +2,9 @@
 
     python scripts/calibrate.py
 
-Measures the float32 matmul rate, the bandwidth of an elementwise op at working sets from
-in-cache to far beyond it, and the fixed cost of dispatching one small op.
+Measures the float32 matmul rate, the bandwidth of an elementwise op (and of a softmax, whose
+exponentials make it slower and more cache-sensitive) at working sets from in-cache to far beyond
+it, and the fixed cost of dispatching one small op.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def main() -> int:
         x, y = torch.randn(n), torch.randn(n)
         seconds = _median_time(lambda: torch.add(x, y), repeats=9)
         bandwidth.append([int(3 * n * 4), 3 * n * 4 / seconds])  # two reads, one write
+    transcendental = []  # softmax, exp, gelu: arithmetic-heavy and cache-sensitive
+    for mib in (0.25, 1, 4, 16, 64, 256):
+        n = int(mib * 2**20 / 4)
+        x = torch.randn(n // 1024, 1024)  # attention rows are long
+        seconds = _median_time(lambda: torch.softmax(x, dim=-1), repeats=9)
+        transcendental.append([int(2 * n * 4), 2 * n * 4 / seconds])  # one read, one write
     tiny = torch.randn(4)
     overhead = _median_time(lambda: [torch.add(tiny, tiny) for _ in range(1000)]) / 1000
     data = {
@@ -50,6 +57,7 @@ def main() -> int:
         "torch": torch.__version__,
         "matmul_flops_per_s": flops,
         "bandwidth": bandwidth,
+        "transcendental_bandwidth": transcendental,
         "op_overhead_s": overhead,
     }
     OUT.write_text(json.dumps(data, indent=2) + "\n")
