@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from analysis.dimflow import dim_rule, out_meta, tensor_inputs
-from analysis.ir import Graph, Node, TensorMeta, evaluate, value_bytes
+from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.plan import Region
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
@@ -196,4 +196,4 @@ def span_time(graph: Graph, names: tuple[str, ...], machine: Machine) -> float:
     return sum(node_time(graph[name], graph, machine) for name in names)
 
 
-__all__ = ["Machine", "load_machine", "region_time", "span_time", "node_time", "TensorMeta"]
+__all__ = ["Machine", "load_machine", "region_time", "span_time", "node_time"]

@@ -6,7 +6,6 @@ The body is first laid out as a small tree of `Line` and `Loop` items (so livene
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -524,4 +523,4 @@ def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
     return out
 
 
-__all__ = ["ForwardBuilder", "to_cst", "format_bytes", "math"]
+__all__ = ["ForwardBuilder", "to_cst", "format_bytes"]

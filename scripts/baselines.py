@@ -19,7 +19,6 @@ import types
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -147,4 +146,4 @@ EXPERTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "unet": expert_unet,
 }
 
-__all__ = ["EXPERTS", "chunked_along", "F"]
+__all__ = ["EXPERTS", "chunked_along"]

@@ -9,7 +9,6 @@ number says which it is.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import textwrap
 import time
@@ -230,4 +229,4 @@ def plot(sweeps: dict[str, tuple[int, list[Point]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-__all__ = ["sweep", "longest", "depth_timing", "plot", "math"]
+__all__ = ["sweep", "longest", "depth_timing", "plot"]
