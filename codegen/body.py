@@ -217,13 +217,12 @@ class ForwardBuilder:
             line = self._line(node, self.arg_plain)
             if number == 0:
                 line.comments = [
-                    *header,
                     "Hoisted: the next values do not depend on the chunk.",
                     *line.comments,
                 ]
             items.append(line)
         outputs = dict(region.outputs)
-        reference = self.value(region.slices[0][0]) if region.slices else self.device
+        device = f"{self.value(region.slices[0][0])}.device" if region.slices else self.device
         contiguous: dict[str, str] = {}
         for name in region.materialized:
             var = self.ns.create(f"{self.value(name)}_contiguous")
@@ -239,13 +238,9 @@ class ForwardBuilder:
             like = self._like(region, node.tensor.dtype)
             code = (
                 f"{var} = torch.empty({self.shape(node.tensor.shape)}, "
-                f"dtype={like}, device={reference}.device)"
+                f"dtype={like}, device={device})"
             )
             items.append(Line(code, uses=_idents(code), binds=var))
-        if not hoisted and items:
-            items[0].comments = header + items[0].comments
-        elif not items:
-            pass
         chunk_names: dict[str, str] = {}
 
         def operand(name: str, want: int | None) -> str:
@@ -283,13 +278,8 @@ class ForwardBuilder:
                 target = _slice_expr(buffers[name], outputs[name])
                 body.append(Line(f"{target} = {var}", uses={var, buffers[name]}))
         head = f"for start in range(0, {extent}, {region.chunk_size}):"
-        if not items:
-            body[0].comments = header
-        loop = Loop(head, body, uses=_idents(extent))
-        if not items:
-            loop.comments = header
-            body[0].comments = []
-        items.append(loop)
+        items.append(Loop(head, body, uses=_idents(extent)))
+        items[0].comments = header + items[0].comments  # the region opens with what it saves
         self._cited = None
         return items
 
