@@ -5,9 +5,9 @@ A program is a list of statements, each defining at most one value. A value eith
 new storage (its bytes) or shares the storage of the value it views or writes in place. A
 storage is freed right after the last statement that uses any value sharing it, unless one of
 those values is an output. Model inputs, parameters, buffers and constants own zero bytes: they
-exist before the call. The live bytes right after a statement runs, plus any transient bytes the
-op holds while it runs, is that statement's footprint; the peak is the largest footprint. This
-is what the live-storage tracker in `analysis.measure` sees, op by op.
+exist before the call. The live bytes right after a statement runs are that statement's
+footprint; the peak is the largest footprint. This is what the live-storage tracker in
+`analysis.measure` sees, op by op (scratch space inside a kernel is not seen, nor modelled).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from analysis.ir import Graph, Node, TensorMeta, evaluate, value_bytes
+from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.plan import Region
 
 
@@ -31,8 +31,6 @@ class Stmt:
     shares: str | None = None
     #: values it reads
     uses: tuple[str, ...] = ()
-    #: bytes held only while the statement runs (internal copies)
-    transient: int = 0
     #: a label for reports: graph node name, or region id for statements in a chunk loop
     label: str = ""
 
@@ -41,7 +39,7 @@ class Stmt:
 class Profile:
     """The estimated footprint after every statement."""
 
-    #: footprint (live + transient bytes) at each statement
+    #: live bytes right after each statement runs
     footprint: tuple[int, ...]
     #: labels of the statements, parallel to footprint
     labels: tuple[str, ...]
@@ -83,21 +81,21 @@ def simulate(stmts: list[Stmt], outputs: set[str]) -> Profile:
     for index, stmt in enumerate(stmts):
         if stmt.key is not None and root[stmt.key] == stmt.key:
             live += size[stmt.key]
-        footprint.append(live + stmt.transient)
+        footprint.append(live)
         live -= sum(size[owner] for owner in frees.get(index, ()))
         after.append(live)
     return Profile(tuple(footprint), tuple(s.label for s in stmts), tuple(after))
 
 
-def node_stmt(node: Node, graph: Graph, transient: int = 0) -> Stmt:
+def node_stmt(node: Node, graph: Graph) -> Stmt:
     """Return the statement that runs one graph node unchunked."""
-    key = ("stmt", node.name, transient)
+    key = ("stmt", node.name)
     if key not in graph.memo:
-        graph.memo[key] = _node_stmt(node, graph, transient)
+        graph.memo[key] = _node_stmt(node, graph)
     return graph.memo[key]
 
 
-def _node_stmt(node: Node, graph: Graph, transient: int) -> Stmt:
+def _node_stmt(node: Node, graph: Graph) -> Stmt:
     hints = graph.hints
     owned = node.kind == "op" and node.aliases is None and node.mutates is None
     return Stmt(
@@ -105,33 +103,18 @@ def _node_stmt(node: Node, graph: Graph, transient: int) -> Stmt:
         alloc=value_bytes(node.meta, hints) if owned else 0,
         shares=node.mutates or node.aliases,
         uses=tuple(dict.fromkeys(node.refs())),
-        transient=transient,
         label=node.name,
     )
 
 
 def graph_program(graph: Graph) -> list[Stmt]:
     """Return the program that runs the graph as captured, node by node."""
-    return [node_stmt(node, graph, transient_bytes(node, graph)) for node in graph.nodes]
+    return [node_stmt(node, graph) for node in graph.nodes]
 
 
 def estimate_graph(graph: Graph) -> Profile:
     """Return the estimated activation-memory profile of the unchunked graph."""
     return simulate(graph_program(graph), graph.output_names())
-
-
-def transient_bytes(node: Node, graph: Graph, scale: float = 1.0) -> int:
-    """Return bytes an op holds internally while it runs: copies of non-contiguous operands.
-
-    `aten.matmul` on batched operands reshapes them to 3-D for `bmm`; an operand whose layout
-    does not allow a view (a transposed head split, say) is copied first.
-    """
-    del node, graph, scale
-    return 0
-
-
-def meta_bytes(meta: TensorMeta, graph: Graph) -> int:
-    return meta.nbytes(graph.hints)
 
 
 def chunk_key(name: str) -> str:
@@ -150,13 +133,7 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
     extent = max(evaluate(region.extent, hints), 1)
     fraction = min(region.chunk_size, extent) / extent
     loop = region.loop_dims
-    stmts = [
-        replace(
-            node_stmt(graph[name], graph, transient_bytes(graph[name], graph)),
-            label=label,
-        )
-        for name in region.hoisted
-    ]
+    stmts = [replace(node_stmt(graph[name], graph), label=label) for name in region.hoisted]
     copies = {name: f"{name}@contiguous" for name in region.materialized}
     for name, key in copies.items():
         nbytes = value_bytes(graph[name].meta, hints)
@@ -181,7 +158,6 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
                 alloc=(math.ceil(value_bytes(node.meta, hints) * fraction) if owned else 0),
                 shares=None if owned else (chunk_key(base) if base in loop else base),
                 uses=tuple(uses),
-                transient=transient_bytes(node, graph, fraction),
                 label=label,
             )
         )
@@ -201,7 +177,7 @@ def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:
             index, region = starts[node.name]
             stmts.extend(region_program(graph, region, index))
         elif node.name not in covered:
-            stmts.append(node_stmt(node, graph, transient_bytes(node, graph)))
+            stmts.append(node_stmt(node, graph))
     return stmts
 
 

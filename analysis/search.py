@@ -226,7 +226,7 @@ def _read_whole_by_matmul(graph: Graph, loop: dict[str, int], sliced: dict[str, 
 
 
 def _order(graph: Graph, names: dict[str, int]) -> list[str]:
-    return [node.name for node in graph.nodes if node.name in names]
+    return sorted(names, key=graph.position)
 
 
 def chunkable_dims(graph: Graph, name: str, minimum: int = 2) -> list[int]:

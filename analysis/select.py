@@ -107,8 +107,7 @@ def rescaled(graph: Graph, plan: ChunkPlan, factor: float) -> ChunkPlan | None:
 
 
 def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[Region, ...]:
-    order = {node.name: index for index, node in enumerate(graph.nodes)}
-    return tuple(sorted((*regions, region), key=lambda r: order[r.span[0]]))
+    return tuple(sorted((*regions, region), key=lambda r: graph.position(r.span[0])))
 
 
 def _best_candidate(

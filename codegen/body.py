@@ -7,7 +7,7 @@ The body is first laid out as a small tree of `Line` and `Loop` items (so livene
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import libcst as cst
@@ -349,16 +349,12 @@ def _operands(node: Node, graph: Graph, render: Any) -> Node:
             return type(value)(visit(v) for v in value)
         return value
 
-    from dataclasses import replace
-
     args = tuple(visit(v) for v in node.args)
     kwargs = tuple((k, visit(v)) for k, v in node.kwargs)
     return replace(node, args=args, kwargs=kwargs)
 
 
 def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:
-    from dataclasses import replace
-
     return replace(node, args=args)
 
 
