@@ -166,7 +166,8 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
         body += node_time(node, graph, machine, fraction, whole)
         for slot, source in enumerate(tensor_inputs(node, graph)):
             want = rule.input_dim(dim, slot) if rule is not None else None
-            if want is not None and source not in loop and not _outer(graph, source, want):
+            copied = source in region.materialized
+            if want is not None and source not in loop and not _outer(graph, source, want, copied):
                 # a slice along an inner dim is strided: the op copies it first, every chunk
                 nbytes = 2 * value_bytes(graph[source].meta, graph.hints) * fraction
                 body += nbytes / machine.bytes_per_s(int(nbytes) or 1)
@@ -183,10 +184,11 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
     return total + chunks * body
 
 
-def _outer(graph: Graph, name: str, dim: int) -> bool:
-    """Return whether slicing `name` along `dim` leaves it contiguous: every dim before it is 1."""
+def _outer(graph: Graph, name: str, dim: int, copied: bool = False) -> bool:
+    """Return whether slicing `name` (or its contiguous copy) along `dim` leaves it contiguous:
+    every dim before it is 1."""
     meta = out_meta(graph[name])
-    if meta is None or not meta.contiguous:
+    if meta is None or not (meta.contiguous or copied):
         return False
     return all(evaluate(size, graph.hints) == 1 for size in meta.shape[:dim])
 

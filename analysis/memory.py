@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from analysis.inplace import inplace_operands
 from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.plan import Region
 
@@ -142,6 +143,7 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
     for name in outputs:
         stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=label))
     outer: set[str] = set(outputs)
+    inplace = inplace_operands(graph, region)
     for name, _ in region.loop:
         node = graph[name]
         uses = []
@@ -151,6 +153,8 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
             if ref not in loop:
                 outer.add(key)
         base = node.mutates or node.aliases
+        if name in inplace:
+            base = node.args[inplace[name]].name
         owned = base is None
         stmts.append(
             Stmt(
@@ -202,7 +206,45 @@ def local_region_peak(graph: Graph, profile: Profile, region: Region) -> int:
         for name in region.span
         if name in outputs or any(user not in inside for user in graph.users(name))
     }
-    return before + simulate(region_program(graph, region, 0), keep).peak
+    # The storages the stretch reads from before it are simulated too: one read only inside
+    # the stretch may be freed in it (a view copied contiguous lets its base go).
+    roots, last_use = storage_roots(graph)
+    incoming: list[Stmt] = []
+    held = 0
+    end = graph.position(region.span[-1])
+    for name in dict.fromkeys(ref for n in region.span for ref in graph[n].refs()):
+        if name in inside:
+            continue
+        root = roots.get(name, name)
+        if not any(stmt.key == root for stmt in incoming):
+            stmt = node_stmt(graph[root], graph)
+            incoming.append(Stmt(key=root, alloc=stmt.alloc))
+            held += stmt.alloc
+            if last_use.get(root, 0) > end:
+                keep.add(root)
+        if name != root:
+            incoming.append(Stmt(key=name, shares=root))
+    program = incoming + region_program(graph, region, 0)
+    return before - held + simulate(program, keep).peak
+
+
+def storage_roots(graph: Graph) -> tuple[dict[str, str], dict[str, int]]:
+    """Return each value's storage owner, and each owner's last reader's position (outputs
+    and buffer updates count as read at the end)."""
+    key = "storage_roots"
+    if key not in graph.memo:
+        roots: dict[str, str] = {}
+        last_use: dict[str, int] = {}
+        for node in graph.nodes:
+            base = node.mutates or node.aliases
+            roots[node.name] = roots.get(base, base) if base else node.name
+            for ref in node.refs():
+                root = roots.get(ref, ref)
+                last_use[root] = graph.position(node.name)
+        for name in graph.output_names():
+            last_use[roots.get(name, name)] = len(graph.nodes)
+        graph.memo[key] = (roots, last_use)
+    return graph.memo[key]
 
 
 def region_peak(profile: Profile, index: int) -> int:

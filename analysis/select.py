@@ -9,12 +9,12 @@ no candidate lowers the peak.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
-from analysis.ir import Graph, evaluate, value_bytes
+from analysis.ir import Graph, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
     Profile,
     estimate_graph,
@@ -116,16 +116,35 @@ def _best_candidate(
     """Return the candidate that meets the budget fastest; failing that, the lowest peak."""
     machine = load_machine()
     best: tuple[tuple[float, ...], Region] | None = None
-    for region in _candidates(graph, regions, profile, peak_node):
-        sized, peak = _size_chunks(graph, profile, region, budget, machine)
-        extra = region_time(graph, sized, machine) - span_time(graph, sized.span, machine)
-        if peak <= budget:
-            key: tuple[float, ...] = (0, round(extra, 5), _round(peak), len(sized.loop))
-        else:
-            key = (1, _round(peak), round(extra, 5), len(sized.loop))
-        if best is None or key < best[0]:
-            best = (key, sized)
+    for candidate in _candidates(graph, regions, profile, peak_node):
+        for region in (candidate, *_with_copies(graph, candidate)):
+            sized, peak = _size_chunks(graph, profile, region, budget, machine)
+            extra = region_time(graph, sized, machine) - span_time(graph, sized.span, machine)
+            if peak <= budget:
+                key: tuple[float, ...] = (0, round(extra, 5), _round(peak), len(sized.loop))
+            else:
+                key = (1, _round(peak), round(extra, 5), len(sized.loop))
+            if best is None or key < best[0]:
+                best = (key, sized)
     return None if best is None else best[1]
+
+
+def _with_copies(graph: Graph, region: Region) -> list[Region]:
+    """Return the region with its non-contiguous sliced views also copied contiguous once.
+
+    A view sliced in the loop keeps its whole base alive through the loop (q, a view of the
+    qkv projection, keeps all of qkv). A compact copy costs one pass over the view and lets
+    the base go before the loop; the memory estimate decides whether that lowers the peak.
+    """
+    extra = tuple(
+        name
+        for name, _ in region.slices
+        if name not in region.materialized
+        and graph[name].aliases is not None
+        and isinstance(graph[name].meta, TensorMeta)
+        and not graph[name].tensor.contiguous
+    )
+    return [replace(region, materialized=region.materialized + extra)] if extra else []
 
 
 def _round(nbytes: int) -> int:

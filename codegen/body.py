@@ -15,6 +15,7 @@ import sympy
 import torch
 
 from analysis.dimflow import dim_rule, out_meta
+from analysis.inplace import INPLACE, inplace_operands
 from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, value_bytes
 from analysis.plan import ChunkPlan, Region, describe_lines, symbol_name
 from codegen.names import Namespace
@@ -224,11 +225,16 @@ class ForwardBuilder:
         outputs = dict(region.outputs)
         device = f"{self.value(region.slices[0][0])}.device" if region.slices else self.device
         contiguous: dict[str, str] = {}
+        sliced = dict(region.slices)
         for name in region.materialized:
             var = self.ns.create(f"{self.value(name)}_contiguous")
             contiguous[name] = var
             code = f"{var} = {self.value(name)}.contiguous()"
-            comment = "Copied contiguous once: a matmul in the loop would copy it every chunk."
+            comment = (
+                "Copied contiguous once: a matmul in the loop would copy it every chunk."
+                if name not in sliced
+                else "Copied contiguous once, so the larger value it views can be freed."
+            )
             items.append(Line(code, uses=_idents(code), binds=var, comments=[comment]))
         buffers: dict[str, str] = {}
         for name, dim in region.outputs:
@@ -242,14 +248,14 @@ class ForwardBuilder:
             )
             items.append(Line(code, uses=_idents(code), binds=var))
         chunk_names: dict[str, str] = {}
+        inplace = inplace_operands(graph, region)
 
         def operand(name: str, want: int | None) -> str:
             """Render one tensor operand of a loop node: its chunk, a slice, or it whole."""
             if name in chunk_names:
                 return chunk_names[name]
-            if want is not None:
-                return _slice_expr(self.value(name), want)
-            return contiguous.get(name) or self.value(name)
+            whole = contiguous.get(name) or self.value(name)
+            return whole if want is None else _slice_expr(whole, want)
 
         def arg_chunk(value: Any) -> str:
             if isinstance(value, _Code):
@@ -268,6 +274,8 @@ class ForwardBuilder:
             rule = dim_rule(node, graph)
             assert rule is not None, f"loop node {name} has no dimension rule"
             node = _operands(node, graph, lambda slot, ref: operand(ref, rule.input_dim(dim, slot)))
+            if name in inplace:
+                node = _in_place(node, inplace[name])
             expr = render_call(node, arg_chunk)
             base = self._base(graph[name])
             var = self.ns.create(f"{base}_chunk" if name in outputs else base)
@@ -352,6 +360,15 @@ def _operands(node: Node, graph: Graph, render: Any) -> Node:
     args = tuple(visit(v) for v in node.args)
     kwargs = tuple((k, visit(v)) for k, v in node.kwargs)
     return replace(node, args=args, kwargs=kwargs)
+
+
+def _in_place(node: Node, slot: int) -> Node:
+    """Return the node as its in-place op, writing into argument `slot` (NOTE [In-place in
+    loops]); a commutative op writing into its second argument swaps the two."""
+    args = node.args
+    if slot == 1:
+        args = (args[1], args[0], *args[2:])
+    return replace(node, target=INPLACE[node.target], args=args)
 
 
 def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:

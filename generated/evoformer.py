@@ -10,7 +10,7 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   2. evoformer.py:133-134, 205  res (pair axis 0)  chunk 8  x28  12.2 MiB
   3. evoformer.py:66-72  res (div_3 axis 0)  chunk 4  x56  45.4 MiB
   4. evoformer.py:66-72  res (div_4 axis 0)  chunk 4  x56  45.4 MiB
-  5. evoformer.py:66-72  res (permute_3 axis 1)  chunk 16  x14  25.2 MiB
+  5. evoformer.py:62-72, 90  32 (add_3 axis 0)  chunk 2  x16  56.9 MiB
   6. evoformer.py:133-134, 205  res (add_11 axis 0)  chunk 8  x28  18.4 MiB
   7. evoformer.py:66-72  res (div_8 axis 0)  chunk 4  x56  45.4 MiB
   8. evoformer.py:66-72  res (div_9 axis 0)  chunk 4  x56  45.4 MiB
@@ -1222,8 +1222,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_0_msa_row_attn_attn_div, blocks_0_msa_row_attn_attn_transpose_4
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_0_msa_row_attn_attn_add = (
-                blocks_0_msa_row_attn_attn_matmul + blocks_0_msa_row_attn_permute
+            blocks_0_msa_row_attn_attn_add = blocks_0_msa_row_attn_attn_matmul.add_(
+                blocks_0_msa_row_attn_permute
             )
             del blocks_0_msa_row_attn_attn_matmul
             # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
@@ -1787,8 +1787,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_0_tri_att_start_attn_transpose_3
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_0_tri_att_start_attn_add = (
-                blocks_0_tri_att_start_attn_matmul + blocks_0_tri_att_start_permute
+            blocks_0_tri_att_start_attn_add = blocks_0_tri_att_start_attn_matmul.add_(
+                blocks_0_tri_att_start_permute
             )
             del blocks_0_tri_att_start_attn_matmul
             # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
@@ -1942,8 +1942,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_0_tri_att_end_attn_transpose_3
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_0_tri_att_end_attn_add = (
-                blocks_0_tri_att_end_attn_matmul + blocks_0_tri_att_end_permute
+            blocks_0_tri_att_end_attn_add = blocks_0_tri_att_end_attn_matmul.add_(
+                blocks_0_tri_att_end_permute
             )
             del blocks_0_tri_att_end_attn_matmul
             # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
@@ -1975,6 +1975,9 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_tri_att_end_attn_transpose_2,
             blocks_0_tri_att_end_permute,
         )
+        # Chunk region 5/8: blocks.1.msa_row_attn (evoformer.py:62-72, 90), over a dim of length 32.
+        # f32[32, 8, res, res] 49.0 MiB -> 3.1 MiB per chunk of 2.
+        # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_end_attn_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_att_end_attn_sigmoid * blocks_0_tri_att_end_attn_reshape
@@ -2055,91 +2058,82 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_msa_row_attn_pair_bias.permute(2, 0, 1)
         )
         del blocks_1_msa_row_attn_pair_bias
-        # evoformer.py:90 in forward: return self.attn(self.norm_m(msa), bias)
-        blocks_1_msa_row_attn_norm_m: "f32[32, res, 64]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_2,
+        blocks_1_msa_row_attn_norm_m = torch.empty(
+            (32, res, 64), dtype=blocks_0_add_2.dtype, device=blocks_0_add_2.device
+        )
+        blocks_1_msa_row_attn_attn_transpose = torch.empty(
+            (32, res, 8, 8), dtype=blocks_0_add_2.dtype, device=blocks_0_add_2.device
+        )
+        for start in range(0, 32, 2):
+            stop = min(start + 2, 32)
+            # evoformer.py:90 in forward: return self.attn(self.norm_m(msa), bias)
+            blocks_1_msa_row_attn_norm_m_chunk = torch.nn.functional.layer_norm(
+                blocks_0_add_2[start:stop],
                 [64],
                 self.blocks[1].msa_row_attn.norm_m.weight,
                 self.blocks[1].msa_row_attn.norm_m.bias,
                 1e-05,
             )
-        )
-        # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_msa_row_attn_attn_q: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_row_attn_norm_m, self.blocks[1].msa_row_attn.attn.q.weight
-        )
-        blocks_1_msa_row_attn_attn_view: "f32[32, res, 8, 8]" = (
-            blocks_1_msa_row_attn_attn_q.view(32, res, 8, 8)
-        )
-        del blocks_1_msa_row_attn_attn_q
-        blocks_1_msa_row_attn_attn_transpose: "f32[32, 8, res, 8]" = (
-            blocks_1_msa_row_attn_attn_view.transpose(1, 2)
-        )
-        del blocks_1_msa_row_attn_attn_view
-        # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_msa_row_attn_attn_div: "f32[32, 8, res, 8]" = (
-            blocks_1_msa_row_attn_attn_transpose / 2.8284271247461903
-        )
-        del blocks_1_msa_row_attn_attn_transpose
-        # Chunk region 5/8: blocks.1.msa_row_attn.attn (evoformer.py:66-72), over `res`.
-        # f32[32, 8, res, res] 49.0 MiB -> 3.5 MiB per chunk of 16.
-        # Hoisted: the next values do not depend on the chunk.
-        # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_msa_row_attn_attn_k: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_row_attn_norm_m, self.blocks[1].msa_row_attn.attn.k.weight
-        )
-        blocks_1_msa_row_attn_attn_view_1: "f32[32, res, 8, 8]" = (
-            blocks_1_msa_row_attn_attn_k.view(32, res, 8, 8)
-        )
-        del blocks_1_msa_row_attn_attn_k
-        blocks_1_msa_row_attn_attn_transpose_1: "f32[32, 8, res, 8]" = (
-            blocks_1_msa_row_attn_attn_view_1.transpose(1, 2)
-        )
-        del blocks_1_msa_row_attn_attn_view_1
-        # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_msa_row_attn_attn_v: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_row_attn_norm_m, self.blocks[1].msa_row_attn.attn.v.weight
-        )
-        blocks_1_msa_row_attn_attn_view_2: "f32[32, res, 8, 8]" = (
-            blocks_1_msa_row_attn_attn_v.view(32, res, 8, 8)
-        )
-        del blocks_1_msa_row_attn_attn_v
-        blocks_1_msa_row_attn_attn_transpose_2: "f32[32, 8, res, 8]" = (
-            blocks_1_msa_row_attn_attn_view_2.transpose(1, 2)
-        )
-        del blocks_1_msa_row_attn_attn_view_2
-        # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-        blocks_1_msa_row_attn_attn_transpose_3: "f32[32, 8, 8, res]" = (
-            blocks_1_msa_row_attn_attn_transpose_1.transpose(-1, -2)
-        )
-        del blocks_1_msa_row_attn_attn_transpose_1
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_1_msa_row_attn_attn_transpose_2_contiguous = (
-            blocks_1_msa_row_attn_attn_transpose_2.contiguous()
-        )
-        del blocks_1_msa_row_attn_attn_transpose_2
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_1_msa_row_attn_attn_transpose_3_contiguous = (
-            blocks_1_msa_row_attn_attn_transpose_3.contiguous()
-        )
-        del blocks_1_msa_row_attn_attn_transpose_3
-        blocks_1_msa_row_attn_attn_transpose_4 = torch.empty(
-            (32, res, 8, 8),
-            dtype=blocks_1_msa_row_attn_permute.dtype,
-            device=blocks_1_msa_row_attn_permute.device,
-        )
-        for start in range(0, res, 16):
-            stop = min(start + 16, res)
-            # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_1_msa_row_attn_attn_matmul = torch.matmul(
-                blocks_1_msa_row_attn_attn_div[:, :, start:stop],
-                blocks_1_msa_row_attn_attn_transpose_3_contiguous,
+            blocks_1_msa_row_attn_norm_m[start:stop] = (
+                blocks_1_msa_row_attn_norm_m_chunk
             )
+            # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            blocks_1_msa_row_attn_attn_q = torch.nn.functional.linear(
+                blocks_1_msa_row_attn_norm_m_chunk,
+                self.blocks[1].msa_row_attn.attn.q.weight,
+            )
+            blocks_1_msa_row_attn_attn_view = blocks_1_msa_row_attn_attn_q.view(
+                stop - start, res, 8, 8
+            )
+            del blocks_1_msa_row_attn_attn_q
+            blocks_1_msa_row_attn_attn_transpose_1 = (
+                blocks_1_msa_row_attn_attn_view.transpose(1, 2)
+            )
+            del blocks_1_msa_row_attn_attn_view
+            # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
+            blocks_1_msa_row_attn_attn_div = (
+                blocks_1_msa_row_attn_attn_transpose_1 / 2.8284271247461903
+            )
+            del blocks_1_msa_row_attn_attn_transpose_1
+            # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            blocks_1_msa_row_attn_attn_k = torch.nn.functional.linear(
+                blocks_1_msa_row_attn_norm_m_chunk,
+                self.blocks[1].msa_row_attn.attn.k.weight,
+            )
+            blocks_1_msa_row_attn_attn_view_1 = blocks_1_msa_row_attn_attn_k.view(
+                stop - start, res, 8, 8
+            )
+            del blocks_1_msa_row_attn_attn_k
+            blocks_1_msa_row_attn_attn_transpose_2 = (
+                blocks_1_msa_row_attn_attn_view_1.transpose(1, 2)
+            )
+            del blocks_1_msa_row_attn_attn_view_1
+            # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            blocks_1_msa_row_attn_attn_v = torch.nn.functional.linear(
+                blocks_1_msa_row_attn_norm_m_chunk,
+                self.blocks[1].msa_row_attn.attn.v.weight,
+            )
+            del blocks_1_msa_row_attn_norm_m_chunk
+            blocks_1_msa_row_attn_attn_view_2 = blocks_1_msa_row_attn_attn_v.view(
+                stop - start, res, 8, 8
+            )
+            del blocks_1_msa_row_attn_attn_v
+            blocks_1_msa_row_attn_attn_transpose_3 = (
+                blocks_1_msa_row_attn_attn_view_2.transpose(1, 2)
+            )
+            del blocks_1_msa_row_attn_attn_view_2
+            # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
+            blocks_1_msa_row_attn_attn_transpose_4 = (
+                blocks_1_msa_row_attn_attn_transpose_2.transpose(-1, -2)
+            )
+            del blocks_1_msa_row_attn_attn_transpose_2
+            blocks_1_msa_row_attn_attn_matmul = torch.matmul(
+                blocks_1_msa_row_attn_attn_div, blocks_1_msa_row_attn_attn_transpose_4
+            )
+            del blocks_1_msa_row_attn_attn_div, blocks_1_msa_row_attn_attn_transpose_4
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_1_msa_row_attn_attn_add = (
-                blocks_1_msa_row_attn_attn_matmul
-                + blocks_1_msa_row_attn_permute[:, start:stop]
+            blocks_1_msa_row_attn_attn_add = blocks_1_msa_row_attn_attn_matmul.add_(
+                blocks_1_msa_row_attn_permute
             )
             del blocks_1_msa_row_attn_attn_matmul
             # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
@@ -2150,28 +2144,26 @@ class ChunkedEvoformer(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             blocks_1_msa_row_attn_attn_matmul_1 = torch.matmul(
                 blocks_1_msa_row_attn_attn_softmax,
-                blocks_1_msa_row_attn_attn_transpose_2_contiguous,
+                blocks_1_msa_row_attn_attn_transpose_3,
             )
-            del blocks_1_msa_row_attn_attn_softmax
+            del (
+                blocks_1_msa_row_attn_attn_softmax,
+                blocks_1_msa_row_attn_attn_transpose_3,
+            )
             blocks_1_msa_row_attn_attn_transpose_chunk = (
                 blocks_1_msa_row_attn_attn_matmul_1.transpose(1, 2)
             )
             del blocks_1_msa_row_attn_attn_matmul_1
-            blocks_1_msa_row_attn_attn_transpose_4[:, start:stop] = (
+            blocks_1_msa_row_attn_attn_transpose[start:stop] = (
                 blocks_1_msa_row_attn_attn_transpose_chunk
             )
             del blocks_1_msa_row_attn_attn_transpose_chunk
-        del (
-            blocks_1_msa_row_attn_attn_div,
-            blocks_1_msa_row_attn_attn_transpose_2_contiguous,
-            blocks_1_msa_row_attn_attn_transpose_3_contiguous,
-            blocks_1_msa_row_attn_permute,
-        )
+        del blocks_1_msa_row_attn_permute
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         blocks_1_msa_row_attn_attn_reshape: "f32[32, res, 64]" = (
-            blocks_1_msa_row_attn_attn_transpose_4.reshape(32, res, 64)
+            blocks_1_msa_row_attn_attn_transpose.reshape(32, res, 64)
         )
-        del blocks_1_msa_row_attn_attn_transpose_4
+        del blocks_1_msa_row_attn_attn_transpose
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_1_msa_row_attn_attn_gate: "f32[32, res, 64]" = (
             torch.nn.functional.linear(
@@ -2695,8 +2687,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_1_tri_att_start_attn_transpose_4
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_1_tri_att_start_attn_add = (
-                blocks_1_tri_att_start_attn_matmul + blocks_1_tri_att_start_permute
+            blocks_1_tri_att_start_attn_add = blocks_1_tri_att_start_attn_matmul.add_(
+                blocks_1_tri_att_start_permute
             )
             del blocks_1_tri_att_start_attn_matmul
             # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
@@ -2849,8 +2841,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_1_tri_att_end_attn_transpose_4
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_1_tri_att_end_attn_add = (
-                blocks_1_tri_att_end_attn_matmul + blocks_1_tri_att_end_permute
+            blocks_1_tri_att_end_attn_add = blocks_1_tri_att_end_attn_matmul.add_(
+                blocks_1_tri_att_end_permute
             )
             del blocks_1_tri_att_end_attn_matmul
             # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)

@@ -1377,8 +1377,8 @@ class ChunkedUNet(torch.nn.Module):
                 down_0_attn_block_self_attn_transpose[:, :, start:stop],
                 down_0_attn_block_self_attn_transpose_3_contiguous,
             )
-            down_0_attn_block_self_attn_div = (
-                down_0_attn_block_self_attn_matmul / 5.656854249492381
+            down_0_attn_block_self_attn_div = down_0_attn_block_self_attn_matmul.div_(
+                5.656854249492381
             )
             del down_0_attn_block_self_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
@@ -1440,8 +1440,8 @@ class ChunkedUNet(torch.nn.Module):
                 down_0_attn_block_cross_attn_transpose_2_contiguous,
             )
             del down_0_attn_block_cross_attn_transpose_3
-            down_0_attn_block_cross_attn_div = (
-                down_0_attn_block_cross_attn_matmul / 5.656854249492381
+            down_0_attn_block_cross_attn_div = down_0_attn_block_cross_attn_matmul.div_(
+                5.656854249492381
             )
             del down_0_attn_block_cross_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
@@ -1500,8 +1500,8 @@ class ChunkedUNet(torch.nn.Module):
                 down_0_attn_block_ff_chunk_1
             )
             del down_0_attn_block_ff_chunk_1
-            down_0_attn_block_ff_mul = (
-                down_0_attn_block_ff_chunk_0 * down_0_attn_block_ff_gelu
+            down_0_attn_block_ff_mul = down_0_attn_block_ff_gelu.mul_(
+                down_0_attn_block_ff_chunk_0
             )
             del down_0_attn_block_ff_chunk_0, down_0_attn_block_ff_gelu
             down_0_attn_block_ff_out = torch.nn.functional.linear(
@@ -3641,8 +3641,8 @@ class ChunkedUNet(torch.nn.Module):
                 up_4_attn_block_self_attn_transpose[:, :, start:stop],
                 up_4_attn_block_self_attn_transpose_3_contiguous,
             )
-            up_4_attn_block_self_attn_div = (
-                up_4_attn_block_self_attn_matmul / 5.656854249492381
+            up_4_attn_block_self_attn_div = up_4_attn_block_self_attn_matmul.div_(
+                5.656854249492381
             )
             del up_4_attn_block_self_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
@@ -3703,8 +3703,8 @@ class ChunkedUNet(torch.nn.Module):
                 up_4_attn_block_cross_attn_transpose_2_contiguous,
             )
             del up_4_attn_block_cross_attn_transpose_3
-            up_4_attn_block_cross_attn_div = (
-                up_4_attn_block_cross_attn_matmul / 5.656854249492381
+            up_4_attn_block_cross_attn_div = up_4_attn_block_cross_attn_matmul.div_(
+                5.656854249492381
             )
             del up_4_attn_block_cross_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
@@ -3763,8 +3763,8 @@ class ChunkedUNet(torch.nn.Module):
                 up_4_attn_block_ff_chunk_1
             )
             del up_4_attn_block_ff_chunk_1
-            up_4_attn_block_ff_mul = (
-                up_4_attn_block_ff_chunk_0 * up_4_attn_block_ff_gelu
+            up_4_attn_block_ff_mul = up_4_attn_block_ff_gelu.mul_(
+                up_4_attn_block_ff_chunk_0
             )
             del up_4_attn_block_ff_chunk_0, up_4_attn_block_ff_gelu
             up_4_attn_block_ff_out = torch.nn.functional.linear(
@@ -3975,8 +3975,8 @@ class ChunkedUNet(torch.nn.Module):
                 up_5_attn_block_self_attn_transpose[:, :, start:stop],
                 up_5_attn_block_self_attn_transpose_3_contiguous,
             )
-            up_5_attn_block_self_attn_div = (
-                up_5_attn_block_self_attn_matmul / 5.656854249492381
+            up_5_attn_block_self_attn_div = up_5_attn_block_self_attn_matmul.div_(
+                5.656854249492381
             )
             del up_5_attn_block_self_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)

@@ -217,7 +217,7 @@ class ChunkedViT(torch.nn.Module):
                 blocks_0_attn_transpose[:, :, start:stop],
                 blocks_0_attn_transpose_3_contiguous,
             )
-            blocks_0_attn_div = blocks_0_attn_matmul / 5.656854249492381
+            blocks_0_attn_div = blocks_0_attn_matmul.div_(5.656854249492381)
             del blocks_0_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
             blocks_0_attn_softmax = torch.softmax(blocks_0_attn_div, -1)
@@ -349,7 +349,7 @@ class ChunkedViT(torch.nn.Module):
                 blocks_1_attn_transpose[:, :, start:stop],
                 blocks_1_attn_transpose_3_contiguous,
             )
-            blocks_1_attn_div = blocks_1_attn_matmul / 5.656854249492381
+            blocks_1_attn_div = blocks_1_attn_matmul.div_(5.656854249492381)
             del blocks_1_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
             blocks_1_attn_softmax = torch.softmax(blocks_1_attn_div, -1)
@@ -481,7 +481,7 @@ class ChunkedViT(torch.nn.Module):
                 blocks_2_attn_transpose[:, :, start:stop],
                 blocks_2_attn_transpose_3_contiguous,
             )
-            blocks_2_attn_div = blocks_2_attn_matmul / 5.656854249492381
+            blocks_2_attn_div = blocks_2_attn_matmul.div_(5.656854249492381)
             del blocks_2_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
             blocks_2_attn_softmax = torch.softmax(blocks_2_attn_div, -1)
@@ -613,7 +613,7 @@ class ChunkedViT(torch.nn.Module):
                 blocks_3_attn_transpose[:, :, start:stop],
                 blocks_3_attn_transpose_3_contiguous,
             )
-            blocks_3_attn_div = blocks_3_attn_matmul / 5.656854249492381
+            blocks_3_attn_div = blocks_3_attn_matmul.div_(5.656854249492381)
             del blocks_3_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
             blocks_3_attn_softmax = torch.softmax(blocks_3_attn_div, -1)
