@@ -212,6 +212,14 @@ class ForwardBuilder:
             f"{format_bytes(full * min(region.chunk_size, n) / n)} per chunk of "
             f"{region.chunk_size}.",
         ]
+        inplace = inplace_operands(graph, region)
+        if inplace:
+            methods = ", ".join(
+                dict.fromkeys(
+                    f"`{INPLACE[graph[n].target].__name__.split('.')[0]}`" for n in inplace
+                )
+            )
+            header.append(f"In place, on chunks nothing else reads: {methods}.")
         self._cited = None
         hoisted = [graph[n] for n in region.hoisted if n in live]
         for number, node in enumerate(hoisted):
@@ -248,7 +256,6 @@ class ForwardBuilder:
             )
             items.append(Line(code, uses=_idents(code), binds=var))
         chunk_names: dict[str, str] = {}
-        inplace = inplace_operands(graph, region)
 
         def operand(name: str, want: int | None) -> str:
             """Render one tensor operand of a loop node: its chunk, a slice, or it whole."""

@@ -20,6 +20,7 @@ from analysis.plan import ChunkPlan
 from analysis.select import Target
 from codegen.body import format_bytes
 from codegen.emit import Emitted, emit_module
+from codegen.plot import plot_plan
 from codegen.tune import tune as tune_plan
 from codegen.verify import verify
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print the chunk plan")
     plan.add_argument("model", help="model file defining make_model() and make_inputs()")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the estimated memory over the forward pass, original against planned",
+    )
     for command in (emit, plan):
         group = command.add_mutually_exclusive_group()
         group.add_argument("--memory-budget", type=parse_size, metavar="SIZE")
@@ -193,6 +199,12 @@ def _plan(args: argparse.Namespace) -> int:
     planned = plan_model(args.model, target, status.planning)
     status.done()
     plan, graph = planned.plan, planned.graph
+    if args.plot:
+        title = (
+            f"{Path(args.model).name}: estimated peak {format_bytes(plan.original_peak_bytes)} -> "
+            f"{format_bytes(plan.planned_peak_bytes)}, {len(plan.regions)} chunk loop(s)"
+        )
+        plot_plan(graph, plan, Path(args.plot), title)
     if args.json:
         print(json.dumps(plan.to_json(graph), indent=2))
         return 0

@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from analysis.capture import capture
@@ -15,6 +16,7 @@ from analysis.memory import estimate_graph
 from analysis.select import Target, make_plan
 from codegen.cli import main
 from codegen.emit import emit_module
+from codegen.plot import timelines
 from codegen.verify import verify
 
 ATTENTION = """
@@ -132,3 +134,21 @@ def test_a_model_already_under_target_gets_no_loops(tmp_path: Path) -> None:
     loaded, graph, plan = _plan(_write(tmp_path), Target(budget_bytes=10**9))
     assert plan.regions == () and plan.met
     assert plan.planned_peak_bytes == estimate_graph(graph).peak
+
+
+def test_plan_plot_writes_the_memory_timeline(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    path = _write(tmp_path)
+    png = tmp_path / "figs" / "plan.png"
+    assert main(["plan", str(path), "--plot", str(png), "--memory-ratio", "0.3"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "region 1" in capsys.readouterr().out
+    assert [p.name for p in png.parent.iterdir()] == ["plan.png"]  # no temp file left
+
+
+def test_plot_timelines_follow_the_plan(tmp_path: Path) -> None:
+    loaded, graph, plan = _plan(_write(tmp_path), Target(ratio=0.3))
+    original, planned = timelines(graph, plan)
+    assert len(original) == len(planned) == len(list(graph.ops()))
+    assert max(original) == plan.original_peak_bytes
+    assert max(planned) == plan.planned_peak_bytes
