@@ -231,13 +231,18 @@ def _meta(value: Any) -> Meta:
     return None
 
 
+#: frames from these directories are never cited: torch itself, and this tool
+_INTERNAL = (str(Path(torch.__file__).parent) + "/", str(Path(__file__).parent) + "/")
+
+
 def _source(stack: str | None, path: Path) -> Source | None:
-    """Return the deepest stack frame inside the model file, else the deepest outside torch."""
+    """Return the deepest stack frame inside the model file, else the deepest outside torch
+    (a library's modeling code: transformers, diffusers)."""
     if not stack:
         return None
     frames = [m for m in _FRAME.finditer(stack)]
     ours = [m for m in frames if Path(m["file"]).resolve() == path]
-    outside = [m for m in frames if "/site-packages/" not in m["file"]]
+    outside = [m for m in frames if not m["file"].startswith(_INTERNAL)]
     chosen = (ours or outside or [None])[-1]
     if chosen is None:
         return None

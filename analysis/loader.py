@@ -47,10 +47,14 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+#: the name under which a model file is imported, followed by a unique suffix
+MODEL_MODULE_PREFIX = "_autochunk_model_"
+
+
 def _import(path: Path) -> ModuleType:
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
-    name = f"_autochunk_model_{uuid.uuid4().hex}"
+    name = f"{MODEL_MODULE_PREFIX}{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UserError(f"{path}: not a Python file")

@@ -108,19 +108,24 @@ def region_lines(region: Region, graph: Graph) -> list[int]:
 
 
 def describe_lines(region: Region, graph: Graph) -> str:
-    """Return where a loop's body comes from, as "file.py:35-39" or "file.py:62-66, 180"."""
-    lines = region_lines(region, graph)
-    file = next((graph[n].source.file for n, _ in region.loop if graph[n].source), "")
-    if not lines:
+    """Return where a loop's body comes from, as "file.py:35-39" or "a.py:62-66, 180; b.py:12"."""
+    by_file: dict[str, set[int]] = {}
+    for name, _ in region.loop:
+        source = graph[name].source
+        if source is not None:
+            by_file.setdefault(source.file.rsplit("/", 1)[-1], set()).add(source.line)
+    if not by_file:
         return "no source lines"
-    spans: list[list[int]] = []
-    for line in lines:
-        if spans and line - spans[-1][1] <= 3:
-            spans[-1][1] = line
-        else:
-            spans.append([line, line])
-    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
-    return f"{file.rsplit('/', 1)[-1]}:{text}"
+    parts = []
+    for file, lines in by_file.items():
+        spans: list[list[int]] = []
+        for line in sorted(lines):
+            if spans and line - spans[-1][1] <= 3:
+                spans[-1][1] = line
+            else:
+                spans.append([line, line])
+        parts.append(file + ":" + ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans))
+    return "; ".join(parts)
 
 
 def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:

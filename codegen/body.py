@@ -15,7 +15,9 @@ import sympy
 import torch
 
 from analysis.dimflow import dim_rule, out_meta
+from analysis.errors import UserError
 from analysis.inplace import INPLACE, inplace_operands
+from analysis.loader import MODEL_MODULE_PREFIX
 from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, value_bytes
 from analysis.plan import ChunkPlan, Region, describe_lines, symbol_name
 from codegen.names import Namespace
@@ -190,7 +192,7 @@ class ForwardBuilder:
                 Line(code, uses=_idents(code), comments=[f"the forward updates buffer {fqn}"])
             )
         flat = [self.arg_plain(v) for v in self.graph.outputs]
-        expr = _unflatten(self.graph.out_spec, iter(flat))
+        expr = _unflatten(self.graph.out_spec, iter(flat), self.graph.model_file)
         return [*lines, Line(f"return {expr}", uses=_idents(expr))]
 
     # ---------------------------------------------------------------- regions
@@ -455,12 +457,12 @@ def _needed(graph: Graph, plan: ChunkPlan) -> set[str]:
     return needed
 
 
-def _unflatten(spec: Any, flat: Any) -> str:
+def _unflatten(spec: Any, flat: Any, model_file: str) -> str:
     """Write the model's output structure around the flat outputs."""
     kind = getattr(spec, "type", None)
     if spec.is_leaf():
         return next(flat)
-    children = [_unflatten(child, flat) for child in spec.children()]
+    children = [_unflatten(child, flat, model_file) for child in spec.children()]
     if kind is tuple:
         return f"({', '.join(children)}{',' if len(children) == 1 else ''})"
     if kind is list:
@@ -468,6 +470,23 @@ def _unflatten(spec: Any, flat: Any) -> str:
     if kind is dict:
         keys = spec.context
         return "{" + ", ".join(f"{k!r}: {c}" for k, c in zip(keys, children)) + "}"
+    if isinstance(kind, type) and kind.__module__.startswith(MODEL_MODULE_PREFIX):
+        raise UserError(
+            f"{model_file}: the model returns a {kind.__qualname__}, a class defined in the model "
+            "file itself, which the generated module cannot import; define it in an importable "
+            "module, or return a tuple or dict"
+        )
+    if isinstance(kind, type):
+        # The model's own output class (a ModelOutput, a dataclass, a namedtuple), imported
+        # from where the original defines it when the forward returns (see `_output_class`).
+        cls = f"_output_class({kind.__module__!r}, {kind.__qualname__!r})"
+        if issubclass(kind, tuple) and hasattr(kind, "_fields"):
+            return f"{cls}({', '.join(children)})"
+        keys = spec.context
+        if isinstance(keys, (list, tuple)) and all(
+            isinstance(k, str) and k.isidentifier() for k in keys
+        ):
+            return f"{cls}({', '.join(f'{k}={c}' for k, c in zip(keys, children))})"
     raise TypeError(f"cannot write output structure {kind}")
 
 

@@ -88,6 +88,7 @@ def emit_module(
     if not plan.met:
         over = plan.planned_peak_bytes - plan.budget_bytes
         missed = f" (misses the target by {format_bytes(over)})"
+    forward = forward_source(graph, plan)
     source = env.get_template("module.py.j2").render(
         class_name=class_name,
         model_class=graph.model_class,
@@ -100,7 +101,8 @@ def emit_module(
         missed=missed,
         regions=regions,
         parameters=_parameters(module),
-        forward=forward_source(graph, plan),
+        forward=forward,
+        output_class="_output_class(" in forward,
     )
     return Emitted(format_source(source), class_name)
 

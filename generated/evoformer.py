@@ -1756,6 +1756,7 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_0_tri_att_start_attn_view_2
         # Chunk region 3/8: blocks.0.tri_att_start.attn (evoformer.py:66-72), over `res`.
         # f32[res, 4, res ** 2 // res, res ** 2 // res] 171.5 MiB -> 3.1 MiB per chunk of 4.
+        # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = (
@@ -1911,6 +1912,7 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_0_tri_att_end_attn_view_2
         # Chunk region 4/8: blocks.0.tri_att_end.attn (evoformer.py:66-72), over `res`.
         # f32[res, 4, res ** 2 // res, res ** 2 // res] 171.5 MiB -> 3.1 MiB per chunk of 4.
+        # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = (
@@ -1977,6 +1979,7 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         # Chunk region 5/8: blocks.1.msa_row_attn (evoformer.py:62-72, 90), over a dim of length 32.
         # f32[32, 8, res, res] 49.0 MiB -> 3.1 MiB per chunk of 2.
+        # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_end_attn_mul: "f32[res, res ** 2 // res, 32]" = (
@@ -2670,6 +2673,7 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_1_tri_att_start_attn_view_2
         # Chunk region 7/8: blocks.1.tri_att_start.attn (evoformer.py:66-72), over `res`.
         # f32[res, 4, res ** 2 // res, res ** 2 // res] 171.5 MiB -> 3.1 MiB per chunk of 4.
+        # In place, on chunks nothing else reads: `add_`.
         blocks_1_tri_att_start_attn_transpose_3 = torch.empty(
             (res, res**2 // res, 4, 8),
             dtype=blocks_1_tri_att_start_attn_div.dtype,
@@ -2824,6 +2828,7 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_1_tri_att_end_attn_view_2
         # Chunk region 8/8: blocks.1.tri_att_end.attn (evoformer.py:66-72), over `res`.
         # f32[res, 4, res ** 2 // res, res ** 2 // res] 171.5 MiB -> 3.1 MiB per chunk of 4.
+        # In place, on chunks nothing else reads: `add_`.
         blocks_1_tri_att_end_attn_transpose_3 = torch.empty(
             (res, res**2 // res, 4, 8),
             dtype=blocks_1_tri_att_end_attn_div.dtype,

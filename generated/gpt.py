@@ -164,6 +164,7 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_0_attn_view
         # Chunk region 1/4: blocks.0.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 4.0 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_0_attn_view_1: "f32[1, seq, 8, 32]" = blocks_0_attn_split_1.view(
@@ -309,6 +310,7 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_1_attn_view
         # Chunk region 2/4: blocks.1.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 4.0 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_1_attn_view_1: "f32[1, seq, 8, 32]" = blocks_1_attn_split_1.view(
@@ -454,6 +456,7 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_2_attn_view
         # Chunk region 3/4: blocks.2.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 4.0 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_2_attn_view_1: "f32[1, seq, 8, 32]" = blocks_2_attn_split_1.view(
@@ -599,6 +602,7 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_3_attn_view
         # Chunk region 4/4: blocks.3.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 4.0 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_3_attn_view_1: "f32[1, seq, 8, 32]" = blocks_3_attn_split_1.view(

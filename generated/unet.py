@@ -1136,7 +1136,7 @@ class ChunkedUNet(torch.nn.Module):
         exp: "f32[32]" = torch.exp(div)
         del div
         unsqueeze: "f32[1, 1]" = timestep.unsqueeze(1)
-        to: "f32[1, 1]" = torch.ops.aten.to.dtype(unsqueeze, torch.float32)
+        to: "f32[1, 1]" = unsqueeze.to(torch.float32)
         del unsqueeze
         unsqueeze_1: "f32[1, 32]" = exp.unsqueeze(0)
         del exp
@@ -1273,6 +1273,7 @@ class ChunkedUNet(torch.nn.Module):
         del down_0_attn_block_self_attn_view
         # Chunk region 1/3: down.0.attn (unet.py:79-85, 95-96, 111-113, 129), over a dim of length width * height.
         # f32[1, 2, width * height, width * height] 128.0 MiB -> 4.0 MiB per chunk of 128.
+        # In place, on chunks nothing else reads: `div_`, `mul_`.
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_0_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = (
@@ -3541,6 +3542,7 @@ class ChunkedUNet(torch.nn.Module):
         del up_4_attn_block_self_attn_view
         # Chunk region 2/3: up.4.attn (unet.py:79-85, 95-96, 111-113, 129), over a dim of length width * height.
         # f32[1, 2, width * height, width * height] 128.0 MiB -> 4.0 MiB per chunk of 128.
+        # In place, on chunks nothing else reads: `div_`, `mul_`.
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_4_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = (
@@ -3914,6 +3916,7 @@ class ChunkedUNet(torch.nn.Module):
         del up_5_attn_block_self_attn_view
         # Chunk region 3/3: up.5.attn.block.self_attn (unet.py:82-84), over a dim of length width * height.
         # f32[1, 2, width * height, width * height] 128.0 MiB -> 4.0 MiB per chunk of 128.
+        # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_5_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = (

@@ -175,6 +175,7 @@ class ChunkedViT(torch.nn.Module):
         del blocks_0_attn_view
         # Chunk region 1/4: blocks.0.attn (vit.py:38-40), over a dim of length 1601.
         # f32[1, 8, 1601, 1601] 78.2 MiB -> 3.1 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_0_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_0_attn_split_1.view(
@@ -307,6 +308,7 @@ class ChunkedViT(torch.nn.Module):
         del blocks_1_attn_view
         # Chunk region 2/4: blocks.1.attn (vit.py:38-40), over a dim of length 1601.
         # f32[1, 8, 1601, 1601] 78.2 MiB -> 3.1 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_1_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_1_attn_split_1.view(
@@ -439,6 +441,7 @@ class ChunkedViT(torch.nn.Module):
         del blocks_2_attn_view
         # Chunk region 3/4: blocks.2.attn (vit.py:38-40), over a dim of length 1601.
         # f32[1, 8, 1601, 1601] 78.2 MiB -> 3.1 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_2_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_2_attn_split_1.view(
@@ -571,6 +574,7 @@ class ChunkedViT(torch.nn.Module):
         del blocks_3_attn_view
         # Chunk region 4/4: blocks.3.attn (vit.py:38-40), over a dim of length 1601.
         # f32[1, 8, 1601, 1601] 78.2 MiB -> 3.1 MiB per chunk of 64.
+        # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_3_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_3_attn_split_1.view(

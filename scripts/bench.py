@@ -72,11 +72,16 @@ def bench_model(
         peaks = [measure_peak(variant, inputs) for variant in variants]
         for variant in variants:  # warm up
             variant(*inputs)
+        # Each round runs every variant once, in an order that rotates from round to round,
+        # so none always runs right after the original (whose frees and cache state would
+        # otherwise favour or hurt the same one every time).
         ratios: list[list[float]] = [[] for _ in variants[1:]]
-        for _ in range(repeats):
-            base = _time(original, inputs, device)
-            for index, variant in enumerate(variants[1:]):
-                ratios[index].append(_time(variant, inputs, device) / base)
+        for round_ in range(repeats):
+            order = list(range(len(variants)))
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            seconds = {index: _time(variants[index], inputs, device) for index in order}
+            for index in range(1, len(variants)):
+                ratios[index - 1].append(seconds[index] / seconds[0])
     plan = planned.plan
     original_bytes, chunked_bytes = peaks[0], peaks[1]
     return {
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--memory-ratio", type=float, default=0.2)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
     parser.add_argument(
@@ -202,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.memory_ratio:g}`.\n\n"
             "Activation memory is measured (live-storage tracker on CPU, "
             "`torch.cuda.max_memory_allocated` on CUDA). The time ratio is the median of "
-            f"{args.repeats} interleaved runs, chunked over original: below 1.00 is faster. "
+            f"{args.repeats} rounds, chunked (or expert) over original in the same round: below "
+            "1.00 is faster. Each round runs original, chunked and expert once, in an order that "
+            "rotates from round to round. "
             "Estimate error is the planner's estimate against the measurement. Expert is the "
             "hand-written chunking practitioners use for the family (`scripts/baselines.py`: "
             "HF-style query-chunked attention and chunked feed-forward for GPT and ViT, "

@@ -1,0 +1,41 @@
+"""A Hugging Face transformers Llama with SDPA attention and grouped-query heads, from a config
+with random weights.
+
+Four layers of width 256, 8 query heads sharing 2 key/value heads, at 2048 tokens. Rotary
+tables and the causal mask are built inside the model. Needs `pip install transformers`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+SEQ = 2048
+VOCAB = 512
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=4 * SEQ,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config)
+
+
+def make_inputs() -> tuple:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.randint(0, VOCAB, (1, SEQ), generator=generator),)
+
+
+def dynamic_shapes() -> dict:
+    return {"input_ids": {1: torch.export.Dim("seq", min=2, max=4 * SEQ)}}
