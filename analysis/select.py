@@ -79,7 +79,17 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
             break  # the loop would not lower the footprint where the peak was
 
         regions, profile = candidate, new_profile
-    return finish_plan(graph, regions, original.peak, budget)
+    return finish_plan(graph, _pruned(graph, regions, profile.peak), original.peak, budget)
+
+
+def _pruned(graph: Graph, regions: tuple[Region, ...], peak: int) -> tuple[Region, ...]:
+    """Drop the regions the final peak does not need: a loop that stopped helping once later
+    stages moved the peak elsewhere only costs time."""
+    for region in reversed(regions):
+        fewer = tuple(r for r in regions if r is not region)
+        if estimate_plan(graph, fewer).peak <= peak:
+            regions = fewer
+    return regions
 
 
 def finish_plan(
@@ -113,17 +123,21 @@ def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[
 def _best_candidate(
     graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str, budget: int
 ) -> Region | None:
-    """Return the candidate that meets the budget fastest; failing that, the lowest peak."""
+    """Return the candidate that meets the budget fastest; failing that, the lowest peak.
+
+    Peaks are compared at 1% of the current peak, so near-ties fall to the faster region.
+    """
     machine = load_machine()
+    unit = max(profile.peak // 100, 1)
     best: tuple[tuple[float, ...], Region] | None = None
     for candidate in _candidates(graph, regions, profile, peak_node):
         for region in (candidate, *_with_copies(graph, candidate)):
             sized, peak = _size_chunks(graph, profile, region, budget, machine)
             extra = region_time(graph, sized, machine) - span_time(graph, sized.span, machine)
             if peak <= budget:
-                key: tuple[float, ...] = (0, round(extra, 5), _round(peak), len(sized.loop))
+                key: tuple[float, ...] = (0, round(extra, 5), peak // unit, len(sized.loop))
             else:
-                key = (1, _round(peak), round(extra, 5), len(sized.loop))
+                key = (1, peak // unit, round(extra, 5), len(sized.loop))
             if best is None or key < best[0]:
                 best = (key, sized)
     return None if best is None else best[1]
@@ -145,11 +159,6 @@ def _with_copies(graph: Graph, region: Region) -> list[Region]:
         and not graph[name].tensor.contiguous
     )
     return [replace(region, materialized=region.materialized + extra)] if extra else []
-
-
-def _round(nbytes: int) -> int:
-    """Compare peaks at 1% resolution so near-ties fall to the faster region."""
-    return nbytes // max(nbytes // 100, 1)
 
 
 def _size_chunks(

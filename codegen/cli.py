@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader went away (`plan ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
