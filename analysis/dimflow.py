@@ -563,7 +563,8 @@ def _cat(node: Node, graph: Graph) -> DimRule | None:
 @rule(aten.scaled_dot_product_attention)
 def _sdpa(node: Node, graph: Graph) -> DimRule | None:
     """Batch and head dims move with q, k, v and the mask; the query length moves with q and
-    the mask's rows (not when causal: the diagonal would shift); keys are mixed."""
+    the mask's rows (not when causal: the diagonal would shift); keys are mixed, and so are
+    the value's features (the fused kernel would redo the whole attention for each chunk)."""
     shapes = _shapes(node, graph)
     q, k, v = shapes[:3]
     mask = shapes[3] if len(shapes) > 3 else None
@@ -583,5 +584,5 @@ def _sdpa(node: Node, graph: Graph) -> DimRule | None:
     if mask is not None and not causal and len(mask) >= 2 and _same(mask[-2], out[-2], graph):
         rows.append((3, len(mask) - 2))
     groups.append(tuple(rows))
-    groups.append(((2, len(v) - 1),))
+    groups.append(())  # the value's features: each chunk would recompute all of the attention
     return DimRule(tuple(groups))

@@ -167,7 +167,8 @@ def _size_chunks(
     """Return the region at its fastest power-of-two chunk that meets the budget, and its peak.
 
     Memory only grows with the chunk, so bisection finds the largest chunk that fits; every
-    smaller power of two fits too, and the cost model picks the fastest of them.
+    smaller power of two fits too, and the cost model picks the fastest of them. When no chunk
+    fits, the budget becomes the lowest peak plus 1% of the current one.
     """
     extent = evaluate(region.extent, graph.hints)
     sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
@@ -176,8 +177,11 @@ def _size_chunks(
         return local_region_peak(graph, profile, region.with_chunk_size(size))
 
     low, high = 0, len(sizes) - 1
-    if peak(sizes[low]) > budget:
-        return region.with_chunk_size(sizes[low]), peak(sizes[low])
+    floor = peak(sizes[low])
+    if floor > budget:
+        # Out of reach: settle for 1% above the lowest peak. The smallest chunks buy little
+        # memory for many more iterations.
+        budget = floor + max(profile.peak // 100, 1)
     while low < high:  # the largest size whose peak fits
         mid = (low + high + 1) // 2
         if peak(sizes[mid]) <= budget:

@@ -112,6 +112,16 @@ def _dropout(node: Node, a: list[str], arg: ArgFn) -> str:
     return f"torch.nn.functional.dropout({a[0]}, {a[1]}, training={a[2]})"
 
 
+def _upsample_nearest(node: Node, a: list[str], arg: ArgFn) -> str:
+    """`F.interpolate(mode="nearest")` dispatches to this very overload with the same arguments."""
+    size = node.args[1] if len(node.args) > 1 else None
+    scales = node.args[2] if len(node.args) > 2 else None
+    keyword = f"size={a[1]}" if size is not None else f"scale_factor={a[2]}"
+    if (size is None) == (scales is None):
+        return _fallback(node, a, arg)
+    return f'torch.nn.functional.interpolate({a[0]}, {keyword}, mode="nearest")'
+
+
 def _embedding(node: Node, a: list[str], arg: ArgFn) -> str:
     return f"torch.nn.functional.embedding({a[1]}, {a[0]})"
 
@@ -206,6 +216,9 @@ _RENDER: dict[Any, Callable[[Node, list[str], ArgFn], str]] = {
     aten.sigmoid.default: _function("torch.sigmoid"),
     aten.tanh.default: _function("torch.tanh"),
     aten.exp.default: _function("torch.exp"),
+    aten.cos.default: _function("torch.cos"),
+    aten.sin.default: _function("torch.sin"),
+    aten.upsample_nearest2d.vec: _upsample_nearest,
     aten.rsqrt.default: _function("torch.rsqrt"),
     aten.sqrt.default: _function("torch.sqrt"),
     aten.tril.default: _function("torch.tril"),

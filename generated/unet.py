@@ -1142,8 +1142,8 @@ class ChunkedUNet(torch.nn.Module):
         del exp
         mul_1: "f32[1, 32]" = to * unsqueeze_1
         del to, unsqueeze_1
-        cos: "f32[1, 32]" = torch.ops.aten.cos.default(mul_1)
-        sin: "f32[1, 32]" = torch.ops.aten.sin.default(mul_1)
+        cos: "f32[1, 32]" = torch.cos(mul_1)
+        sin: "f32[1, 32]" = torch.sin(mul_1)
         del mul_1
         cat: "f32[1, 64]" = torch.cat([cos, sin], -1)
         del cos, sin
@@ -2635,8 +2635,10 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
         upsample_0_upsample_nearest2d: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.ops.aten.upsample_nearest2d.vec(
-            up_1_res_add_1, [down_1_attn_norm_add_1, down_1_attn_norm_add_3], None
+        ) = torch.nn.functional.interpolate(
+            up_1_res_add_1,
+            size=[down_1_attn_norm_add_1, down_1_attn_norm_add_3],
+            mode="nearest",
         )
         del up_1_res_add_1
         upsample_0_conv: (
@@ -3419,7 +3421,9 @@ class ChunkedUNet(torch.nn.Module):
         del up_3_attn_proj_out, up_3_res_add_1
         # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
         upsample_1_upsample_nearest2d: "f32[1, 128, height, width]" = (
-            torch.ops.aten.upsample_nearest2d.vec(up_3_attn_add, [height, width], None)
+            torch.nn.functional.interpolate(
+                up_3_attn_add, size=[height, width], mode="nearest"
+            )
         )
         del up_3_attn_add
         upsample_1_conv: "f32[1, 128, height, width]" = torch.nn.functional.conv2d(
