@@ -6,6 +6,7 @@ The body is first laid out as a small tree of `Line` and `Loop` items (so livene
 
 from __future__ import annotations
 
+import collections
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -470,6 +471,8 @@ def _unflatten(spec: Any, flat: Any, model_file: str) -> str:
     if kind is dict:
         keys = spec.context
         return "{" + ", ".join(f"{k!r}: {c}" for k, c in zip(keys, children)) + "}"
+    if kind is collections.namedtuple:  # pytree keeps a namedtuple's class as the context
+        kind = spec.context
     if isinstance(kind, type) and kind.__module__.startswith(MODEL_MODULE_PREFIX):
         raise UserError(
             f"{model_file}: the model returns a {kind.__qualname__}, a class defined in the model "

@@ -22,7 +22,7 @@ from codegen.body import format_bytes
 from codegen.emit import Emitted, emit_module
 from codegen.plot import plot_plan
 from codegen.tune import tune as tune_plan
-from codegen.verify import verify
+from codegen.verify import measure_pair, verify
 
 _UNITS = {
     "": 1, "b": 1,
@@ -174,9 +174,12 @@ def _emit(args: argparse.Namespace) -> int:
     status = Status()
     flag += " --tune" if args.tune else ""
     planned, emitted = generate(args.model, target, flag, status, tune=args.tune)
+    measured: tuple[int, int] | None = None
     if not args.no_verify:
         status.show("verifying against the original on the example inputs")
         verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+        status.show("measuring activation memory on the example inputs")
+        measured = measure_pair(emitted.source, planned.loaded.module, planned.loaded.inputs)
         status.done()
     destination = out_dir / f"{Path(args.model).stem}.py"
     write_atomic(destination, emitted.source)
@@ -189,7 +192,19 @@ def _emit(args: argparse.Namespace) -> int:
     print(
         f"wrote {destination}: {len(plan.regions)} chunk loop(s), estimated peak "
         f"{format_bytes(plan.original_peak_bytes)} -> {format_bytes(plan.planned_peak_bytes)}{note}"
+        + (
+            f"; measured {format_bytes(measured[0])} -> {format_bytes(measured[1])}"
+            if measured
+            else ""
+        )
     )
+    if measured and plan.regions and measured[1] >= measured[0]:
+        print(
+            f"warning: {Path(args.model).name}: on the example inputs the generated module uses no "
+            f"less activation memory than the original ({format_bytes(measured[0])} -> "
+            f"{format_bytes(measured[1])}); see `python -m codegen plan {args.model} --plot FILE.png`",
+            file=sys.stderr,
+        )
     return 0
 
 

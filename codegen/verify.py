@@ -14,6 +14,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from analysis.errors import InternalError
+from analysis.measure import measure_peak
 
 #: tolerances of Contract 3 (float32)
 RTOL = 1e-4
@@ -87,3 +88,15 @@ def import_source_text(source: str) -> tuple[None, Path]:
     with handle:
         handle.write(source)
     return None, Path(handle.name)
+
+
+def measure_pair(
+    source: str, original: torch.nn.Module, inputs: tuple[Any, ...]
+) -> tuple[int, int]:
+    """Return the measured activation peaks of the original and the generated module."""
+    module, path = import_source(source)
+    try:
+        generated = instantiate(module, original)
+        return measure_peak(original, inputs), measure_peak(generated, inputs)
+    finally:
+        path.unlink(missing_ok=True)

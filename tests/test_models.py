@@ -3,6 +3,7 @@ in-place updates, a value read both sliced and whole; plus --no-verify and inter
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -92,3 +93,41 @@ def test_wrong_code_is_an_internal_error_that_keeps_the_evidence(
     kept = Path(err.split("kept in ")[1].split(".py")[0] + ".py")
     assert "torch.log_softmax(" in kept.read_text()
     assert not out.exists()
+
+
+def test_emit_reports_measured_memory_and_warns_when_it_did_not_fall(
+    model_file: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(model_file), "--out", str(out), "--memory-ratio", "0.3"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"; measured [\d.]+ \w+ -> [\d.]+ \w+$", captured.out.strip())
+    assert "warning" not in captured.err
+    monkeypatch.setattr(cli, "measure_pair", lambda *args: (1000, 1000))
+    assert cli.main(["emit", str(model_file), "--out", str(out), "--memory-ratio", "0.3"]) == 0
+    assert "uses no less activation memory than the original" in capsys.readouterr().err
+
+
+def test_output_class_defined_in_the_model_file_is_a_clear_user_error(tmp_path, capsys) -> None:
+    path = tmp_path / "pair.py"
+    path.write_text(textwrap.dedent("""
+            from typing import NamedTuple
+            import torch
+
+            class Pair(NamedTuple):
+                out: torch.Tensor
+
+            class M(torch.nn.Module):
+                def forward(self, x):
+                    return Pair((x @ x.transpose(-1, -2)).softmax(-1) @ x)
+
+            def make_model():
+                return M()
+
+            def make_inputs():
+                return (torch.randn(1, 256, 8),)
+            """))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: the model returns a Pair") and "\n" not in err
+    assert not (tmp_path / "out").exists()
