@@ -7,7 +7,8 @@ storage is freed right after the last statement that uses any value sharing it, 
 those values is an output. Model inputs, parameters, buffers and constants own zero bytes: they
 exist before the call. The live bytes right after a statement runs are that statement's
 footprint; the peak is the largest footprint. This is what the live-storage tracker in
-`analysis.measure` sees, op by op (scratch space inside a kernel is not seen, nor modelled).
+`analysis.measure` sees, op by op. A few ops allocate scratch while they run (SDPA turns a bool
+mask into a float copy of it); a statement's scratch counts in its own footprint only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import math
 from dataclasses import dataclass, replace
 
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, evaluate, value_bytes
+import torch
+
+from analysis.dimflow import dim_rule
+from analysis.ir import Graph, Node, Ref, evaluate, value_bytes
 from analysis.plan import Region
 
 
@@ -34,6 +38,8 @@ class Stmt:
     uses: tuple[str, ...] = ()
     #: a label for reports: graph node name, or region id for statements in a chunk loop
     label: str = ""
+    #: bytes the op allocates and frees while it runs, on top of what is live
+    scratch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +88,7 @@ def simulate(stmts: list[Stmt], outputs: set[str]) -> Profile:
     for index, stmt in enumerate(stmts):
         if stmt.key is not None and root[stmt.key] == stmt.key:
             live += size[stmt.key]
-        footprint.append(live)
+        footprint.append(live + stmt.scratch)
         live -= sum(size[owner] for owner in frees.get(index, ()))
         after.append(live)
     return Profile(tuple(footprint), tuple(s.label for s in stmts), tuple(after))
@@ -99,13 +105,32 @@ def node_stmt(node: Node, graph: Graph) -> Stmt:
 def _node_stmt(node: Node, graph: Graph) -> Stmt:
     hints = graph.hints
     owned = node.kind == "op" and node.aliases is None and node.mutates is None
+    mask = _bool_mask(node, graph)
     return Stmt(
         key=node.name,
         alloc=value_bytes(node.meta, hints) if owned else 0,
         shares=node.mutates or node.aliases,
         uses=tuple(dict.fromkeys(node.refs())),
         label=node.name,
+        scratch=_mask_scratch(node, graph, mask) if mask else 0,
     )
+
+
+def _bool_mask(node: Node, graph: Graph) -> str | None:
+    """Return the bool attention mask an SDPA call reads, if any."""
+    if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
+        return None
+    mask = node.args[3] if len(node.args) > 3 else node.kwarg("attn_mask")
+    if isinstance(mask, Ref) and graph[mask.name].tensor.dtype == torch.bool:
+        return mask.name
+    return None
+
+
+def _mask_scratch(node: Node, graph: Graph, mask: str, fraction: float = 1.0) -> int:
+    """SDPA's float copy of a bool mask: the mask's elements at the query's dtype."""
+    query = graph[node.args[0].name].tensor
+    elements = graph[mask].tensor.numel(graph.hints)
+    return math.ceil(elements * query.dtype.itemsize * fraction)
 
 
 def graph_program(graph: Graph) -> list[Stmt]:
@@ -156,6 +181,14 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
         if name in inplace:
             base = node.args[inplace[name]].name
         owned = base is None
+        mask = _bool_mask(node, graph)
+        scratch = 0
+        if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
+            rule = dim_rule(node, graph)
+            chunked = mask in loop or (
+                rule is not None and rule.input_dim(loop[name], 3) is not None
+            )
+            scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
         stmts.append(
             Stmt(
                 key=chunk_key(name),
@@ -163,6 +196,7 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
                 shares=None if owned else (chunk_key(base) if base in loop else base),
                 uses=tuple(uses),
                 label=label,
+                scratch=scratch,
             )
         )
         if name in outputs:

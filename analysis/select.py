@@ -168,7 +168,7 @@ def _size_chunks(
 
     Memory only grows with the chunk, so bisection finds the largest chunk that fits; every
     smaller power of two fits too, and the cost model picks the fastest of them. When no chunk
-    fits, the budget becomes the lowest peak plus 1% of the current one.
+    fits, the budget becomes the lowest peak plus 5% of the current one.
     """
     extent = evaluate(region.extent, graph.hints)
     sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
@@ -179,9 +179,9 @@ def _size_chunks(
     low, high = 0, len(sizes) - 1
     floor = peak(sizes[low])
     if floor > budget:
-        # Out of reach: settle for 1% above the lowest peak. The smallest chunks buy little
+        # Out of reach: settle for 5% above the lowest peak. The smallest chunks buy little
         # memory for many more iterations.
-        budget = floor + max(profile.peak // 100, 1)
+        budget = floor + max(profile.peak // 20, 1)
     while low < high:  # the largest size whose peak fits
         mid = (low + high + 1) // 2
         if peak(sizes[mid]) <= budget:

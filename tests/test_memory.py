@@ -43,3 +43,35 @@ def test_estimate_matches_measurement_on_gpt(gpt_generated) -> None:
     assert _within(plan.original_peak_bytes, original, 0.10), (plan.original_peak_bytes, original)
     assert _within(plan.planned_peak_bytes, chunked, 0.10), (plan.planned_peak_bytes, chunked)
     assert chunked <= 0.2 * original * 1.05
+
+
+def test_sdpa_float_copy_of_a_bool_mask_is_estimated(tmp_path) -> None:
+    import textwrap
+
+    from analysis.capture import capture
+    from analysis.loader import load_model_file
+    from analysis.memory import estimate_graph
+
+    path = tmp_path / "masked.py"
+    path.write_text(textwrap.dedent("""
+            import torch
+
+            class Masked(torch.nn.Module):
+                def forward(self, q, k, v, keep):
+                    mask = keep[:, None, None, :] & torch.ones(
+                        q.shape[2], k.shape[2], dtype=torch.bool).tril()
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, mask)
+
+            def make_model():
+                return Masked()
+
+            def make_inputs():
+                g = torch.Generator().manual_seed(0)
+                q, k, v = (torch.randn(1, 4, 256, 16, generator=g) for _ in range(3))
+                return (q, k, v, torch.ones(1, 256, dtype=torch.bool))
+            """))
+    loaded = load_model_file(path)
+    estimate = estimate_graph(capture(loaded)).peak
+    measured = measure_peak(loaded.module, loaded.inputs)
+    assert _within(estimate, measured, 0.05), (estimate, measured)
+    assert measured > 4 * 256 * 256  # the float copy of the mask dominates: it is really there

@@ -2,7 +2,9 @@
 with random weights.
 
 Four layers of width 256, 8 query heads sharing 2 key/value heads, at 2048 tokens. Rotary
-tables and the causal mask are built inside the model. Needs `pip install transformers`.
+tables are built inside the model. The attention mask pads the first 48 tokens (left padding, as
+in batched generation), so transformers builds a `seq x seq` mask for SDPA. Needs
+`pip install transformers`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def make_model() -> torch.nn.Module:
 
 def make_inputs() -> tuple:
     generator = torch.Generator().manual_seed(0)
-    return (torch.randint(0, VOCAB, (1, SEQ), generator=generator),)
+    ids = torch.randint(0, VOCAB, (1, SEQ), generator=generator)
+    mask = torch.ones(1, SEQ, dtype=torch.long)
+    mask[:, :48] = 0  # left padding, as in batched generation
+    return (ids, mask)
 
 
 def dynamic_shapes() -> dict:
-    return {"input_ids": {1: torch.export.Dim("seq", min=2, max=4 * SEQ)}}
+    seq = torch.export.Dim("seq", min=2, max=4 * SEQ)
+    return {"input_ids": {1: seq}, "attention_mask": {1: seq}}
