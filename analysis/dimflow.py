@@ -430,6 +430,29 @@ def _embedding(node: Node, graph: Graph) -> DimRule:
     return DimRule((*(((1, j),) for j in range(rank - 1)), ((0, 1),)))
 
 
+@rule(aten.index)
+def _index(node: Node, graph: Graph) -> DimRule | None:
+    """`x[i0, i1, ...]` with index tensors (a gather, like embedding): the leading output dims are
+    the indices' broadcast shape and move with the indices that are not broadcast there; x is
+    read whole along the indexed dims, and its remaining dims follow."""
+    indices = node.args[1]
+    if any(not isinstance(index, Ref) for index in indices):
+        return None  # `None` entries (x[:, i]) put the gathered dims elsewhere: not modelled
+    source, *shapes = _shapes(node, graph)
+    out = out_meta(node).shape
+    lead = len(out) - (len(source) - len(indices))
+    groups = []
+    for j in range(lead):
+        group = []
+        for slot, shape in enumerate(shapes, start=1):
+            axis = j - (lead - len(shape))
+            if axis >= 0 and _same(shape[axis], out[j], graph):
+                group.append((slot, axis))
+        groups.append(tuple(group))
+    groups.extend(((0, len(indices) + k),) for k in range(len(out) - lead))
+    return DimRule(tuple(groups))
+
+
 @rule(aten.sum, aten.mean, aten.amax, aten.amin, aten.var, aten.std, aten.logsumexp)
 def _reduce(node: Node, graph: Graph) -> DimRule | None:
     (source,) = _shapes(node, graph)

@@ -518,6 +518,13 @@ with torch.random.fork_rng():  # seeded inputs and parameters; the global RNG is
             {(0, 2)},
         ),
         case("embedding", nn.Embedding(7, 4), (ints(7, 2, T),), aten.embedding.default, {(0, 0)}),
+        case(  # a gather with index tensors: x is read whole along its indexed dims
+            "index_tensors",
+            lambda x, rows, cols: x[rows[:, None], cols[None, :]],
+            (rand(6, 7, 4), ints(6, T), ints(7, 3)),
+            aten.index.Tensor,
+            {(0, 0), (0, 1)},
+        ),
         # reductions
         case("sum", lambda x: x.sum(-1), (rand(2, T, 4),), aten.sum.dim_IntList, {(0, 2)}),
         case(
