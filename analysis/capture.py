@@ -82,6 +82,16 @@ def capture(loaded: LoadedModel) -> Graph:
     return build_graph(export(loaded), loaded)
 
 
+def _upper(ep: ExportedProgram, symbol: sympy.Symbol) -> int | None:
+    """Return the largest size the dynamic dim may take, when its Dim declares one."""
+    bound = ep.range_constraints.get(symbol)
+    upper = getattr(bound, "upper", None)
+    try:
+        return int(upper) if upper is not None and upper.is_finite else None
+    except (TypeError, AttributeError):
+        return None
+
+
 def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
     """Translate an ExportedProgram into the immutable analysis IR."""
     specs = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
@@ -106,7 +116,9 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
                         if isinstance(size, sympy.Symbol) and size not in symbols:
                             hint = int(loaded.inputs[position].shape[axis])
                             name = dim_names.get((position, axis), f"{fx.name}_size_{axis}")
-                            symbols[size] = Symbol(size, name, fx.name, axis, hint)
+                            symbols[size] = Symbol(
+                                size, name, fx.name, axis, hint, _upper(ep, size)
+                            )
             target = fx.name if kind == "input" else spec.target
             nodes.append(Node(name=fx.name, kind=kind, target=target, meta=meta))
         elif fx.op == "call_function":

@@ -143,6 +143,8 @@ class Symbol:
     axis: int
     #: its size in the example inputs
     hint: int
+    #: the largest size its Dim allows, if bounded
+    upper: int | None = None
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,10 @@ def chunk_key(name: str) -> str:
     return f"{name}@chunk"
 
 
+#: label suffix of the statements a region runs before its loop
+SETUP = " setup"
+
+
 def region_label(index: int) -> str:
     return f"region {index}"
 
@@ -159,14 +163,15 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
     extent = max(evaluate(region.extent, hints), 1)
     fraction = min(region.chunk_size, extent) / extent
     loop = region.loop_dims
-    stmts = [replace(node_stmt(graph[name], graph), label=label) for name in region.hoisted]
+    setup = f"{label}{SETUP}"  # before the loop: the hoisted values, copies and buffers
+    stmts = [replace(node_stmt(graph[name], graph), label=setup) for name in region.hoisted]
     copies = {name: f"{name}@contiguous" for name in region.materialized}
     for name, key in copies.items():
         nbytes = value_bytes(graph[name].meta, hints)
-        stmts.append(Stmt(key=key, alloc=nbytes, uses=(name,), label=label))
+        stmts.append(Stmt(key=key, alloc=nbytes, uses=(name,), label=setup))
     outputs = {name for name, _ in region.outputs}
     for name in outputs:
-        stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=label))
+        stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=setup))
     outer: set[str] = set(outputs)
     inplace = inplace_operands(graph, region)
     for name, _ in region.loop:
@@ -282,6 +287,13 @@ def storage_roots(graph: Graph) -> tuple[dict[str, str], dict[str, int]]:
 
 
 def region_peak(profile: Profile, index: int) -> int:
-    """Return the largest footprint while region `index` runs."""
+    """Return the largest footprint while region `index` runs, its setup included."""
+    label = region_label(index)
+    labels = (label, f"{label}{SETUP}")
+    return max((f for f, l in zip(profile.footprint, profile.labels) if l in labels), default=0)
+
+
+def loop_peak(profile: Profile, index: int) -> int:
+    """Return the largest footprint inside region `index`'s loop (its setup excluded)."""
     label = region_label(index)
     return max((f for f, l in zip(profile.footprint, profile.labels) if l == label), default=0)

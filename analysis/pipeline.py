@@ -9,7 +9,7 @@ from analysis.capture import capture
 from analysis.ir import Graph
 from analysis.loader import LoadedModel, load_model_file
 from analysis.plan import ChunkPlan
-from analysis.select import Progress, Target, make_plan
+from analysis.select import Progress, Target, plan_for_range
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,11 @@ class Planned:
 
 
 #: The analysis stages, in order; each consumes the previous one's result.
-PIPELINE = ("load_model_file", "capture", "make_plan")
+PIPELINE = ("load_model_file", "capture", "plan_for_range")
 
 
 def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
     """Run the analysis pipeline on a model file."""
     loaded = load_model_file(path)
     graph = capture(loaded)
-    return Planned(loaded, graph, make_plan(graph, target, progress))
+    return Planned(loaded, graph, plan_for_range(graph, target, progress))

@@ -92,6 +92,44 @@ def _pruned(graph: Graph, regions: tuple[Region, ...], peak: int) -> tuple[Regio
     return regions
 
 
+#: how far beyond the example size a plan looks, when the dynamic dim's Dim sets no bound
+LONGEST_FACTOR = 8
+
+
+def plan_for_range(graph: Graph, target: Target, progress: Progress | None = None) -> ChunkPlan:
+    """Plan for every size the dynamic dim may take, not only the example's.
+
+    A stretch that fits the target at the example size may not fit at longer ones (the
+    feed-forward at 4x the tokens). So the regions are chosen at the longest size (the Dim's
+    upper bound, at most `LONGEST_FACTOR` times the example) and then sized at the example;
+    at run time each loop resizes its chunks for the actual length (NOTE [Run-time chunk
+    sizes]). When that plan does worse at the example than planning there directly, the
+    example's own plan is kept.
+    """
+    here = make_plan(graph, target, progress)
+    if len(graph.symbols) != 1:
+        return here
+    symbol = graph.symbols[0]
+    longest = min(symbol.upper or symbol.hint * LONGEST_FACTOR, symbol.hint * LONGEST_FACTOR)
+    if longest <= symbol.hint:
+        return here
+    from analysis.symbolic import rehinted  # symbolic builds on this module's plans
+
+    far = make_plan(rehinted(graph, {symbol.symbol: longest}), target)
+    if {r.span for r in far.regions} == {r.span for r in here.regions}:
+        return here
+    machine = load_machine()
+    regions = list(far.regions)
+    for index, region in enumerate(regions):
+        others = tuple(r for i, r in enumerate(regions) if i != index)
+        profile = estimate_plan(graph, others)
+        regions[index], _ = _size_chunks(graph, profile, region, here.budget_bytes, machine)
+    ranged = finish_plan(graph, tuple(regions), here.original_peak_bytes, here.budget_bytes)
+    if ranged.planned_peak_bytes > max(here.planned_peak_bytes, here.budget_bytes):
+        return here
+    return ranged
+
+
 def finish_plan(
     graph: Graph, regions: tuple[Region, ...], original_peak: int, budget: int
 ) -> ChunkPlan:

@@ -21,6 +21,7 @@ from analysis.inplace import INPLACE, inplace_operands
 from analysis.loader import MODEL_MODULE_PREFIX
 from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, value_bytes
 from analysis.plan import ChunkPlan, Region, describe_lines, symbol_name
+from analysis.symbolic import Formulas
 from codegen.names import Namespace
 from codegen.render import literal, render_call
 
@@ -69,9 +70,12 @@ def short_dtype(dtype: torch.dtype) -> str:
 class ForwardBuilder:
     """Lay out the forward body for a graph and its plan."""
 
-    def __init__(self, graph: Graph, plan: ChunkPlan) -> None:
+    def __init__(self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None = None) -> None:
         self.graph = graph
         self.plan = plan
+        #: memory formulas for run-time chunk sizes (NOTE [Run-time chunk sizes])
+        self.formulas = formulas if formulas and any(formulas.regions) else None
+        self.budget = ""
         self.ns = Namespace()
         self.names: dict[str, str] = {}
         self.symbols: dict[sympy.Symbol, str] = {}
@@ -135,6 +139,8 @@ class ForwardBuilder:
                     binds=var,
                 )
             )
+        if self.formulas is not None:
+            items.append(self._budget_line())
         starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
         covered = {name for region in self.plan.regions for name in region.span}
         live = _needed(graph, self.plan)
@@ -146,6 +152,24 @@ class ForwardBuilder:
                 items.append(self._line(node, self.arg_plain))
         items.extend(self._return())
         return self.params, _with_dels(items, set(self.params) | self._outputs())
+
+    def _budget_line(self) -> Line:
+        """`budget = ...`: the constructor's budget, else the plan's share of the original's
+        estimated peak at this input's size."""
+        plan, formulas = self.plan, self.formulas
+        assert formulas is not None
+        share = plan.budget_bytes / max(plan.original_peak_bytes, 1)
+        original = _pycode(formulas.original_peak, self.symbols)
+        self.budget = self.ns.create("budget")
+        code = (
+            f"{self.budget} = self.memory_budget if self.memory_budget is not None "
+            f"else int({share:.4g} * ({original}))"
+        )
+        comments = [
+            "Activation bytes for the chunk loops: the constructor's budget, else",
+            f"{share:.0%} of the original's estimated peak at this input's size.",
+        ]
+        return Line(code, uses=_idents(code) - {"self"}, binds=self.budget, comments=comments)
 
     def _outputs(self) -> set[str]:
         return {self.names[n] for n in self.graph.output_names() if n in self.names}
@@ -277,7 +301,19 @@ class ForwardBuilder:
                 return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
             return literal(value, self.sym, self.device)
 
-        body: list[Any] = [Line(f"stop = min(start + {region.chunk_size}, {extent})", binds="stop")]
+        formula = self.formulas.regions[index] if self.formulas is not None else None
+        rows = str(region.chunk_size)
+        if formula is not None:
+            rows = self.ns.create("chunk")
+            fixed = _pycode(formula.fixed, self.symbols)
+            per_row = _pycode(formula.per_row, self.symbols)
+            code = f"{rows} = _rows({self.budget}, {fixed}, {per_row}, {region.chunk_size})"
+            comments = [
+                f"Rows per chunk within the budget: the loop holds about {fixed} bytes,",
+                f"plus {per_row} per row (at most {region.chunk_size} rows, the planned size).",
+            ]
+            items.append(Line(code, uses=_idents(code), binds=rows, comments=comments))
+        body: list[Any] = [Line(f"stop = min(start + {rows}, {extent})", binds="stop")]
         self._cited = None
         for name, dim in region.loop:
             node = _resized(graph[name], dim, graph)
@@ -295,8 +331,8 @@ class ForwardBuilder:
             if name in outputs:
                 target = _slice_expr(buffers[name], outputs[name])
                 body.append(Line(f"{target} = {var}", uses={var, buffers[name]}))
-        head = f"for start in range(0, {extent}, {region.chunk_size}):"
-        items.append(Loop(head, body, uses=_idents(extent)))
+        head = f"for start in range(0, {extent}, {rows}):"
+        items.append(Loop(head, body, uses=_idents(extent) | ({rows} if formula else set())))
         items[0].comments = header + items[0].comments  # the region opens with what it saves
         self._cited = None
         return items

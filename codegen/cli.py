@@ -18,6 +18,7 @@ from analysis.errors import InternalError, UserError
 from analysis.pipeline import Planned, plan_model
 from analysis.plan import ChunkPlan
 from analysis.select import Target
+from analysis.symbolic import plan_formulas
 from codegen.body import format_bytes
 from codegen.emit import Emitted, emit_module
 from codegen.plot import plot_plan
@@ -142,6 +143,8 @@ def generate(
             planned.loaded.module,
             command=f"python -m codegen emit {name} {flag}",
             target=described,
+            formulas=plan_formulas(planned.graph, plan),
+            budget=target.budget_bytes,
         )
 
     if tune:

@@ -12,6 +12,7 @@ import torch
 
 from analysis.ir import Graph
 from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
+from analysis.symbolic import Formulas
 from codegen import __version__
 from codegen.body import ForwardBuilder, format_bytes, to_cst
 
@@ -28,9 +29,9 @@ class Emitted:
     class_name: str
 
 
-def forward_source(graph: Graph, plan: ChunkPlan) -> str:
+def forward_source(graph: Graph, plan: ChunkPlan, formulas: Formulas | None = None) -> str:
     """Return the `forward` method's source, built with libcst."""
-    builder = ForwardBuilder(graph, plan)
+    builder = ForwardBuilder(graph, plan, formulas)
     params, items = builder.build()
     signature = ", ".join(["self", *params])
     func = cst.parse_statement(f"def forward({signature}):\n    pass\n")
@@ -60,9 +61,20 @@ def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
 
 
 def emit_module(
-    graph: Graph, plan: ChunkPlan, module: torch.nn.Module, command: str, target: str
+    graph: Graph,
+    plan: ChunkPlan,
+    module: torch.nn.Module,
+    command: str,
+    target: str,
+    formulas: Formulas | None = None,
+    budget: int | None = None,
 ) -> Emitted:
-    """Return the formatted source of the generated module."""
+    """Return the formatted source of the generated module.
+
+    With `formulas`, loops over the dynamic dim size their chunks at run time from a budget
+    (NOTE [Run-time chunk sizes]): `budget` bytes by default, else a share of the original's
+    estimated peak at the input's size.
+    """
     class_name = f"Chunked{graph.model_class}"
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -88,7 +100,7 @@ def emit_module(
     if not plan.met:
         over = plan.planned_peak_bytes - plan.budget_bytes
         missed = f" (misses the target by {format_bytes(over)})"
-    forward = forward_source(graph, plan)
+    forward = forward_source(graph, plan, formulas)
     source = env.get_template("module.py.j2").render(
         class_name=class_name,
         model_class=graph.model_class,
@@ -103,6 +115,8 @@ def emit_module(
         parameters=_parameters(module),
         forward=forward,
         output_class="_output_class(" in forward,
+        runtime_sizes="_rows(" in forward,
+        budget=budget,
     )
     return Emitted(format_source(source), class_name)
 

@@ -24,8 +24,12 @@ __all__ = ["ChunkedEvoformer"]
 class ChunkedEvoformer(torch.nn.Module):
     """Evoformer with the same parameters and buffers, chunked as planned above."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_budget: int | None = None) -> None:
+        """`memory_budget`: activation bytes the chunk loops size themselves to stay within
+        (an attribute: change it any time); None follows the planned share of the original's
+        peak at each input's size."""
         super().__init__()
+        self.memory_budget = memory_budget
         _register(
             self,
             "blocks.0.msa_row_attn.norm_m.weight",
@@ -1127,6 +1131,13 @@ class ChunkedEvoformer(torch.nn.Module):
 
     def forward(self, msa, pair):
         res = msa.shape[1]
+        # Activation bytes for the chunk loops: the constructor's budget, else
+        # 20% of the original's estimated peak at this input's size.
+        budget = (
+            self.memory_budget
+            if self.memory_budget is not None
+            else int(0.2 * (32 * res**3 + 400 * res**2 + 8192 * res))
+        )
         # evoformer.py:89 in forward: bias = self.pair_bias(self.norm_z(pair)).permute(2, 0, 1)
         blocks_0_msa_row_attn_norm_z: "f32[res, res, 32]" = (
             torch.nn.functional.layer_norm(
@@ -1455,8 +1466,11 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_add_3 = torch.empty(
             (res, res, 32), dtype=pair.dtype, device=pair.device
         )
-        for start in range(0, res, 8):
-            stop = min(start + 8, res)
+        # Rows per chunk within the budget: the loop holds about 128 * res ** 2 + 12288 * res bytes,
+        # plus 2048 * res per row (at most 8 rows, the planned size).
+        chunk = _rows(budget, 128 * res**2 + 12288 * res, 2048 * res, 8)
+        for start in range(0, res, chunk):
+            stop = min(start + chunk, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
             blocks_0_outer_product_mean_einsum = torch.einsum(
                 "sic,sjd->ijcd",
@@ -1483,7 +1497,7 @@ class ChunkedEvoformer(torch.nn.Module):
             del blocks_0_outer_product_mean_out
             blocks_0_add_3[start:stop] = blocks_0_add_chunk
             del blocks_0_add_chunk
-        del blocks_0_outer_product_mean_a, blocks_0_outer_product_mean_b
+        del blocks_0_outer_product_mean_a, blocks_0_outer_product_mean_b, chunk
         # evoformer.py:153 in forward: z = self.norm_in(pair)
         blocks_0_tri_mul_out_norm_in: "f32[res, res, 32]" = (
             torch.nn.functional.layer_norm(
@@ -1776,8 +1790,11 @@ class ChunkedEvoformer(torch.nn.Module):
             dtype=blocks_0_tri_att_start_attn_div.dtype,
             device=blocks_0_tri_att_start_attn_div.device,
         )
-        for start in range(0, res, 4):
-            stop = min(start + 4, res)
+        # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
+        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
+        chunk_1 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        for start in range(0, res, chunk_1):
+            stop = min(start + chunk_1, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
             blocks_0_tri_att_start_attn_transpose_3 = (
                 blocks_0_tri_att_start_attn_transpose_1[start:stop].transpose(-1, -2)
@@ -1820,6 +1837,7 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_tri_att_start_attn_transpose_1,
             blocks_0_tri_att_start_attn_transpose_2,
             blocks_0_tri_att_start_permute,
+            chunk_1,
         )
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_start_attn_mul: "f32[res, res ** 2 // res, 32]" = (
@@ -1932,8 +1950,11 @@ class ChunkedEvoformer(torch.nn.Module):
             dtype=blocks_0_tri_att_end_attn_div.dtype,
             device=blocks_0_tri_att_end_attn_div.device,
         )
-        for start in range(0, res, 4):
-            stop = min(start + 4, res)
+        # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
+        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
+        chunk_2 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        for start in range(0, res, chunk_2):
+            stop = min(start + chunk_2, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
             blocks_0_tri_att_end_attn_transpose_3 = (
                 blocks_0_tri_att_end_attn_transpose_1[start:stop].transpose(-1, -2)
@@ -1976,6 +1997,7 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_tri_att_end_attn_transpose_1,
             blocks_0_tri_att_end_attn_transpose_2,
             blocks_0_tri_att_end_permute,
+            chunk_2,
         )
         # Chunk region 5/8: blocks.1.msa_row_attn (evoformer.py:62-72, 90), over a dim of length 32.
         # f32[32, 8, res, res] 49.0 MiB -> 3.1 MiB per chunk of 2.
@@ -2370,8 +2392,11 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_add_3 = torch.empty(
             (res, res, 32), dtype=blocks_0_add_8.dtype, device=blocks_0_add_8.device
         )
-        for start in range(0, res, 8):
-            stop = min(start + 8, res)
+        # Rows per chunk within the budget: the loop holds about 256 * res ** 2 + 12288 * res bytes,
+        # plus 2048 * res per row (at most 8 rows, the planned size).
+        chunk_3 = _rows(budget, 256 * res**2 + 12288 * res, 2048 * res, 8)
+        for start in range(0, res, chunk_3):
+            stop = min(start + chunk_3, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
             blocks_1_outer_product_mean_einsum = torch.einsum(
                 "sic,sjd->ijcd",
@@ -2400,7 +2425,12 @@ class ChunkedEvoformer(torch.nn.Module):
             del blocks_1_outer_product_mean_out
             blocks_1_add_3[start:stop] = blocks_1_add_chunk
             del blocks_1_add_chunk
-        del blocks_0_add_8, blocks_1_outer_product_mean_a, blocks_1_outer_product_mean_b
+        del (
+            blocks_0_add_8,
+            blocks_1_outer_product_mean_a,
+            blocks_1_outer_product_mean_b,
+            chunk_3,
+        )
         # evoformer.py:153 in forward: z = self.norm_in(pair)
         blocks_1_tri_mul_out_norm_in: "f32[res, res, 32]" = (
             torch.nn.functional.layer_norm(
@@ -2679,8 +2709,11 @@ class ChunkedEvoformer(torch.nn.Module):
             dtype=blocks_1_tri_att_start_attn_div.dtype,
             device=blocks_1_tri_att_start_attn_div.device,
         )
-        for start in range(0, res, 4):
-            stop = min(start + 4, res)
+        # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
+        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
+        chunk_4 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        for start in range(0, res, chunk_4):
+            stop = min(start + chunk_4, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
             blocks_1_tri_att_start_attn_transpose_4 = (
                 blocks_1_tri_att_start_attn_transpose_1[start:stop].transpose(-1, -2)
@@ -2719,6 +2752,7 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_tri_att_start_attn_transpose_1,
             blocks_1_tri_att_start_attn_transpose_2,
             blocks_1_tri_att_start_permute,
+            chunk_4,
         )
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         blocks_1_tri_att_start_attn_reshape: "f32[res, res ** 2 // res, 32]" = (
@@ -2834,8 +2868,12 @@ class ChunkedEvoformer(torch.nn.Module):
             dtype=blocks_1_tri_att_end_attn_div.dtype,
             device=blocks_1_tri_att_end_attn_div.device,
         )
-        for start in range(0, res, 4):
-            stop = min(start + 4, res)
+        # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
+        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
+        chunk_5 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        del budget
+        for start in range(0, res, chunk_5):
+            stop = min(start + chunk_5, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
             blocks_1_tri_att_end_attn_transpose_4 = (
                 blocks_1_tri_att_end_attn_transpose_1[start:stop].transpose(-1, -2)
@@ -2874,6 +2912,7 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_tri_att_end_attn_transpose_1,
             blocks_1_tri_att_end_attn_transpose_2,
             blocks_1_tri_att_end_permute,
+            chunk_5,
         )
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         blocks_1_tri_att_end_attn_reshape: "f32[res, res ** 2 // res, 32]" = (
@@ -2984,3 +3023,11 @@ def _register(
 def _is_parameter(module: torch.nn.Module, fqn: str) -> bool:
     owner, _, leaf = fqn.rpartition(".")
     return leaf in module.get_submodule(owner)._parameters
+
+
+def _rows(budget: int, fixed: int, per_row: int, most: int) -> int:
+    """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
+    budget; at least 1, and a power of two."""
+    rows = (budget - fixed) // per_row if per_row > 0 else most
+    rows = max(1, min(most, rows))
+    return 1 << (rows.bit_length() - 1)

@@ -20,8 +20,12 @@ __all__ = ["ChunkedGPT"]
 class ChunkedGPT(torch.nn.Module):
     """GPT with the same parameters and buffers, chunked as planned above."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_budget: int | None = None) -> None:
+        """`memory_budget`: activation bytes the chunk loops size themselves to stay within
+        (an attribute: change it any time); None follows the planned share of the original's
+        peak at each input's size."""
         super().__init__()
+        self.memory_budget = memory_budget
         _register(self, "wte.weight", (512, 256), torch.float32, "parameter")
         _register(self, "wpe.weight", (4096, 256), torch.float32, "parameter")
         _register(self, "blocks.0.ln_1.weight", (256,), torch.float32, "parameter")
@@ -130,6 +134,13 @@ class ChunkedGPT(torch.nn.Module):
 
     def forward(self, ids):
         seq = ids.shape[1]
+        # Activation bytes for the chunk loops: the constructor's budget, else
+        # 20% of the original's estimated peak at this input's size.
+        budget = (
+            self.memory_budget
+            if self.memory_budget is not None
+            else int(0.2 * (65 * seq**2 + 4096 * seq))
+        )
         # gpt.py:78 in forward: pos = torch.arange(ids.shape[1], device=ids.device)
         arange: "i64[seq]" = torch.arange(seq, device=ids.device)
         # gpt.py:79 in forward: x = self.wte(ids) + self.wpe(pos)
@@ -200,8 +211,11 @@ class ChunkedGPT(torch.nn.Module):
             dtype=blocks_0_attn_transpose.dtype,
             device=blocks_0_attn_transpose.device,
         )
-        for start in range(0, seq, 64):
-            stop = min(start + 64, seq)
+        # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
+        # plus 64 * seq per row (at most 64 rows, the planned size).
+        chunk = _rows(budget, 7168 * seq, 64 * seq, 64)
+        for start in range(0, seq, chunk):
+            stop = min(start + chunk, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             blocks_0_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
@@ -238,6 +252,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_0_attn_transpose,
             blocks_0_attn_transpose_2_contiguous,
             blocks_0_attn_transpose_3_contiguous,
+            chunk,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         blocks_0_attn_reshape: "f32[1, seq, 256]" = blocks_0_attn_transpose_4.reshape(
@@ -346,8 +361,11 @@ class ChunkedGPT(torch.nn.Module):
             dtype=blocks_1_attn_transpose.dtype,
             device=blocks_1_attn_transpose.device,
         )
-        for start in range(0, seq, 64):
-            stop = min(start + 64, seq)
+        # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
+        # plus 64 * seq per row (at most 64 rows, the planned size).
+        chunk_1 = _rows(budget, 7168 * seq, 64 * seq, 64)
+        for start in range(0, seq, chunk_1):
+            stop = min(start + chunk_1, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             blocks_1_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
@@ -384,6 +402,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_1_attn_transpose,
             blocks_1_attn_transpose_2_contiguous,
             blocks_1_attn_transpose_3_contiguous,
+            chunk_1,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         blocks_1_attn_reshape: "f32[1, seq, 256]" = blocks_1_attn_transpose_4.reshape(
@@ -492,8 +511,11 @@ class ChunkedGPT(torch.nn.Module):
             dtype=blocks_2_attn_transpose.dtype,
             device=blocks_2_attn_transpose.device,
         )
-        for start in range(0, seq, 64):
-            stop = min(start + 64, seq)
+        # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
+        # plus 64 * seq per row (at most 64 rows, the planned size).
+        chunk_2 = _rows(budget, 7168 * seq, 64 * seq, 64)
+        for start in range(0, seq, chunk_2):
+            stop = min(start + chunk_2, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             blocks_2_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
@@ -530,6 +552,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_2_attn_transpose,
             blocks_2_attn_transpose_2_contiguous,
             blocks_2_attn_transpose_3_contiguous,
+            chunk_2,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         blocks_2_attn_reshape: "f32[1, seq, 256]" = blocks_2_attn_transpose_4.reshape(
@@ -638,8 +661,12 @@ class ChunkedGPT(torch.nn.Module):
             dtype=blocks_3_attn_transpose.dtype,
             device=blocks_3_attn_transpose.device,
         )
-        for start in range(0, seq, 64):
-            stop = min(start + 64, seq)
+        # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
+        # plus 64 * seq per row (at most 64 rows, the planned size).
+        chunk_3 = _rows(budget, 7168 * seq, 64 * seq, 64)
+        del budget
+        for start in range(0, seq, chunk_3):
+            stop = min(start + chunk_3, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             blocks_3_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
@@ -676,6 +703,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_3_attn_transpose,
             blocks_3_attn_transpose_2_contiguous,
             blocks_3_attn_transpose_3_contiguous,
+            chunk_3,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         blocks_3_attn_reshape: "f32[1, seq, 256]" = blocks_3_attn_transpose_4.reshape(
@@ -758,3 +786,11 @@ def _register(
 def _is_parameter(module: torch.nn.Module, fqn: str) -> bool:
     owner, _, leaf = fqn.rpartition(".")
     return leaf in module.get_submodule(owner)._parameters
+
+
+def _rows(budget: int, fixed: int, per_row: int, most: int) -> int:
+    """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
+    budget; at least 1, and a power of two."""
+    rows = (budget - fixed) // per_row if per_row > 0 else most
+    rows = max(1, min(most, rows))
+    return 1 << (rows.bit_length() - 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import statistics
 import sys
 import time
@@ -99,6 +100,35 @@ def bench_model(
     }
 
 
+def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any]]:
+    """Emit `path` once with a budget; measure it and the original at lengths up to the Dim's
+    bound (NOTE [Run-time chunk sizes])."""
+    planned, emitted = generate(path, Target(budget_bytes=budget), f"--memory-budget {budget}")
+    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+    module, _ = import_source(emitted.source)
+    original = planned.loaded.module.to(device)
+    chunked = instantiate(module, original)
+    symbol = planned.graph.symbols[0]
+    first = re.search(r"(chunk\w*) = _rows\((.*)\)$", emitted.source, re.MULTILINE)
+    rows = []
+    for n in (256, 512, 1024, 2048, 3072, 4096):
+        if symbol.upper is not None and n > symbol.upper:
+            break
+        (ids,) = planned.loaded.inputs
+        ids = torch.randint(0, int(ids.max()) + 1, (1, n)).to(device)
+        row = {"n": n, "original": measure_peak(original, (ids,))}
+        row["generated"] = measure_peak(chunked, (ids,))
+        _, fixed, per_row, most = _formula_args(first.group(2), symbol.name, n)
+        row["rows"] = module._rows(budget, fixed, per_row, most)
+        rows.append(row)
+    return rows
+
+
+def _formula_args(text: str, name: str, n: int) -> tuple[Any, ...]:
+    """Evaluate the `_rows(...)` call's arguments of a generated loop at length n."""
+    return tuple(eval(arg, {name: n, "budget": 0}) for arg in text.split(", "))  # noqa: S307
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| model | original | chunked | reduction | time ratio | expert | expert reduction "
@@ -132,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", action="store_true", help="also the longest input under a fixed budget"
     )
     parser.add_argument("--depths", action="store_true", help="also planning time by depth")
+    parser.add_argument(
+        "--lengths", action="store_true", help="also one GPT module with a budget at every length"
+    )
     parser.add_argument("--tune", action="store_true", help="emit with --tune (timed chunk sizes)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -178,6 +211,26 @@ def main(argv: list[str] | None = None) -> int:
             "the image side, for the Evoformer residues, for the UNet the latent side.\n\n"
             + "\n".join(lines)
             + "\n\n![memory against length](benchmarks.png)\n"
+        )
+        print("\n".join(lines))
+    if args.lengths:
+        budget = 32 * 2**20
+        lines = [
+            "| tokens | original | generated | generated / budget | chunks of the first loop |",
+            "|---|---|---|---|---|",
+        ]
+        for r in budget_by_length(ROOT / "examples" / "gpt.py", budget, args.device):
+            lines.append(
+                f"| {r['n']} | {format_bytes(r['original'])} | {format_bytes(r['generated'])} "
+                f"| {r['generated'] / budget:.2f} | {r['rows']} |"
+            )
+        sections += (
+            "\n## One module for every length\n\n"
+            f"`examples/gpt.py` emitted once with `--memory-budget {budget}` "
+            f"({format_bytes(budget)}), then run at each length; each loop computes its chunk "
+            "size from the input's length and the budget. Both columns are measured.\n\n"
+            + "\n".join(lines)
+            + "\n"
         )
         print("\n".join(lines))
     if args.depths:

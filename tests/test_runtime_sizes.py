@@ -1,0 +1,154 @@
+"""Chunk sizes computed at run time from a memory budget (NOTE [Run-time chunk sizes]): one
+module, emitted once, stays within its budget at every length, and matches the original."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.capture import capture
+from analysis.loader import load_model_file
+from analysis.measure import measure_peak
+from analysis.memory import estimate_plan, loop_peak
+from analysis.select import Target, make_plan, plan_for_range
+from analysis.symbolic import plan_formulas, rehinted
+from codegen import cli
+from codegen.verify import compare, import_source, instantiate
+
+BLOCKS = """
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(32, 96)
+            self.proj = nn.Linear(32, 32)
+            self.fc = nn.Linear(32, 256)
+            self.out = nn.Linear(256, 32)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).split(32, dim=-1)
+            q = q.view(1, -1, 4, 8).transpose(1, 2)
+            k = k.view(1, -1, 4, 8).transpose(1, 2)
+            v = v.view(1, -1, 4, 8).transpose(1, 2)
+            att = ((q @ k.transpose(-1, -2)) * 0.35).softmax(dim=-1)
+            x = x + self.proj((att @ v).transpose(1, 2).reshape(1, -1, 32))
+            return x + self.out(torch.relu(self.fc(x)))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(Block(), Block())
+
+        def forward(self, x):
+            return self.blocks(x)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model()
+
+    def make_inputs():
+        return (torch.randn(1, 128, 32, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        return {"x": {1: torch.export.Dim("seq", min=2, max=1024)}}
+"""
+
+BUDGET = 3 * 2**20
+LENGTHS = (40, 128, 300, 512, 1024)  # up to 8x the example's 128
+
+
+@pytest.fixture(scope="module")
+def emitted(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runtime")
+    path = root / "blocks.py"
+    path.write_text(textwrap.dedent(BLOCKS))
+    out = root / "out"
+    assert cli.main(["emit", str(path), "--out", str(out), "--memory-budget", str(BUDGET)]) == 0
+    return path, out / "blocks.py"
+
+
+def _module(emitted, **kwargs):
+    path, generated = emitted
+    loaded = load_model_file(path)
+    module, _ = import_source(generated.read_text())
+    chunked = instantiate(module, loaded.module)
+    for key, value in kwargs.items():
+        setattr(chunked, key, value)
+    return loaded.module, chunked
+
+
+def test_one_module_stays_within_its_budget_at_every_length(emitted) -> None:
+    original, chunked = _module(emitted)
+    assert chunked.memory_budget == BUDGET
+    for n in LENGTHS:
+        x = torch.randn(1, n, 32, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            assert compare(original(x), chunked(x)) is None, n
+        peak = measure_peak(chunked, (x,))
+        assert peak <= 1.10 * BUDGET, (n, peak / 2**20)
+    # the original at 8x the example length is far above the budget: the loops did the work
+    assert measure_peak(original, (x,)) > 4 * BUDGET
+
+
+def test_the_budget_is_an_attribute_that_can_change_after_loading(emitted) -> None:
+    _, chunked = _module(emitted)
+    x = torch.randn(1, 1024, 32)
+    roomy = measure_peak(chunked, (x,))
+    chunked.memory_budget = BUDGET // 2
+    tight = measure_peak(chunked, (x,))
+    assert tight < roomy
+    assert tight <= 1.10 * max(BUDGET // 2, _floor(emitted, 1024))
+
+
+def test_the_generated_formula_reads_plainly(emitted) -> None:
+    source = emitted[1].read_text()
+    assert "def __init__(self, memory_budget: int | None = 3145728)" in source
+    assert "= _rows(budget, " in source and "for start in range(0, seq, chunk" in source
+    assert "# Rows per chunk within the budget: the loop holds about" in source
+
+
+def test_without_a_budget_the_chunks_follow_the_length(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.py"
+    path.write_text(textwrap.dedent(BLOCKS))
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(path), "--out", str(out), "--memory-ratio", "0.3"]) == 0
+    loaded = load_model_file(path)
+    module, _ = import_source((out / "blocks.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    assert chunked.memory_budget is None
+    for n in (64, 512):
+        x = torch.randn(1, n, 32)
+        with torch.no_grad():
+            assert compare(loaded.module(x), chunked(x)) is None
+        assert measure_peak(chunked, (x,)) <= 0.35 * measure_peak(loaded.module, (x,))
+
+
+def test_formulas_agree_with_the_estimate_at_other_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.py"
+    path.write_text(textwrap.dedent(BLOCKS))
+    graph = capture(load_model_file(path))
+    plan = make_plan(graph, Target(ratio=0.2))
+    formulas = plan_formulas(graph, plan)
+    assert formulas is not None and any(formulas.regions)
+    for n in (96, 700):
+        longer = rehinted(graph, {formulas.symbol: n})
+        for index, formula in enumerate(formulas.regions):
+            if formula is None:
+                continue
+            sized = tuple(r.with_chunk_size(16) for r in plan.regions)
+            actual = loop_peak(estimate_plan(longer, sized), index)
+            assert abs(formula.at({formulas.symbol: n}, 16) - actual) <= 0.02 * actual + 64
+
+
+def _floor(emitted, n: int) -> int:
+    """The emitted plan's estimated peak at length n with every chunk at one row: no budget
+    goes lower."""
+    graph = capture(load_model_file(emitted[0]))
+    plan = plan_for_range(graph, Target(budget_bytes=BUDGET))
+    longer = rehinted(graph, {graph.symbols[0].symbol: n})
+    return estimate_plan(longer, tuple(r.with_chunk_size(1) for r in plan.regions)).peak
