@@ -100,22 +100,22 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
     """Plan for every size the dynamic dim may take, not only the example's.
 
     A stretch that fits the target at the example size may not fit at longer ones (the
-    feed-forward at 4x the tokens). So the regions are chosen at the longest size (the Dim's
+    feed-forward at 4x the tokens). So the regions are chosen at the longest sizes (each Dim's
     upper bound, at most `LONGEST_FACTOR` times the example) and then sized at the example;
     at run time each loop resizes its chunks for the actual length (NOTE [Run-time chunk
     sizes]). When that plan does worse at the example than planning there directly, the
     example's own plan is kept.
     """
     here = make_plan(graph, target, progress)
-    if len(graph.symbols) != 1:
-        return here
-    symbol = graph.symbols[0]
-    longest = min(symbol.upper or symbol.hint * LONGEST_FACTOR, symbol.hint * LONGEST_FACTOR)
-    if longest <= symbol.hint:
+    longest = {
+        s.symbol: min(s.upper or s.hint * LONGEST_FACTOR, s.hint * LONGEST_FACTOR)
+        for s in graph.symbols
+    }
+    if all(longest[s.symbol] <= s.hint for s in graph.symbols):
         return here
     from analysis.symbolic import rehinted  # symbolic builds on this module's plans
 
-    far = make_plan(rehinted(graph, {symbol.symbol: longest}), target)
+    far = make_plan(rehinted(graph, longest), target)
     if {r.span for r in far.regions} == {r.span for r in here.regions}:
         return here
     machine = load_machine()

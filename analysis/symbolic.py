@@ -1,18 +1,21 @@
 """Memory as formulas in the dynamic dim, so generated code can size its chunks at run time.
 
 NOTE [Run-time chunk sizes]
-With one dynamic dim `n` (the sequence length, say), the estimated peak inside a loop with
+With a dynamic dim `n` (the sequence length, say), the estimated peak inside a loop with
 chunks of `c` rows is `fixed(n) + per_row(n) * c`: the values alive around the loop, plus the per-chunk
 values, which grow with the chunk. Both parts are polynomials of degree at most three in `n` (a
 row of attention scores has `n` entries; a triangle attention's logits, `n**3`). They are found by
 re-running the estimate with `n` set to four lengths and two chunk sizes each, then checked at
-a fifth length and other chunk sizes. A region whose estimate does not follow the form (say,
-a `//` of `n` in a shape) gets no formula and keeps its planned chunk size. The original
-model's peak gets the same treatment, for budgets given as a ratio.
+a fifth length and other chunk sizes. With two dynamic dims (an image's height and width),
+the same fit runs on a 3 x 3 grid of sizes, degree two in each. A region whose estimate does
+not follow the form (say, a `//` of `n` in a shape) gets no formula and keeps its planned chunk
+size. The original model's peak gets the same treatment, for budgets given as a ratio.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, replace
 
 import sympy
@@ -21,11 +24,15 @@ from analysis.ir import Graph, evaluate
 from analysis.memory import estimate_graph, estimate_plan, loop_peak
 from analysis.plan import ChunkPlan
 
-#: the lengths the formulas are fitted at and checked at, as multiples of the example's
-FIT_AT = (1, 2, 4, 8)
-CHECK_AT = 16
-#: how far a check may miss, as a fraction of the measured estimate
+#: the sizes the formulas are fitted at, as multiples of the example's: with one dynamic dim,
+#: four (a cubic), with two, a 3 x 3 grid (degree two in each); more dims get no formulas
+FIT_AT = {1: (1, 2, 4, 8), 2: (1, 2, 4)}
+#: where the fit is checked, as multiples of the example's (per dim)
+CHECK_AT = {1: (16,), 2: (8, 2)}
+#: how far a check may miss, as a fraction of the estimate
 TOLERANCE = 0.02
+
+Point = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,7 @@ class Formulas:
     """The formulas of one plan: the original's peak and each region's, or None for a region
     that keeps its planned chunk size."""
 
-    symbol: sympy.Symbol
+    symbols: tuple[sympy.Symbol, ...]
     original_peak: sympy.Expr
     regions: tuple[Formula | None, ...]
 
@@ -59,63 +66,74 @@ def rehinted(graph: Graph, values: dict[sympy.Symbol, int]) -> Graph:
 
 
 def plan_formulas(graph: Graph, plan: ChunkPlan) -> Formulas | None:
-    """Return the plan's memory formulas, or None unless the graph has exactly one dynamic dim
-    and the original's peak follows a polynomial in it."""
-    if len(graph.symbols) != 1:
+    """Return the plan's memory formulas, or None when the graph has no dynamic dim or more
+    than two, or the original's peak does not follow a polynomial in them."""
+    count = len(graph.symbols)
+    if count not in FIT_AT:
         return None
-    symbol, hint = graph.symbols[0].symbol, graph.symbols[0].hint
-    lengths = [hint * k for k in FIT_AT]
-    graphs = {n: rehinted(graph, {symbol: n}) for n in (*lengths, hint * CHECK_AT)}
+    symbols = tuple(s.symbol for s in graph.symbols)
+    hints = tuple(s.hint for s in graph.symbols)
+    points = [
+        tuple(h * k for h, k in zip(hints, ks))
+        for ks in itertools.product(FIT_AT[count], repeat=count)
+    ]
+    check = tuple(h * k for h, k in zip(hints, CHECK_AT[count]))
+    graphs = {p: rehinted(graph, dict(zip(symbols, p))) for p in (*points, check)}
 
-    original = _fit(symbol, {n: estimate_graph(graphs[n]).peak for n in lengths})
-    check = hint * CHECK_AT
-    if not _close(float(original.xreplace({symbol: check})), estimate_graph(graphs[check]).peak):
+    original = _fit(symbols, {p: estimate_graph(graphs[p]).peak for p in points})
+    predicted = float(original.xreplace(dict(zip(symbols, check))))
+    if not _close(predicted, estimate_graph(graphs[check]).peak):
         return None
     regions = tuple(
-        _region_formula(graph, graphs, plan, index, symbol, lengths, check)
+        _region_formula(graph, graphs, plan, index, symbols, points, check)
         for index in range(len(plan.regions))
     )
-    return Formulas(symbol, original, regions)
+    return Formulas(symbols, original, regions)
 
 
 def _region_formula(
     graph: Graph,
-    graphs: dict[int, Graph],
+    graphs: dict[Point, Graph],
     plan: ChunkPlan,
     index: int,
-    symbol: sympy.Symbol,
-    lengths: list[int],
-    check: int,
+    symbols: tuple[sympy.Symbol, ...],
+    points: list[Point],
+    check: Point,
 ) -> Formula | None:
     region = plan.regions[index]
-    if region.extent != symbol:
-        return None  # the loop is over a fixed dim: its planned size holds at every length
+    if not (sympy.sympify(region.extent).free_symbols & set(symbols)):
+        return None  # the loop is over a fixed dim: its planned size holds at every size
 
-    def peak(n: int, rows: int) -> int:
+    def peak(point: Point, rows: int) -> int:
         sized = list(plan.regions)
         sized[index] = region.with_chunk_size(rows)
-        return loop_peak(estimate_plan(graphs[n], tuple(sized)), index)
+        return loop_peak(estimate_plan(graphs[point], tuple(sized)), index)
 
     fixed, per_row = {}, {}
-    for n in lengths:
-        one, two = peak(n, 1), peak(n, 2)
-        per_row[n] = two - one
-        fixed[n] = one - per_row[n]
-    formula = Formula(_fit(symbol, fixed), _fit(symbol, per_row))
+    for point in points:
+        one, two = peak(point, 1), peak(point, 2)
+        per_row[point] = two - one
+        fixed[point] = one - per_row[point]
+    formula = Formula(_fit(symbols, fixed), _fit(symbols, per_row))
     rows = max(1, min(region.chunk_size, evaluate(region.extent, graph.hints)))
-    for n, c in ((check, 8), (lengths[-1], rows), (lengths[0], 4)):
-        if not _close(formula.at({symbol: n}, c), peak(n, c)):
+    for point, c in ((check, 8), (points[-1], rows), (points[0], 4)):
+        if not _close(formula.at(dict(zip(symbols, point)), c), peak(point, c)):
             return None
     return formula
 
 
-def _fit(symbol: sympy.Symbol, points: dict[int, int]) -> sympy.Expr:
-    """Return the polynomial of degree at most three through four (length, bytes) points, its
-    coefficients rounded up to whole bytes."""
-    poly = sympy.Poly(sympy.interpolate(list(points.items()), symbol), symbol)
-    return sympy.expand(
-        sum(sympy.ceiling(c) * symbol**k for (k,), c in zip(poly.monoms(), poly.coeffs()))
-    )
+def _fit(symbols: tuple[sympy.Symbol, ...], values: dict[Point, int]) -> sympy.Expr:
+    """Return the polynomial through the values at a grid of sizes (degree below the grid's
+    points per dim, in each dim), its coefficients rounded up to whole bytes."""
+    per_dim = round(len(values) ** (1 / len(symbols)))
+    monomials = [
+        math.prod(s**e for s, e in zip(symbols, exps))
+        for exps in itertools.product(range(per_dim), repeat=len(symbols))
+    ]
+    points = list(values)
+    system = sympy.Matrix([[m.xreplace(dict(zip(symbols, p))) for m in monomials] for p in points])
+    coefficients = system.LUsolve(sympy.Matrix([values[p] for p in points]))
+    return sympy.expand(sum(sympy.ceiling(c) * m for c, m in zip(coefficients, monomials)))
 
 
 def _close(predicted: float, actual: int) -> bool:

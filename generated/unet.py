@@ -19,8 +19,12 @@ __all__ = ["ChunkedUNet"]
 class ChunkedUNet(torch.nn.Module):
     """UNet with the same parameters and buffers, chunked as planned above."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_budget: int | None = None) -> None:
+        """`memory_budget`: activation bytes the chunk loops size themselves to stay within
+        (an attribute: change it any time); None follows the planned share of the original's
+        peak at each input's size."""
         super().__init__()
+        self.memory_budget = memory_budget
         _register(self, "time_mlp.0.weight", (256, 64), torch.float32, "parameter")
         _register(self, "time_mlp.0.bias", (256,), torch.float32, "parameter")
         _register(self, "time_mlp.2.weight", (256, 256), torch.float32, "parameter")
@@ -1127,6 +1131,13 @@ class ChunkedUNet(torch.nn.Module):
     def forward(self, x, timestep, context):
         height = x.shape[2]
         width = x.shape[3]
+        # Activation bytes for the chunk loops: the constructor's budget, else
+        # 20% of the original's estimated peak at this input's size.
+        budget = (
+            self.memory_budget
+            if self.memory_budget is not None
+            else int(0.2 * (1024 + 16 * width**2 * height**2 + 1024 * width * height))
+        )
         # unet.py:215 in forward: emb = self.time_mlp(timestep_embedding(timestep, self.base))
         arange: "f32[32]" = torch.arange(32, dtype=torch.float32, device=x.device)
         mul: "f32[32]" = arange * -9.210340371976184
@@ -1371,8 +1382,11 @@ class ChunkedUNet(torch.nn.Module):
             dtype=down_0_attn_transpose.dtype,
             device=down_0_attn_transpose.device,
         )
-        for start in range(0, width * height, 128):
-            stop = min(start + 128, width * height)
+        # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
+        # plus 16 * width * height per row (at most 128 rows, the planned size).
+        chunk = _rows(budget, 40448 + 1792 * width * height, 16 * width * height, 128)
+        for start in range(0, width * height, chunk):
+            stop = min(start + chunk, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             down_0_attn_block_self_attn_matmul = torch.matmul(
                 down_0_attn_block_self_attn_transpose[:, :, start:stop],
@@ -1520,6 +1534,7 @@ class ChunkedUNet(torch.nn.Module):
             down_0_attn_transpose_1[:, :, start:stop] = down_0_attn_transpose_chunk
             del down_0_attn_transpose_chunk
         del (
+            chunk,
             down_0_attn_block_cross_attn_transpose_1_contiguous,
             down_0_attn_block_cross_attn_transpose_2_contiguous,
             down_0_attn_block_self_attn_transpose,
@@ -3640,8 +3655,11 @@ class ChunkedUNet(torch.nn.Module):
             dtype=up_4_attn_transpose.dtype,
             device=up_4_attn_transpose.device,
         )
-        for start in range(0, width * height, 128):
-            stop = min(start + 128, width * height)
+        # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
+        # plus 16 * width * height per row (at most 128 rows, the planned size).
+        chunk_1 = _rows(budget, 40448 + 1792 * width * height, 16 * width * height, 128)
+        for start in range(0, width * height, chunk_1):
+            stop = min(start + chunk_1, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_4_attn_block_self_attn_matmul = torch.matmul(
                 up_4_attn_block_self_attn_transpose[:, :, start:stop],
@@ -3788,6 +3806,7 @@ class ChunkedUNet(torch.nn.Module):
             up_4_attn_transpose_1[:, :, start:stop] = up_4_attn_transpose_chunk
             del up_4_attn_transpose_chunk
         del (
+            chunk_1,
             up_4_attn_block_cross_attn_transpose_1_contiguous,
             up_4_attn_block_cross_attn_transpose_2_contiguous,
             up_4_attn_block_self_attn_transpose,
@@ -3975,8 +3994,12 @@ class ChunkedUNet(torch.nn.Module):
             dtype=up_5_attn_block_self_attn_transpose.dtype,
             device=up_5_attn_block_self_attn_transpose.device,
         )
-        for start in range(0, width * height, 128):
-            stop = min(start + 128, width * height)
+        # Rows per chunk within the budget: the loop holds about 1536 * width * height bytes,
+        # plus 16 * width * height per row (at most 128 rows, the planned size).
+        chunk_2 = _rows(budget, 1536 * width * height, 16 * width * height, 128)
+        del budget
+        for start in range(0, width * height, chunk_2):
+            stop = min(start + chunk_2, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_5_attn_block_self_attn_matmul = torch.matmul(
                 up_5_attn_block_self_attn_transpose[:, :, start:stop],
@@ -4006,6 +4029,7 @@ class ChunkedUNet(torch.nn.Module):
             )
             del up_5_attn_block_self_attn_transpose_chunk
         del (
+            chunk_2,
             up_5_attn_block_self_attn_transpose,
             up_5_attn_block_self_attn_transpose_2_contiguous,
             up_5_attn_block_self_attn_transpose_3_contiguous,
@@ -4247,3 +4271,11 @@ def _register(
 def _is_parameter(module: torch.nn.Module, fqn: str) -> bool:
     owner, _, leaf = fqn.rpartition(".")
     return leaf in module.get_submodule(owner)._parameters
+
+
+def _rows(budget: int, fixed: int, per_row: int, most: int) -> int:
+    """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
+    budget; at least 1, and a power of two."""
+    rows = (budget - fixed) // per_row if per_row > 0 else most
+    rows = max(1, min(most, rows))
+    return 1 << (rows.bit_length() - 1)
