@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import sympy
 import torch
 
 from analysis.errors import InternalError, UserError
@@ -223,8 +224,23 @@ def _plan(args: argparse.Namespace) -> int:
             f"{format_bytes(plan.planned_peak_bytes)}, {len(plan.regions)} chunk loop(s)"
         )
         plot_plan(graph, plan, Path(args.plot), title)
+    formulas = plan_formulas(graph, plan)
+    names = {s.symbol: sympy.Symbol(s.name) for s in graph.symbols}
+
+    def formula_of(index: int) -> dict[str, str] | None:
+        found = formulas.regions[index] if formulas is not None else None
+        if found is None:
+            return None
+        return {
+            "fixed_bytes": str(found.fixed.xreplace(names)),
+            "bytes_per_row": str(found.per_row.xreplace(names)),
+        }
+
     if args.json:
-        print(json.dumps(plan.to_json(graph), indent=2))
+        data = plan.to_json(graph)
+        for index, region in enumerate(data["regions"]):
+            region["memory_formula"] = formula_of(index)
+        print(json.dumps(data, indent=2))
         return 0
     print(
         f"{Path(args.model).name}: estimated activation peak {format_bytes(plan.original_peak_bytes)}"
@@ -241,6 +257,12 @@ def _plan(args: argparse.Namespace) -> int:
             f"({dim['input']} axis {dim['axis']}), chunk {region['chunk_size']} x{region['n_chunks']}, "
             f"peak {format_bytes(region['estimated_peak_bytes'])}, {len(region['nodes'])} nodes in the loop"
         )
+        formula = formula_of(index - 1)
+        if formula is not None:
+            print(
+                f"    at run time: {formula['fixed_bytes']} bytes + {formula['bytes_per_row']} "
+                "per row of the chunk, within the budget"
+            )
     return 0
 
 

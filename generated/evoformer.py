@@ -14,6 +14,8 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   6. evoformer.py:133-134, 205  res (add_11 axis 0)  chunk 8  x28  18.4 MiB
   7. evoformer.py:66-72  res (div_8 axis 0)  chunk 4  x56  45.4 MiB
   8. evoformer.py:66-72  res (div_9 axis 0)  chunk 4  x56  45.4 MiB
+Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
+chunks at run time, from `memory_budget` and the input's shape.
 """
 
 import torch

@@ -10,6 +10,8 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   2. gpt.py:35-39  seq (transpose_5 axis 2)  chunk 64  x32  22.0 MiB
   3. gpt.py:35-39  seq (transpose_10 axis 2)  chunk 64  x32  22.0 MiB
   4. gpt.py:35-39  seq (transpose_15 axis 2)  chunk 64  x32  22.0 MiB
+Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
+chunks at run time, from `memory_budget` and the input's shape.
 """
 
 import torch

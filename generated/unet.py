@@ -9,6 +9,8 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   1. unet.py:79-85, 95-96, 111-113, 129  s0*s53 (transpose axis 1)  chunk 128  x32  15.0 MiB
   2. unet.py:79-85, 95-96, 111-113, 129  s0*s53 (transpose_60 axis 1)  chunk 128  x32  15.0 MiB
   3. unet.py:82-84  s0*s53 (transpose_73 axis 2)  chunk 128  x32  14.0 MiB
+Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
+chunks at run time, from `memory_budget` and the input's shape.
 """
 
 import torch

@@ -204,3 +204,16 @@ def test_two_dynamic_dims_size_their_chunks_too(tmp_path: Path) -> None:
             assert compare(loaded.module(x), chunked(x)) is None, (h, w)
         assert measure_peak(chunked, (x,)) <= 1.10 * budget, (h, w)
     assert measure_peak(loaded.module, (x,)) > 4 * budget
+
+
+def test_plan_shows_each_loops_formula(tmp_path: Path, capsys) -> None:
+    import json
+
+    path = tmp_path / "blocks.py"
+    path.write_text(textwrap.dedent(BLOCKS))
+    assert cli.main(["plan", str(path), "--json"]) == 0
+    regions = json.loads(capsys.readouterr().out)["regions"]
+    formulas = [r["memory_formula"] for r in regions if r["memory_formula"]]
+    assert formulas and all("seq" in f["fixed_bytes"] + f["bytes_per_row"] for f in formulas)
+    assert cli.main(["plan", str(path)]) == 0
+    assert "at run time: " in capsys.readouterr().out
