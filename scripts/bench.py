@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lengths:
         budget = 32 * 2**20
         lines = [
-            "| tokens | original | generated | generated / budget | chunks of the first loop |",
+            "| tokens | original | generated | generated / budget | rows per chunk, first loop |",
             "|---|---|---|---|---|",
         ]
         for r in budget_by_length(ROOT / "examples" / "gpt.py", budget, args.device):
