@@ -792,7 +792,9 @@ def _is_parameter(module: torch.nn.Module, fqn: str) -> bool:
 
 def _rows(budget: int, fixed: int, per_row: int, most: int) -> int:
     """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
-    budget; at least 1, and a power of two."""
-    rows = (budget - fixed) // per_row if per_row > 0 else most
+    budget (or within 5% of the smallest loop, when even one row would not fit); at least 1,
+    and a power of two."""
+    limit = max(budget, (fixed + per_row) * 21 // 20)
+    rows = (limit - fixed) // per_row if per_row > 0 else most
     rows = max(1, min(most, rows))
     return 1 << (rows.bit_length() - 1)

@@ -217,3 +217,13 @@ def test_plan_shows_each_loops_formula(tmp_path: Path, capsys) -> None:
     assert formulas and all("seq" in f["fixed_bytes"] + f["bytes_per_row"] for f in formulas)
     assert cli.main(["plan", str(path)]) == 0
     assert "at run time: " in capsys.readouterr().out
+
+
+def test_rows_fall_with_the_budget_and_never_collapse_when_it_is_out_of_reach(emitted) -> None:
+    module, _ = import_source(emitted[1].read_text())
+    rows = module._rows
+    assert rows(10_000, 1_000, 100, 64) == 64  # capped at the planned size
+    assert rows(3_000, 1_000, 100, 64) == 16  # 20 rows fit: the power of two below
+    assert rows(1_050, 1_000, 100, 64) == 1
+    # out of reach (one row is 1100 bytes): within 5% of that, not one row at a time
+    assert rows(100, 10_000, 10, 64) == 32
