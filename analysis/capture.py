@@ -82,6 +82,20 @@ def capture(loaded: LoadedModel) -> Graph:
     return build_graph(export(loaded), loaded)
 
 
+def _linear_in_one_symbol(size: Any) -> tuple[sympy.Symbol, int, int] | None:
+    """Return (s, a, b) when an input's size is `a * s + b` (a derived Dim such as `4 * h`)."""
+    if not isinstance(size, sympy.Expr) or len(size.free_symbols) != 1:
+        return None
+    (symbol,) = size.free_symbols
+    poly = sympy.Poly(size, symbol) if size.is_polynomial(symbol) else None
+    if poly is None or poly.degree() != 1:
+        return None
+    scale, offset = poly.all_coeffs()
+    if not (scale.is_Integer and offset.is_Integer and scale > 0):
+        return None
+    return symbol, int(scale), int(offset)
+
+
 def _upper(ep: ExportedProgram, symbol: sympy.Symbol) -> int | None:
     """Return the largest size the dynamic dim may take, when its Dim declares one."""
     bound = ep.range_constraints.get(symbol)
@@ -113,12 +127,22 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
                 inputs.append(fx.name)
                 if isinstance(meta, TensorMeta):
                     for axis, size in enumerate(meta.shape):
-                        if isinstance(size, sympy.Symbol) and size not in symbols:
-                            hint = int(loaded.inputs[position].shape[axis])
-                            name = dim_names.get((position, axis), f"{fx.name}_size_{axis}")
-                            symbols[size] = Symbol(
-                                size, name, fx.name, axis, hint, _upper(ep, size)
-                            )
+                        found = _linear_in_one_symbol(size)
+                        if found is None or found[0] in symbols:
+                            continue
+                        symbol, scale, offset = found
+                        actual = int(loaded.inputs[position].shape[axis])
+                        name = dim_names.get((position, axis), f"{fx.name}_size_{axis}")
+                        symbols[symbol] = Symbol(
+                            symbol,
+                            name,
+                            fx.name,
+                            axis,
+                            (actual - offset) // scale,
+                            _upper(ep, symbol),
+                            scale,
+                            offset,
+                        )
             target = fx.name if kind == "input" else spec.target
             nodes.append(Node(name=fx.name, kind=kind, target=target, meta=meta))
         elif fx.op == "call_function":
@@ -275,7 +299,7 @@ def _dim_names(loaded: LoadedModel) -> dict[tuple[int, int], str]:
     for position, dims in enumerate(per_input):
         items = dims.items() if isinstance(dims, dict) else enumerate(dims or ())
         for axis, dim in items:
-            name = getattr(dim, "__name__", None)
+            name = getattr(getattr(dim, "root", dim), "__name__", None)  # 4 * h: its root, h
             if isinstance(name, str) and name.isidentifier():
                 names[(position, axis)] = name
     return names

@@ -145,6 +145,9 @@ class Symbol:
     hint: int
     #: the largest size its Dim allows, if bounded
     upper: int | None = None
+    #: the input's size along the axis is `scale * symbol + offset` (a derived Dim: `4 * h`)
+    scale: int = 1
+    offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -133,12 +133,16 @@ class ForwardBuilder:
         for symbol in graph.symbols:
             var = self.ns.create(symbol.name)
             self.symbols[symbol.symbol] = var
-            items.append(
-                Line(
-                    f"{var} = {self.names[symbol.input]}.shape[{symbol.axis}]",
-                    binds=var,
+            size = f"{self.names[symbol.input]}.shape[{symbol.axis}]"
+            if symbol.offset:
+                size = (
+                    f"({size} - {symbol.offset})"
+                    if symbol.offset > 0
+                    else f"({size} + {-symbol.offset})"
                 )
-            )
+            if symbol.scale != 1:
+                size = f"{size} // {symbol.scale}"
+            items.append(Line(f"{var} = {size}", binds=var))
         if self.formulas is not None:
             items.append(self._budget_line())
         starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}

@@ -131,3 +131,34 @@ def test_output_class_defined_in_the_model_file_is_a_clear_user_error(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}: the model returns a Pair") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_derived_dim_is_read_back_from_the_input_shape(tmp_path, capsys) -> None:
+    path = tmp_path / "derived.py"
+    path.write_text(textwrap.dedent("""
+            import torch
+
+            class M(torch.nn.Module):
+                def forward(self, x):
+                    return (x @ x.transpose(-1, -2)).softmax(-1) @ x
+
+            def make_model():
+                return M()
+
+            def make_inputs():
+                return (torch.randn(1, 256 + 2, 8),)
+
+            def dynamic_shapes():
+                h = torch.export.Dim("h", min=1, max=128)
+                return {"x": {1: 4 * h + 2}}
+            """))
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(path), "--out", str(out)]) == 0
+    source = (out / "derived.py").read_text()
+    assert "h = (x.shape[1] - 2) // 4" in source and "range(0, 2 + 4 * h, " in source
+    loaded = load_model_file(path)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    x = torch.randn(1, 4 * 100 + 2, 8)
+    with torch.no_grad():
+        assert compare(loaded.module(x), chunked(x)) is None
