@@ -19,7 +19,7 @@ from codegen.verify import verify
 
 #: op codes; each maps [B, T, C] to [B, T, C]
 OPS = ("linear", "gelu", "residual", "scale", "softmax_c", "layer_norm", "attention",
-       "transpose_twice", "cumsum_t", "mean_c")  # fmt: skip
+       "transpose_twice", "cumsum_t", "mean_c", "exp_shift", "swish", "bias")  # fmt: skip
 
 
 class Chain(nn.Module):
@@ -28,6 +28,7 @@ class Chain(nn.Module):
         self.ops = ops
         self.linears = nn.ModuleList(nn.Linear(width, width) for _ in ops)
         self.norm = nn.LayerNorm(width)
+        self.bias = nn.Parameter(torch.linspace(-1, 1, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, op in enumerate(self.ops):
@@ -51,6 +52,12 @@ class Chain(nn.Module):
                 x = x.cumsum(dim=1)
             elif op == "mean_c":
                 x = x - x.mean(dim=-1, keepdim=True)
+            elif op == "exp_shift":  # chains that may run in place
+                x = torch.exp(x * 0.1) - 1.0
+            elif op == "swish":  # x is read twice: only the sigmoid's result may be overwritten
+                x = x * torch.sigmoid(x)
+            elif op == "bias":  # a whole parameter first: never overwritten
+                x = self.bias + x
         return x
 
 
