@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import sympy
+
 from analysis.ir import Graph, Size, evaluate
 
 
@@ -96,10 +98,14 @@ def region_dim(region: Region, graph: Graph) -> tuple[str, int]:
 
 
 def symbol_name(size: Size, graph: Graph) -> str | None:
-    for symbol in graph.symbols:
-        if size == symbol.symbol:
-            return symbol.name
-    return None
+    """Return a dynamic size in the dims' names ("seq", "height*width"), or None for a fixed
+    size or one that involves a dim no input names."""
+    if isinstance(size, int) or not size.free_symbols:
+        return None
+    names = {s.symbol: sympy.Symbol(s.name) for s in graph.symbols}
+    if not size.free_symbols <= set(names):
+        return None
+    return str(size.xreplace(names))
 
 
 def region_lines(region: Region, graph: Graph) -> list[int]:
