@@ -167,11 +167,12 @@ class ForwardBuilder:
         self.budget = self.ns.create("budget")
         code = (
             f"{self.budget} = self.memory_budget if self.memory_budget is not None "
-            f"else int({share:.4g} * ({original}))"
+            f"else max(int({share:.4g} * ({original})), {plan.budget_bytes})"
         )
         comments = [
             "Activation bytes for the chunk loops: the constructor's budget, else",
-            f"{share:.0%} of the original's estimated peak at this input's size.",
+            f"{share:.0%} of the original's estimated peak at this input's size, and no less",
+            f"than at the example size ({format_bytes(plan.budget_bytes)}): short inputs run fast.",
         ]
         return Line(code, uses=_idents(code) - {"self"}, binds=self.budget, comments=comments)
 
