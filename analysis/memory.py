@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from analysis.inplace import inplace_operands
 import torch
 
 from analysis.dimflow import dim_rule
+from analysis.inplace import inplace_operands
 from analysis.ir import Graph, Node, Ref, evaluate, value_bytes
 from analysis.plan import Region
 
@@ -249,13 +249,15 @@ def local_region_peak(graph: Graph, profile: Profile, region: Region) -> int:
     # the stretch may be freed in it (a view copied contiguous lets its base go).
     roots, last_use = storage_roots(graph)
     incoming: list[Stmt] = []
+    seen: set[str] = set()
     held = 0
     end = graph.position(region.span[-1])
     for name in dict.fromkeys(ref for n in region.span for ref in graph[n].refs()):
         if name in inside:
             continue
         root = roots.get(name, name)
-        if not any(stmt.key == root for stmt in incoming):
+        if root not in seen:
+            seen.add(root)
             stmt = node_stmt(graph[root], graph)
             incoming.append(Stmt(key=root, alloc=stmt.alloc))
             held += stmt.alloc

@@ -102,10 +102,14 @@ def symbol_name(size: Size, graph: Graph) -> str | None:
     size or one that involves a dim no input names."""
     if isinstance(size, int) or not size.free_symbols:
         return None
-    names = {s.symbol: sympy.Symbol(s.name) for s in graph.symbols}
-    if not size.free_symbols <= set(names):
+    if not size.free_symbols <= {s.symbol for s in graph.symbols}:
         return None
-    return str(size.xreplace(names))
+    return in_dim_names(size, graph)
+
+
+def in_dim_names(expr: sympy.Expr, graph: Graph) -> str:
+    """Return an expression of the dynamic dims written with their names ("64*seq")."""
+    return str(expr.xreplace({s.symbol: sympy.Symbol(s.name) for s in graph.symbols}))
 
 
 def region_lines(region: Region, graph: Graph) -> list[int]:

@@ -25,6 +25,7 @@ from analysis.memory import (
 )
 from analysis.plan import ChunkPlan, Region
 from analysis.search import chunkable_dims, grow
+from analysis.symbolic import rehinted
 
 #: how far (in graph nodes) a stretch may reach before and after the peak
 WINDOW = 48
@@ -113,8 +114,6 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
     }
     if all(longest[s.symbol] <= s.hint for s in graph.symbols):
         return here
-    from analysis.symbolic import rehinted  # symbolic builds on this module's plans
-
     far = make_plan(rehinted(graph, longest), target)
     if {r.span for r in far.regions} == {r.span for r in here.regions}:
         return here

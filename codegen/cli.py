@@ -12,12 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import sympy
 import torch
 
 from analysis.errors import InternalError, UserError
 from analysis.pipeline import Planned, plan_model
-from analysis.plan import ChunkPlan
+from analysis.plan import ChunkPlan, in_dim_names
 from analysis.select import Target
 from analysis.symbolic import plan_formulas
 from codegen.body import format_bytes
@@ -181,9 +180,9 @@ def _emit(args: argparse.Namespace) -> int:
     measured: tuple[int, int] | None = None
     if not args.no_verify:
         status.show("verifying against the original on the example inputs")
-        verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+        generated = verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
         status.show("measuring activation memory on the example inputs")
-        measured = measure_pair(emitted.source, planned.loaded.module, planned.loaded.inputs)
+        measured = measure_pair(planned.loaded.module, generated, planned.loaded.inputs)
         status.done()
     destination = out_dir / f"{Path(args.model).stem}.py"
     write_atomic(destination, emitted.source)
@@ -225,15 +224,14 @@ def _plan(args: argparse.Namespace) -> int:
         )
         plot_plan(graph, plan, Path(args.plot), title)
     formulas = plan_formulas(graph, plan)
-    names = {s.symbol: sympy.Symbol(s.name) for s in graph.symbols}
 
     def formula_of(index: int) -> dict[str, str] | None:
         found = formulas.regions[index] if formulas is not None else None
         if found is None:
             return None
         return {
-            "fixed_bytes": str(found.fixed.xreplace(names)),
-            "bytes_per_row": str(found.per_row.xreplace(names)),
+            "fixed_bytes": in_dim_names(found.fixed, graph),
+            "bytes_per_row": in_dim_names(found.per_row, graph),
         }
 
     if args.json:

@@ -62,8 +62,9 @@ def compare(expected: Any, actual: Any) -> str | None:
     return None
 
 
-def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
-    """Raise InternalError (keeping the source in a temp file) unless the module matches."""
+def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> torch.nn.Module:
+    """Return the generated module, built from `original`'s weights, once it matches on the
+    inputs; raise InternalError (keeping the source in a temp file) unless it does."""
     try:
         module, path = import_source(source)
     except Exception as exc:
@@ -80,6 +81,7 @@ def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> N
     if problem is not None:
         raise InternalError(f"generated module does not match the original: {problem}", str(path))
     path.unlink()
+    return generated
 
 
 def import_source_text(source: str) -> tuple[None, Path]:
@@ -91,12 +93,7 @@ def import_source_text(source: str) -> tuple[None, Path]:
 
 
 def measure_pair(
-    source: str, original: torch.nn.Module, inputs: tuple[Any, ...]
+    original: torch.nn.Module, generated: torch.nn.Module, inputs: tuple[Any, ...]
 ) -> tuple[int, int]:
     """Return the measured activation peaks of the original and the generated module."""
-    module, path = import_source(source)
-    try:
-        generated = instantiate(module, original)
-        return measure_peak(original, inputs), measure_peak(generated, inputs)
-    finally:
-        path.unlink(missing_ok=True)
+    return measure_peak(original, inputs), measure_peak(generated, inputs)

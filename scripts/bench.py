@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
 import sys
 import time
@@ -27,9 +26,10 @@ from torch.utils._pytree import tree_map  # noqa: E402
 
 from analysis.measure import measure_peak  # noqa: E402
 from analysis.select import Target  # noqa: E402
+from analysis.symbolic import plan_formulas  # noqa: E402
 from codegen.body import format_bytes  # noqa: E402
 from codegen.cli import generate  # noqa: E402
-from codegen.verify import compare, import_source, instantiate, verify  # noqa: E402
+from codegen.verify import compare, verify  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
@@ -54,11 +54,9 @@ def bench_model(
     """Return one row: estimates, measured memory, time ratio and planning time."""
     started = time.perf_counter()
     planned, emitted = generate(path, Target(ratio=ratio), f"--memory-ratio {ratio:g}", tune=tune)
-    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+    chunked = verify(emitted.source, planned.loaded.module, planned.loaded.inputs).to(device)
     plan_seconds = time.perf_counter() - started
-    module, _ = import_source(emitted.source)
     original = planned.loaded.module.to(device)
-    chunked = instantiate(module, original)
     inputs = _to(planned.loaded.inputs, device)
     make_expert = EXPERTS.get(path.stem)
     expert = make_expert(original) if make_expert else None
@@ -104,12 +102,15 @@ def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any
     """Emit `path` once with a budget; measure it and the original at lengths up to the Dim's
     bound (NOTE [Run-time chunk sizes])."""
     planned, emitted = generate(path, Target(budget_bytes=budget), f"--memory-budget {budget}")
-    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
-    module, _ = import_source(emitted.source)
+    chunked = verify(emitted.source, planned.loaded.module, planned.loaded.inputs).to(device)
     original = planned.loaded.module.to(device)
-    chunked = instantiate(module, original)
     symbol = planned.graph.symbols[0]
-    first = re.search(r"(chunk\w*) = _rows\((.*)\)$", emitted.source, re.MULTILINE)
+    (formula, region), *_ = [
+        pair
+        for pair in zip(plan_formulas(planned.graph, planned.plan).regions, planned.plan.regions)
+        if pair[0] is not None
+    ]
+    rows_of = sys.modules[type(chunked).__module__]._rows  # the generated module's own helper
     rows = []
     for n in (256, 512, 1024, 2048, 3072, 4096):
         if symbol.upper is not None and n > symbol.upper:
@@ -118,15 +119,11 @@ def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any
         ids = torch.randint(0, int(ids.max()) + 1, (1, n)).to(device)
         row = {"n": n, "original": measure_peak(original, (ids,))}
         row["generated"] = measure_peak(chunked, (ids,))
-        _, fixed, per_row, most = _formula_args(first.group(2), symbol.name, n)
-        row["rows"] = module._rows(budget, fixed, per_row, most)
+        at = {symbol.symbol: n}
+        fixed, per_row = int(formula.fixed.xreplace(at)), int(formula.per_row.xreplace(at))
+        row["rows"] = rows_of(budget, fixed, per_row, region.chunk_size)
         rows.append(row)
     return rows
-
-
-def _formula_args(text: str, name: str, n: int) -> tuple[Any, ...]:
-    """Evaluate the `_rows(...)` call's arguments of a generated loop at length n."""
-    return tuple(eval(arg, {name: n, "budget": 0}) for arg in text.split(", "))  # noqa: S307
 
 
 def table(rows: list[dict[str, Any]]) -> str:
