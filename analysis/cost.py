@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from analysis.causal import truncated_keys
 from analysis.dimflow import dim_rule, out_meta, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.plan import Region
@@ -151,6 +152,7 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
     chunks = math.ceil(extent / size)
     fraction = size / extent
     loop = region.loop_dims
+    truncated = truncated_keys(graph, region)  # NOTE [Causal key truncation]
     total = sum(node_time(graph[name], graph, machine) for name in region.hoisted)
     for name in region.materialized:
         total += 2 * value_bytes(graph[name].meta, graph.hints) / machine.bytes_per_s(1 << 30)
@@ -163,7 +165,10 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
             for slot, source in enumerate(tensor_inputs(node, graph))
             if rule is not None and rule.input_dim(dim, slot) is None and source not in loop
         }
-        body += node_time(node, graph, machine, fraction, whole)
+        keys = 1.0
+        if name in truncated:  # on average a chunk reads the keys up to its middle
+            keys = min(1.0, (extent + size + 2 * truncated[name]) / (2 * extent))
+        body += node_time(node, graph, machine, fraction, whole) * keys
         for slot, source in enumerate(tensor_inputs(node, graph)):
             want = rule.input_dim(dim, slot) if rule is not None else None
             copied = source in region.materialized

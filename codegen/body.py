@@ -15,6 +15,7 @@ import libcst as cst
 import sympy
 import torch
 
+from analysis.causal import truncated_keys
 from analysis.dimflow import dim_rule, out_meta
 from analysis.errors import UserError
 from analysis.inplace import INPLACE, inplace_operands
@@ -252,6 +253,12 @@ class ForwardBuilder:
                 )
             )
             header.append(f"In place, on chunks nothing else reads: {methods}.")
+        truncated = truncated_keys(graph, region)
+        if truncated:
+            header.append(
+                "Causal mask: each chunk attends only the keys up to its last query "
+                "(NOTE [Causal key truncation])."
+            )
         self._cited = None
         hoisted = [graph[n] for n in region.hoisted if n in live]
         for number, node in enumerate(hoisted):
@@ -289,12 +296,14 @@ class ForwardBuilder:
             items.append(Line(code, uses=_idents(code), binds=var))
         chunk_names: dict[str, str] = {}
 
-        def operand(name: str, want: int | None) -> str:
-            """Render one tensor operand of a loop node: its chunk, a slice, or it whole."""
-            if name in chunk_names:
-                return chunk_names[name]
-            whole = contiguous.get(name) or self.value(name)
-            return whole if want is None else _slice_expr(whole, want)
+        def operand(name: str, want: int | None, keys: tuple[int, str] | None = None) -> str:
+            """Render one tensor operand of a loop node: its chunk, a slice, or it whole;
+            `keys` = (dim, end) also cuts the keys a causal mask hides from the chunk."""
+            cuts = {} if want is None or name in chunk_names else {want: "start:stop"}
+            if keys is not None:
+                cuts[keys[0]] = f":{keys[1]}"
+            code = chunk_names.get(name) or contiguous.get(name) or self.value(name)
+            return _index_expr(code, cuts)
 
         def arg_chunk(value: Any) -> str:
             if isinstance(value, _Code):
@@ -324,7 +333,12 @@ class ForwardBuilder:
             node = _resized(graph[name], dim, graph)
             rule = dim_rule(node, graph)
             assert rule is not None, f"loop node {name} has no dimension rule"
-            node = _operands(node, graph, lambda slot, ref: operand(ref, rule.input_dim(dim, slot)))
+            cut = _key_cuts(graph, name, truncated.get(name))
+            node = _operands(
+                node,
+                graph,
+                lambda slot, ref: operand(ref, rule.input_dim(dim, slot), cut.get(slot)),
+            )
             if name in inplace:
                 node = _in_place(node, inplace[name])
             expr = render_call(node, arg_chunk)
@@ -427,7 +441,26 @@ def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:
 
 
 def _slice_expr(var: str, dim: int) -> str:
-    return f"{var}[{''.join(':, ' for _ in range(dim))}start:stop]"
+    return _index_expr(var, {dim: "start:stop"})
+
+
+def _index_expr(var: str, cuts: dict[int, str]) -> str:
+    """Return `var` indexed with the given slice text on each dim (non-negative dims)."""
+    if not cuts:
+        return var
+    return f"{var}[{', '.join(cuts.get(d, ':') for d in range(max(cuts) + 1))}]"
+
+
+def _key_cuts(graph: Graph, name: str, diagonal: int | None) -> dict[int, tuple[int, str]]:
+    """Return, per operand slot of an attention with a causal mask, the keys dim to cut and
+    where it ends (NOTE [Causal key truncation]): keys and values along their rows, the mask
+    along its columns."""
+    if diagonal is None:
+        return {}
+    end = f"stop + {diagonal}" if diagonal else "stop"
+    node = graph[name]
+    ranks = [graph[arg.name].tensor.rank for arg in node.args[:4]]
+    return {1: (ranks[1] - 2, end), 2: (ranks[2] - 2, end), 3: (ranks[3] - 1, end)}
 
 
 def _attribute_path(fqn: str) -> str:

@@ -1,0 +1,230 @@
+"""Causal masks: attention masks that hide every key after the query's own position.
+
+NOTE [Causal key truncation]
+A chunk loop over the queries of `scaled_dot_product_attention` hands every chunk all the keys.
+When the mask is causal, the rows `start:stop` of a chunk cannot see any key at or after
+`stop + k` (k is the mask's diagonal, 0 for the usual causal mask), so the loop passes only
+`keys[:, :, :stop + k]`, `values[:, :, :stop + k]` and the mask's columns up to there. Those
+keys carried weight exp(-inf) = 0, so every row attends exactly the keys it did before; a row
+with every key hidden stays so. On average a chunk does half the work of the full call, which is
+the saving `is_causal=True` brings to the fused kernels, and an explicit mask never gets.
+
+The proof is an abstract interpretation of the ops that build the mask, over the last two dims
+(rows = queries, cols = keys). It knows:
+- index values: `arange(n) + c`, moved onto an axis by `unsqueeze`: value = position + c;
+- comparisons of a column index with a row index (`kv_idx <= q_idx`), `tril(diagonal=k)`:
+  hidden (False or 0) above the diagonal k;
+- `&` with anything (still hidden), `|` of two hidden masks, `~` (hidden becomes True, and
+  back), `masked_fill(-inf)` and `where(mask, x, -inf)` under such a mask (hidden becomes -inf),
+  dtype conversions to bool, and views that keep the last two dims.
+Anything else proves nothing, and the loop keeps every key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from analysis.dimflow import _same, out_meta
+from analysis.ir import Graph, Node, Ref
+from analysis.plan import Region
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """An integer tensor whose value is its position along `axis` (counted from the end)
+    plus `offset`."""
+
+    axis: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Above:
+    """A tensor equal to `value` at every element whose column exceeds its row plus `diagonal`
+    (columns: the last dim, rows: the one before)."""
+
+    diagonal: int
+    value: Any  # False, True, 0 or -inf
+
+
+_Fact = Any  # _Index | _Above | None
+
+
+def hidden_above(graph: Graph, name: str) -> int | None:
+    """Return the diagonal k above which the mask `name` hides every key (False in a bool mask,
+    -inf in an additive one), or None when that is not provable (NOTE [Causal key truncation])."""
+    fact = _fact(graph, name)
+    if not isinstance(fact, _Above):
+        return None
+    dtype = out_meta(graph[name]).dtype
+    if dtype == torch.bool:
+        return fact.diagonal if fact.value is False else None
+    return fact.diagonal if fact.value == -math.inf else None
+
+
+def truncated_keys(graph: Graph, region: Region) -> dict[str, int]:
+    """Return the attention nodes of the loop that may skip the keys after the chunk's last
+    query, each with its mask's diagonal."""
+    key = ("truncated_keys", region.loop)
+    if key not in graph.memo:
+        found: dict[str, int] = {}
+        for name, dim in region.loop:
+            node = graph[name]
+            if node.target is not aten.scaled_dot_product_attention.default:
+                continue
+            meta = out_meta(node)
+            if dim != meta.rank - 2 or len(node.args) < 4 or not isinstance(node.args[3], Ref):
+                continue
+            mask = graph[node.args[3].name]
+            keys = graph[node.args[1].name].tensor.shape[-2]
+            if not _same(mask.tensor.shape[-1], keys, graph) or not _same(
+                mask.tensor.shape[-2], meta.shape[-2], graph
+            ):
+                continue
+            diagonal = hidden_above(graph, mask.name)
+            if diagonal is not None and diagonal >= 0:
+                found[name] = diagonal
+        graph.memo[key] = found
+    return graph.memo[key]
+
+
+def _fact(graph: Graph, name: str) -> _Fact:
+    if "causal_facts" not in graph.memo:  # one pass in execution order: operands come first
+        facts: dict[str, _Fact] = {}
+        graph.memo["causal_facts"] = facts
+        for node in graph.nodes:
+            facts[node.name] = _derive(node, graph)
+    return graph.memo["causal_facts"].get(name)
+
+
+def _arg(graph: Graph, value: Any) -> _Fact:
+    return _fact(graph, value.name) if isinstance(value, Ref) else None
+
+
+def _derive(node: Node, graph: Graph) -> _Fact:
+    if node.kind != "op" or out_meta(node) is None:
+        return None
+    packet = getattr(node.target, "overloadpacket", None)
+    args = node.args
+    meta = out_meta(node)
+    if packet is aten.arange:
+        return _arange(node)
+    if packet in (aten.add, aten.sub) and len(args) >= 2 and isinstance(args[1], int):
+        fact = _arg(graph, args[0])
+        if isinstance(fact, _Index) and node.kwarg("alpha", 1) == 1:
+            step = args[1] if packet is aten.add else -args[1]
+            return _Index(fact.axis, fact.offset + step)
+        return None
+    if packet is aten.unsqueeze:
+        return _unsqueezed(_arg(graph, args[0]), args[1], meta.rank)
+    if packet in (aten.expand, aten.view, aten.reshape, aten.alias, aten.clone):
+        return _kept_trailing(graph, node)
+    if packet in (aten.to, aten._to_copy):
+        return _converted(_arg(graph, args[0]), meta.dtype)
+    if packet in (aten.le, aten.ge, aten.lt, aten.gt) and len(args) == 2:
+        return _compared(packet, _arg(graph, args[0]), _arg(graph, args[1]))
+    if packet in (aten.tril,):
+        diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
+        return _Above(diagonal, False if meta.dtype == torch.bool else 0)
+    if packet in (aten.__and__, aten.bitwise_and, aten.logical_and) and meta.dtype == torch.bool:
+        facts = [_full_width(graph, node, arg) for arg in args[:2]]
+        hidden = [f.diagonal for f in facts if isinstance(f, _Above) and f.value is False]
+        return _Above(min(hidden), False) if hidden else None
+    if packet in (aten.__or__, aten.bitwise_or, aten.logical_or) and meta.dtype == torch.bool:
+        facts = [_full_width(graph, node, arg) for arg in args[:2]]
+        if all(isinstance(f, _Above) and f.value is False for f in facts):
+            return _Above(max(f.diagonal for f in facts), False)
+        return None
+    if packet in (aten.bitwise_not, aten.logical_not) and meta.dtype == torch.bool:
+        fact = _arg(graph, args[0])
+        if isinstance(fact, _Above) and isinstance(fact.value, bool):
+            return _Above(fact.diagonal, not fact.value)
+        return None
+    if packet is aten.masked_fill and len(args) == 3 and args[2] == -math.inf:
+        fact = _full_width(graph, node, args[1])
+        if isinstance(fact, _Above) and fact.value is True:
+            return _Above(fact.diagonal, -math.inf)
+        return None
+    if packet is aten.where and len(args) == 3:
+        fact = _full_width(graph, node, args[0])
+        if isinstance(fact, _Above) and isinstance(fact.value, bool):
+            chosen = args[1] if fact.value else args[2]
+            if chosen == -math.inf:
+                return _Above(fact.diagonal, -math.inf)
+        return None
+    return None
+
+
+def _arange(node: Node) -> _Fact:
+    args = node.args
+    if node.target is aten.arange.default:
+        return _Index(-1, 0)
+    if node.target is aten.arange.start and isinstance(args[0], int):
+        return _Index(-1, args[0])
+    if node.target is aten.arange.start_step and isinstance(args[0], int) and args[2] == 1:
+        return _Index(-1, args[0])
+    return None
+
+
+def _unsqueezed(fact: _Fact, dim: int, rank: int) -> _Fact:
+    """Return the fact after a new dim at `dim` of a result of rank `rank`."""
+    new = dim - rank if dim >= 0 else dim  # counted from the end
+    if isinstance(fact, _Index):
+        return _Index(fact.axis - 1 if new >= fact.axis else fact.axis, fact.offset)
+    if isinstance(fact, _Above) and new < -2:
+        return fact
+    return None
+
+
+def _kept_trailing(graph: Graph, node: Node) -> _Fact:
+    """Views and broadcasts that leave the last two dims as they were keep an `_Above`."""
+    source = node.args[0]
+    fact = _arg(graph, source)
+    if not isinstance(fact, _Above):
+        return None
+    before = out_meta(graph[source.name]).shape
+    after = out_meta(node).shape
+    if len(before) < 2 or len(after) < 2:
+        return None
+    if all(_same(a, b, graph) for a, b in zip(before[-2:], after[-2:])):
+        return fact
+    return None
+
+
+def _converted(fact: _Fact, dtype: torch.dtype) -> _Fact:
+    if isinstance(fact, _Index) and not dtype.is_floating_point and dtype != torch.bool:
+        return fact
+    if isinstance(fact, _Above) and dtype == torch.bool:
+        return _Above(fact.diagonal, bool(fact.value))
+    return None
+
+
+def _compared(packet: Any, left: _Fact, right: _Fact) -> _Fact:
+    """`col <= row + k` (or its mirror images) hides the keys above diagonal k."""
+    if not (isinstance(left, _Index) and isinstance(right, _Index)):
+        return None
+    if packet in (aten.ge, aten.gt):
+        left, right = right, left  # a >= b is b <= a
+    if left.axis != -1 or right.axis != -2:
+        return None
+    diagonal = right.offset - left.offset - (1 if packet in (aten.lt, aten.gt) else 0)
+    return _Above(diagonal, False)
+
+
+def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
+    """Return an operand's fact when its columns are not broadcast: a size-1 column dim would
+    spread one column's value along the whole row."""
+    fact = _arg(graph, value)
+    if not isinstance(fact, _Above):
+        return fact
+    shape = out_meta(graph[value.name]).shape
+    out = out_meta(node).shape
+    if len(shape) < 2 or not _same(shape[-1], out[-1], graph):
+        return None
+    return fact

@@ -1,0 +1,184 @@
+"""Rematerialisation: recompute a large, cheaply made value next to each reader.
+
+NOTE [Recomputed values]
+Libraries build some large values once and hand them to every layer: transformers builds one
+`seq x seq` attention mask in the model's forward and passes it to each decoder layer. Such a
+value lives from the first layer to the last, and no chunk loop can shrink it, because it is
+made outside every loop. When it comes from much smaller values through cheap ops (comparisons,
+logic, dtype conversions, broadcasts: `arange(seq)[:, None] >= arange(seq)[None, :]` and a
+padding row), the pass copies that chain of ops in front of each reader. Each copy is then
+planned like any other op: inside a loop over the queries it makes only the mask rows of the
+chunk, and between readers nothing of the mask is kept. The price is computing the chain once
+per reader, a few elementwise passes that are small next to the attention that reads it.
+
+The pass is a pure function `Graph -> Graph`; the pipeline plans both graphs and keeps this one
+only when its plan has the lower peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from analysis.ir import Graph, Node, Ref, TensorMeta, value_bytes
+
+aten = torch.ops.aten
+
+#: ops cheap enough to run again for every reader: elementwise arithmetic, comparisons, logic,
+#: dtype conversions and views that add or broadcast dims
+CHEAP = {
+    aten.add,
+    aten.sub,
+    aten.mul,
+    aten.neg,
+    aten.eq,
+    aten.ne,
+    aten.le,
+    aten.lt,
+    aten.ge,
+    aten.gt,
+    aten.__and__,
+    aten.__or__,
+    aten.__xor__,
+    aten.bitwise_and,
+    aten.bitwise_or,
+    aten.bitwise_xor,
+    aten.bitwise_not,
+    aten.logical_and,
+    aten.logical_or,
+    aten.logical_not,
+    aten.where,
+    aten.masked_fill,
+    aten.tril,
+    aten.triu,
+    aten.to,
+    aten._to_copy,
+    aten.type_as,
+    aten.expand,
+    aten.unsqueeze,
+    aten.view,
+    aten.reshape,
+    aten.alias,
+    aten.clone,
+    aten.slice,
+}
+
+#: a value is worth recomputing when the values it is made from take at most this share of it
+LEAF_SHARE = 1 / 8
+
+
+def rematerialized(graph: Graph) -> Graph | None:
+    """Return the graph with each large, cheaply made value recomputed in front of every reader
+    (NOTE [Recomputed values]), or None when no value qualifies."""
+    chains = _chains(graph)
+    if not chains:
+        return None
+    nodes: list[Node] = []
+    taken = {node.name for node in graph.nodes}
+    for node in graph.nodes:
+        renamed: dict[str, str] = {}
+        for value in dict.fromkeys(ref for ref in node.refs() if ref in chains):
+            for original in chains[value]:
+                clone = _clone(graph[original], renamed, taken, node.module_path)
+                renamed[original] = clone.name
+                nodes.append(clone)
+        if renamed:
+            node = replace(
+                node, args=_renamed(node.args, renamed), kwargs=_renamed(node.kwargs, renamed)
+            )
+        nodes.append(node)
+    dropped = {name for chain in chains.values() for name in chain}
+    return _without(replace(graph, nodes=tuple(nodes), memo={}), dropped)
+
+
+def _chains(graph: Graph) -> dict[str, tuple[str, ...]]:
+    """Return each value worth recomputing with the ops that make it, in execution order."""
+    hints = graph.hints
+    outputs = graph.output_names()
+    mutated = {node.mutates for node in graph.nodes if node.mutates}
+    chosen: dict[str, tuple[str, ...]] = {}
+    claimed: set[str] = set()
+    for node in reversed(graph.nodes):
+        name = node.name
+        readers = graph.users(name)
+        if name in claimed or name in outputs or not _cheap(node) or not readers:
+            continue
+        if len(readers) == 1 and graph.position(readers[0]) == graph.position(name) + 1:
+            continue  # read right where it is made: nothing to gain
+        size = value_bytes(node.meta, hints)
+        chain = _grow(graph, name, size * LEAF_SHARE)
+        leaves = {ref for n in chain for ref in graph[n].refs() if ref not in chain}
+        leaf_bytes = sum(
+            value_bytes(graph[leaf].meta, hints)
+            for leaf in leaves
+            if graph[leaf].kind not in ("param", "buffer", "constant")
+        )
+        if size == 0 or leaf_bytes > size * LEAF_SHARE or chain & (mutated | outputs):
+            continue
+        chosen[name] = tuple(sorted(chain, key=graph.position))
+        claimed |= chain
+    return chosen
+
+
+def _grow(graph: Graph, name: str, small: float) -> set[str]:
+    """Return `name` with the cheap ops before it that make values larger than `small`."""
+    chain: set[str] = set()
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        if current in chain:
+            continue
+        chain.add(current)
+        for ref in graph[current].refs():
+            producer = graph[ref]
+            if _cheap(producer) and value_bytes(producer.meta, graph.hints) > small:
+                pending.append(ref)
+    return chain
+
+
+def _cheap(node: Node) -> bool:
+    packet = getattr(node.target, "overloadpacket", None)
+    return (
+        node.kind == "op"
+        and packet in CHEAP
+        and node.mutates is None
+        and isinstance(node.meta, TensorMeta)
+    )
+
+
+def _clone(node: Node, renamed: dict[str, str], taken: set[str], module_path: str) -> Node:
+    """Return a copy of `node` for one reader: a fresh name, the reader's module, renamed refs."""
+    count = 1
+    while f"{node.name}_again_{count}" in taken:
+        count += 1
+    name = f"{node.name}_again_{count}"
+    taken.add(name)
+    return replace(
+        node,
+        name=name,
+        args=_renamed(node.args, renamed),
+        kwargs=_renamed(node.kwargs, renamed),
+        module_path=module_path,
+        aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
+    )
+
+
+def _renamed(value: Any, renamed: dict[str, str]) -> Any:
+    if isinstance(value, Ref):
+        return Ref(renamed.get(value.name, value.name))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_renamed(item, renamed) for item in value)
+    return value
+
+
+def _without(graph: Graph, dropped: set[str]) -> Graph:
+    """Return the graph without the replaced chains' ops that nothing reads any more."""
+    live = graph.output_names()
+    keep: list[Node] = []
+    for node in reversed(graph.nodes):
+        if node.name not in dropped or node.name in live:
+            keep.append(node)
+            live.update(node.refs())
+    return replace(graph, nodes=tuple(reversed(keep)), memo={})

@@ -1,0 +1,119 @@
+"""Recomputed values (NOTE [Recomputed values]): a large mask made once from small values is
+rebuilt in front of each reader, inside its chunk loop, and the memory it held is gone."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import torch
+
+from analysis.capture import capture
+from analysis.loader import load_model_file
+from analysis.measure import measure_peak
+from analysis.pipeline import plan_model
+from analysis.remat import rematerialized
+from analysis.select import Target, plan_for_range
+from codegen.emit import emit_module
+from codegen.verify import verify
+from tests.test_dimflow import Fn
+from tests.test_dimflow import capture as capture_fn
+
+MODEL = """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(32, 96)
+            self.out = nn.Linear(32, 32)
+
+        def forward(self, x, mask):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, mask)
+            return x + self.out(y.transpose(1, 2).reshape(b, t, 32))
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Layer() for _ in range(3))
+
+        def forward(self, x, pad):
+            t = x.shape[1]
+            i = torch.arange(t)
+            # built once, read by every layer, as transformers does
+            mask = ((i[None, :] <= i[:, None]) & pad.bool()[:, None, None, :]).expand(1, 1, t, t)
+            for layer in self.layers:
+                x = layer(x, mask)
+            return x
+
+    def make_model():
+        torch.manual_seed(0)
+        return Stack()
+
+    def make_inputs():
+        g = torch.Generator().manual_seed(0)
+        pad = torch.ones(1, 512, dtype=torch.long)
+        pad[:, :7] = 0
+        return (torch.randn(1, 512, 32, generator=g), pad)
+"""
+
+
+def _model(tmp_path: Path) -> Path:
+    path = tmp_path / "stack.py"
+    path.write_text(textwrap.dedent(MODEL))
+    return path
+
+
+def test_shared_mask_is_rebuilt_in_front_of_each_reader(tmp_path: Path) -> None:
+    graph = capture(load_model_file(_model(tmp_path)))
+    again = rematerialized(graph)
+    assert again is not None
+    readers = [n for n in again.nodes if "scaled_dot_product_attention" in str(n.target)]
+    assert len(readers) == 3
+    for reader in readers:
+        mask = again[reader.args[3].name]
+        assert mask.name.endswith("_again_" + str(readers.index(reader) + 1))
+        assert mask.module_path == reader.module_path
+        # the copy sits right in front of its reader
+        assert again.position(reader.name) - again.position(mask.name) == 1
+    big = [n for n in graph.nodes if n.kind == "op" and n.name in again]
+    assert len(again.nodes) > len(graph.nodes) and len(big) < len(graph.nodes)
+
+
+def test_pipeline_keeps_the_recomputed_graph_when_it_lowers_the_peak(tmp_path: Path) -> None:
+    path = _model(tmp_path)
+    planned = plan_model(path, Target(ratio=0.1))
+    assert any("_again_" in n.name for n in planned.graph.nodes)
+    plain = plan_for_range(capture(load_model_file(path)), Target(ratio=0.1))
+    assert planned.plan.planned_peak_bytes < plain.planned_peak_bytes
+    loaded = planned.loaded
+    source = emit_module(planned.graph, planned.plan, loaded.module, "test", "test").source
+    module = verify(source, loaded.module, loaded.inputs)
+    original = measure_peak(loaded.module, loaded.inputs)
+    measured = measure_peak(module, loaded.inputs)
+    # the 1 MiB mask never exists whole: each loop makes its chunk's rows
+    assert measured < original - 2**20
+    assert source.count("_le = unsqueeze <= ") == 3 and "Causal mask" in source
+
+
+def test_values_made_from_values_as_large_are_not_recomputed() -> None:
+    def body(x: torch.Tensor) -> torch.Tensor:
+        h = x * 2.0  # as large as its source: keeping x instead would save nothing
+        y = (x @ x.transpose(-1, -2)).softmax(-1) @ x
+        return y + h
+
+    graph, _ = capture_fn(Fn(body), (torch.randn(1, 64, 16),))
+    assert rematerialized(graph) is None
+
+
+def test_a_mask_read_right_where_it_is_made_is_left_alone() -> None:
+    def body(x: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(x.shape[1])
+        return x.masked_fill(i[None, :] > i[:, None], 0.0)
+
+    graph, _ = capture_fn(Fn(body), (torch.randn(64, 64),))
+    assert rematerialized(graph) is None
