@@ -80,7 +80,27 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
             break  # the loop would not lower the footprint where the peak was
 
         regions, profile = candidate, new_profile
-    return finish_plan(graph, _pruned(graph, regions, profile.peak), original.peak, budget)
+    regions = _relaxed(graph, _pruned(graph, regions, profile.peak), budget)
+    return finish_plan(graph, regions, original.peak, budget)
+
+
+def _relaxed(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Region, ...]:
+    """Return the regions resized for speed under the plan's peak, when that is above the
+    budget: a loop sized for a budget the plan misses elsewhere would run small chunks for
+    nothing."""
+    peak = estimate_plan(graph, regions).peak
+    if peak <= budget:
+        return regions
+    machine = load_machine()
+    resized = list(regions)
+    for index, region in enumerate(regions):
+        others = tuple(r for i, r in enumerate(resized) if i != index)
+        profile = estimate_plan(graph, others)
+        sized, _ = _size_chunks(graph, profile, region, peak, machine)
+        resized[index] = sized
+    if estimate_plan(graph, tuple(resized)).peak > peak:
+        return regions
+    return tuple(resized)
 
 
 def _pruned(graph: Graph, regions: tuple[Region, ...], peak: int) -> tuple[Region, ...]:
@@ -123,6 +143,7 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
         others = tuple(r for i, r in enumerate(regions) if i != index)
         profile = estimate_plan(graph, others)
         regions[index], _ = _size_chunks(graph, profile, region, here.budget_bytes, machine)
+    regions = list(_relaxed(graph, tuple(regions), here.budget_bytes))
     ranged = finish_plan(graph, tuple(regions), here.original_peak_bytes, here.budget_bytes)
     if ranged.planned_peak_bytes > max(here.planned_peak_bytes, here.budget_bytes):
         return here

@@ -145,7 +145,7 @@ class ForwardBuilder:
                 size = f"{size} // {symbol.scale}"
             items.append(Line(f"{var} = {size}", binds=var))
         if self.formulas is not None:
-            items.append(self._budget_line())
+            items.extend(self._budget_lines())
         starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
         covered = {name for region in self.plan.regions for name in region.span}
         live = _needed(graph, self.plan)
@@ -158,16 +158,16 @@ class ForwardBuilder:
         items.extend(self._return())
         return self.params, _with_dels(items, set(self.params) | self._outputs())
 
-    def _budget_line(self) -> Line:
+    def _budget_lines(self) -> list[Line]:
         """`budget = ...`: the constructor's budget, else the plan's share of the original's
-        estimated peak at this input's size."""
+        estimated peak at this input's size; never below what the hungriest loop needs."""
         plan, formulas = self.plan, self.formulas
         assert formulas is not None
         share = plan.budget_bytes / max(plan.original_peak_bytes, 1)
         original = _pycode(formulas.original_peak, self.symbols)
         self.budget = self.ns.create("budget")
-        code = (
-            f"{self.budget} = self.memory_budget if self.memory_budget is not None "
+        wanted = (
+            f"self.memory_budget if self.memory_budget is not None "
             f"else max(int({share:.4g} * ({original})), {plan.budget_bytes})"
         )
         comments = [
@@ -175,7 +175,24 @@ class ForwardBuilder:
             f"{share:.0%} of the original's estimated peak at this input's size, and no less",
             f"than at the example size ({format_bytes(plan.budget_bytes)}): short inputs run fast.",
         ]
-        return Line(code, uses=_idents(code) - {"self"}, binds=self.budget, comments=comments)
+        floors = list(
+            dict.fromkeys(_pycode(f.fixed + f.per_row, self.symbols) for f in formulas.regions if f)
+        )
+        lines = []
+        if len(floors) > 1:
+            floor = self.ns.create("floor")
+            code = f"{floor} = max({', '.join(floors)}) * 21 // 20"
+            why = [
+                "The most a loop holds at one row per chunk, plus 5%. Where that is over the",
+                "budget the peak is there anyway, and the other loops may use as much.",
+            ]
+            lines.append(Line(code, uses=_idents(code), binds=floor, comments=why))
+            wanted = f"max({floor}, {wanted})"
+        code = f"{self.budget} = {wanted}"
+        lines.append(
+            Line(code, uses=_idents(code) - {"self"}, binds=self.budget, comments=comments)
+        )
+        return lines
 
     def _outputs(self) -> set[str]:
         return {self.names[n] for n in self.graph.output_names() if n in self.names}

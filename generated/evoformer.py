@@ -1133,14 +1133,29 @@ class ChunkedEvoformer(torch.nn.Module):
 
     def forward(self, msa, pair):
         res = msa.shape[1]
+        # The most a loop holds at one row per chunk, plus 5%. Where that is over the
+        # budget the peak is there anyway, and the other loops may use as much.
+        floor = (
+            max(
+                128 * res**2 + 14336 * res,
+                816 * res**2 + 8192 * res,
+                256 * res**2 + 14336 * res,
+            )
+            * 21
+            // 20
+        )
         # Activation bytes for the chunk loops: the constructor's budget, else
         # 20% of the original's estimated peak at this input's size, and no less
         # than at the example size (72.8 MiB): short inputs run fast.
-        budget = (
-            self.memory_budget
-            if self.memory_budget is not None
-            else max(int(0.2 * (32 * res**3 + 400 * res**2 + 8192 * res)), 76313395)
+        budget = max(
+            floor,
+            (
+                self.memory_budget
+                if self.memory_budget is not None
+                else max(int(0.2 * (32 * res**3 + 400 * res**2 + 8192 * res)), 76313395)
+            ),
         )
+        del floor
         # evoformer.py:89 in forward: bias = self.pair_bias(self.norm_z(pair)).permute(2, 0, 1)
         blocks_0_msa_row_attn_norm_z: "f32[res, res, 32]" = (
             torch.nn.functional.layer_norm(

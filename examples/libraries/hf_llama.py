@@ -1,10 +1,11 @@
 """A Hugging Face transformers Llama with SDPA attention and grouped-query heads, from a config
 with random weights.
 
-Four layers of width 256, 8 query heads sharing 2 key/value heads, at 2048 tokens. Rotary
-tables are built inside the model. The attention mask pads the first 48 tokens (left padding, as
-in batched generation), so transformers builds a `seq x seq` mask for SDPA. Needs
-`pip install transformers`.
+Four layers of width 256, 8 query heads sharing 2 key/value heads, over a 4096-token prompt
+(Llama 2's context length). Rotary tables are built inside the model. The attention mask pads the
+first 48 tokens (left padding, as in batched generation), so transformers builds a `seq x seq`
+mask for SDPA. SDPA never holds the attention scores, so what long prompts add is that mask, its
+float copy inside the kernel, and the feed-forward. Needs `pip install transformers`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-SEQ = 2048
+SEQ = 4096
 VOCAB = 512
 
 
