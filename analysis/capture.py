@@ -144,7 +144,10 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
                             offset,
                         )
             target = fx.name if kind == "input" else spec.target
-            nodes.append(Node(name=fx.name, kind=kind, target=target, meta=meta))
+            args = (
+                (_constant_values(ep, fx, spec.target, loaded.path),) if kind == "constant" else ()
+            )
+            nodes.append(Node(name=fx.name, kind=kind, target=target, args=args, meta=meta))
         elif fx.op == "call_function":
             if fx.target in _CHECKS:
                 continue  # export-time metadata checks: no result, nothing to run
@@ -173,6 +176,32 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
         model_file=str(loaded.path),
         model_class=type(loaded.module).__name__,
     )
+
+
+#: the most elements a tensor constant may have: the generated module spells its values out
+CONSTANT_LIMIT = 1024
+
+
+def _constant_values(ep: ExportedProgram, fx: torch.fx.Node, target: str, path: Path) -> Any:
+    """Return a tensor constant's values as nested lists, for the generated module to embed.
+
+    Tensors the forward builds from Python data (`torch.tensor([...])`) and tensor attributes
+    that are not buffers become graph constants. The generated module has no copy of them, so
+    it writes small ones out; a large one is the user's to make a buffer.
+    """
+    value = ep.constants.get(target)
+    users = [user for user in fx.users if user.meta.get("stack_trace")]
+    where = _source(users[0].meta["stack_trace"], path) if users else None
+    cite = f"{where.file.rsplit('/', 1)[-1]}:{where.line}: " if where else ""
+    if not isinstance(value, torch.Tensor):
+        raise UserError(f"{cite}graph constant {target} is not a tensor ({type(value).__name__})")
+    if value.numel() > CONSTANT_LIMIT:
+        raise UserError(
+            f"{cite}tensor constant {target} has {value.numel()} elements; the generated module "
+            f"writes out at most {CONSTANT_LIMIT}: register it as a buffer "
+            "(self.register_buffer(name, tensor, persistent=False))"
+        )
+    return value.tolist()
 
 
 def _op_node(fx: torch.fx.Node, path: Path) -> Node:

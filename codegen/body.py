@@ -117,9 +117,19 @@ class ForwardBuilder:
 
     def value(self, name: str) -> str:
         node = self.graph[name]
-        if node.kind in ("param", "buffer", "constant"):
+        if node.kind in ("param", "buffer"):
             return _attribute_path(node.target)
         return self.names[name]
+
+    def _constant(self, node: Node) -> Line:
+        """A tensor constant, written out (NOTE in `capture._constant_values`)."""
+        meta = node.tensor
+        values = _nested(node.args[0], lambda v: literal(v, self.sym, self.device))
+        var = self.ns.create(str(node.target).rsplit(".", 1)[-1])
+        self.names[node.name] = var
+        code = f"{var} = torch.tensor({values}, dtype={meta.dtype}, device={self.device})"
+        comments = ["A tensor constant of the traced forward, written out."]
+        return Line(code, uses=_idents(code), binds=var, comments=comments)
 
     # ---------------------------------------------------------------- layout
     def build(self) -> tuple[list[str], list[Any]]:
@@ -155,6 +165,8 @@ class ForwardBuilder:
                 items.extend(self._region(index, region, live))
             elif node.kind == "op" and node.name not in covered and node.name in live:
                 items.append(self._line(node, self.arg_plain))
+            elif node.kind == "constant" and graph.users(node.name):
+                items.append(self._constant(node))
         items.extend(self._return())
         return self.params, _with_dels(items, set(self.params) | self._outputs())
 
@@ -455,6 +467,12 @@ def _in_place(node: Node, slot: int) -> Node:
 
 def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:
     return replace(node, args=args)
+
+
+def _nested(values: Any, render: Any) -> str:
+    if isinstance(values, list):
+        return f"[{', '.join(_nested(v, render) for v in values)}]"
+    return render(values)
 
 
 def _slice_expr(var: str, dim: int) -> str:

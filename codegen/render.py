@@ -273,6 +273,8 @@ _RENDER: dict[Any, Callable[[Node, list[str], ArgFn], str]] = {
     aten.mul_.Tensor: _method("mul_"),
     aten.div_.Tensor: _method("div_"),
     aten.copy_.default: _method("copy_"),
+    aten.lift_fresh_copy.default: _method("clone"),
+    aten.detach_.default: _method("detach_"),
     aten.masked_fill_.Scalar: _method("masked_fill_"),
     aten.masked_fill_.Tensor: _method("masked_fill_"),
     aten.relu_.default: _method("relu_"),

@@ -187,6 +187,25 @@ CASES = [
         """,
         "data-dependent",
     ),
+    case(
+        "large-tensor-constant",
+        """
+        import torch
+
+        class Model(torch.nn.Module):
+            def forward(self, x):
+                table = torch.tensor([float(i) for i in range(4096)])  # <- here
+                return x + table[: x.shape[-1]]
+
+        def make_model():
+            return Model()
+
+        def make_inputs():
+            return (torch.randn(2, 8),)
+        """,
+        "4096 elements",
+        "register it as a buffer",
+    ),
 ]
 
 GOOD_MODEL = """

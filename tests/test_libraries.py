@@ -52,7 +52,10 @@ LLAMA = """
         return LlamaForCausalLM(config)
 
     def make_inputs():
-        return (torch.randint(0, 128, (1, 384), generator=torch.Generator().manual_seed(0)),)
+        ids = torch.randint(0, 128, (1, 384), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones(1, 384, dtype=torch.long)
+        mask[:, :8] = 0  # left padding: transformers builds a seq x seq mask for SDPA
+        return (ids, mask)
 """
 
 BERT = """
@@ -96,21 +99,20 @@ UNET = """
                 torch.randn(1, 77, 32, generator=g))
 """
 
-#: name -> (library, model file, output class, whether the measured peak must fall). Llama's
-#: exported graph builds its causal mask as a tensor (transformers does under torch.export)
-#: and SDPA converts it to a float mask inside the kernel, scratch the estimate does not see:
-#: its memory is not reduced yet, only emitted correctly.
+#: name -> (library, model file, output class, the most the chunked peak may be, as a share of
+#: the original's). Llama's mask is built once for all layers: the emitted module rebuilds its
+#: rows in each layer's loop (NOTE [Recomputed values]).
 CASES = {
-    "gpt2": ("transformers", GPT2, "CausalLMOutputWithCrossAttentions", True),
-    "llama": ("transformers", LLAMA, "CausalLMOutputWithPast", False),
-    "bert": ("transformers", BERT, "BaseModelOutputWithPoolingAndCrossAttentions", True),
-    "unet": ("diffusers", UNET, "UNet2DConditionOutput", True),
+    "gpt2": ("transformers", GPT2, "CausalLMOutputWithCrossAttentions", 0.7),
+    "llama": ("transformers", LLAMA, "CausalLMOutputWithPast", 0.5),
+    "bert": ("transformers", BERT, "BaseModelOutputWithPoolingAndCrossAttentions", 0.7),
+    "unet": ("diffusers", UNET, "UNet2DConditionOutput", 0.7),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_library_model_emits_verified_and_smaller(case: str, tmp_path: Path) -> None:
-    library, text, output_class, smaller = CASES[case]
+    library, text, output_class, share = CASES[case]
     pytest.importorskip(library)
     path = tmp_path / f"{case}.py"
     path.write_text(textwrap.dedent(text))
@@ -124,10 +126,9 @@ def test_library_model_emits_verified_and_smaller(case: str, tmp_path: Path) -> 
         expected, actual = loaded.module(*loaded.inputs), chunked(*loaded.inputs)
     assert type(actual).__name__ == output_class  # the same structure comes back
     assert compare(expected, actual) is None
-    if smaller:
-        original_bytes = measure_peak(loaded.module, loaded.inputs)
-        chunked_bytes = measure_peak(chunked, loaded.inputs)
-        assert chunked_bytes < 0.7 * original_bytes, (chunked_bytes, original_bytes)
+    original_bytes = measure_peak(loaded.module, loaded.inputs)
+    chunked_bytes = measure_peak(chunked, loaded.inputs)
+    assert chunked_bytes < share * original_bytes, (chunked_bytes, original_bytes)
 
 
 def test_generated_module_imports_only_torch_until_it_returns(tmp_path: Path) -> None:

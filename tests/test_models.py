@@ -163,3 +163,39 @@ def test_a_derived_dim_is_read_back_from_the_input_shape(tmp_path, capsys) -> No
     x = torch.randn(1, 4 * 100 + 2, 8)
     with torch.no_grad():
         assert compare(loaded.module(x), chunked(x)) is None
+
+
+CONSTANTS = """
+    import torch
+
+    class Constants(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.bias = torch.tensor([0.5, -1.0, 2.0, float("-inf")])  # an attribute, not a buffer
+
+        def forward(self, x):
+            weights = torch.tensor([1.0, 2.0, 3.0, 4.0])  # built from Python data
+            scores = self.lin(x) @ self.lin(x).transpose(-1, -2)
+            return (scores.softmax(-1) @ (x * weights)).clamp_min(self.bias) * torch.tensor(3)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Constants()
+
+    def make_inputs():
+        return (torch.randn(1, 256, 4, generator=torch.Generator().manual_seed(1)),)
+"""
+
+
+def test_tensor_constants_are_written_into_the_generated_forward(tmp_path: Path) -> None:
+    path = tmp_path / "constants.py"
+    path.write_text(textwrap.dedent(CONSTANTS))
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(path), "--out", str(out)]) == 0  # verified inside
+    source = (out / "constants.py").read_text()
+    assert "for start in range(0, 256, " in source
+    code = "".join(source.split())
+    assert "torch.tensor([1.0,2.0,3.0,4.0],dtype=torch.float32" in code
+    assert 'float("-inf")],dtype=torch.float32' in code
+    assert "torch.tensor(3,dtype=torch.int64" in code
