@@ -350,10 +350,12 @@ class ForwardBuilder:
             rows = self.ns.create("chunk")
             fixed = _pycode(formula.fixed, self.symbols)
             per_row = _pycode(formula.per_row, self.symbols)
-            code = f"{rows} = _rows({self.budget}, {fixed}, {per_row}, {region.chunk_size})"
+            most = f"{region.chunk_size} if {self.device}.type == 'cpu' else {extent}"
+            code = f"{rows} = _rows({self.budget}, {fixed}, {per_row}, {most})"
             comments = [
                 f"Rows per chunk within the budget: the loop holds about {fixed} bytes,",
-                f"plus {per_row} per row (at most {region.chunk_size} rows, the planned size).",
+                f"plus {per_row} per row. On a CPU at most {region.chunk_size} rows, the planned",
+                "size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.",
             ]
             items.append(Line(code, uses=_idents(code), binds=rows, comments=comments))
         body: list[Any] = [Line(f"stop = min(start + {rows}, {extent})", binds="stop")]

@@ -1485,8 +1485,14 @@ class ChunkedEvoformer(torch.nn.Module):
             (res, res, 32), dtype=pair.dtype, device=pair.device
         )
         # Rows per chunk within the budget: the loop holds about 128 * res ** 2 + 12288 * res bytes,
-        # plus 2048 * res per row (at most 8 rows, the planned size).
-        chunk = _rows(budget, 128 * res**2 + 12288 * res, 2048 * res, 8)
+        # plus 2048 * res per row. On a CPU at most 8 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk = _rows(
+            budget,
+            128 * res**2 + 12288 * res,
+            2048 * res,
+            8 if msa.device.type == "cpu" else res,
+        )
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
@@ -1809,8 +1815,14 @@ class ChunkedEvoformer(torch.nn.Module):
             device=blocks_0_tri_att_start_attn_div.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
-        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
-        chunk_1 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_1 = _rows(
+            budget,
+            784 * res**2 + 8192 * res,
+            32 * res**2,
+            4 if msa.device.type == "cpu" else res,
+        )
         for start in range(0, res, chunk_1):
             stop = min(start + chunk_1, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
@@ -1969,8 +1981,14 @@ class ChunkedEvoformer(torch.nn.Module):
             device=blocks_0_tri_att_end_attn_div.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
-        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
-        chunk_2 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_2 = _rows(
+            budget,
+            784 * res**2 + 8192 * res,
+            32 * res**2,
+            4 if msa.device.type == "cpu" else res,
+        )
         for start in range(0, res, chunk_2):
             stop = min(start + chunk_2, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
@@ -2411,8 +2429,14 @@ class ChunkedEvoformer(torch.nn.Module):
             (res, res, 32), dtype=blocks_0_add_8.dtype, device=blocks_0_add_8.device
         )
         # Rows per chunk within the budget: the loop holds about 256 * res ** 2 + 12288 * res bytes,
-        # plus 2048 * res per row (at most 8 rows, the planned size).
-        chunk_3 = _rows(budget, 256 * res**2 + 12288 * res, 2048 * res, 8)
+        # plus 2048 * res per row. On a CPU at most 8 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_3 = _rows(
+            budget,
+            256 * res**2 + 12288 * res,
+            2048 * res,
+            8 if msa.device.type == "cpu" else res,
+        )
         for start in range(0, res, chunk_3):
             stop = min(start + chunk_3, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
@@ -2728,8 +2752,14 @@ class ChunkedEvoformer(torch.nn.Module):
             device=blocks_1_tri_att_start_attn_div.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
-        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
-        chunk_4 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_4 = _rows(
+            budget,
+            784 * res**2 + 8192 * res,
+            32 * res**2,
+            4 if msa.device.type == "cpu" else res,
+        )
         for start in range(0, res, chunk_4):
             stop = min(start + chunk_4, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
@@ -2887,8 +2917,14 @@ class ChunkedEvoformer(torch.nn.Module):
             device=blocks_1_tri_att_end_attn_div.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
-        # plus 32 * res ** 2 per row (at most 4 rows, the planned size).
-        chunk_5 = _rows(budget, 784 * res**2 + 8192 * res, 32 * res**2, 4)
+        # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_5 = _rows(
+            budget,
+            784 * res**2 + 8192 * res,
+            32 * res**2,
+            4 if msa.device.type == "cpu" else res,
+        )
         del budget
         for start in range(0, res, chunk_5):
             stop = min(start + chunk_5, res)

@@ -215,8 +215,11 @@ class ChunkedGPT(torch.nn.Module):
             device=blocks_0_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
-        # plus 64 * seq per row (at most 64 rows, the planned size).
-        chunk = _rows(budget, 7168 * seq, 64 * seq, 64)
+        # plus 64 * seq per row. On a CPU at most 64 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk = _rows(
+            budget, 7168 * seq, 64 * seq, 64 if ids.device.type == "cpu" else seq
+        )
         for start in range(0, seq, chunk):
             stop = min(start + chunk, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -365,8 +368,11 @@ class ChunkedGPT(torch.nn.Module):
             device=blocks_1_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
-        # plus 64 * seq per row (at most 64 rows, the planned size).
-        chunk_1 = _rows(budget, 7168 * seq, 64 * seq, 64)
+        # plus 64 * seq per row. On a CPU at most 64 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_1 = _rows(
+            budget, 7168 * seq, 64 * seq, 64 if ids.device.type == "cpu" else seq
+        )
         for start in range(0, seq, chunk_1):
             stop = min(start + chunk_1, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -515,8 +521,11 @@ class ChunkedGPT(torch.nn.Module):
             device=blocks_2_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
-        # plus 64 * seq per row (at most 64 rows, the planned size).
-        chunk_2 = _rows(budget, 7168 * seq, 64 * seq, 64)
+        # plus 64 * seq per row. On a CPU at most 64 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_2 = _rows(
+            budget, 7168 * seq, 64 * seq, 64 if ids.device.type == "cpu" else seq
+        )
         for start in range(0, seq, chunk_2):
             stop = min(start + chunk_2, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -665,8 +674,11 @@ class ChunkedGPT(torch.nn.Module):
             device=blocks_3_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
-        # plus 64 * seq per row (at most 64 rows, the planned size).
-        chunk_3 = _rows(budget, 7168 * seq, 64 * seq, 64)
+        # plus 64 * seq per row. On a CPU at most 64 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_3 = _rows(
+            budget, 7168 * seq, 64 * seq, 64 if ids.device.type == "cpu" else seq
+        )
         del budget
         for start in range(0, seq, chunk_3):
             stop = min(start + chunk_3, seq)

@@ -1398,8 +1398,14 @@ class ChunkedUNet(torch.nn.Module):
             device=down_0_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
-        # plus 16 * width * height per row (at most 128 rows, the planned size).
-        chunk = _rows(budget, 40448 + 1792 * width * height, 16 * width * height, 128)
+        # plus 16 * width * height per row. On a CPU at most 128 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk = _rows(
+            budget,
+            40448 + 1792 * width * height,
+            16 * width * height,
+            128 if x.device.type == "cpu" else width * height,
+        )
         for start in range(0, width * height, chunk):
             stop = min(start + chunk, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
@@ -3671,8 +3677,14 @@ class ChunkedUNet(torch.nn.Module):
             device=up_4_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
-        # plus 16 * width * height per row (at most 128 rows, the planned size).
-        chunk_1 = _rows(budget, 40448 + 1792 * width * height, 16 * width * height, 128)
+        # plus 16 * width * height per row. On a CPU at most 128 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_1 = _rows(
+            budget,
+            40448 + 1792 * width * height,
+            16 * width * height,
+            128 if x.device.type == "cpu" else width * height,
+        )
         for start in range(0, width * height, chunk_1):
             stop = min(start + chunk_1, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
@@ -4010,8 +4022,14 @@ class ChunkedUNet(torch.nn.Module):
             device=up_5_attn_block_self_attn_transpose.device,
         )
         # Rows per chunk within the budget: the loop holds about 1536 * width * height bytes,
-        # plus 16 * width * height per row (at most 128 rows, the planned size).
-        chunk_2 = _rows(budget, 1536 * width * height, 16 * width * height, 128)
+        # plus 16 * width * height per row. On a CPU at most 128 rows, the planned
+        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        chunk_2 = _rows(
+            budget,
+            1536 * width * height,
+            16 * width * height,
+            128 if x.device.type == "cpu" else width * height,
+        )
         del budget
         for start in range(0, width * height, chunk_2):
             stop = min(start + chunk_2, width * height)

@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune", action="store_true", help="emit with --tune (timed chunk sizes)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.device == "cuda":  # full float32 in both: TF32 rounds chunked and whole differently
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     models = args.models or sorted((ROOT / "examples").glob("*.py"))
     rows = []
     for path in models:
