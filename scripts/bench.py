@@ -33,6 +33,9 @@ from codegen.verify import compare, verify  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
+#: BENCHMARKS.md keeps what follows this line when `--write` rewrites the tables above it
+KEPT = "<!-- Runs by hand, kept as they are by --write: -->"
+
 
 def _to(value: Any, device: str) -> Any:
     return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
@@ -253,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.device == "cuda"
             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         )
-        (ROOT / "BENCHMARKS.md").write_text(
+        path = ROOT / "BENCHMARKS.md"
+        previous = path.read_text() if path.exists() else ""
+        kept = previous[previous.index(KEPT) :] if KEPT in previous else f"{KEPT}\n"
+        path.write_text(
             "# Benchmarks\n\n"
             f"Command: `{command.strip()}`  \n"
             f"Machine: {machine}; torch {torch.__version__}; target `--memory-ratio "
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "HF-style query-chunked attention and chunked feed-forward for GPT and ViT, "
             "OpenFold-style `chunk_layer` for the Evoformer, diffusers-style sliced attention "
             "and chunked feed-forward for the UNet), measured in the same process.\n\n"
-            f"{text}\n{sections}"
+            f"{text}\n{sections}\n{kept}"
         )
     return 0
 
