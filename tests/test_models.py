@@ -199,3 +199,46 @@ def test_tensor_constants_are_written_into_the_generated_forward(tmp_path: Path)
     assert "torch.tensor([1.0,2.0,3.0,4.0],dtype=torch.float32" in code
     assert 'float("-inf")],dtype=torch.float32' in code
     assert "torch.tensor(3,dtype=torch.int64" in code
+
+
+STRUCTURED = """
+    import torch
+
+    class Structured(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+            self.drop = torch.nn.Dropout(0.5)  # p > 0, but the tool runs in eval mode
+
+        def forward(self, x, flags):
+            h = self.drop(self.lin(x))
+            scores = (h @ h.transpose(-1, -2)).softmax(-1)
+            out = scores @ h
+            kept = out.masked_fill(~flags[..., None], 0.0)  # a bool input
+            return out, [kept, {"rows": out.sum(-1), "count": flags.sum()}]
+
+    def make_model():
+        torch.manual_seed(0)
+        return Structured()
+
+    def make_inputs():
+        g = torch.Generator().manual_seed(1)
+        return (torch.randn(1, 384, 8, generator=g), torch.rand(1, 384, generator=g) > 0.5)
+"""
+
+
+def test_nested_outputs_dropout_and_bool_inputs(tmp_path: Path) -> None:
+    path = tmp_path / "structured.py"
+    path.write_text(textwrap.dedent(STRUCTURED))
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(path), "--out", str(out)]) == 0
+    source = (out / "structured.py").read_text()
+    assert "for start in range(0, 384, " in source
+    loaded = load_model_file(path)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    with torch.no_grad():
+        expected, actual = loaded.module(*loaded.inputs), chunked(*loaded.inputs)
+    assert type(actual) is tuple and type(actual[1]) is list and type(actual[1][1]) is dict
+    assert list(actual[1][1]) == ["rows", "count"]
+    assert compare(expected, actual) is None
