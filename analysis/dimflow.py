@@ -198,8 +198,20 @@ def _schema_arg(node: Node, name: str, default: Any = None) -> Any:
     aten.logical_and, aten.logical_or, aten.bitwise_and, aten.bitwise_or, aten.reciprocal,
     aten.add_, aten.sub_, aten.mul_, aten.div_, aten.masked_fill_, aten.relu_, aten.copy_,
     aten.square, aten.__and__, aten.__or__, aten.sin, aten.cos, aten.tanh_, aten.gelu_, aten.silu_, aten.sigmoid_,
+    aten.min.other, aten.max.other, aten.log1p, aten.expm1, aten.exp2, aten.log2, aten.log10,
+    aten.floor, aten.ceil, aten.round, aten.trunc, aten.sign, aten.remainder, aten.fmod,
+    aten.floor_divide, aten.clamp_min, aten.clamp_max, aten.hardtanh, aten.leaky_relu, aten.elu,
+    aten.softplus, aten.mish, aten.hardswish, aten.hardsigmoid, aten.bitwise_xor, aten.__xor__,
+    aten.logical_xor, aten.isnan, aten.isinf, aten.nan_to_num, aten.lerp, aten.addcmul,
+    aten.addcdiv, aten.atan,
 )  # fmt: skip
 def _elementwise(node: Node, graph: Graph) -> DimRule:
+    return _broadcast(node, graph)
+
+
+@rule(aten.full_like, aten.zeros_like, aten.ones_like, aten.empty_like)
+def _like(node: Node, graph: Graph) -> DimRule:
+    """A new tensor shaped like its input: every dim moves with the input's."""
     return _broadcast(node, graph)
 
 

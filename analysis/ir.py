@@ -173,6 +173,9 @@ class Graph:
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
     _users: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
     _position: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    #: the captured graph a rewrite (NOTE [Recomputed values]) started from: the original
+    #: model's peak is its peak
+    before: "Graph | None" = field(default=None, repr=False, compare=False)
     #: derived values the passes memoise per graph (dimension rules, statements); the graph
     #: itself never changes, so they never go stale
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -216,6 +219,11 @@ class Graph:
         """Return the nodes whose values outlive the forward: outputs and buffer updates."""
         names = {name for value in self.outputs for name in refs_in(value)}
         return names | {ref.name for _, ref in self.mutations}
+
+    @property
+    def captured(self) -> "Graph":
+        """Return the graph as captured, before any rewrite."""
+        return self.before or self
 
     def ops(self) -> Iterator[Node]:
         return (node for node in self.nodes if node.kind == "op")

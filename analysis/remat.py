@@ -63,10 +63,39 @@ CHEAP = {
     aten.alias,
     aten.clone,
     aten.slice,
+    aten.abs,
+    aten.log,
+    aten.clamp,
+    aten.clamp_min,
+    aten.clamp_max,
+    aten.floor,
+    aten.ceil,
+    aten.round,
+    aten.sign,
+    aten.remainder,
+    aten.floor_divide,
+    aten.pow,
+    aten.div,
+    aten.min.other,
+    aten.max.other,
+    aten.minimum,
+    aten.maximum,
+    aten.full_like,
+    aten.permute,
+    aten.contiguous,
+    aten.embedding,
+    aten.add_,
+    aten.sub_,
+    aten.mul_,
+    aten.div_,
+    aten.masked_fill_,
 }
 
 #: a value is worth recomputing when the values it is made from take at most this share of it
 LEAF_SHARE = 1 / 8
+#: cheap ops whose results are at least this share of the value are recomputed with it; smaller
+#: ones are kept and read
+RECOMPUTE_SHARE = 1 / 64
 
 
 def rematerialized(graph: Graph) -> Graph | None:
@@ -86,18 +115,26 @@ def rematerialized(graph: Graph) -> Graph | None:
                 nodes.append(clone)
         if renamed:
             node = replace(
-                node, args=_renamed(node.args, renamed), kwargs=_renamed(node.kwargs, renamed)
+                node,
+                args=_renamed(node.args, renamed),
+                kwargs=_renamed(node.kwargs, renamed),
+                aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
+                mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
             )
         nodes.append(node)
     dropped = {name for chain in chains.values() for name in chain}
-    return _without(replace(graph, nodes=tuple(nodes), memo={}), dropped)
+    rewritten = replace(graph, nodes=tuple(nodes), memo={}, before=graph.captured)
+    return _without(rewritten, dropped)
 
 
 def _chains(graph: Graph) -> dict[str, tuple[str, ...]]:
     """Return each value worth recomputing with the ops that make it, in execution order."""
     hints = graph.hints
     outputs = graph.output_names()
-    mutated = {node.mutates for node in graph.nodes if node.mutates}
+    writers: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        if node.mutates:
+            writers.setdefault(node.mutates, set()).add(node.name)
     chosen: dict[str, tuple[str, ...]] = {}
     claimed: set[str] = set()
     for node in reversed(graph.nodes):
@@ -108,14 +145,17 @@ def _chains(graph: Graph) -> dict[str, tuple[str, ...]]:
         if len(readers) == 1 and graph.position(readers[0]) == graph.position(name) + 1:
             continue  # read right where it is made: nothing to gain
         size = value_bytes(node.meta, hints)
-        chain = _grow(graph, name, size * LEAF_SHARE)
+        chain = _grow(graph, name, size * RECOMPUTE_SHARE)
         leaves = {ref for n in chain for ref in graph[n].refs() if ref not in chain}
         leaf_bytes = sum(
             value_bytes(graph[leaf].meta, hints)
             for leaf in leaves
             if graph[leaf].kind not in ("param", "buffer", "constant")
         )
-        if size == 0 or leaf_bytes > size * LEAF_SHARE or chain & (mutated | outputs):
+        # an in-place op may run again only on a copy the chain itself made
+        outside = any(not writers.get(name, set()) <= chain for name in chain)
+        written = any(graph[name].mutates not in chain for name in chain if graph[name].mutates)
+        if size == 0 or leaf_bytes > size * LEAF_SHARE or chain & outputs or outside or written:
             continue
         chosen[name] = tuple(sorted(chain, key=graph.position))
         claimed |= chain
@@ -140,12 +180,8 @@ def _grow(graph: Graph, name: str, small: float) -> set[str]:
 
 def _cheap(node: Node) -> bool:
     packet = getattr(node.target, "overloadpacket", None)
-    return (
-        node.kind == "op"
-        and packet in CHEAP
-        and node.mutates is None
-        and isinstance(node.meta, TensorMeta)
-    )
+    known = node.target in CHEAP or packet in CHEAP
+    return node.kind == "op" and known and isinstance(node.meta, TensorMeta)
 
 
 def _clone(node: Node, renamed: dict[str, str], taken: set[str], module_path: str) -> Node:
@@ -162,6 +198,7 @@ def _clone(node: Node, renamed: dict[str, str], taken: set[str], module_path: st
         kwargs=_renamed(node.kwargs, renamed),
         module_path=module_path,
         aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
+        mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
     )
 
 

@@ -114,14 +114,15 @@ def propagate(
             found = rule_of(name)
             assert found is not None
             dim = loop[name]
-            if node.mutates is not None and node.mutates not in loop:
-                raise _Reject(f"{name} writes into a value outside the loop", name, name, True)
             for slot, source in enumerate(tensor_inputs(node, graph)):
                 want = found.input_dim(dim, slot)
                 if want is not None:
                     chunk(source, want, name, forward=False)
                 elif source in loop:
                     raise _Reject(f"{name} reads chunked {source} whole", name, source, True)
+            # checked once its operands are placed: `a += b` with `a` made in the loop is fine
+            if node.mutates is not None and node.mutates not in loop:
+                raise _Reject(f"{name} writes into a value outside the loop", name, name, True)
             for user in graph.users(name):
                 if user not in inside:
                     continue

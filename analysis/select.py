@@ -58,10 +58,10 @@ Progress = Callable[[int, int, int], None]
 
 def make_plan(graph: Graph, target: Target, progress: Progress | None = None) -> ChunkPlan:
     """Plan chunk loops for a graph so its estimated peak stays under the target."""
-    original = estimate_graph(graph)
-    budget = target.bytes_for(original.peak)
+    profile = estimate_graph(graph)
+    original_peak = estimate_graph(graph.captured).peak if graph.before else profile.peak
+    budget = target.bytes_for(original_peak)
     regions: tuple[Region, ...] = ()
-    profile = original
     for stage in range(MAX_STAGES):
         if progress is not None:
             progress(stage, profile.peak, budget)
@@ -81,7 +81,7 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
 
         regions, profile = candidate, new_profile
     regions = _relaxed(graph, _pruned(graph, regions, profile.peak), budget)
-    return finish_plan(graph, regions, original.peak, budget)
+    return finish_plan(graph, regions, original_peak, budget)
 
 
 def _relaxed(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Region, ...]:

@@ -62,7 +62,8 @@ def rehinted(graph: Graph, values: dict[sympy.Symbol, int]) -> Graph:
     symbols = tuple(
         replace(s, hint=values[s.symbol]) if s.symbol in values else s for s in graph.symbols
     )
-    return replace(graph, symbols=symbols, memo={})
+    before = rehinted(graph.before, values) if graph.before else None
+    return replace(graph, symbols=symbols, memo={}, before=before)
 
 
 def plan_formulas(graph: Graph, plan: ChunkPlan) -> Formulas | None:
@@ -80,9 +81,9 @@ def plan_formulas(graph: Graph, plan: ChunkPlan) -> Formulas | None:
     check = tuple(h * k for h, k in zip(hints, CHECK_AT[count]))
     graphs = {p: rehinted(graph, dict(zip(symbols, p))) for p in (*points, check)}
 
-    original = _fit(symbols, {p: estimate_graph(graphs[p]).peak for p in points})
+    original = _fit(symbols, {p: estimate_graph(graphs[p].captured).peak for p in points})
     predicted = float(original.xreplace(dict(zip(symbols, check))))
-    if not _close(predicted, estimate_graph(graphs[check]).peak):
+    if not _close(predicted, estimate_graph(graphs[check].captured).peak):
         return None
     regions = tuple(
         _region_formula(graph, graphs, plan, index, symbols, points, check)

@@ -300,6 +300,14 @@ with torch.random.fork_rng():  # seeded inputs and parameters; the global RNG is
             (rand(2, T, 4),),
             aten.dropout.default,
         ),
+        case("min_other", torch.min, (ints(9, 2, T, 4), ints(9, 2, T, 4)), aten.min.other),
+        case(
+            "full_like",
+            lambda x: torch.full_like(x, 15),
+            (ints(9, 2, T, 4),),
+            aten.full_like.default,
+        ),
+        case("log1p", torch.log1p, (rand(2, T, 4).abs(),), aten.log1p.default),
         # contractions: the contracted dims are mixed
         case("linear_3d", nn.Linear(4, 6), (rand(2, T, 4),), aten.linear.default, {(0, 2), (1, 1)}),
         case(
