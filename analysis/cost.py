@@ -43,6 +43,9 @@ class Machine:
     op_overhead_s: float
     #: the same for a softmax: exponentials make it slower and more sensitive to the cache
     transcendental: tuple[tuple[int, float], ...] = ()
+    #: a matrix product of m rows runs at m / (m + this) of the full rate: small chunks feed
+    #: the kernel's tiles poorly
+    gemm_half_rows: float = 0.0
 
     def bytes_per_s(self, working_set: int, transcendental: bool = False) -> float:
         """Return the bandwidth at a working set, interpolated between measured points."""
@@ -68,6 +71,7 @@ def load_machine(path: Path = CALIBRATION) -> Machine:
         tuple((int(s), float(b)) for s, b in data["bandwidth"]),
         data["op_overhead_s"],
         tuple((int(s), float(b)) for s, b in data.get("transcendental_bandwidth", ())),
+        data.get("gemm_half_rows", 0.0),
     )
 
 
@@ -123,10 +127,37 @@ def _numel(graph: Graph, name: str) -> int:
     return meta.numel(graph.hints) if meta is not None else 0
 
 
+#: matrix products whose rows (all output dims but the last, or the second-to-last for batched
+#: products) set how well the kernel's tiles are fed
+_ROWS_ALL_BUT_LAST = {aten.linear.default, aten.addmm.default, aten.mm.default}
+_ROWS_SECOND_TO_LAST = {aten.matmul.default, aten.bmm.default, aten.baddbmm.default}
+
+
+def gemm_rows(node: Node, graph: Graph, dim: int | None = None, fraction: float = 1.0) -> float:
+    """Return the rows of one matrix product the op runs, when its output is chunked along
+    `dim` to `fraction` of its length (0 for ops that are not matrix products)."""
+    meta = out_meta(node)
+    if meta is None or meta.rank < 2:
+        return 0.0
+    shape = [evaluate(size, graph.hints) for size in meta.shape]
+    if node.target in _ROWS_ALL_BUT_LAST:
+        rows = math.prod(shape[:-1])
+        return rows * (fraction if dim is not None and dim < meta.rank - 1 else 1.0)
+    if node.target in _ROWS_SECOND_TO_LAST:
+        return shape[-2] * (fraction if dim == meta.rank - 2 else 1.0)
+    return 0.0
+
+
 def node_time(
-    node: Node, graph: Graph, machine: Machine, fraction: float = 1.0, whole: set[str] = frozenset()
+    node: Node,
+    graph: Graph,
+    machine: Machine,
+    fraction: float = 1.0,
+    whole: set[str] = frozenset(),
+    dim: int | None = None,
 ) -> float:
-    """Return the op's estimated time when its chunked values are `fraction` of their size.
+    """Return the op's estimated time when its chunked values (along output `dim`) are
+    `fraction` of their size.
 
     Inputs named in `whole` are read in full regardless of the fraction.
     """
@@ -141,6 +172,9 @@ def node_time(
     flops = node_flops(node, graph) * fraction
     working = max(int(moved), 1)
     compute = flops / machine.flops_per_s
+    rows = gemm_rows(node, graph, dim, fraction)
+    if rows > 0 and machine.gemm_half_rows > 0:
+        compute *= 1 + machine.gemm_half_rows / max(rows, 1.0)
     memory = moved / machine.bytes_per_s(working, node.target in _TRANSCENDENTAL)
     return max(compute, memory) + machine.op_overhead_s
 
@@ -168,7 +202,7 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
         keys = 1.0
         if name in truncated:  # on average a chunk reads the keys up to its middle
             keys = min(1.0, (extent + size + 2 * truncated[name]) / (2 * extent))
-        body += node_time(node, graph, machine, fraction, whole) * keys
+        body += node_time(node, graph, machine, fraction, whole, dim) * keys
         for slot, source in enumerate(tensor_inputs(node, graph)):
             want = rule.input_dim(dim, slot) if rule is not None else None
             copied = source in region.materialized

@@ -49,6 +49,19 @@ def main() -> int:
         x = torch.randn(n // 1024, 1024)  # attention rows are long
         seconds = _median_time(lambda: torch.softmax(x, dim=-1), repeats=9)
         transcendental.append([int(2 * n * 4), 2 * n * 4 / seconds])  # one read, one write
+    # A matrix product of m rows runs at m / (m + m0) of the full rate: t(m) = a * (m + m0),
+    # so m0 is the intercept of time against rows over the slope.
+    weight = torch.randn(512, 512)
+    rows = [8, 16, 32, 64, 128, 256, 512, 1024]
+    times = []
+    for m in rows:
+        x = torch.randn(m, 512)
+        times.append(_median_time(lambda: [x @ weight for _ in range(20)], repeats=9) / 20)
+    mean_m, mean_t = statistics.fmean(rows), statistics.fmean(times)
+    slope = sum((m - mean_m) * (t - mean_t) for m, t in zip(rows, times)) / sum(
+        (m - mean_m) ** 2 for m in rows
+    )
+    half_rows = max(0.0, (mean_t - slope * mean_m) / slope)
     tiny = torch.randn(4)
     overhead = _median_time(lambda: [torch.add(tiny, tiny) for _ in range(1000)]) / 1000
     data = {
@@ -59,6 +72,7 @@ def main() -> int:
         "bandwidth": bandwidth,
         "transcendental_bandwidth": transcendental,
         "op_overhead_s": overhead,
+        "gemm_half_rows": half_rows,
     }
     OUT.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))

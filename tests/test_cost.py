@@ -78,3 +78,26 @@ def test_tune_times_variants_and_writes_a_verified_module(tmp_path: Path, capsys
     assert cli.main(["emit", str(_model(tmp_path)), "--out", str(out), "--tune"]) == 0
     source = (out / "attention_1.py").read_text()
     assert "--tune" in source and "for start in range(0, 512, " in source
+
+
+def test_small_row_chunks_make_matrix_products_slower_per_flop(tmp_path: Path) -> None:
+    """A product of few rows feeds the kernel's tiles poorly: with `gemm_half_rows` set, the
+    scores of 16 query rows cost more per row than those of 256, as measured on CPUs."""
+    from dataclasses import replace
+
+    from analysis.cost import gemm_rows, node_time
+
+    graph = capture(load_model_file(_model(tmp_path)))
+    node = next(n for n in graph.ops() if "matmul" in str(n.target))
+    rows = 2  # f32[1, 4, 512, 512]: the queries
+    assert gemm_rows(node, graph, rows, 16 / 512) == 16
+    assert gemm_rows(node, graph, 1, 1 / 4) == 512  # fewer heads: each product keeps its rows
+    assert gemm_rows(node, graph) == 512
+
+    def per_row(machine: Machine, size: int) -> float:
+        return node_time(node, graph, machine, size / 512, dim=rows) / size
+
+    flat = replace(MACHINE, gemm_half_rows=0.0, op_overhead_s=0.0)
+    tiled = replace(flat, gemm_half_rows=48.0)
+    assert per_row(tiled, 16) / per_row(tiled, 256) > per_row(flat, 16) / per_row(flat, 256)
+    assert load_machine().gemm_half_rows > 0  # measured by scripts/calibrate.py
