@@ -14,7 +14,7 @@ from typing import Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
-from analysis.ir import Graph, TensorMeta, evaluate, value_bytes
+from analysis.ir import Graph, Size, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
     Profile,
     estimate_graph,
@@ -135,19 +135,35 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
     if all(longest[s.symbol] <= s.hint for s in graph.symbols):
         return here
     far = make_plan(rehinted(graph, longest), target)
+    # A loop over a fixed dim (a feed-forward's features) cannot resize with the input, so it
+    # keeps the chunk the longest input needs.
+    caps = {r.span: r.chunk_size for r in far.regions if not _symbolic(r.extent)}
+
+    def capped(regions: tuple[Region, ...]) -> tuple[Region, ...]:
+        return tuple(
+            r.with_chunk_size(min(r.chunk_size, caps[r.span])) if r.span in caps else r
+            for r in regions
+        )
+
     if {r.span for r in far.regions} == {r.span for r in here.regions}:
-        return here
+        if capped(here.regions) == here.regions:
+            return here
+        return finish_plan(graph, capped(here.regions), here.original_peak_bytes, here.budget_bytes)
     machine = load_machine()
     regions = list(far.regions)
     for index, region in enumerate(regions):
         others = tuple(r for i, r in enumerate(regions) if i != index)
         profile = estimate_plan(graph, others)
         regions[index], _ = _size_chunks(graph, profile, region, here.budget_bytes, machine)
-    regions = list(_relaxed(graph, tuple(regions), here.budget_bytes))
+    regions = list(capped(_relaxed(graph, tuple(regions), here.budget_bytes)))
     ranged = finish_plan(graph, tuple(regions), here.original_peak_bytes, here.budget_bytes)
     if ranged.planned_peak_bytes > max(here.planned_peak_bytes, here.budget_bytes):
         return here
     return ranged
+
+
+def _symbolic(size: Size) -> bool:
+    return bool(getattr(size, "free_symbols", None))
 
 
 def finish_plan(

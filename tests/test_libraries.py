@@ -77,6 +77,19 @@ BERT = """
         return (ids, mask, (torch.arange(384) >= 192).long()[None])
 """
 
+T5 = """
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    def make_model():
+        torch.manual_seed(0)
+        config = T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+        return T5EncoderModel(config)
+
+    def make_inputs():
+        return (torch.randint(0, 128, (1, 384), generator=torch.Generator().manual_seed(0)),)
+"""
+
 UNET = """
     import torch
     from diffusers import UNet2DConditionModel
@@ -100,13 +113,14 @@ UNET = """
 """
 
 #: name -> (library, model file, output class, the most the chunked peak may be, as a share of
-#: the original's). Llama's mask is built once for all layers: the emitted module rebuilds its
-#: rows in each layer's loop (NOTE [Recomputed values]).
+#: the original's). Llama's mask and T5's relative position bias are built once for all layers:
+#: the emitted module rebuilds their rows in each layer's loop (NOTE [Recomputed values]).
 CASES = {
     "gpt2": ("transformers", GPT2, "CausalLMOutputWithCrossAttentions", 0.7),
     "llama": ("transformers", LLAMA, "CausalLMOutputWithPast", 0.5),
     "bert": ("transformers", BERT, "BaseModelOutputWithPoolingAndCrossAttentions", 0.7),
     "unet": ("diffusers", UNET, "UNet2DConditionOutput", 0.7),
+    "t5": ("transformers", T5, "BaseModelOutputWithPastAndCrossAttentions", 0.5),
 }
 
 

@@ -234,3 +234,24 @@ def test_rows_fall_with_the_budget_and_never_collapse_when_it_is_out_of_reach(em
     assert rows(1_050, 1_000, 100, 64) == 1
     # out of reach (one row is 1100 bytes): within 5% of that, not one row at a time
     assert rows(100, 10_000, 10, 64) == 32
+
+
+def test_loops_over_fixed_dims_keep_the_chunk_the_longest_input_needs(tmp_path: Path) -> None:
+    """The GPT example under 32 MiB chunks its feed-forward over the hidden features, a dim
+    that does not grow with the tokens: that loop's chunk is the one the Dim's longest length
+    (4096 tokens) needs, so the module stays within the budget there too."""
+    from tests.conftest import EXAMPLES
+
+    out = tmp_path / "out"
+    budget = 32 * 2**20
+    assert (
+        cli.main(
+            ["emit", str(EXAMPLES / "gpt.py"), "--out", str(out), "--memory-budget", str(budget)]
+        )
+        == 0
+    )
+    loaded = load_model_file(EXAMPLES / "gpt.py")
+    module, _ = import_source((out / "gpt.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    ids = torch.randint(0, 512, (1, 4096), generator=torch.Generator().manual_seed(0))
+    assert measure_peak(chunked, (ids,)) <= 1.05 * budget
