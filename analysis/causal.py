@@ -13,7 +13,8 @@ The proof is an abstract interpretation of the ops that build the mask, over the
 (rows = queries, cols = keys). It knows:
 - index values: `arange(n) + c`, moved onto an axis by `unsqueeze`: value = position + c;
 - comparisons of a column index with a row index (`kv_idx <= q_idx`), `tril(diagonal=k)`:
-  hidden (False or 0) above the diagonal k;
+  hidden (False or 0) above the diagonal k; `triu` of a constant (`torch.full((n, n), -inf)
+  .triu(1)`, nn.Transformer's square subsequent mask): that constant above its diagonal;
 - `&` with anything (still hidden), `|` of two hidden masks, `~` (hidden becomes True, and
   back), `masked_fill(-inf)` and `where(mask, x, -inf)` under such a mask (hidden becomes -inf),
   dtype conversions to bool, and views that keep the last two dims.
@@ -53,7 +54,28 @@ class _Above:
     value: Any  # False, True, 0 or -inf
 
 
-_Fact = Any  # _Index | _Above | None
+@dataclass(frozen=True, slots=True)
+class _Const:
+    """A tensor with one value everywhere (`torch.full`, `ones`, `zeros` and their `_like`)."""
+
+    value: Any
+
+
+_Fact = Any  # _Index | _Above | _Const | None
+
+#: ops that fill a new tensor with one value, and where the value is: an argument index, or
+#: the value itself
+_FILLS = {
+    aten.full.default: 1,
+    aten.full_like.default: 1,
+    aten.new_full.default: 2,
+    aten.ones.default: ("value", 1),
+    aten.ones_like.default: ("value", 1),
+    aten.new_ones.default: ("value", 1),
+    aten.zeros.default: ("value", 0),
+    aten.zeros_like.default: ("value", 0),
+    aten.new_zeros.default: ("value", 0),
+}
 
 
 def hidden_above(graph: Graph, name: str) -> int | None:
@@ -129,9 +151,17 @@ def _derive(node: Node, graph: Graph) -> _Fact:
         return _converted(_arg(graph, args[0]), meta.dtype)
     if packet in (aten.le, aten.ge, aten.lt, aten.gt) and len(args) == 2:
         return _compared(packet, _arg(graph, args[0]), _arg(graph, args[1]))
+    if node.target in _FILLS:
+        return _filled(node, meta.dtype)
     if packet in (aten.tril,):
         diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
         return _Above(diagonal, False if meta.dtype == torch.bool else 0)
+    if packet in (aten.triu,):  # keeps the elements at or above its diagonal d
+        fact = _arg(graph, args[0])
+        diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
+        if isinstance(fact, _Const) and isinstance(diagonal, int):
+            return _Above(diagonal - 1, fact.value)
+        return None
     if packet in (aten.__and__, aten.bitwise_and, aten.logical_and) and meta.dtype == torch.bool:
         facts = [_full_width(graph, node, arg) for arg in args[:2]]
         hidden = [f.diagonal for f in facts if isinstance(f, _Above) and f.value is False]
@@ -159,6 +189,16 @@ def _derive(node: Node, graph: Graph) -> _Fact:
                 return _Above(fact.diagonal, -math.inf)
         return None
     return None
+
+
+def _filled(node: Node, dtype: torch.dtype) -> _Fact:
+    where = _FILLS[node.target]
+    value = where[1] if isinstance(where, tuple) else node.args[where]
+    if not isinstance(value, (bool, int, float)):
+        return None
+    if dtype == torch.bool:
+        return _Const(bool(value))
+    return _Const(float(value) if dtype.is_floating_point else int(value))
 
 
 def _arange(node: Node) -> _Fact:
@@ -202,6 +242,8 @@ def _converted(fact: _Fact, dtype: torch.dtype) -> _Fact:
         return fact
     if isinstance(fact, _Above) and dtype == torch.bool:
         return _Above(fact.diagonal, bool(fact.value))
+    if isinstance(fact, _Const) and dtype == torch.bool:
+        return _Const(bool(fact.value))
     return None
 
 

@@ -47,6 +47,24 @@ CAUSAL: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
         ),
         0,
     ),
+    "square_subsequent": (  # nn.Transformer.generate_square_subsequent_mask
+        lambda x: torch.triu(torch.full((x.shape[-1], x.shape[-1]), float("-inf")), diagonal=1),
+        0,
+    ),
+    "not_triu_ones": (
+        lambda x: ~torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).triu(1),
+        0,
+    ),
+    "masked_fill_triu": (
+        lambda x: torch.zeros(x.shape[-1], x.shape[-1]).masked_fill(
+            torch.ones(x.shape[-1], x.shape[-1]).triu(3).bool(), float("-inf")
+        ),
+        2,
+    ),
+    "triu_below_the_diagonal": (  # hides the diagonal too: true, though no loop may cut
+        lambda x: torch.full((x.shape[-1], x.shape[-1]), float("-inf")).triu(-1),
+        -2,
+    ),
     "additive_where": (
         lambda x: torch.where(
             torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril(), 0.0, float("-inf")
@@ -64,6 +82,10 @@ NOT_CAUSAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         ~torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril(),
         torch.finfo(torch.float32).min,
     ),
+    "triu_of_data": lambda x: torch.triu(x[0, :, None] * x[0, None, :], diagonal=1) < 0,
+    "triu_finfo_min": lambda x: torch.full(
+        (x.shape[-1], x.shape[-1]), torch.finfo(torch.float32).min
+    ).triu(1),
     "column_broadcast": lambda x: torch.ones(x.shape[-1], 1, dtype=torch.bool).tril()
     & (x > 0.0)[:, None, None, :],
 }
@@ -141,6 +163,12 @@ def test_attention_with_a_padded_causal_mask_skips_hidden_keys(tmp_path: Path) -
     found, source = _attention(tmp_path, mask)
     assert found, "the query loop should cut the keys"
     assert "[:, :, :stop]" in source and "Causal mask" in source
+
+
+def test_attention_with_a_square_subsequent_float_mask_skips_hidden_keys(tmp_path: Path) -> None:
+    mask = "mask = torch.triu(torch.full((t, t), float('-inf')), diagonal=1)"
+    found, source = _attention(tmp_path, mask)  # verified inside
+    assert found and "[:, :, :stop]" in source
 
 
 def test_attention_with_a_non_causal_mask_reads_every_key(tmp_path: Path) -> None:
