@@ -195,6 +195,8 @@ def _constant_values(ep: ExportedProgram, fx: torch.fx.Node, target: str, path: 
     cite = f"{where.file.rsplit('/', 1)[-1]}:{where.line}: " if where else ""
     if not isinstance(value, torch.Tensor):
         raise UserError(f"{cite}graph constant {target} is not a tensor ({type(value).__name__})")
+    if value.is_complex():
+        raise UserError(f"{cite}tensor constant {target} is complex; register it as a buffer")
     if value.numel() > CONSTANT_LIMIT:
         raise UserError(
             f"{cite}tensor constant {target} has {value.numel()} elements; the generated module "

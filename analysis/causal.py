@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
-from analysis.dimflow import _same, out_meta
+from analysis.dimflow import _same, dim_rule, out_meta, tensor_inputs
 from analysis.ir import Graph, Node, Ref
+from analysis.memory import storage_roots
 from analysis.plan import Region
 
 aten = torch.ops.aten
@@ -90,38 +91,168 @@ def hidden_above(graph: Graph, name: str) -> int | None:
     return fact.diagonal if fact.value == -math.inf else None
 
 
-def truncated_keys(graph: Graph, region: Region) -> dict[str, int]:
-    """Return the attention nodes of the loop that may skip the keys after the chunk's last
-    query, each with its mask's diagonal."""
+@dataclass(frozen=True, slots=True)
+class KeyCut:
+    """How one loop node skips the keys its chunk cannot see."""
+
+    #: the mask's diagonal: the chunk `start:stop` sees keys up to `stop + diagonal`
+    diagonal: int
+    #: (operand slot, dim) of each operand read whole from outside the chain, cut to those keys
+    slots: tuple[tuple[int, int], ...]
+
+
+#: products whose output's last dim is the keys, when their second operand is the keys
+_PRODUCTS = {aten.matmul.default, aten.bmm.default}
+#: elementwise ops the scores may pass through on their way to the softmax
+_SCORE_OPS = {
+    aten.div.Tensor, aten.div.Scalar, aten.mul.Tensor, aten.mul.Scalar, aten.add.Tensor,
+    aten.sub.Tensor, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self,
+    aten.div_.Tensor, aten.mul_.Tensor, aten.add_.Tensor, aten.masked_fill_.Scalar,
+}  # fmt: skip
+#: ops the probabilities may pass through on their way to the product with the values
+_PROBABILITY_OPS = {aten.to.dtype, aten._to_copy.default, aten.type_as.default, aten.clone.default}
+_SOFTMAX = {aten._softmax.default, aten.softmax.int}
+
+
+def truncated_keys(graph: Graph, region: Region) -> dict[str, KeyCut]:
+    """Return the loop nodes that may skip the keys after the chunk's last query (NOTE [Causal
+    key truncation]): fused attention with a causal mask, and the chain of an attention written
+    out (scores, causal masking, softmax, product with the values)."""
     key = ("truncated_keys", region.loop)
     if key not in graph.memo:
-        found: dict[str, int] = {}
+        found: dict[str, KeyCut] = {}
+        loop = region.loop_dims
         for name, dim in region.loop:
             node = graph[name]
-            if node.target is not aten.scaled_dot_product_attention.default:
-                continue
-            meta = out_meta(node)
-            if dim != meta.rank - 2 or len(node.args) < 4 or not isinstance(node.args[3], Ref):
-                continue
-            mask = graph[node.args[3].name]
-            keys = graph[node.args[1].name].tensor.shape[-2]
-            if not _same(mask.tensor.shape[-1], keys, graph) or not _same(
-                mask.tensor.shape[-2], meta.shape[-2], graph
-            ):
-                continue
-            diagonal = hidden_above(graph, mask.name)
-            if diagonal is not None and diagonal >= 0:
-                found[name] = diagonal
+            if node.target is aten.scaled_dot_product_attention.default:
+                cut = _fused(graph, node, dim)
+                if cut is not None:
+                    found[name] = cut
+            elif node.target in _SOFTMAX:
+                found.update(_written_out(graph, node, loop))
         graph.memo[key] = found
     return graph.memo[key]
 
 
+def _fused(graph: Graph, node: Node, dim: int) -> KeyCut | None:
+    meta = out_meta(node)
+    if dim != meta.rank - 2 or len(node.args) < 4 or not isinstance(node.args[3], Ref):
+        return None
+    mask = graph[node.args[3].name]
+    keys = graph[node.args[1].name].tensor.shape[-2]
+    if not _same(mask.tensor.shape[-1], keys, graph) or not _same(
+        mask.tensor.shape[-2], meta.shape[-2], graph
+    ):
+        return None
+    diagonal = hidden_above(graph, mask.name)
+    if diagonal is None or diagonal < 0:
+        return None
+    ranks = [graph[arg.name].tensor.rank for arg in node.args[:4]]
+    return KeyCut(diagonal, ((1, ranks[1] - 2), (2, ranks[2] - 2), (3, ranks[3] - 1)))
+
+
+def _written_out(graph: Graph, softmax: Node, loop: dict[str, int]) -> dict[str, KeyCut]:
+    """Cut the keys through `softmax(masked(q @ k^T)) @ v` inside a loop over the queries: the
+    softmax's input is -inf above the diagonal, so its output is 0 there, and the product with
+    the values adds nothing from those keys."""
+    rank = out_meta(softmax).rank
+    rows = rank - 2
+    if rank < 2 or loop.get(softmax.name) != rows or softmax.args[1] not in (-1, rank - 1):
+        return {}
+    source = softmax.args[0]
+    if not isinstance(source, Ref) or out_meta(graph[source.name]).dtype == torch.bool:
+        return {}
+    diagonal = hidden_above(graph, source.name)
+    if diagonal is None or diagonal < 0:
+        return {}
+    keys = out_meta(softmax).shape[-1]
+    chain = [softmax.name]  # back from the softmax to the product that made the scores
+    current: str | None = source.name
+    while True:
+        if current is None or loop.get(current) != rows or graph.users(current) != (chain[-1],):
+            return {}
+        node = graph[current]
+        if not _same(out_meta(node).shape[-1], keys, graph):
+            return {}
+        chain.append(current)
+        if node.target in _PRODUCTS:
+            break
+        if node.target not in _SCORE_OPS:
+            return {}
+        current = _scores_operand(graph, node, loop)
+    current = softmax.name  # forward to the product with the values
+    while True:
+        users = graph.users(current)
+        if len(users) != 1 or loop.get(users[0]) != rows:
+            return {}
+        user = graph[users[0]]
+        if user.target in _PROBABILITY_OPS:
+            chain.append(user.name)
+            current = user.name
+            continue
+        if user.target not in _PRODUCTS or _ref(user.args[0]) != current:
+            return {}
+        consumer = user
+        break
+    values = _ref(consumer.args[1])
+    if values is None or values in loop:
+        return {}
+    found = {consumer.name: KeyCut(diagonal, ((1, out_meta(graph[values]).rank - 2),))}
+    inside = set(chain)
+    for name in chain:
+        node = graph[name]
+        rule = dim_rule(node, graph)
+        slots = []
+        for slot, ref in enumerate(tensor_inputs(node, graph)):
+            if ref in inside:
+                continue
+            if node.target in _PRODUCTS:  # q @ k^T: the keys are the second operand's columns
+                if slot == 1:
+                    if ref in loop:
+                        return {}
+                    slots.append((slot, out_meta(graph[ref]).rank - 1))
+                continue
+            axis = rule.input_dim(rank - 1, slot) if rule is not None else None
+            if axis is not None and _same(out_meta(graph[ref]).shape[axis], keys, graph):
+                slots.append((slot, axis))  # a mask or bias with a column per key
+        found[name] = KeyCut(diagonal, tuple(slots))
+    return found
+
+
+def _scores_operand(graph: Graph, node: Node, loop: dict[str, int]) -> str | None:
+    """Return which operand of an elementwise op on the scores carries them: the first float
+    loop value of the result's shape (`masked_fill(scores, ...)`, `bias + scores`)."""
+    candidates = node.args[1:3] if node.target is aten.where.self else node.args[:2]
+    meta = out_meta(node)
+    for arg in candidates:
+        name = _ref(arg)
+        if name is None or name not in loop:
+            continue
+        other = out_meta(graph[name])
+        if (
+            other.dtype.is_floating_point
+            and other.rank == meta.rank
+            and all(_same(x, y, graph) for x, y in zip(other.shape, meta.shape))
+        ):
+            return name
+    return None
+
+
+def _ref(value: Any) -> str | None:
+    return value.name if isinstance(value, Ref) else None
+
+
 def _fact(graph: Graph, name: str) -> _Fact:
     if "causal_facts" not in graph.memo:  # one pass in execution order: operands come first
+        roots, _ = storage_roots(graph)
+        # storage something writes in place (`mask[:, :64] = True` through a view): what
+        # holds for its first value may not hold when it is read, so nothing is claimed
+        written = {roots.get(n.mutates, n.mutates) for n in graph.nodes if n.mutates}
         facts: dict[str, _Fact] = {}
         graph.memo["causal_facts"] = facts
         for node in graph.nodes:
-            facts[node.name] = _derive(node, graph)
+            unsafe = roots.get(node.name, node.name) in written
+            facts[node.name] = None if unsafe else _derive(node, graph)
     return graph.memo["causal_facts"].get(name)
 
 
@@ -155,6 +286,8 @@ def _derive(node: Node, graph: Graph) -> _Fact:
         return _filled(node, meta.dtype)
     if packet in (aten.tril,):
         diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
+        if not isinstance(diagonal, int):
+            return None  # a diagonal that depends on the input's sizes
         return _Above(diagonal, False if meta.dtype == torch.bool else 0)
     if packet in (aten.triu,):  # keeps the elements at or above its diagonal d
         fact = _arg(graph, args[0])
@@ -201,8 +334,14 @@ def _filled(node: Node, dtype: torch.dtype) -> _Fact:
     return _Const(float(value) if dtype.is_floating_point else int(value))
 
 
+#: index dtypes that hold every position exactly
+_EXACT = {torch.int32, torch.int64}
+
+
 def _arange(node: Node) -> _Fact:
     args = node.args
+    if out_meta(node).dtype not in _EXACT:
+        return None  # bfloat16 positions round, int8 ones wrap
     if node.target is aten.arange.default:
         return _Index(-1, 0)
     if node.target is aten.arange.start and isinstance(args[0], int):
@@ -238,7 +377,7 @@ def _kept_trailing(graph: Graph, node: Node) -> _Fact:
 
 
 def _converted(fact: _Fact, dtype: torch.dtype) -> _Fact:
-    if isinstance(fact, _Index) and not dtype.is_floating_point and dtype != torch.bool:
+    if isinstance(fact, _Index) and dtype in _EXACT:
         return fact
     if isinstance(fact, _Above) and dtype == torch.bool:
         return _Above(fact.diagonal, bool(fact.value))

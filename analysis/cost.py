@@ -201,7 +201,7 @@ def region_time(graph: Graph, region: Region, machine: Machine) -> float:
         }
         keys = 1.0
         if name in truncated:  # on average a chunk reads the keys up to its middle
-            keys = min(1.0, (extent + size + 2 * truncated[name]) / (2 * extent))
+            keys = min(1.0, (extent + size + 2 * truncated[name].diagonal) / (2 * extent))
         body += node_time(node, graph, machine, fraction, whole, dim) * keys
         for slot, source in enumerate(tensor_inputs(node, graph)):
             want = rule.input_dim(dim, slot) if rule is not None else None

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from analysis.ir import Graph, Node, Ref, TensorMeta, value_bytes
+from analysis.memory import storage_roots
 
 aten = torch.ops.aten
 
@@ -131,10 +132,9 @@ def _chains(graph: Graph) -> dict[str, tuple[str, ...]]:
     """Return each value worth recomputing with the ops that make it, in execution order."""
     hints = graph.hints
     outputs = graph.output_names()
-    writers: dict[str, set[str]] = {}
-    for node in graph.nodes:
-        if node.mutates:
-            writers.setdefault(node.mutates, set()).add(node.name)
+    roots, _ = storage_roots(graph)
+    #: every in-place write, as (writer, the storage it lands in)
+    writes = [(n.name, roots.get(n.mutates, n.mutates)) for n in graph.nodes if n.mutates]
     chosen: dict[str, tuple[str, ...]] = {}
     claimed: set[str] = set()
     for node in reversed(graph.nodes):
@@ -152,10 +152,14 @@ def _chains(graph: Graph) -> dict[str, tuple[str, ...]]:
             for leaf in leaves
             if graph[leaf].kind not in ("param", "buffer", "constant")
         )
-        # an in-place op may run again only on a copy the chain itself made
-        outside = any(not writers.get(name, set()) <= chain for name in chain)
-        written = any(graph[name].mutates not in chain for name in chain if graph[name].mutates)
-        if size == 0 or leaf_bytes > size * LEAF_SHARE or chain & outputs or outside or written:
+        # Storage, not names: a write through a view (`mask[:, :64] = True`) lands in the
+        # value it views. Nothing outside the chain may write what the chain reads or makes
+        # (a copy would miss it, or see it too early), and the chain's own in-place ops must
+        # write storage it allocates itself (else each copy would apply them again).
+        touched = {roots.get(x, x) for x in chain | leaves}
+        outside = any(w not in chain and root in touched for w, root in writes)
+        inside = any(w in chain and root not in chain for w, root in writes)
+        if size == 0 or leaf_bytes > size * LEAF_SHARE or chain & outputs or outside or inside:
             continue
         chosen[name] = tuple(sorted(chain, key=graph.position))
         claimed |= chain

@@ -15,7 +15,7 @@ import libcst as cst
 import sympy
 import torch
 
-from analysis.causal import truncated_keys
+from analysis.causal import KeyCut, truncated_keys
 from analysis.dimflow import dim_rule, out_meta
 from analysis.errors import UserError
 from analysis.inplace import INPLACE, inplace_operands
@@ -128,6 +128,8 @@ class ForwardBuilder:
         var = self.ns.create(str(node.target).rsplit(".", 1)[-1])
         self.names[node.name] = var
         code = f"{var} = torch.tensor({values}, dtype={meta.dtype}, device={self.device})"
+        if meta.numel(self.graph.hints) == 0:  # [] alone would lose the shape
+            code += f".reshape({self.shape(meta.shape)})"
         comments = ["A tensor constant of the traced forward, written out."]
         return Line(code, uses=_idents(code), binds=var, comments=comments)
 
@@ -159,13 +161,14 @@ class ForwardBuilder:
         starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
         covered = {name for region in self.plan.regions for name in region.span}
         live = _needed(graph, self.plan)
+        outputs = graph.output_names()
         for node in graph.nodes:
             if node.name in starts:
                 index, region = starts[node.name]
                 items.extend(self._region(index, region, live))
             elif node.kind == "op" and node.name not in covered and node.name in live:
                 items.append(self._line(node, self.arg_plain))
-            elif node.kind == "constant" and graph.users(node.name):
+            elif node.kind == "constant" and (graph.users(node.name) or node.name in outputs):
                 items.append(self._constant(node))
         items.extend(self._return())
         return self.params, _with_dels(items, set(self.params) | self._outputs())
@@ -364,7 +367,7 @@ class ForwardBuilder:
             node = _resized(graph[name], dim, graph)
             rule = dim_rule(node, graph)
             assert rule is not None, f"loop node {name} has no dimension rule"
-            cut = _key_cuts(graph, name, truncated.get(name))
+            cut = _key_cuts(truncated.get(name))
             node = _operands(
                 node,
                 graph,
@@ -488,16 +491,13 @@ def _index_expr(var: str, cuts: dict[int, str]) -> str:
     return f"{var}[{', '.join(cuts.get(d, ':') for d in range(max(cuts) + 1))}]"
 
 
-def _key_cuts(graph: Graph, name: str, diagonal: int | None) -> dict[int, tuple[int, str]]:
-    """Return, per operand slot of an attention with a causal mask, the keys dim to cut and
-    where it ends (NOTE [Causal key truncation]): keys and values along their rows, the mask
-    along its columns."""
-    if diagonal is None:
+def _key_cuts(cut: KeyCut | None) -> dict[int, tuple[int, str]]:
+    """Return, per operand slot, the keys dim to cut and where it ends (NOTE [Causal key
+    truncation]): keys and values along their rows, masks along their columns."""
+    if cut is None:
         return {}
-    end = f"stop + {diagonal}" if diagonal else "stop"
-    node = graph[name]
-    ranks = [graph[arg.name].tensor.rank for arg in node.args[:4]]
-    return {1: (ranks[1] - 2, end), 2: (ranks[2] - 2, end), 3: (ranks[3] - 1, end)}
+    end = f"stop + {cut.diagonal}" if cut.diagonal else "stop"
+    return {slot: (dim, end) for slot, dim in cut.slots}
 
 
 def _attribute_path(fqn: str) -> str:

@@ -179,6 +179,7 @@ class ChunkedGPT(torch.nn.Module):
         # Chunk region 1/4: blocks.0.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
+        # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_0_attn_view_1: "f32[1, seq, 8, 32]" = blocks_0_attn_split_1.view(
@@ -231,7 +232,7 @@ class ChunkedGPT(torch.nn.Module):
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_0_attn_matmul = torch.matmul(
                 blocks_0_attn_transpose[:, :, start:stop],
-                blocks_0_attn_transpose_3_contiguous,
+                blocks_0_attn_transpose_3_contiguous[:, :, :, :stop],
             )
             blocks_0_attn_div = blocks_0_attn_matmul.div_(5.656854249492381)
             del blocks_0_attn_matmul
@@ -239,7 +240,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_0_attn_bitwise_not = blocks_0_attn_tril.bitwise_not_()
             del blocks_0_attn_tril
             blocks_0_attn_masked_fill = blocks_0_attn_div.masked_fill_(
-                blocks_0_attn_bitwise_not, float("-inf")
+                blocks_0_attn_bitwise_not[:, :stop], float("-inf")
             )
             del blocks_0_attn_bitwise_not, blocks_0_attn_div
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
@@ -247,7 +248,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_0_attn_masked_fill
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_0_attn_matmul_1 = torch.matmul(
-                blocks_0_attn_softmax, blocks_0_attn_transpose_2_contiguous
+                blocks_0_attn_softmax, blocks_0_attn_transpose_2_contiguous[:, :, :stop]
             )
             del blocks_0_attn_softmax
             blocks_0_attn_transpose_chunk = blocks_0_attn_matmul_1.transpose(1, 2)
@@ -332,6 +333,7 @@ class ChunkedGPT(torch.nn.Module):
         # Chunk region 2/4: blocks.1.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
+        # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_1_attn_view_1: "f32[1, seq, 8, 32]" = blocks_1_attn_split_1.view(
@@ -384,7 +386,7 @@ class ChunkedGPT(torch.nn.Module):
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_1_attn_matmul = torch.matmul(
                 blocks_1_attn_transpose[:, :, start:stop],
-                blocks_1_attn_transpose_3_contiguous,
+                blocks_1_attn_transpose_3_contiguous[:, :, :, :stop],
             )
             blocks_1_attn_div = blocks_1_attn_matmul.div_(5.656854249492381)
             del blocks_1_attn_matmul
@@ -392,7 +394,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_1_attn_bitwise_not = blocks_1_attn_tril.bitwise_not_()
             del blocks_1_attn_tril
             blocks_1_attn_masked_fill = blocks_1_attn_div.masked_fill_(
-                blocks_1_attn_bitwise_not, float("-inf")
+                blocks_1_attn_bitwise_not[:, :stop], float("-inf")
             )
             del blocks_1_attn_bitwise_not, blocks_1_attn_div
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
@@ -400,7 +402,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_1_attn_masked_fill
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_1_attn_matmul_1 = torch.matmul(
-                blocks_1_attn_softmax, blocks_1_attn_transpose_2_contiguous
+                blocks_1_attn_softmax, blocks_1_attn_transpose_2_contiguous[:, :, :stop]
             )
             del blocks_1_attn_softmax
             blocks_1_attn_transpose_chunk = blocks_1_attn_matmul_1.transpose(1, 2)
@@ -485,6 +487,7 @@ class ChunkedGPT(torch.nn.Module):
         # Chunk region 3/4: blocks.2.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
+        # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_2_attn_view_1: "f32[1, seq, 8, 32]" = blocks_2_attn_split_1.view(
@@ -537,7 +540,7 @@ class ChunkedGPT(torch.nn.Module):
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_2_attn_matmul = torch.matmul(
                 blocks_2_attn_transpose[:, :, start:stop],
-                blocks_2_attn_transpose_3_contiguous,
+                blocks_2_attn_transpose_3_contiguous[:, :, :, :stop],
             )
             blocks_2_attn_div = blocks_2_attn_matmul.div_(5.656854249492381)
             del blocks_2_attn_matmul
@@ -545,7 +548,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_2_attn_bitwise_not = blocks_2_attn_tril.bitwise_not_()
             del blocks_2_attn_tril
             blocks_2_attn_masked_fill = blocks_2_attn_div.masked_fill_(
-                blocks_2_attn_bitwise_not, float("-inf")
+                blocks_2_attn_bitwise_not[:, :stop], float("-inf")
             )
             del blocks_2_attn_bitwise_not, blocks_2_attn_div
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
@@ -553,7 +556,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_2_attn_masked_fill
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_2_attn_matmul_1 = torch.matmul(
-                blocks_2_attn_softmax, blocks_2_attn_transpose_2_contiguous
+                blocks_2_attn_softmax, blocks_2_attn_transpose_2_contiguous[:, :, :stop]
             )
             del blocks_2_attn_softmax
             blocks_2_attn_transpose_chunk = blocks_2_attn_matmul_1.transpose(1, 2)
@@ -638,6 +641,7 @@ class ChunkedGPT(torch.nn.Module):
         # Chunk region 4/4: blocks.3.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
+        # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_3_attn_view_1: "f32[1, seq, 8, 32]" = blocks_3_attn_split_1.view(
@@ -691,7 +695,7 @@ class ChunkedGPT(torch.nn.Module):
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_3_attn_matmul = torch.matmul(
                 blocks_3_attn_transpose[:, :, start:stop],
-                blocks_3_attn_transpose_3_contiguous,
+                blocks_3_attn_transpose_3_contiguous[:, :, :, :stop],
             )
             blocks_3_attn_div = blocks_3_attn_matmul.div_(5.656854249492381)
             del blocks_3_attn_matmul
@@ -699,7 +703,7 @@ class ChunkedGPT(torch.nn.Module):
             blocks_3_attn_bitwise_not = blocks_3_attn_tril.bitwise_not_()
             del blocks_3_attn_tril
             blocks_3_attn_masked_fill = blocks_3_attn_div.masked_fill_(
-                blocks_3_attn_bitwise_not, float("-inf")
+                blocks_3_attn_bitwise_not[:, :stop], float("-inf")
             )
             del blocks_3_attn_bitwise_not, blocks_3_attn_div
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
@@ -707,7 +711,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_3_attn_masked_fill
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_3_attn_matmul_1 = torch.matmul(
-                blocks_3_attn_softmax, blocks_3_attn_transpose_2_contiguous
+                blocks_3_attn_softmax, blocks_3_attn_transpose_2_contiguous[:, :, :stop]
             )
             del blocks_3_attn_softmax
             blocks_3_attn_transpose_chunk = blocks_3_attn_matmul_1.transpose(1, 2)

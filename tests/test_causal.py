@@ -34,6 +34,13 @@ def _hf_style(pad: torch.Tensor) -> torch.Tensor:
     return ((kv_idx <= q_idx).to(torch.bool) & keep).expand(1, -1, t, t)
 
 
+def _prefix_lm(t: int) -> torch.Tensor:
+    """A causal mask whose first columns are then opened to every query, in place."""
+    mask = torch.ones(t, t, dtype=torch.bool).tril()
+    mask[:, :4] = True
+    return mask
+
+
 #: mask builders the proof must accept, with the diagonal they hide above
 CAUSAL: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
     "tril": (lambda x: torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril(), 0),
@@ -86,6 +93,11 @@ NOT_CAUSAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "triu_finfo_min": lambda x: torch.full(
         (x.shape[-1], x.shape[-1]), torch.finfo(torch.float32).min
     ).triu(1),
+    "written_through_a_view": lambda x: _prefix_lm(x.shape[-1]),
+    "bfloat16_positions": lambda x: torch.arange(600, dtype=torch.bfloat16)[None, :]
+    <= torch.arange(600, dtype=torch.bfloat16)[:, None],
+    "int8_positions": lambda x: torch.arange(600).to(torch.int8)[None, :]
+    <= torch.arange(600).to(torch.int8)[:, None],
     "column_broadcast": lambda x: torch.ones(x.shape[-1], 1, dtype=torch.bool).tril()
     & (x > 0.0)[:, None, None, :],
 }
@@ -175,3 +187,56 @@ def test_attention_with_a_non_causal_mask_reads_every_key(tmp_path: Path) -> Non
     found, source = _attention(tmp_path, "mask = pad.bool()[:, None, None, :].expand(b, 1, t, t)")
     assert not found
     assert "[:, :, :stop]" not in source
+
+
+EAGER = """
+    import math
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(32, 96)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            causal = torch.ones(t, t, dtype=torch.bool).tril()
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+            att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            {AFTER}
+
+    def make_model():
+        torch.manual_seed(0)
+        return Attention()
+
+    def make_inputs():
+        return (torch.randn(1, 256, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def _eager(tmp_path: Path, after: str) -> tuple[set[str], str]:
+    path = tmp_path / "eager.py"
+    path.write_text(textwrap.dedent(EAGER).replace("{AFTER}", after))
+    planned, emitted = generate(path, Target(ratio=0.1), "--memory-ratio 0.1")
+    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+    graph = planned.graph
+    found = {
+        str(graph[name].target)
+        for region in planned.plan.regions
+        for name in truncated_keys(graph, region)
+    }
+    return found, emitted.source
+
+
+def test_written_out_causal_attention_skips_hidden_keys_end_to_end(tmp_path: Path) -> None:
+    found, source = _eager(tmp_path, "return (att @ v).transpose(1, 2).reshape(b, t, 32)")
+    # scores, scaling, masking, softmax and the product with the values all stop at the chunk
+    assert {"aten.matmul.default", "aten.softmax.int"} <= found
+    assert "[:, :, :, :stop]" in source and "[:, :, :stop]" in source
+
+
+def test_probabilities_read_elsewhere_keep_every_key(tmp_path: Path) -> None:
+    found, _ = _eager(tmp_path, "return (att @ v).transpose(1, 2).reshape(b, t, 32), att.sum(-1)")
+    assert "aten.softmax.int" not in found

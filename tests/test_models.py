@@ -173,11 +173,13 @@ CONSTANTS = """
             super().__init__()
             self.lin = torch.nn.Linear(4, 4)
             self.bias = torch.tensor([0.5, -1.0, 2.0, float("-inf")])  # an attribute, not a buffer
+            self.none = torch.zeros(0, 3)  # an empty one keeps its shape
 
         def forward(self, x):
             weights = torch.tensor([1.0, 2.0, 3.0, 4.0])  # built from Python data
             scores = self.lin(x) @ self.lin(x).transpose(-1, -2)
-            return (scores.softmax(-1) @ (x * weights)).clamp_min(self.bias) * torch.tensor(3)
+            out = (scores.softmax(-1) @ (x * weights)).clamp_min(self.bias) * torch.tensor(3)
+            return out, self.bias, self.none  # constants returned as they are
 
     def make_model():
         torch.manual_seed(0)

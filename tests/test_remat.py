@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from analysis.capture import capture
@@ -180,3 +181,31 @@ def test_a_bias_built_with_in_place_ops_is_recomputed_per_layer(tmp_path: Path) 
     source = emit_module(graph, planned.plan, loaded.module, "test", "test").source
     module = verify(source, loaded.module, loaded.inputs)
     assert measure_peak(module, loaded.inputs) < 0.3 * measure_peak(loaded.module, loaded.inputs)
+
+
+#: shared masks that must not be recomputed: something writes what the chain reads or makes
+WRITTEN = {
+    "through_a_view": "mask = i[None, :] <= i[:, None]\n        mask[:, :64] = True",
+    "input_changed_later": "mask = i[None, :] >= i[:, None]\n        i.clamp_(max=63)",
+    "in_place_on_a_view_of_an_input": (
+        "j = i[None, :]\n        j.sub_(1)\n        mask = j <= i[:, None]"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRITTEN))
+def test_masks_written_in_place_are_not_recomputed(case: str, tmp_path: Path) -> None:
+    source = textwrap.dedent(MODEL).replace(
+        "mask = ((i[None, :] <= i[:, None]) & pad.bool()[:, None, None, :]).expand(1, 1, t, t)",
+        WRITTEN[case],
+    )
+    path = tmp_path / "stack.py"
+    path.write_text(source)
+    planned = plan_model(path, Target(ratio=0.1))
+    assert not any("_again_" in n.name for n in planned.graph.nodes)
+    loaded = planned.loaded
+    verify(
+        emit_module(planned.graph, planned.plan, loaded.module, "t", "t").source,
+        loaded.module,
+        loaded.inputs,
+    )
