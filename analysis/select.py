@@ -91,16 +91,18 @@ def _relaxed(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Re
     peak = estimate_plan(graph, regions).peak
     if peak <= budget:
         return regions
+    resized = _each_sized(graph, regions, peak)
+    return regions if estimate_plan(graph, resized).peak > peak else resized
+
+
+def _each_sized(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Region, ...]:
+    """Return the regions with each chunk sized under `budget`, the others in place."""
     machine = load_machine()
-    resized = list(regions)
+    sized = list(regions)
     for index, region in enumerate(regions):
-        others = tuple(r for i, r in enumerate(resized) if i != index)
-        profile = estimate_plan(graph, others)
-        sized, _ = _size_chunks(graph, profile, region, peak, machine)
-        resized[index] = sized
-    if estimate_plan(graph, tuple(resized)).peak > peak:
-        return regions
-    return tuple(resized)
+        others = tuple(r for i, r in enumerate(sized) if i != index)
+        sized[index], _ = _size_chunks(graph, estimate_plan(graph, others), region, budget, machine)
+    return tuple(sized)
 
 
 def _pruned(graph: Graph, regions: tuple[Region, ...], peak: int) -> tuple[Region, ...]:
@@ -149,14 +151,9 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
         if capped(here.regions) == here.regions:
             return here
         return finish_plan(graph, capped(here.regions), here.original_peak_bytes, here.budget_bytes)
-    machine = load_machine()
-    regions = list(far.regions)
-    for index, region in enumerate(regions):
-        others = tuple(r for i, r in enumerate(regions) if i != index)
-        profile = estimate_plan(graph, others)
-        regions[index], _ = _size_chunks(graph, profile, region, here.budget_bytes, machine)
-    regions = list(capped(_relaxed(graph, tuple(regions), here.budget_bytes)))
-    ranged = finish_plan(graph, tuple(regions), here.original_peak_bytes, here.budget_bytes)
+    regions = _each_sized(graph, far.regions, here.budget_bytes)
+    regions = capped(_relaxed(graph, regions, here.budget_bytes))
+    ranged = finish_plan(graph, regions, here.original_peak_bytes, here.budget_bytes)
     if ranged.planned_peak_bytes > max(here.planned_peak_bytes, here.budget_bytes):
         return here
     return ranged

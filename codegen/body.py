@@ -124,7 +124,7 @@ class ForwardBuilder:
     def _constant(self, node: Node) -> Line:
         """A tensor constant, written out (NOTE in `capture._constant_values`)."""
         meta = node.tensor
-        values = _nested(node.args[0], lambda v: literal(v, self.sym, self.device))
+        values = self.arg_plain(node.args[0])
         var = self.ns.create(str(node.target).rsplit(".", 1)[-1])
         self.names[node.name] = var
         code = f"{var} = torch.tensor({values}, dtype={meta.dtype}, device={self.device})"
@@ -472,12 +472,6 @@ def _in_place(node: Node, slot: int) -> Node:
 
 def _replace_args(node: Node, args: tuple[Any, ...]) -> Node:
     return replace(node, args=args)
-
-
-def _nested(values: Any, render: Any) -> str:
-    if isinstance(values, list):
-        return f"[{', '.join(_nested(v, render) for v in values)}]"
-    return render(values)
 
 
 def _slice_expr(var: str, dim: int) -> str:
