@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from analysis.dimflow import _same, dim_rule, out_meta, tensor_inputs
-from analysis.ir import Graph, Node, Ref
-from analysis.memory import storage_roots
+from analysis.dimflow import _same, out_meta, tensor_inputs
+from analysis.ir import Graph, Node, Ref, storage_roots
+from analysis.ops import dim_rule
 from analysis.plan import Region
 
 aten = torch.ops.aten
@@ -118,20 +118,17 @@ def truncated_keys(graph: Graph, region: Region) -> dict[str, KeyCut]:
     """Return the loop nodes that may skip the keys after the chunk's last query (NOTE [Causal
     key truncation]): fused attention with a causal mask, and the chain of an attention written
     out (scores, causal masking, softmax, product with the values)."""
-    key = ("truncated_keys", region.loop)
-    if key not in graph.memo:
-        found: dict[str, KeyCut] = {}
-        loop = region.loop_dims
-        for name, dim in region.loop:
-            node = graph[name]
-            if node.target is aten.scaled_dot_product_attention.default:
-                cut = _fused(graph, node, dim)
-                if cut is not None:
-                    found[name] = cut
-            elif node.target in _SOFTMAX:
-                found.update(_written_out(graph, node, loop))
-        graph.memo[key] = found
-    return graph.memo[key]
+    found: dict[str, KeyCut] = {}
+    loop = region.loop_dims
+    for name, dim in region.loop:
+        node = graph[name]
+        if node.target is aten.scaled_dot_product_attention.default:
+            cut = _fused(graph, node, dim)
+            if cut is not None:
+                found[name] = cut
+        elif node.target in _SOFTMAX:
+            found.update(_written_out(graph, node, loop))
+    return found
 
 
 def _fused(graph: Graph, node: Node, dim: int) -> KeyCut | None:

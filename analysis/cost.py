@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from analysis.causal import truncated_keys
-from analysis.dimflow import dim_rule, out_meta, tensor_inputs
+from analysis.dimflow import out_meta, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
-from analysis.plan import Region
+from analysis.ops import ALL_BUT_LAST, CONTRACTION, SECOND_TO_LAST, TRANSCENDENTAL, dim_rule, info
+from analysis.program import CHUNK, COPY, LoopRegion
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
 
@@ -75,23 +75,6 @@ def load_machine(path: Path = CALIBRATION) -> Machine:
     )
 
 
-_CONTRACTIONS = {
-    aten.linear.default, aten.matmul.default, aten.mm.default, aten.bmm.default,
-    aten.addmm.default, aten.baddbmm.default, aten.einsum.default, aten.conv2d.default,
-    aten.conv1d.default, aten.scaled_dot_product_attention.default,
-}  # fmt: skip
-
-
-#: ops whose exponentials make them run at the softmax's calibrated rate
-_TRANSCENDENTAL = {
-    aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten.exp.default,
-    aten.gelu.default, aten.sigmoid.default, aten.tanh.default, aten.silu.default,
-}  # fmt: skip
-
-#: ops that reshape a non-contiguous operand into a contiguous copy before multiplying
-_BATCHED = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.baddbmm.default}
-
-
 def node_flops(node: Node, graph: Graph) -> float:
     """Return the op's arithmetic: 2 x outputs x contracted length for contractions, else the
     output's element count."""
@@ -99,7 +82,7 @@ def node_flops(node: Node, graph: Graph) -> float:
     if meta is None or node.aliases is not None:
         return 0.0
     out = meta.numel(graph.hints)
-    if node.target not in _CONTRACTIONS:
+    if info(node.target).cost != CONTRACTION:
         return float(out)
     inputs = tensor_inputs(node, graph)
     if node.target in (aten.conv2d.default, aten.conv1d.default):
@@ -127,12 +110,6 @@ def _numel(graph: Graph, name: str) -> int:
     return meta.numel(graph.hints) if meta is not None else 0
 
 
-#: matrix products whose rows (all output dims but the last, or the second-to-last for batched
-#: products) set how well the kernel's tiles are fed
-_ROWS_ALL_BUT_LAST = {aten.linear.default, aten.addmm.default, aten.mm.default}
-_ROWS_SECOND_TO_LAST = {aten.matmul.default, aten.bmm.default, aten.baddbmm.default}
-
-
 def gemm_rows(node: Node, graph: Graph, dim: int | None = None, fraction: float = 1.0) -> float:
     """Return the rows of one matrix product the op runs, when its output is chunked along
     `dim` to `fraction` of its length (0 for ops that are not matrix products)."""
@@ -140,10 +117,11 @@ def gemm_rows(node: Node, graph: Graph, dim: int | None = None, fraction: float 
     if meta is None or meta.rank < 2:
         return 0.0
     shape = [evaluate(size, graph.hints) for size in meta.shape]
-    if node.target in _ROWS_ALL_BUT_LAST:
+    form = info(node.target).gemm_rows
+    if form == ALL_BUT_LAST:
         rows = math.prod(shape[:-1])
         return rows * (fraction if dim is not None and dim < meta.rank - 1 else 1.0)
-    if node.target in _ROWS_SECOND_TO_LAST:
+    if form == SECOND_TO_LAST:
         return shape[-2] * (fraction if dim == meta.rank - 2 else 1.0)
     return 0.0
 
@@ -175,42 +153,39 @@ def node_time(
     rows = gemm_rows(node, graph, dim, fraction)
     if rows > 0 and machine.gemm_half_rows > 0:
         compute *= 1 + machine.gemm_half_rows / max(rows, 1.0)
-    memory = moved / machine.bytes_per_s(working, node.target in _TRANSCENDENTAL)
+    memory = moved / machine.bytes_per_s(working, info(node.target).cost == TRANSCENDENTAL)
     return max(compute, memory) + machine.op_overhead_s
 
 
-def region_time(graph: Graph, region: Region, machine: Machine) -> float:
+def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
     """Return a region's estimated time: hoisted work once, the body once per chunk."""
+    region = lowered.region
     extent = max(evaluate(region.extent, graph.hints), 1)
     size = min(max(region.chunk_size, 1), extent)
     chunks = math.ceil(extent / size)
     fraction = size / extent
-    loop = region.loop_dims
-    truncated = truncated_keys(graph, region)  # NOTE [Causal key truncation]
     total = sum(node_time(graph[name], graph, machine) for name in region.hoisted)
     for name in region.materialized:
         total += 2 * value_bytes(graph[name].meta, graph.hints) / machine.bytes_per_s(1 << 30)
     body = 0.0
-    for name, dim in region.loop:
-        node = graph[name]
-        rule = dim_rule(node, graph)
-        whole = {
-            source
-            for slot, source in enumerate(tensor_inputs(node, graph))
-            if rule is not None and rule.input_dim(dim, slot) is None and source not in loop
-        }
+    for step in lowered.steps:
+        node = graph[step.node]
+        whole = {o.value for o in step.operands if o.rows is None and o.source != CHUNK}
         keys = 1.0
-        if name in truncated:  # on average a chunk reads the keys up to its middle
-            keys = min(1.0, (extent + size + 2 * truncated[name].diagonal) / (2 * extent))
-        body += node_time(node, graph, machine, fraction, whole, dim) * keys
-        for slot, source in enumerate(tensor_inputs(node, graph)):
-            want = rule.input_dim(dim, slot) if rule is not None else None
-            copied = source in region.materialized
-            if want is not None and source not in loop and not _outer(graph, source, want, copied):
+        if step.keys is not None:  # on average a chunk reads the keys up to its middle
+            keys = min(1.0, (extent + size + 2 * step.keys) / (2 * extent))
+        body += node_time(node, graph, machine, fraction, whole, step.dim) * keys
+        for read in step.operands:
+            copied = read.source == COPY
+            if (
+                read.rows is not None
+                and read.source != CHUNK
+                and not _outer(graph, read.value, read.rows, copied)
+            ):
                 # a slice along an inner dim is strided: the op copies it first, every chunk
-                nbytes = 2 * value_bytes(graph[source].meta, graph.hints) * fraction
+                nbytes = 2 * value_bytes(graph[read.value].meta, graph.hints) * fraction
                 body += nbytes / machine.bytes_per_s(int(nbytes) or 1)
-        if node.target in _BATCHED:
+        if info(node.target).batched:
             for source in whole - set(region.materialized):  # copied contiguous every chunk
                 meta = out_meta(graph[source])
                 if meta is not None and not meta.contiguous:

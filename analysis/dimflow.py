@@ -13,13 +13,12 @@ argument order, as `tensor_inputs` lists them.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate
+from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, out_meta, tensor_inputs
 
 aten = torch.ops.aten
 
@@ -65,69 +64,6 @@ class DimRule:
         return out_dim < len(self.groups) and bool(
             self.groups[out_dim] or self.resized(out_dim) or self.offsets(out_dim)
         )
-
-
-def tensor_inputs(node: Node, graph: Graph) -> tuple[str, ...]:
-    """Return the tensor-valued nodes a node reads, one slot per occurrence, in argument order."""
-    slots: list[str] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, Ref):
-            meta = graph[value.name].meta
-            if isinstance(meta, (TensorMeta, tuple)):
-                slots.append(value.name)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    for value in (*node.args, *(v for _, v in node.kwargs)):
-        visit(value)
-    return tuple(slots)
-
-
-def out_meta(node: Node) -> TensorMeta | None:
-    """Return the layout shared by the node's tensor results (all elements of a tuple agree)."""
-    if isinstance(node.meta, TensorMeta):
-        return node.meta
-    if isinstance(node.meta, tuple) and node.meta:
-        return node.meta[0]
-    return None
-
-
-Rule = Callable[[Node, Graph], "DimRule | None"]
-_RULES: dict[Any, Rule] = {}
-
-
-def rule(*ops: Any) -> Callable[[Rule], Rule]:
-    """Register a dimension rule for ATen op packets or overloads."""
-
-    def register(fn: Rule) -> Rule:
-        for op in ops:
-            _RULES[op] = fn
-        return fn
-
-    return register
-
-
-def dim_rule(node: Node, graph: Graph) -> DimRule | None:
-    """Return the op's rule, or None when it mixes every dim (unknown ops included)."""
-    key = ("dim_rule", node.name)  # a node with rewritten arguments keeps its rule
-    if key not in graph.memo:
-        graph.memo[key] = _find_rule(node, graph)
-    return graph.memo[key]
-
-
-def _find_rule(node: Node, graph: Graph) -> DimRule | None:
-    if node.kind != "op" or out_meta(node) is None:
-        return None
-    target = node.target
-    fn = _RULES.get(target) or _RULES.get(getattr(target, "overloadpacket", None))
-    if fn is None:
-        return None
-    try:
-        return fn(node, graph)
-    except (IndexError, TypeError, ValueError):
-        return None  # an argument form the rule does not expect: mix everything
 
 
 def _same(a: Size, b: Size, graph: Graph) -> bool:
@@ -189,58 +125,36 @@ def _schema_arg(node: Node, name: str, default: Any = None) -> Any:
     return node.kwarg(name, default)
 
 
-@rule(
-    aten.add, aten.sub, aten.mul, aten.div, aten.neg, aten.exp, aten.log, aten.tanh,
-    aten.sigmoid, aten.relu, aten.gelu, aten.silu, aten.sqrt, aten.rsqrt, aten.pow, aten.abs,
-    aten.masked_fill, aten.where, aten.bitwise_not, aten.logical_not, aten.eq, aten.ne,
-    aten.lt, aten.le, aten.gt, aten.ge, aten.clone, aten.contiguous, aten._to_copy, aten.to,
-    aten.type_as, aten.alias, aten.detach, aten.clamp, aten.maximum, aten.minimum, aten.erf,
-    aten.logical_and, aten.logical_or, aten.bitwise_and, aten.bitwise_or, aten.reciprocal,
-    aten.add_, aten.sub_, aten.mul_, aten.div_, aten.masked_fill_, aten.relu_, aten.copy_,
-    aten.square, aten.__and__, aten.__or__, aten.sin, aten.cos, aten.tanh_, aten.gelu_, aten.silu_, aten.sigmoid_,
-    aten.min.other, aten.max.other, aten.log1p, aten.expm1, aten.exp2, aten.log2, aten.log10,
-    aten.floor, aten.ceil, aten.round, aten.trunc, aten.sign, aten.remainder, aten.fmod,
-    aten.floor_divide, aten.clamp_min, aten.clamp_max, aten.hardtanh, aten.leaky_relu, aten.elu,
-    aten.softplus, aten.mish, aten.hardswish, aten.hardsigmoid, aten.bitwise_xor, aten.__xor__,
-    aten.logical_xor, aten.isnan, aten.isinf, aten.nan_to_num, aten.lerp, aten.addcmul,
-    aten.addcdiv, aten.atan,
-)  # fmt: skip
-def _elementwise(node: Node, graph: Graph) -> DimRule:
+def elementwise_rule(node: Node, graph: Graph) -> DimRule:
     return _broadcast(node, graph)
 
 
-@rule(aten.full_like, aten.zeros_like, aten.ones_like, aten.empty_like)
-def _like(node: Node, graph: Graph) -> DimRule:
+def like_rule(node: Node, graph: Graph) -> DimRule:
     """A new tensor shaped like its input: every dim moves with the input's."""
     return _broadcast(node, graph)
 
 
-@rule(aten.dropout, aten.native_dropout, aten.feature_dropout)
-def _dropout(node: Node, graph: Graph) -> DimRule | None:
+def dropout_rule(node: Node, graph: Graph) -> DimRule | None:
     train = node.args[2] if len(node.args) > 2 else node.kwarg("train", False)
     return _broadcast(node, graph) if train is False else None
 
 
-@rule(aten.linear)
-def _linear(node: Node, graph: Graph) -> DimRule:
+def linear_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     groups: list[tuple[tuple[int, int], ...]] = [((0, j),) for j in range(rank - 1)]
     last = [(1, 0)] + ([(2, 0)] if len(tensor_inputs(node, graph)) > 2 else [])
     return DimRule((*groups, tuple(last)))
 
 
-@rule(aten.mm)
-def _mm(node: Node, graph: Graph) -> DimRule:
+def mm_rule(node: Node, graph: Graph) -> DimRule:
     return DimRule((((0, 0),), ((1, 1),)))
 
 
-@rule(aten.bmm)
-def _bmm(node: Node, graph: Graph) -> DimRule:
+def bmm_rule(node: Node, graph: Graph) -> DimRule:
     return DimRule((((0, 0), (1, 0)), ((0, 1),), ((1, 2),)))
 
 
-@rule(aten.addmm)
-def _addmm(node: Node, graph: Graph) -> DimRule:
+def addmm_rule(node: Node, graph: Graph) -> DimRule:
     bias = _shapes(node, graph)[0]
     out = out_meta(node).shape
     rows = [(1, 0)] + ([(0, 0)] if len(bias) == 2 and _same(bias[0], out[0], graph) else [])
@@ -248,8 +162,7 @@ def _addmm(node: Node, graph: Graph) -> DimRule:
     return DimRule((tuple(rows), tuple(cols)))
 
 
-@rule(aten.matmul)
-def _matmul(node: Node, graph: Graph) -> DimRule | None:
+def matmul_rule(node: Node, graph: Graph) -> DimRule | None:
     a, b = _shapes(node, graph)
     out = out_meta(node).shape
     if len(a) < 2 or len(b) < 2:
@@ -267,21 +180,18 @@ def _matmul(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(groups))
 
 
-@rule(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax)
-def _softmax(node: Node, graph: Graph) -> DimRule:
+def softmax_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     return _identity_except(node, graph, {_norm_dim(node.args[1], rank)})
 
 
-@rule(aten.layer_norm)
-def _layer_norm(node: Node, graph: Graph) -> DimRule:
+def layer_norm_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     normalized = len(node.args[1])
     return _identity_except(node, graph, set(range(rank - normalized, rank)))
 
 
-@rule(aten.tril, aten.triu)
-def _triangle(node: Node, graph: Graph) -> DimRule:
+def triangle_rule(node: Node, graph: Graph) -> DimRule:
     """Position-dependent on the last two dims, but a slice of rows is the same triangle with
     its diagonal moved by the slice's start (up for rows, down for columns)."""
     rank = out_meta(node).rank
@@ -292,15 +202,13 @@ def _triangle(node: Node, graph: Graph) -> DimRule:
     return DimRule(groups, offset=tuple(offset))
 
 
-@rule(aten.ones, aten.zeros, aten.empty, aten.full)
-def _factory(node: Node, graph: Graph) -> DimRule:
+def factory_rule(node: Node, graph: Graph) -> DimRule:
     """A filled tensor has no inputs: a chunk of it is the same fill at the chunk's length."""
     rank = out_meta(node).rank
     return DimRule(tuple(() for _ in range(rank)), tuple(((0, j),) for j in range(rank)))
 
 
-@rule(aten.view, aten.reshape, aten._unsafe_view, aten.flatten)
-def _view(node: Node, graph: Graph) -> DimRule:
+def view_rule(node: Node, graph: Graph) -> DimRule:
     (source,) = _shapes(node, graph)
     target = out_meta(node).shape
     groups: list[tuple[tuple[int, int], ...]] = [() for _ in target]
@@ -342,8 +250,7 @@ def _factor(
     return groups
 
 
-@rule(aten.transpose)
-def _transpose(node: Node, graph: Graph) -> DimRule:
+def transpose_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     a, b = (_norm_dim(d, rank) for d in node.args[1:3])
     order = list(range(rank))
@@ -351,27 +258,23 @@ def _transpose(node: Node, graph: Graph) -> DimRule:
     return DimRule(tuple(((0, k),) for k in order))
 
 
-@rule(aten.t)
-def _t(node: Node, graph: Graph) -> DimRule:
+def t_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     return DimRule(tuple(((0, k),) for k in reversed(range(rank))))
 
 
-@rule(aten.permute)
-def _permute(node: Node, graph: Graph) -> DimRule:
+def permute_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     return DimRule(tuple(((0, _norm_dim(k, rank)),) for k in node.args[1]))
 
 
-@rule(aten.unsqueeze)
-def _unsqueeze(node: Node, graph: Graph) -> DimRule:
+def unsqueeze_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     new = _norm_dim(node.args[1], rank)
     return DimRule(tuple(() if j == new else ((0, j if j < new else j - 1),) for j in range(rank)))
 
 
-@rule(aten.squeeze)
-def _squeeze(node: Node, graph: Graph) -> DimRule | None:
+def squeeze_rule(node: Node, graph: Graph) -> DimRule | None:
     # squeeze drops a listed dim whenever it has size 1 at run time, so a listed dim that is kept
     # must not be cut (a chunk of length 1 would vanish); with no list that is every dim
     (source,) = _shapes(node, graph)
@@ -384,8 +287,7 @@ def _squeeze(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(() if k in dims else ((0, k),) for k in kept))
 
 
-@rule(aten.expand)
-def _expand(node: Node, graph: Graph) -> DimRule:
+def expand_rule(node: Node, graph: Graph) -> DimRule:
     (source,) = _shapes(node, graph)
     out = out_meta(node).shape
     groups, resize = [], []
@@ -397,8 +299,7 @@ def _expand(node: Node, graph: Graph) -> DimRule:
     return DimRule(tuple(groups), tuple(resize))
 
 
-@rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unbind)
-def _split(node: Node, graph: Graph) -> DimRule:
+def split_rule(node: Node, graph: Graph) -> DimRule:
     (source,) = _shapes(node, graph)
     dim = node.args[2] if len(node.args) > 2 else node.kwarg("dim", 0)
     if node.target.overloadpacket is aten.unbind:
@@ -408,15 +309,13 @@ def _split(node: Node, graph: Graph) -> DimRule:
     return _identity_except(node, graph, {_norm_dim(dim, len(source))})
 
 
-@rule(operator.getitem)
-def _getitem(node: Node, graph: Graph) -> DimRule | None:
+def getitem_rule(node: Node, graph: Graph) -> DimRule | None:
     if not isinstance(graph[node.args[0].name].meta, tuple):
         return None
     return DimRule(tuple(((0, j),) for j in range(out_meta(node).rank)))
 
 
-@rule(aten.slice)
-def _slice(node: Node, graph: Graph) -> DimRule:
+def slice_rule(node: Node, graph: Graph) -> DimRule:
     (source,) = _shapes(node, graph)
     args = list(node.args) + [None] * (5 - len(node.args))
     dim = _norm_dim(args[1] or 0, len(source))
@@ -429,21 +328,18 @@ def _slice(node: Node, graph: Graph) -> DimRule:
     return _identity_except(node, graph, set() if full else {dim})
 
 
-@rule(aten.select)
-def _select(node: Node, graph: Graph) -> DimRule:
+def select_rule(node: Node, graph: Graph) -> DimRule:
     (source,) = _shapes(node, graph)
     gone = _norm_dim(node.args[1], len(source))
     return DimRule(tuple(((0, k),) for k in range(len(source)) if k != gone))
 
 
-@rule(aten.embedding)
-def _embedding(node: Node, graph: Graph) -> DimRule:
+def embedding_rule(node: Node, graph: Graph) -> DimRule:
     rank = out_meta(node).rank
     return DimRule((*(((1, j),) for j in range(rank - 1)), ((0, 1),)))
 
 
-@rule(aten.index)
-def _index(node: Node, graph: Graph) -> DimRule | None:
+def index_rule(node: Node, graph: Graph) -> DimRule | None:
     """`x[i0, i1, ...]` with index tensors (a gather, like embedding): the leading output dims are
     the indices' broadcast shape and move with the indices that are not broadcast there; x is
     read whole along the indexed dims, and its remaining dims follow."""
@@ -465,8 +361,7 @@ def _index(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(groups))
 
 
-@rule(aten.sum, aten.mean, aten.amax, aten.amin, aten.var, aten.std, aten.logsumexp)
-def _reduce(node: Node, graph: Graph) -> DimRule | None:
+def reduce_rule(node: Node, graph: Graph) -> DimRule | None:
     (source,) = _shapes(node, graph)
     dims = _schema_arg(node, "dim")
     if dims is None or dims == []:
@@ -479,8 +374,7 @@ def _reduce(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(((0, k),) for k in range(len(source)) if k not in reduced))
 
 
-@rule(aten.baddbmm)
-def _baddbmm(node: Node, graph: Graph) -> DimRule:
+def baddbmm_rule(node: Node, graph: Graph) -> DimRule:
     bias, left, right = _shapes(node, graph)
     out = out_meta(node).shape
 
@@ -493,8 +387,7 @@ def _baddbmm(node: Node, graph: Graph) -> DimRule:
     return DimRule((with_bias(0, [(1, 0), (2, 0)]), with_bias(1, [(1, 1)]), with_bias(2, [(2, 2)])))
 
 
-@rule(aten.einsum)
-def _einsum(node: Node, graph: Graph) -> DimRule | None:
+def einsum_rule(node: Node, graph: Graph) -> DimRule | None:
     """Letters kept in the output move together; summed letters are mixed."""
     equation = node.args[0].replace(" ", "")
     if "->" not in equation:
@@ -526,15 +419,13 @@ def _einsum(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(groups))
 
 
-@rule(aten.group_norm, aten.native_group_norm)
-def _group_norm(node: Node, graph: Graph) -> DimRule:
+def group_norm_rule(node: Node, graph: Graph) -> DimRule:
     """Statistics span a group's channels and every spatial position: only the batch is free."""
     rank = out_meta(node).rank
     return _identity_except(node, graph, set(range(1, rank)))
 
 
-@rule(aten.conv2d, aten.conv1d, aten.convolution)
-def _conv(node: Node, graph: Graph) -> DimRule | None:
+def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     """Batch is free, output channels follow the weight's rows; a spatial dim only moves with the
     input's when the kernel is 1 wide with stride 1 and no padding (no halo crosses a chunk)."""
     shapes = _shapes(node, graph)
@@ -573,15 +464,13 @@ def _pick(values: Any, index: int) -> Any:
     return values[index] if index < len(values) else values[-1] if values else None
 
 
-@rule(aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_nearest1d)
-def _upsample(node: Node, graph: Graph) -> DimRule:
+def upsample_rule(node: Node, graph: Graph) -> DimRule:
     """Batch and channels move; resized spatial dims change length, so they are mixed."""
     rank = out_meta(node).rank
     return _identity_except(node, graph, set(range(2, rank)))
 
 
-@rule(aten.cat)
-def _cat(node: Node, graph: Graph) -> DimRule | None:
+def cat_rule(node: Node, graph: Graph) -> DimRule | None:
     shapes = _shapes(node, graph)
     out = out_meta(node).shape
     dim = _norm_dim(_schema_arg(node, "dim", 0), len(out))
@@ -595,8 +484,7 @@ def _cat(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(groups))
 
 
-@rule(aten.scaled_dot_product_attention)
-def _sdpa(node: Node, graph: Graph) -> DimRule | None:
+def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
     """Batch and head dims move with q, k, v and the mask; the query length moves with q and
     the mask's rows (not when causal: the diagonal would shift); keys are mixed, and so are
     the value's features (the fused kernel would redo the whole attention for each chunk)."""

@@ -16,82 +16,29 @@ numerics are unchanged. An operand qualifies only when:
 
 from __future__ import annotations
 
-import torch
-
 from analysis.ir import Graph, Ref
+from analysis.ops import info
 from analysis.plan import Region
-
-aten = torch.ops.aten
-
-#: out-of-place op -> its in-place overload
-INPLACE = {
-    aten.add.Tensor: aten.add_.Tensor,
-    aten.sub.Tensor: aten.sub_.Tensor,
-    aten.mul.Tensor: aten.mul_.Tensor,
-    aten.div.Tensor: aten.div_.Tensor,
-    aten.masked_fill.Scalar: aten.masked_fill_.Scalar,
-    aten.masked_fill.Tensor: aten.masked_fill_.Tensor,
-    aten.relu.default: aten.relu_.default,
-    aten.sigmoid.default: aten.sigmoid_.default,
-    aten.tanh.default: aten.tanh_.default,
-    aten.exp.default: aten.exp_.default,
-    aten.neg.default: aten.neg_.default,
-    aten.bitwise_not.default: aten.bitwise_not_.default,
-    aten.tril.default: aten.tril_.default,
-    aten.triu.default: aten.triu_.default,
-}
-
-#: ops whose two tensor operands may be swapped without changing a bit of the result
-COMMUTATIVE = {aten.add.Tensor, aten.mul.Tensor}
-
-#: ops whose result is always newly allocated storage
-FRESH = {
-    *INPLACE,
-    aten.matmul.default,
-    aten.mm.default,
-    aten.bmm.default,
-    aten.addmm.default,
-    aten.baddbmm.default,
-    aten.linear.default,
-    aten.softmax.int,
-    aten._softmax.default,
-    aten.layer_norm.default,
-    aten.gelu.default,
-    aten.silu.default,
-    aten.tril.default,
-    aten.triu.default,
-    aten.ones.default,
-    aten.zeros.default,
-    aten.full.default,
-    aten.bitwise_not.default,
-    aten.where.self,
-}
 
 
 def inplace_operands(graph: Graph, region: Region) -> dict[str, int]:
     """Return the loop nodes that run in place, each with the argument slot it overwrites."""
-    key = ("inplace", region.loop, region.outputs)
-    if key not in graph.memo:
-        graph.memo[key] = _find(graph, region)
-    return graph.memo[key]
-
-
-def _find(graph: Graph, region: Region) -> dict[str, int]:
     loop = region.loop_dims
     outputs = {name for name, _ in region.outputs} | graph.output_names()
     found: dict[str, int] = {}
     for name, dim in region.loop:
         node = graph[name]
-        if node.target not in INPLACE or node.mutates or node.aliases:
+        op = info(node.target)
+        if op.inplace is None or node.mutates or node.aliases:
             continue
-        slots = (0, 1) if node.target in COMMUTATIVE and not node.kwargs else (0,)
+        slots = (0, 1) if op.commutative and not node.kwargs else (0,)
         for slot in slots:
             arg = node.args[slot] if slot < len(node.args) else None
             if not isinstance(arg, Ref) or loop.get(arg.name) != dim:
                 continue
             operand = graph[arg.name]
             if (
-                operand.target in FRESH
+                info(operand.target).fresh
                 and operand.aliases is None
                 and operand.mutates is None
                 and arg.name not in outputs

@@ -248,3 +248,49 @@ def value_bytes(meta: Meta, hints: dict[sympy.Symbol, int]) -> int:
     if isinstance(meta, tuple):
         return sum(m.nbytes(hints) for m in meta if isinstance(m, TensorMeta))
     return 0
+
+
+def storage_roots(graph: Graph) -> tuple[dict[str, str], dict[str, int]]:
+    """Return each value's storage owner, and each owner's last reader's position (outputs
+    and buffer updates count as read at the end)."""
+    key = "storage_roots"
+    if key not in graph.memo:
+        roots: dict[str, str] = {}
+        last_use: dict[str, int] = {}
+        for node in graph.nodes:
+            base = node.mutates or node.aliases
+            roots[node.name] = roots.get(base, base) if base else node.name
+            for ref in node.refs():
+                root = roots.get(ref, ref)
+                last_use[root] = graph.position(node.name)
+        for name in graph.output_names():
+            last_use[roots.get(name, name)] = len(graph.nodes)
+        graph.memo[key] = (roots, last_use)
+    return graph.memo[key]
+
+
+def tensor_inputs(node: Node, graph: Graph) -> tuple[str, ...]:
+    """Return the tensor-valued nodes a node reads, one slot per occurrence, in argument order."""
+    slots: list[str] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Ref):
+            meta = graph[value.name].meta
+            if isinstance(meta, (TensorMeta, tuple)):
+                slots.append(value.name)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    for value in (*node.args, *(v for _, v in node.kwargs)):
+        visit(value)
+    return tuple(slots)
+
+
+def out_meta(node: Node) -> TensorMeta | None:
+    """Return the layout shared by the node's tensor results (all elements of a tuple agree)."""
+    if isinstance(node.meta, TensorMeta):
+        return node.meta
+    if isinstance(node.meta, tuple) and node.meta:
+        return node.meta[0]
+    return None

@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from analysis.dimflow import dim_rule
-from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, evaluate, value_bytes
+from analysis.ir import Graph, Node, Ref, evaluate, storage_roots, value_bytes
+from analysis.lower import lower_region
 from analysis.plan import Region
+from analysis.program import CHUNK, LoopRegion
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +156,9 @@ def region_label(index: int) -> str:
     return f"region {index}"
 
 
-def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
+def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
     """Return one region as statements: hoisted nodes, buffers, one loop iteration, loop end."""
+    region = lowered.region
     label = region_label(index)
     hints = graph.hints
     extent = max(evaluate(region.extent, hints), 1)
@@ -173,8 +174,8 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
     for name in outputs:
         stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=setup))
     outer: set[str] = set(outputs)
-    inplace = inplace_operands(graph, region)
-    for name, _ in region.loop:
+    for step in lowered.steps:
+        name = step.node
         node = graph[name]
         uses = []
         for ref in dict.fromkeys(node.refs()):
@@ -183,16 +184,14 @@ def region_program(graph: Graph, region: Region, index: int) -> list[Stmt]:
             if ref not in loop:
                 outer.add(key)
         base = node.mutates or node.aliases
-        if name in inplace:
-            base = node.args[inplace[name]].name
+        if step.inplace is not None:
+            base = step.operands[step.inplace].value
         owned = base is None
         mask = _bool_mask(node, graph)
         scratch = 0
         if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
-            rule = dim_rule(node, graph)
-            chunked = mask in loop or (
-                rule is not None and rule.input_dim(loop[name], 3) is not None
-            )
+            read = step.operand(3)
+            chunked = read is not None and (read.source == CHUNK or read.rows is not None)
             scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
         stmts.append(
             Stmt(
@@ -218,7 +217,7 @@ def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:
     for node in graph.nodes:
         if node.name in starts:
             index, region = starts[node.name]
-            stmts.extend(region_program(graph, region, index))
+            stmts.extend(region_program(graph, lower_region(graph, region), index))
         elif node.name not in covered:
             stmts.append(node_stmt(node, graph))
     return stmts
@@ -229,13 +228,14 @@ def estimate_plan(graph: Graph, regions: tuple[Region, ...]) -> Profile:
     return simulate(plan_program(graph, regions), graph.output_names())
 
 
-def local_region_peak(graph: Graph, profile: Profile, region: Region) -> int:
+def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> int:
     """Return a region's peak if its stretch ran as a loop, the rest of `profile` unchanged.
 
     Only the region's statements are simulated, on top of the bytes live just before its
     stretch: the values alive across it are alive throughout the loop either way. This makes
     sizing a chunk cost the region's length, not the graph's.
     """
+    region = lowered.region
     start = profile.labels.index(region.span[0])
     before = profile.live_after[start - 1] if start > 0 else 0
     inside = set(region.span)
@@ -265,27 +265,8 @@ def local_region_peak(graph: Graph, profile: Profile, region: Region) -> int:
                 keep.add(root)
         if name != root:
             incoming.append(Stmt(key=name, shares=root))
-    program = incoming + region_program(graph, region, 0)
+    program = incoming + region_program(graph, lowered, 0)
     return before - held + simulate(program, keep).peak
-
-
-def storage_roots(graph: Graph) -> tuple[dict[str, str], dict[str, int]]:
-    """Return each value's storage owner, and each owner's last reader's position (outputs
-    and buffer updates count as read at the end)."""
-    key = "storage_roots"
-    if key not in graph.memo:
-        roots: dict[str, str] = {}
-        last_use: dict[str, int] = {}
-        for node in graph.nodes:
-            base = node.mutates or node.aliases
-            roots[node.name] = roots.get(base, base) if base else node.name
-            for ref in node.refs():
-                root = roots.get(ref, ref)
-                last_use[root] = graph.position(node.name)
-        for name in graph.output_names():
-            last_use[roots.get(name, name)] = len(graph.nodes)
-        graph.memo[key] = (roots, last_use)
-    return graph.memo[key]
 
 
 def region_peak(profile: Profile, index: int) -> int:

@@ -20,77 +20,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import torch
-
-from analysis.ir import Graph, Node, Ref, TensorMeta, value_bytes
-from analysis.memory import storage_roots
-
-aten = torch.ops.aten
-
-#: ops cheap enough to run again for every reader: elementwise arithmetic, comparisons, logic,
-#: dtype conversions and views that add or broadcast dims
-CHEAP = {
-    aten.add,
-    aten.sub,
-    aten.mul,
-    aten.neg,
-    aten.eq,
-    aten.ne,
-    aten.le,
-    aten.lt,
-    aten.ge,
-    aten.gt,
-    aten.__and__,
-    aten.__or__,
-    aten.__xor__,
-    aten.bitwise_and,
-    aten.bitwise_or,
-    aten.bitwise_xor,
-    aten.bitwise_not,
-    aten.logical_and,
-    aten.logical_or,
-    aten.logical_not,
-    aten.where,
-    aten.masked_fill,
-    aten.tril,
-    aten.triu,
-    aten.to,
-    aten._to_copy,
-    aten.type_as,
-    aten.expand,
-    aten.unsqueeze,
-    aten.view,
-    aten.reshape,
-    aten.alias,
-    aten.clone,
-    aten.slice,
-    aten.abs,
-    aten.log,
-    aten.clamp,
-    aten.clamp_min,
-    aten.clamp_max,
-    aten.floor,
-    aten.ceil,
-    aten.round,
-    aten.sign,
-    aten.remainder,
-    aten.floor_divide,
-    aten.pow,
-    aten.div,
-    aten.min.other,
-    aten.max.other,
-    aten.minimum,
-    aten.maximum,
-    aten.full_like,
-    aten.permute,
-    aten.contiguous,
-    aten.embedding,
-    aten.add_,
-    aten.sub_,
-    aten.mul_,
-    aten.div_,
-    aten.masked_fill_,
-}
+from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots, value_bytes
+from analysis.ops import info
 
 #: a value is worth recomputing when the values it is made from take at most this share of it
 LEAF_SHARE = 1 / 8
@@ -183,9 +114,7 @@ def _grow(graph: Graph, name: str, small: float) -> set[str]:
 
 
 def _cheap(node: Node) -> bool:
-    packet = getattr(node.target, "overloadpacket", None)
-    known = node.target in CHEAP or packet in CHEAP
-    return node.kind == "op" and known and isinstance(node.meta, TensorMeta)
+    return node.kind == "op" and info(node.target).cheap and isinstance(node.meta, TensorMeta)
 
 
 def _clone(node: Node, renamed: dict[str, str], taken: set[str], module_path: str) -> Node:

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analysis.dimflow import DimRule, dim_rule, out_meta, tensor_inputs
-import torch
-
+from analysis.dimflow import DimRule, out_meta, tensor_inputs
 from analysis.ir import Graph, TensorMeta, evaluate
+from analysis.ops import dim_rule, info
 from analysis.plan import Region
-
-aten = torch.ops.aten
 
 
 class _Reject(Exception):
@@ -210,16 +207,12 @@ def _region(
     )
 
 
-#: ops that copy a non-contiguous operand before multiplying (matmul reshapes batched operands)
-_MATMULS = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.baddbmm.default}
-
-
 def _read_whole_by_matmul(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict:
     """Return values from outside the loop that loop matmuls read whole (not sliced)."""
     found: dict[str, int] = {}
     for name in loop:
         node = graph[name]
-        if node.target in _MATMULS:
+        if info(node.target).batched:
             for source in tensor_inputs(node, graph):
                 if source not in loop and source not in sliced and graph[source].kind == "op":
                     found[source] = 0

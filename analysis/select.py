@@ -14,6 +14,7 @@ from typing import Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
+from analysis.lower import lower_region
 from analysis.ir import Graph, Size, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
     Profile,
@@ -204,7 +205,9 @@ def _best_candidate(
     for candidate in _candidates(graph, regions, profile, peak_node):
         for region in (candidate, *_with_copies(graph, candidate)):
             sized, peak = _size_chunks(graph, profile, region, budget, machine)
-            extra = region_time(graph, sized, machine) - span_time(graph, sized.span, machine)
+            extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
+                graph, sized.span, machine
+            )
             if peak <= budget:
                 key: tuple[float, ...] = (0, round(extra, 5), peak // unit, len(sized.loop))
             else:
@@ -243,9 +246,10 @@ def _size_chunks(
     """
     extent = evaluate(region.extent, graph.hints)
     sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
+    lowered = lower_region(graph, region)
 
     def peak(size: int) -> int:
-        return local_region_peak(graph, profile, region.with_chunk_size(size))
+        return local_region_peak(graph, profile, lowered.with_chunk_size(size))
 
     low, high = 0, len(sizes) - 1
     floor = peak(sizes[low])
@@ -261,7 +265,7 @@ def _size_chunks(
             high = mid - 1
     fastest = min(
         sizes[: low + 1],
-        key=lambda size: (region_time(graph, region.with_chunk_size(size), machine), -size),
+        key=lambda size: (region_time(graph, lowered.with_chunk_size(size), machine), -size),
     )
     return region.with_chunk_size(fastest), peak(fastest)
 

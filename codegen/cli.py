@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from analysis.errors import InternalError, UserError
+from analysis.lower import lower
 from analysis.pipeline import Planned, plan_model
 from analysis.plan import ChunkPlan, in_dim_names
 from analysis.select import Target
@@ -143,7 +144,7 @@ def generate(
             planned.loaded.module,
             command=f"python -m codegen emit {name} {flag}",
             target=described,
-            formulas=plan_formulas(planned.graph, plan),
+            program=lower(planned.graph, plan, plan_formulas(planned.graph, plan)),
             budget=target.budget_bytes,
         )
 

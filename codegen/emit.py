@@ -12,9 +12,9 @@ import torch
 
 from analysis.ir import Graph
 from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
-from analysis.symbolic import Formulas
+from analysis.program import Program
 from codegen import __version__
-from codegen.body import ForwardBuilder, format_bytes, to_cst
+from codegen.body import ForwardPrinter, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -29,10 +29,9 @@ class Emitted:
     class_name: str
 
 
-def forward_source(graph: Graph, plan: ChunkPlan, formulas: Formulas | None = None) -> str:
+def forward_source(graph: Graph, plan: ChunkPlan, program: Program) -> str:
     """Return the `forward` method's source, built with libcst."""
-    builder = ForwardBuilder(graph, plan, formulas)
-    params, items = builder.build()
+    params, items = ForwardPrinter(graph, plan, program).build()
     signature = ", ".join(["self", *params])
     func = cst.parse_statement(f"def forward({signature}):\n    pass\n")
     assert isinstance(func, cst.FunctionDef)
@@ -66,14 +65,14 @@ def emit_module(
     module: torch.nn.Module,
     command: str,
     target: str,
-    formulas: Formulas | None = None,
+    program: Program,
     budget: int | None = None,
 ) -> Emitted:
-    """Return the formatted source of the generated module.
+    """Return the formatted source of the generated module, printing its loop program.
 
-    With `formulas`, loops over the dynamic dim size their chunks at run time from a budget
-    (NOTE [Run-time chunk sizes]): `budget` bytes by default, else a share of the original's
-    estimated peak at the input's size.
+    Loops over the dynamic dims that size their chunks at run time (NOTE [Run-time chunk
+    sizes]) stay within `budget` bytes by default, else a share of the original's estimated
+    peak at the input's size.
     """
     class_name = f"Chunked{graph.model_class}"
     env = jinja2.Environment(
@@ -100,7 +99,7 @@ def emit_module(
     if not plan.met:
         over = plan.planned_peak_bytes - plan.budget_bytes
         missed = f" (misses the target by {format_bytes(over)})"
-    forward = forward_source(graph, plan, formulas)
+    forward = forward_source(graph, plan, program)
     source = env.get_template("module.py.j2").render(
         class_name=class_name,
         model_class=graph.model_class,
@@ -114,8 +113,8 @@ def emit_module(
         regions=regions,
         parameters=_parameters(module),
         forward=forward,
-        output_class="_output_class(" in forward,
-        runtime_sizes="_rows(" in forward,
+        output_class=program.output_class,
+        runtime_sizes=program.budget is not None,
         budget=budget,
     )
     return Emitted(format_source(source), class_name)

@@ -8,6 +8,7 @@ from pathlib import Path
 from analysis.capture import capture
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.loader import load_model_file
+from analysis.lower import lower_region
 from analysis.select import Target, make_plan, rescaled
 from codegen import cli
 
@@ -59,7 +60,8 @@ def test_tiny_chunks_pay_overhead_and_huge_ones_fall_out_of_cache(tmp_path: Path
     graph = capture(load_model_file(_model(tmp_path)))
     plan = make_plan(graph, Target(ratio=0.3))
     (region,) = plan.regions
-    times = {c: region_time(graph, region.with_chunk_size(c), MACHINE) for c in (1, 64, 512)}
+    lowered = lower_region(graph, region)
+    times = {c: region_time(graph, lowered.with_chunk_size(c), MACHINE) for c in (1, 64, 512)}
     assert times[1] > times[64]
     assert times[1] > span_time(graph, region.span, MACHINE)  # 512 dispatches per op
 

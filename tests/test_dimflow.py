@@ -13,7 +13,7 @@ import itertools
 import math
 import operator
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from analysis.capture import build_graph
-from analysis.dimflow import DimRule, dim_rule, out_meta, tensor_inputs
-from analysis.ir import Graph, Node, Ref, TensorMeta, evaluate
+from analysis.dimflow import DimRule, out_meta, tensor_inputs
+from analysis.ops import dim_rule
+from analysis.errors import InternalError
+from analysis.ir import Graph, Node, Ref, Source, TensorMeta, evaluate
 from analysis.loader import LoadedModel
 
 aten = torch.ops.aten
@@ -673,9 +675,13 @@ def hand_graph(op: Any, source: tuple[int, ...], out: tuple[int, ...], *args: An
     return Graph(nodes=(x, y), outputs=(Ref("y"),), out_spec=None, inputs=("x",))
 
 
-def test_unexpected_arguments_give_no_rule() -> None:
+def test_a_rule_that_raises_is_an_internal_error_naming_the_node_and_line() -> None:
+    """A rule that raised used to read as "mixes every dim", silently switching chunking off."""
     graph = hand_graph(aten.softmax.int, (2, 3), (2, 3))  # the dim argument is missing
-    assert dim_rule(graph["y"], graph) is None
+    source = Source("model.py", 12, "forward", "y = x.softmax()")
+    graph = replace(graph, nodes=(graph["x"], replace(graph["y"], source=source)), memo={})
+    with pytest.raises(InternalError, match=r"aten.softmax.int .*node y \(model.py:12 in forward"):
+        dim_rule(graph["y"], graph)
 
 
 def test_numeric_check_catches_wrong_rules() -> None:

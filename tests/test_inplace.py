@@ -13,6 +13,7 @@ from analysis.inplace import inplace_operands
 from analysis.loader import load_model_file
 from analysis.measure import measure_peak
 from analysis.select import Target, make_plan
+from analysis.lower import lower
 from codegen.emit import emit_module
 from codegen.verify import import_source, instantiate, verify
 
@@ -50,7 +51,7 @@ def _emit(tmp_path: Path, body: str):
     graph = capture(loaded)
     plan = make_plan(graph, Target(ratio=0.2))
     assert plan.regions, "the scores should be chunked"
-    source = emit_module(graph, plan, loaded.module, command="test", target="test").source
+    source = emit_module(graph, plan, loaded.module, "test", "test", lower(graph, plan)).source
     verify(source, loaded.module, loaded.inputs)
     found = {
         graph[name].target.__name__: slot

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from analysis.capture import capture
-from analysis.dimflow import dim_rule, tensor_inputs
+from analysis.dimflow import tensor_inputs
+from analysis.ops import dim_rule
 from analysis.loader import load_model_file
 from analysis.memory import estimate_graph
 from analysis.select import Target, make_plan
 from codegen.cli import main
+from analysis.lower import lower
 from codegen.emit import emit_module
 from codegen.plot import timelines
 from codegen.verify import verify
@@ -69,7 +71,7 @@ def test_attention_is_chunked_along_heads_or_queries(tmp_path: Path) -> None:
     # [1, heads, query, key]: by heads or by query rows, never across the softmax's keys
     assert loop[softmax] in (1, 2)
     assert region.extent == (4 if loop[softmax] == 1 else 256)
-    emitted = emit_module(graph, plan, loaded.module, "test", "test")
+    emitted = emit_module(graph, plan, loaded.module, "test", "test", lower(graph, plan))
     verify(emitted.source, loaded.module, loaded.inputs)
 
 
@@ -79,7 +81,7 @@ def test_no_loop_cuts_through_an_op_that_mixes_its_dim(tmp_path: Path) -> None:
     loaded, graph, plan = _plan(path, Target(ratio=0.3))
     cumsum = next(n.name for n in graph.ops() if "cumsum" in str(n.target))
     assert all(cumsum not in dict(r.loop) for r in plan.regions)
-    emitted = emit_module(graph, plan, loaded.module, "test", "test")
+    emitted = emit_module(graph, plan, loaded.module, "test", "test", lower(graph, plan))
     verify(emitted.source, loaded.module, loaded.inputs)
 
 

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from analysis.capture import build_graph, export
-from analysis.dimflow import dim_rule, tensor_inputs
+from analysis.dimflow import tensor_inputs
+from analysis.ops import dim_rule
 from analysis.loader import LoadedModel
 from analysis.select import Target, make_plan
+from analysis.lower import lower
 from codegen.emit import emit_module
 from codegen.verify import verify
 
@@ -94,5 +96,5 @@ def test_random_chains_chunk_correctly(
                 elif want is not None:
                     assert sliced.get(source) is not None, (ops, name, source)
             assert "cumsum" not in str(graph[name].target), (ops, name)
-    emitted = emit_module(graph, plan, model, "test", "test")
+    emitted = emit_module(graph, plan, model, "test", "test", lower(graph, plan))
     verify(emitted.source, model, inputs)  # raises unless chunked equals unchunked

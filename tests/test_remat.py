@@ -16,6 +16,7 @@ from analysis.memory import estimate_graph
 from analysis.pipeline import plan_model
 from analysis.remat import rematerialized
 from analysis.select import Target, plan_for_range
+from analysis.lower import lower
 from codegen.emit import emit_module
 from codegen.verify import verify
 from tests.test_dimflow import Fn
@@ -94,7 +95,14 @@ def test_pipeline_keeps_the_recomputed_graph_when_it_lowers_the_peak(tmp_path: P
     plain = plan_for_range(capture(load_model_file(path)), Target(ratio=0.1))
     assert planned.plan.planned_peak_bytes < plain.planned_peak_bytes
     loaded = planned.loaded
-    source = emit_module(planned.graph, planned.plan, loaded.module, "test", "test").source
+    source = emit_module(
+        planned.graph,
+        planned.plan,
+        loaded.module,
+        "test",
+        "test",
+        lower(planned.graph, planned.plan),
+    ).source
     module = verify(source, loaded.module, loaded.inputs)
     original = measure_peak(loaded.module, loaded.inputs)
     measured = measure_peak(module, loaded.inputs)
@@ -178,7 +186,9 @@ def test_a_bias_built_with_in_place_ops_is_recomputed_per_layer(tmp_path: Path) 
     # the original's peak is the captured graph's, whatever the rewrite saves by itself
     assert planned.plan.original_peak_bytes == estimate_graph(graph.captured).peak
     loaded = planned.loaded
-    source = emit_module(graph, planned.plan, loaded.module, "test", "test").source
+    source = emit_module(
+        graph, planned.plan, loaded.module, "test", "test", lower(graph, planned.plan)
+    ).source
     module = verify(source, loaded.module, loaded.inputs)
     assert measure_peak(module, loaded.inputs) < 0.3 * measure_peak(loaded.module, loaded.inputs)
 
@@ -205,7 +215,9 @@ def test_masks_written_in_place_are_not_recomputed(case: str, tmp_path: Path) ->
     assert not any("_again_" in n.name for n in planned.graph.nodes)
     loaded = planned.loaded
     verify(
-        emit_module(planned.graph, planned.plan, loaded.module, "t", "t").source,
+        emit_module(
+            planned.graph, planned.plan, loaded.module, "t", "t", lower(planned.graph, planned.plan)
+        ).source,
         loaded.module,
         loaded.inputs,
     )

@@ -6,6 +6,9 @@ import builtins
 import keyword
 import re
 
+from analysis.ir import Graph, Node
+from analysis.ops import info
+
 #: names the generated code itself relies on
 RESERVED = {"self", "torch", "start", "stop", "math"}
 
@@ -33,3 +36,17 @@ class Namespace:
 
     def reserve(self, name: str) -> None:
         self._taken.add(name)
+
+
+def value_name(node: Node, graph: Graph) -> str:
+    """Return the base of a value's name: its module path and op (`blocks_0_attn_softmax`),
+    or the module path alone for ops named after their module (a Linear's output); an
+    element of a tuple adds its index."""
+    target = node.target
+    op = getattr(getattr(target, "overloadpacket", None), "__name__", None)
+    op = (op or getattr(target, "__name__", "value")).strip("_")
+    if op == "getitem":
+        return f"{value_name(graph[node.args[0].name], graph)}_{node.args[1]}"
+    if info(target).names_module and node.module_path:
+        return node.module_path
+    return f"{node.module_path}_{op}" if node.module_path else op

@@ -1,0 +1,466 @@
+"""Lowering: a region into its loop steps, and a graph with its plan into the loop program.
+
+Every decision about how a loop statement runs is taken here and nowhere else (NOTE [Loop
+program]): the operands' slices, in-place writes (`analysis.inplace`), causal key cuts
+(`analysis.causal`), and the size arguments that follow the chunk (`analysis.dimflow`).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
+
+import sympy
+import torch
+
+from analysis.causal import truncated_keys
+from analysis.dimflow import DimRule, out_meta
+from analysis.errors import InternalError, UserError
+from analysis.inplace import inplace_operands
+from analysis.ir import Graph, Node, Ref, TensorMeta, refs_in
+from analysis.loader import MODEL_MODULE_PREFIX
+from analysis.names import Namespace, value_name
+from analysis.ops import dim_rule, inplace_form
+from analysis.plan import ChunkPlan, Region
+from analysis.program import (
+    CHUNK,
+    COPY,
+    OUTER,
+    Attr,
+    Block,
+    Budget,
+    Call,
+    ChunkLength,
+    ChunkStart,
+    Contiguous,
+    Empty,
+    Floor,
+    InputSize,
+    LoopRegion,
+    LoopStep,
+    Operand,
+    Program,
+    Return,
+    Rows,
+    Statement,
+    Stop,
+    TensorConstant,
+    UpdateBuffer,
+    WriteChunk,
+)
+
+if TYPE_CHECKING:
+    from analysis.symbolic import Formulas
+
+
+# ------------------------------------------------------------------ one region
+def lower_region(graph: Graph, region: Region) -> LoopRegion:
+    """Return the region's loop as steps: every operand's slice, in-place writes, key cuts."""
+    loop = region.loop_dims
+    copies = set(region.materialized)
+    inplace = inplace_operands(graph, region)
+    cuts = truncated_keys(graph, region)
+    steps = []
+    for name, dim in region.loop:
+        node = graph[name]
+        rule = dim_rule(node, graph)
+        if rule is None:
+            raise InternalError(f"loop node {name} has no dimension rule")
+        cut = cuts.get(name)
+        keys = dict(cut.slots) if cut is not None else {}
+
+        def operand(slot: int, ref: str, rule: DimRule = rule, dim: int = dim) -> Operand:
+            if ref in loop:
+                return Operand(ref, slot, CHUNK, keys=keys.get(slot))
+            source = COPY if ref in copies else OUTER
+            return Operand(ref, slot, source, rule.input_dim(dim, slot), keys.get(slot))
+
+        args, kwargs = _resized(node, rule, dim)
+        args, kwargs, operands = _with_operands(args, kwargs, graph, operand)
+        target, slot = node.target, inplace.get(name)
+        if slot is not None:
+            target = inplace_form(node.target)
+            if slot == 1:  # a commutative op writing into its second operand swaps the two
+                args = (args[1], args[0], *args[2:])
+        steps.append(
+            LoopStep(
+                name,
+                dim,
+                target,
+                args,
+                kwargs,
+                operands,
+                inplace=slot,
+                keys=cut.diagonal if cut is not None else None,
+            )
+        )
+    return LoopRegion(region, tuple(steps))
+
+
+def _resized(node: Node, rule: DimRule, dim: int) -> tuple[tuple[Any, ...], tuple]:
+    """Return the node's arguments with sizes of the chunked dim as the chunk's length, and
+    offsets that follow the chunk's start."""
+    paths, offsets = rule.resized(dim), rule.offsets(dim)
+    args = list(node.args)
+    for position, sign, default in offsets:
+        while len(args) <= position:
+            args.append(default)
+        args[position] = ChunkStart(args[position], sign)
+    for position, element in paths:
+        sizes = list(args[position])
+        if sizes[element] != -1:  # expand keeps -1 ("as it is") for the chunked dim
+            sizes[element] = (
+                ChunkLength() if node.target is not torch.ops.aten.expand.default else -1
+            )
+        args[position] = sizes
+    return tuple(args), node.kwargs
+
+
+def _with_operands(
+    args: tuple[Any, ...],
+    kwargs: tuple[tuple[str, Any], ...],
+    graph: Graph,
+    operand: Callable[[int, str], Operand],
+) -> tuple[tuple[Any, ...], tuple[tuple[str, Any], ...], tuple[Operand, ...]]:
+    """Replace each tensor reference by `operand(slot, name)`; slots number the tensor inputs in
+    argument order, so a value read twice (h @ h) can be sliced in one place and whole in the
+    other."""
+    found: list[Operand] = []
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, Ref) and isinstance(graph[value.name].meta, (TensorMeta, tuple)):
+            found.append(operand(len(found), value.name))
+            return found[-1]
+        if isinstance(value, (list, tuple)):
+            return type(value)(visit(v) for v in value)
+        return value
+
+    new_args = tuple(visit(v) for v in args)
+    new_kwargs = tuple((k, visit(v)) for k, v in kwargs)
+    return new_args, new_kwargs, tuple(found)
+
+
+# ------------------------------------------------------------------ the whole forward
+def lower(graph: Graph, plan: ChunkPlan, formulas: Formulas | None = None) -> Program:
+    """Return the forward as a loop program: names, statements, loops and frees."""
+    return _Lowering(graph, plan, formulas).program()
+
+
+class _Lowering:
+    """Walk the graph once, naming every value in the order the forward binds it."""
+
+    def __init__(self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.formulas = formulas if formulas and any(formulas.regions) else None
+        self.ns = Namespace()
+        self.names: dict[str, Any] = {}
+        self.symbols: dict[sympy.Symbol, str] = {}
+        self.budget: str | None = None
+        self.device_of = ""
+        #: the current loop's chunk names and contiguous copies, by graph value
+        self.chunks: dict[str, str] = {}
+        self.copies: dict[str, str] = {}
+
+    # -------------------------------------------------------------- reads
+    def reads(self, *values: Any) -> frozenset[str]:
+        """Return the names an argument structure reads: values, chunks, sizes."""
+        out: set[str] = set()
+
+        def visit(value: Any) -> None:
+            if isinstance(value, Ref):
+                out.update({self.name_of(value.name)} - {None})
+            elif isinstance(value, Operand):
+                out.update({self._operand_name(value)} - {None})
+                out.update(("start", "stop") if value.rows is not None else ())
+                out.update(("stop",) if value.keys is not None else ())
+            elif isinstance(value, sympy.Expr):
+                out.update(self.symbols[s] for s in value.free_symbols if s in self.symbols)
+            elif isinstance(value, (ChunkLength, ChunkStart)):
+                out.update(("start", "stop") if isinstance(value, ChunkLength) else ("start",))
+            elif isinstance(value, torch.device) and self.device_of:
+                out.add(self.device_of)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    visit(item)
+
+        for value in values:
+            visit(value)
+        return frozenset(out)
+
+    def _operand_name(self, operand: Operand) -> str | None:
+        if operand.source == CHUNK:
+            return self.chunks[operand.value]
+        if operand.source == COPY:
+            return self.copies[operand.value]
+        return self.name_of(operand.value)
+
+    def name_of(self, value: str) -> str | None:
+        """Return a value's name in the forward (None for parameters and buffers)."""
+        found = self.names[value]
+        return found if isinstance(found, str) else None
+
+    def bind(self, node: Node) -> str:
+        name = self.ns.create(value_name(node, self.graph))
+        self.names[node.name] = name
+        return name
+
+    # -------------------------------------------------------------- layout
+    def program(self) -> Program:
+        graph = self.graph
+        body: list[Any] = []
+        params = []
+        for name in graph.inputs:
+            self.names[name] = self.ns.create(name)
+            params.append(self.names[name])
+        for node in graph.nodes:
+            if node.kind in ("param", "buffer"):
+                self.names[node.name] = Attr(node.target)
+        tensors = [n for n in graph.inputs if isinstance(graph[n].meta, TensorMeta)]
+        self.device_of = self.names[tensors[0]] if tensors else ""
+        for symbol in graph.symbols:
+            var = self.ns.create(symbol.name)
+            self.symbols[symbol.symbol] = var
+            size = InputSize(self.names[symbol.input], symbol.axis, symbol.offset, symbol.scale)
+            body.append(Statement(var, size, frozenset()))
+        if self.formulas is not None:
+            body.extend(self._budget())
+        starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
+        covered = {name for region in self.plan.regions for name in region.span}
+        live = _needed(graph)
+        outputs = graph.output_names()
+        for node in graph.nodes:
+            if node.name in starts:
+                index, region = starts[node.name]
+                body.extend(self._region(index, region, live))
+            elif node.kind == "op" and node.name not in covered and node.name in live:
+                statement = self._call(node)
+                if statement is not None:
+                    body.append(statement)
+            elif node.kind == "constant" and (graph.users(node.name) or node.name in outputs):
+                body.append(self._constant(node))
+        body.extend(self._return())
+        keep = set(params) | {self.names[n] for n in outputs if isinstance(self.names.get(n), str)}
+        return Program(
+            params=tuple(params),
+            body=tuple(_with_frees(body, keep)),
+            names=dict(self.names),
+            symbols=dict(self.symbols),
+            device_of=self.device_of,
+            budget=self.budget,
+            output_class=_has_class(graph.out_spec, graph.model_file),
+        )
+
+    def _budget(self) -> list[Statement]:
+        plan, formulas = self.plan, self.formulas
+        assert formulas is not None
+        share = plan.budget_bytes / max(plan.original_peak_bytes, 1)
+        self.budget = self.ns.create("budget")
+        floors = tuple(dict.fromkeys(f.fixed + f.per_row for f in formulas.regions if f))
+        statements = []
+        floor = None
+        if len(floors) > 1:
+            floor = self.ns.create("floor")
+            statements.append(Statement(floor, Floor(floors), self.reads(floors)))
+        budget = Budget(share, formulas.original_peak, plan.budget_bytes, floor)
+        reads = self.reads(formulas.original_peak) | ({floor} if floor else set())
+        statements.append(Statement(self.budget, budget, frozenset(reads)))
+        return statements
+
+    def _call(self, node: Node, region: int | None = None) -> Statement | None:
+        symbol = isinstance(node.meta, sympy.Symbol) and node.meta in self.symbols
+        if node.target is torch.ops.aten.sym_size.int and symbol:
+            self.names[node.name] = self.symbols[node.meta]  # the dim is already bound
+            return None
+        reads = self.reads(node.args, [v for _, v in node.kwargs])
+        var = self.bind(node)
+        call = Call(node.name, node.target, node.args, node.kwargs, node.meta)
+        return Statement(var, call, reads, node.source, region=region)
+
+    def _constant(self, node: Node) -> Statement:
+        """A tensor constant, written out (NOTE in `capture._constant_values`)."""
+        var = self.ns.create(str(node.target).rsplit(".", 1)[-1])
+        self.names[node.name] = var
+        reads = frozenset({self.device_of} if self.device_of else ())
+        return Statement(var, TensorConstant(node.args[0], node.tensor), reads)
+
+    def _return(self) -> list[Statement]:
+        graph = self.graph
+        out = []
+        for fqn, ref in graph.mutations:
+            out.append(Statement(None, UpdateBuffer(fqn, ref.name), self.reads(ref)))
+        _check_output_classes(graph.out_spec, graph.model_file)
+        out.append(
+            Statement(None, Return(graph.out_spec, graph.outputs), self.reads(graph.outputs))
+        )
+        return out
+
+    # -------------------------------------------------------------- regions
+    def _region(self, index: int, region: Region, live: set[str]) -> list[Any]:
+        """Return a region's set-up statements and its loop."""
+        graph = self.graph
+        lowered = lower_region(graph, region)
+        setup: list[Statement] = []
+        for name in region.hoisted:
+            if name in live:
+                statement = self._call(graph[name], index)
+                if statement is not None:
+                    setup.append(statement)
+        sliced = dict(region.slices)
+        copies: dict[str, str] = {}
+        for name in region.materialized:
+            var = self.ns.create(f"{self.name_of(name) or 'self.' + graph[name].target}_contiguous")
+            copies[name] = var
+            reads = frozenset({self.name_of(name)} - {None})
+            setup.append(Statement(var, Contiguous(name, name in sliced), reads, region=index))
+        buffers: dict[str, str] = {}
+        device_of = region.slices[0][0] if region.slices else None
+        for name, _ in region.outputs:
+            node = graph[name]
+            var = self.bind(node)
+            buffers[name] = var
+            dtype_of = self._dtype_of(region, node.tensor.dtype)
+            reads = set(self.reads(list(node.tensor.shape))) | {var}
+            for value in (dtype_of, device_of):
+                reads |= {self.name_of(value)} - {None} if value is not None else set()
+            if device_of is None and self.device_of:
+                reads.add(self.device_of)
+            empty = Empty(node.tensor, dtype_of, device_of)
+            setup.append(Statement(var, empty, frozenset(reads), region=index))
+        formula = self.formulas.regions[index] if self.formulas is not None else None
+        rows: Any = region.chunk_size
+        head = self.reads(region.extent)
+        if formula is not None:
+            rows = self.ns.create("chunk")
+            sizes = Rows(formula.fixed, formula.per_row, region.chunk_size, region.extent)
+            reads = self.reads(formula.fixed, formula.per_row, region.extent)
+            reads |= {self.budget, rows} | ({self.device_of} if self.device_of else set())
+            setup.append(Statement(rows, sizes, frozenset(reads), region=index))
+            head |= {rows}
+        self.chunks, self.copies = {}, copies
+        body = [Statement("stop", Stop(rows, region.extent))]
+        outputs = dict(region.outputs)
+        for step in lowered.steps:
+            base = value_name(graph[step.node], graph)
+            var = self.ns.create(f"{base}_chunk" if step.node in outputs else base)
+            reads = self.reads(step.args, [v for _, v in step.kwargs])
+            self.chunks[step.node] = var
+            body.append(Statement(var, step, reads, graph[step.node].source))
+            if step.node in outputs:
+                write = WriteChunk(buffers[step.node], outputs[step.node], var)
+                body.append(Statement(None, write, frozenset({var, buffers[step.node]})))
+        block = Block(
+            index=index,
+            lowered=lowered,
+            extent=region.extent,
+            rows=rows,
+            body=tuple(body),
+            reads=head,
+            chunks=dict(self.chunks),
+            copies=copies,
+        )
+        self.chunks, self.copies = {}, {}
+        return [*setup, block]
+
+    def _dtype_of(self, region: Region, dtype: torch.dtype) -> str | None:
+        """A value sliced into the loop with the buffer's dtype: the buffer follows its dtype
+        at run time (a model cast to half precision gets half buffers)."""
+        for name, _ in region.slices:
+            meta = out_meta(self.graph[name])
+            if meta is not None and meta.dtype == dtype:
+                return name
+        return None
+
+
+def _needed(graph: Graph) -> set[str]:
+    """Return the nodes whose results are used: everything else is dead code."""
+    needed = set(graph.output_names())
+    for node in reversed(graph.nodes):
+        if node.name in needed or node.mutates is not None:
+            needed.add(node.name)
+            needed.update(node.refs())
+    return needed
+
+
+# ------------------------------------------------------------------ frees
+def _with_frees(items: list[Any], keep: set[str]) -> list[Any]:
+    """Mark each bound name freed after its last use (names in `keep` excluded)."""
+    last: dict[str, int] = {}
+    bound: set[str] = set()
+    for index, item in enumerate(items):
+        for name in _reads(item):
+            last[name] = index
+        for name in _binds(item):
+            bound.add(name)
+            last.setdefault(name, index)
+    out: list[Any] = []
+    for index, item in enumerate(items):
+        if isinstance(item, Block):
+            inner_keep = keep | bound | _reads_after(items, index)
+            item = replace(
+                item,
+                body=tuple(
+                    _with_frees(list(item.body), (inner_keep - _loop_locals(item)) | {"stop"})
+                ),
+            )
+        dead = tuple(sorted(n for n in bound if last.get(n) == index and n not in keep))
+        if dead and not isinstance(item.expr if isinstance(item, Statement) else None, Return):
+            item = replace(item, frees=dead)
+        out.append(item)
+    return out
+
+
+def _reads_after(items: list[Any], index: int) -> set[str]:
+    return {n for item in items[index + 1 :] for n in _reads(item)}
+
+
+def _loop_locals(block: Block) -> set[str]:
+    return {n for item in block.body for n in _binds(item)}
+
+
+def _reads(item: Any) -> set[str]:
+    if isinstance(item, Block):
+        inner = {n for child in item.body for n in _reads(child)}
+        return (inner - _loop_locals(item)) | set(item.reads)
+    return set(item.reads)
+
+
+def _binds(item: Any) -> set[str]:
+    if isinstance(item, Block):
+        return set()
+    return {item.var} if item.var else set()
+
+
+# ------------------------------------------------------------------ outputs
+def _class_of(spec: Any) -> Any:
+    kind = getattr(spec, "type", None)
+    if kind is collections.namedtuple:  # pytree keeps a namedtuple's class as the context
+        kind = spec.context
+    return kind
+
+
+def _classes(spec: Any) -> list[type]:
+    """Return the output classes other than tuple, list and dict in an output structure."""
+    if spec is None or spec.is_leaf():
+        return []
+    kind = _class_of(spec)
+    found = [kind] if isinstance(kind, type) and kind not in (tuple, list, dict) else []
+    return found + [c for child in spec.children() for c in _classes(child)]
+
+
+def _check_output_classes(spec: Any, model_file: str) -> None:
+    for kind in _classes(spec):
+        if kind.__module__.startswith(MODEL_MODULE_PREFIX):
+            raise UserError(
+                f"{model_file}: the model returns a {kind.__qualname__}, a class defined in the "
+                "model file itself, which the generated module cannot import; define it in an "
+                "importable module, or return a tuple or dict"
+            )
+
+
+def _has_class(spec: Any, model_file: str) -> bool:
+    return bool(_classes(spec))
+
+
+__all__ = ["lower", "lower_region"]

@@ -1,0 +1,301 @@
+"""The loop program: the plan lowered once into the statements the generated forward runs.
+
+NOTE [Loop program]
+Selection decides which stretches run as loops; lowering (`analysis.lower`) decides, once, how
+every statement of a loop reads its operands (the chunk the loop made, a slice of a value from
+before the loop, or the value whole), which statements overwrite their operand in place, which
+keys a chunk skips, and how size arguments follow the chunk. The memory estimate, the cost model
+and the emitter read those decisions from here; none of them decides again. The full program
+(`Program`) adds what only the emitter needs: every value's name, where each name is freed,
+the run-time budget and chunk-size formulas. Values are frozen; arguments hold structured
+markers (`Operand`, `ChunkLength`, `ChunkStart`), never source text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
+
+import sympy
+
+from analysis.ir import Source, TensorMeta
+from analysis.plan import Region
+
+#: where a loop statement's operand comes from
+CHUNK, OUTER, COPY = "chunk", "outer", "copy"
+
+
+@dataclass(frozen=True, slots=True)
+class Operand:
+    """One tensor operand of a loop statement, as each chunk reads it."""
+
+    #: the graph value read
+    value: str
+    #: its slot among the op's tensor inputs (NOTE [Dimension flow])
+    slot: int
+    #: CHUNK (made by this loop: the current chunk), OUTER (made before the loop) or COPY (its
+    #: contiguous copy, made before the loop)
+    source: str
+    #: the dim read as the chunk's rows (`start:stop`); None when read whole
+    rows: int | None = None
+    #: the dim cut to the keys the chunk can see (NOTE [Causal key truncation])
+    keys: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in (CHUNK, OUTER, COPY):
+            raise ValueError(f"operand {self.value}: unknown source {self.source!r}")
+        if self.source == CHUNK and self.rows is not None:
+            raise ValueError(f"operand {self.value}: a chunk is never sliced again")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLength:
+    """A size argument of the chunked dim: the chunk's length, `stop - start`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStart:
+    """An offset that moves with the chunk's first row: `base + sign * start` (tril's
+    diagonal: row r of a chunk is row start + r of the whole)."""
+
+    #: the offset the whole op had
+    base: int
+    #: +1 or -1
+    sign: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStep:
+    """One statement of a loop body, run once per chunk."""
+
+    #: the graph node it computes
+    node: str
+    #: the dim of its result that is chunked
+    dim: int
+    #: the op it runs: the node's, or its in-place form
+    target: Any
+    #: arguments, with Operand for tensor inputs and ChunkLength/ChunkStart for chunk sizes
+    args: tuple[Any, ...]
+    #: keyword arguments, in order, with the same markers
+    kwargs: tuple[tuple[str, Any], ...]
+    #: the tensor operands, by slot
+    operands: tuple[Operand, ...]
+    #: the slot of the operand it overwrites in place (NOTE [In-place in loops]), if any
+    inplace: int | None = None
+    #: the step sees only the keys up to `stop + keys` (NOTE [Causal key truncation]), if cut
+    keys: int | None = None
+
+    def operand(self, slot: int) -> Operand | None:
+        return next((o for o in self.operands if o.slot == slot), None)
+
+
+@dataclass(frozen=True)
+class LoopRegion:
+    """A region with its loop lowered: what the estimate, the cost model and the emitter read."""
+
+    #: the planned region
+    region: Region
+    #: the loop body, one step per loop node, in order
+    steps: tuple[LoopStep, ...]
+
+    def with_chunk_size(self, chunk_size: int) -> LoopRegion:
+        return replace(self, region=self.region.with_chunk_size(chunk_size))
+
+
+# ------------------------------------------------------------------ the full program
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """A parameter or buffer of the module, by its qualified name."""
+
+    fqn: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputSize:
+    """A dynamic dim read from an input: `(input.shape[axis] - offset) // scale`."""
+
+    input: str
+    axis: int
+    offset: int = 0
+    scale: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The loops' byte budget (NOTE [Run-time chunk sizes]): the constructor's, else `share`
+    of the original's estimated peak at this size, never below `example` nor `floor`."""
+
+    share: float
+    original_peak: sympy.Expr
+    example: int
+    floor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """The most any loop holds at one row per chunk, plus 5%."""
+
+    terms: tuple[sympy.Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """An op applied to its arguments; references are graph names, resolved via `names`."""
+
+    node: str
+    target: Any
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...]
+    #: the result's layout, for the annotation
+    meta: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConstant:
+    """A small tensor constant of the traced forward, written out."""
+
+    values: Any
+    meta: TensorMeta
+
+
+@dataclass(frozen=True, slots=True)
+class Contiguous:
+    """A contiguous copy of a value, made once before a loop."""
+
+    value: str
+    #: whether the value is also sliced in the loop (so its base can be freed)
+    sliced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Empty:
+    """A loop output buffer, allocated whole before the loop."""
+
+    meta: TensorMeta
+    #: a value whose dtype the buffer takes (so a half-precision input gives a half buffer)
+    dtype_of: str | None
+    #: a value whose device the buffer takes; None: the inputs' device
+    device_of: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows per chunk at run time: `fixed + per_row * rows` within the budget."""
+
+    fixed: sympy.Expr
+    per_row: sympy.Expr
+    planned: int
+    extent: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The chunk's end: `min(start + rows, extent)`."""
+
+    rows: Any
+    extent: Any
+
+
+@dataclass(frozen=True, slots=True)
+class WriteChunk:
+    """Copy a chunk into its rows of the loop's output buffer."""
+
+    buffer: str
+    dim: int
+    chunk: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBuffer:
+    """The forward's write into a module buffer."""
+
+    fqn: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    """The model's outputs, in its output structure."""
+
+    spec: Any
+    values: tuple[Any, ...]
+
+
+Expr = Union[
+    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, Stop, WriteChunk,
+    UpdateBuffer, Return, LoopStep,
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of the forward."""
+
+    #: the name it binds, if any
+    var: str | None
+    #: what it computes
+    expr: Any
+    #: the names it reads
+    reads: frozenset[str] = frozenset()
+    #: the model line it comes from
+    source: Source | None = None
+    #: the names freed right after it (their last use)
+    frees: tuple[str, ...] = ()
+    #: the region whose set-up it is (hoisted values, contiguous copies, output buffers, the
+    #: chunk size), if any
+    region: int | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A chunk loop; the statements before it that belong to its region carry its index."""
+
+    #: index of the region in the plan
+    index: int
+    #: the lowered region
+    lowered: LoopRegion
+    #: the loop's length, a size
+    extent: Any
+    #: rows per chunk: a name bound in `setup`, or the planned size
+    rows: Any
+    #: the body: `stop`, then one statement per step, and the writes into the buffers
+    body: tuple[Statement, ...]
+    #: the names the loop head reads
+    reads: frozenset[str] = frozenset()
+    #: the names freed right after the loop
+    frees: tuple[str, ...] = ()
+    #: graph value -> the name of its chunk, for values made in the loop
+    chunks: dict[str, str] = field(default_factory=dict)
+    #: graph value -> the name of its contiguous copy
+    copies: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Program:
+    """The generated forward, ready to print."""
+
+    #: the forward's parameters
+    params: tuple[str, ...]
+    #: statements and blocks, in order
+    body: tuple[Statement | Block, ...]
+    #: graph value -> its name in the forward (an Attr for parameters and buffers)
+    names: dict[str, Any]
+    #: dynamic-dim symbol -> its name in the forward
+    symbols: dict[sympy.Symbol, str]
+    #: the name whose `.device` new tensors go on ("" when no input is a tensor)
+    device_of: str
+    #: the name of the budget, when loops size their chunks at run time
+    budget: str | None = None
+    #: whether the outputs are built with the model's own output class
+    output_class: bool = False
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return tuple(item for item in self.body if isinstance(item, Block))
+
+
+__all__ = [
+    "CHUNK", "OUTER", "COPY", "Operand", "ChunkLength", "ChunkStart", "LoopStep", "LoopRegion",
+    "Attr", "InputSize", "Budget", "Floor", "Call", "TensorConstant", "Contiguous", "Empty",
+    "Rows", "Stop", "WriteChunk", "UpdateBuffer", "Return", "Statement", "Block", "Program",
+]  # fmt: skip
