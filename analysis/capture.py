@@ -334,3 +334,6 @@ def _dim_names(loaded: LoadedModel) -> dict[tuple[int, int], str]:
             if isinstance(name, str) and name.isidentifier():
                 names[(position, axis)] = name
     return names
+
+
+__all__ = ["build_graph", "capture", "export"]

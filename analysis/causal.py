@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from analysis.dimflow import _same, out_meta, tensor_inputs
+from analysis.dimflow import same_size, out_meta, tensor_inputs
 from analysis.ir import Graph, Node, Ref, storage_roots
 from analysis.ops import dim_rule
 from analysis.plan import Region
@@ -137,7 +137,7 @@ def _fused(graph: Graph, node: Node, dim: int) -> KeyCut | None:
         return None
     mask = graph[node.args[3].name]
     keys = graph[node.args[1].name].tensor.shape[-2]
-    if not _same(mask.tensor.shape[-1], keys, graph) or not _same(
+    if not same_size(mask.tensor.shape[-1], keys, graph) or not same_size(
         mask.tensor.shape[-2], meta.shape[-2], graph
     ):
         return None
@@ -169,7 +169,7 @@ def _written_out(graph: Graph, softmax: Node, loop: dict[str, int]) -> dict[str,
         if current is None or loop.get(current) != rows or graph.users(current) != (chain[-1],):
             return {}
         node = graph[current]
-        if not _same(out_meta(node).shape[-1], keys, graph):
+        if not same_size(out_meta(node).shape[-1], keys, graph):
             return {}
         chain.append(current)
         if node.target in _PRODUCTS:
@@ -210,7 +210,7 @@ def _written_out(graph: Graph, softmax: Node, loop: dict[str, int]) -> dict[str,
                     slots.append((slot, out_meta(graph[ref]).rank - 1))
                 continue
             axis = rule.input_dim(rank - 1, slot) if rule is not None else None
-            if axis is not None and _same(out_meta(graph[ref]).shape[axis], keys, graph):
+            if axis is not None and same_size(out_meta(graph[ref]).shape[axis], keys, graph):
                 slots.append((slot, axis))  # a mask or bias with a column per key
         found[name] = KeyCut(diagonal, tuple(slots))
     return found
@@ -229,7 +229,7 @@ def _scores_operand(graph: Graph, node: Node, loop: dict[str, int]) -> str | Non
         if (
             other.dtype.is_floating_point
             and other.rank == meta.rank
-            and all(_same(x, y, graph) for x, y in zip(other.shape, meta.shape))
+            and all(same_size(x, y, graph) for x, y in zip(other.shape, meta.shape))
         ):
             return name
     return None
@@ -368,7 +368,7 @@ def _kept_trailing(graph: Graph, node: Node) -> _Fact:
     after = out_meta(node).shape
     if len(before) < 2 or len(after) < 2:
         return None
-    if all(_same(a, b, graph) for a, b in zip(before[-2:], after[-2:])):
+    if all(same_size(a, b, graph) for a, b in zip(before[-2:], after[-2:])):
         return fact
     return None
 
@@ -403,6 +403,9 @@ def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
         return fact
     shape = out_meta(graph[value.name]).shape
     out = out_meta(node).shape
-    if len(shape) < 2 or not _same(shape[-1], out[-1], graph):
+    if len(shape) < 2 or not same_size(shape[-1], out[-1], graph):
         return None
     return fact
+
+
+__all__ = ["hidden_above", "truncated_keys"]

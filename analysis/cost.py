@@ -212,4 +212,4 @@ def span_time(graph: Graph, names: tuple[str, ...], machine: Machine) -> float:
     return sum(node_time(graph[name], graph, machine) for name in names)
 
 
-__all__ = ["Machine", "load_machine", "region_time", "span_time", "node_time"]
+__all__ = ["Machine", "gemm_rows", "load_machine", "node_time", "region_time", "span_time"]

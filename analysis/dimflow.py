@@ -66,7 +66,7 @@ class DimRule:
         )
 
 
-def _same(a: Size, b: Size, graph: Graph) -> bool:
+def same_size(a: Size, b: Size, graph: Graph) -> bool:
     """Return whether two sizes are equal for every value of the dynamic dims.
 
     Symbolic sizes are compared at the example sizes and at a second, unrelated point, so
@@ -101,7 +101,7 @@ def _broadcast(node: Node, graph: Graph, slots: list[int] | None = None) -> DimR
             if slots is not None and slot not in slots:
                 continue
             k = j - (len(out) - len(shape))
-            if k >= 0 and _same(shape[k], size, graph):
+            if k >= 0 and same_size(shape[k], size, graph):
                 group.append((slot, k))
         groups.append(tuple(group))
     return DimRule(tuple(groups))
@@ -157,8 +157,8 @@ def bmm_rule(node: Node, graph: Graph) -> DimRule:
 def addmm_rule(node: Node, graph: Graph) -> DimRule:
     bias = _shapes(node, graph)[0]
     out = out_meta(node).shape
-    rows = [(1, 0)] + ([(0, 0)] if len(bias) == 2 and _same(bias[0], out[0], graph) else [])
-    cols = [(2, 1)] + ([(0, len(bias) - 1)] if _same(bias[-1], out[1], graph) else [])
+    rows = [(1, 0)] + ([(0, 0)] if len(bias) == 2 and same_size(bias[0], out[0], graph) else [])
+    cols = [(2, 1)] + ([(0, len(bias) - 1)] if same_size(bias[-1], out[1], graph) else [])
     return DimRule((tuple(rows), tuple(cols)))
 
 
@@ -172,7 +172,7 @@ def matmul_rule(node: Node, graph: Graph) -> DimRule | None:
         group = []
         for slot, shape in ((0, a), (1, b)):
             k = j - (len(out) - len(shape))
-            if k >= 0 and _same(shape[k], out[j], graph):
+            if k >= 0 and same_size(shape[k], out[j], graph):
                 group.append((slot, k))
         groups.append(tuple(group))
     groups.append(((0, len(a) - 2),))
@@ -293,7 +293,7 @@ def expand_rule(node: Node, graph: Graph) -> DimRule:
     groups, resize = [], []
     for j, size in enumerate(out):
         k = j - (len(out) - len(source))
-        moves = k >= 0 and _same(source[k], size, graph)
+        moves = k >= 0 and same_size(source[k], size, graph)
         groups.append(((0, k),) if moves else ())
         resize.append(((1, j),) if moves else ())
     return DimRule(tuple(groups), tuple(resize))
@@ -354,7 +354,7 @@ def index_rule(node: Node, graph: Graph) -> DimRule | None:
         group = []
         for slot, shape in enumerate(shapes, start=1):
             axis = j - (lead - len(shape))
-            if axis >= 0 and _same(shape[axis], out[j], graph):
+            if axis >= 0 and same_size(shape[axis], out[j], graph):
                 group.append((slot, axis))
         groups.append(tuple(group))
     groups.extend(((0, len(indices) + k),) for k in range(len(out) - lead))
@@ -380,7 +380,7 @@ def baddbmm_rule(node: Node, graph: Graph) -> DimRule:
 
     def with_bias(j: int, pairs: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
         k = j - (len(out) - len(bias))
-        if k >= 0 and _same(bias[k], out[j], graph):
+        if k >= 0 and same_size(bias[k], out[j], graph):
             pairs.append((0, k))
         return tuple(pairs)
 
@@ -413,14 +413,16 @@ def einsum_rule(node: Node, graph: Graph) -> DimRule | None:
         group = []
         for slot, (letters, shape) in enumerate(zip(operands, shapes)):
             for k, own in enumerate(expand(letters, len(shape))):
-                if own == letter and _same(shape[k], out_shape[j], graph):
+                if own == letter and same_size(shape[k], out_shape[j], graph):
                     group.append((slot, k))
         groups.append(tuple(group))
     return DimRule(tuple(groups))
 
 
-def group_norm_rule(node: Node, graph: Graph) -> DimRule:
+def group_norm_rule(node: Node, graph: Graph) -> DimRule | None:
     """Statistics span a group's channels and every spatial position: only the batch is free."""
+    if node.target.overloadpacket is aten.native_group_norm:
+        return None  # its batch size is an argument (N), and a resize only reaches list items
     rank = out_meta(node).rank
     return _identity_except(node, graph, set(range(1, rank)))
 
@@ -452,7 +454,9 @@ def conv_rule(node: Node, graph: Graph) -> DimRule | None:
             and _pick(dilation, i) in (1, None)
         )
         groups.append(
-            ((0, axis),) if pointwise and _same(x[axis], out_meta(node).shape[axis], graph) else ()
+            ((0, axis),)
+            if pointwise and same_size(x[axis], out_meta(node).shape[axis], graph)
+            else ()
         )
     return DimRule(tuple(groups))
 
@@ -500,12 +504,15 @@ def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
             if shape is None:
                 continue
             axis = j - (len(out) - len(shape))
-            if axis >= 0 and _same(shape[axis], out[j], graph):
+            if axis >= 0 and same_size(shape[axis], out[j], graph):
                 group.append((slot, axis))
         groups.append(tuple(group))
     rows = [] if causal else [(0, len(q) - 2)]
-    if mask is not None and not causal and len(mask) >= 2 and _same(mask[-2], out[-2], graph):
+    if mask is not None and not causal and len(mask) >= 2 and same_size(mask[-2], out[-2], graph):
         rows.append((3, len(mask) - 2))
     groups.append(tuple(rows))
     groups.append(())  # the value's features: each chunk would recompute all of the attention
     return DimRule(tuple(groups))
+
+
+__all__ = ["DimRule", "out_meta", "same_size", "tensor_inputs"]

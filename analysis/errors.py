@@ -18,3 +18,6 @@ class InternalError(ChunkError):
         super().__init__(message)
         #: path of a temp file holding the offending output, if any
         self.evidence = evidence
+
+
+__all__ = ["InternalError", "UserError"]

@@ -49,3 +49,6 @@ def inplace_operands(graph: Graph, region: Region) -> dict[str, int]:
                 found[name] = slot
                 break
     return found
+
+
+__all__ = ["inplace_operands"]

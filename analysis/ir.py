@@ -176,8 +176,9 @@ class Graph:
     #: the captured graph a rewrite (NOTE [Recomputed values]) started from: the original
     #: model's peak is its peak
     before: "Graph | None" = field(default=None, repr=False, compare=False)
-    #: derived values the passes memoise per graph (dimension rules, statements); the graph
-    #: itself never changes, so they never go stale
+    #: pure functions of the graph cached per graph (dimension rules, storage roots, causal
+    #: facts); the graph never changes, so they never go stale. Never a decision that passes
+    #: must agree on: those are taken once, in the loop program (NOTE [Loop program])
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -294,3 +295,21 @@ def out_meta(node: Node) -> TensorMeta | None:
     if isinstance(node.meta, tuple) and node.meta:
         return node.meta[0]
     return None
+
+
+__all__ = [
+    "Graph",
+    "Meta",
+    "Node",
+    "Ref",
+    "Size",
+    "Source",
+    "Symbol",
+    "TensorMeta",
+    "evaluate",
+    "out_meta",
+    "refs_in",
+    "storage_roots",
+    "tensor_inputs",
+    "value_bytes",
+]

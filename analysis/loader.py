@@ -108,3 +108,6 @@ def load_model_file(path: str | Path) -> LoadedModel:
     return LoadedModel(
         path=path.resolve(), module=model.eval(), inputs=inputs, dynamic_shapes=dynamic, shown=path
     )
+
+
+__all__ = ["LoadedModel", "MODEL_MODULE_PREFIX", "describe", "load_model_file", "model_frame"]

@@ -249,7 +249,7 @@ class _Lowering:
             symbols=dict(self.symbols),
             device_of=self.device_of,
             budget=self.budget,
-            output_class=_has_class(graph.out_spec, graph.model_file),
+            output_class=bool(_classes(graph.out_spec)),
         )
 
     def _budget(self) -> list[Statement]:
@@ -457,10 +457,6 @@ def _check_output_classes(spec: Any, model_file: str) -> None:
                 "model file itself, which the generated module cannot import; define it in an "
                 "importable module, or return a tuple or dict"
             )
-
-
-def _has_class(spec: Any, model_file: str) -> bool:
-    return bool(_classes(spec))
 
 
 __all__ = ["lower", "lower_region"]

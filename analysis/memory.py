@@ -7,7 +7,7 @@ storage is freed right after the last statement that uses any value sharing it, 
 those values is an output. Model inputs, parameters, buffers and constants own zero bytes: they
 exist before the call. The live bytes right after a statement runs are that statement's
 footprint; the peak is the largest footprint. This is what the live-storage tracker in
-`analysis.measure` sees, op by op. A few ops allocate scratch while they run (SDPA turns a bool
+`codegen.measure` sees, op by op. A few ops allocate scratch while they run (SDPA turns a bool
 mask into a float copy of it); a statement's scratch counts in its own footprint only.
 """
 
@@ -280,3 +280,16 @@ def loop_peak(profile: Profile, index: int) -> int:
     """Return the largest footprint inside region `index`'s loop (its setup excluded)."""
     label = region_label(index)
     return max((f for f, l in zip(profile.footprint, profile.labels) if l == label), default=0)
+
+
+__all__ = [
+    "Profile",
+    "estimate_graph",
+    "estimate_plan",
+    "local_region_peak",
+    "loop_peak",
+    "region_label",
+    "region_peak",
+    "region_program",
+    "simulate",
+]

@@ -34,9 +34,6 @@ class Namespace:
         self._taken.add(candidate)
         return candidate
 
-    def reserve(self, name: str) -> None:
-        self._taken.add(name)
-
 
 def value_name(node: Node, graph: Graph) -> str:
     """Return the base of a value's name: its module path and op (`blocks_0_attn_softmax`),
@@ -50,3 +47,6 @@ def value_name(node: Node, graph: Graph) -> str:
     if info(target).names_module and node.module_path:
         return node.module_path
     return f"{node.module_path}_{op}" if node.module_path else op
+
+
+__all__ = ["Namespace", "value_name"]

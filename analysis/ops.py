@@ -139,7 +139,8 @@ def _overloads(op: Any) -> list[Any]:
     for name in op.overloads():
         overload = getattr(op, name)
         schema = overload._schema
-        if any(a.is_out for a in schema.arguments) or name in _SKIPPED_OVERLOADS:
+        skipped = name in _SKIPPED_OVERLOADS or f"{op.__name__}.{name}" in _SKIPPED_OVERLOADS
+        if any(a.is_out for a in schema.arguments) or skipped:
             continue
         if name == "dtype" and op.__name__ in ("view", "mm", "bmm", "addmm", "baddbmm"):
             continue  # a dtype view, and matrix products with an output dtype
@@ -151,8 +152,10 @@ def _overloads(op: Any) -> list[Any]:
     return found
 
 
-#: overload names no rule is meant for: TorchScript's string and sublist forms
-_SKIPPED_OVERLOADS = {"str", "Tensor_hacked_twin", "sublist"}
+#: overload names no rule is meant for: TorchScript's string and sublist forms; and single
+#: overloads ("packet.overload"): `where(condition)` is `nonzero` as a tuple of index vectors,
+#: data-dependent in length and never shaped like its input
+_SKIPPED_OVERLOADS = {"str", "Tensor_hacked_twin", "sublist", "where.default"}
 
 
 def _define(*ops: Any, **properties: Any) -> None:
@@ -425,6 +428,15 @@ for _op, _written in (
 
 
 __all__ = [
-    "OpInfo", "Written", "REGISTRY", "info", "inplace_form", "dim_rule", "PLAIN",
-    "TRANSCENDENTAL", "CONTRACTION", "ALL_BUT_LAST", "SECOND_TO_LAST",
-]  # fmt: skip
+    "ALL_BUT_LAST",
+    "CONTRACTION",
+    "OpInfo",
+    "PLAIN",
+    "REGISTRY",
+    "SECOND_TO_LAST",
+    "TRANSCENDENTAL",
+    "Written",
+    "dim_rule",
+    "info",
+    "inplace_form",
+]

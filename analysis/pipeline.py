@@ -1,16 +1,25 @@
-"""The pipeline, in order: load the model file, capture it, plan the chunk loops."""
+"""The pipeline, in order: load the model file, capture it, recompute shared values, plan the
+chunk loops, lower the plan into the loop program. Each pass's result is kept, so
+`plan --dump` can show the program after every step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from analysis.capture import capture
 from analysis.ir import Graph
 from analysis.loader import LoadedModel, load_model_file
+from analysis.lower import lower
 from analysis.plan import ChunkPlan
+from analysis.program import Program
 from analysis.remat import rematerialized
 from analysis.select import Progress, Target, plan_for_range
+from analysis.symbolic import plan_formulas
+
+#: The passes, in order; `Planned.passes` records each one's result under these names.
+PASSES = ("capture", "recompute", "select", "lower")
 
 
 @dataclass(frozen=True)
@@ -18,23 +27,45 @@ class Planned:
     """Everything the pipeline produced for one model file."""
 
     loaded: LoadedModel
+    #: the graph the plan is for: as captured, or with shared values recomputed
     graph: Graph
     plan: ChunkPlan
+    #: the plan lowered into the program the generated forward prints
+    program: Program
+    #: (pass name, its result) in order; "recompute" holds None when no rewrite was kept
+    passes: tuple[tuple[str, Any], ...] = ()
+
+    def with_plan(self, plan: ChunkPlan) -> Planned:
+        """Return the same model with another plan of its graph (a tuned variant), lowered."""
+        program = lower_plan(self.graph, plan)
+        passes = tuple(
+            (name, plan if name == "select" else program if name == "lower" else value)
+            for name, value in self.passes
+        )
+        return replace(self, plan=plan, program=program, passes=passes)
 
 
-#: The analysis stages, in order; each consumes the previous one's result.
-PIPELINE = ("load_model_file", "capture", "rematerialized", "plan_for_range")
+def lower_plan(graph: Graph, plan: ChunkPlan) -> Program:
+    """Return the loop program of a plan, with its run-time chunk-size formulas."""
+    return lower(graph, plan, plan_formulas(graph, plan))
 
 
 def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
     """Run the analysis pipeline on a model file."""
     loaded = load_model_file(path)
     graph = capture(loaded)
+    captured = graph
     plan = plan_for_range(graph, target, progress)
     recomputing = rematerialized(graph)
+    kept = None
     if recomputing is not None:  # NOTE [Recomputed values]: kept only when the peak falls
         other = plan_for_range(recomputing, target)
         unit = max(plan.original_peak_bytes // 100, 1)
         if other.planned_peak_bytes // unit < plan.planned_peak_bytes // unit:
-            graph, plan = recomputing, other
-    return Planned(loaded, graph, plan)
+            graph, plan, kept = recomputing, other, recomputing
+    program = lower_plan(graph, plan)
+    passes = tuple(zip(PASSES, (captured, kept, plan, program), strict=True))
+    return Planned(loaded, graph, plan, program, passes)
+
+
+__all__ = ["PASSES", "Planned", "plan_model"]

@@ -156,3 +156,6 @@ def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
         "where": describe_lines(region, graph),
         "estimated_peak_bytes": peak,
     }
+
+
+__all__ = ["ChunkPlan", "Region", "describe_lines", "in_dim_names", "region_dim", "symbol_name"]

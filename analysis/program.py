@@ -234,7 +234,7 @@ class Statement:
     #: the name it binds, if any
     var: str | None
     #: what it computes
-    expr: Any
+    expr: Expr
     #: the names it reads
     reads: frozenset[str] = frozenset()
     #: the model line it comes from
@@ -295,7 +295,28 @@ class Program:
 
 
 __all__ = [
-    "CHUNK", "OUTER", "COPY", "Operand", "ChunkLength", "ChunkStart", "LoopStep", "LoopRegion",
-    "Attr", "InputSize", "Budget", "Floor", "Call", "TensorConstant", "Contiguous", "Empty",
-    "Rows", "Stop", "WriteChunk", "UpdateBuffer", "Return", "Statement", "Block", "Program",
-]  # fmt: skip
+    "CHUNK",
+    "COPY",
+    "OUTER",
+    "Attr",
+    "Block",
+    "Budget",
+    "Call",
+    "ChunkLength",
+    "ChunkStart",
+    "Contiguous",
+    "Empty",
+    "Floor",
+    "InputSize",
+    "LoopRegion",
+    "LoopStep",
+    "Operand",
+    "Program",
+    "Return",
+    "Rows",
+    "Statement",
+    "Stop",
+    "TensorConstant",
+    "UpdateBuffer",
+    "WriteChunk",
+]

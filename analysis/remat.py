@@ -152,3 +152,6 @@ def _without(graph: Graph, dropped: set[str]) -> Graph:
             keep.append(node)
             live.update(node.refs())
     return replace(graph, nodes=tuple(reversed(keep)), memo={})
+
+
+__all__ = ["rematerialized"]

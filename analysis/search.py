@@ -265,3 +265,6 @@ def grow(
                 seen.add(move)
                 queue.append(move)
     return found
+
+
+__all__ = ["chunkable_dims", "grow"]

@@ -310,4 +310,4 @@ def _seeds(graph: Graph, names: list[str], first: int, position: int, peak: str)
     return [peak, *nearby[:SEEDS]]
 
 
-__all__ = ["Target", "make_plan", "region_label"]
+__all__ = ["Progress", "Target", "make_plan", "plan_for_range", "rescaled"]

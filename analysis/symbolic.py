@@ -141,4 +141,4 @@ def _close(predicted: float, actual: int) -> bool:
     return abs(predicted - actual) <= TOLERANCE * max(actual, 1) + 64
 
 
-__all__ = ["Formula", "Formulas", "plan_formulas", "rehinted"]
+__all__ = ["Formulas", "plan_formulas", "rehinted"]

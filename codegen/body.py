@@ -438,4 +438,4 @@ def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
     return out
 
 
-__all__ = ["ForwardPrinter", "to_cst", "format_bytes"]
+__all__ = ["ForwardPrinter", "format_bytes", "to_cst"]

@@ -8,22 +8,20 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from analysis.errors import InternalError, UserError
-from analysis.lower import lower
-from analysis.pipeline import Planned, plan_model
-from analysis.plan import ChunkPlan, in_dim_names
+from analysis.dump import format_pass
+from analysis.pipeline import PASSES, plan_model
+from analysis.plan import in_dim_names
 from analysis.select import Target
 from analysis.symbolic import plan_formulas
 from codegen.body import format_bytes
-from codegen.emit import Emitted, emit_module
+from codegen.generate import Status, generate
 from codegen.plot import plot_plan
-from codegen.tune import tune as tune_plan
 from codegen.verify import measure_pair, verify
 
 _UNITS = {
@@ -75,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("model", help="model file defining make_model() and make_inputs()")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.add_argument(
+        "--dump",
+        nargs="?",
+        const="all",
+        choices=("all", *PASSES),
+        metavar="PASS",
+        help="print the result of each pass (or one of: " + ", ".join(PASSES) + ")",
+    )
+    plan.add_argument(
         "--plot",
         metavar="FILE.png",
         help="also draw the estimated memory over the forward pass, original against planned",
@@ -95,66 +101,6 @@ def target_of(args: argparse.Namespace) -> tuple[Target, str]:
         )
     ratio = args.memory_ratio if args.memory_ratio is not None else 0.2
     return Target(ratio=ratio), f"--memory-ratio {ratio:g}"
-
-
-class Status:
-    """One self-overwriting status line on stderr, shown only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self._width = 0
-
-    def show(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + text.ljust(self._width))
-            sys.stderr.flush()
-            self._width = len(text)
-
-    def planning(self, stage: int, peak: int, budget: int) -> None:
-        self.show(
-            f"planning: stage {stage + 1}, peak {format_bytes(peak)}, target {format_bytes(budget)}"
-        )
-
-    def done(self) -> None:
-        if self.enabled and self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
-            sys.stderr.flush()
-            self._width = 0
-
-
-def generate(
-    model: str | Path, target: Target, flag: str, status: Status | None = None, tune: bool = False
-) -> tuple[Planned, Emitted]:
-    """Plan and emit a model file; the returned source has not been verified."""
-    status = status or Status()
-    status.show("capturing the model with torch.export")
-    planned = plan_model(model, target, status.planning)
-    name = Path(model).name
-    described = (
-        f"{format_bytes(target.budget_bytes)} budget"
-        if target.budget_bytes is not None
-        else f"{target.ratio:.0%} of the original estimated peak "
-        f"({format_bytes(planned.plan.budget_bytes)})"
-    )
-
-    def emit(plan: ChunkPlan) -> Emitted:
-        return emit_module(
-            planned.graph,
-            plan,
-            planned.loaded.module,
-            command=f"python -m codegen emit {name} {flag}",
-            target=described,
-            program=lower(planned.graph, plan, plan_formulas(planned.graph, plan)),
-            budget=target.budget_bytes,
-        )
-
-    if tune:
-        plan, emitted = tune_plan(planned, emit, report=lambda line: status.show(f"tuning: {line}"))
-        planned = replace(planned, plan=plan)
-    else:
-        emitted = emit(planned.plan)
-    status.done()
-    return planned, emitted
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -218,6 +164,12 @@ def _plan(args: argparse.Namespace) -> int:
     planned = plan_model(args.model, target, status.planning)
     status.done()
     plan, graph = planned.plan, planned.graph
+    if args.dump:
+        for name, value in planned.passes:
+            if args.dump in ("all", name):
+                print(f"=== {name} ===")
+                print(format_pass(name, value, graph))
+        return 0
     if args.plot:
         title = (
             f"{Path(args.model).name}: estimated peak {format_bytes(plan.original_peak_bytes)} -> "
@@ -293,3 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+
+
+__all__ = ["main"]

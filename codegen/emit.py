@@ -123,3 +123,6 @@ def emit_module(
 def format_source(source: str) -> str:
     """Format with black; the result is stable under a second pass."""
     return black.format_str(source, mode=black.Mode())
+
+
+__all__ = ["Emitted", "emit_module"]

@@ -214,3 +214,6 @@ def render_call(op: Any, arg: ArgFn) -> str:
     from its rendered arguments, in the form the registry gives it."""
     rendered = [arg(value) for value in op.args]
     return _renderer(info(op.target).written)(op, rendered, arg)
+
+
+__all__ = ["literal", "render_call"]

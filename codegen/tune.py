@@ -9,7 +9,6 @@ from typing import Any, Callable
 import torch
 
 from analysis.pipeline import Planned
-from analysis.plan import ChunkPlan
 from analysis.select import rescaled
 from codegen.emit import Emitted
 from codegen.verify import import_source, instantiate
@@ -31,13 +30,13 @@ def _seconds(module: torch.nn.Module, inputs: tuple[Any, ...], repeats: int) -> 
 
 def tune(
     planned: Planned,
-    emit: Callable[[ChunkPlan], Emitted],
+    emit: Callable[[Planned], Emitted],
     repeats: int = 3,
     report: Callable[[str], None] = lambda line: None,
-) -> tuple[ChunkPlan, Emitted]:
+) -> tuple[Planned, Emitted]:
     """Return the fastest variant that still meets the target the plan met, and its source."""
     graph, loaded = planned.graph, planned.loaded
-    tried: dict[tuple[int, ...], tuple[float, ChunkPlan, Emitted]] = {}
+    tried: dict[tuple[int, ...], tuple[float, Planned, Emitted]] = {}
     for factor in FACTORS:
         plan = planned.plan if factor == 1.0 else rescaled(graph, planned.plan, factor)
         if plan is None:
@@ -45,11 +44,15 @@ def tune(
         sizes = tuple(region.chunk_size for region in plan.regions)
         if sizes in tried:
             continue
-        emitted = emit(plan)
+        variant = planned if plan is planned.plan else planned.with_plan(plan)
+        emitted = emit(variant)
         module, path = import_source(emitted.source)
         seconds = _seconds(instantiate(module, loaded.module), loaded.inputs, repeats)
         path.unlink()
         report(f"chunk sizes x{factor:g}: {seconds * 1e3:.1f} ms")
-        tried[sizes] = (seconds, plan, emitted)
-    _, plan, emitted = min(tried.values(), key=lambda entry: entry[0])
-    return plan, emitted
+        tried[sizes] = (seconds, variant, emitted)
+    _, variant, emitted = min(tried.values(), key=lambda entry: entry[0])
+    return variant, emitted
+
+
+__all__ = ["tune"]

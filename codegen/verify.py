@@ -14,7 +14,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from analysis.errors import InternalError
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 
 #: tolerances of Contract 3 (float32)
 RTOL = 1e-4
@@ -97,3 +97,6 @@ def measure_pair(
 ) -> tuple[int, int]:
     """Return the measured activation peaks of the original and the generated module."""
     return measure_peak(original, inputs), measure_peak(generated, inputs)
+
+
+__all__ = ["compare", "import_source", "instantiate", "measure_pair", "verify"]

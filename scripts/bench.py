@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils._pytree import tree_map  # noqa: E402
 
-from analysis.measure import measure_peak  # noqa: E402
+from codegen.measure import measure_peak  # noqa: E402
 from analysis.select import Target  # noqa: E402
 from analysis.symbolic import plan_formulas  # noqa: E402
 from codegen.body import format_bytes  # noqa: E402
-from codegen.cli import generate  # noqa: E402
+from codegen.generate import generate  # noqa: E402
 from codegen.verify import compare, verify  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402

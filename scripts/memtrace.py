@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from analysis.capture import build_graph, export  # noqa: E402
 from analysis.loader import load_model_file  # noqa: E402
-from analysis.measure import LiveStorageTracker, measure_peak  # noqa: E402
+from codegen.measure import LiveStorageTracker, measure_peak  # noqa: E402
 from analysis.memory import estimate_graph  # noqa: E402
 
 

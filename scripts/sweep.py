@@ -18,10 +18,11 @@ from typing import Any
 
 from analysis.capture import capture
 from analysis.loader import load_model_file
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 from analysis.memory import estimate_graph
 from analysis.select import Target, make_plan
-from codegen.cli import generate, main
+from codegen.cli import main
+from codegen.generate import generate
 from codegen.verify import import_source, instantiate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analysis.select import Target  # noqa: E402
-from codegen.cli import generate  # noqa: E402
+from codegen.generate import generate  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 GENERATED = ROOT / "generated"

@@ -13,7 +13,7 @@ import torch
 
 from analysis.causal import hidden_above, truncated_keys
 from analysis.ir import Graph
-from codegen.cli import generate
+from codegen.generate import generate
 from codegen.verify import verify
 from analysis.select import Target
 from tests.test_dimflow import Fn, capture

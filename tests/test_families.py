@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from analysis.capture import export
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 from analysis.select import Target
-from codegen.cli import generate
+from codegen.generate import generate
 from codegen.verify import compare, import_source, instantiate
 from tests.conftest import EXAMPLES
 

@@ -9,7 +9,7 @@ import black
 import pytest
 
 from analysis.select import Target
-from codegen.cli import generate
+from codegen.generate import generate
 from tests.conftest import EXAMPLES, GENERATED
 
 REFRESH = "python scripts/regenerate.py"

@@ -11,7 +11,7 @@ import pytest
 from analysis.capture import capture
 from analysis.inplace import inplace_operands
 from analysis.loader import load_model_file
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 from analysis.select import Target, make_plan
 from analysis.lower import lower
 from codegen.emit import emit_module

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from analysis.loader import load_model_file
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 from codegen import cli
 from codegen.verify import compare, import_source, instantiate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis.measure import LiveStorageTracker, measure_peak
+from codegen.measure import LiveStorageTracker, measure_peak
 from codegen.verify import import_source, instantiate
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from analysis.loader import load_model_file
-from analysis.measure import measure_peak
-from codegen import cli
+from codegen.measure import measure_peak
+from codegen import cli, generate
 from codegen.verify import compare, import_source, instantiate
 
 SELF_ATTENTION = """
@@ -78,14 +78,14 @@ def test_no_verify_skips_the_check(model_file: Path, tmp_path, monkeypatch) -> N
 def test_wrong_code_is_an_internal_error_that_keeps_the_evidence(
     model_file: Path, tmp_path, monkeypatch, capsys
 ) -> None:
-    real = cli.emit_module
+    real = generate.emit_module
 
     def broken(*args, **kwargs):
         emitted = real(*args, **kwargs)
         wrong = emitted.source.replace("torch.softmax(", "torch.log_softmax(")
         return type(emitted)(wrong, emitted.class_name)
 
-    monkeypatch.setattr(cli, "emit_module", broken)
+    monkeypatch.setattr(generate, "emit_module", broken)
     out = tmp_path / "out"
     assert cli.main(["emit", str(model_file), "--out", str(out)]) == 3
     err = capsys.readouterr().err.strip()

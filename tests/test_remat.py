@@ -11,7 +11,7 @@ import torch
 
 from analysis.capture import capture
 from analysis.loader import load_model_file
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 from analysis.memory import estimate_graph
 from analysis.pipeline import plan_model
 from analysis.remat import rematerialized

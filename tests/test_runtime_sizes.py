@@ -11,7 +11,7 @@ import torch
 
 from analysis.capture import capture
 from analysis.loader import load_model_file
-from analysis.measure import measure_peak
+from codegen.measure import measure_peak
 from analysis.memory import estimate_plan, loop_peak
 from analysis.select import Target, make_plan, plan_for_range
 from analysis.symbolic import plan_formulas, rehinted

@@ -74,3 +74,6 @@ def measure_peak(fn: Callable[..., Any], inputs: tuple[Any, ...]) -> int:
         out = _call(fn, inputs)
     del out
     return tracker.peak_bytes
+
+
+__all__ = ["LiveStorageTracker", "measure_peak"]

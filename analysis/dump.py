@@ -1,0 +1,238 @@
+"""Text dumps of each pass's result, for `python -m codegen plan MODEL.py --dump [PASS]`.
+
+The graph prints one node a line; the plan, one region a line; the loop program, every
+statement with the decisions lowering took for it: how each operand is read (the loop's own
+chunk, the chunk's rows of an outer value, the value whole, its contiguous copy), the keys a
+causal mask lets it skip, the in-place write, and the names freed after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+
+from analysis.ir import Graph, Node, Ref, TensorMeta
+from analysis.plan import ChunkPlan, describe_lines, in_dim_names
+from analysis.program import (
+    CHUNK,
+    COPY,
+    Attr,
+    Block,
+    Budget,
+    Call,
+    ChunkLength,
+    ChunkStart,
+    Contiguous,
+    Empty,
+    Floor,
+    InputSize,
+    LoopStep,
+    Operand,
+    Program,
+    Return,
+    Rows,
+    Statement,
+    Stop,
+    TensorConstant,
+    UpdateBuffer,
+    WriteChunk,
+)
+
+
+def _target(target: Any) -> str:
+    name = str(target)
+    return getattr(target, "__name__", name) if name.startswith("<") else name
+
+
+def _meta(meta: Any, graph: Graph) -> str:
+    if isinstance(meta, TensorMeta):
+        dims = ", ".join(_size(s, graph) for s in meta.shape)
+        return f"{str(meta.dtype).removeprefix('torch.')}[{dims}]"
+    if isinstance(meta, tuple):
+        return "(" + ", ".join(_meta(m, graph) for m in meta) + ")"
+    return "" if meta is None else _size(meta, graph)
+
+
+def _size(size: Any, graph: Graph) -> str:
+    return in_dim_names(size, graph) if isinstance(size, sympy.Expr) else str(size)
+
+
+def _arg(value: Any, graph: Graph, names: dict[str, Any] | None = None, block: Any = None) -> str:
+    if isinstance(value, Ref):
+        found = names.get(value.name, value.name) if names else value.name
+        return f"self.{found.fqn}" if isinstance(found, Attr) else str(found)
+    if isinstance(value, Operand):
+        return _operand(value, names, block)
+    if isinstance(value, ChunkLength):
+        return "<stop-start>"
+    if isinstance(value, ChunkStart):
+        return f"<{value.base}{'+' if value.sign > 0 else '-'}start>"
+    if isinstance(value, sympy.Expr):
+        return _size(value, graph)
+    if isinstance(value, list):
+        return "[" + ", ".join(_arg(v, graph, names, block) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_arg(v, graph, names, block) for v in value) + ")"
+    return repr(value)
+
+
+def _operand(read: Operand, names: dict[str, Any] | None, block: Block | None) -> str:
+    """`chunk(x)`: the loop's own chunk; `copy(x)`: the contiguous copy; `[rows@d]`: the
+    chunk's rows along dim d; `[keys@d]`: only the keys the chunk can see along dim d."""
+    name: Any = read.value
+    if block is not None and read.source == CHUNK:
+        name = block.chunks.get(name, name)
+    elif block is not None and read.source == COPY:
+        name = block.copies.get(name, name)
+    elif names:
+        found = names.get(name, name)
+        name = f"self.{found.fqn}" if isinstance(found, Attr) else found
+    text = {CHUNK: f"chunk({name})", COPY: f"copy({name})"}.get(read.source, name)
+    cuts = []
+    if read.rows is not None:
+        cuts.append(f"rows@{read.rows}")
+    if read.keys is not None:
+        cuts.append(f"keys@{read.keys}")
+    return f"{text}[{', '.join(cuts)}]" if cuts else text
+
+
+def _call(
+    target: Any, args: Any, kwargs: Any, graph: Graph, names: Any = None, block: Any = None
+) -> str:
+    parts = [_arg(a, graph, names, block) for a in args]
+    parts += [f"{k}={_arg(v, graph, names, block)}" for k, v in kwargs]
+    return f"{_target(target)}({', '.join(parts)})"
+
+
+def format_graph(graph: Graph) -> str:
+    """Return the graph, one node a line: `name: layout = op(args)  # file:line`."""
+    lines = []
+    for node in graph.nodes:
+        layout = _meta(node.meta, graph)
+        if node.kind != "op":
+            lines.append(f"{node.name}: {layout} = {node.kind} {node.target}")
+            continue
+        where = f"  # {node.source.cite()}" if node.source else ""
+        lines.append(f"{node.name}: {layout} = {_node(node, graph)}{where}")
+    outputs = ", ".join(_arg(v, graph) for v in graph.outputs)
+    lines.append(f"return {outputs}")
+    return "\n".join(lines)
+
+
+def _node(node: Node, graph: Graph) -> str:
+    return _call(node.target, node.args, node.kwargs, graph)
+
+
+def format_plan(plan: ChunkPlan, graph: Graph) -> str:
+    """Return the plan, one region a line."""
+    lines = [
+        f"original peak {plan.original_peak_bytes} B, planned {plan.planned_peak_bytes} B, "
+        f"budget {plan.budget_bytes} B"
+    ]
+    for index, region in enumerate(plan.regions, 1):
+        loop = ", ".join(f"{name}@{dim}" for name, dim in region.loop)
+        lines.append(
+            f"region {index}: {describe_lines(region, graph)}, extent "
+            f"{_size(region.extent, graph)}, chunk {region.chunk_size}"
+        )
+        lines.append(f"  loop: {loop}")
+        for label, values in (
+            ("hoisted", region.hoisted),
+            ("sliced", [f"{n}@{d}" for n, d in region.slices]),
+            ("buffers", [f"{n}@{d}" for n, d in region.outputs]),
+            ("copied contiguous", region.materialized),
+        ):
+            if values:
+                lines.append(f"  {label}: {', '.join(values)}")
+    return "\n".join(lines)
+
+
+def format_program(program: Program, graph: Graph) -> str:
+    """Return the loop program, one statement a line, loops indented."""
+    lines: list[str] = [f"forward({', '.join(program.params)}):"]
+    for item in program.body:
+        if isinstance(item, Block):
+            lines.extend(_block(item, program, graph))
+        else:
+            lines.append("  " + _statement(item, program, graph))
+    return "\n".join(lines)
+
+
+def _block(block: Block, program: Program, graph: Graph) -> list[str]:
+    extent = _arg(block.extent, graph)
+    head = f"  for start in range(0, {extent}, {block.rows}):  # region {block.index + 1}"
+    body = ["    " + _statement(s, program, graph, block) for s in block.body]
+    frees = [f"  del {', '.join(block.frees)}"] if block.frees else []
+    return [head, *body, *frees]
+
+
+def _statement(
+    statement: Statement, program: Program, graph: Graph, block: Block | None = None
+) -> str:
+    expr, names = statement.expr, program.names
+    if isinstance(expr, LoopStep):
+        text = _call(expr.target, expr.args, expr.kwargs, graph, names, block)
+        notes = [f"{expr.node}, chunked along dim {expr.dim}"]
+        if expr.inplace is not None:
+            notes.append(f"in place on slot {expr.inplace}")
+        if expr.keys is not None:
+            notes.append(f"keys < stop{expr.keys:+d}")
+    else:
+        text, notes = _plain(expr, program, graph), []
+    if statement.region is not None:
+        notes.append(f"region {statement.region + 1} set-up")
+    if statement.frees:
+        notes.append(f"frees {', '.join(statement.frees)}")
+    bound = f"{statement.var} = " if statement.var else ""
+    return f"{bound}{text}" + (f"  # {'; '.join(notes)}" if notes else "")
+
+
+def _plain(expr: Any, program: Program, graph: Graph) -> str:
+    names = program.names
+    if isinstance(expr, Call):
+        return _call(expr.target, expr.args, expr.kwargs, graph, names)
+    if isinstance(expr, InputSize):
+        return f"size({expr.input}, axis={expr.axis}, offset={expr.offset}, scale={expr.scale})"
+    if isinstance(expr, Budget):
+        floor = f", floor={expr.floor}" if expr.floor else ""
+        original = _size(expr.original_peak, graph)
+        return f"budget(share={expr.share:.4g}, original={original}, example={expr.example}{floor})"
+    if isinstance(expr, Floor):
+        return f"floor({', '.join(_size(t, graph) for t in expr.terms)})"
+    if isinstance(expr, TensorConstant):
+        return f"tensor({_meta(expr.meta, graph)})"
+    if isinstance(expr, Contiguous):
+        return f"contiguous({_arg(Ref(expr.value), graph, names)})"
+    if isinstance(expr, Empty):
+        return f"empty({_meta(expr.meta, graph)}, dtype_of={expr.dtype_of}, device_of={expr.device_of})"
+    if isinstance(expr, Rows):
+        return (
+            f"rows(budget, fixed={_size(expr.fixed, graph)}, per_row={_size(expr.per_row, graph)}, "
+            f"cpu={expr.planned}, extent={_arg(expr.extent, graph)})"
+        )
+    if isinstance(expr, Stop):
+        return f"min(start + {expr.rows}, {_arg(expr.extent, graph)})"
+    if isinstance(expr, WriteChunk):
+        return f"write({expr.buffer}@{expr.dim}, {expr.chunk})"
+    if isinstance(expr, UpdateBuffer):
+        return f"update(self.{expr.fqn}, {_arg(Ref(expr.value), graph, names)})"
+    if isinstance(expr, Return):
+        return f"return {', '.join(_arg(v, graph, names) for v in expr.values)}"
+    raise TypeError(f"cannot dump {type(expr).__name__}")
+
+
+def format_pass(name: str, value: Any, graph: Graph) -> str:
+    """Return one pass's result as text."""
+    if value is None:
+        return "(no rewrite kept: the plan is for the graph as captured)"
+    if isinstance(value, Graph):
+        return format_graph(value)
+    if isinstance(value, ChunkPlan):
+        return format_plan(value, graph)
+    if isinstance(value, Program):
+        return format_program(value, graph)
+    raise TypeError(f"cannot dump the result of pass {name}")
+
+
+__all__ = ["format_pass"]

@@ -1,0 +1,76 @@
+"""Plan and emit a model file: the pipeline's result printed as a module, not yet verified."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from analysis.pipeline import Planned, plan_model
+from analysis.select import Target
+from codegen.body import format_bytes
+from codegen.emit import Emitted, emit_module
+from codegen.tune import tune as tune_plan
+
+
+class Status:
+    """One self-overwriting status line on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + text.ljust(self._width))
+            sys.stderr.flush()
+            self._width = len(text)
+
+    def planning(self, stage: int, peak: int, budget: int) -> None:
+        self.show(
+            f"planning: stage {stage + 1}, peak {format_bytes(peak)}, target {format_bytes(budget)}"
+        )
+
+    def done(self) -> None:
+        if self.enabled and self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+            self._width = 0
+
+
+def generate(
+    model: str | Path, target: Target, flag: str, status: Status | None = None, tune: bool = False
+) -> tuple[Planned, Emitted]:
+    """Plan and emit a model file; the returned source has not been verified."""
+    status = status or Status()
+    status.show("capturing the model with torch.export")
+    planned = plan_model(model, target, status.planning)
+    name = Path(model).name
+    described = (
+        f"{format_bytes(target.budget_bytes)} budget"
+        if target.budget_bytes is not None
+        else f"{target.ratio:.0%} of the original estimated peak "
+        f"({format_bytes(planned.plan.budget_bytes)})"
+    )
+
+    def emit(variant: Planned) -> Emitted:
+        return emit_module(
+            variant.graph,
+            variant.plan,
+            variant.loaded.module,
+            command=f"python -m codegen emit {name} {flag}",
+            target=described,
+            program=variant.program,
+            budget=target.budget_bytes,
+        )
+
+    if tune:
+        planned, emitted = tune_plan(
+            planned, emit, report=lambda line: status.show(f"tuning: {line}")
+        )
+    else:
+        emitted = emit(planned)
+    status.done()
+    return planned, emitted
+
+
+__all__ = ["Status", "generate"]
