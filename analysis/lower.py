@@ -153,6 +153,7 @@ class _Lowering:
     def __init__(self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> None:
         self.graph = graph
         self.plan = plan
+        self.given = formulas
         self.formulas = formulas if formulas and any(formulas.regions) else None
         self.ns = Namespace()
         self.names: dict[str, Any] = {}
@@ -250,6 +251,7 @@ class _Lowering:
             device_of=self.device_of,
             budget=self.budget,
             output_class=bool(_classes(graph.out_spec)),
+            formulas=self.given,
         )
 
     def _budget(self) -> list[Statement]:

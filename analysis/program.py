@@ -288,6 +288,8 @@ class Program:
     budget: str | None = None
     #: whether the outputs are built with the model's own output class
     output_class: bool = False
+    #: the run-time chunk-size formulas the loops were lowered with, if any
+    formulas: Any = None
 
     @property
     def blocks(self) -> tuple[Block, ...]:

@@ -18,7 +18,6 @@ from analysis.dump import format_pass
 from analysis.pipeline import PASSES, plan_model
 from analysis.plan import in_dim_names
 from analysis.select import Target
-from analysis.symbolic import plan_formulas
 from codegen.body import format_bytes
 from codegen.generate import Status, generate
 from codegen.plot import plot_plan
@@ -176,7 +175,7 @@ def _plan(args: argparse.Namespace) -> int:
             f"{format_bytes(plan.planned_peak_bytes)}, {len(plan.regions)} chunk loop(s)"
         )
         plot_plan(graph, plan, Path(args.plot), title)
-    formulas = plan_formulas(graph, plan)
+    formulas = planned.program.formulas
 
     def formula_of(index: int) -> dict[str, str] | None:
         found = formulas.regions[index] if formulas is not None else None

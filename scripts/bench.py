@@ -26,7 +26,6 @@ from torch.utils._pytree import tree_map  # noqa: E402
 
 from codegen.measure import measure_peak  # noqa: E402
 from analysis.select import Target  # noqa: E402
-from analysis.symbolic import plan_formulas  # noqa: E402
 from codegen.body import format_bytes  # noqa: E402
 from codegen.generate import generate  # noqa: E402
 from codegen.verify import compare, verify  # noqa: E402
@@ -110,7 +109,7 @@ def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any
     symbol = planned.graph.symbols[0]
     (formula, region), *_ = [
         pair
-        for pair in zip(plan_formulas(planned.graph, planned.plan).regions, planned.plan.regions)
+        for pair in zip(planned.program.formulas.regions, planned.plan.regions)
         if pair[0] is not None
     ]
     rows_of = sys.modules[type(chunked).__module__]._rows  # the generated module's own helper
