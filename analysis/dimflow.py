@@ -139,7 +139,13 @@ def dropout_rule(node: Node, graph: Graph) -> DimRule | None:
     return _broadcast(node, graph) if train is False else None
 
 
-def linear_rule(node: Node, graph: Graph) -> DimRule:
+def linear_rule(node: Node, graph: Graph) -> DimRule | None:
+    shapes = _shapes(node, graph)
+    out = out_meta(node).shape
+    if len(shapes[1]) != 2 or (
+        len(shapes) > 2 and (len(shapes[2]) != 1 or not same_size(shapes[2][0], out[-1], graph))
+    ):
+        return None  # a vector weight drops the features; a broadcast bias is read whole
     rank = out_meta(node).rank
     groups: list[tuple[tuple[int, int], ...]] = [((0, j),) for j in range(rank - 1)]
     last = [(1, 0)] + ([(2, 0)] if len(tensor_inputs(node, graph)) > 2 else [])
@@ -158,7 +164,7 @@ def addmm_rule(node: Node, graph: Graph) -> DimRule:
     bias = _shapes(node, graph)[0]
     out = out_meta(node).shape
     rows = [(1, 0)] + ([(0, 0)] if len(bias) == 2 and same_size(bias[0], out[0], graph) else [])
-    cols = [(2, 1)] + ([(0, len(bias) - 1)] if same_size(bias[-1], out[1], graph) else [])
+    cols = [(2, 1)] + ([(0, len(bias) - 1)] if bias and same_size(bias[-1], out[1], graph) else [])
     return DimRule((tuple(rows), tuple(cols)))
 
 
@@ -397,6 +403,8 @@ def einsum_rule(node: Node, graph: Graph) -> DimRule | None:
     shapes = _shapes(node, graph)
     if len(operands) != len(shapes):
         return None
+    if any(len(set(o.replace("...", ""))) < len(o.replace("...", "")) for o in operands):
+        return None  # a letter twice in one operand takes a diagonal: both dims cut at once
     out_shape = out_meta(node).shape
     ellipsis = max(
         (len(s) - len(o.replace("...", "")) for o, s in zip(operands, shapes)), default=0
@@ -436,6 +444,8 @@ def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     groups_arg = _schema_arg(node, "groups", 1)
     if node.target.overloadpacket is aten.convolution and _schema_arg(node, "transposed", False):
         return None
+    if len(x) < len(weight):
+        return None  # an unbatched input: its first dim is the channels
     stride = _schema_arg(node, "stride", [1])
     padding = _schema_arg(node, "padding", [0])
     dilation = _schema_arg(node, "dilation", [1])
@@ -497,9 +507,13 @@ def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
     mask = shapes[3] if len(shapes) > 3 else None
     out = out_meta(node).shape
     causal = _schema_arg(node, "is_causal", False)
+    gqa = _schema_arg(node, "enable_gqa", False)
     groups = []
     for j in range(len(out) - 2):
         group = []
+        if gqa and j == len(out) - 3:  # query head h reads key head h // (heads / key heads)
+            groups.append(())
+            continue
         for slot, shape in ((0, q), (1, k), (2, v), (3, mask)):
             if shape is None:
                 continue

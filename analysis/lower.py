@@ -153,8 +153,10 @@ class _Lowering:
     def __init__(self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> None:
         self.graph = graph
         self.plan = plan
-        self.given = formulas
-        self.formulas = formulas if formulas and any(formulas.regions) else None
+        self.formulas = formulas
+        #: the formulas when at least one loop sizes its chunks at run time (NOTE [Run-time
+        #: chunk sizes]); then the forward computes a budget
+        self.runtime = formulas if formulas and any(formulas.regions) else None
         self.ns = Namespace()
         self.names: dict[str, Any] = {}
         self.symbols: dict[sympy.Symbol, str] = {}
@@ -225,7 +227,7 @@ class _Lowering:
             self.symbols[symbol.symbol] = var
             size = InputSize(self.names[symbol.input], symbol.axis, symbol.offset, symbol.scale)
             body.append(Statement(var, size, frozenset()))
-        if self.formulas is not None:
+        if self.runtime is not None:
             body.extend(self._budget())
         starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
         covered = {name for region in self.plan.regions for name in region.span}
@@ -251,11 +253,11 @@ class _Lowering:
             device_of=self.device_of,
             budget=self.budget,
             output_class=bool(_classes(graph.out_spec)),
-            formulas=self.given,
+            formulas=self.formulas,
         )
 
     def _budget(self) -> list[Statement]:
-        plan, formulas = self.plan, self.formulas
+        plan, formulas = self.plan, self.runtime
         assert formulas is not None
         share = plan.budget_bytes / max(plan.original_peak_bytes, 1)
         self.budget = self.ns.create("budget")
@@ -330,7 +332,7 @@ class _Lowering:
                 reads.add(self.device_of)
             empty = Empty(node.tensor, dtype_of, device_of)
             setup.append(Statement(var, empty, frozenset(reads), region=index))
-        formula = self.formulas.regions[index] if self.formulas is not None else None
+        formula = self.runtime.regions[index] if self.runtime is not None else None
         rows: Any = region.chunk_size
         head = self.reads(region.extent)
         if formula is not None:

@@ -365,7 +365,7 @@ for _op, _written in (
     (aten.full.default, _special("full")),
     (aten.sym_size.int, _special("sym_size")),
     (aten.flatten.using_ints, _method("flatten")),
-    (aten.einsum.default, _function("torch.einsum")),
+    (aten.einsum.default, _special("einsum")),
     (aten.baddbmm.default, _function("torch.baddbmm")),
     (aten.cat.default, _function("torch.cat")),
     (aten.conv2d.default, _function("torch.nn.functional.conv2d")),

@@ -90,6 +90,12 @@ class ForwardPrinter:
         self._cited: tuple[str, int] | None = None
         self._chunks: dict[str, str] = {}
         self._copies: dict[str, str] = {}
+        #: per region, its first hoisted value: the comment saying why it is out of the loop
+        self._first_hoisted: dict[int | None, Statement] = {}
+        for item in reversed(program.body):
+            if isinstance(item, Statement) and item.region is not None:
+                if isinstance(item.expr, Call):
+                    self._first_hoisted[item.region] = item
 
     # ---------------------------------------------------------------- values
     def sym(self, expr: sympy.Expr) -> str:
@@ -122,10 +128,10 @@ class ForwardPrinter:
             )
         return literal(value, self.sym, self.device)
 
-    def arg_chunk(self, value: Any) -> str:
+    def arg_chunk(self, value: Any, step: LoopStep) -> str:
         """Render an argument of a loop step: operands as their chunk, slice or whole value."""
         if isinstance(value, Operand):
-            return self.operand(value)
+            return self.operand(value, step)
         if isinstance(value, ChunkLength):
             return "stop - start"
         if isinstance(value, ChunkStart):
@@ -135,11 +141,11 @@ class ForwardPrinter:
         if isinstance(value, Ref):
             return self.value(value.name)  # a size: symbolic ints are never chunked
         if isinstance(value, (list, tuple)):
-            inner = ", ".join(self.arg_chunk(v) for v in value)
+            inner = ", ".join(self.arg_chunk(v, step) for v in value)
             return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
         return literal(value, self.sym, self.device)
 
-    def operand(self, read: Operand) -> str:
+    def operand(self, read: Operand, step: LoopStep) -> str:
         """Render one tensor operand of a loop step: its chunk, a slice, or it whole; a key
         cut also drops the keys a causal mask hides from the chunk."""
         if read.source == CHUNK:
@@ -150,7 +156,6 @@ class ForwardPrinter:
             code = self.value(read.value)
         cuts = {} if read.rows is None else {read.rows: "start:stop"}
         if read.keys is not None:
-            step = self._step
             end = f"stop + {step.keys}" if step.keys else "stop"
             cuts[read.keys] = f":{end}"
         return _index_expr(code, cuts)
@@ -198,12 +203,11 @@ class ForwardPrinter:
             code = render_call(expr, self.arg_plain)
             note = self.annotate(expr.meta)
             comments = self._cite(statement.source)
-            if statement.region is not None and self._first_hoisted(statement):
+            if statement is self._first_hoisted.get(statement.region):
                 comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
             return Line(f"{var}: {note!r} = {code}" if note else f"{var} = {code}", comments)
         if isinstance(expr, LoopStep):
-            self._step = expr
-            code = render_call(expr, self.arg_chunk)
+            code = render_call(expr, lambda value: self.arg_chunk(value, expr))
             self._chunks[expr.node] = var
             return Line(f"{var} = {code}", self._cite(statement.source))
         if isinstance(expr, InputSize):
@@ -267,14 +271,6 @@ class ForwardPrinter:
             flat = [self.arg_plain(v) for v in expr.values]
             return Line(f"return {_unflatten(expr.spec, iter(flat))}")
         raise TypeError(f"cannot print {type(expr).__name__}")
-
-    def _first_hoisted(self, statement: Statement) -> bool:
-        """Whether this is the first hoisted value of its region."""
-        for item in self.program.body:
-            if isinstance(item, Statement) and item.region == statement.region:
-                if isinstance(item.expr, Call):
-                    return item is statement
-        return False
 
     def _budget(self, var: str | None, budget: Budget) -> Line:
         """`budget = ...`: the constructor's budget, else the plan's share of the original's

@@ -163,6 +163,14 @@ def _sym_size(node: Any, a: list[str], arg: ArgFn) -> str:
     return f"{a[0]}.shape[{a[1]}]"
 
 
+def _einsum(node: Any, a: list[str], arg: ArgFn) -> str:
+    """`torch.einsum` takes no contraction `path` (opt_einsum's choice, recorded by export):
+    with one, the exact overload keeps the same order of contractions."""
+    if any(key == "path" for key, _ in node.kwargs):
+        return _fallback(node, a, arg)
+    return _function("torch.einsum")(node, a, arg)
+
+
 def _group_norm(node: Any, a: list[str], arg: ArgFn) -> str:
     return f"torch.nn.functional.group_norm({_seq(a[:5])})"
 
@@ -192,6 +200,7 @@ _SPECIAL: dict[str, Callable[[Any, list[str], ArgFn], str]] = {
     "sym_size": _sym_size,
     "group_norm": _group_norm,
     "getitem": _getitem,
+    "einsum": _einsum,
 }
 
 

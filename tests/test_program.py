@@ -83,9 +83,11 @@ def test_the_estimate_and_the_cost_model_read_the_programs_decisions(gpt_generat
     undone = LoopRegion(
         lowered.region,
         tuple(
-            replace(step, inplace=None, target=graph[step.node].target)
-            if step.inplace is not None
-            else step
+            (
+                replace(step, inplace=None, target=graph[step.node].target)
+                if step.inplace is not None
+                else step
+            )
             for step in lowered.steps
         ),
     )

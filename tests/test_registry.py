@@ -9,19 +9,20 @@ table here covers every other overload that has a rule, one case each:
 - the rendering: `render_call`'s text, evaluated with each argument bound to its real value,
   gives exactly what the overload itself returns.
 Ops a model writes are exported with torch.export; overloads export does not emit (scalar
-forms, in-place forms, TorchScript forms) are built by hand. `test_every_op_with_a_rule_has_a_
-rendering_and_a_numeric_case` fails for a rule added without a case.
+forms, in-place forms, TorchScript forms) are built by hand. A form whose rule answers None
+(a full reduction) is checked to say so. The coverage test fails for a rule added without a
+case; EDGE_CASES keep argument forms the rules once got wrong, and RENDER_CASES check the
+written forms of ops that have no rule.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import pytest
-import sympy
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +30,7 @@ from analysis import dimflow as flow
 from analysis import ops
 from analysis.dimflow import DimRule, out_meta
 from analysis.ir import Graph, Node, Ref, TensorMeta, evaluate
-from analysis.ops import dim_rule
+from analysis.ops import Written, dim_rule
 from codegen.render import literal, render_call
 from tests.test_dimflow import (
     CASES,
@@ -85,6 +86,8 @@ class OpCase:
 def _meta(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return TensorMeta(tuple(value.shape), value.dtype, value.is_contiguous())
+    if isinstance(value, int):
+        return value
     return tuple(TensorMeta(tuple(v.shape), v.dtype) for v in value)
 
 
@@ -132,7 +135,9 @@ def by_hand(
 
 
 def _id(op: Any) -> str:
-    return str(op).removeprefix("aten.")
+    if isinstance(op, torch._ops.OpOverload):
+        return str(op).removeprefix("aten.")
+    return op.__name__  # operator.add
 
 
 def traced(op: Any, fn: Callable[..., Any], *inputs: Any, **kw: Any) -> Any:
@@ -146,11 +151,12 @@ def direct(
     mixed: Any = (),
     uncut: Any = (),
     mixes_all: bool = False,
+    id: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """A case built by hand: `op(*args, **kwargs)`, tensors in the arguments as inputs."""
     case = OpCase(op, None, args, kwargs, frozenset(mixed), frozenset(uncut), mixes_all)
-    return pytest.param(case, id=_id(op))
+    return pytest.param(case, id=id or _id(op))
 
 
 def _sets(kw: dict[str, Any]) -> dict[str, Any]:
@@ -436,7 +442,18 @@ with torch.random.fork_rng():  # seeded inputs; the global RNG is left as it was
             uncut={1, 2, 3},
         ),
         # the batch size is an argument (N) no resize reaches: a chunk of the batch fails
-        direct(aten.native_group_norm.default, f(2, 4, 3, 3), f(4), f(4), 2, 4, 9, 2, 1e-5, mixes_all=True),
+        direct(
+            aten.native_group_norm.default,
+            f(2, 4, 3, 3),
+            f(4),
+            f(4),
+            2,
+            4,
+            9,
+            2,
+            1e-5,
+            mixes_all=True,
+        ),
         # ---------------------------------------------------------------- resampling
         direct(
             aten.upsample_nearest2d.default,
@@ -471,9 +488,67 @@ with torch.random.fork_rng():  # seeded inputs; the global RNG is left as it was
             uncut={2, 3},
         ),
         direct(aten.upsample_nearest1d.default, f(2, 3, 5), [10], mixed={(0, 2)}, uncut={2}),
-        direct(
-            aten.upsample_nearest1d.vec, f(2, 3, 5), [7], None, mixed={(0, 2)}, uncut={2}
+        direct(aten.upsample_nearest1d.vec, f(2, 3, 5), [7], None, mixed={(0, 2)}, uncut={2}),
+    ]
+
+    # forms the rules once got wrong: each case failed the numeric check (or its rule raised)
+    EDGE_CASES = [
+        direct(  # a 0-dim bias: the rule indexed its last dim
+            aten.addmm.default,
+            torch.tensor(1.5),
+            f(5, 4),
+            f(4, 6),
+            mixed={(1, 1), (2, 0)},
+            id="addmm_scalar_bias",
         ),
+        # a vector weight drops the feature dim; a bias of one element is broadcast
+        direct(aten.linear.default, f(), f(4), mixes_all=True, id="linear_vector_weight"),
+        direct(aten.linear.default, f(), f(6, 4), f(1), mixes_all=True, id="linear_broadcast_bias"),
+        # an unbatched input's first dim is its channels, not a batch
+        direct(
+            aten.conv1d.default, f(3, 5), f(6, 3, 1), f(6), mixes_all=True, id="conv1d_unbatched"
+        ),
+        direct(
+            aten.conv2d.default, f(3, 5, 4), f(6, 3, 1, 1), mixes_all=True, id="conv2d_unbatched"
+        ),
+        # opt_einsum's contraction path, which torch.einsum does not take as an argument
+        direct(
+            aten.einsum.default,
+            "ij,jk,kl->il",
+            [f(3, 4), f(4, 5), f(5, 2)],
+            path=[0, 1, 0, 1],
+            mixed={(0, 1), (1, 0), (1, 1), (2, 0)},
+            id="einsum_path",
+        ),
+        # a letter twice in one operand reads a diagonal
+        direct(aten.einsum.default, "bii->bi", [f(2, 5, 5)], mixes_all=True, id="einsum_diagonal"),
+        direct(  # grouped-query attention: a query head reads key head h // 2, not h
+            aten.scaled_dot_product_attention.default,
+            f(2, 4, 5, 3),
+            f(2, 2, 6, 3),
+            f(2, 2, 6, 3),
+            enable_gqa=True,
+            mixed={(0, 1), (0, 3), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)},
+            uncut={1, 3},
+            id="sdpa_grouped_query",
+        ),
+    ]
+
+    # ops written in a form of their own that have no rule: their rendering is checked alone
+    RENDER_CASES = [
+        direct(aten.arange.default, 5, dtype=torch.int64),
+        direct(aten.arange.start, 1, 7),
+        direct(aten.arange.start_step, 1.0, 9.0, 2.5),
+        direct(aten.sym_size.int, f(), 1),
+        direct(aten.lift_fresh_copy.default, f()),
+        direct(aten.detach_.default, f()),
+        direct(aten.exp_.default, f()),
+        direct(aten.neg_.default, f()),
+        direct(aten.bitwise_not_.default, ints()),
+        direct(aten.tril_.default, f(2, 5, 5), 1),
+        direct(aten.triu_.default, f(2, 5, 5), -1),
+        *(direct(op, 7, -3) for op in (operator.add, operator.sub, operator.mul)),
+        *(direct(op, -7, 3) for op in (operator.floordiv, operator.mod)),
     ]
 
 
@@ -535,6 +610,8 @@ def assert_exact(got: Any, want: Any, where: str) -> None:
         torch.testing.assert_close(
             got, want, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{where}: {m}"
         )
+    elif not isinstance(want, (list, tuple)):  # a size, an int
+        assert type(got) is type(want) and got == want, f"{where}: gives {got!r}, not {want!r}"
     else:
         assert isinstance(got, (list, tuple)), f"{where}: gives {type(got).__name__}"
         assert len(got) == len(want), f"{where}: {len(got)} results, not {len(want)}"
@@ -542,7 +619,7 @@ def assert_exact(got: Any, want: Any, where: str) -> None:
             assert_exact(g, w, where)
 
 
-@pytest.mark.parametrize("c", OP_CASES)
+@pytest.mark.parametrize("c", OP_CASES + EDGE_CASES)
 def test_rule_and_rendering(c: OpCase) -> None:
     with uninitialized_memory_filled():
         graph, env, node = c.build()
@@ -589,11 +666,22 @@ def test_the_coverage_check_catches_a_rule_without_a_case(monkeypatch) -> None:
         test_every_op_with_a_rule_has_a_rendering_and_a_numeric_case()
 
 
-def test_the_cases_are_checked_as_their_own_overload() -> None:
-    """A case for the wrong overload would count as coverage for an op it never runs."""
-    for p in OP_CASES:
-        c = p.values[0]
-        assert isinstance(c.op, torch._ops.OpOverload), c.op
-        if c.fn is None:
-            _, _, node = c.build()
-            assert node.target is c.op
+@pytest.mark.parametrize("c", RENDER_CASES)
+def test_rendering_of_ops_without_a_rule(c: OpCase) -> None:
+    graph, env, node = c.build()
+    check_rendering(node, graph, env)
+
+
+def test_every_written_op_has_a_rendering_case() -> None:
+    checked = {p.values[0].op for p in (*CASES, *OP_CASES, *RENDER_CASES)}
+    missing = {op for op, entry in ops.REGISTRY.items() if entry.written} - checked
+    assert not missing, f"no rendering case for {', '.join(sorted(map(str, missing)))}"
+
+
+def test_the_rendering_check_catches_a_wrong_written_form(monkeypatch) -> None:
+    c = next(p.values[0] for p in OP_CASES if p.values[0].op == aten.exp.default)
+    graph, env, node = c.build()
+    wrong = ops.OpInfo(rule=flow.elementwise_rule, written=Written("function", "torch.expm1"))
+    monkeypatch.setitem(ops.REGISTRY, aten.exp.default, wrong)
+    with pytest.raises(AssertionError, match=r"torch\.expm1\(xs_0\)"):
+        check_rendering(node, graph, env)
