@@ -205,7 +205,15 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
     if isinstance(expr, Contiguous):
         return f"contiguous({_arg(Ref(expr.value), graph, names)})"
     if isinstance(expr, Empty):
-        return f"empty({_meta(expr.meta, graph)}, dtype_of={expr.dtype_of}, device_of={expr.device_of})"
+        dtype = (
+            f"dtype of {_arg(Ref(expr.dtype_of), graph, names)}" if expr.dtype_of else "fixed dtype"
+        )
+        device = (
+            f"device of {_arg(Ref(expr.device_of), graph, names)}"
+            if expr.device_of
+            else "the inputs' device"
+        )
+        return f"empty({_meta(expr.meta, graph)}, {dtype}, {device})"
     if isinstance(expr, Rows):
         return (
             f"rows(budget, fixed={_size(expr.fixed, graph)}, per_row={_size(expr.per_row, graph)}, "

@@ -88,8 +88,6 @@ class ForwardPrinter:
         self.program = program
         self.device = f"{program.device_of}.device" if program.device_of else "None"
         self._cited: tuple[str, int] | None = None
-        self._chunks: dict[str, str] = {}
-        self._copies: dict[str, str] = {}
         #: per region, its first hoisted value: the comment saying why it is out of the loop
         self._first_hoisted: dict[int | None, Statement] = {}
         for item in reversed(program.body):
@@ -128,10 +126,10 @@ class ForwardPrinter:
             )
         return literal(value, self.sym, self.device)
 
-    def arg_chunk(self, value: Any, step: LoopStep) -> str:
+    def arg_chunk(self, value: Any, step: LoopStep, block: Block) -> str:
         """Render an argument of a loop step: operands as their chunk, slice or whole value."""
         if isinstance(value, Operand):
-            return self.operand(value, step)
+            return self.operand(value, step, block)
         if isinstance(value, ChunkLength):
             return "stop - start"
         if isinstance(value, ChunkStart):
@@ -141,17 +139,17 @@ class ForwardPrinter:
         if isinstance(value, Ref):
             return self.value(value.name)  # a size: symbolic ints are never chunked
         if isinstance(value, (list, tuple)):
-            inner = ", ".join(self.arg_chunk(v, step) for v in value)
+            inner = ", ".join(self.arg_chunk(v, step, block) for v in value)
             return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
         return literal(value, self.sym, self.device)
 
-    def operand(self, read: Operand, step: LoopStep) -> str:
+    def operand(self, read: Operand, step: LoopStep, block: Block) -> str:
         """Render one tensor operand of a loop step: its chunk, a slice, or it whole; a key
         cut also drops the keys a causal mask hides from the chunk."""
         if read.source == CHUNK:
-            code = self._chunks[read.value]
+            code = block.chunks[read.value]
         elif read.source == COPY:
-            code = self._copies[read.value]
+            code = block.copies[read.value]
         else:
             code = self.value(read.value)
         cuts = {} if read.rows is None else {read.rows: "start:stop"}
@@ -188,16 +186,16 @@ class ForwardPrinter:
                 self._cited = None
         return list(self.program.params), items
 
-    def _item(self, item: Any) -> list[Any]:
+    def _item(self, item: Any, block: Block | None = None) -> list[Any]:
         if isinstance(item, Block):
             out: list[Any] = [self._loop(item)]
         else:
-            out = [self._statement(item)]
+            out = [self._statement(item, block)]
         if item.frees:
             out.append(Line(f"del {', '.join(item.frees)}"))
         return out
 
-    def _statement(self, statement: Statement) -> Line:
+    def _statement(self, statement: Statement, block: Block | None = None) -> Line:
         var, expr = statement.var, statement.expr
         if isinstance(expr, Call):
             code = render_call(expr, self.arg_plain)
@@ -207,8 +205,8 @@ class ForwardPrinter:
                 comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
             return Line(f"{var}: {note!r} = {code}" if note else f"{var} = {code}", comments)
         if isinstance(expr, LoopStep):
-            code = render_call(expr, lambda value: self.arg_chunk(value, expr))
-            self._chunks[expr.node] = var
+            assert block is not None, "a loop step outside its loop"
+            code = render_call(expr, lambda value: self.arg_chunk(value, expr, block))
             return Line(f"{var} = {code}", self._cite(statement.source))
         if isinstance(expr, InputSize):
             size = f"{expr.input}.shape[{expr.axis}]"
@@ -242,7 +240,6 @@ class ForwardPrinter:
                 if expr.sliced
                 else "Copied contiguous once: a matmul in the loop would copy it every chunk."
             )
-            self._copies[expr.value] = var
             return Line(f"{var} = {self.value(expr.value)}.contiguous()", [comment])
         if isinstance(expr, Empty):
             like = f"{self.value(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
@@ -291,12 +288,10 @@ class ForwardPrinter:
 
     def _loop(self, block: Block) -> Loop:
         self._cited = None
-        self._chunks = dict()
         extent = self.arg_plain(block.extent)
         body: list[Any] = []
         for statement in block.body:
-            body.extend(self._item(statement))
-        self._copies = {}
+            body.extend(self._item(statement, block))
         return Loop(f"for start in range(0, {extent}, {block.rows}):", body)
 
     def _header(self, index: int) -> list[str]:
