@@ -31,7 +31,7 @@ import torch
 
 from analysis.dimflow import same_size, out_meta, tensor_inputs
 from analysis.ir import Graph, Node, Ref, storage_roots
-from analysis.ops import dim_rule
+from analysis.ops import dim_rule, info
 from analysis.plan import Region
 
 aten = torch.ops.aten
@@ -63,20 +63,6 @@ class _Const:
 
 
 _Fact = Any  # _Index | _Above | _Const | None
-
-#: ops that fill a new tensor with one value, and where the value is: an argument index, or
-#: the value itself
-_FILLS = {
-    aten.full.default: 1,
-    aten.full_like.default: 1,
-    aten.new_full.default: 2,
-    aten.ones.default: ("value", 1),
-    aten.ones_like.default: ("value", 1),
-    aten.new_ones.default: ("value", 1),
-    aten.zeros.default: ("value", 0),
-    aten.zeros_like.default: ("value", 0),
-    aten.new_zeros.default: ("value", 0),
-}
 
 
 def hidden_above(graph: Graph, name: str) -> int | None:
@@ -279,7 +265,7 @@ def _derive(node: Node, graph: Graph) -> _Fact:
         return _converted(_arg(graph, args[0]), meta.dtype)
     if packet in (aten.le, aten.ge, aten.lt, aten.gt) and len(args) == 2:
         return _compared(packet, _arg(graph, args[0]), _arg(graph, args[1]))
-    if node.target in _FILLS:
+    if info(node.target).fill is not None:
         return _filled(node, meta.dtype)
     if packet in (aten.tril,):
         diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
@@ -322,8 +308,8 @@ def _derive(node: Node, graph: Graph) -> _Fact:
 
 
 def _filled(node: Node, dtype: torch.dtype) -> _Fact:
-    where = _FILLS[node.target]
-    value = where[1] if isinstance(where, tuple) else node.args[where]
+    where = info(node.target).fill
+    value = where.value if where.index is None else node.args[where.index]
     if not isinstance(value, (bool, int, float)):
         return None
     if dtype == torch.bool:

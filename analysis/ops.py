@@ -10,7 +10,8 @@ One entry per op overload (or Python operator) a captured graph may hold. An ent
 - the torch call it is written as (`Written`), which codegen prints;
 - its cost class (NOTE [Cost model]): plain, transcendental or a contraction, how a matrix
   product's rows are counted, and whether it copies a non-contiguous operand first;
-- whether its value is named after its module (a Linear's output after the Linear).
+- whether its value is named after its module (a Linear's output after the Linear);
+- for ops that fill a new tensor with one value, where that value is.
 Entries are built below from a few `_define` calls; a packet (`aten.add`) stands for its
 functional overloads that return tensors. A rule that raises is a bug of ours: `dim_rule`
 reports it as an internal error naming the node and its model line.
@@ -61,6 +62,16 @@ class Written:
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """Where a filling op's one value is: an argument (`full(size, value)`), or fixed (`ones`)."""
+
+    #: the argument holding the value, or None
+    index: int | None = None
+    #: the value, when fixed
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class OpInfo:
     """Everything the passes and the emitter know about one op."""
 
@@ -86,6 +97,8 @@ class OpInfo:
     batched: bool = False
     #: its value is named after the module that calls it
     names_module: bool = False
+    #: for ops that fill a new tensor with one value: where that value is
+    fill: Fill | None = None
 
 
 REGISTRY: dict[Any, OpInfo] = {}
@@ -303,6 +316,12 @@ _define(
     names_module=True,
 )  # fmt: skip
 
+# ------------------------------------------------------------------ fills (NOTE [Causal key truncation])
+_define(aten.full.default, aten.full_like.default, fill=Fill(index=1))
+_define(aten.new_full.default, fill=Fill(index=2))
+_define(aten.ones.default, aten.ones_like.default, aten.new_ones.default, fill=Fill(value=1))
+_define(aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default, fill=Fill(value=0))
+
 # ------------------------------------------------------------------ how ops are written
 for _op, _written in (
     (aten.linear.default, _function("torch.nn.functional.linear")),
@@ -430,6 +449,7 @@ for _op, _written in (
 __all__ = [
     "ALL_BUT_LAST",
     "CONTRACTION",
+    "Fill",
     "OpInfo",
     "PLAIN",
     "REGISTRY",
