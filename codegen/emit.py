@@ -39,9 +39,30 @@ def forward_source(graph: Graph, plan: ChunkPlan, program: Program) -> str:
     return cst.Module(body=[func]).code
 
 
+#: the containers whose class the generated module keeps (indexing depends on it)
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
+def _kind(module: torch.nn.Module) -> str:
+    """Return the `torch.nn` class a module is built as: its container class, else Module."""
+    return next((c.__name__ for c in _CONTAINERS if isinstance(module, c)), "Module")
+
+
+def _containers(module: torch.nn.Module) -> list[tuple[str, str, int]]:
+    """Return every container's path, class and length (Sequential and ModuleList), parents
+    first, the root included: the order `_build` needs."""
+    return [
+        (fqn, _kind(m), len(m) if not isinstance(m, torch.nn.ModuleDict) else 0)
+        for fqn, m in module.named_modules(remove_duplicate=False)
+        if _kind(m) != "Module"
+    ]
+
+
 def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
+    """Return every parameter and buffer by path; a second path to a tensor is a tie."""
     persistent = set(module.state_dict(keep_vars=True))
     out = []
+    first: dict[int, str] = {}
     for kind, named in (
         ("parameter", module.named_parameters(remove_duplicate=False)),
         ("buffer", module.named_buffers(remove_duplicate=False)),
@@ -54,8 +75,10 @@ def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
                     "dtype": str(tensor.dtype),
                     "kind": kind,
                     "persistent": kind == "parameter" or fqn in persistent,
+                    "tied": first.get(id(tensor)),
                 }
             )
+            first.setdefault(id(tensor), fqn)
     return out
 
 
@@ -100,6 +123,7 @@ def emit_module(
         over = plan.planned_peak_bytes - plan.budget_bytes
         missed = f" (misses the target by {format_bytes(over)})"
     forward = forward_source(graph, plan, program)
+    parameters = _parameters(module)
     source = env.get_template("module.py.j2").render(
         class_name=class_name,
         model_class=graph.model_class,
@@ -111,7 +135,10 @@ def emit_module(
         planned_peak=format_bytes(plan.planned_peak_bytes),
         missed=missed,
         regions=regions,
-        parameters=_parameters(module),
+        parameters=parameters,
+        ties=any(p["tied"] for p in parameters),
+        containers=_containers(module),
+        base=f"torch.nn.{_kind(module)}",
         forward=forward,
         output_class=program.output_class,
         runtime_sizes=program.budget is not None,

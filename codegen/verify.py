@@ -72,16 +72,38 @@ def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> t
         raise InternalError(f"generated module does not import: {exc}", str(kept)) from exc
     try:
         generated = instantiate(module, original)
-        with torch.no_grad():
+        with torch.no_grad():  # the two share their buffers: each runs from the same state
+            before = _buffers(original)
             expected = original(*inputs)
+            updated = _buffers(original)
+            _restore(original, before)
             actual = generated(*inputs)
-        problem = compare(expected, actual)
+        problem = compare(expected, actual) or _compare_buffers(updated, _buffers(original))
     except Exception as exc:
         raise InternalError(f"generated module failed to run: {exc}", str(path)) from exc
     if problem is not None:
         raise InternalError(f"generated module does not match the original: {problem}", str(path))
     path.unlink()
     return generated
+
+
+def _buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in module.named_buffers()}
+
+
+def _restore(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    for name, buffer in module.named_buffers():
+        buffer.copy_(saved[name])
+
+
+def _compare_buffers(
+    expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]
+) -> str | None:
+    """Return which buffer the generated forward left in another state than the original's."""
+    for name, value in expected.items():
+        if not torch.equal(value, actual[name]) and compare(value, actual[name]) is not None:
+            return f"buffer {name} differs after the forward"
+    return None
 
 
 def import_source_text(source: str) -> tuple[None, Path]:

@@ -27,6 +27,16 @@ class ChunkedUNet(torch.nn.Module):
         peak at each input's size."""
         super().__init__()
         self.memory_budget = memory_budget
+        _build(
+            self,
+            [
+                ("time_mlp", "Sequential", 3),
+                ("down", "ModuleList", 3),
+                ("downsample", "ModuleList", 2),
+                ("up", "ModuleList", 6),
+                ("upsample", "ModuleList", 2),
+            ],
+        )
         _register(self, "time_mlp.0.weight", (256, 64), torch.float32, "parameter")
         _register(self, "time_mlp.0.bias", (256,), torch.float32, "parameter")
         _register(self, "time_mlp.2.weight", (256, 256), torch.float32, "parameter")
@@ -1112,22 +1122,18 @@ class ChunkedUNet(torch.nn.Module):
 
     @classmethod
     def from_module(cls, original: torch.nn.Module) -> "ChunkedUNet":
-        """Return a copy of `original`'s parameters and all of its buffers, on its device."""
-        tensors = [*original.parameters(), *original.buffers()]
-        device = tensors[0].device if tensors else torch.device("cpu")
-        module = cls().to(device)
-        with torch.no_grad():
-            named = [
-                *original.named_parameters(remove_duplicate=False),
-                *original.named_buffers(remove_duplicate=False),
-            ]
-            for name, tensor in named:
-                mine = (
-                    module.get_parameter(name)
-                    if _is_parameter(module, name)
-                    else module.get_buffer(name)
-                )
-                mine.copy_(tensor)
+        """Return the chunked module on `original`'s own parameters and buffers, shared, not
+        copied: no second copy of the weights, tied weights stay tied, and converting one
+        module (`.half()`, `.to(device)`) converts the other."""
+        with torch.device("meta"):  # placeholders that take no memory, replaced below
+            module = cls()
+        named = [
+            *original.named_parameters(remove_duplicate=False),
+            *original.named_buffers(remove_duplicate=False),
+        ]
+        for fqn, tensor in named:
+            owner, _, leaf = fqn.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, tensor)
         return module.eval()
 
     def forward(self, x, timestep, context):
@@ -4274,6 +4280,28 @@ class ChunkedUNet(torch.nn.Module):
         return conv_out
 
 
+def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Return the submodule at `path`, creating plain modules where none exists yet."""
+    module = root
+    for part in path.split(".") if path else ():
+        if not hasattr(module, part):
+            module.add_module(part, torch.nn.Module())
+        module = getattr(module, part)
+    return module
+
+
+def _build(root: torch.nn.Module, containers: list) -> None:
+    """Create the original's containers under `root`, parents first, each as its class, with
+    a placeholder at every index (layers without weights included)."""
+    for fqn, kind, length in containers:
+        container = root if not fqn else getattr(torch.nn, kind)()
+        for index in range(length):
+            container.add_module(str(index), torch.nn.Module())
+        if fqn:
+            owner, _, name = fqn.rpartition(".")
+            _module(root, owner).add_module(name, container)
+
+
 def _register(
     root: torch.nn.Module,
     fqn: str,
@@ -4282,28 +4310,14 @@ def _register(
     kind: str,
     persistent: bool = True,
 ) -> None:
-    """Create `fqn` under `root`, with numbered containers as ModuleLists."""
-    *path, leaf = fqn.split(".")
-    module = root
-    for part, child in zip(path, path[1:] + [leaf]):
-        if not hasattr(module, part):
-            module.add_module(
-                part, torch.nn.ModuleList() if child.isdigit() else torch.nn.Module()
-            )
-        module = getattr(module, part)
-        if isinstance(module, torch.nn.ModuleList) and child.isdigit():
-            while len(module) <= int(child):
-                module.append(torch.nn.Module())
+    """Create the parameter or buffer `fqn` under `root`, uninitialised."""
+    owner, _, leaf = fqn.rpartition(".")
+    module = _module(root, owner)
     tensor = torch.empty(shape, dtype=dtype)
     if kind == "parameter":
         module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
     else:
         module.register_buffer(leaf, tensor, persistent=persistent)
-
-
-def _is_parameter(module: torch.nn.Module, fqn: str) -> bool:
-    owner, _, leaf = fqn.rpartition(".")
-    return leaf in module.get_submodule(owner)._parameters
 
 
 def _rows(budget: int, fixed: int, per_row: int, most: int) -> int:

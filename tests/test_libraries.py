@@ -154,3 +154,30 @@ def test_generated_module_imports_only_torch_until_it_returns(tmp_path: Path) ->
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert imports == ["import importlib", "import torch"]
     assert re.search(r"_output_class\(\s*\"transformers\.modeling_outputs\"", source)
+
+
+def test_weights_are_the_originals_own_and_tied_weights_stay_tied(tmp_path: Path) -> None:
+    """GPT-2's LM head is tied to its token embedding: `from_module` hands over the original's
+    tensors themselves, so the tie survives and no weight is copied."""
+    pytest.importorskip("transformers")
+    path = tmp_path / "gpt2.py"
+    path.write_text(textwrap.dedent(GPT2))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0
+    loaded = load_model_file(path)
+    original = loaded.module
+    module, _ = import_source((tmp_path / "out" / "gpt2.py").read_text())
+    chunked = instantiate(module, original)
+    assert chunked.lm_head.weight is chunked.transformer.wte.weight
+    count = sum(p.numel() for p in original.parameters())
+    assert sum(p.numel() for p in chunked.parameters()) == count
+    mine = dict(chunked.named_parameters(remove_duplicate=False))
+    for name, parameter in original.named_parameters(remove_duplicate=False):
+        assert mine[name] is parameter and mine[name].data_ptr() == parameter.data_ptr()
+    for name, buffer in original.named_buffers(remove_duplicate=False):
+        assert chunked.get_buffer(name) is buffer
+    # a module built without the original is tied too, and loads the original's state strictly
+    fresh = getattr(module, module.__all__[0])()
+    assert fresh.lm_head.weight is fresh.transformer.wte.weight
+    fresh.load_state_dict(original.state_dict(), strict=True)
+    with torch.no_grad():
+        assert compare(original(*loaded.inputs), fresh(*loaded.inputs)) is None

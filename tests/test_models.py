@@ -55,12 +55,16 @@ def test_buffers_dict_outputs_and_a_value_read_sliced_and_whole(model_file: Path
     loaded = load_model_file(model_file)
     module, _ = import_source(source)
     chunked = instantiate(module, loaded.module)
-    assert torch.equal(chunked.scale, loaded.module.scale)  # non-persistent buffers copied too
+    assert chunked.scale is loaded.module.scale  # non-persistent buffers are shared too
+    assert chunked.calls is loaded.module.calls and chunked.lin.weight is loaded.module.lin.weight
     x = loaded.inputs[0]
     with torch.no_grad():
-        expected, actual = loaded.module(x), chunked(x)
+        expected = loaded.module(x)
+        loaded.module.calls.sub_(1)  # one state for both: run the chunked one from the same
+        actual = chunked(x)
     assert set(actual) == {"out", "calls"}
     assert compare(expected, actual) is None
+    assert loaded.module.calls.item() == expected["calls"].item()
     assert measure_peak(chunked, (x,)) < 0.35 * measure_peak(loaded.module, (x,))
 
 
@@ -244,3 +248,74 @@ def test_nested_outputs_dropout_and_bool_inputs(tmp_path: Path) -> None:
     assert type(actual) is tuple and type(actual[1]) is list and type(actual[1][1]) is dict
     assert list(actual[1][1]) == ["rows", "count"]
     assert compare(expected, actual) is None
+
+
+SEQUENTIAL_MLP = """
+    import torch
+    from torch import nn
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 256), nn.GELU(), nn.Linear(256, 16), nn.Softmax(-1))
+
+    def make_inputs():
+        return (torch.randn(1, 1024, 16, generator=torch.Generator().manual_seed(0)),)
+"""
+
+NESTED_SEQUENTIALS = """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):  # torchvision and timm CNNs nest Sequentials like this
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.stages = nn.Sequential(
+                nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 16, 1))),
+                nn.ModuleDict({"proj": nn.Conv2d(16, 16, 1)}),
+            )
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.stages[1]["proj"](self.stages[0](self.stem(x)))
+            return self.head(x.mean((2, 3)))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Net().eval()
+
+    def make_inputs():
+        return (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+@pytest.mark.parametrize(
+    "text, containers",
+    [
+        (SEQUENTIAL_MLP, {"": torch.nn.Sequential}),
+        (
+            NESTED_SEQUENTIALS,
+            {
+                "stem": torch.nn.Sequential,
+                "stages": torch.nn.Sequential,
+                "stages.0": torch.nn.Sequential,
+                "stages.0.2": torch.nn.Sequential,
+                "stages.1": torch.nn.ModuleDict,
+            },
+        ),
+    ],
+    ids=["sequential", "nested"],
+)
+def test_containers_keep_their_class_and_paths(text: str, containers: dict, tmp_path: Path) -> None:
+    """A model that is a Sequential, or nests them, used to fail: 'not subscriptable'."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(text))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
+    loaded = load_model_file(path)
+    module, _ = import_source((tmp_path / "out" / "model.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    for fqn, kind in containers.items():
+        assert isinstance(chunked.get_submodule(fqn), kind), fqn
+    assert list(chunked.state_dict()) == list(loaded.module.state_dict())
+    with torch.no_grad():
+        assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
