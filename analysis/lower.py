@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import sympy
 import torch
@@ -21,7 +21,8 @@ from analysis.inplace import inplace_operands
 from analysis.ir import Graph, Node, Ref, TensorMeta, refs_in
 from analysis.loader import MODEL_MODULE_PREFIX
 from analysis.names import Namespace, value_name
-from analysis.ops import dim_rule, inplace_form
+from analysis.layers import Layer
+from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import ChunkPlan, Region
 from analysis.program import (
     CHUNK,
@@ -55,8 +56,11 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------ one region
-def lower_region(graph: Graph, region: Region) -> LoopRegion:
-    """Return the region's loop as steps: every operand's slice, in-place writes, key cuts."""
+def lower_region(
+    graph: Graph, region: Region, layers: Mapping[str, Layer] | None = None
+) -> LoopRegion:
+    """Return the region's loop as steps: every operand's slice, in-place writes, key cuts, and
+    (given the model's `layers`) the steps a layer runs as a module call."""
     loop = region.loop_dims
     copies = set(region.materialized)
     inplace = inplace_operands(graph, region)
@@ -83,6 +87,8 @@ def lower_region(graph: Graph, region: Region) -> LoopRegion:
             target = inplace_form(node.target)
             if slot == 1:  # a commutative op writing into its second operand swaps the two
                 args = (args[1], args[0], *args[2:])
+        whole = {o.value for o in operands if o.rows is None and o.keys is None}
+        called = layer_call(graph, node, layers or {}, whole) if slot is None else None
         steps.append(
             LoopStep(
                 name,
@@ -93,9 +99,38 @@ def lower_region(graph: Graph, region: Region) -> LoopRegion:
                 operands,
                 inplace=slot,
                 keys=cut.diagonal if cut is not None else None,
+                layer=called,
             )
         )
     return LoopRegion(region, tuple(steps))
+
+
+def layer_call(
+    graph: Graph, node: Node, layers: Mapping[str, Layer], whole: set[str]
+) -> str | None:
+    """Return the path of the layer to call as a module for `node`, or None.
+
+    The op must be exactly the layer's forward (NOTE [Op registry]): a layer of that class ran
+    it, it reads the layer's own tensors and those whole (a loop over a weight's rows cannot be
+    a call), its input comes from outside the layer and its result goes outside it (a layer
+    that runs more than one op, like a Conv2d padding by reflection, is not called)."""
+    expected = info(node.target).layer
+    path = node.module_path
+    if expected is None or path not in layers or layers[path].cls.__name__ != expected[0]:
+        return None
+    data = node.args[expected[1]] if expected[1] < len(node.args) else None
+    if not isinstance(data, Ref) or graph[data.name].module_path == path:
+        return None
+    if any(graph[user].module_path == path for user in graph.users(node.name)):
+        return None
+    for name in node.refs():
+        if name == data.name:
+            continue
+        own = graph[name]
+        inside = own.kind in ("param", "buffer") and own.target.startswith(path + ".")
+        if not inside or name not in whole:
+            return None
+    return path
 
 
 def _resized(node: Node, rule: DimRule, dim: int) -> tuple[tuple[Any, ...], tuple]:
@@ -142,17 +177,26 @@ def _with_operands(
 
 
 # ------------------------------------------------------------------ the whole forward
-def lower(graph: Graph, plan: ChunkPlan, formulas: Formulas | None = None) -> Program:
-    """Return the forward as a loop program: names, statements, loops and frees."""
-    return _Lowering(graph, plan, formulas).program()
+def lower(
+    graph: Graph,
+    plan: ChunkPlan,
+    formulas: Formulas | None = None,
+    layers: Mapping[str, Layer] | None = None,
+) -> Program:
+    """Return the forward as a loop program: names, statements, loops and frees; ops the
+    model's standard `layers` run become calls of those layers."""
+    return _Lowering(graph, plan, formulas, dict(layers or {})).program()
 
 
 class _Lowering:
     """Walk the graph once, naming every value in the order the forward binds it."""
 
-    def __init__(self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> None:
+    def __init__(
+        self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None, layers: dict[str, Layer]
+    ) -> None:
         self.graph = graph
         self.plan = plan
+        self.layers = layers
         self.formulas = formulas
         #: the formulas when at least one loop sizes its chunks at run time (NOTE [Run-time
         #: chunk sizes]); then the forward computes a budget
@@ -254,6 +298,7 @@ class _Lowering:
             budget=self.budget,
             output_class=bool(_classes(graph.out_spec)),
             formulas=self.formulas,
+            layers=self.layers,
         )
 
     def _budget(self) -> list[Statement]:
@@ -279,7 +324,9 @@ class _Lowering:
             return None
         reads = self.reads(node.args, [v for _, v in node.kwargs])
         var = self.bind(node)
-        call = Call(node.name, node.target, node.args, node.kwargs, node.meta)
+        everything = set(node.refs())
+        layer = layer_call(self.graph, node, self.layers, everything)
+        call = Call(node.name, node.target, node.args, node.kwargs, node.meta, layer)
         return Statement(var, call, reads, node.source, region=region)
 
     def _constant(self, node: Node) -> Statement:
@@ -304,7 +351,7 @@ class _Lowering:
     def _region(self, index: int, region: Region, live: set[str]) -> list[Any]:
         """Return a region's set-up statements and its loop."""
         graph = self.graph
-        lowered = lower_region(graph, region)
+        lowered = lower_region(graph, region, self.layers)
         setup: list[Statement] = []
         for name in region.hoisted:
             if name in live:
@@ -463,4 +510,4 @@ def _check_output_classes(spec: Any, model_file: str) -> None:
             )
 
 
-__all__ = ["lower", "lower_region"]
+__all__ = ["layer_call", "lower", "lower_region"]

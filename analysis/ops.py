@@ -11,7 +11,8 @@ One entry per op overload (or Python operator) a captured graph may hold. An ent
 - its cost class (NOTE [Cost model]): plain, transcendental or a contraction, how a matrix
   product's rows are counted, and whether it copies a non-contiguous operand first;
 - whether its value is named after its module (a Linear's output after the Linear);
-- for ops that fill a new tensor with one value, where that value is.
+- for ops that fill a new tensor with one value, where that value is;
+- the `torch.nn` layer whose whole forward it is (`aten.linear` for `nn.Linear`).
 Entries are built below from a few `_define` calls; a packet (`aten.add`) stands for its
 functional overloads that return tensors. A rule that raises is a bug of ours: `dim_rule`
 reports it as an internal error naming the node and its model line.
@@ -99,6 +100,9 @@ class OpInfo:
     names_module: bool = False
     #: for ops that fill a new tensor with one value: where that value is
     fill: Fill | None = None
+    #: the `torch.nn` layer whose forward is exactly this op, and the argument that is the
+    #: layer's input: where a layer ran it, the generated code calls the layer
+    layer: tuple[str, int] | None = None
 
 
 REGISTRY: dict[Any, OpInfo] = {}
@@ -321,6 +325,23 @@ _define(aten.full.default, aten.full_like.default, fill=Fill(index=1))
 _define(aten.new_full.default, fill=Fill(index=2))
 _define(aten.ones.default, aten.ones_like.default, aten.new_ones.default, fill=Fill(value=1))
 _define(aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default, fill=Fill(value=0))
+
+# ------------------------------------------------------------------ layers whose forward is one op
+for _op, _layer in (
+    (aten.linear.default, ("Linear", 0)),
+    (aten.embedding.default, ("Embedding", 1)),
+    (aten.layer_norm.default, ("LayerNorm", 0)),
+    (aten.group_norm.default, ("GroupNorm", 0)),
+    (aten.conv1d.default, ("Conv1d", 0)),
+    (aten.conv2d.default, ("Conv2d", 0)),
+    (aten.gelu.default, ("GELU", 0)),
+    (aten.relu.default, ("ReLU", 0)),
+    (aten.silu.default, ("SiLU", 0)),
+    (aten.sigmoid.default, ("Sigmoid", 0)),
+    (aten.tanh.default, ("Tanh", 0)),
+    (aten.softmax.int, ("Softmax", 0)),
+):
+    _define(_op, layer=_layer)
 
 # ------------------------------------------------------------------ how ops are written
 for _op, _written in (

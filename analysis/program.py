@@ -84,6 +84,8 @@ class LoopStep:
     inplace: int | None = None
     #: the step sees only the keys up to `stop + keys` (NOTE [Causal key truncation]), if cut
     keys: int | None = None
+    #: the path of the `torch.nn` layer that runs the step, called as a module
+    layer: str | None = None
 
     def operand(self, slot: int) -> Operand | None:
         return next((o for o in self.operands if o.slot == slot), None)
@@ -148,6 +150,8 @@ class Call:
     kwargs: tuple[tuple[str, Any], ...]
     #: the result's layout, for the annotation
     meta: Any = None
+    #: the path of the `torch.nn` layer that runs the op, called as a module
+    layer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,8 @@ class Program:
     output_class: bool = False
     #: the run-time chunk-size formulas the loops were lowered with, if any
     formulas: Any = None
+    #: the model's standard `torch.nn` layers by path, built as themselves (`analysis.layers`)
+    layers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def blocks(self) -> tuple[Block, ...]:

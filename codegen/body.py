@@ -42,6 +42,7 @@ from analysis.program import (
     UpdateBuffer,
     WriteChunk,
 )
+from analysis.ops import info
 from codegen.render import literal, render_call
 
 
@@ -198,7 +199,7 @@ class ForwardPrinter:
     def _statement(self, statement: Statement, block: Block | None = None) -> Line:
         var, expr = statement.var, statement.expr
         if isinstance(expr, Call):
-            code = render_call(expr, self.arg_plain)
+            code = self._layer_call(expr, self.arg_plain) or render_call(expr, self.arg_plain)
             note = self.annotate(expr.meta)
             comments = self._cite(statement.source)
             if statement is self._first_hoisted.get(statement.region):
@@ -206,7 +207,8 @@ class ForwardPrinter:
             return Line(f"{var}: {note!r} = {code}" if note else f"{var} = {code}", comments)
         if isinstance(expr, LoopStep):
             assert block is not None, "a loop step outside its loop"
-            code = render_call(expr, lambda value: self.arg_chunk(value, expr, block))
+            arg = lambda value: self.arg_chunk(value, expr, block)  # noqa: E731
+            code = self._layer_call(expr, arg) or render_call(expr, arg)
             return Line(f"{var} = {code}", self._cite(statement.source))
         if isinstance(expr, InputSize):
             size = f"{expr.input}.shape[{expr.axis}]"
@@ -268,6 +270,14 @@ class ForwardPrinter:
             flat = [self.arg_plain(v) for v in expr.values]
             return Line(f"return {_unflatten(expr.spec, iter(flat))}")
         raise TypeError(f"cannot print {type(expr).__name__}")
+
+    def _layer_call(self, op: Call | LoopStep, arg: Any) -> str | None:
+        """`self.blocks[0].mlp.fc(x)`: the op run as the call of the layer that ran it."""
+        if op.layer is None:
+            return None
+        layer = info(op.target).layer
+        assert layer is not None, f"{op.target} is no layer's forward"
+        return f"{_attribute_path(op.layer)}({arg(op.args[layer[1]])})"
 
     def _budget(self, var: str | None, budget: Budget) -> Line:
         """`budget = ...`: the constructor's budget, else the plan's share of the original's

@@ -14,7 +14,8 @@ from analysis.ir import Graph
 from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
 from analysis.program import Program
 from codegen import __version__
-from codegen.body import ForwardPrinter, format_bytes, to_cst
+from analysis.layers import Layer
+from codegen.body import ForwardPrinter, _attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -48,18 +49,40 @@ def _kind(module: torch.nn.Module) -> str:
     return next((c.__name__ for c in _CONTAINERS if isinstance(module, c)), "Module")
 
 
-def _containers(module: torch.nn.Module) -> list[tuple[str, str, int]]:
-    """Return every container's path, class and length (Sequential and ModuleList), parents
-    first, the root included: the order `_build` needs."""
-    return [
-        (fqn, _kind(m), len(m) if not isinstance(m, torch.nn.ModuleDict) else 0)
-        for fqn, m in module.named_modules(remove_duplicate=False)
-        if _kind(m) != "Module"
-    ]
+def _built(module: torch.nn.Module, layer: Layer | None) -> str:
+    """Return the expression that builds one submodule: a standard layer as itself
+    (`torch.nn.Linear(256, 768)`), a container as its class, anything else plain."""
+    if layer is None:
+        return f"torch.nn.{_kind(module)}()"
+    args = [repr(a) for a in layer.args] + [f"{k}={v!r}" for k, v in layer.kwargs]
+    return f"torch.nn.{layer.cls.__name__}({', '.join(args)})"
 
 
-def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
-    """Return every parameter and buffer by path; a second path to a tensor is a tie."""
+def _tree(module: torch.nn.Module, layers: dict[str, Layer]) -> list[str]:
+    """Return the statements that build the original's submodules, parents first, at the
+    original's paths: appended to a Sequential or ModuleList, keyed in a ModuleDict."""
+    lines = []
+    for path, child in module.named_modules(remove_duplicate=False):
+        if not path:
+            continue
+        parent, _, name = path.rpartition(".")
+        owner = module.get_submodule(parent)
+        here = _attribute_path(parent) if parent else "self"
+        value = _built(child, layers.get(path))
+        if isinstance(owner, (torch.nn.Sequential, torch.nn.ModuleList)):
+            lines.append(f"{here}.append({value})")
+        elif isinstance(owner, torch.nn.ModuleDict):
+            lines.append(f"{here}[{name!r}] = {value}")
+        elif name.isidentifier():
+            lines.append(f"{here}.{name} = {value}")
+        else:
+            lines.append(f"{here}.add_module({name!r}, {value})")
+    return lines
+
+
+def _parameters(module: torch.nn.Module, layers: dict[str, Layer]) -> list[dict[str, object]]:
+    """Return every parameter and buffer by path that no layer makes itself; a second path to
+    a tensor is a tie."""
     persistent = set(module.state_dict(keep_vars=True))
     out = []
     first: dict[int, str] = {}
@@ -68,6 +91,10 @@ def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
         ("buffer", module.named_buffers(remove_duplicate=False)),
     ):
         for fqn, tensor in named:
+            made = fqn.rpartition(".")[0] in layers and id(tensor) not in first
+            first.setdefault(id(tensor), fqn)
+            if made:
+                continue
             out.append(
                 {
                     "fqn": fqn,
@@ -75,10 +102,9 @@ def _parameters(module: torch.nn.Module) -> list[dict[str, object]]:
                     "dtype": str(tensor.dtype),
                     "kind": kind,
                     "persistent": kind == "parameter" or fqn in persistent,
-                    "tied": first.get(id(tensor)),
+                    "tied": first[id(tensor)] if first[id(tensor)] != fqn else None,
                 }
             )
-            first.setdefault(id(tensor), fqn)
     return out
 
 
@@ -123,7 +149,7 @@ def emit_module(
         over = plan.planned_peak_bytes - plan.budget_bytes
         missed = f" (misses the target by {format_bytes(over)})"
     forward = forward_source(graph, plan, program)
-    parameters = _parameters(module)
+    parameters = _parameters(module, program.layers)
     source = env.get_template("module.py.j2").render(
         class_name=class_name,
         model_class=graph.model_class,
@@ -137,7 +163,7 @@ def emit_module(
         regions=regions,
         parameters=parameters,
         ties=any(p["tied"] for p in parameters),
-        containers=_containers(module),
+        tree=_tree(module, program.layers),
         base=f"torch.nn.{_kind(module)}",
         forward=forward,
         output_class=program.output_class,

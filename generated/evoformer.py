@@ -32,1085 +32,143 @@ class ChunkedEvoformer(torch.nn.Module):
         peak at each input's size."""
         super().__init__()
         self.memory_budget = memory_budget
-        _build(self, [("blocks", "ModuleList", 2)])
-        _register(
-            self,
-            "blocks.0.msa_row_attn.norm_m.weight",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.msa_row_attn.norm_m.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.norm_z.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.msa_row_attn.norm_z.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.pair_bias.weight",
-            (8, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.gate.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.gate.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_row_attn.attn.out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.msa_col_attn.norm.weight", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.0.msa_col_attn.norm.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.gate.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.gate.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_col_attn.attn.out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.msa_transition.norm.weight",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.msa_transition.norm.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.msa_transition.fc.weight",
-            (256, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.msa_transition.fc.bias", (256,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.msa_transition.out.weight",
-            (64, 256),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.msa_transition.out.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.norm.weight",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.norm.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.a.weight",
-            (16, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.a.bias",
-            (16,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.b.weight",
-            (16, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.b.bias",
-            (16,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.out.weight",
-            (32, 256),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.outer_product_mean.out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.norm_in.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.norm_in.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.a_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.a_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.a_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.a_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.b_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.b_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.b_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.b_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.norm_out.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.norm_out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_out.out.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_out.out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.norm_in.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.norm_in.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.a_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.a_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.a_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.a_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.b_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.b_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.b_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.b_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_mul_in.norm_out.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.norm_out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.out.weight", (32, 32), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.0.tri_mul_in.out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.norm.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_att_start.norm.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.tri_bias.weight",
-            (4, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.q.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.k.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.v.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.gate.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.out.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_start.attn.out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.tri_att_end.norm.weight", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.0.tri_att_end.norm.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.tri_bias.weight",
-            (4, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.q.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.k.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.v.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.gate.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.out.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.tri_att_end.attn.out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.pair_transition.norm.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.pair_transition.norm.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.0.pair_transition.fc.weight",
-            (128, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.pair_transition.fc.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.0.pair_transition.out.weight",
-            (32, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.0.pair_transition.out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.norm_m.weight",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.msa_row_attn.norm_m.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.norm_z.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.msa_row_attn.norm_z.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.pair_bias.weight",
-            (8, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.gate.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.gate.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_row_attn.attn.out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.msa_col_attn.norm.weight", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.1.msa_col_attn.norm.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.gate.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.gate.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_col_attn.attn.out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.msa_transition.norm.weight",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.msa_transition.norm.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.msa_transition.fc.weight",
-            (256, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.msa_transition.fc.bias", (256,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.msa_transition.out.weight",
-            (64, 256),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.msa_transition.out.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.norm.weight",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.norm.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.a.weight",
-            (16, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.a.bias",
-            (16,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.b.weight",
-            (16, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.b.bias",
-            (16,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.out.weight",
-            (32, 256),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.outer_product_mean.out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.norm_in.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.norm_in.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.a_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.a_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.a_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.a_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.b_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.b_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.b_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.b_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.norm_out.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.norm_out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_out.out.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_out.out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.norm_in.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.norm_in.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.a_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.a_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.a_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.a_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.b_proj.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.b_proj.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.b_gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.b_gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.gate.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_mul_in.norm_out.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.norm_out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.out.weight", (32, 32), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.1.tri_mul_in.out.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.norm.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_att_start.norm.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.tri_bias.weight",
-            (4, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.q.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.k.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.v.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.gate.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.out.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_start.attn.out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.tri_att_end.norm.weight", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self, "blocks.1.tri_att_end.norm.bias", (32,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.tri_bias.weight",
-            (4, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.q.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.k.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.v.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.gate.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.gate.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.out.weight",
-            (32, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.tri_att_end.attn.out.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.pair_transition.norm.weight",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.pair_transition.norm.bias",
-            (32,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "blocks.1.pair_transition.fc.weight",
-            (128, 32),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.pair_transition.fc.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "blocks.1.pair_transition.out.weight",
-            (32, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "blocks.1.pair_transition.out.bias", (32,), torch.float32, "parameter"
-        )
+        self.blocks = torch.nn.ModuleList()
+        self.blocks.append(torch.nn.Module())
+        self.blocks[0].msa_row_attn = torch.nn.Module()
+        self.blocks[0].msa_row_attn.norm_m = torch.nn.LayerNorm((64,))
+        self.blocks[0].msa_row_attn.norm_z = torch.nn.LayerNorm((32,))
+        self.blocks[0].msa_row_attn.pair_bias = torch.nn.Linear(32, 8, bias=False)
+        self.blocks[0].msa_row_attn.attn = torch.nn.Module()
+        self.blocks[0].msa_row_attn.attn.q = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[0].msa_row_attn.attn.k = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[0].msa_row_attn.attn.v = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[0].msa_row_attn.attn.gate = torch.nn.Linear(64, 64)
+        self.blocks[0].msa_row_attn.attn.out = torch.nn.Linear(64, 64)
+        self.blocks[0].msa_col_attn = torch.nn.Module()
+        self.blocks[0].msa_col_attn.norm = torch.nn.LayerNorm((64,))
+        self.blocks[0].msa_col_attn.attn = torch.nn.Module()
+        self.blocks[0].msa_col_attn.attn.q = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[0].msa_col_attn.attn.k = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[0].msa_col_attn.attn.v = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[0].msa_col_attn.attn.gate = torch.nn.Linear(64, 64)
+        self.blocks[0].msa_col_attn.attn.out = torch.nn.Linear(64, 64)
+        self.blocks[0].msa_transition = torch.nn.Module()
+        self.blocks[0].msa_transition.norm = torch.nn.LayerNorm((64,))
+        self.blocks[0].msa_transition.fc = torch.nn.Linear(64, 256)
+        self.blocks[0].msa_transition.out = torch.nn.Linear(256, 64)
+        self.blocks[0].outer_product_mean = torch.nn.Module()
+        self.blocks[0].outer_product_mean.norm = torch.nn.LayerNorm((64,))
+        self.blocks[0].outer_product_mean.a = torch.nn.Linear(64, 16)
+        self.blocks[0].outer_product_mean.b = torch.nn.Linear(64, 16)
+        self.blocks[0].outer_product_mean.out = torch.nn.Linear(256, 32)
+        self.blocks[0].tri_mul_out = torch.nn.Module()
+        self.blocks[0].tri_mul_out.norm_in = torch.nn.LayerNorm((32,))
+        self.blocks[0].tri_mul_out.a_proj = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_out.a_gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_out.b_proj = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_out.b_gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_out.gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_out.norm_out = torch.nn.LayerNorm((32,))
+        self.blocks[0].tri_mul_out.out = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_in = torch.nn.Module()
+        self.blocks[0].tri_mul_in.norm_in = torch.nn.LayerNorm((32,))
+        self.blocks[0].tri_mul_in.a_proj = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_in.a_gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_in.b_proj = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_in.b_gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_in.gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_mul_in.norm_out = torch.nn.LayerNorm((32,))
+        self.blocks[0].tri_mul_in.out = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_att_start = torch.nn.Module()
+        self.blocks[0].tri_att_start.norm = torch.nn.LayerNorm((32,))
+        self.blocks[0].tri_att_start.tri_bias = torch.nn.Linear(32, 4, bias=False)
+        self.blocks[0].tri_att_start.attn = torch.nn.Module()
+        self.blocks[0].tri_att_start.attn.q = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[0].tri_att_start.attn.k = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[0].tri_att_start.attn.v = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[0].tri_att_start.attn.gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_att_start.attn.out = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_att_end = torch.nn.Module()
+        self.blocks[0].tri_att_end.norm = torch.nn.LayerNorm((32,))
+        self.blocks[0].tri_att_end.tri_bias = torch.nn.Linear(32, 4, bias=False)
+        self.blocks[0].tri_att_end.attn = torch.nn.Module()
+        self.blocks[0].tri_att_end.attn.q = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[0].tri_att_end.attn.k = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[0].tri_att_end.attn.v = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[0].tri_att_end.attn.gate = torch.nn.Linear(32, 32)
+        self.blocks[0].tri_att_end.attn.out = torch.nn.Linear(32, 32)
+        self.blocks[0].pair_transition = torch.nn.Module()
+        self.blocks[0].pair_transition.norm = torch.nn.LayerNorm((32,))
+        self.blocks[0].pair_transition.fc = torch.nn.Linear(32, 128)
+        self.blocks[0].pair_transition.out = torch.nn.Linear(128, 32)
+        self.blocks.append(torch.nn.Module())
+        self.blocks[1].msa_row_attn = torch.nn.Module()
+        self.blocks[1].msa_row_attn.norm_m = torch.nn.LayerNorm((64,))
+        self.blocks[1].msa_row_attn.norm_z = torch.nn.LayerNorm((32,))
+        self.blocks[1].msa_row_attn.pair_bias = torch.nn.Linear(32, 8, bias=False)
+        self.blocks[1].msa_row_attn.attn = torch.nn.Module()
+        self.blocks[1].msa_row_attn.attn.q = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[1].msa_row_attn.attn.k = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[1].msa_row_attn.attn.v = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[1].msa_row_attn.attn.gate = torch.nn.Linear(64, 64)
+        self.blocks[1].msa_row_attn.attn.out = torch.nn.Linear(64, 64)
+        self.blocks[1].msa_col_attn = torch.nn.Module()
+        self.blocks[1].msa_col_attn.norm = torch.nn.LayerNorm((64,))
+        self.blocks[1].msa_col_attn.attn = torch.nn.Module()
+        self.blocks[1].msa_col_attn.attn.q = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[1].msa_col_attn.attn.k = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[1].msa_col_attn.attn.v = torch.nn.Linear(64, 64, bias=False)
+        self.blocks[1].msa_col_attn.attn.gate = torch.nn.Linear(64, 64)
+        self.blocks[1].msa_col_attn.attn.out = torch.nn.Linear(64, 64)
+        self.blocks[1].msa_transition = torch.nn.Module()
+        self.blocks[1].msa_transition.norm = torch.nn.LayerNorm((64,))
+        self.blocks[1].msa_transition.fc = torch.nn.Linear(64, 256)
+        self.blocks[1].msa_transition.out = torch.nn.Linear(256, 64)
+        self.blocks[1].outer_product_mean = torch.nn.Module()
+        self.blocks[1].outer_product_mean.norm = torch.nn.LayerNorm((64,))
+        self.blocks[1].outer_product_mean.a = torch.nn.Linear(64, 16)
+        self.blocks[1].outer_product_mean.b = torch.nn.Linear(64, 16)
+        self.blocks[1].outer_product_mean.out = torch.nn.Linear(256, 32)
+        self.blocks[1].tri_mul_out = torch.nn.Module()
+        self.blocks[1].tri_mul_out.norm_in = torch.nn.LayerNorm((32,))
+        self.blocks[1].tri_mul_out.a_proj = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_out.a_gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_out.b_proj = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_out.b_gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_out.gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_out.norm_out = torch.nn.LayerNorm((32,))
+        self.blocks[1].tri_mul_out.out = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_in = torch.nn.Module()
+        self.blocks[1].tri_mul_in.norm_in = torch.nn.LayerNorm((32,))
+        self.blocks[1].tri_mul_in.a_proj = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_in.a_gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_in.b_proj = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_in.b_gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_in.gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_mul_in.norm_out = torch.nn.LayerNorm((32,))
+        self.blocks[1].tri_mul_in.out = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_att_start = torch.nn.Module()
+        self.blocks[1].tri_att_start.norm = torch.nn.LayerNorm((32,))
+        self.blocks[1].tri_att_start.tri_bias = torch.nn.Linear(32, 4, bias=False)
+        self.blocks[1].tri_att_start.attn = torch.nn.Module()
+        self.blocks[1].tri_att_start.attn.q = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[1].tri_att_start.attn.k = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[1].tri_att_start.attn.v = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[1].tri_att_start.attn.gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_att_start.attn.out = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_att_end = torch.nn.Module()
+        self.blocks[1].tri_att_end.norm = torch.nn.LayerNorm((32,))
+        self.blocks[1].tri_att_end.tri_bias = torch.nn.Linear(32, 4, bias=False)
+        self.blocks[1].tri_att_end.attn = torch.nn.Module()
+        self.blocks[1].tri_att_end.attn.q = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[1].tri_att_end.attn.k = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[1].tri_att_end.attn.v = torch.nn.Linear(32, 32, bias=False)
+        self.blocks[1].tri_att_end.attn.gate = torch.nn.Linear(32, 32)
+        self.blocks[1].tri_att_end.attn.out = torch.nn.Linear(32, 32)
+        self.blocks[1].pair_transition = torch.nn.Module()
+        self.blocks[1].pair_transition.norm = torch.nn.LayerNorm((32,))
+        self.blocks[1].pair_transition.fc = torch.nn.Linear(32, 128)
+        self.blocks[1].pair_transition.out = torch.nn.Linear(128, 32)
 
     @classmethod
     def from_module(cls, original: torch.nn.Module) -> "ChunkedEvoformer":
@@ -1158,21 +216,12 @@ class ChunkedEvoformer(torch.nn.Module):
         # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:89 in forward: bias = self.pair_bias(self.norm_z(pair)).permute(2, 0, 1)
-        blocks_0_msa_row_attn_norm_z: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                pair,
-                [32],
-                self.blocks[0].msa_row_attn.norm_z.weight,
-                self.blocks[0].msa_row_attn.norm_z.bias,
-                1e-05,
-            )
-        )
-        blocks_0_msa_row_attn_pair_bias: "f32[res, res, 8]" = (
-            torch.nn.functional.linear(
-                blocks_0_msa_row_attn_norm_z,
-                self.blocks[0].msa_row_attn.pair_bias.weight,
-            )
-        )
+        blocks_0_msa_row_attn_norm_z: "f32[res, res, 32]" = self.blocks[
+            0
+        ].msa_row_attn.norm_z(pair)
+        blocks_0_msa_row_attn_pair_bias: "f32[res, res, 8]" = self.blocks[
+            0
+        ].msa_row_attn.pair_bias(blocks_0_msa_row_attn_norm_z)
         del blocks_0_msa_row_attn_norm_z
         blocks_0_msa_row_attn_permute: "f32[8, res, res]" = (
             blocks_0_msa_row_attn_pair_bias.permute(2, 0, 1)
@@ -1187,20 +236,15 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, 32, 2):
             stop = min(start + 2, 32)
             # evoformer.py:90 in forward: return self.attn(self.norm_m(msa), bias)
-            blocks_0_msa_row_attn_norm_m_chunk = torch.nn.functional.layer_norm(
-                msa[start:stop],
-                [64],
-                self.blocks[0].msa_row_attn.norm_m.weight,
-                self.blocks[0].msa_row_attn.norm_m.bias,
-                1e-05,
+            blocks_0_msa_row_attn_norm_m_chunk = self.blocks[0].msa_row_attn.norm_m(
+                msa[start:stop]
             )
             blocks_0_msa_row_attn_norm_m[start:stop] = (
                 blocks_0_msa_row_attn_norm_m_chunk
             )
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            blocks_0_msa_row_attn_attn_q = torch.nn.functional.linear(
-                blocks_0_msa_row_attn_norm_m_chunk,
-                self.blocks[0].msa_row_attn.attn.q.weight,
+            blocks_0_msa_row_attn_attn_q = self.blocks[0].msa_row_attn.attn.q(
+                blocks_0_msa_row_attn_norm_m_chunk
             )
             blocks_0_msa_row_attn_attn_view = blocks_0_msa_row_attn_attn_q.view(
                 stop - start, res, 8, 8
@@ -1216,9 +260,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_0_msa_row_attn_attn_transpose_1
             # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            blocks_0_msa_row_attn_attn_k = torch.nn.functional.linear(
-                blocks_0_msa_row_attn_norm_m_chunk,
-                self.blocks[0].msa_row_attn.attn.k.weight,
+            blocks_0_msa_row_attn_attn_k = self.blocks[0].msa_row_attn.attn.k(
+                blocks_0_msa_row_attn_norm_m_chunk
             )
             blocks_0_msa_row_attn_attn_view_1 = blocks_0_msa_row_attn_attn_k.view(
                 stop - start, res, 8, 8
@@ -1229,9 +272,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_0_msa_row_attn_attn_view_1
             # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            blocks_0_msa_row_attn_attn_v = torch.nn.functional.linear(
-                blocks_0_msa_row_attn_norm_m_chunk,
-                self.blocks[0].msa_row_attn.attn.v.weight,
+            blocks_0_msa_row_attn_attn_v = self.blocks[0].msa_row_attn.attn.v(
+                blocks_0_msa_row_attn_norm_m_chunk
             )
             del blocks_0_msa_row_attn_norm_m_chunk
             blocks_0_msa_row_attn_attn_view_2 = blocks_0_msa_row_attn_attn_v.view(
@@ -1285,13 +327,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_msa_row_attn_attn_transpose
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_0_msa_row_attn_attn_gate: "f32[32, res, 64]" = (
-            torch.nn.functional.linear(
-                blocks_0_msa_row_attn_norm_m,
-                self.blocks[0].msa_row_attn.attn.gate.weight,
-                self.blocks[0].msa_row_attn.attn.gate.bias,
-            )
-        )
+        blocks_0_msa_row_attn_attn_gate: "f32[32, res, 64]" = self.blocks[
+            0
+        ].msa_row_attn.attn.gate(blocks_0_msa_row_attn_norm_m)
         del blocks_0_msa_row_attn_norm_m
         blocks_0_msa_row_attn_attn_sigmoid: "f32[32, res, 64]" = torch.sigmoid(
             blocks_0_msa_row_attn_attn_gate
@@ -1302,31 +340,25 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_msa_row_attn_attn_reshape, blocks_0_msa_row_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_0_msa_row_attn_attn_out: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_0_msa_row_attn_attn_mul,
-            self.blocks[0].msa_row_attn.attn.out.weight,
-            self.blocks[0].msa_row_attn.attn.out.bias,
-        )
+        blocks_0_msa_row_attn_attn_out: "f32[32, res, 64]" = self.blocks[
+            0
+        ].msa_row_attn.attn.out(blocks_0_msa_row_attn_attn_mul)
         del blocks_0_msa_row_attn_attn_mul
         # evoformer.py:202 in forward: msa = msa + self.msa_row_attn(msa, pair)
         blocks_0_add: "f32[32, res, 64]" = msa + blocks_0_msa_row_attn_attn_out
         del blocks_0_msa_row_attn_attn_out
         # evoformer.py:102 in forward: cols = self.norm(msa).transpose(0, 1)  # [r, s, c_m]: one attention per residue
-        blocks_0_msa_col_attn_norm: "f32[32, res, 64]" = torch.nn.functional.layer_norm(
-            blocks_0_add,
-            [64],
-            self.blocks[0].msa_col_attn.norm.weight,
-            self.blocks[0].msa_col_attn.norm.bias,
-            1e-05,
-        )
+        blocks_0_msa_col_attn_norm: "f32[32, res, 64]" = self.blocks[
+            0
+        ].msa_col_attn.norm(blocks_0_add)
         blocks_0_msa_col_attn_transpose: "f32[res, 32, 64]" = (
             blocks_0_msa_col_attn_norm.transpose(0, 1)
         )
         del blocks_0_msa_col_attn_norm
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_msa_col_attn_attn_q: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_0_msa_col_attn_transpose, self.blocks[0].msa_col_attn.attn.q.weight
-        )
+        blocks_0_msa_col_attn_attn_q: "f32[res, 32, 64]" = self.blocks[
+            0
+        ].msa_col_attn.attn.q(blocks_0_msa_col_attn_transpose)
         blocks_0_msa_col_attn_attn_view: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_q.view(res, 32, 8, 8)
         )
@@ -1341,9 +373,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_msa_col_attn_attn_transpose
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_msa_col_attn_attn_k: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_0_msa_col_attn_transpose, self.blocks[0].msa_col_attn.attn.k.weight
-        )
+        blocks_0_msa_col_attn_attn_k: "f32[res, 32, 64]" = self.blocks[
+            0
+        ].msa_col_attn.attn.k(blocks_0_msa_col_attn_transpose)
         blocks_0_msa_col_attn_attn_view_1: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_k.view(res, 32, 8, 8)
         )
@@ -1353,9 +385,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_msa_col_attn_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_msa_col_attn_attn_v: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_0_msa_col_attn_transpose, self.blocks[0].msa_col_attn.attn.v.weight
-        )
+        blocks_0_msa_col_attn_attn_v: "f32[res, 32, 64]" = self.blocks[
+            0
+        ].msa_col_attn.attn.v(blocks_0_msa_col_attn_transpose)
         blocks_0_msa_col_attn_attn_view_2: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_v.view(res, 32, 8, 8)
         )
@@ -1392,13 +424,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_msa_col_attn_attn_transpose_4
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_0_msa_col_attn_attn_gate: "f32[res, 32, 64]" = (
-            torch.nn.functional.linear(
-                blocks_0_msa_col_attn_transpose,
-                self.blocks[0].msa_col_attn.attn.gate.weight,
-                self.blocks[0].msa_col_attn.attn.gate.bias,
-            )
-        )
+        blocks_0_msa_col_attn_attn_gate: "f32[res, 32, 64]" = self.blocks[
+            0
+        ].msa_col_attn.attn.gate(blocks_0_msa_col_attn_transpose)
         del blocks_0_msa_col_attn_transpose
         blocks_0_msa_col_attn_attn_sigmoid: "f32[res, 32, 64]" = torch.sigmoid(
             blocks_0_msa_col_attn_attn_gate
@@ -1409,11 +437,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_msa_col_attn_attn_reshape, blocks_0_msa_col_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_0_msa_col_attn_attn_out: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_0_msa_col_attn_attn_mul,
-            self.blocks[0].msa_col_attn.attn.out.weight,
-            self.blocks[0].msa_col_attn.attn.out.bias,
-        )
+        blocks_0_msa_col_attn_attn_out: "f32[res, 32, 64]" = self.blocks[
+            0
+        ].msa_col_attn.attn.out(blocks_0_msa_col_attn_attn_mul)
         del blocks_0_msa_col_attn_attn_mul
         # evoformer.py:103 in forward: return self.attn(cols).transpose(0, 1)
         blocks_0_msa_col_attn_transpose_1: "f32[32, res, 64]" = (
@@ -1426,30 +452,20 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_add, blocks_0_msa_col_attn_transpose_1
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
-        blocks_0_msa_transition_norm: "f32[32, res, 64]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_1,
-                [64],
-                self.blocks[0].msa_transition.norm.weight,
-                self.blocks[0].msa_transition.norm.bias,
-                1e-05,
-            )
-        )
-        blocks_0_msa_transition_fc: "f32[32, res, 256]" = torch.nn.functional.linear(
-            blocks_0_msa_transition_norm,
-            self.blocks[0].msa_transition.fc.weight,
-            self.blocks[0].msa_transition.fc.bias,
-        )
+        blocks_0_msa_transition_norm: "f32[32, res, 64]" = self.blocks[
+            0
+        ].msa_transition.norm(blocks_0_add_1)
+        blocks_0_msa_transition_fc: "f32[32, res, 256]" = self.blocks[
+            0
+        ].msa_transition.fc(blocks_0_msa_transition_norm)
         del blocks_0_msa_transition_norm
         blocks_0_msa_transition_relu: "f32[32, res, 256]" = torch.relu(
             blocks_0_msa_transition_fc
         )
         del blocks_0_msa_transition_fc
-        blocks_0_msa_transition_out: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_0_msa_transition_relu,
-            self.blocks[0].msa_transition.out.weight,
-            self.blocks[0].msa_transition.out.bias,
-        )
+        blocks_0_msa_transition_out: "f32[32, res, 64]" = self.blocks[
+            0
+        ].msa_transition.out(blocks_0_msa_transition_relu)
         del blocks_0_msa_transition_relu
         # evoformer.py:204 in forward: msa = msa + self.msa_transition(msa)
         blocks_0_add_2: "f32[32, res, 64]" = (
@@ -1457,30 +473,20 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_add_1, blocks_0_msa_transition_out
         # evoformer.py:130 in forward: m = self.norm(msa)
-        blocks_0_outer_product_mean_norm: "f32[32, res, 64]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_2,
-                [64],
-                self.blocks[0].outer_product_mean.norm.weight,
-                self.blocks[0].outer_product_mean.norm.bias,
-                1e-05,
-            )
-        )
+        blocks_0_outer_product_mean_norm: "f32[32, res, 64]" = self.blocks[
+            0
+        ].outer_product_mean.norm(blocks_0_add_2)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
-        blocks_0_outer_product_mean_a: "f32[32, res, 16]" = torch.nn.functional.linear(
-            blocks_0_outer_product_mean_norm,
-            self.blocks[0].outer_product_mean.a.weight,
-            self.blocks[0].outer_product_mean.a.bias,
-        )
+        blocks_0_outer_product_mean_a: "f32[32, res, 16]" = self.blocks[
+            0
+        ].outer_product_mean.a(blocks_0_outer_product_mean_norm)
         # Chunk region 2/8: blocks.0 (evoformer.py:133-134, 205), over `res`.
         # f32[res, res, 16, 16] 49.0 MiB -> 3.5 MiB per chunk of 16.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
-        blocks_0_outer_product_mean_b: "f32[32, res, 16]" = torch.nn.functional.linear(
-            blocks_0_outer_product_mean_norm,
-            self.blocks[0].outer_product_mean.b.weight,
-            self.blocks[0].outer_product_mean.b.bias,
-        )
+        blocks_0_outer_product_mean_b: "f32[32, res, 16]" = self.blocks[
+            0
+        ].outer_product_mean.b(blocks_0_outer_product_mean_norm)
         del blocks_0_outer_product_mean_norm
         blocks_0_add_3 = torch.empty(
             (res, res, 32), dtype=pair.dtype, device=pair.device
@@ -1511,10 +517,8 @@ class ChunkedEvoformer(torch.nn.Module):
                 blocks_0_outer_product_mean_div.flatten(-2)
             )
             del blocks_0_outer_product_mean_div
-            blocks_0_outer_product_mean_out = torch.nn.functional.linear(
-                blocks_0_outer_product_mean_flatten,
-                self.blocks[0].outer_product_mean.out.weight,
-                self.blocks[0].outer_product_mean.out.bias,
+            blocks_0_outer_product_mean_out = self.blocks[0].outer_product_mean.out(
+                blocks_0_outer_product_mean_flatten
             )
             del blocks_0_outer_product_mean_flatten
             # evoformer.py:205 in forward: pair = pair + self.outer_product_mean(msa)
@@ -1524,57 +528,35 @@ class ChunkedEvoformer(torch.nn.Module):
             del blocks_0_add_chunk
         del blocks_0_outer_product_mean_a, blocks_0_outer_product_mean_b, chunk
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_0_tri_mul_out_norm_in: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_3,
-                [32],
-                self.blocks[0].tri_mul_out.norm_in.weight,
-                self.blocks[0].tri_mul_out.norm_in.bias,
-                1e-05,
-            )
-        )
+        blocks_0_tri_mul_out_norm_in: "f32[res, res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.norm_in(blocks_0_add_3)
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
-        blocks_0_tri_mul_out_a_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_out_norm_in,
-                self.blocks[0].tri_mul_out.a_gate.weight,
-                self.blocks[0].tri_mul_out.a_gate.bias,
-            )
-        )
+        blocks_0_tri_mul_out_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.a_gate(blocks_0_tri_mul_out_norm_in)
         blocks_0_tri_mul_out_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_out_a_gate
         )
         del blocks_0_tri_mul_out_a_gate
-        blocks_0_tri_mul_out_a_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_out_norm_in,
-                self.blocks[0].tri_mul_out.a_proj.weight,
-                self.blocks[0].tri_mul_out.a_proj.bias,
-            )
-        )
+        blocks_0_tri_mul_out_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.a_proj(blocks_0_tri_mul_out_norm_in)
         blocks_0_tri_mul_out_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_out_sigmoid * blocks_0_tri_mul_out_a_proj
         )
         del blocks_0_tri_mul_out_a_proj, blocks_0_tri_mul_out_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
-        blocks_0_tri_mul_out_b_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_out_norm_in,
-                self.blocks[0].tri_mul_out.b_gate.weight,
-                self.blocks[0].tri_mul_out.b_gate.bias,
-            )
-        )
+        blocks_0_tri_mul_out_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.b_gate(blocks_0_tri_mul_out_norm_in)
         blocks_0_tri_mul_out_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_out_b_gate
         )
         del blocks_0_tri_mul_out_b_gate
-        blocks_0_tri_mul_out_b_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_out_norm_in,
-                self.blocks[0].tri_mul_out.b_proj.weight,
-                self.blocks[0].tri_mul_out.b_proj.bias,
-            )
-        )
+        blocks_0_tri_mul_out_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.b_proj(blocks_0_tri_mul_out_norm_in)
         blocks_0_tri_mul_out_mul_1: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_out_sigmoid_1 * blocks_0_tri_mul_out_b_proj
         )
@@ -1585,35 +567,21 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_mul_out_mul, blocks_0_tri_mul_out_mul_1
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
-        blocks_0_tri_mul_out_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_out_norm_in,
-                self.blocks[0].tri_mul_out.gate.weight,
-                self.blocks[0].tri_mul_out.gate.bias,
-            )
-        )
+        blocks_0_tri_mul_out_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.gate(blocks_0_tri_mul_out_norm_in)
         del blocks_0_tri_mul_out_norm_in
         blocks_0_tri_mul_out_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_out_gate
         )
         del blocks_0_tri_mul_out_gate
-        blocks_0_tri_mul_out_norm_out: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_tri_mul_out_einsum,
-                [32],
-                self.blocks[0].tri_mul_out.norm_out.weight,
-                self.blocks[0].tri_mul_out.norm_out.bias,
-                1e-05,
-            )
-        )
+        blocks_0_tri_mul_out_norm_out: "f32[res, res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.norm_out(blocks_0_tri_mul_out_einsum)
         del blocks_0_tri_mul_out_einsum
-        blocks_0_tri_mul_out_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_out_norm_out,
-                self.blocks[0].tri_mul_out.out.weight,
-                self.blocks[0].tri_mul_out.out.bias,
-            )
-        )
+        blocks_0_tri_mul_out_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_out.out(blocks_0_tri_mul_out_norm_out)
         del blocks_0_tri_mul_out_norm_out
         blocks_0_tri_mul_out_mul_2: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_out_sigmoid_2 * blocks_0_tri_mul_out_out
@@ -1625,57 +593,35 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_add_3, blocks_0_tri_mul_out_mul_2
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_0_tri_mul_in_norm_in: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_4,
-                [32],
-                self.blocks[0].tri_mul_in.norm_in.weight,
-                self.blocks[0].tri_mul_in.norm_in.bias,
-                1e-05,
-            )
-        )
+        blocks_0_tri_mul_in_norm_in: "f32[res, res, 32]" = self.blocks[
+            0
+        ].tri_mul_in.norm_in(blocks_0_add_4)
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
-        blocks_0_tri_mul_in_a_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_in_norm_in,
-                self.blocks[0].tri_mul_in.a_gate.weight,
-                self.blocks[0].tri_mul_in.a_gate.bias,
-            )
-        )
+        blocks_0_tri_mul_in_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_in.a_gate(blocks_0_tri_mul_in_norm_in)
         blocks_0_tri_mul_in_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_in_a_gate
         )
         del blocks_0_tri_mul_in_a_gate
-        blocks_0_tri_mul_in_a_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_in_norm_in,
-                self.blocks[0].tri_mul_in.a_proj.weight,
-                self.blocks[0].tri_mul_in.a_proj.bias,
-            )
-        )
+        blocks_0_tri_mul_in_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_in.a_proj(blocks_0_tri_mul_in_norm_in)
         blocks_0_tri_mul_in_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_in_sigmoid * blocks_0_tri_mul_in_a_proj
         )
         del blocks_0_tri_mul_in_a_proj, blocks_0_tri_mul_in_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
-        blocks_0_tri_mul_in_b_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_in_norm_in,
-                self.blocks[0].tri_mul_in.b_gate.weight,
-                self.blocks[0].tri_mul_in.b_gate.bias,
-            )
-        )
+        blocks_0_tri_mul_in_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_in.b_gate(blocks_0_tri_mul_in_norm_in)
         blocks_0_tri_mul_in_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_in_b_gate
         )
         del blocks_0_tri_mul_in_b_gate
-        blocks_0_tri_mul_in_b_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_in_norm_in,
-                self.blocks[0].tri_mul_in.b_proj.weight,
-                self.blocks[0].tri_mul_in.b_proj.bias,
-            )
-        )
+        blocks_0_tri_mul_in_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_in.b_proj(blocks_0_tri_mul_in_norm_in)
         blocks_0_tri_mul_in_mul_1: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_in_sigmoid_1 * blocks_0_tri_mul_in_b_proj
         )
@@ -1688,35 +634,21 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_mul_in_mul, blocks_0_tri_mul_in_mul_1
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
-        blocks_0_tri_mul_in_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_mul_in_norm_in,
-                self.blocks[0].tri_mul_in.gate.weight,
-                self.blocks[0].tri_mul_in.gate.bias,
-            )
-        )
+        blocks_0_tri_mul_in_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_mul_in.gate(blocks_0_tri_mul_in_norm_in)
         del blocks_0_tri_mul_in_norm_in
         blocks_0_tri_mul_in_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_in_gate
         )
         del blocks_0_tri_mul_in_gate
         blocks_0_tri_mul_in_norm_out: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_tri_mul_in_einsum,
-                [32],
-                self.blocks[0].tri_mul_in.norm_out.weight,
-                self.blocks[0].tri_mul_in.norm_out.bias,
-                1e-05,
-            )
+            self.blocks[0].tri_mul_in.norm_out(blocks_0_tri_mul_in_einsum)
         )
         del blocks_0_tri_mul_in_einsum
         blocks_0_tri_mul_in_out: (
             "f32[res ** 2 // res, res ** 2 // res ** 2 // res ** 2 // res, 32]"
-        ) = torch.nn.functional.linear(
-            blocks_0_tri_mul_in_norm_out,
-            self.blocks[0].tri_mul_in.out.weight,
-            self.blocks[0].tri_mul_in.out.bias,
-        )
+        ) = self.blocks[0].tri_mul_in.out(blocks_0_tri_mul_in_norm_out)
         del blocks_0_tri_mul_in_norm_out
         blocks_0_tri_mul_in_mul_2: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_in_sigmoid_2 * blocks_0_tri_mul_in_out
@@ -1726,32 +658,21 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_add_5: "f32[res, res, 32]" = blocks_0_add_4 + blocks_0_tri_mul_in_mul_2
         del blocks_0_add_4, blocks_0_tri_mul_in_mul_2
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_0_tri_att_start_norm: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_5,
-                [32],
-                self.blocks[0].tri_att_start.norm.weight,
-                self.blocks[0].tri_att_start.norm.bias,
-                1e-05,
-            )
-        )
+        blocks_0_tri_att_start_norm: "f32[res, res, 32]" = self.blocks[
+            0
+        ].tri_att_start.norm(blocks_0_add_5)
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
-        blocks_0_tri_att_start_tri_bias: "f32[res, res ** 2 // res, 4]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_start_norm,
-                self.blocks[0].tri_att_start.tri_bias.weight,
-            )
-        )
+        blocks_0_tri_att_start_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
+            0
+        ].tri_att_start.tri_bias(blocks_0_tri_att_start_norm)
         blocks_0_tri_att_start_permute: "f32[4, res, res ** 2 // res]" = (
             blocks_0_tri_att_start_tri_bias.permute(2, 0, 1)
         )
         del blocks_0_tri_att_start_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_tri_att_start_attn_q: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_start_norm, self.blocks[0].tri_att_start.attn.q.weight
-            )
-        )
+        blocks_0_tri_att_start_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_start.attn.q(blocks_0_tri_att_start_norm)
         blocks_0_tri_att_start_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_q.view(res, res, 4, 8)
         )
@@ -1766,11 +687,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_att_start_attn_transpose
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_start_norm, self.blocks[0].tri_att_start.attn.k.weight
-            )
-        )
+        blocks_0_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_start.attn.k(blocks_0_tri_att_start_norm)
         blocks_0_tri_att_start_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_k.view(res, res, 4, 8)
         )
@@ -1780,11 +699,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_att_start_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_tri_att_start_attn_v: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_start_norm, self.blocks[0].tri_att_start.attn.v.weight
-            )
-        )
+        blocks_0_tri_att_start_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_start.attn.v(blocks_0_tri_att_start_norm)
         blocks_0_tri_att_start_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_v.view(res, res, 4, 8)
         )
@@ -1798,13 +715,9 @@ class ChunkedEvoformer(torch.nn.Module):
         # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_0_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_start_norm,
-                self.blocks[0].tri_att_start.attn.gate.weight,
-                self.blocks[0].tri_att_start.attn.gate.bias,
-            )
-        )
+        blocks_0_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_start.attn.gate(blocks_0_tri_att_start_norm)
         del blocks_0_tri_att_start_norm
         blocks_0_tri_att_start_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_0_tri_att_start_attn_gate)
@@ -1876,13 +789,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_att_start_attn_reshape, blocks_0_tri_att_start_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_0_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_start_attn_mul,
-                self.blocks[0].tri_att_start.attn.out.weight,
-                self.blocks[0].tri_att_start.attn.out.bias,
-            )
-        )
+        blocks_0_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_start.attn.out(blocks_0_tri_att_start_attn_mul)
         del blocks_0_tri_att_start_attn_mul
         # evoformer.py:208 in forward: pair = pair + self.tri_att_start(pair)
         blocks_0_add_6: "f32[res, res, 32]" = (
@@ -1894,30 +803,22 @@ class ChunkedEvoformer(torch.nn.Module):
             0, 1
         )
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_0_tri_att_end_norm: "f32[res, res, 32]" = torch.nn.functional.layer_norm(
-            blocks_0_tri_att_end_transpose,
-            [32],
-            self.blocks[0].tri_att_end.norm.weight,
-            self.blocks[0].tri_att_end.norm.bias,
-            1e-05,
-        )
+        blocks_0_tri_att_end_norm: "f32[res, res, 32]" = self.blocks[
+            0
+        ].tri_att_end.norm(blocks_0_tri_att_end_transpose)
         del blocks_0_tri_att_end_transpose
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
-        blocks_0_tri_att_end_tri_bias: "f32[res, res ** 2 // res, 4]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_end_norm, self.blocks[0].tri_att_end.tri_bias.weight
-            )
-        )
+        blocks_0_tri_att_end_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
+            0
+        ].tri_att_end.tri_bias(blocks_0_tri_att_end_norm)
         blocks_0_tri_att_end_permute: "f32[4, res, res ** 2 // res]" = (
             blocks_0_tri_att_end_tri_bias.permute(2, 0, 1)
         )
         del blocks_0_tri_att_end_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_tri_att_end_attn_q: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_end_norm, self.blocks[0].tri_att_end.attn.q.weight
-            )
-        )
+        blocks_0_tri_att_end_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_end.attn.q(blocks_0_tri_att_end_norm)
         blocks_0_tri_att_end_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_q.view(res, res, 4, 8)
         )
@@ -1932,11 +833,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_att_end_attn_transpose
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_end_norm, self.blocks[0].tri_att_end.attn.k.weight
-            )
-        )
+        blocks_0_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_end.attn.k(blocks_0_tri_att_end_norm)
         blocks_0_tri_att_end_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_k.view(res, res, 4, 8)
         )
@@ -1946,11 +845,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_att_end_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_0_tri_att_end_attn_v: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_end_norm, self.blocks[0].tri_att_end.attn.v.weight
-            )
-        )
+        blocks_0_tri_att_end_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_end.attn.v(blocks_0_tri_att_end_norm)
         blocks_0_tri_att_end_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_v.view(res, res, 4, 8)
         )
@@ -1964,13 +861,9 @@ class ChunkedEvoformer(torch.nn.Module):
         # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_0_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_end_norm,
-                self.blocks[0].tri_att_end.attn.gate.weight,
-                self.blocks[0].tri_att_end.attn.gate.bias,
-            )
-        )
+        blocks_0_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_end.attn.gate(blocks_0_tri_att_end_norm)
         del blocks_0_tri_att_end_norm
         blocks_0_tri_att_end_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_0_tri_att_end_attn_gate)
@@ -2046,13 +939,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_tri_att_end_attn_reshape, blocks_0_tri_att_end_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_0_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_tri_att_end_attn_mul,
-                self.blocks[0].tri_att_end.attn.out.weight,
-                self.blocks[0].tri_att_end.attn.out.bias,
-            )
-        )
+        blocks_0_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].tri_att_end.attn.out(blocks_0_tri_att_end_attn_mul)
         del blocks_0_tri_att_end_attn_mul
         # evoformer.py:184 in forward: out = out.transpose(0, 1)
         blocks_0_tri_att_end_transpose_1: "f32[res ** 2 // res, res, 32]" = (
@@ -2065,34 +954,20 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_add_6, blocks_0_tri_att_end_transpose_1
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
-        blocks_0_pair_transition_norm: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_7,
-                [32],
-                self.blocks[0].pair_transition.norm.weight,
-                self.blocks[0].pair_transition.norm.bias,
-                1e-05,
-            )
-        )
-        blocks_0_pair_transition_fc: "f32[res, res ** 2 // res, 128]" = (
-            torch.nn.functional.linear(
-                blocks_0_pair_transition_norm,
-                self.blocks[0].pair_transition.fc.weight,
-                self.blocks[0].pair_transition.fc.bias,
-            )
-        )
+        blocks_0_pair_transition_norm: "f32[res, res, 32]" = self.blocks[
+            0
+        ].pair_transition.norm(blocks_0_add_7)
+        blocks_0_pair_transition_fc: "f32[res, res ** 2 // res, 128]" = self.blocks[
+            0
+        ].pair_transition.fc(blocks_0_pair_transition_norm)
         del blocks_0_pair_transition_norm
         blocks_0_pair_transition_relu: "f32[res, res ** 2 // res, 128]" = torch.relu(
             blocks_0_pair_transition_fc
         )
         del blocks_0_pair_transition_fc
-        blocks_0_pair_transition_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_0_pair_transition_relu,
-                self.blocks[0].pair_transition.out.weight,
-                self.blocks[0].pair_transition.out.bias,
-            )
-        )
+        blocks_0_pair_transition_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            0
+        ].pair_transition.out(blocks_0_pair_transition_relu)
         del blocks_0_pair_transition_relu
         # evoformer.py:210 in forward: pair = pair + self.pair_transition(pair)
         blocks_0_add_8: "f32[res, res, 32]" = (
@@ -2100,21 +975,12 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_add_7, blocks_0_pair_transition_out
         # evoformer.py:89 in forward: bias = self.pair_bias(self.norm_z(pair)).permute(2, 0, 1)
-        blocks_1_msa_row_attn_norm_z: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_0_add_8,
-                [32],
-                self.blocks[1].msa_row_attn.norm_z.weight,
-                self.blocks[1].msa_row_attn.norm_z.bias,
-                1e-05,
-            )
-        )
-        blocks_1_msa_row_attn_pair_bias: "f32[res, res ** 2 // res, 8]" = (
-            torch.nn.functional.linear(
-                blocks_1_msa_row_attn_norm_z,
-                self.blocks[1].msa_row_attn.pair_bias.weight,
-            )
-        )
+        blocks_1_msa_row_attn_norm_z: "f32[res, res, 32]" = self.blocks[
+            1
+        ].msa_row_attn.norm_z(blocks_0_add_8)
+        blocks_1_msa_row_attn_pair_bias: "f32[res, res ** 2 // res, 8]" = self.blocks[
+            1
+        ].msa_row_attn.pair_bias(blocks_1_msa_row_attn_norm_z)
         del blocks_1_msa_row_attn_norm_z
         blocks_1_msa_row_attn_permute: "f32[8, res, res ** 2 // res]" = (
             blocks_1_msa_row_attn_pair_bias.permute(2, 0, 1)
@@ -2129,20 +995,15 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, 32, 2):
             stop = min(start + 2, 32)
             # evoformer.py:90 in forward: return self.attn(self.norm_m(msa), bias)
-            blocks_1_msa_row_attn_norm_m_chunk = torch.nn.functional.layer_norm(
-                blocks_0_add_2[start:stop],
-                [64],
-                self.blocks[1].msa_row_attn.norm_m.weight,
-                self.blocks[1].msa_row_attn.norm_m.bias,
-                1e-05,
+            blocks_1_msa_row_attn_norm_m_chunk = self.blocks[1].msa_row_attn.norm_m(
+                blocks_0_add_2[start:stop]
             )
             blocks_1_msa_row_attn_norm_m[start:stop] = (
                 blocks_1_msa_row_attn_norm_m_chunk
             )
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            blocks_1_msa_row_attn_attn_q = torch.nn.functional.linear(
-                blocks_1_msa_row_attn_norm_m_chunk,
-                self.blocks[1].msa_row_attn.attn.q.weight,
+            blocks_1_msa_row_attn_attn_q = self.blocks[1].msa_row_attn.attn.q(
+                blocks_1_msa_row_attn_norm_m_chunk
             )
             blocks_1_msa_row_attn_attn_view = blocks_1_msa_row_attn_attn_q.view(
                 stop - start, res, 8, 8
@@ -2158,9 +1019,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_1_msa_row_attn_attn_transpose_1
             # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            blocks_1_msa_row_attn_attn_k = torch.nn.functional.linear(
-                blocks_1_msa_row_attn_norm_m_chunk,
-                self.blocks[1].msa_row_attn.attn.k.weight,
+            blocks_1_msa_row_attn_attn_k = self.blocks[1].msa_row_attn.attn.k(
+                blocks_1_msa_row_attn_norm_m_chunk
             )
             blocks_1_msa_row_attn_attn_view_1 = blocks_1_msa_row_attn_attn_k.view(
                 stop - start, res, 8, 8
@@ -2171,9 +1031,8 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_1_msa_row_attn_attn_view_1
             # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            blocks_1_msa_row_attn_attn_v = torch.nn.functional.linear(
-                blocks_1_msa_row_attn_norm_m_chunk,
-                self.blocks[1].msa_row_attn.attn.v.weight,
+            blocks_1_msa_row_attn_attn_v = self.blocks[1].msa_row_attn.attn.v(
+                blocks_1_msa_row_attn_norm_m_chunk
             )
             del blocks_1_msa_row_attn_norm_m_chunk
             blocks_1_msa_row_attn_attn_view_2 = blocks_1_msa_row_attn_attn_v.view(
@@ -2227,13 +1086,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_row_attn_attn_transpose
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_1_msa_row_attn_attn_gate: "f32[32, res, 64]" = (
-            torch.nn.functional.linear(
-                blocks_1_msa_row_attn_norm_m,
-                self.blocks[1].msa_row_attn.attn.gate.weight,
-                self.blocks[1].msa_row_attn.attn.gate.bias,
-            )
-        )
+        blocks_1_msa_row_attn_attn_gate: "f32[32, res, 64]" = self.blocks[
+            1
+        ].msa_row_attn.attn.gate(blocks_1_msa_row_attn_norm_m)
         del blocks_1_msa_row_attn_norm_m
         blocks_1_msa_row_attn_attn_sigmoid: "f32[32, res, 64]" = torch.sigmoid(
             blocks_1_msa_row_attn_attn_gate
@@ -2244,11 +1099,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_row_attn_attn_reshape, blocks_1_msa_row_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_1_msa_row_attn_attn_out: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_row_attn_attn_mul,
-            self.blocks[1].msa_row_attn.attn.out.weight,
-            self.blocks[1].msa_row_attn.attn.out.bias,
-        )
+        blocks_1_msa_row_attn_attn_out: "f32[32, res, 64]" = self.blocks[
+            1
+        ].msa_row_attn.attn.out(blocks_1_msa_row_attn_attn_mul)
         del blocks_1_msa_row_attn_attn_mul
         # evoformer.py:202 in forward: msa = msa + self.msa_row_attn(msa, pair)
         blocks_1_add: "f32[32, res, 64]" = (
@@ -2256,21 +1109,17 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_0_add_2, blocks_1_msa_row_attn_attn_out
         # evoformer.py:102 in forward: cols = self.norm(msa).transpose(0, 1)  # [r, s, c_m]: one attention per residue
-        blocks_1_msa_col_attn_norm: "f32[32, res, 64]" = torch.nn.functional.layer_norm(
-            blocks_1_add,
-            [64],
-            self.blocks[1].msa_col_attn.norm.weight,
-            self.blocks[1].msa_col_attn.norm.bias,
-            1e-05,
-        )
+        blocks_1_msa_col_attn_norm: "f32[32, res, 64]" = self.blocks[
+            1
+        ].msa_col_attn.norm(blocks_1_add)
         blocks_1_msa_col_attn_transpose: "f32[res, 32, 64]" = (
             blocks_1_msa_col_attn_norm.transpose(0, 1)
         )
         del blocks_1_msa_col_attn_norm
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_msa_col_attn_attn_q: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_col_attn_transpose, self.blocks[1].msa_col_attn.attn.q.weight
-        )
+        blocks_1_msa_col_attn_attn_q: "f32[res, 32, 64]" = self.blocks[
+            1
+        ].msa_col_attn.attn.q(blocks_1_msa_col_attn_transpose)
         blocks_1_msa_col_attn_attn_view: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_q.view(res, 32, 8, 8)
         )
@@ -2285,9 +1134,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_col_attn_attn_transpose
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_msa_col_attn_attn_k: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_col_attn_transpose, self.blocks[1].msa_col_attn.attn.k.weight
-        )
+        blocks_1_msa_col_attn_attn_k: "f32[res, 32, 64]" = self.blocks[
+            1
+        ].msa_col_attn.attn.k(blocks_1_msa_col_attn_transpose)
         blocks_1_msa_col_attn_attn_view_1: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_k.view(res, 32, 8, 8)
         )
@@ -2297,9 +1146,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_col_attn_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_msa_col_attn_attn_v: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_col_attn_transpose, self.blocks[1].msa_col_attn.attn.v.weight
-        )
+        blocks_1_msa_col_attn_attn_v: "f32[res, 32, 64]" = self.blocks[
+            1
+        ].msa_col_attn.attn.v(blocks_1_msa_col_attn_transpose)
         blocks_1_msa_col_attn_attn_view_2: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_v.view(res, 32, 8, 8)
         )
@@ -2336,13 +1185,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_col_attn_attn_transpose_4
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_1_msa_col_attn_attn_gate: "f32[res, 32, 64]" = (
-            torch.nn.functional.linear(
-                blocks_1_msa_col_attn_transpose,
-                self.blocks[1].msa_col_attn.attn.gate.weight,
-                self.blocks[1].msa_col_attn.attn.gate.bias,
-            )
-        )
+        blocks_1_msa_col_attn_attn_gate: "f32[res, 32, 64]" = self.blocks[
+            1
+        ].msa_col_attn.attn.gate(blocks_1_msa_col_attn_transpose)
         del blocks_1_msa_col_attn_transpose
         blocks_1_msa_col_attn_attn_sigmoid: "f32[res, 32, 64]" = torch.sigmoid(
             blocks_1_msa_col_attn_attn_gate
@@ -2353,11 +1198,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_col_attn_attn_reshape, blocks_1_msa_col_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_1_msa_col_attn_attn_out: "f32[res, 32, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_col_attn_attn_mul,
-            self.blocks[1].msa_col_attn.attn.out.weight,
-            self.blocks[1].msa_col_attn.attn.out.bias,
-        )
+        blocks_1_msa_col_attn_attn_out: "f32[res, 32, 64]" = self.blocks[
+            1
+        ].msa_col_attn.attn.out(blocks_1_msa_col_attn_attn_mul)
         del blocks_1_msa_col_attn_attn_mul
         # evoformer.py:103 in forward: return self.attn(cols).transpose(0, 1)
         blocks_1_msa_col_attn_transpose_1: "f32[32, res, 64]" = (
@@ -2370,30 +1213,20 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_add, blocks_1_msa_col_attn_transpose_1
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
-        blocks_1_msa_transition_norm: "f32[32, res, 64]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_add_1,
-                [64],
-                self.blocks[1].msa_transition.norm.weight,
-                self.blocks[1].msa_transition.norm.bias,
-                1e-05,
-            )
-        )
-        blocks_1_msa_transition_fc: "f32[32, res, 256]" = torch.nn.functional.linear(
-            blocks_1_msa_transition_norm,
-            self.blocks[1].msa_transition.fc.weight,
-            self.blocks[1].msa_transition.fc.bias,
-        )
+        blocks_1_msa_transition_norm: "f32[32, res, 64]" = self.blocks[
+            1
+        ].msa_transition.norm(blocks_1_add_1)
+        blocks_1_msa_transition_fc: "f32[32, res, 256]" = self.blocks[
+            1
+        ].msa_transition.fc(blocks_1_msa_transition_norm)
         del blocks_1_msa_transition_norm
         blocks_1_msa_transition_relu: "f32[32, res, 256]" = torch.relu(
             blocks_1_msa_transition_fc
         )
         del blocks_1_msa_transition_fc
-        blocks_1_msa_transition_out: "f32[32, res, 64]" = torch.nn.functional.linear(
-            blocks_1_msa_transition_relu,
-            self.blocks[1].msa_transition.out.weight,
-            self.blocks[1].msa_transition.out.bias,
-        )
+        blocks_1_msa_transition_out: "f32[32, res, 64]" = self.blocks[
+            1
+        ].msa_transition.out(blocks_1_msa_transition_relu)
         del blocks_1_msa_transition_relu
         # evoformer.py:204 in forward: msa = msa + self.msa_transition(msa)
         blocks_1_add_2: "f32[32, res, 64]" = (
@@ -2401,30 +1234,20 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_add_1, blocks_1_msa_transition_out
         # evoformer.py:130 in forward: m = self.norm(msa)
-        blocks_1_outer_product_mean_norm: "f32[32, res, 64]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_add_2,
-                [64],
-                self.blocks[1].outer_product_mean.norm.weight,
-                self.blocks[1].outer_product_mean.norm.bias,
-                1e-05,
-            )
-        )
+        blocks_1_outer_product_mean_norm: "f32[32, res, 64]" = self.blocks[
+            1
+        ].outer_product_mean.norm(blocks_1_add_2)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
-        blocks_1_outer_product_mean_a: "f32[32, res, 16]" = torch.nn.functional.linear(
-            blocks_1_outer_product_mean_norm,
-            self.blocks[1].outer_product_mean.a.weight,
-            self.blocks[1].outer_product_mean.a.bias,
-        )
+        blocks_1_outer_product_mean_a: "f32[32, res, 16]" = self.blocks[
+            1
+        ].outer_product_mean.a(blocks_1_outer_product_mean_norm)
         # Chunk region 6/8: blocks.1 (evoformer.py:133-134, 205), over `res`.
         # f32[res, res, 16, 16] 49.0 MiB -> 3.5 MiB per chunk of 16.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
-        blocks_1_outer_product_mean_b: "f32[32, res, 16]" = torch.nn.functional.linear(
-            blocks_1_outer_product_mean_norm,
-            self.blocks[1].outer_product_mean.b.weight,
-            self.blocks[1].outer_product_mean.b.bias,
-        )
+        blocks_1_outer_product_mean_b: "f32[32, res, 16]" = self.blocks[
+            1
+        ].outer_product_mean.b(blocks_1_outer_product_mean_norm)
         del blocks_1_outer_product_mean_norm
         blocks_1_add_3 = torch.empty(
             (res, res, 32), dtype=blocks_0_add_8.dtype, device=blocks_0_add_8.device
@@ -2455,10 +1278,8 @@ class ChunkedEvoformer(torch.nn.Module):
                 blocks_1_outer_product_mean_div.flatten(-2)
             )
             del blocks_1_outer_product_mean_div
-            blocks_1_outer_product_mean_out = torch.nn.functional.linear(
-                blocks_1_outer_product_mean_flatten,
-                self.blocks[1].outer_product_mean.out.weight,
-                self.blocks[1].outer_product_mean.out.bias,
+            blocks_1_outer_product_mean_out = self.blocks[1].outer_product_mean.out(
+                blocks_1_outer_product_mean_flatten
             )
             del blocks_1_outer_product_mean_flatten
             # evoformer.py:205 in forward: pair = pair + self.outer_product_mean(msa)
@@ -2475,57 +1296,35 @@ class ChunkedEvoformer(torch.nn.Module):
             chunk_3,
         )
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_1_tri_mul_out_norm_in: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_add_3,
-                [32],
-                self.blocks[1].tri_mul_out.norm_in.weight,
-                self.blocks[1].tri_mul_out.norm_in.bias,
-                1e-05,
-            )
-        )
+        blocks_1_tri_mul_out_norm_in: "f32[res, res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.norm_in(blocks_1_add_3)
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
-        blocks_1_tri_mul_out_a_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_out_norm_in,
-                self.blocks[1].tri_mul_out.a_gate.weight,
-                self.blocks[1].tri_mul_out.a_gate.bias,
-            )
-        )
+        blocks_1_tri_mul_out_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.a_gate(blocks_1_tri_mul_out_norm_in)
         blocks_1_tri_mul_out_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_out_a_gate
         )
         del blocks_1_tri_mul_out_a_gate
-        blocks_1_tri_mul_out_a_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_out_norm_in,
-                self.blocks[1].tri_mul_out.a_proj.weight,
-                self.blocks[1].tri_mul_out.a_proj.bias,
-            )
-        )
+        blocks_1_tri_mul_out_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.a_proj(blocks_1_tri_mul_out_norm_in)
         blocks_1_tri_mul_out_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_out_sigmoid * blocks_1_tri_mul_out_a_proj
         )
         del blocks_1_tri_mul_out_a_proj, blocks_1_tri_mul_out_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
-        blocks_1_tri_mul_out_b_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_out_norm_in,
-                self.blocks[1].tri_mul_out.b_gate.weight,
-                self.blocks[1].tri_mul_out.b_gate.bias,
-            )
-        )
+        blocks_1_tri_mul_out_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.b_gate(blocks_1_tri_mul_out_norm_in)
         blocks_1_tri_mul_out_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_out_b_gate
         )
         del blocks_1_tri_mul_out_b_gate
-        blocks_1_tri_mul_out_b_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_out_norm_in,
-                self.blocks[1].tri_mul_out.b_proj.weight,
-                self.blocks[1].tri_mul_out.b_proj.bias,
-            )
-        )
+        blocks_1_tri_mul_out_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.b_proj(blocks_1_tri_mul_out_norm_in)
         blocks_1_tri_mul_out_mul_1: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_out_sigmoid_1 * blocks_1_tri_mul_out_b_proj
         )
@@ -2536,35 +1335,21 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_mul_out_mul, blocks_1_tri_mul_out_mul_1
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
-        blocks_1_tri_mul_out_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_out_norm_in,
-                self.blocks[1].tri_mul_out.gate.weight,
-                self.blocks[1].tri_mul_out.gate.bias,
-            )
-        )
+        blocks_1_tri_mul_out_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.gate(blocks_1_tri_mul_out_norm_in)
         del blocks_1_tri_mul_out_norm_in
         blocks_1_tri_mul_out_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_out_gate
         )
         del blocks_1_tri_mul_out_gate
-        blocks_1_tri_mul_out_norm_out: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_tri_mul_out_einsum,
-                [32],
-                self.blocks[1].tri_mul_out.norm_out.weight,
-                self.blocks[1].tri_mul_out.norm_out.bias,
-                1e-05,
-            )
-        )
+        blocks_1_tri_mul_out_norm_out: "f32[res, res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.norm_out(blocks_1_tri_mul_out_einsum)
         del blocks_1_tri_mul_out_einsum
-        blocks_1_tri_mul_out_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_out_norm_out,
-                self.blocks[1].tri_mul_out.out.weight,
-                self.blocks[1].tri_mul_out.out.bias,
-            )
-        )
+        blocks_1_tri_mul_out_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_out.out(blocks_1_tri_mul_out_norm_out)
         del blocks_1_tri_mul_out_norm_out
         blocks_1_tri_mul_out_mul_2: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_out_sigmoid_2 * blocks_1_tri_mul_out_out
@@ -2576,57 +1361,35 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_add_3, blocks_1_tri_mul_out_mul_2
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_1_tri_mul_in_norm_in: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_add_4,
-                [32],
-                self.blocks[1].tri_mul_in.norm_in.weight,
-                self.blocks[1].tri_mul_in.norm_in.bias,
-                1e-05,
-            )
-        )
+        blocks_1_tri_mul_in_norm_in: "f32[res, res, 32]" = self.blocks[
+            1
+        ].tri_mul_in.norm_in(blocks_1_add_4)
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
-        blocks_1_tri_mul_in_a_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_in_norm_in,
-                self.blocks[1].tri_mul_in.a_gate.weight,
-                self.blocks[1].tri_mul_in.a_gate.bias,
-            )
-        )
+        blocks_1_tri_mul_in_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_in.a_gate(blocks_1_tri_mul_in_norm_in)
         blocks_1_tri_mul_in_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_in_a_gate
         )
         del blocks_1_tri_mul_in_a_gate
-        blocks_1_tri_mul_in_a_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_in_norm_in,
-                self.blocks[1].tri_mul_in.a_proj.weight,
-                self.blocks[1].tri_mul_in.a_proj.bias,
-            )
-        )
+        blocks_1_tri_mul_in_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_in.a_proj(blocks_1_tri_mul_in_norm_in)
         blocks_1_tri_mul_in_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_in_sigmoid * blocks_1_tri_mul_in_a_proj
         )
         del blocks_1_tri_mul_in_a_proj, blocks_1_tri_mul_in_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
-        blocks_1_tri_mul_in_b_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_in_norm_in,
-                self.blocks[1].tri_mul_in.b_gate.weight,
-                self.blocks[1].tri_mul_in.b_gate.bias,
-            )
-        )
+        blocks_1_tri_mul_in_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_in.b_gate(blocks_1_tri_mul_in_norm_in)
         blocks_1_tri_mul_in_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_in_b_gate
         )
         del blocks_1_tri_mul_in_b_gate
-        blocks_1_tri_mul_in_b_proj: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_in_norm_in,
-                self.blocks[1].tri_mul_in.b_proj.weight,
-                self.blocks[1].tri_mul_in.b_proj.bias,
-            )
-        )
+        blocks_1_tri_mul_in_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_in.b_proj(blocks_1_tri_mul_in_norm_in)
         blocks_1_tri_mul_in_mul_1: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_in_sigmoid_1 * blocks_1_tri_mul_in_b_proj
         )
@@ -2639,35 +1402,21 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_mul_in_mul, blocks_1_tri_mul_in_mul_1
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
-        blocks_1_tri_mul_in_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_mul_in_norm_in,
-                self.blocks[1].tri_mul_in.gate.weight,
-                self.blocks[1].tri_mul_in.gate.bias,
-            )
-        )
+        blocks_1_tri_mul_in_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_mul_in.gate(blocks_1_tri_mul_in_norm_in)
         del blocks_1_tri_mul_in_norm_in
         blocks_1_tri_mul_in_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_in_gate
         )
         del blocks_1_tri_mul_in_gate
         blocks_1_tri_mul_in_norm_out: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_tri_mul_in_einsum,
-                [32],
-                self.blocks[1].tri_mul_in.norm_out.weight,
-                self.blocks[1].tri_mul_in.norm_out.bias,
-                1e-05,
-            )
+            self.blocks[1].tri_mul_in.norm_out(blocks_1_tri_mul_in_einsum)
         )
         del blocks_1_tri_mul_in_einsum
         blocks_1_tri_mul_in_out: (
             "f32[res ** 2 // res, res ** 2 // res ** 2 // res ** 2 // res, 32]"
-        ) = torch.nn.functional.linear(
-            blocks_1_tri_mul_in_norm_out,
-            self.blocks[1].tri_mul_in.out.weight,
-            self.blocks[1].tri_mul_in.out.bias,
-        )
+        ) = self.blocks[1].tri_mul_in.out(blocks_1_tri_mul_in_norm_out)
         del blocks_1_tri_mul_in_norm_out
         blocks_1_tri_mul_in_mul_2: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_in_sigmoid_2 * blocks_1_tri_mul_in_out
@@ -2677,32 +1426,21 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_add_5: "f32[res, res, 32]" = blocks_1_add_4 + blocks_1_tri_mul_in_mul_2
         del blocks_1_add_4, blocks_1_tri_mul_in_mul_2
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_1_tri_att_start_norm: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_add_5,
-                [32],
-                self.blocks[1].tri_att_start.norm.weight,
-                self.blocks[1].tri_att_start.norm.bias,
-                1e-05,
-            )
-        )
+        blocks_1_tri_att_start_norm: "f32[res, res, 32]" = self.blocks[
+            1
+        ].tri_att_start.norm(blocks_1_add_5)
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
-        blocks_1_tri_att_start_tri_bias: "f32[res, res ** 2 // res, 4]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_start_norm,
-                self.blocks[1].tri_att_start.tri_bias.weight,
-            )
-        )
+        blocks_1_tri_att_start_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
+            1
+        ].tri_att_start.tri_bias(blocks_1_tri_att_start_norm)
         blocks_1_tri_att_start_permute: "f32[4, res, res ** 2 // res]" = (
             blocks_1_tri_att_start_tri_bias.permute(2, 0, 1)
         )
         del blocks_1_tri_att_start_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_tri_att_start_attn_q: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_start_norm, self.blocks[1].tri_att_start.attn.q.weight
-            )
-        )
+        blocks_1_tri_att_start_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_start.attn.q(blocks_1_tri_att_start_norm)
         blocks_1_tri_att_start_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_q.view(res, res, 4, 8)
         )
@@ -2717,11 +1455,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_start_attn_transpose
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_start_norm, self.blocks[1].tri_att_start.attn.k.weight
-            )
-        )
+        blocks_1_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_start.attn.k(blocks_1_tri_att_start_norm)
         blocks_1_tri_att_start_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_k.view(res, res, 4, 8)
         )
@@ -2731,11 +1467,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_start_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_tri_att_start_attn_v: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_start_norm, self.blocks[1].tri_att_start.attn.v.weight
-            )
-        )
+        blocks_1_tri_att_start_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_start.attn.v(blocks_1_tri_att_start_norm)
         blocks_1_tri_att_start_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_v.view(res, res, 4, 8)
         )
@@ -2809,13 +1543,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_start_attn_transpose_3
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_1_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_start_norm,
-                self.blocks[1].tri_att_start.attn.gate.weight,
-                self.blocks[1].tri_att_start.attn.gate.bias,
-            )
-        )
+        blocks_1_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_start.attn.gate(blocks_1_tri_att_start_norm)
         del blocks_1_tri_att_start_norm
         blocks_1_tri_att_start_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_1_tri_att_start_attn_gate)
@@ -2826,13 +1556,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_start_attn_reshape, blocks_1_tri_att_start_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_1_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_start_attn_mul,
-                self.blocks[1].tri_att_start.attn.out.weight,
-                self.blocks[1].tri_att_start.attn.out.bias,
-            )
-        )
+        blocks_1_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_start.attn.out(blocks_1_tri_att_start_attn_mul)
         del blocks_1_tri_att_start_attn_mul
         # evoformer.py:208 in forward: pair = pair + self.tri_att_start(pair)
         blocks_1_add_6: "f32[res, res, 32]" = (
@@ -2844,30 +1570,22 @@ class ChunkedEvoformer(torch.nn.Module):
             0, 1
         )
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_1_tri_att_end_norm: "f32[res, res, 32]" = torch.nn.functional.layer_norm(
-            blocks_1_tri_att_end_transpose,
-            [32],
-            self.blocks[1].tri_att_end.norm.weight,
-            self.blocks[1].tri_att_end.norm.bias,
-            1e-05,
-        )
+        blocks_1_tri_att_end_norm: "f32[res, res, 32]" = self.blocks[
+            1
+        ].tri_att_end.norm(blocks_1_tri_att_end_transpose)
         del blocks_1_tri_att_end_transpose
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
-        blocks_1_tri_att_end_tri_bias: "f32[res, res ** 2 // res, 4]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_end_norm, self.blocks[1].tri_att_end.tri_bias.weight
-            )
-        )
+        blocks_1_tri_att_end_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
+            1
+        ].tri_att_end.tri_bias(blocks_1_tri_att_end_norm)
         blocks_1_tri_att_end_permute: "f32[4, res, res ** 2 // res]" = (
             blocks_1_tri_att_end_tri_bias.permute(2, 0, 1)
         )
         del blocks_1_tri_att_end_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_tri_att_end_attn_q: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_end_norm, self.blocks[1].tri_att_end.attn.q.weight
-            )
-        )
+        blocks_1_tri_att_end_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_end.attn.q(blocks_1_tri_att_end_norm)
         blocks_1_tri_att_end_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_q.view(res, res, 4, 8)
         )
@@ -2882,11 +1600,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_end_attn_transpose
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_end_norm, self.blocks[1].tri_att_end.attn.k.weight
-            )
-        )
+        blocks_1_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_end.attn.k(blocks_1_tri_att_end_norm)
         blocks_1_tri_att_end_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_k.view(res, res, 4, 8)
         )
@@ -2896,11 +1612,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_end_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        blocks_1_tri_att_end_attn_v: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_end_norm, self.blocks[1].tri_att_end.attn.v.weight
-            )
-        )
+        blocks_1_tri_att_end_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_end.attn.v(blocks_1_tri_att_end_norm)
         blocks_1_tri_att_end_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_v.view(res, res, 4, 8)
         )
@@ -2975,13 +1689,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_end_attn_transpose_3, res
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_1_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_end_norm,
-                self.blocks[1].tri_att_end.attn.gate.weight,
-                self.blocks[1].tri_att_end.attn.gate.bias,
-            )
-        )
+        blocks_1_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_end.attn.gate(blocks_1_tri_att_end_norm)
         del blocks_1_tri_att_end_norm
         blocks_1_tri_att_end_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_1_tri_att_end_attn_gate)
@@ -2992,13 +1702,9 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_tri_att_end_attn_reshape, blocks_1_tri_att_end_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
-        blocks_1_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_tri_att_end_attn_mul,
-                self.blocks[1].tri_att_end.attn.out.weight,
-                self.blocks[1].tri_att_end.attn.out.bias,
-            )
-        )
+        blocks_1_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].tri_att_end.attn.out(blocks_1_tri_att_end_attn_mul)
         del blocks_1_tri_att_end_attn_mul
         # evoformer.py:184 in forward: out = out.transpose(0, 1)
         blocks_1_tri_att_end_transpose_1: "f32[res ** 2 // res, res, 32]" = (
@@ -3011,34 +1717,20 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_add_6, blocks_1_tri_att_end_transpose_1
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
-        blocks_1_pair_transition_norm: "f32[res, res, 32]" = (
-            torch.nn.functional.layer_norm(
-                blocks_1_add_7,
-                [32],
-                self.blocks[1].pair_transition.norm.weight,
-                self.blocks[1].pair_transition.norm.bias,
-                1e-05,
-            )
-        )
-        blocks_1_pair_transition_fc: "f32[res, res ** 2 // res, 128]" = (
-            torch.nn.functional.linear(
-                blocks_1_pair_transition_norm,
-                self.blocks[1].pair_transition.fc.weight,
-                self.blocks[1].pair_transition.fc.bias,
-            )
-        )
+        blocks_1_pair_transition_norm: "f32[res, res, 32]" = self.blocks[
+            1
+        ].pair_transition.norm(blocks_1_add_7)
+        blocks_1_pair_transition_fc: "f32[res, res ** 2 // res, 128]" = self.blocks[
+            1
+        ].pair_transition.fc(blocks_1_pair_transition_norm)
         del blocks_1_pair_transition_norm
         blocks_1_pair_transition_relu: "f32[res, res ** 2 // res, 128]" = torch.relu(
             blocks_1_pair_transition_fc
         )
         del blocks_1_pair_transition_fc
-        blocks_1_pair_transition_out: "f32[res, res ** 2 // res, 32]" = (
-            torch.nn.functional.linear(
-                blocks_1_pair_transition_relu,
-                self.blocks[1].pair_transition.out.weight,
-                self.blocks[1].pair_transition.out.bias,
-            )
-        )
+        blocks_1_pair_transition_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
+            1
+        ].pair_transition.out(blocks_1_pair_transition_relu)
         del blocks_1_pair_transition_relu
         # evoformer.py:210 in forward: pair = pair + self.pair_transition(pair)
         blocks_1_add_8: "f32[res, res, 32]" = (
@@ -3046,28 +1738,6 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_add_7, blocks_1_pair_transition_out
         return (blocks_1_add_2, blocks_1_add_8)
-
-
-def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Return the submodule at `path`, creating plain modules where none exists yet."""
-    module = root
-    for part in path.split(".") if path else ():
-        if not hasattr(module, part):
-            module.add_module(part, torch.nn.Module())
-        module = getattr(module, part)
-    return module
-
-
-def _build(root: torch.nn.Module, containers: list) -> None:
-    """Create the original's containers under `root`, parents first, each as its class, with
-    a placeholder at every index (layers without weights included)."""
-    for fqn, kind, length in containers:
-        container = root if not fqn else getattr(torch.nn, kind)()
-        for index in range(length):
-            container.add_module(str(index), torch.nn.Module())
-        if fqn:
-            owner, _, name = fqn.rpartition(".")
-            _module(root, owner).add_module(name, container)
 
 
 def _register(
@@ -3080,7 +1750,7 @@ def _register(
 ) -> None:
     """Create the parameter or buffer `fqn` under `root`, uninitialised."""
     owner, _, leaf = fqn.rpartition(".")
-    module = _module(root, owner)
+    module = root.get_submodule(owner)
     tensor = torch.empty(shape, dtype=dtype)
     if kind == "parameter":
         module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))

@@ -27,1098 +27,262 @@ class ChunkedUNet(torch.nn.Module):
         peak at each input's size."""
         super().__init__()
         self.memory_budget = memory_budget
-        _build(
-            self,
-            [
-                ("time_mlp", "Sequential", 3),
-                ("down", "ModuleList", 3),
-                ("downsample", "ModuleList", 2),
-                ("up", "ModuleList", 6),
-                ("upsample", "ModuleList", 2),
-            ],
-        )
-        _register(self, "time_mlp.0.weight", (256, 64), torch.float32, "parameter")
-        _register(self, "time_mlp.0.bias", (256,), torch.float32, "parameter")
-        _register(self, "time_mlp.2.weight", (256, 256), torch.float32, "parameter")
-        _register(self, "time_mlp.2.bias", (256,), torch.float32, "parameter")
-        _register(self, "conv_in.weight", (64, 4, 3, 3), torch.float32, "parameter")
-        _register(self, "conv_in.bias", (64,), torch.float32, "parameter")
-        _register(self, "down.0.res.norm_1.weight", (64,), torch.float32, "parameter")
-        _register(self, "down.0.res.norm_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "down.0.res.conv_1.weight", (64, 64, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "down.0.res.conv_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "down.0.res.time_proj.weight", (64, 256), torch.float32, "parameter"
-        )
-        _register(self, "down.0.res.time_proj.bias", (64,), torch.float32, "parameter")
-        _register(self, "down.0.res.norm_2.weight", (64,), torch.float32, "parameter")
-        _register(self, "down.0.res.norm_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "down.0.res.conv_2.weight", (64, 64, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "down.0.res.conv_2.bias", (64,), torch.float32, "parameter")
-        _register(self, "down.0.attn.norm.weight", (64,), torch.float32, "parameter")
-        _register(self, "down.0.attn.norm.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "down.0.attn.proj_in.weight",
-            (64, 64, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.0.attn.proj_in.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "down.0.attn.block.ln_1.weight", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self, "down.0.attn.block.ln_1.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.0.attn.block.self_attn.to_q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.self_attn.to_k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.self_attn.to_v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.self_attn.to_out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.self_attn.to_out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.0.attn.block.ln_2.weight", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self, "down.0.attn.block.ln_2.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.0.attn.block.cross_attn.to_q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.cross_attn.to_k.weight",
-            (64, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.cross_attn.to_v.weight",
-            (64, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.cross_attn.to_out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.0.attn.block.cross_attn.to_out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.0.attn.block.ln_3.weight", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self, "down.0.attn.block.ln_3.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.0.attn.block.ff.proj.weight",
-            (512, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.0.attn.block.ff.proj.bias", (512,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.0.attn.block.ff.out.weight",
-            (64, 256),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.0.attn.block.ff.out.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.0.attn.proj_out.weight",
-            (64, 64, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.0.attn.proj_out.bias", (64,), torch.float32, "parameter")
-        _register(self, "down.1.res.norm_1.weight", (64,), torch.float32, "parameter")
-        _register(self, "down.1.res.norm_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "down.1.res.conv_1.weight",
-            (128, 64, 3, 3),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.1.res.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "down.1.res.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "down.1.res.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "down.1.res.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "down.1.res.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "down.1.res.conv_2.weight",
-            (128, 128, 3, 3),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.1.res.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "down.1.res.skip.weight", (128, 64, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "down.1.res.skip.bias", (128,), torch.float32, "parameter")
-        _register(self, "down.1.attn.norm.weight", (128,), torch.float32, "parameter")
-        _register(self, "down.1.attn.norm.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "down.1.attn.proj_in.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.1.attn.proj_in.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "down.1.attn.block.ln_1.weight", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self, "down.1.attn.block.ln_1.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.1.attn.block.self_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.self_attn.to_k.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.self_attn.to_v.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.self_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.self_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.1.attn.block.ln_2.weight", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self, "down.1.attn.block.ln_2.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.1.attn.block.cross_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.cross_attn.to_k.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.cross_attn.to_v.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.cross_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "down.1.attn.block.cross_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.1.attn.block.ln_3.weight", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self, "down.1.attn.block.ln_3.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.1.attn.block.ff.proj.weight",
-            (1024, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.1.attn.block.ff.proj.bias", (1024,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.1.attn.block.ff.out.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "down.1.attn.block.ff.out.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "down.1.attn.proj_out.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.1.attn.proj_out.bias", (128,), torch.float32, "parameter")
-        _register(self, "down.2.res.norm_1.weight", (128,), torch.float32, "parameter")
-        _register(self, "down.2.res.norm_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "down.2.res.conv_1.weight",
-            (128, 128, 3, 3),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.2.res.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "down.2.res.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "down.2.res.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "down.2.res.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "down.2.res.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "down.2.res.conv_2.weight",
-            (128, 128, 3, 3),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "down.2.res.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "downsample.0.conv.weight", (64, 64, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "downsample.0.conv.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "downsample.1.conv.weight",
-            (128, 128, 3, 3),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "downsample.1.conv.bias", (128,), torch.float32, "parameter")
-        _register(self, "mid_1.norm_1.weight", (128,), torch.float32, "parameter")
-        _register(self, "mid_1.norm_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_1.conv_1.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "mid_1.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_1.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "mid_1.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "mid_1.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "mid_1.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_1.conv_2.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "mid_1.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(self, "mid_attn.norm.weight", (128,), torch.float32, "parameter")
-        _register(self, "mid_attn.norm.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "mid_attn.proj_in.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "mid_attn.proj_in.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_attn.block.ln_1.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "mid_attn.block.ln_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "mid_attn.block.self_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.self_attn.to_k.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.self_attn.to_v.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.self_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.self_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "mid_attn.block.ln_2.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "mid_attn.block.ln_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "mid_attn.block.cross_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.cross_attn.to_k.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.cross_attn.to_v.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.cross_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "mid_attn.block.cross_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "mid_attn.block.ln_3.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "mid_attn.block.ln_3.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "mid_attn.block.ff.proj.weight",
-            (1024, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "mid_attn.block.ff.proj.bias", (1024,), torch.float32, "parameter"
-        )
-        _register(
-            self, "mid_attn.block.ff.out.weight", (128, 512), torch.float32, "parameter"
-        )
-        _register(
-            self, "mid_attn.block.ff.out.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "mid_attn.proj_out.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "mid_attn.proj_out.bias", (128,), torch.float32, "parameter")
-        _register(self, "mid_2.norm_1.weight", (128,), torch.float32, "parameter")
-        _register(self, "mid_2.norm_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_2.conv_1.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "mid_2.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_2.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "mid_2.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "mid_2.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "mid_2.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "mid_2.conv_2.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "mid_2.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.0.res.norm_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "up.0.res.norm_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "up.0.res.conv_1.weight", (128, 256, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.0.res.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.0.res.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "up.0.res.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.0.res.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.0.res.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.0.res.conv_2.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.0.res.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.0.res.skip.weight", (128, 256, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.0.res.skip.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.1.res.norm_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "up.1.res.norm_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "up.1.res.conv_1.weight", (128, 256, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.1.res.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.1.res.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "up.1.res.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.1.res.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.1.res.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.1.res.conv_2.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.1.res.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.1.res.skip.weight", (128, 256, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.1.res.skip.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.2.res.norm_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "up.2.res.norm_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "up.2.res.conv_1.weight", (128, 256, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.2.res.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.2.res.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "up.2.res.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.2.res.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.2.res.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.2.res.conv_2.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.2.res.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.2.res.skip.weight", (128, 256, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.2.res.skip.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.2.attn.norm.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.2.attn.norm.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.2.attn.proj_in.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "up.2.attn.proj_in.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.2.attn.block.ln_1.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "up.2.attn.block.ln_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.2.attn.block.self_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.self_attn.to_k.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.self_attn.to_v.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.self_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.self_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.2.attn.block.ln_2.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "up.2.attn.block.ln_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.2.attn.block.cross_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.cross_attn.to_k.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.cross_attn.to_v.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.cross_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.2.attn.block.cross_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.2.attn.block.ln_3.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "up.2.attn.block.ln_3.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.2.attn.block.ff.proj.weight",
-            (1024, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.2.attn.block.ff.proj.bias", (1024,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "up.2.attn.block.ff.out.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.2.attn.block.ff.out.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "up.2.attn.proj_out.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "up.2.attn.proj_out.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.3.res.norm_1.weight", (192,), torch.float32, "parameter")
-        _register(self, "up.3.res.norm_1.bias", (192,), torch.float32, "parameter")
-        _register(
-            self, "up.3.res.conv_1.weight", (128, 192, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.3.res.conv_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.3.res.time_proj.weight", (128, 256), torch.float32, "parameter"
-        )
-        _register(self, "up.3.res.time_proj.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.3.res.norm_2.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.3.res.norm_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.3.res.conv_2.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.3.res.conv_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.3.res.skip.weight", (128, 192, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.3.res.skip.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.3.attn.norm.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.3.attn.norm.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.3.attn.proj_in.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "up.3.attn.proj_in.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.3.attn.block.ln_1.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "up.3.attn.block.ln_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.3.attn.block.self_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.self_attn.to_k.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.self_attn.to_v.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.self_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.self_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.3.attn.block.ln_2.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "up.3.attn.block.ln_2.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.3.attn.block.cross_attn.to_q.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.cross_attn.to_k.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.cross_attn.to_v.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.cross_attn.to_out.weight",
-            (128, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.3.attn.block.cross_attn.to_out.bias",
-            (128,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.3.attn.block.ln_3.weight", (128,), torch.float32, "parameter"
-        )
-        _register(self, "up.3.attn.block.ln_3.bias", (128,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.3.attn.block.ff.proj.weight",
-            (1024, 128),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.3.attn.block.ff.proj.bias", (1024,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "up.3.attn.block.ff.out.weight",
-            (128, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.3.attn.block.ff.out.bias", (128,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "up.3.attn.proj_out.weight",
-            (128, 128, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "up.3.attn.proj_out.bias", (128,), torch.float32, "parameter")
-        _register(self, "up.4.res.norm_1.weight", (192,), torch.float32, "parameter")
-        _register(self, "up.4.res.norm_1.bias", (192,), torch.float32, "parameter")
-        _register(
-            self, "up.4.res.conv_1.weight", (64, 192, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.4.res.conv_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.4.res.time_proj.weight", (64, 256), torch.float32, "parameter"
-        )
-        _register(self, "up.4.res.time_proj.bias", (64,), torch.float32, "parameter")
-        _register(self, "up.4.res.norm_2.weight", (64,), torch.float32, "parameter")
-        _register(self, "up.4.res.norm_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.4.res.conv_2.weight", (64, 64, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.4.res.conv_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.4.res.skip.weight", (64, 192, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.4.res.skip.bias", (64,), torch.float32, "parameter")
-        _register(self, "up.4.attn.norm.weight", (64,), torch.float32, "parameter")
-        _register(self, "up.4.attn.norm.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.4.attn.proj_in.weight", (64, 64, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.4.attn.proj_in.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.4.attn.block.ln_1.weight", (64,), torch.float32, "parameter"
-        )
-        _register(self, "up.4.attn.block.ln_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.4.attn.block.self_attn.to_q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.self_attn.to_k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.self_attn.to_v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.self_attn.to_out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.self_attn.to_out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.4.attn.block.ln_2.weight", (64,), torch.float32, "parameter"
-        )
-        _register(self, "up.4.attn.block.ln_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.4.attn.block.cross_attn.to_q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.cross_attn.to_k.weight",
-            (64, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.cross_attn.to_v.weight",
-            (64, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.cross_attn.to_out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.4.attn.block.cross_attn.to_out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.4.attn.block.ln_3.weight", (64,), torch.float32, "parameter"
-        )
-        _register(self, "up.4.attn.block.ln_3.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.4.attn.block.ff.proj.weight",
-            (512, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.4.attn.block.ff.proj.bias", (512,), torch.float32, "parameter"
-        )
-        _register(
-            self, "up.4.attn.block.ff.out.weight", (64, 256), torch.float32, "parameter"
-        )
-        _register(
-            self, "up.4.attn.block.ff.out.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "up.4.attn.proj_out.weight",
-            (64, 64, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "up.4.attn.proj_out.bias", (64,), torch.float32, "parameter")
-        _register(self, "up.5.res.norm_1.weight", (128,), torch.float32, "parameter")
-        _register(self, "up.5.res.norm_1.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "up.5.res.conv_1.weight", (64, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.5.res.conv_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.5.res.time_proj.weight", (64, 256), torch.float32, "parameter"
-        )
-        _register(self, "up.5.res.time_proj.bias", (64,), torch.float32, "parameter")
-        _register(self, "up.5.res.norm_2.weight", (64,), torch.float32, "parameter")
-        _register(self, "up.5.res.norm_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.5.res.conv_2.weight", (64, 64, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "up.5.res.conv_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.5.res.skip.weight", (64, 128, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.5.res.skip.bias", (64,), torch.float32, "parameter")
-        _register(self, "up.5.attn.norm.weight", (64,), torch.float32, "parameter")
-        _register(self, "up.5.attn.norm.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.5.attn.proj_in.weight", (64, 64, 1, 1), torch.float32, "parameter"
-        )
-        _register(self, "up.5.attn.proj_in.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "up.5.attn.block.ln_1.weight", (64,), torch.float32, "parameter"
-        )
-        _register(self, "up.5.attn.block.ln_1.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.5.attn.block.self_attn.to_q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.self_attn.to_k.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.self_attn.to_v.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.self_attn.to_out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.self_attn.to_out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.5.attn.block.ln_2.weight", (64,), torch.float32, "parameter"
-        )
-        _register(self, "up.5.attn.block.ln_2.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.5.attn.block.cross_attn.to_q.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.cross_attn.to_k.weight",
-            (64, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.cross_attn.to_v.weight",
-            (64, 512),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.cross_attn.to_out.weight",
-            (64, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self,
-            "up.5.attn.block.cross_attn.to_out.bias",
-            (64,),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.5.attn.block.ln_3.weight", (64,), torch.float32, "parameter"
-        )
-        _register(self, "up.5.attn.block.ln_3.bias", (64,), torch.float32, "parameter")
-        _register(
-            self,
-            "up.5.attn.block.ff.proj.weight",
-            (512, 64),
-            torch.float32,
-            "parameter",
-        )
-        _register(
-            self, "up.5.attn.block.ff.proj.bias", (512,), torch.float32, "parameter"
-        )
-        _register(
-            self, "up.5.attn.block.ff.out.weight", (64, 256), torch.float32, "parameter"
-        )
-        _register(
-            self, "up.5.attn.block.ff.out.bias", (64,), torch.float32, "parameter"
-        )
-        _register(
-            self,
-            "up.5.attn.proj_out.weight",
-            (64, 64, 1, 1),
-            torch.float32,
-            "parameter",
-        )
-        _register(self, "up.5.attn.proj_out.bias", (64,), torch.float32, "parameter")
-        _register(
-            self, "upsample.0.conv.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "upsample.0.conv.bias", (128,), torch.float32, "parameter")
-        _register(
-            self, "upsample.1.conv.weight", (128, 128, 3, 3), torch.float32, "parameter"
-        )
-        _register(self, "upsample.1.conv.bias", (128,), torch.float32, "parameter")
-        _register(self, "norm_out.weight", (64,), torch.float32, "parameter")
-        _register(self, "norm_out.bias", (64,), torch.float32, "parameter")
-        _register(self, "conv_out.weight", (4, 64, 3, 3), torch.float32, "parameter")
-        _register(self, "conv_out.bias", (4,), torch.float32, "parameter")
+        self.time_mlp = torch.nn.Sequential()
+        self.time_mlp.append(torch.nn.Linear(64, 256))
+        self.time_mlp.append(torch.nn.SiLU())
+        self.time_mlp.append(torch.nn.Linear(256, 256))
+        self.conv_in = torch.nn.Conv2d(4, 64, (3, 3), padding=(1, 1))
+        self.down = torch.nn.ModuleList()
+        self.down.append(torch.nn.Module())
+        self.down[0].res = torch.nn.Module()
+        self.down[0].res.norm_1 = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.down[0].res.conv_1 = torch.nn.Conv2d(64, 64, (3, 3), padding=(1, 1))
+        self.down[0].res.time_proj = torch.nn.Linear(256, 64)
+        self.down[0].res.norm_2 = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.down[0].res.conv_2 = torch.nn.Conv2d(64, 64, (3, 3), padding=(1, 1))
+        self.down[0].res.skip = torch.nn.Identity()
+        self.down[0].attn = torch.nn.Module()
+        self.down[0].attn.norm = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.down[0].attn.proj_in = torch.nn.Conv2d(64, 64, (1, 1))
+        self.down[0].attn.block = torch.nn.Module()
+        self.down[0].attn.block.ln_1 = torch.nn.LayerNorm((64,))
+        self.down[0].attn.block.self_attn = torch.nn.Module()
+        self.down[0].attn.block.self_attn.to_q = torch.nn.Linear(64, 64, bias=False)
+        self.down[0].attn.block.self_attn.to_k = torch.nn.Linear(64, 64, bias=False)
+        self.down[0].attn.block.self_attn.to_v = torch.nn.Linear(64, 64, bias=False)
+        self.down[0].attn.block.self_attn.to_out = torch.nn.Linear(64, 64)
+        self.down[0].attn.block.ln_2 = torch.nn.LayerNorm((64,))
+        self.down[0].attn.block.cross_attn = torch.nn.Module()
+        self.down[0].attn.block.cross_attn.to_q = torch.nn.Linear(64, 64, bias=False)
+        self.down[0].attn.block.cross_attn.to_k = torch.nn.Linear(512, 64, bias=False)
+        self.down[0].attn.block.cross_attn.to_v = torch.nn.Linear(512, 64, bias=False)
+        self.down[0].attn.block.cross_attn.to_out = torch.nn.Linear(64, 64)
+        self.down[0].attn.block.ln_3 = torch.nn.LayerNorm((64,))
+        self.down[0].attn.block.ff = torch.nn.Module()
+        self.down[0].attn.block.ff.proj = torch.nn.Linear(64, 512)
+        self.down[0].attn.block.ff.out = torch.nn.Linear(256, 64)
+        self.down[0].attn.proj_out = torch.nn.Conv2d(64, 64, (1, 1))
+        self.down.append(torch.nn.Module())
+        self.down[1].res = torch.nn.Module()
+        self.down[1].res.norm_1 = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.down[1].res.conv_1 = torch.nn.Conv2d(64, 128, (3, 3), padding=(1, 1))
+        self.down[1].res.time_proj = torch.nn.Linear(256, 128)
+        self.down[1].res.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.down[1].res.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.down[1].res.skip = torch.nn.Conv2d(64, 128, (1, 1))
+        self.down[1].attn = torch.nn.Module()
+        self.down[1].attn.norm = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.down[1].attn.proj_in = torch.nn.Conv2d(128, 128, (1, 1))
+        self.down[1].attn.block = torch.nn.Module()
+        self.down[1].attn.block.ln_1 = torch.nn.LayerNorm((128,))
+        self.down[1].attn.block.self_attn = torch.nn.Module()
+        self.down[1].attn.block.self_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.down[1].attn.block.self_attn.to_k = torch.nn.Linear(128, 128, bias=False)
+        self.down[1].attn.block.self_attn.to_v = torch.nn.Linear(128, 128, bias=False)
+        self.down[1].attn.block.self_attn.to_out = torch.nn.Linear(128, 128)
+        self.down[1].attn.block.ln_2 = torch.nn.LayerNorm((128,))
+        self.down[1].attn.block.cross_attn = torch.nn.Module()
+        self.down[1].attn.block.cross_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.down[1].attn.block.cross_attn.to_k = torch.nn.Linear(512, 128, bias=False)
+        self.down[1].attn.block.cross_attn.to_v = torch.nn.Linear(512, 128, bias=False)
+        self.down[1].attn.block.cross_attn.to_out = torch.nn.Linear(128, 128)
+        self.down[1].attn.block.ln_3 = torch.nn.LayerNorm((128,))
+        self.down[1].attn.block.ff = torch.nn.Module()
+        self.down[1].attn.block.ff.proj = torch.nn.Linear(128, 1024)
+        self.down[1].attn.block.ff.out = torch.nn.Linear(512, 128)
+        self.down[1].attn.proj_out = torch.nn.Conv2d(128, 128, (1, 1))
+        self.down.append(torch.nn.Module())
+        self.down[2].res = torch.nn.Module()
+        self.down[2].res.norm_1 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.down[2].res.conv_1 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.down[2].res.time_proj = torch.nn.Linear(256, 128)
+        self.down[2].res.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.down[2].res.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.down[2].res.skip = torch.nn.Identity()
+        self.downsample = torch.nn.ModuleList()
+        self.downsample.append(torch.nn.Module())
+        self.downsample[0].conv = torch.nn.Conv2d(
+            64, 64, (3, 3), stride=(2, 2), padding=(1, 1)
+        )
+        self.downsample.append(torch.nn.Module())
+        self.downsample[1].conv = torch.nn.Conv2d(
+            128, 128, (3, 3), stride=(2, 2), padding=(1, 1)
+        )
+        self.mid_1 = torch.nn.Module()
+        self.mid_1.norm_1 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.mid_1.conv_1 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.mid_1.time_proj = torch.nn.Linear(256, 128)
+        self.mid_1.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.mid_1.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.mid_1.skip = torch.nn.Identity()
+        self.mid_attn = torch.nn.Module()
+        self.mid_attn.norm = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.mid_attn.proj_in = torch.nn.Conv2d(128, 128, (1, 1))
+        self.mid_attn.block = torch.nn.Module()
+        self.mid_attn.block.ln_1 = torch.nn.LayerNorm((128,))
+        self.mid_attn.block.self_attn = torch.nn.Module()
+        self.mid_attn.block.self_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.mid_attn.block.self_attn.to_k = torch.nn.Linear(128, 128, bias=False)
+        self.mid_attn.block.self_attn.to_v = torch.nn.Linear(128, 128, bias=False)
+        self.mid_attn.block.self_attn.to_out = torch.nn.Linear(128, 128)
+        self.mid_attn.block.ln_2 = torch.nn.LayerNorm((128,))
+        self.mid_attn.block.cross_attn = torch.nn.Module()
+        self.mid_attn.block.cross_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.mid_attn.block.cross_attn.to_k = torch.nn.Linear(512, 128, bias=False)
+        self.mid_attn.block.cross_attn.to_v = torch.nn.Linear(512, 128, bias=False)
+        self.mid_attn.block.cross_attn.to_out = torch.nn.Linear(128, 128)
+        self.mid_attn.block.ln_3 = torch.nn.LayerNorm((128,))
+        self.mid_attn.block.ff = torch.nn.Module()
+        self.mid_attn.block.ff.proj = torch.nn.Linear(128, 1024)
+        self.mid_attn.block.ff.out = torch.nn.Linear(512, 128)
+        self.mid_attn.proj_out = torch.nn.Conv2d(128, 128, (1, 1))
+        self.mid_2 = torch.nn.Module()
+        self.mid_2.norm_1 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.mid_2.conv_1 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.mid_2.time_proj = torch.nn.Linear(256, 128)
+        self.mid_2.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.mid_2.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.mid_2.skip = torch.nn.Identity()
+        self.up = torch.nn.ModuleList()
+        self.up.append(torch.nn.Module())
+        self.up[0].res = torch.nn.Module()
+        self.up[0].res.norm_1 = torch.nn.GroupNorm(32, 256, eps=1e-06)
+        self.up[0].res.conv_1 = torch.nn.Conv2d(256, 128, (3, 3), padding=(1, 1))
+        self.up[0].res.time_proj = torch.nn.Linear(256, 128)
+        self.up[0].res.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[0].res.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.up[0].res.skip = torch.nn.Conv2d(256, 128, (1, 1))
+        self.up.append(torch.nn.Module())
+        self.up[1].res = torch.nn.Module()
+        self.up[1].res.norm_1 = torch.nn.GroupNorm(32, 256, eps=1e-06)
+        self.up[1].res.conv_1 = torch.nn.Conv2d(256, 128, (3, 3), padding=(1, 1))
+        self.up[1].res.time_proj = torch.nn.Linear(256, 128)
+        self.up[1].res.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[1].res.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.up[1].res.skip = torch.nn.Conv2d(256, 128, (1, 1))
+        self.up.append(torch.nn.Module())
+        self.up[2].res = torch.nn.Module()
+        self.up[2].res.norm_1 = torch.nn.GroupNorm(32, 256, eps=1e-06)
+        self.up[2].res.conv_1 = torch.nn.Conv2d(256, 128, (3, 3), padding=(1, 1))
+        self.up[2].res.time_proj = torch.nn.Linear(256, 128)
+        self.up[2].res.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[2].res.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.up[2].res.skip = torch.nn.Conv2d(256, 128, (1, 1))
+        self.up[2].attn = torch.nn.Module()
+        self.up[2].attn.norm = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[2].attn.proj_in = torch.nn.Conv2d(128, 128, (1, 1))
+        self.up[2].attn.block = torch.nn.Module()
+        self.up[2].attn.block.ln_1 = torch.nn.LayerNorm((128,))
+        self.up[2].attn.block.self_attn = torch.nn.Module()
+        self.up[2].attn.block.self_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.up[2].attn.block.self_attn.to_k = torch.nn.Linear(128, 128, bias=False)
+        self.up[2].attn.block.self_attn.to_v = torch.nn.Linear(128, 128, bias=False)
+        self.up[2].attn.block.self_attn.to_out = torch.nn.Linear(128, 128)
+        self.up[2].attn.block.ln_2 = torch.nn.LayerNorm((128,))
+        self.up[2].attn.block.cross_attn = torch.nn.Module()
+        self.up[2].attn.block.cross_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.up[2].attn.block.cross_attn.to_k = torch.nn.Linear(512, 128, bias=False)
+        self.up[2].attn.block.cross_attn.to_v = torch.nn.Linear(512, 128, bias=False)
+        self.up[2].attn.block.cross_attn.to_out = torch.nn.Linear(128, 128)
+        self.up[2].attn.block.ln_3 = torch.nn.LayerNorm((128,))
+        self.up[2].attn.block.ff = torch.nn.Module()
+        self.up[2].attn.block.ff.proj = torch.nn.Linear(128, 1024)
+        self.up[2].attn.block.ff.out = torch.nn.Linear(512, 128)
+        self.up[2].attn.proj_out = torch.nn.Conv2d(128, 128, (1, 1))
+        self.up.append(torch.nn.Module())
+        self.up[3].res = torch.nn.Module()
+        self.up[3].res.norm_1 = torch.nn.GroupNorm(32, 192, eps=1e-06)
+        self.up[3].res.conv_1 = torch.nn.Conv2d(192, 128, (3, 3), padding=(1, 1))
+        self.up[3].res.time_proj = torch.nn.Linear(256, 128)
+        self.up[3].res.norm_2 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[3].res.conv_2 = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.up[3].res.skip = torch.nn.Conv2d(192, 128, (1, 1))
+        self.up[3].attn = torch.nn.Module()
+        self.up[3].attn.norm = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[3].attn.proj_in = torch.nn.Conv2d(128, 128, (1, 1))
+        self.up[3].attn.block = torch.nn.Module()
+        self.up[3].attn.block.ln_1 = torch.nn.LayerNorm((128,))
+        self.up[3].attn.block.self_attn = torch.nn.Module()
+        self.up[3].attn.block.self_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.up[3].attn.block.self_attn.to_k = torch.nn.Linear(128, 128, bias=False)
+        self.up[3].attn.block.self_attn.to_v = torch.nn.Linear(128, 128, bias=False)
+        self.up[3].attn.block.self_attn.to_out = torch.nn.Linear(128, 128)
+        self.up[3].attn.block.ln_2 = torch.nn.LayerNorm((128,))
+        self.up[3].attn.block.cross_attn = torch.nn.Module()
+        self.up[3].attn.block.cross_attn.to_q = torch.nn.Linear(128, 128, bias=False)
+        self.up[3].attn.block.cross_attn.to_k = torch.nn.Linear(512, 128, bias=False)
+        self.up[3].attn.block.cross_attn.to_v = torch.nn.Linear(512, 128, bias=False)
+        self.up[3].attn.block.cross_attn.to_out = torch.nn.Linear(128, 128)
+        self.up[3].attn.block.ln_3 = torch.nn.LayerNorm((128,))
+        self.up[3].attn.block.ff = torch.nn.Module()
+        self.up[3].attn.block.ff.proj = torch.nn.Linear(128, 1024)
+        self.up[3].attn.block.ff.out = torch.nn.Linear(512, 128)
+        self.up[3].attn.proj_out = torch.nn.Conv2d(128, 128, (1, 1))
+        self.up.append(torch.nn.Module())
+        self.up[4].res = torch.nn.Module()
+        self.up[4].res.norm_1 = torch.nn.GroupNorm(32, 192, eps=1e-06)
+        self.up[4].res.conv_1 = torch.nn.Conv2d(192, 64, (3, 3), padding=(1, 1))
+        self.up[4].res.time_proj = torch.nn.Linear(256, 64)
+        self.up[4].res.norm_2 = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.up[4].res.conv_2 = torch.nn.Conv2d(64, 64, (3, 3), padding=(1, 1))
+        self.up[4].res.skip = torch.nn.Conv2d(192, 64, (1, 1))
+        self.up[4].attn = torch.nn.Module()
+        self.up[4].attn.norm = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.up[4].attn.proj_in = torch.nn.Conv2d(64, 64, (1, 1))
+        self.up[4].attn.block = torch.nn.Module()
+        self.up[4].attn.block.ln_1 = torch.nn.LayerNorm((64,))
+        self.up[4].attn.block.self_attn = torch.nn.Module()
+        self.up[4].attn.block.self_attn.to_q = torch.nn.Linear(64, 64, bias=False)
+        self.up[4].attn.block.self_attn.to_k = torch.nn.Linear(64, 64, bias=False)
+        self.up[4].attn.block.self_attn.to_v = torch.nn.Linear(64, 64, bias=False)
+        self.up[4].attn.block.self_attn.to_out = torch.nn.Linear(64, 64)
+        self.up[4].attn.block.ln_2 = torch.nn.LayerNorm((64,))
+        self.up[4].attn.block.cross_attn = torch.nn.Module()
+        self.up[4].attn.block.cross_attn.to_q = torch.nn.Linear(64, 64, bias=False)
+        self.up[4].attn.block.cross_attn.to_k = torch.nn.Linear(512, 64, bias=False)
+        self.up[4].attn.block.cross_attn.to_v = torch.nn.Linear(512, 64, bias=False)
+        self.up[4].attn.block.cross_attn.to_out = torch.nn.Linear(64, 64)
+        self.up[4].attn.block.ln_3 = torch.nn.LayerNorm((64,))
+        self.up[4].attn.block.ff = torch.nn.Module()
+        self.up[4].attn.block.ff.proj = torch.nn.Linear(64, 512)
+        self.up[4].attn.block.ff.out = torch.nn.Linear(256, 64)
+        self.up[4].attn.proj_out = torch.nn.Conv2d(64, 64, (1, 1))
+        self.up.append(torch.nn.Module())
+        self.up[5].res = torch.nn.Module()
+        self.up[5].res.norm_1 = torch.nn.GroupNorm(32, 128, eps=1e-06)
+        self.up[5].res.conv_1 = torch.nn.Conv2d(128, 64, (3, 3), padding=(1, 1))
+        self.up[5].res.time_proj = torch.nn.Linear(256, 64)
+        self.up[5].res.norm_2 = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.up[5].res.conv_2 = torch.nn.Conv2d(64, 64, (3, 3), padding=(1, 1))
+        self.up[5].res.skip = torch.nn.Conv2d(128, 64, (1, 1))
+        self.up[5].attn = torch.nn.Module()
+        self.up[5].attn.norm = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.up[5].attn.proj_in = torch.nn.Conv2d(64, 64, (1, 1))
+        self.up[5].attn.block = torch.nn.Module()
+        self.up[5].attn.block.ln_1 = torch.nn.LayerNorm((64,))
+        self.up[5].attn.block.self_attn = torch.nn.Module()
+        self.up[5].attn.block.self_attn.to_q = torch.nn.Linear(64, 64, bias=False)
+        self.up[5].attn.block.self_attn.to_k = torch.nn.Linear(64, 64, bias=False)
+        self.up[5].attn.block.self_attn.to_v = torch.nn.Linear(64, 64, bias=False)
+        self.up[5].attn.block.self_attn.to_out = torch.nn.Linear(64, 64)
+        self.up[5].attn.block.ln_2 = torch.nn.LayerNorm((64,))
+        self.up[5].attn.block.cross_attn = torch.nn.Module()
+        self.up[5].attn.block.cross_attn.to_q = torch.nn.Linear(64, 64, bias=False)
+        self.up[5].attn.block.cross_attn.to_k = torch.nn.Linear(512, 64, bias=False)
+        self.up[5].attn.block.cross_attn.to_v = torch.nn.Linear(512, 64, bias=False)
+        self.up[5].attn.block.cross_attn.to_out = torch.nn.Linear(64, 64)
+        self.up[5].attn.block.ln_3 = torch.nn.LayerNorm((64,))
+        self.up[5].attn.block.ff = torch.nn.Module()
+        self.up[5].attn.block.ff.proj = torch.nn.Linear(64, 512)
+        self.up[5].attn.block.ff.out = torch.nn.Linear(256, 64)
+        self.up[5].attn.proj_out = torch.nn.Conv2d(64, 64, (1, 1))
+        self.upsample = torch.nn.ModuleList()
+        self.upsample.append(torch.nn.Module())
+        self.upsample[0].conv = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.upsample.append(torch.nn.Module())
+        self.upsample[1].conv = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.norm_out = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.conv_out = torch.nn.Conv2d(64, 4, (3, 3), padding=(1, 1))
 
     @classmethod
     def from_module(cls, original: torch.nn.Module) -> "ChunkedUNet":
@@ -1179,46 +343,30 @@ class ChunkedUNet(torch.nn.Module):
         del mul_1
         cat: "f32[1, 64]" = torch.cat([cos, sin], -1)
         del cos, sin
-        time_mlp_0: "f32[1, 256]" = torch.nn.functional.linear(
-            cat, self.time_mlp[0].weight, self.time_mlp[0].bias
-        )
+        time_mlp_0: "f32[1, 256]" = self.time_mlp[0](cat)
         del cat
-        time_mlp_1_silu: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_0)
+        time_mlp_1_silu: "f32[1, 256]" = self.time_mlp[1](time_mlp_0)
         del time_mlp_0
-        time_mlp_2: "f32[1, 256]" = torch.nn.functional.linear(
-            time_mlp_1_silu, self.time_mlp[2].weight, self.time_mlp[2].bias
-        )
+        time_mlp_2: "f32[1, 256]" = self.time_mlp[2](time_mlp_1_silu)
         del time_mlp_1_silu
         # unet.py:217 in forward: h = self.conv_in(x)
-        conv_in: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            x, self.conv_in.weight, self.conv_in.bias, [1, 1], [1, 1]
-        )
+        conv_in: "f32[1, 64, height, width]" = self.conv_in(x)
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        down_0_res_norm_1: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            conv_in,
-            32,
-            self.down[0].res.norm_1.weight,
-            self.down[0].res.norm_1.bias,
-            1e-06,
+        down_0_res_norm_1: "f32[1, 64, height, width]" = self.down[0].res.norm_1(
+            conv_in
         )
         down_0_res_silu: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             down_0_res_norm_1
         )
         del down_0_res_norm_1
-        down_0_res_conv_1: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            down_0_res_silu,
-            self.down[0].res.conv_1.weight,
-            self.down[0].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
+        down_0_res_conv_1: "f32[1, 64, height, width]" = self.down[0].res.conv_1(
+            down_0_res_silu
         )
         del down_0_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         down_0_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        down_0_res_time_proj: "f32[1, 64]" = torch.nn.functional.linear(
-            down_0_res_silu_1,
-            self.down[0].res.time_proj.weight,
-            self.down[0].res.time_proj.bias,
+        down_0_res_time_proj: "f32[1, 64]" = self.down[0].res.time_proj(
+            down_0_res_silu_1
         )
         del down_0_res_silu_1
         down_0_res_unsqueeze: "f32[1, 64, 1]" = down_0_res_time_proj.unsqueeze(2)
@@ -1230,41 +378,27 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_res_conv_1, down_0_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
-        down_0_res_norm_2: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            down_0_res_add,
-            32,
-            self.down[0].res.norm_2.weight,
-            self.down[0].res.norm_2.bias,
-            1e-06,
+        down_0_res_norm_2: "f32[1, 64, height, width]" = self.down[0].res.norm_2(
+            down_0_res_add
         )
         del down_0_res_add
         down_0_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             down_0_res_norm_2
         )
         del down_0_res_norm_2
-        down_0_res_conv_2: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            down_0_res_silu_2,
-            self.down[0].res.conv_2.weight,
-            self.down[0].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
+        down_0_res_conv_2: "f32[1, 64, height, width]" = self.down[0].res.conv_2(
+            down_0_res_silu_2
         )
         del down_0_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         down_0_res_add_1: "f32[1, 64, height, width]" = conv_in + down_0_res_conv_2
         del down_0_res_conv_2
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
-        down_0_attn_norm: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            down_0_res_add_1,
-            32,
-            self.down[0].attn.norm.weight,
-            self.down[0].attn.norm.bias,
-            1e-06,
+        down_0_attn_norm: "f32[1, 64, height, width]" = self.down[0].attn.norm(
+            down_0_res_add_1
         )
-        down_0_attn_proj_in: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            down_0_attn_norm,
-            self.down[0].attn.proj_in.weight,
-            self.down[0].attn.proj_in.bias,
+        down_0_attn_proj_in: "f32[1, 64, height, width]" = self.down[0].attn.proj_in(
+            down_0_attn_norm
         )
         del down_0_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
@@ -1277,21 +411,13 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        down_0_attn_block_ln_1: "f32[1, width * height, 64]" = (
-            torch.nn.functional.layer_norm(
-                down_0_attn_transpose,
-                [64],
-                self.down[0].attn.block.ln_1.weight,
-                self.down[0].attn.block.ln_1.bias,
-                1e-05,
-            )
-        )
+        down_0_attn_block_ln_1: "f32[1, width * height, 64]" = self.down[
+            0
+        ].attn.block.ln_1(down_0_attn_transpose)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
-        down_0_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                down_0_attn_block_ln_1, self.down[0].attn.block.self_attn.to_q.weight
-            )
-        )
+        down_0_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.down[
+            0
+        ].attn.block.self_attn.to_q(down_0_attn_block_ln_1)
         down_0_attn_block_self_attn_mul = width * height
         down_0_attn_block_self_attn_view: "f32[1, width * height, 2, 32]" = (
             down_0_attn_block_self_attn_to_q.view(
@@ -1308,11 +434,9 @@ class ChunkedUNet(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`, `mul_`.
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        down_0_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                down_0_attn_block_ln_1, self.down[0].attn.block.self_attn.to_k.weight
-            )
-        )
+        down_0_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = self.down[
+            0
+        ].attn.block.self_attn.to_k(down_0_attn_block_ln_1)
         down_0_attn_block_self_attn_view_1: "f32[1, width * height, 2, 32]" = (
             down_0_attn_block_self_attn_to_k.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
@@ -1324,11 +448,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        down_0_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                down_0_attn_block_ln_1, self.down[0].attn.block.self_attn.to_v.weight
-            )
-        )
+        down_0_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = self.down[
+            0
+        ].attn.block.self_attn.to_v(down_0_attn_block_ln_1)
         del down_0_attn_block_ln_1
         down_0_attn_block_self_attn_view_2: "f32[1, width * height, 2, 32]" = (
             down_0_attn_block_self_attn_to_v.view(
@@ -1346,11 +468,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_block_self_attn_transpose_1
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        down_0_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = (
-            torch.nn.functional.linear(
-                context, self.down[0].attn.block.cross_attn.to_k.weight
-            )
-        )
+        down_0_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = self.down[
+            0
+        ].attn.block.cross_attn.to_k(context)
         down_0_attn_block_cross_attn_view: "f32[1, 77, 2, 32]" = (
             down_0_attn_block_cross_attn_to_k.view(1, 77, 2, 32)
         )
@@ -1360,11 +480,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_block_cross_attn_view
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        down_0_attn_block_cross_attn_to_v: "f32[1, 77, 64]" = (
-            torch.nn.functional.linear(
-                context, self.down[0].attn.block.cross_attn.to_v.weight
-            )
-        )
+        down_0_attn_block_cross_attn_to_v: "f32[1, 77, 64]" = self.down[
+            0
+        ].attn.block.cross_attn.to_v(context)
         down_0_attn_block_cross_attn_view_1: "f32[1, 77, 2, 32]" = (
             down_0_attn_block_cross_attn_to_v.view(1, 77, 2, 32)
         )
@@ -1443,11 +561,9 @@ class ChunkedUNet(torch.nn.Module):
             )
             del down_0_attn_block_self_attn_transpose_4
             # unet.py:85 in forward: return self.to_out(y)
-            down_0_attn_block_self_attn_to_out = torch.nn.functional.linear(
-                down_0_attn_block_self_attn_reshape,
-                self.down[0].attn.block.self_attn.to_out.weight,
-                self.down[0].attn.block.self_attn.to_out.bias,
-            )
+            down_0_attn_block_self_attn_to_out = self.down[
+                0
+            ].attn.block.self_attn.to_out(down_0_attn_block_self_attn_reshape)
             del down_0_attn_block_self_attn_reshape
             # unet.py:111 in forward: x = x + self.self_attn(h, h)
             down_0_attn_block_add = (
@@ -1456,16 +572,10 @@ class ChunkedUNet(torch.nn.Module):
             )
             del down_0_attn_block_self_attn_to_out
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-            down_0_attn_block_ln_2 = torch.nn.functional.layer_norm(
-                down_0_attn_block_add,
-                [64],
-                self.down[0].attn.block.ln_2.weight,
-                self.down[0].attn.block.ln_2.bias,
-                1e-05,
-            )
+            down_0_attn_block_ln_2 = self.down[0].attn.block.ln_2(down_0_attn_block_add)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
-            down_0_attn_block_cross_attn_to_q = torch.nn.functional.linear(
-                down_0_attn_block_ln_2, self.down[0].attn.block.cross_attn.to_q.weight
+            down_0_attn_block_cross_attn_to_q = self.down[0].attn.block.cross_attn.to_q(
+                down_0_attn_block_ln_2
             )
             del down_0_attn_block_ln_2
             down_0_attn_block_cross_attn_view_2 = (
@@ -1506,11 +616,9 @@ class ChunkedUNet(torch.nn.Module):
             )
             del down_0_attn_block_cross_attn_transpose_4
             # unet.py:85 in forward: return self.to_out(y)
-            down_0_attn_block_cross_attn_to_out = torch.nn.functional.linear(
-                down_0_attn_block_cross_attn_reshape,
-                self.down[0].attn.block.cross_attn.to_out.weight,
-                self.down[0].attn.block.cross_attn.to_out.bias,
-            )
+            down_0_attn_block_cross_attn_to_out = self.down[
+                0
+            ].attn.block.cross_attn.to_out(down_0_attn_block_cross_attn_reshape)
             del down_0_attn_block_cross_attn_reshape
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
             down_0_attn_block_add_1 = (
@@ -1518,18 +626,12 @@ class ChunkedUNet(torch.nn.Module):
             )
             del down_0_attn_block_add, down_0_attn_block_cross_attn_to_out
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-            down_0_attn_block_ln_3 = torch.nn.functional.layer_norm(
-                down_0_attn_block_add_1,
-                [64],
-                self.down[0].attn.block.ln_3.weight,
-                self.down[0].attn.block.ln_3.bias,
-                1e-05,
+            down_0_attn_block_ln_3 = self.down[0].attn.block.ln_3(
+                down_0_attn_block_add_1
             )
             # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
-            down_0_attn_block_ff_proj = torch.nn.functional.linear(
-                down_0_attn_block_ln_3,
-                self.down[0].attn.block.ff.proj.weight,
-                self.down[0].attn.block.ff.proj.bias,
+            down_0_attn_block_ff_proj = self.down[0].attn.block.ff.proj(
+                down_0_attn_block_ln_3
             )
             del down_0_attn_block_ln_3
             down_0_attn_block_ff_chunk = torch.chunk(down_0_attn_block_ff_proj, 2, -1)
@@ -1546,10 +648,8 @@ class ChunkedUNet(torch.nn.Module):
                 down_0_attn_block_ff_chunk_0
             )
             del down_0_attn_block_ff_chunk_0, down_0_attn_block_ff_gelu
-            down_0_attn_block_ff_out = torch.nn.functional.linear(
-                down_0_attn_block_ff_mul,
-                self.down[0].attn.block.ff.out.weight,
-                self.down[0].attn.block.ff.out.bias,
+            down_0_attn_block_ff_out = self.down[0].attn.block.ff.out(
+                down_0_attn_block_ff_mul
             )
             del down_0_attn_block_ff_mul
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
@@ -1575,10 +675,8 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_transpose_1
         # unet.py:130 in forward: return x + self.proj_out(y)
-        down_0_attn_proj_out: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            down_0_attn_reshape,
-            self.down[0].attn.proj_out.weight,
-            self.down[0].attn.proj_out.bias,
+        down_0_attn_proj_out: "f32[1, 64, height, width]" = self.down[0].attn.proj_out(
+            down_0_attn_reshape
         )
         del down_0_attn_reshape
         down_0_attn_add: "f32[1, 64, height, width]" = (
@@ -1588,43 +686,23 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:139 in forward: return self.conv(x)
         downsample_0_conv: (
             "f32[1, 64, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            down_0_attn_add,
-            self.downsample[0].conv.weight,
-            self.downsample[0].conv.bias,
-            [2, 2],
-            [1, 1],
-        )
+        ) = self.downsample[0].conv(down_0_attn_add)
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         down_1_res_norm_1: (
             "f32[1, 64, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            downsample_0_conv,
-            32,
-            self.down[1].res.norm_1.weight,
-            self.down[1].res.norm_1.bias,
-            1e-06,
-        )
+        ) = self.down[1].res.norm_1(downsample_0_conv)
         down_1_res_silu: "f32[1, 64, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             torch.nn.functional.silu(down_1_res_norm_1)
         )
         del down_1_res_norm_1
         down_1_res_conv_1: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            down_1_res_silu,
-            self.down[1].res.conv_1.weight,
-            self.down[1].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.down[1].res.conv_1(down_1_res_silu)
         del down_1_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         down_1_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        down_1_res_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            down_1_res_silu_1,
-            self.down[1].res.time_proj.weight,
-            self.down[1].res.time_proj.bias,
+        down_1_res_time_proj: "f32[1, 128]" = self.down[1].res.time_proj(
+            down_1_res_silu_1
         )
         del down_1_res_silu_1
         down_1_res_unsqueeze: "f32[1, 128, 1]" = down_1_res_time_proj.unsqueeze(2)
@@ -1638,13 +716,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_1_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            down_1_res_add,
-            32,
-            self.down[1].res.norm_2.weight,
-            self.down[1].res.norm_2.bias,
-            1e-06,
-        )
+        ) = self.down[1].res.norm_2(down_1_res_add)
         del down_1_res_add
         down_1_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
@@ -1652,20 +724,12 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_res_norm_2
         down_1_res_conv_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            down_1_res_silu_2,
-            self.down[1].res.conv_2.weight,
-            self.down[1].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.down[1].res.conv_2(down_1_res_silu_2)
         del down_1_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         down_1_res_skip: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            downsample_0_conv, self.down[1].res.skip.weight, self.down[1].res.skip.bias
-        )
+        ) = self.down[1].res.skip(downsample_0_conv)
         down_1_res_add_1: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = (down_1_res_skip + down_1_res_conv_2)
@@ -1681,20 +745,10 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_attn_norm_floordiv_1
         down_1_attn_norm: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            down_1_res_add_1,
-            32,
-            self.down[1].attn.norm.weight,
-            self.down[1].attn.norm.bias,
-            1e-06,
-        )
+        ) = self.down[1].attn.norm(down_1_res_add_1)
         down_1_attn_proj_in: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            down_1_attn_norm,
-            self.down[1].attn.proj_in.weight,
-            self.down[1].attn.proj_in.bias,
-        )
+        ) = self.down[1].attn.proj_in(down_1_attn_norm)
         del down_1_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         down_1_attn_flatten: (
@@ -1708,19 +762,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:110 in forward: h = self.ln_1(x)
         down_1_attn_block_ln_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            down_1_attn_transpose,
-            [128],
-            self.down[1].attn.block.ln_1.weight,
-            self.down[1].attn.block.ln_1.bias,
-            1e-05,
-        )
+        ) = self.down[1].attn.block.ln_1(down_1_attn_transpose)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         down_1_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_ln_1, self.down[1].attn.block.self_attn.to_q.weight
-        )
+        ) = self.down[1].attn.block.self_attn.to_q(down_1_attn_block_ln_1)
         down_1_attn_block_self_attn_mul = (
             down_1_attn_norm_add_3 * down_1_attn_norm_add_1
         )
@@ -1737,9 +783,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_1_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_ln_1, self.down[1].attn.block.self_attn.to_k.weight
-        )
+        ) = self.down[1].attn.block.self_attn.to_k(down_1_attn_block_ln_1)
         down_1_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_self_attn_to_k.view(
@@ -1753,9 +797,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_1_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_ln_1, self.down[1].attn.block.self_attn.to_v.weight
-        )
+        ) = self.down[1].attn.block.self_attn.to_v(down_1_attn_block_ln_1)
         del down_1_attn_block_ln_1
         down_1_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
@@ -1807,10 +849,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         down_1_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_self_attn_reshape,
-            self.down[1].attn.block.self_attn.to_out.weight,
-            self.down[1].attn.block.self_attn.to_out.bias,
+        ) = self.down[1].attn.block.self_attn.to_out(
+            down_1_attn_block_self_attn_reshape
         )
         del down_1_attn_block_self_attn_reshape
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
@@ -1821,19 +861,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         down_1_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            down_1_attn_block_add,
-            [128],
-            self.down[1].attn.block.ln_2.weight,
-            self.down[1].attn.block.ln_2.bias,
-            1e-05,
-        )
+        ) = self.down[1].attn.block.ln_2(down_1_attn_block_add)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         down_1_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_ln_2, self.down[1].attn.block.cross_attn.to_q.weight
-        )
+        ) = self.down[1].attn.block.cross_attn.to_q(down_1_attn_block_ln_2)
         del down_1_attn_block_ln_2
         down_1_attn_block_cross_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
@@ -1846,11 +878,9 @@ class ChunkedUNet(torch.nn.Module):
         ) = down_1_attn_block_cross_attn_view.transpose(1, 2)
         del down_1_attn_block_cross_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        down_1_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = (
-            torch.nn.functional.linear(
-                context, self.down[1].attn.block.cross_attn.to_k.weight
-            )
-        )
+        down_1_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = self.down[
+            1
+        ].attn.block.cross_attn.to_k(context)
         down_1_attn_block_cross_attn_view_1: "f32[1, 77, 4, 32]" = (
             down_1_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
@@ -1860,11 +890,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_1_attn_block_cross_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        down_1_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = (
-            torch.nn.functional.linear(
-                context, self.down[1].attn.block.cross_attn.to_v.weight
-            )
-        )
+        down_1_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = self.down[
+            1
+        ].attn.block.cross_attn.to_v(context)
         down_1_attn_block_cross_attn_view_2: "f32[1, 77, 4, 32]" = (
             down_1_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
@@ -1921,10 +949,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         down_1_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_cross_attn_reshape,
-            self.down[1].attn.block.cross_attn.to_out.weight,
-            self.down[1].attn.block.cross_attn.to_out.bias,
+        ) = self.down[1].attn.block.cross_attn.to_out(
+            down_1_attn_block_cross_attn_reshape
         )
         del down_1_attn_block_cross_attn_reshape
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
@@ -1935,21 +961,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         down_1_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            down_1_attn_block_add_1,
-            [128],
-            self.down[1].attn.block.ln_3.weight,
-            self.down[1].attn.block.ln_3.bias,
-            1e-05,
-        )
+        ) = self.down[1].attn.block.ln_3(down_1_attn_block_add_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         down_1_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_ln_3,
-            self.down[1].attn.block.ff.proj.weight,
-            self.down[1].attn.block.ff.proj.bias,
-        )
+        ) = self.down[1].attn.block.ff.proj(down_1_attn_block_ln_3)
         del down_1_attn_block_ln_3
         down_1_attn_block_ff_chunk = torch.chunk(down_1_attn_block_ff_proj, 2, -1)
         del down_1_attn_block_ff_proj
@@ -1971,11 +987,7 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_attn_block_ff_chunk_0, down_1_attn_block_ff_gelu
         down_1_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            down_1_attn_block_ff_mul,
-            self.down[1].attn.block.ff.out.weight,
-            self.down[1].attn.block.ff.out.bias,
-        )
+        ) = self.down[1].attn.block.ff.out(down_1_attn_block_ff_mul)
         del down_1_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         down_1_attn_block_add_2: (
@@ -1996,11 +1008,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         down_1_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            down_1_attn_reshape,
-            self.down[1].attn.proj_out.weight,
-            self.down[1].attn.proj_out.bias,
-        )
+        ) = self.down[1].attn.proj_out(down_1_attn_reshape)
         del down_1_attn_reshape
         down_1_attn_add: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
@@ -2009,13 +1017,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:139 in forward: return self.conv(x)
         downsample_1_conv: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            down_1_attn_add,
-            self.downsample[1].conv.weight,
-            self.downsample[1].conv.bias,
-            [2, 2],
-            [1, 1],
-        )
+        ) = self.downsample[1].conv(down_1_attn_add)
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         down_2_res_norm_1_floordiv = down_1_attn_norm_add // 4
         del down_1_attn_norm_add
@@ -2027,33 +1029,19 @@ class ChunkedUNet(torch.nn.Module):
         del down_2_res_norm_1_floordiv_1
         down_2_res_norm_1: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.group_norm(
-            downsample_1_conv,
-            32,
-            self.down[2].res.norm_1.weight,
-            self.down[2].res.norm_1.bias,
-            1e-06,
-        )
+        ) = self.down[2].res.norm_1(downsample_1_conv)
         down_2_res_silu: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
         ) = torch.nn.functional.silu(down_2_res_norm_1)
         del down_2_res_norm_1
         down_2_res_conv_1: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            down_2_res_silu,
-            self.down[2].res.conv_1.weight,
-            self.down[2].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.down[2].res.conv_1(down_2_res_silu)
         del down_2_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         down_2_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        down_2_res_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            down_2_res_silu_1,
-            self.down[2].res.time_proj.weight,
-            self.down[2].res.time_proj.bias,
+        down_2_res_time_proj: "f32[1, 128]" = self.down[2].res.time_proj(
+            down_2_res_silu_1
         )
         del down_2_res_silu_1
         down_2_res_unsqueeze: "f32[1, 128, 1]" = down_2_res_time_proj.unsqueeze(2)
@@ -2067,13 +1055,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_2_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.group_norm(
-            down_2_res_add,
-            32,
-            self.down[2].res.norm_2.weight,
-            self.down[2].res.norm_2.bias,
-            1e-06,
-        )
+        ) = self.down[2].res.norm_2(down_2_res_add)
         del down_2_res_add
         down_2_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
@@ -2081,13 +1063,7 @@ class ChunkedUNet(torch.nn.Module):
         del down_2_res_norm_2
         down_2_res_conv_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            down_2_res_silu_2,
-            self.down[2].res.conv_2.weight,
-            self.down[2].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.down[2].res.conv_2(down_2_res_silu_2)
         del down_2_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         down_2_res_add_1: (
@@ -2096,33 +1072,19 @@ class ChunkedUNet(torch.nn.Module):
         del down_2_res_conv_2
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         mid_1_norm_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.group_norm(
-                down_2_res_add_1,
-                32,
-                self.mid_1.norm_1.weight,
-                self.mid_1.norm_1.bias,
-                1e-06,
-            )
+            self.mid_1.norm_1(down_2_res_add_1)
         )
         mid_1_silu: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_1_norm_1)
         )
         del mid_1_norm_1
         mid_1_conv_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.conv2d(
-                mid_1_silu,
-                self.mid_1.conv_1.weight,
-                self.mid_1.conv_1.bias,
-                [1, 1],
-                [1, 1],
-            )
+            self.mid_1.conv_1(mid_1_silu)
         )
         del mid_1_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         mid_1_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        mid_1_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            mid_1_silu_1, self.mid_1.time_proj.weight, self.mid_1.time_proj.bias
-        )
+        mid_1_time_proj: "f32[1, 128]" = self.mid_1.time_proj(mid_1_silu_1)
         del mid_1_silu_1
         mid_1_unsqueeze: "f32[1, 128, 1]" = mid_1_time_proj.unsqueeze(2)
         del mid_1_time_proj
@@ -2134,9 +1096,7 @@ class ChunkedUNet(torch.nn.Module):
         del mid_1_conv_1, mid_1_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         mid_1_norm_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.group_norm(
-                mid_1_add, 32, self.mid_1.norm_2.weight, self.mid_1.norm_2.bias, 1e-06
-            )
+            self.mid_1.norm_2(mid_1_add)
         )
         del mid_1_add
         mid_1_silu_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
@@ -2144,13 +1104,7 @@ class ChunkedUNet(torch.nn.Module):
         )
         del mid_1_norm_2
         mid_1_conv_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.conv2d(
-                mid_1_silu_2,
-                self.mid_1.conv_2.weight,
-                self.mid_1.conv_2.bias,
-                [1, 1],
-                [1, 1],
-            )
+            self.mid_1.conv_2(mid_1_silu_2)
         )
         del mid_1_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
@@ -2160,19 +1114,11 @@ class ChunkedUNet(torch.nn.Module):
         del mid_1_conv_2
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         mid_attn_norm: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.group_norm(
-                mid_1_add_1,
-                32,
-                self.mid_attn.norm.weight,
-                self.mid_attn.norm.bias,
-                1e-06,
-            )
+            self.mid_attn.norm(mid_1_add_1)
         )
         mid_attn_proj_in: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            mid_attn_norm, self.mid_attn.proj_in.weight, self.mid_attn.proj_in.bias
-        )
+        ) = self.mid_attn.proj_in(mid_attn_norm)
         del mid_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         mid_attn_flatten: (
@@ -2186,19 +1132,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:110 in forward: h = self.ln_1(x)
         mid_attn_block_ln_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.layer_norm(
-            mid_attn_transpose,
-            [128],
-            self.mid_attn.block.ln_1.weight,
-            self.mid_attn.block.ln_1.bias,
-            1e-05,
-        )
+        ) = self.mid_attn.block.ln_1(mid_attn_transpose)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_ln_1, self.mid_attn.block.self_attn.to_q.weight
-        )
+        ) = self.mid_attn.block.self_attn.to_q(mid_attn_block_ln_1)
         mid_attn_block_self_attn_mul = down_2_res_norm_1_add_1 * down_2_res_norm_1_add
         mid_attn_block_self_attn_view: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
@@ -2211,9 +1149,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_ln_1, self.mid_attn.block.self_attn.to_k.weight
-        )
+        ) = self.mid_attn.block.self_attn.to_k(mid_attn_block_ln_1)
         mid_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_self_attn_to_k.view(1, mid_attn_block_self_attn_mul, 4, 32)
@@ -2225,9 +1161,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_ln_1, self.mid_attn.block.self_attn.to_v.weight
-        )
+        ) = self.mid_attn.block.self_attn.to_v(mid_attn_block_ln_1)
         del mid_attn_block_ln_1
         mid_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
@@ -2273,11 +1207,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         mid_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_self_attn_reshape,
-            self.mid_attn.block.self_attn.to_out.weight,
-            self.mid_attn.block.self_attn.to_out.bias,
-        )
+        ) = self.mid_attn.block.self_attn.to_out(mid_attn_block_self_attn_reshape)
         del mid_attn_block_self_attn_reshape
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         mid_attn_block_add: (
@@ -2287,19 +1217,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         mid_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.layer_norm(
-            mid_attn_block_add,
-            [128],
-            self.mid_attn.block.ln_2.weight,
-            self.mid_attn.block.ln_2.bias,
-            1e-05,
-        )
+        ) = self.mid_attn.block.ln_2(mid_attn_block_add)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         mid_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_ln_2, self.mid_attn.block.cross_attn.to_q.weight
-        )
+        ) = self.mid_attn.block.cross_attn.to_q(mid_attn_block_ln_2)
         del mid_attn_block_ln_2
         mid_attn_block_cross_attn_view: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
@@ -2310,8 +1232,8 @@ class ChunkedUNet(torch.nn.Module):
         ) = mid_attn_block_cross_attn_view.transpose(1, 2)
         del mid_attn_block_cross_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        mid_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = torch.nn.functional.linear(
-            context, self.mid_attn.block.cross_attn.to_k.weight
+        mid_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = (
+            self.mid_attn.block.cross_attn.to_k(context)
         )
         mid_attn_block_cross_attn_view_1: "f32[1, 77, 4, 32]" = (
             mid_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
@@ -2322,8 +1244,8 @@ class ChunkedUNet(torch.nn.Module):
         )
         del mid_attn_block_cross_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        mid_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = torch.nn.functional.linear(
-            context, self.mid_attn.block.cross_attn.to_v.weight
+        mid_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = (
+            self.mid_attn.block.cross_attn.to_v(context)
         )
         mid_attn_block_cross_attn_view_2: "f32[1, 77, 4, 32]" = (
             mid_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
@@ -2373,11 +1295,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         mid_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_cross_attn_reshape,
-            self.mid_attn.block.cross_attn.to_out.weight,
-            self.mid_attn.block.cross_attn.to_out.bias,
-        )
+        ) = self.mid_attn.block.cross_attn.to_out(mid_attn_block_cross_attn_reshape)
         del mid_attn_block_cross_attn_reshape
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         mid_attn_block_add_1: (
@@ -2387,21 +1305,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         mid_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.layer_norm(
-            mid_attn_block_add_1,
-            [128],
-            self.mid_attn.block.ln_3.weight,
-            self.mid_attn.block.ln_3.bias,
-            1e-05,
-        )
+        ) = self.mid_attn.block.ln_3(mid_attn_block_add_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         mid_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 1024]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_ln_3,
-            self.mid_attn.block.ff.proj.weight,
-            self.mid_attn.block.ff.proj.bias,
-        )
+        ) = self.mid_attn.block.ff.proj(mid_attn_block_ln_3)
         del mid_attn_block_ln_3
         mid_attn_block_ff_chunk = torch.chunk(mid_attn_block_ff_proj, 2, -1)
         del mid_attn_block_ff_proj
@@ -2423,11 +1331,7 @@ class ChunkedUNet(torch.nn.Module):
         del mid_attn_block_ff_chunk_0, mid_attn_block_ff_gelu
         mid_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = torch.nn.functional.linear(
-            mid_attn_block_ff_mul,
-            self.mid_attn.block.ff.out.weight,
-            self.mid_attn.block.ff.out.bias,
-        )
+        ) = self.mid_attn.block.ff.out(mid_attn_block_ff_mul)
         del mid_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         mid_attn_block_add_2: (
@@ -2448,9 +1352,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         mid_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            mid_attn_reshape, self.mid_attn.proj_out.weight, self.mid_attn.proj_out.bias
-        )
+        ) = self.mid_attn.proj_out(mid_attn_reshape)
         del mid_attn_reshape
         mid_attn_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             mid_1_add_1 + mid_attn_proj_out
@@ -2458,33 +1360,19 @@ class ChunkedUNet(torch.nn.Module):
         del mid_1_add_1, mid_attn_proj_out
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         mid_2_norm_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.group_norm(
-                mid_attn_add,
-                32,
-                self.mid_2.norm_1.weight,
-                self.mid_2.norm_1.bias,
-                1e-06,
-            )
+            self.mid_2.norm_1(mid_attn_add)
         )
         mid_2_silu: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_2_norm_1)
         )
         del mid_2_norm_1
         mid_2_conv_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.conv2d(
-                mid_2_silu,
-                self.mid_2.conv_1.weight,
-                self.mid_2.conv_1.bias,
-                [1, 1],
-                [1, 1],
-            )
+            self.mid_2.conv_1(mid_2_silu)
         )
         del mid_2_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         mid_2_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        mid_2_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            mid_2_silu_1, self.mid_2.time_proj.weight, self.mid_2.time_proj.bias
-        )
+        mid_2_time_proj: "f32[1, 128]" = self.mid_2.time_proj(mid_2_silu_1)
         del mid_2_silu_1
         mid_2_unsqueeze: "f32[1, 128, 1]" = mid_2_time_proj.unsqueeze(2)
         del mid_2_time_proj
@@ -2496,9 +1384,7 @@ class ChunkedUNet(torch.nn.Module):
         del mid_2_conv_1, mid_2_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         mid_2_norm_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.group_norm(
-                mid_2_add, 32, self.mid_2.norm_2.weight, self.mid_2.norm_2.bias, 1e-06
-            )
+            self.mid_2.norm_2(mid_2_add)
         )
         del mid_2_add
         mid_2_silu_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
@@ -2506,13 +1392,7 @@ class ChunkedUNet(torch.nn.Module):
         )
         del mid_2_norm_2
         mid_2_conv_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.conv2d(
-                mid_2_silu_2,
-                self.mid_2.conv_2.weight,
-                self.mid_2.conv_2.bias,
-                [1, 1],
-                [1, 1],
-            )
+            self.mid_2.conv_2(mid_2_silu_2)
         )
         del mid_2_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
@@ -2528,30 +1408,18 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_0_res_norm_1: (
             "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.group_norm(
-            cat_1, 32, self.up[0].res.norm_1.weight, self.up[0].res.norm_1.bias, 1e-06
-        )
+        ) = self.up[0].res.norm_1(cat_1)
         up_0_res_silu: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(up_0_res_norm_1)
         )
         del up_0_res_norm_1
         up_0_res_conv_1: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            up_0_res_silu,
-            self.up[0].res.conv_1.weight,
-            self.up[0].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[0].res.conv_1(up_0_res_silu)
         del up_0_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         up_0_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        up_0_res_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            up_0_res_silu_1,
-            self.up[0].res.time_proj.weight,
-            self.up[0].res.time_proj.bias,
-        )
+        up_0_res_time_proj: "f32[1, 128]" = self.up[0].res.time_proj(up_0_res_silu_1)
         del up_0_res_silu_1
         up_0_res_unsqueeze: "f32[1, 128, 1]" = up_0_res_time_proj.unsqueeze(2)
         del up_0_res_time_proj
@@ -2564,13 +1432,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_0_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.group_norm(
-            up_0_res_add,
-            32,
-            self.up[0].res.norm_2.weight,
-            self.up[0].res.norm_2.bias,
-            1e-06,
-        )
+        ) = self.up[0].res.norm_2(up_0_res_add)
         del up_0_res_add
         up_0_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
@@ -2578,19 +1440,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_0_res_norm_2
         up_0_res_conv_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            up_0_res_silu_2,
-            self.up[0].res.conv_2.weight,
-            self.up[0].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[0].res.conv_2(up_0_res_silu_2)
         del up_0_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_0_res_skip: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.conv2d(
-                cat_1, self.up[0].res.skip.weight, self.up[0].res.skip.bias
-            )
+            self.up[0].res.skip(cat_1)
         )
         del cat_1
         up_0_res_add_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
@@ -2605,30 +1459,18 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_1_res_norm_1: (
             "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.group_norm(
-            cat_2, 32, self.up[1].res.norm_1.weight, self.up[1].res.norm_1.bias, 1e-06
-        )
+        ) = self.up[1].res.norm_1(cat_2)
         up_1_res_silu: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(up_1_res_norm_1)
         )
         del up_1_res_norm_1
         up_1_res_conv_1: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            up_1_res_silu,
-            self.up[1].res.conv_1.weight,
-            self.up[1].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[1].res.conv_1(up_1_res_silu)
         del up_1_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         up_1_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        up_1_res_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            up_1_res_silu_1,
-            self.up[1].res.time_proj.weight,
-            self.up[1].res.time_proj.bias,
-        )
+        up_1_res_time_proj: "f32[1, 128]" = self.up[1].res.time_proj(up_1_res_silu_1)
         del up_1_res_silu_1
         up_1_res_unsqueeze: "f32[1, 128, 1]" = up_1_res_time_proj.unsqueeze(2)
         del up_1_res_time_proj
@@ -2641,13 +1483,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_1_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.group_norm(
-            up_1_res_add,
-            32,
-            self.up[1].res.norm_2.weight,
-            self.up[1].res.norm_2.bias,
-            1e-06,
-        )
+        ) = self.up[1].res.norm_2(up_1_res_add)
         del up_1_res_add
         up_1_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
@@ -2655,19 +1491,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_1_res_norm_2
         up_1_res_conv_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = torch.nn.functional.conv2d(
-            up_1_res_silu_2,
-            self.up[1].res.conv_2.weight,
-            self.up[1].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[1].res.conv_2(up_1_res_silu_2)
         del up_1_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_1_res_skip: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            torch.nn.functional.conv2d(
-                cat_2, self.up[1].res.skip.weight, self.up[1].res.skip.bias
-            )
+            self.up[1].res.skip(cat_2)
         )
         del cat_2
         up_1_res_add_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
@@ -2685,13 +1513,7 @@ class ChunkedUNet(torch.nn.Module):
         del up_1_res_add_1
         upsample_0_conv: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            upsample_0_upsample_nearest2d,
-            self.upsample[0].conv.weight,
-            self.upsample[0].conv.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.upsample[0].conv(upsample_0_upsample_nearest2d)
         del upsample_0_upsample_nearest2d
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
         cat_3: "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = torch.cat(
@@ -2701,30 +1523,18 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_2_res_norm_1: (
             "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            cat_3, 32, self.up[2].res.norm_1.weight, self.up[2].res.norm_1.bias, 1e-06
-        )
+        ) = self.up[2].res.norm_1(cat_3)
         up_2_res_silu: "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             torch.nn.functional.silu(up_2_res_norm_1)
         )
         del up_2_res_norm_1
         up_2_res_conv_1: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_2_res_silu,
-            self.up[2].res.conv_1.weight,
-            self.up[2].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[2].res.conv_1(up_2_res_silu)
         del up_2_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         up_2_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        up_2_res_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            up_2_res_silu_1,
-            self.up[2].res.time_proj.weight,
-            self.up[2].res.time_proj.bias,
-        )
+        up_2_res_time_proj: "f32[1, 128]" = self.up[2].res.time_proj(up_2_res_silu_1)
         del up_2_res_silu_1
         up_2_res_unsqueeze: "f32[1, 128, 1]" = up_2_res_time_proj.unsqueeze(2)
         del up_2_res_time_proj
@@ -2737,13 +1547,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_2_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            up_2_res_add,
-            32,
-            self.up[2].res.norm_2.weight,
-            self.up[2].res.norm_2.bias,
-            1e-06,
-        )
+        ) = self.up[2].res.norm_2(up_2_res_add)
         del up_2_res_add
         up_2_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
@@ -2751,19 +1555,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_2_res_norm_2
         up_2_res_conv_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_2_res_silu_2,
-            self.up[2].res.conv_2.weight,
-            self.up[2].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[2].res.conv_2(up_2_res_silu_2)
         del up_2_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_2_res_skip: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            torch.nn.functional.conv2d(
-                cat_3, self.up[2].res.skip.weight, self.up[2].res.skip.bias
-            )
+            self.up[2].res.skip(cat_3)
         )
         del cat_3
         up_2_res_add_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
@@ -2772,19 +1568,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_2_res_conv_2, up_2_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_2_attn_norm: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            torch.nn.functional.group_norm(
-                up_2_res_add_1,
-                32,
-                self.up[2].attn.norm.weight,
-                self.up[2].attn.norm.bias,
-                1e-06,
-            )
+            self.up[2].attn.norm(up_2_res_add_1)
         )
         up_2_attn_proj_in: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_2_attn_norm, self.up[2].attn.proj_in.weight, self.up[2].attn.proj_in.bias
-        )
+        ) = self.up[2].attn.proj_in(up_2_attn_norm)
         del up_2_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         up_2_attn_flatten: (
@@ -2798,19 +1586,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:110 in forward: h = self.ln_1(x)
         up_2_attn_block_ln_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            up_2_attn_transpose,
-            [128],
-            self.up[2].attn.block.ln_1.weight,
-            self.up[2].attn.block.ln_1.bias,
-            1e-05,
-        )
+        ) = self.up[2].attn.block.ln_1(up_2_attn_transpose)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_ln_1, self.up[2].attn.block.self_attn.to_q.weight
-        )
+        ) = self.up[2].attn.block.self_attn.to_q(up_2_attn_block_ln_1)
         up_2_attn_block_self_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_to_q.view(
@@ -2824,9 +1604,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_ln_1, self.up[2].attn.block.self_attn.to_k.weight
-        )
+        ) = self.up[2].attn.block.self_attn.to_k(up_2_attn_block_ln_1)
         up_2_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_to_k.view(
@@ -2840,9 +1618,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_ln_1, self.up[2].attn.block.self_attn.to_v.weight
-        )
+        ) = self.up[2].attn.block.self_attn.to_v(up_2_attn_block_ln_1)
         del up_2_attn_block_ln_1
         up_2_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
@@ -2890,11 +1666,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         up_2_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_self_attn_reshape,
-            self.up[2].attn.block.self_attn.to_out.weight,
-            self.up[2].attn.block.self_attn.to_out.bias,
-        )
+        ) = self.up[2].attn.block.self_attn.to_out(up_2_attn_block_self_attn_reshape)
         del up_2_attn_block_self_attn_reshape
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         up_2_attn_block_add: (
@@ -2904,19 +1676,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_2_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            up_2_attn_block_add,
-            [128],
-            self.up[2].attn.block.ln_2.weight,
-            self.up[2].attn.block.ln_2.bias,
-            1e-05,
-        )
+        ) = self.up[2].attn.block.ln_2(up_2_attn_block_add)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_2_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_ln_2, self.up[2].attn.block.cross_attn.to_q.weight
-        )
+        ) = self.up[2].attn.block.cross_attn.to_q(up_2_attn_block_ln_2)
         del up_2_attn_block_ln_2
         up_2_attn_block_cross_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
@@ -2929,9 +1693,9 @@ class ChunkedUNet(torch.nn.Module):
         ) = up_2_attn_block_cross_attn_view.transpose(1, 2)
         del up_2_attn_block_cross_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_2_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = torch.nn.functional.linear(
-            context, self.up[2].attn.block.cross_attn.to_k.weight
-        )
+        up_2_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = self.up[
+            2
+        ].attn.block.cross_attn.to_k(context)
         up_2_attn_block_cross_attn_view_1: "f32[1, 77, 4, 32]" = (
             up_2_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
@@ -2941,9 +1705,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_2_attn_block_cross_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_2_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = torch.nn.functional.linear(
-            context, self.up[2].attn.block.cross_attn.to_v.weight
-        )
+        up_2_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = self.up[
+            2
+        ].attn.block.cross_attn.to_v(context)
         up_2_attn_block_cross_attn_view_2: "f32[1, 77, 4, 32]" = (
             up_2_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
@@ -2992,11 +1756,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         up_2_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_cross_attn_reshape,
-            self.up[2].attn.block.cross_attn.to_out.weight,
-            self.up[2].attn.block.cross_attn.to_out.bias,
-        )
+        ) = self.up[2].attn.block.cross_attn.to_out(up_2_attn_block_cross_attn_reshape)
         del up_2_attn_block_cross_attn_reshape
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_2_attn_block_add_1: (
@@ -3006,21 +1766,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_2_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            up_2_attn_block_add_1,
-            [128],
-            self.up[2].attn.block.ln_3.weight,
-            self.up[2].attn.block.ln_3.bias,
-            1e-05,
-        )
+        ) = self.up[2].attn.block.ln_3(up_2_attn_block_add_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_2_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_ln_3,
-            self.up[2].attn.block.ff.proj.weight,
-            self.up[2].attn.block.ff.proj.bias,
-        )
+        ) = self.up[2].attn.block.ff.proj(up_2_attn_block_ln_3)
         del up_2_attn_block_ln_3
         up_2_attn_block_ff_chunk = torch.chunk(up_2_attn_block_ff_proj, 2, -1)
         del up_2_attn_block_ff_proj
@@ -3042,11 +1792,7 @@ class ChunkedUNet(torch.nn.Module):
         del up_2_attn_block_ff_chunk_0, up_2_attn_block_ff_gelu
         up_2_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_2_attn_block_ff_mul,
-            self.up[2].attn.block.ff.out.weight,
-            self.up[2].attn.block.ff.out.bias,
-        )
+        ) = self.up[2].attn.block.ff.out(up_2_attn_block_ff_mul)
         del up_2_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_2_attn_block_add_2: (
@@ -3067,11 +1813,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_2_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_2_attn_reshape,
-            self.up[2].attn.proj_out.weight,
-            self.up[2].attn.proj_out.bias,
-        )
+        ) = self.up[2].attn.proj_out(up_2_attn_reshape)
         del up_2_attn_reshape
         up_2_attn_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             up_2_res_add_1 + up_2_attn_proj_out
@@ -3085,30 +1827,18 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_3_res_norm_1: (
             "f32[1, 192, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            cat_4, 32, self.up[3].res.norm_1.weight, self.up[3].res.norm_1.bias, 1e-06
-        )
+        ) = self.up[3].res.norm_1(cat_4)
         up_3_res_silu: "f32[1, 192, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             torch.nn.functional.silu(up_3_res_norm_1)
         )
         del up_3_res_norm_1
         up_3_res_conv_1: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_3_res_silu,
-            self.up[3].res.conv_1.weight,
-            self.up[3].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[3].res.conv_1(up_3_res_silu)
         del up_3_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         up_3_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        up_3_res_time_proj: "f32[1, 128]" = torch.nn.functional.linear(
-            up_3_res_silu_1,
-            self.up[3].res.time_proj.weight,
-            self.up[3].res.time_proj.bias,
-        )
+        up_3_res_time_proj: "f32[1, 128]" = self.up[3].res.time_proj(up_3_res_silu_1)
         del up_3_res_silu_1
         up_3_res_unsqueeze: "f32[1, 128, 1]" = up_3_res_time_proj.unsqueeze(2)
         del up_3_res_time_proj
@@ -3121,13 +1851,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_3_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.group_norm(
-            up_3_res_add,
-            32,
-            self.up[3].res.norm_2.weight,
-            self.up[3].res.norm_2.bias,
-            1e-06,
-        )
+        ) = self.up[3].res.norm_2(up_3_res_add)
         del up_3_res_add
         up_3_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
@@ -3135,19 +1859,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_3_res_norm_2
         up_3_res_conv_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_3_res_silu_2,
-            self.up[3].res.conv_2.weight,
-            self.up[3].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
-        )
+        ) = self.up[3].res.conv_2(up_3_res_silu_2)
         del up_3_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_3_res_skip: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            torch.nn.functional.conv2d(
-                cat_4, self.up[3].res.skip.weight, self.up[3].res.skip.bias
-            )
+            self.up[3].res.skip(cat_4)
         )
         del cat_4
         up_3_res_add_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
@@ -3156,19 +1872,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_3_res_conv_2, up_3_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_3_attn_norm: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            torch.nn.functional.group_norm(
-                up_3_res_add_1,
-                32,
-                self.up[3].attn.norm.weight,
-                self.up[3].attn.norm.bias,
-                1e-06,
-            )
+            self.up[3].attn.norm(up_3_res_add_1)
         )
         up_3_attn_proj_in: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_3_attn_norm, self.up[3].attn.proj_in.weight, self.up[3].attn.proj_in.bias
-        )
+        ) = self.up[3].attn.proj_in(up_3_attn_norm)
         del up_3_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         up_3_attn_flatten: (
@@ -3182,19 +1890,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:110 in forward: h = self.ln_1(x)
         up_3_attn_block_ln_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            up_3_attn_transpose,
-            [128],
-            self.up[3].attn.block.ln_1.weight,
-            self.up[3].attn.block.ln_1.bias,
-            1e-05,
-        )
+        ) = self.up[3].attn.block.ln_1(up_3_attn_transpose)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_ln_1, self.up[3].attn.block.self_attn.to_q.weight
-        )
+        ) = self.up[3].attn.block.self_attn.to_q(up_3_attn_block_ln_1)
         up_3_attn_block_self_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_to_q.view(
@@ -3208,9 +1908,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_ln_1, self.up[3].attn.block.self_attn.to_k.weight
-        )
+        ) = self.up[3].attn.block.self_attn.to_k(up_3_attn_block_ln_1)
         up_3_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_to_k.view(
@@ -3224,9 +1922,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_ln_1, self.up[3].attn.block.self_attn.to_v.weight
-        )
+        ) = self.up[3].attn.block.self_attn.to_v(up_3_attn_block_ln_1)
         del up_3_attn_block_ln_1
         up_3_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
@@ -3274,11 +1970,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         up_3_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_self_attn_reshape,
-            self.up[3].attn.block.self_attn.to_out.weight,
-            self.up[3].attn.block.self_attn.to_out.bias,
-        )
+        ) = self.up[3].attn.block.self_attn.to_out(up_3_attn_block_self_attn_reshape)
         del up_3_attn_block_self_attn_reshape
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         up_3_attn_block_add: (
@@ -3288,19 +1980,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_3_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            up_3_attn_block_add,
-            [128],
-            self.up[3].attn.block.ln_2.weight,
-            self.up[3].attn.block.ln_2.bias,
-            1e-05,
-        )
+        ) = self.up[3].attn.block.ln_2(up_3_attn_block_add)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_3_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_ln_2, self.up[3].attn.block.cross_attn.to_q.weight
-        )
+        ) = self.up[3].attn.block.cross_attn.to_q(up_3_attn_block_ln_2)
         del up_3_attn_block_ln_2
         up_3_attn_block_cross_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
@@ -3313,9 +1997,9 @@ class ChunkedUNet(torch.nn.Module):
         ) = up_3_attn_block_cross_attn_view.transpose(1, 2)
         del up_3_attn_block_cross_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_3_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = torch.nn.functional.linear(
-            context, self.up[3].attn.block.cross_attn.to_k.weight
-        )
+        up_3_attn_block_cross_attn_to_k: "f32[1, 77, 128]" = self.up[
+            3
+        ].attn.block.cross_attn.to_k(context)
         up_3_attn_block_cross_attn_view_1: "f32[1, 77, 4, 32]" = (
             up_3_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
@@ -3325,9 +2009,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_3_attn_block_cross_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_3_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = torch.nn.functional.linear(
-            context, self.up[3].attn.block.cross_attn.to_v.weight
-        )
+        up_3_attn_block_cross_attn_to_v: "f32[1, 77, 128]" = self.up[
+            3
+        ].attn.block.cross_attn.to_v(context)
         up_3_attn_block_cross_attn_view_2: "f32[1, 77, 4, 32]" = (
             up_3_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
@@ -3376,11 +2060,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         up_3_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_cross_attn_reshape,
-            self.up[3].attn.block.cross_attn.to_out.weight,
-            self.up[3].attn.block.cross_attn.to_out.bias,
-        )
+        ) = self.up[3].attn.block.cross_attn.to_out(up_3_attn_block_cross_attn_reshape)
         del up_3_attn_block_cross_attn_reshape
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_3_attn_block_add_1: (
@@ -3390,21 +2070,11 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_3_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.layer_norm(
-            up_3_attn_block_add_1,
-            [128],
-            self.up[3].attn.block.ln_3.weight,
-            self.up[3].attn.block.ln_3.bias,
-            1e-05,
-        )
+        ) = self.up[3].attn.block.ln_3(up_3_attn_block_add_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_3_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_ln_3,
-            self.up[3].attn.block.ff.proj.weight,
-            self.up[3].attn.block.ff.proj.bias,
-        )
+        ) = self.up[3].attn.block.ff.proj(up_3_attn_block_ln_3)
         del up_3_attn_block_ln_3
         up_3_attn_block_ff_chunk = torch.chunk(up_3_attn_block_ff_proj, 2, -1)
         del up_3_attn_block_ff_proj
@@ -3426,11 +2096,7 @@ class ChunkedUNet(torch.nn.Module):
         del up_3_attn_block_ff_chunk_0, up_3_attn_block_ff_gelu
         up_3_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = torch.nn.functional.linear(
-            up_3_attn_block_ff_mul,
-            self.up[3].attn.block.ff.out.weight,
-            self.up[3].attn.block.ff.out.bias,
-        )
+        ) = self.up[3].attn.block.ff.out(up_3_attn_block_ff_mul)
         del up_3_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_3_attn_block_add_2: (
@@ -3451,11 +2117,7 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_3_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = torch.nn.functional.conv2d(
-            up_3_attn_reshape,
-            self.up[3].attn.proj_out.weight,
-            self.up[3].attn.proj_out.bias,
-        )
+        ) = self.up[3].attn.proj_out(up_3_attn_reshape)
         del up_3_attn_reshape
         up_3_attn_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             up_3_res_add_1 + up_3_attn_proj_out
@@ -3468,12 +2130,8 @@ class ChunkedUNet(torch.nn.Module):
             )
         )
         del up_3_attn_add
-        upsample_1_conv: "f32[1, 128, height, width]" = torch.nn.functional.conv2d(
-            upsample_1_upsample_nearest2d,
-            self.upsample[1].conv.weight,
-            self.upsample[1].conv.bias,
-            [1, 1],
-            [1, 1],
+        upsample_1_conv: "f32[1, 128, height, width]" = self.upsample[1].conv(
+            upsample_1_upsample_nearest2d
         )
         del upsample_1_upsample_nearest2d
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
@@ -3482,28 +2140,18 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_add, upsample_1_conv
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        up_4_res_norm_1: "f32[1, 192, height, width]" = torch.nn.functional.group_norm(
-            cat_5, 32, self.up[4].res.norm_1.weight, self.up[4].res.norm_1.bias, 1e-06
-        )
+        up_4_res_norm_1: "f32[1, 192, height, width]" = self.up[4].res.norm_1(cat_5)
         up_4_res_silu: "f32[1, 192, height, width]" = torch.nn.functional.silu(
             up_4_res_norm_1
         )
         del up_4_res_norm_1
-        up_4_res_conv_1: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_4_res_silu,
-            self.up[4].res.conv_1.weight,
-            self.up[4].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
+        up_4_res_conv_1: "f32[1, 64, height, width]" = self.up[4].res.conv_1(
+            up_4_res_silu
         )
         del up_4_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         up_4_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        up_4_res_time_proj: "f32[1, 64]" = torch.nn.functional.linear(
-            up_4_res_silu_1,
-            self.up[4].res.time_proj.weight,
-            self.up[4].res.time_proj.bias,
-        )
+        up_4_res_time_proj: "f32[1, 64]" = self.up[4].res.time_proj(up_4_res_silu_1)
         del up_4_res_silu_1
         up_4_res_unsqueeze: "f32[1, 64, 1]" = up_4_res_time_proj.unsqueeze(2)
         del up_4_res_time_proj
@@ -3514,43 +2162,29 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_res_conv_1, up_4_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
-        up_4_res_norm_2: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            up_4_res_add,
-            32,
-            self.up[4].res.norm_2.weight,
-            self.up[4].res.norm_2.bias,
-            1e-06,
+        up_4_res_norm_2: "f32[1, 64, height, width]" = self.up[4].res.norm_2(
+            up_4_res_add
         )
         del up_4_res_add
         up_4_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             up_4_res_norm_2
         )
         del up_4_res_norm_2
-        up_4_res_conv_2: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_4_res_silu_2,
-            self.up[4].res.conv_2.weight,
-            self.up[4].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
+        up_4_res_conv_2: "f32[1, 64, height, width]" = self.up[4].res.conv_2(
+            up_4_res_silu_2
         )
         del up_4_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        up_4_res_skip: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            cat_5, self.up[4].res.skip.weight, self.up[4].res.skip.bias
-        )
+        up_4_res_skip: "f32[1, 64, height, width]" = self.up[4].res.skip(cat_5)
         del cat_5
         up_4_res_add_1: "f32[1, 64, height, width]" = up_4_res_skip + up_4_res_conv_2
         del up_4_res_conv_2, up_4_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
-        up_4_attn_norm: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            up_4_res_add_1,
-            32,
-            self.up[4].attn.norm.weight,
-            self.up[4].attn.norm.bias,
-            1e-06,
+        up_4_attn_norm: "f32[1, 64, height, width]" = self.up[4].attn.norm(
+            up_4_res_add_1
         )
-        up_4_attn_proj_in: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_4_attn_norm, self.up[4].attn.proj_in.weight, self.up[4].attn.proj_in.bias
+        up_4_attn_proj_in: "f32[1, 64, height, width]" = self.up[4].attn.proj_in(
+            up_4_attn_norm
         )
         del up_4_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
@@ -3561,21 +2195,13 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        up_4_attn_block_ln_1: "f32[1, width * height, 64]" = (
-            torch.nn.functional.layer_norm(
-                up_4_attn_transpose,
-                [64],
-                self.up[4].attn.block.ln_1.weight,
-                self.up[4].attn.block.ln_1.bias,
-                1e-05,
-            )
+        up_4_attn_block_ln_1: "f32[1, width * height, 64]" = self.up[4].attn.block.ln_1(
+            up_4_attn_transpose
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
-        up_4_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_4_attn_block_ln_1, self.up[4].attn.block.self_attn.to_q.weight
-            )
-        )
+        up_4_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.up[
+            4
+        ].attn.block.self_attn.to_q(up_4_attn_block_ln_1)
         up_4_attn_block_self_attn_view: "f32[1, width * height, 2, 32]" = (
             up_4_attn_block_self_attn_to_q.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
@@ -3591,11 +2217,9 @@ class ChunkedUNet(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`, `mul_`.
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_4_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_4_attn_block_ln_1, self.up[4].attn.block.self_attn.to_k.weight
-            )
-        )
+        up_4_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = self.up[
+            4
+        ].attn.block.self_attn.to_k(up_4_attn_block_ln_1)
         up_4_attn_block_self_attn_view_1: "f32[1, width * height, 2, 32]" = (
             up_4_attn_block_self_attn_to_k.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
@@ -3607,11 +2231,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_4_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_4_attn_block_ln_1, self.up[4].attn.block.self_attn.to_v.weight
-            )
-        )
+        up_4_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = self.up[
+            4
+        ].attn.block.self_attn.to_v(up_4_attn_block_ln_1)
         del up_4_attn_block_ln_1
         up_4_attn_block_self_attn_view_2: "f32[1, width * height, 2, 32]" = (
             up_4_attn_block_self_attn_to_v.view(
@@ -3629,9 +2251,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_attn_block_self_attn_transpose_1
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_4_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = torch.nn.functional.linear(
-            context, self.up[4].attn.block.cross_attn.to_k.weight
-        )
+        up_4_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = self.up[
+            4
+        ].attn.block.cross_attn.to_k(context)
         up_4_attn_block_cross_attn_view: "f32[1, 77, 2, 32]" = (
             up_4_attn_block_cross_attn_to_k.view(1, 77, 2, 32)
         )
@@ -3641,9 +2263,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_attn_block_cross_attn_view
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_4_attn_block_cross_attn_to_v: "f32[1, 77, 64]" = torch.nn.functional.linear(
-            context, self.up[4].attn.block.cross_attn.to_v.weight
-        )
+        up_4_attn_block_cross_attn_to_v: "f32[1, 77, 64]" = self.up[
+            4
+        ].attn.block.cross_attn.to_v(context)
         up_4_attn_block_cross_attn_view_1: "f32[1, 77, 2, 32]" = (
             up_4_attn_block_cross_attn_to_v.view(1, 77, 2, 32)
         )
@@ -3722,10 +2344,8 @@ class ChunkedUNet(torch.nn.Module):
             )
             del up_4_attn_block_self_attn_transpose_4
             # unet.py:85 in forward: return self.to_out(y)
-            up_4_attn_block_self_attn_to_out = torch.nn.functional.linear(
-                up_4_attn_block_self_attn_reshape,
-                self.up[4].attn.block.self_attn.to_out.weight,
-                self.up[4].attn.block.self_attn.to_out.bias,
+            up_4_attn_block_self_attn_to_out = self.up[4].attn.block.self_attn.to_out(
+                up_4_attn_block_self_attn_reshape
             )
             del up_4_attn_block_self_attn_reshape
             # unet.py:111 in forward: x = x + self.self_attn(h, h)
@@ -3734,16 +2354,10 @@ class ChunkedUNet(torch.nn.Module):
             )
             del up_4_attn_block_self_attn_to_out
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-            up_4_attn_block_ln_2 = torch.nn.functional.layer_norm(
-                up_4_attn_block_add,
-                [64],
-                self.up[4].attn.block.ln_2.weight,
-                self.up[4].attn.block.ln_2.bias,
-                1e-05,
-            )
+            up_4_attn_block_ln_2 = self.up[4].attn.block.ln_2(up_4_attn_block_add)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
-            up_4_attn_block_cross_attn_to_q = torch.nn.functional.linear(
-                up_4_attn_block_ln_2, self.up[4].attn.block.cross_attn.to_q.weight
+            up_4_attn_block_cross_attn_to_q = self.up[4].attn.block.cross_attn.to_q(
+                up_4_attn_block_ln_2
             )
             del up_4_attn_block_ln_2
             up_4_attn_block_cross_attn_view_2 = up_4_attn_block_cross_attn_to_q.view(
@@ -3784,10 +2398,8 @@ class ChunkedUNet(torch.nn.Module):
             )
             del up_4_attn_block_cross_attn_transpose_4
             # unet.py:85 in forward: return self.to_out(y)
-            up_4_attn_block_cross_attn_to_out = torch.nn.functional.linear(
-                up_4_attn_block_cross_attn_reshape,
-                self.up[4].attn.block.cross_attn.to_out.weight,
-                self.up[4].attn.block.cross_attn.to_out.bias,
+            up_4_attn_block_cross_attn_to_out = self.up[4].attn.block.cross_attn.to_out(
+                up_4_attn_block_cross_attn_reshape
             )
             del up_4_attn_block_cross_attn_reshape
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
@@ -3796,18 +2408,10 @@ class ChunkedUNet(torch.nn.Module):
             )
             del up_4_attn_block_add, up_4_attn_block_cross_attn_to_out
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-            up_4_attn_block_ln_3 = torch.nn.functional.layer_norm(
-                up_4_attn_block_add_1,
-                [64],
-                self.up[4].attn.block.ln_3.weight,
-                self.up[4].attn.block.ln_3.bias,
-                1e-05,
-            )
+            up_4_attn_block_ln_3 = self.up[4].attn.block.ln_3(up_4_attn_block_add_1)
             # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
-            up_4_attn_block_ff_proj = torch.nn.functional.linear(
-                up_4_attn_block_ln_3,
-                self.up[4].attn.block.ff.proj.weight,
-                self.up[4].attn.block.ff.proj.bias,
+            up_4_attn_block_ff_proj = self.up[4].attn.block.ff.proj(
+                up_4_attn_block_ln_3
             )
             del up_4_attn_block_ln_3
             up_4_attn_block_ff_chunk = torch.chunk(up_4_attn_block_ff_proj, 2, -1)
@@ -3824,10 +2428,8 @@ class ChunkedUNet(torch.nn.Module):
                 up_4_attn_block_ff_chunk_0
             )
             del up_4_attn_block_ff_chunk_0, up_4_attn_block_ff_gelu
-            up_4_attn_block_ff_out = torch.nn.functional.linear(
-                up_4_attn_block_ff_mul,
-                self.up[4].attn.block.ff.out.weight,
-                self.up[4].attn.block.ff.out.bias,
+            up_4_attn_block_ff_out = self.up[4].attn.block.ff.out(
+                up_4_attn_block_ff_mul
             )
             del up_4_attn_block_ff_mul
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
@@ -3853,10 +2455,8 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_attn_transpose_1
         # unet.py:130 in forward: return x + self.proj_out(y)
-        up_4_attn_proj_out: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_4_attn_reshape,
-            self.up[4].attn.proj_out.weight,
-            self.up[4].attn.proj_out.bias,
+        up_4_attn_proj_out: "f32[1, 64, height, width]" = self.up[4].attn.proj_out(
+            up_4_attn_reshape
         )
         del up_4_attn_reshape
         up_4_attn_add: "f32[1, 64, height, width]" = up_4_res_add_1 + up_4_attn_proj_out
@@ -3865,29 +2465,19 @@ class ChunkedUNet(torch.nn.Module):
         cat_6: "f32[1, 128, height, width]" = torch.cat([up_4_attn_add, conv_in], 1)
         del conv_in, up_4_attn_add
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        up_5_res_norm_1: "f32[1, 128, height, width]" = torch.nn.functional.group_norm(
-            cat_6, 32, self.up[5].res.norm_1.weight, self.up[5].res.norm_1.bias, 1e-06
-        )
+        up_5_res_norm_1: "f32[1, 128, height, width]" = self.up[5].res.norm_1(cat_6)
         up_5_res_silu: "f32[1, 128, height, width]" = torch.nn.functional.silu(
             up_5_res_norm_1
         )
         del up_5_res_norm_1
-        up_5_res_conv_1: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_5_res_silu,
-            self.up[5].res.conv_1.weight,
-            self.up[5].res.conv_1.bias,
-            [1, 1],
-            [1, 1],
+        up_5_res_conv_1: "f32[1, 64, height, width]" = self.up[5].res.conv_1(
+            up_5_res_silu
         )
         del up_5_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         up_5_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
         del time_mlp_2
-        up_5_res_time_proj: "f32[1, 64]" = torch.nn.functional.linear(
-            up_5_res_silu_1,
-            self.up[5].res.time_proj.weight,
-            self.up[5].res.time_proj.bias,
-        )
+        up_5_res_time_proj: "f32[1, 64]" = self.up[5].res.time_proj(up_5_res_silu_1)
         del up_5_res_silu_1
         up_5_res_unsqueeze: "f32[1, 64, 1]" = up_5_res_time_proj.unsqueeze(2)
         del up_5_res_time_proj
@@ -3898,43 +2488,29 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_res_conv_1, up_5_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
-        up_5_res_norm_2: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            up_5_res_add,
-            32,
-            self.up[5].res.norm_2.weight,
-            self.up[5].res.norm_2.bias,
-            1e-06,
+        up_5_res_norm_2: "f32[1, 64, height, width]" = self.up[5].res.norm_2(
+            up_5_res_add
         )
         del up_5_res_add
         up_5_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             up_5_res_norm_2
         )
         del up_5_res_norm_2
-        up_5_res_conv_2: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_5_res_silu_2,
-            self.up[5].res.conv_2.weight,
-            self.up[5].res.conv_2.bias,
-            [1, 1],
-            [1, 1],
+        up_5_res_conv_2: "f32[1, 64, height, width]" = self.up[5].res.conv_2(
+            up_5_res_silu_2
         )
         del up_5_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        up_5_res_skip: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            cat_6, self.up[5].res.skip.weight, self.up[5].res.skip.bias
-        )
+        up_5_res_skip: "f32[1, 64, height, width]" = self.up[5].res.skip(cat_6)
         del cat_6
         up_5_res_add_1: "f32[1, 64, height, width]" = up_5_res_skip + up_5_res_conv_2
         del up_5_res_conv_2, up_5_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
-        up_5_attn_norm: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            up_5_res_add_1,
-            32,
-            self.up[5].attn.norm.weight,
-            self.up[5].attn.norm.bias,
-            1e-06,
+        up_5_attn_norm: "f32[1, 64, height, width]" = self.up[5].attn.norm(
+            up_5_res_add_1
         )
-        up_5_attn_proj_in: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_5_attn_norm, self.up[5].attn.proj_in.weight, self.up[5].attn.proj_in.bias
+        up_5_attn_proj_in: "f32[1, 64, height, width]" = self.up[5].attn.proj_in(
+            up_5_attn_norm
         )
         del up_5_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
@@ -3945,21 +2521,13 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        up_5_attn_block_ln_1: "f32[1, width * height, 64]" = (
-            torch.nn.functional.layer_norm(
-                up_5_attn_transpose,
-                [64],
-                self.up[5].attn.block.ln_1.weight,
-                self.up[5].attn.block.ln_1.bias,
-                1e-05,
-            )
+        up_5_attn_block_ln_1: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_1(
+            up_5_attn_transpose
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
-        up_5_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_ln_1, self.up[5].attn.block.self_attn.to_q.weight
-            )
-        )
+        up_5_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.self_attn.to_q(up_5_attn_block_ln_1)
         up_5_attn_block_self_attn_view: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_self_attn_to_q.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
@@ -3975,11 +2543,9 @@ class ChunkedUNet(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_5_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_ln_1, self.up[5].attn.block.self_attn.to_k.weight
-            )
-        )
+        up_5_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.self_attn.to_k(up_5_attn_block_ln_1)
         up_5_attn_block_self_attn_view_1: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_self_attn_to_k.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
@@ -3991,11 +2557,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_5_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_ln_1, self.up[5].attn.block.self_attn.to_v.weight
-            )
-        )
+        up_5_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.self_attn.to_v(up_5_attn_block_ln_1)
         del up_5_attn_block_ln_1
         up_5_attn_block_self_attn_view_2: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_self_attn_to_v.view(
@@ -4081,13 +2645,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_self_attn_transpose_4
         # unet.py:85 in forward: return self.to_out(y)
-        up_5_attn_block_self_attn_to_out: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_self_attn_reshape,
-                self.up[5].attn.block.self_attn.to_out.weight,
-                self.up[5].attn.block.self_attn.to_out.bias,
-            )
-        )
+        up_5_attn_block_self_attn_to_out: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.self_attn.to_out(up_5_attn_block_self_attn_reshape)
         del up_5_attn_block_self_attn_reshape
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         up_5_attn_block_add: "f32[1, width * height, 64]" = (
@@ -4095,21 +2655,13 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_self_attn_to_out, up_5_attn_transpose
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_5_attn_block_ln_2: "f32[1, width * height, 64]" = (
-            torch.nn.functional.layer_norm(
-                up_5_attn_block_add,
-                [64],
-                self.up[5].attn.block.ln_2.weight,
-                self.up[5].attn.block.ln_2.bias,
-                1e-05,
-            )
+        up_5_attn_block_ln_2: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_2(
+            up_5_attn_block_add
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
-        up_5_attn_block_cross_attn_to_q: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_ln_2, self.up[5].attn.block.cross_attn.to_q.weight
-            )
-        )
+        up_5_attn_block_cross_attn_to_q: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.cross_attn.to_q(up_5_attn_block_ln_2)
         del up_5_attn_block_ln_2
         up_5_attn_block_cross_attn_view: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_cross_attn_to_q.view(
@@ -4122,9 +2674,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_cross_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_5_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = torch.nn.functional.linear(
-            context, self.up[5].attn.block.cross_attn.to_k.weight
-        )
+        up_5_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = self.up[
+            5
+        ].attn.block.cross_attn.to_k(context)
         up_5_attn_block_cross_attn_view_1: "f32[1, 77, 2, 32]" = (
             up_5_attn_block_cross_attn_to_k.view(1, 77, 2, 32)
         )
@@ -4134,9 +2686,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_cross_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
-        up_5_attn_block_cross_attn_to_v: "f32[1, 77, 64]" = torch.nn.functional.linear(
-            context, self.up[5].attn.block.cross_attn.to_v.weight
-        )
+        up_5_attn_block_cross_attn_to_v: "f32[1, 77, 64]" = self.up[
+            5
+        ].attn.block.cross_attn.to_v(context)
         up_5_attn_block_cross_attn_view_2: "f32[1, 77, 2, 32]" = (
             up_5_attn_block_cross_attn_to_v.view(1, 77, 2, 32)
         )
@@ -4185,13 +2737,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del down_0_attn_block_self_attn_mul, up_5_attn_block_cross_attn_transpose_4
         # unet.py:85 in forward: return self.to_out(y)
-        up_5_attn_block_cross_attn_to_out: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_cross_attn_reshape,
-                self.up[5].attn.block.cross_attn.to_out.weight,
-                self.up[5].attn.block.cross_attn.to_out.bias,
-            )
-        )
+        up_5_attn_block_cross_attn_to_out: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.cross_attn.to_out(up_5_attn_block_cross_attn_reshape)
         del up_5_attn_block_cross_attn_reshape
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_5_attn_block_add_1: "f32[1, width * height, 64]" = (
@@ -4199,23 +2747,13 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_add, up_5_attn_block_cross_attn_to_out
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-        up_5_attn_block_ln_3: "f32[1, width * height, 64]" = (
-            torch.nn.functional.layer_norm(
-                up_5_attn_block_add_1,
-                [64],
-                self.up[5].attn.block.ln_3.weight,
-                self.up[5].attn.block.ln_3.bias,
-                1e-05,
-            )
+        up_5_attn_block_ln_3: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_3(
+            up_5_attn_block_add_1
         )
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
-        up_5_attn_block_ff_proj: "f32[1, width * height, 512]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_ln_3,
-                self.up[5].attn.block.ff.proj.weight,
-                self.up[5].attn.block.ff.proj.bias,
-            )
-        )
+        up_5_attn_block_ff_proj: "f32[1, width * height, 512]" = self.up[
+            5
+        ].attn.block.ff.proj(up_5_attn_block_ln_3)
         del up_5_attn_block_ln_3
         up_5_attn_block_ff_chunk = torch.chunk(up_5_attn_block_ff_proj, 2, -1)
         del up_5_attn_block_ff_proj
@@ -4235,13 +2773,9 @@ class ChunkedUNet(torch.nn.Module):
             up_5_attn_block_ff_chunk_0 * up_5_attn_block_ff_gelu
         )
         del up_5_attn_block_ff_chunk_0, up_5_attn_block_ff_gelu
-        up_5_attn_block_ff_out: "f32[1, width * height, 64]" = (
-            torch.nn.functional.linear(
-                up_5_attn_block_ff_mul,
-                self.up[5].attn.block.ff.out.weight,
-                self.up[5].attn.block.ff.out.bias,
-            )
-        )
+        up_5_attn_block_ff_out: "f32[1, width * height, 64]" = self.up[
+            5
+        ].attn.block.ff.out(up_5_attn_block_ff_mul)
         del up_5_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_5_attn_block_add_2: "f32[1, width * height, 64]" = (
@@ -4258,48 +2792,20 @@ class ChunkedUNet(torch.nn.Module):
         )
         del height, up_5_attn_transpose_1, width
         # unet.py:130 in forward: return x + self.proj_out(y)
-        up_5_attn_proj_out: "f32[1, 64, height, width]" = torch.nn.functional.conv2d(
-            up_5_attn_reshape,
-            self.up[5].attn.proj_out.weight,
-            self.up[5].attn.proj_out.bias,
+        up_5_attn_proj_out: "f32[1, 64, height, width]" = self.up[5].attn.proj_out(
+            up_5_attn_reshape
         )
         del up_5_attn_reshape
         up_5_attn_add: "f32[1, 64, height, width]" = up_5_res_add_1 + up_5_attn_proj_out
         del up_5_attn_proj_out, up_5_res_add_1
         # unet.py:235 in forward: return self.conv_out(F.silu(self.norm_out(h)))
-        norm_out: "f32[1, 64, height, width]" = torch.nn.functional.group_norm(
-            up_5_attn_add, 32, self.norm_out.weight, self.norm_out.bias, 1e-06
-        )
+        norm_out: "f32[1, 64, height, width]" = self.norm_out(up_5_attn_add)
         del up_5_attn_add
         silu: "f32[1, 64, height, width]" = torch.nn.functional.silu(norm_out)
         del norm_out
-        conv_out: "f32[1, 4, height, width]" = torch.nn.functional.conv2d(
-            silu, self.conv_out.weight, self.conv_out.bias, [1, 1], [1, 1]
-        )
+        conv_out: "f32[1, 4, height, width]" = self.conv_out(silu)
         del silu
         return conv_out
-
-
-def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Return the submodule at `path`, creating plain modules where none exists yet."""
-    module = root
-    for part in path.split(".") if path else ():
-        if not hasattr(module, part):
-            module.add_module(part, torch.nn.Module())
-        module = getattr(module, part)
-    return module
-
-
-def _build(root: torch.nn.Module, containers: list) -> None:
-    """Create the original's containers under `root`, parents first, each as its class, with
-    a placeholder at every index (layers without weights included)."""
-    for fqn, kind, length in containers:
-        container = root if not fqn else getattr(torch.nn, kind)()
-        for index in range(length):
-            container.add_module(str(index), torch.nn.Module())
-        if fqn:
-            owner, _, name = fqn.rpartition(".")
-            _module(root, owner).add_module(name, container)
 
 
 def _register(
@@ -4312,7 +2818,7 @@ def _register(
 ) -> None:
     """Create the parameter or buffer `fqn` under `root`, uninitialised."""
     owner, _, leaf = fqn.rpartition(".")
-    module = _module(root, owner)
+    module = root.get_submodule(owner)
     tensor = torch.empty(shape, dtype=dtype)
     if kind == "parameter":
         module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))

@@ -22,97 +22,48 @@ class ChunkedViT(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        _build(self, [("blocks", "ModuleList", 4)])
+        self.patch_embed = torch.nn.Conv2d(3, 256, (16, 16), stride=(16, 16))
+        self.blocks = torch.nn.ModuleList()
+        self.blocks.append(torch.nn.Module())
+        self.blocks[0].ln_1 = torch.nn.LayerNorm((256,))
+        self.blocks[0].attn = torch.nn.Module()
+        self.blocks[0].attn.qkv = torch.nn.Linear(256, 768)
+        self.blocks[0].attn.proj = torch.nn.Linear(256, 256)
+        self.blocks[0].ln_2 = torch.nn.LayerNorm((256,))
+        self.blocks[0].mlp = torch.nn.Module()
+        self.blocks[0].mlp.fc = torch.nn.Linear(256, 1024)
+        self.blocks[0].mlp.out = torch.nn.Linear(1024, 256)
+        self.blocks.append(torch.nn.Module())
+        self.blocks[1].ln_1 = torch.nn.LayerNorm((256,))
+        self.blocks[1].attn = torch.nn.Module()
+        self.blocks[1].attn.qkv = torch.nn.Linear(256, 768)
+        self.blocks[1].attn.proj = torch.nn.Linear(256, 256)
+        self.blocks[1].ln_2 = torch.nn.LayerNorm((256,))
+        self.blocks[1].mlp = torch.nn.Module()
+        self.blocks[1].mlp.fc = torch.nn.Linear(256, 1024)
+        self.blocks[1].mlp.out = torch.nn.Linear(1024, 256)
+        self.blocks.append(torch.nn.Module())
+        self.blocks[2].ln_1 = torch.nn.LayerNorm((256,))
+        self.blocks[2].attn = torch.nn.Module()
+        self.blocks[2].attn.qkv = torch.nn.Linear(256, 768)
+        self.blocks[2].attn.proj = torch.nn.Linear(256, 256)
+        self.blocks[2].ln_2 = torch.nn.LayerNorm((256,))
+        self.blocks[2].mlp = torch.nn.Module()
+        self.blocks[2].mlp.fc = torch.nn.Linear(256, 1024)
+        self.blocks[2].mlp.out = torch.nn.Linear(1024, 256)
+        self.blocks.append(torch.nn.Module())
+        self.blocks[3].ln_1 = torch.nn.LayerNorm((256,))
+        self.blocks[3].attn = torch.nn.Module()
+        self.blocks[3].attn.qkv = torch.nn.Linear(256, 768)
+        self.blocks[3].attn.proj = torch.nn.Linear(256, 256)
+        self.blocks[3].ln_2 = torch.nn.LayerNorm((256,))
+        self.blocks[3].mlp = torch.nn.Module()
+        self.blocks[3].mlp.fc = torch.nn.Linear(256, 1024)
+        self.blocks[3].mlp.out = torch.nn.Linear(1024, 256)
+        self.ln_f = torch.nn.LayerNorm((256,))
+        self.head = torch.nn.Linear(256, 1000)
         _register(self, "cls_token", (1, 1, 256), torch.float32, "parameter")
         _register(self, "pos_embed", (1, 1601, 256), torch.float32, "parameter")
-        _register(
-            self, "patch_embed.weight", (256, 3, 16, 16), torch.float32, "parameter"
-        )
-        _register(self, "patch_embed.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.0.ln_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.0.ln_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.0.attn.qkv.weight", (768, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.0.attn.qkv.bias", (768,), torch.float32, "parameter")
-        _register(
-            self, "blocks.0.attn.proj.weight", (256, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.0.attn.proj.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.0.ln_2.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.0.ln_2.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.0.mlp.fc.weight", (1024, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.0.mlp.fc.bias", (1024,), torch.float32, "parameter")
-        _register(
-            self, "blocks.0.mlp.out.weight", (256, 1024), torch.float32, "parameter"
-        )
-        _register(self, "blocks.0.mlp.out.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.1.ln_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.1.ln_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.1.attn.qkv.weight", (768, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.1.attn.qkv.bias", (768,), torch.float32, "parameter")
-        _register(
-            self, "blocks.1.attn.proj.weight", (256, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.1.attn.proj.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.1.ln_2.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.1.ln_2.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.1.mlp.fc.weight", (1024, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.1.mlp.fc.bias", (1024,), torch.float32, "parameter")
-        _register(
-            self, "blocks.1.mlp.out.weight", (256, 1024), torch.float32, "parameter"
-        )
-        _register(self, "blocks.1.mlp.out.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.2.ln_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.2.ln_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.2.attn.qkv.weight", (768, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.2.attn.qkv.bias", (768,), torch.float32, "parameter")
-        _register(
-            self, "blocks.2.attn.proj.weight", (256, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.2.attn.proj.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.2.ln_2.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.2.ln_2.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.2.mlp.fc.weight", (1024, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.2.mlp.fc.bias", (1024,), torch.float32, "parameter")
-        _register(
-            self, "blocks.2.mlp.out.weight", (256, 1024), torch.float32, "parameter"
-        )
-        _register(self, "blocks.2.mlp.out.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.3.ln_1.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.3.ln_1.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.3.attn.qkv.weight", (768, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.3.attn.qkv.bias", (768,), torch.float32, "parameter")
-        _register(
-            self, "blocks.3.attn.proj.weight", (256, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.3.attn.proj.bias", (256,), torch.float32, "parameter")
-        _register(self, "blocks.3.ln_2.weight", (256,), torch.float32, "parameter")
-        _register(self, "blocks.3.ln_2.bias", (256,), torch.float32, "parameter")
-        _register(
-            self, "blocks.3.mlp.fc.weight", (1024, 256), torch.float32, "parameter"
-        )
-        _register(self, "blocks.3.mlp.fc.bias", (1024,), torch.float32, "parameter")
-        _register(
-            self, "blocks.3.mlp.out.weight", (256, 1024), torch.float32, "parameter"
-        )
-        _register(self, "blocks.3.mlp.out.bias", (256,), torch.float32, "parameter")
-        _register(self, "ln_f.weight", (256,), torch.float32, "parameter")
-        _register(self, "ln_f.bias", (256,), torch.float32, "parameter")
-        _register(self, "head.weight", (1000, 256), torch.float32, "parameter")
-        _register(self, "head.bias", (1000,), torch.float32, "parameter")
 
     @classmethod
     def from_module(cls, original: torch.nn.Module) -> "ChunkedViT":
@@ -136,9 +87,7 @@ class ChunkedViT(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:87 in forward: x = self.patch_embed(image).flatten(2).transpose(1, 2)
-        patch_embed: "f32[1, 256, 40, 40]" = torch.nn.functional.conv2d(
-            image, self.patch_embed.weight, self.patch_embed.bias, [16, 16]
-        )
+        patch_embed: "f32[1, 256, 40, 40]" = self.patch_embed(image)
         flatten: "f32[1, 256, 1600]" = patch_embed.flatten(2)
         del patch_embed
         transpose: "f32[1, 1600, 256]" = flatten.transpose(1, 2)
@@ -151,13 +100,9 @@ class ChunkedViT(torch.nn.Module):
         add: "f32[1, 1601, 256]" = cat + self.pos_embed
         del cat
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_0_ln_1: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            add, [256], self.blocks[0].ln_1.weight, self.blocks[0].ln_1.bias, 1e-05
-        )
+        blocks_0_ln_1: "f32[1, 1601, 256]" = self.blocks[0].ln_1(add)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
-        blocks_0_attn_qkv: "f32[1, 1601, 768]" = torch.nn.functional.linear(
-            blocks_0_ln_1, self.blocks[0].attn.qkv.weight, self.blocks[0].attn.qkv.bias
-        )
+        blocks_0_attn_qkv: "f32[1, 1601, 768]" = self.blocks[0].attn.qkv(blocks_0_ln_1)
         del blocks_0_ln_1
         blocks_0_attn_split = torch.split(blocks_0_attn_qkv, 256, -1)
         del blocks_0_attn_qkv
@@ -231,53 +176,33 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_0_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
-        blocks_0_attn_proj: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_0_attn_reshape,
-            self.blocks[0].attn.proj.weight,
-            self.blocks[0].attn.proj.bias,
+        blocks_0_attn_proj: "f32[1, 1601, 256]" = self.blocks[0].attn.proj(
+            blocks_0_attn_reshape
         )
         del blocks_0_attn_reshape
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
         blocks_0_add: "f32[1, 1601, 256]" = add + blocks_0_attn_proj
         del add, blocks_0_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_0_ln_2: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_0_add,
-            [256],
-            self.blocks[0].ln_2.weight,
-            self.blocks[0].ln_2.bias,
-            1e-05,
-        )
+        blocks_0_ln_2: "f32[1, 1601, 256]" = self.blocks[0].ln_2(blocks_0_add)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
-        blocks_0_mlp_fc: "f32[1, 1601, 1024]" = torch.nn.functional.linear(
-            blocks_0_ln_2, self.blocks[0].mlp.fc.weight, self.blocks[0].mlp.fc.bias
-        )
+        blocks_0_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[0].mlp.fc(blocks_0_ln_2)
         del blocks_0_ln_2
         blocks_0_mlp_gelu: "f32[1, 1601, 1024]" = torch.nn.functional.gelu(
             blocks_0_mlp_fc
         )
         del blocks_0_mlp_fc
-        blocks_0_mlp_out: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_0_mlp_gelu,
-            self.blocks[0].mlp.out.weight,
-            self.blocks[0].mlp.out.bias,
+        blocks_0_mlp_out: "f32[1, 1601, 256]" = self.blocks[0].mlp.out(
+            blocks_0_mlp_gelu
         )
         del blocks_0_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
         blocks_0_add_1: "f32[1, 1601, 256]" = blocks_0_add + blocks_0_mlp_out
         del blocks_0_add, blocks_0_mlp_out
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_1_ln_1: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_0_add_1,
-            [256],
-            self.blocks[1].ln_1.weight,
-            self.blocks[1].ln_1.bias,
-            1e-05,
-        )
+        blocks_1_ln_1: "f32[1, 1601, 256]" = self.blocks[1].ln_1(blocks_0_add_1)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
-        blocks_1_attn_qkv: "f32[1, 1601, 768]" = torch.nn.functional.linear(
-            blocks_1_ln_1, self.blocks[1].attn.qkv.weight, self.blocks[1].attn.qkv.bias
-        )
+        blocks_1_attn_qkv: "f32[1, 1601, 768]" = self.blocks[1].attn.qkv(blocks_1_ln_1)
         del blocks_1_ln_1
         blocks_1_attn_split = torch.split(blocks_1_attn_qkv, 256, -1)
         del blocks_1_attn_qkv
@@ -351,53 +276,33 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_1_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
-        blocks_1_attn_proj: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_1_attn_reshape,
-            self.blocks[1].attn.proj.weight,
-            self.blocks[1].attn.proj.bias,
+        blocks_1_attn_proj: "f32[1, 1601, 256]" = self.blocks[1].attn.proj(
+            blocks_1_attn_reshape
         )
         del blocks_1_attn_reshape
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
         blocks_1_add: "f32[1, 1601, 256]" = blocks_0_add_1 + blocks_1_attn_proj
         del blocks_0_add_1, blocks_1_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_1_ln_2: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_1_add,
-            [256],
-            self.blocks[1].ln_2.weight,
-            self.blocks[1].ln_2.bias,
-            1e-05,
-        )
+        blocks_1_ln_2: "f32[1, 1601, 256]" = self.blocks[1].ln_2(blocks_1_add)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
-        blocks_1_mlp_fc: "f32[1, 1601, 1024]" = torch.nn.functional.linear(
-            blocks_1_ln_2, self.blocks[1].mlp.fc.weight, self.blocks[1].mlp.fc.bias
-        )
+        blocks_1_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[1].mlp.fc(blocks_1_ln_2)
         del blocks_1_ln_2
         blocks_1_mlp_gelu: "f32[1, 1601, 1024]" = torch.nn.functional.gelu(
             blocks_1_mlp_fc
         )
         del blocks_1_mlp_fc
-        blocks_1_mlp_out: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_1_mlp_gelu,
-            self.blocks[1].mlp.out.weight,
-            self.blocks[1].mlp.out.bias,
+        blocks_1_mlp_out: "f32[1, 1601, 256]" = self.blocks[1].mlp.out(
+            blocks_1_mlp_gelu
         )
         del blocks_1_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
         blocks_1_add_1: "f32[1, 1601, 256]" = blocks_1_add + blocks_1_mlp_out
         del blocks_1_add, blocks_1_mlp_out
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_2_ln_1: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_1_add_1,
-            [256],
-            self.blocks[2].ln_1.weight,
-            self.blocks[2].ln_1.bias,
-            1e-05,
-        )
+        blocks_2_ln_1: "f32[1, 1601, 256]" = self.blocks[2].ln_1(blocks_1_add_1)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
-        blocks_2_attn_qkv: "f32[1, 1601, 768]" = torch.nn.functional.linear(
-            blocks_2_ln_1, self.blocks[2].attn.qkv.weight, self.blocks[2].attn.qkv.bias
-        )
+        blocks_2_attn_qkv: "f32[1, 1601, 768]" = self.blocks[2].attn.qkv(blocks_2_ln_1)
         del blocks_2_ln_1
         blocks_2_attn_split = torch.split(blocks_2_attn_qkv, 256, -1)
         del blocks_2_attn_qkv
@@ -471,53 +376,33 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_2_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
-        blocks_2_attn_proj: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_2_attn_reshape,
-            self.blocks[2].attn.proj.weight,
-            self.blocks[2].attn.proj.bias,
+        blocks_2_attn_proj: "f32[1, 1601, 256]" = self.blocks[2].attn.proj(
+            blocks_2_attn_reshape
         )
         del blocks_2_attn_reshape
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
         blocks_2_add: "f32[1, 1601, 256]" = blocks_1_add_1 + blocks_2_attn_proj
         del blocks_1_add_1, blocks_2_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_2_ln_2: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_2_add,
-            [256],
-            self.blocks[2].ln_2.weight,
-            self.blocks[2].ln_2.bias,
-            1e-05,
-        )
+        blocks_2_ln_2: "f32[1, 1601, 256]" = self.blocks[2].ln_2(blocks_2_add)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
-        blocks_2_mlp_fc: "f32[1, 1601, 1024]" = torch.nn.functional.linear(
-            blocks_2_ln_2, self.blocks[2].mlp.fc.weight, self.blocks[2].mlp.fc.bias
-        )
+        blocks_2_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[2].mlp.fc(blocks_2_ln_2)
         del blocks_2_ln_2
         blocks_2_mlp_gelu: "f32[1, 1601, 1024]" = torch.nn.functional.gelu(
             blocks_2_mlp_fc
         )
         del blocks_2_mlp_fc
-        blocks_2_mlp_out: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_2_mlp_gelu,
-            self.blocks[2].mlp.out.weight,
-            self.blocks[2].mlp.out.bias,
+        blocks_2_mlp_out: "f32[1, 1601, 256]" = self.blocks[2].mlp.out(
+            blocks_2_mlp_gelu
         )
         del blocks_2_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
         blocks_2_add_1: "f32[1, 1601, 256]" = blocks_2_add + blocks_2_mlp_out
         del blocks_2_add, blocks_2_mlp_out
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_3_ln_1: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_2_add_1,
-            [256],
-            self.blocks[3].ln_1.weight,
-            self.blocks[3].ln_1.bias,
-            1e-05,
-        )
+        blocks_3_ln_1: "f32[1, 1601, 256]" = self.blocks[3].ln_1(blocks_2_add_1)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
-        blocks_3_attn_qkv: "f32[1, 1601, 768]" = torch.nn.functional.linear(
-            blocks_3_ln_1, self.blocks[3].attn.qkv.weight, self.blocks[3].attn.qkv.bias
-        )
+        blocks_3_attn_qkv: "f32[1, 1601, 768]" = self.blocks[3].attn.qkv(blocks_3_ln_1)
         del blocks_3_ln_1
         blocks_3_attn_split = torch.split(blocks_3_attn_qkv, 256, -1)
         del blocks_3_attn_qkv
@@ -587,75 +472,37 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_3_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
-        blocks_3_attn_proj: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_3_attn_reshape,
-            self.blocks[3].attn.proj.weight,
-            self.blocks[3].attn.proj.bias,
+        blocks_3_attn_proj: "f32[1, 1601, 256]" = self.blocks[3].attn.proj(
+            blocks_3_attn_reshape
         )
         del blocks_3_attn_reshape
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
         blocks_3_add: "f32[1, 1601, 256]" = blocks_2_add_1 + blocks_3_attn_proj
         del blocks_2_add_1, blocks_3_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_3_ln_2: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_3_add,
-            [256],
-            self.blocks[3].ln_2.weight,
-            self.blocks[3].ln_2.bias,
-            1e-05,
-        )
+        blocks_3_ln_2: "f32[1, 1601, 256]" = self.blocks[3].ln_2(blocks_3_add)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
-        blocks_3_mlp_fc: "f32[1, 1601, 1024]" = torch.nn.functional.linear(
-            blocks_3_ln_2, self.blocks[3].mlp.fc.weight, self.blocks[3].mlp.fc.bias
-        )
+        blocks_3_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[3].mlp.fc(blocks_3_ln_2)
         del blocks_3_ln_2
         blocks_3_mlp_gelu: "f32[1, 1601, 1024]" = torch.nn.functional.gelu(
             blocks_3_mlp_fc
         )
         del blocks_3_mlp_fc
-        blocks_3_mlp_out: "f32[1, 1601, 256]" = torch.nn.functional.linear(
-            blocks_3_mlp_gelu,
-            self.blocks[3].mlp.out.weight,
-            self.blocks[3].mlp.out.bias,
+        blocks_3_mlp_out: "f32[1, 1601, 256]" = self.blocks[3].mlp.out(
+            blocks_3_mlp_gelu
         )
         del blocks_3_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
         blocks_3_add_1: "f32[1, 1601, 256]" = blocks_3_add + blocks_3_mlp_out
         del blocks_3_add, blocks_3_mlp_out
         # vit.py:92 in forward: return self.head(self.ln_f(x)[:, 0])
-        ln_f: "f32[1, 1601, 256]" = torch.nn.functional.layer_norm(
-            blocks_3_add_1, [256], self.ln_f.weight, self.ln_f.bias, 1e-05
-        )
+        ln_f: "f32[1, 1601, 256]" = self.ln_f(blocks_3_add_1)
         del blocks_3_add_1
         select: "f32[1, 256]" = ln_f[:, 0]
         del ln_f
-        head: "f32[1, 1000]" = torch.nn.functional.linear(
-            select, self.head.weight, self.head.bias
-        )
+        head: "f32[1, 1000]" = self.head(select)
         del select
         return head
-
-
-def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Return the submodule at `path`, creating plain modules where none exists yet."""
-    module = root
-    for part in path.split(".") if path else ():
-        if not hasattr(module, part):
-            module.add_module(part, torch.nn.Module())
-        module = getattr(module, part)
-    return module
-
-
-def _build(root: torch.nn.Module, containers: list) -> None:
-    """Create the original's containers under `root`, parents first, each as its class, with
-    a placeholder at every index (layers without weights included)."""
-    for fqn, kind, length in containers:
-        container = root if not fqn else getattr(torch.nn, kind)()
-        for index in range(length):
-            container.add_module(str(index), torch.nn.Module())
-        if fqn:
-            owner, _, name = fqn.rpartition(".")
-            _module(root, owner).add_module(name, container)
 
 
 def _register(
@@ -668,7 +515,7 @@ def _register(
 ) -> None:
     """Create the parameter or buffer `fqn` under `root`, uninitialised."""
     owner, _, leaf = fqn.rpartition(".")
-    module = _module(root, owner)
+    module = root.get_submodule(owner)
     tensor = torch.empty(shape, dtype=dtype)
     if kind == "parameter":
         module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))

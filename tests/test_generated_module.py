@@ -68,3 +68,43 @@ def test_cites_source_lines_and_frees_values() -> None:
     source = (GENERATED / "gpt.py").read_text()
     assert "# gpt.py:" in source and " in forward: " in source
     assert "\n        del " in source and "\n            del " in source
+
+
+class LoRA(torch.nn.Module):
+    """A low-rank adapter around a Linear, the way PEFT wraps a layer."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 4) -> None:
+        super().__init__()
+        self.base = base
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=g) * 0.1)
+        self.b = torch.nn.Parameter(torch.randn(base.out_features, rank, generator=g) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.a.T) @ self.b.T
+
+
+def test_layers_are_layers_their_hooks_fire_and_swaps_act() -> None:
+    """Standard layers stay instances of their class and are called as modules: a hook on a
+    Linear fires (once per chunk inside a loop), and a LoRA swapped in by the original's path
+    changes the output exactly as it changes the original's."""
+    loaded = load_model_file(EXAMPLES / "gpt.py")
+    module, _ = import_source((GENERATED / "gpt.py").read_text())
+    original = loaded.module
+    chunked = instantiate(module, original)
+    assert type(chunked.blocks[0].mlp.fc) is torch.nn.Linear
+    assert type(chunked.blocks[0].ln_1) is torch.nn.LayerNorm
+    seen: list[str] = []
+    for path in ("blocks.0.mlp.fc", "blocks.2.attn.qkv", "wte"):
+        chunked.get_submodule(path).register_forward_hook(lambda m, i, o, p=path: seen.append(p))
+    ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = chunked(ids)
+    assert sorted(set(seen)) == ["blocks.0.mlp.fc", "blocks.2.attn.qkv", "wte"]
+    adapter = LoRA(original.blocks[1].mlp.fc)
+    original.blocks[1].mlp.fc = adapter
+    chunked.blocks[1].mlp.fc = adapter
+    with torch.no_grad():
+        expected, actual = original(ids), chunked(ids)
+    assert compare(expected, actual) is None
+    assert compare(before, actual) is not None  # the adapter did change the output

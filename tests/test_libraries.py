@@ -156,6 +156,23 @@ def test_generated_module_imports_only_torch_until_it_returns(tmp_path: Path) ->
     assert re.search(r"_output_class\(\s*\"transformers\.modeling_outputs\"", source)
 
 
+def test_a_hook_on_a_llama_layers_down_projection_fires(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    path = tmp_path / "llama.py"
+    path.write_text(textwrap.dedent(LLAMA))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0
+    loaded = load_model_file(path)
+    module, _ = import_source((tmp_path / "out" / "llama.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    down = chunked.model.layers[1].mlp.down_proj
+    assert type(down) is torch.nn.Linear
+    rows: list[int] = []
+    down.register_forward_hook(lambda m, i, o: rows.append(o.shape[-2]))
+    with torch.no_grad():
+        chunked(*loaded.inputs)
+    assert sum(rows) == loaded.inputs[0].shape[1]  # every token passed through it, chunk or not
+
+
 def test_weights_are_the_originals_own_and_tied_weights_stay_tied(tmp_path: Path) -> None:
     """GPT-2's LM head is tied to its token embedding: `from_module` hands over the original's
     tensors themselves, so the tie survives and no weight is copied."""
