@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import sympy
+import torch
 
 from analysis.ir import Graph, Node, Ref, TensorMeta
 from analysis.plan import ChunkPlan, describe_lines, in_dim_names
@@ -70,6 +71,8 @@ def _arg(value: Any, graph: Graph, names: dict[str, Any] | None = None, block: A
         return f"<{value.base}{'+' if value.sign > 0 else '-'}start>"
     if isinstance(value, sympy.Expr):
         return _size(value, graph)
+    if isinstance(value, torch.device):
+        return "<the inputs' device>"
     if isinstance(value, list):
         return "[" + ", ".join(_arg(v, graph, names, block) for v in value) + "]"
     if isinstance(value, tuple):
