@@ -20,7 +20,7 @@ from analysis.errors import InternalError, UserError
 from analysis.inplace import inplace_operands
 from analysis.ir import Graph, Node, Ref, TensorMeta, refs_in
 from analysis.loader import MODEL_MODULE_PREFIX
-from analysis.names import Namespace, value_name
+from analysis.names import Namespace, source_names, value_name
 from analysis.layers import Layer
 from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import ChunkPlan, Region
@@ -197,6 +197,8 @@ class _Lowering:
         self.graph = graph
         self.plan = plan
         self.layers = layers
+        #: names from the source's assignments (NOTE [Names from the source])
+        self.assigned = source_names(graph, layers)
         self.formulas = formulas
         #: the formulas when at least one loop sizes its chunks at run time (NOTE [Run-time
         #: chunk sizes]); then the forward computes a budget
@@ -248,8 +250,12 @@ class _Lowering:
         found = self.names[value]
         return found if isinstance(found, str) else None
 
+    def base(self, node: Node) -> str:
+        """The base of a value's name: the source's name for it, else its module and op."""
+        return self.assigned.get(node.name) or value_name(node, self.graph)
+
     def bind(self, node: Node) -> str:
-        name = self.ns.create(value_name(node, self.graph))
+        name = self.ns.create(self.base(node))
         self.names[node.name] = name
         return name
 
@@ -393,7 +399,7 @@ class _Lowering:
         body = [Statement("stop", Stop(rows, region.extent))]
         outputs = dict(region.outputs)
         for step in lowered.steps:
-            base = value_name(graph[step.node], graph)
+            base = self.base(graph[step.node])
             var = self.ns.create(f"{base}_chunk" if step.node in outputs else base)
             reads = self.reads(step.args, [v for _, v in step.kwargs])
             self.chunks[step.node] = var

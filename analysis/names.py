@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import ast
+import operator
 import re
+from typing import Any, Mapping
 
 from analysis.ir import Graph, Node
 from analysis.ops import info
@@ -49,4 +52,86 @@ def value_name(node: Node, graph: Graph) -> str:
     return f"{node.module_path}_{op}" if node.module_path else op
 
 
-__all__ = ["Namespace", "value_name"]
+def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:
+    """Return, for the values a source line assigns, the base of a name made from its target.
+
+    NOTE [Names from the source]
+    `q, k, v = self.qkv(x).split(c, dim=-1)` runs a linear, a split and three getitems; the
+    getitems are what the line assigns, and they are called `q`, `k` and `v`, after the module
+    whose forward the line is in (`blocks_0_attn_q`). A line's ops are those of one caller (the
+    module running the line; a torch.nn layer's op belongs to the module that called the layer)
+    from one model line, in a stretch that ops of other callers (modules the line calls) may
+    interrupt. What the line assigns are the ops whose results are read after the stretch, or
+    are outputs: one for a plain target, or the elements of one tuple for a tuple of names.
+    Anything else (an attribute or subscript target, a line that does not parse alone, more
+    candidates than targets) keeps the op's name.
+    """
+    outputs = graph.output_names()
+    runs: list[tuple[str, Any, list[Node]]] = []
+    current: dict[str, tuple[Any, list[Node]]] = {}
+    for node in graph.ops():
+        if node.source is None:
+            continue
+        caller = _caller(node.module_path, layers)
+        where = (node.source.file, node.source.line)
+        if caller in current and current[caller][0] == where:
+            current[caller][1].append(node)
+        else:
+            current[caller] = (where, [node])
+            runs.append((caller, node.source.code, current[caller][1]))
+    found: dict[str, str] = {}
+    for caller, code, run in runs:
+        targets = _targets(code)
+        if not targets:
+            continue
+        end = graph.position(run[-1].name)
+        assigned = [
+            n
+            for n in run
+            if n.name in outputs or any(graph.position(u) > end for u in graph.users(n.name))
+        ]
+        prefix = f"{caller}_" if caller else ""
+        if len(targets) == 1 and len(assigned) == 1:
+            found[assigned[0].name] = prefix + targets[0]
+        elif len(targets) > 1 and _elements(assigned, graph, len(targets)):
+            for node in assigned:
+                found[node.name] = prefix + targets[node.args[1]]
+    return found
+
+
+def _caller(module_path: str, layers: Mapping[str, object]) -> str:
+    """The module whose forward holds the line: a layer's op belongs to the layer's caller."""
+    return module_path.rpartition(".")[0] if module_path in layers else module_path
+
+
+def _targets(code: str) -> tuple[str, ...]:
+    """Return the names a one-line assignment binds, in order; () for anything else."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ()
+    if len(tree.body) != 1:
+        return ()
+    statement = tree.body[0]
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        target = statement.targets[0]
+    elif isinstance(statement, (ast.AugAssign, ast.AnnAssign)):
+        target = statement.target
+    else:
+        return ()
+    if isinstance(target, ast.Name):
+        return (target.id,)
+    if isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts):
+        return tuple(e.id for e in target.elts)  # type: ignore[attr-defined]
+    return ()
+
+
+def _elements(nodes: list[Node], graph: Graph, count: int) -> bool:
+    """Whether `nodes` are the elements 0..count-1 of one tuple value, once each."""
+    if len(nodes) != count or any(n.target is not operator.getitem for n in nodes):
+        return False
+    sources = {n.args[0].name for n in nodes}
+    return len(sources) == 1 and sorted(n.args[1] for n in nodes) == list(range(count))
+
+
+__all__ = ["Namespace", "source_names", "value_name"]

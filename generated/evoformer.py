@@ -223,7 +223,7 @@ class ChunkedEvoformer(torch.nn.Module):
             0
         ].msa_row_attn.pair_bias(blocks_0_msa_row_attn_norm_z)
         del blocks_0_msa_row_attn_norm_z
-        blocks_0_msa_row_attn_permute: "f32[8, res, res]" = (
+        blocks_0_msa_row_attn_bias: "f32[8, res, res]" = (
             blocks_0_msa_row_attn_pair_bias.permute(2, 0, 1)
         )
         del blocks_0_msa_row_attn_pair_bias
@@ -250,15 +250,15 @@ class ChunkedEvoformer(torch.nn.Module):
                 stop - start, res, 8, 8
             )
             del blocks_0_msa_row_attn_attn_q
-            blocks_0_msa_row_attn_attn_transpose_1 = (
-                blocks_0_msa_row_attn_attn_view.transpose(1, 2)
+            blocks_0_msa_row_attn_attn_q_1 = blocks_0_msa_row_attn_attn_view.transpose(
+                1, 2
             )
             del blocks_0_msa_row_attn_attn_view
             # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-            blocks_0_msa_row_attn_attn_div = (
-                blocks_0_msa_row_attn_attn_transpose_1 / 2.8284271247461903
+            blocks_0_msa_row_attn_attn_q_2 = (
+                blocks_0_msa_row_attn_attn_q_1 / 2.8284271247461903
             )
-            del blocks_0_msa_row_attn_attn_transpose_1
+            del blocks_0_msa_row_attn_attn_q_1
             # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
             blocks_0_msa_row_attn_attn_k = self.blocks[0].msa_row_attn.attn.k(
                 blocks_0_msa_row_attn_norm_m_chunk
@@ -267,7 +267,7 @@ class ChunkedEvoformer(torch.nn.Module):
                 stop - start, res, 8, 8
             )
             del blocks_0_msa_row_attn_attn_k
-            blocks_0_msa_row_attn_attn_transpose_2 = (
+            blocks_0_msa_row_attn_attn_k_1 = (
                 blocks_0_msa_row_attn_attn_view_1.transpose(1, 2)
             )
             del blocks_0_msa_row_attn_attn_view_1
@@ -280,49 +280,45 @@ class ChunkedEvoformer(torch.nn.Module):
                 stop - start, res, 8, 8
             )
             del blocks_0_msa_row_attn_attn_v
-            blocks_0_msa_row_attn_attn_transpose_3 = (
+            blocks_0_msa_row_attn_attn_v_1 = (
                 blocks_0_msa_row_attn_attn_view_2.transpose(1, 2)
             )
             del blocks_0_msa_row_attn_attn_view_2
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_0_msa_row_attn_attn_transpose_4 = (
-                blocks_0_msa_row_attn_attn_transpose_2.transpose(-1, -2)
+            blocks_0_msa_row_attn_attn_transpose_1 = (
+                blocks_0_msa_row_attn_attn_k_1.transpose(-1, -2)
             )
-            del blocks_0_msa_row_attn_attn_transpose_2
-            blocks_0_msa_row_attn_attn_matmul = torch.matmul(
-                blocks_0_msa_row_attn_attn_div, blocks_0_msa_row_attn_attn_transpose_4
+            del blocks_0_msa_row_attn_attn_k_1
+            blocks_0_msa_row_attn_attn_logits = torch.matmul(
+                blocks_0_msa_row_attn_attn_q_2, blocks_0_msa_row_attn_attn_transpose_1
             )
-            del blocks_0_msa_row_attn_attn_div, blocks_0_msa_row_attn_attn_transpose_4
+            del blocks_0_msa_row_attn_attn_q_2, blocks_0_msa_row_attn_attn_transpose_1
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_0_msa_row_attn_attn_add = blocks_0_msa_row_attn_attn_matmul.add_(
-                blocks_0_msa_row_attn_permute
+            blocks_0_msa_row_attn_attn_logits_1 = (
+                blocks_0_msa_row_attn_attn_logits.add_(blocks_0_msa_row_attn_bias)
+            )
+            del blocks_0_msa_row_attn_attn_logits
+            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
+            blocks_0_msa_row_attn_attn_weights = torch.softmax(
+                blocks_0_msa_row_attn_attn_logits_1, -1
+            )
+            del blocks_0_msa_row_attn_attn_logits_1
+            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+            blocks_0_msa_row_attn_attn_matmul = torch.matmul(
+                blocks_0_msa_row_attn_attn_weights, blocks_0_msa_row_attn_attn_v_1
+            )
+            del blocks_0_msa_row_attn_attn_v_1, blocks_0_msa_row_attn_attn_weights
+            blocks_0_msa_row_attn_attn_transpose_chunk = (
+                blocks_0_msa_row_attn_attn_matmul.transpose(1, 2)
             )
             del blocks_0_msa_row_attn_attn_matmul
-            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-            blocks_0_msa_row_attn_attn_softmax = torch.softmax(
-                blocks_0_msa_row_attn_attn_add, -1
-            )
-            del blocks_0_msa_row_attn_attn_add
-            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            blocks_0_msa_row_attn_attn_matmul_1 = torch.matmul(
-                blocks_0_msa_row_attn_attn_softmax,
-                blocks_0_msa_row_attn_attn_transpose_3,
-            )
-            del (
-                blocks_0_msa_row_attn_attn_softmax,
-                blocks_0_msa_row_attn_attn_transpose_3,
-            )
-            blocks_0_msa_row_attn_attn_transpose_chunk = (
-                blocks_0_msa_row_attn_attn_matmul_1.transpose(1, 2)
-            )
-            del blocks_0_msa_row_attn_attn_matmul_1
             blocks_0_msa_row_attn_attn_transpose[start:stop] = (
                 blocks_0_msa_row_attn_attn_transpose_chunk
             )
             del blocks_0_msa_row_attn_attn_transpose_chunk
-        del blocks_0_msa_row_attn_permute
+        del blocks_0_msa_row_attn_bias
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        blocks_0_msa_row_attn_attn_reshape: "f32[32, res, 64]" = (
+        blocks_0_msa_row_attn_attn_o: "f32[32, res, 64]" = (
             blocks_0_msa_row_attn_attn_transpose.reshape(32, res, 64)
         )
         del blocks_0_msa_row_attn_attn_transpose
@@ -335,126 +331,126 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_msa_row_attn_attn_gate
         )
         del blocks_0_msa_row_attn_attn_gate
-        blocks_0_msa_row_attn_attn_mul: "f32[32, res, 64]" = (
-            blocks_0_msa_row_attn_attn_sigmoid * blocks_0_msa_row_attn_attn_reshape
+        blocks_0_msa_row_attn_attn_o_1: "f32[32, res, 64]" = (
+            blocks_0_msa_row_attn_attn_sigmoid * blocks_0_msa_row_attn_attn_o
         )
-        del blocks_0_msa_row_attn_attn_reshape, blocks_0_msa_row_attn_attn_sigmoid
+        del blocks_0_msa_row_attn_attn_o, blocks_0_msa_row_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_0_msa_row_attn_attn_out: "f32[32, res, 64]" = self.blocks[
             0
-        ].msa_row_attn.attn.out(blocks_0_msa_row_attn_attn_mul)
-        del blocks_0_msa_row_attn_attn_mul
+        ].msa_row_attn.attn.out(blocks_0_msa_row_attn_attn_o_1)
+        del blocks_0_msa_row_attn_attn_o_1
         # evoformer.py:202 in forward: msa = msa + self.msa_row_attn(msa, pair)
-        blocks_0_add: "f32[32, res, 64]" = msa + blocks_0_msa_row_attn_attn_out
+        blocks_0_msa: "f32[32, res, 64]" = msa + blocks_0_msa_row_attn_attn_out
         del blocks_0_msa_row_attn_attn_out
         # evoformer.py:102 in forward: cols = self.norm(msa).transpose(0, 1)  # [r, s, c_m]: one attention per residue
         blocks_0_msa_col_attn_norm: "f32[32, res, 64]" = self.blocks[
             0
-        ].msa_col_attn.norm(blocks_0_add)
-        blocks_0_msa_col_attn_transpose: "f32[res, 32, 64]" = (
+        ].msa_col_attn.norm(blocks_0_msa)
+        blocks_0_msa_col_attn_cols: "f32[res, 32, 64]" = (
             blocks_0_msa_col_attn_norm.transpose(0, 1)
         )
         del blocks_0_msa_col_attn_norm
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_msa_col_attn_attn_q: "f32[res, 32, 64]" = self.blocks[
             0
-        ].msa_col_attn.attn.q(blocks_0_msa_col_attn_transpose)
+        ].msa_col_attn.attn.q(blocks_0_msa_col_attn_cols)
         blocks_0_msa_col_attn_attn_view: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_q.view(res, 32, 8, 8)
         )
         del blocks_0_msa_col_attn_attn_q
-        blocks_0_msa_col_attn_attn_transpose: "f32[res, 8, 32, 8]" = (
+        blocks_0_msa_col_attn_attn_q_1: "f32[res, 8, 32, 8]" = (
             blocks_0_msa_col_attn_attn_view.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_0_msa_col_attn_attn_div: "f32[res, 8, 32, 8]" = (
-            blocks_0_msa_col_attn_attn_transpose / 2.8284271247461903
+        blocks_0_msa_col_attn_attn_q_2: "f32[res, 8, 32, 8]" = (
+            blocks_0_msa_col_attn_attn_q_1 / 2.8284271247461903
         )
-        del blocks_0_msa_col_attn_attn_transpose
+        del blocks_0_msa_col_attn_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_msa_col_attn_attn_k: "f32[res, 32, 64]" = self.blocks[
             0
-        ].msa_col_attn.attn.k(blocks_0_msa_col_attn_transpose)
+        ].msa_col_attn.attn.k(blocks_0_msa_col_attn_cols)
         blocks_0_msa_col_attn_attn_view_1: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_k.view(res, 32, 8, 8)
         )
         del blocks_0_msa_col_attn_attn_k
-        blocks_0_msa_col_attn_attn_transpose_1: "f32[res, 8, 32, 8]" = (
+        blocks_0_msa_col_attn_attn_k_1: "f32[res, 8, 32, 8]" = (
             blocks_0_msa_col_attn_attn_view_1.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_msa_col_attn_attn_v: "f32[res, 32, 64]" = self.blocks[
             0
-        ].msa_col_attn.attn.v(blocks_0_msa_col_attn_transpose)
+        ].msa_col_attn.attn.v(blocks_0_msa_col_attn_cols)
         blocks_0_msa_col_attn_attn_view_2: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_v.view(res, 32, 8, 8)
         )
         del blocks_0_msa_col_attn_attn_v
-        blocks_0_msa_col_attn_attn_transpose_2: "f32[res, 8, 32, 8]" = (
+        blocks_0_msa_col_attn_attn_v_1: "f32[res, 8, 32, 8]" = (
             blocks_0_msa_col_attn_attn_view_2.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_view_2
         # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-        blocks_0_msa_col_attn_attn_transpose_3: "f32[res, 8, 8, 32]" = (
-            blocks_0_msa_col_attn_attn_transpose_1.transpose(-1, -2)
+        blocks_0_msa_col_attn_attn_transpose: "f32[res, 8, 8, 32]" = (
+            blocks_0_msa_col_attn_attn_k_1.transpose(-1, -2)
         )
-        del blocks_0_msa_col_attn_attn_transpose_1
-        blocks_0_msa_col_attn_attn_matmul: "f32[res, 8, 32, 32]" = torch.matmul(
-            blocks_0_msa_col_attn_attn_div, blocks_0_msa_col_attn_attn_transpose_3
+        del blocks_0_msa_col_attn_attn_k_1
+        blocks_0_msa_col_attn_attn_logits: "f32[res, 8, 32, 32]" = torch.matmul(
+            blocks_0_msa_col_attn_attn_q_2, blocks_0_msa_col_attn_attn_transpose
         )
-        del blocks_0_msa_col_attn_attn_div, blocks_0_msa_col_attn_attn_transpose_3
+        del blocks_0_msa_col_attn_attn_q_2, blocks_0_msa_col_attn_attn_transpose
         # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-        blocks_0_msa_col_attn_attn_softmax: "f32[res, 8, 32, 32]" = torch.softmax(
-            blocks_0_msa_col_attn_attn_matmul, -1
+        blocks_0_msa_col_attn_attn_weights: "f32[res, 8, 32, 32]" = torch.softmax(
+            blocks_0_msa_col_attn_attn_logits, -1
+        )
+        del blocks_0_msa_col_attn_attn_logits
+        # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        blocks_0_msa_col_attn_attn_matmul: "f32[res, 8, 32, 8]" = torch.matmul(
+            blocks_0_msa_col_attn_attn_weights, blocks_0_msa_col_attn_attn_v_1
+        )
+        del blocks_0_msa_col_attn_attn_v_1, blocks_0_msa_col_attn_attn_weights
+        blocks_0_msa_col_attn_attn_transpose_1: "f32[res, 32, 8, 8]" = (
+            blocks_0_msa_col_attn_attn_matmul.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_matmul
-        # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        blocks_0_msa_col_attn_attn_matmul_1: "f32[res, 8, 32, 8]" = torch.matmul(
-            blocks_0_msa_col_attn_attn_softmax, blocks_0_msa_col_attn_attn_transpose_2
+        blocks_0_msa_col_attn_attn_o: "f32[res, 32, 64]" = (
+            blocks_0_msa_col_attn_attn_transpose_1.reshape(res, 32, 64)
         )
-        del blocks_0_msa_col_attn_attn_softmax, blocks_0_msa_col_attn_attn_transpose_2
-        blocks_0_msa_col_attn_attn_transpose_4: "f32[res, 32, 8, 8]" = (
-            blocks_0_msa_col_attn_attn_matmul_1.transpose(1, 2)
-        )
-        del blocks_0_msa_col_attn_attn_matmul_1
-        blocks_0_msa_col_attn_attn_reshape: "f32[res, 32, 64]" = (
-            blocks_0_msa_col_attn_attn_transpose_4.reshape(res, 32, 64)
-        )
-        del blocks_0_msa_col_attn_attn_transpose_4
+        del blocks_0_msa_col_attn_attn_transpose_1
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_msa_col_attn_attn_gate: "f32[res, 32, 64]" = self.blocks[
             0
-        ].msa_col_attn.attn.gate(blocks_0_msa_col_attn_transpose)
-        del blocks_0_msa_col_attn_transpose
+        ].msa_col_attn.attn.gate(blocks_0_msa_col_attn_cols)
+        del blocks_0_msa_col_attn_cols
         blocks_0_msa_col_attn_attn_sigmoid: "f32[res, 32, 64]" = torch.sigmoid(
             blocks_0_msa_col_attn_attn_gate
         )
         del blocks_0_msa_col_attn_attn_gate
-        blocks_0_msa_col_attn_attn_mul: "f32[res, 32, 64]" = (
-            blocks_0_msa_col_attn_attn_sigmoid * blocks_0_msa_col_attn_attn_reshape
+        blocks_0_msa_col_attn_attn_o_1: "f32[res, 32, 64]" = (
+            blocks_0_msa_col_attn_attn_sigmoid * blocks_0_msa_col_attn_attn_o
         )
-        del blocks_0_msa_col_attn_attn_reshape, blocks_0_msa_col_attn_attn_sigmoid
+        del blocks_0_msa_col_attn_attn_o, blocks_0_msa_col_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_0_msa_col_attn_attn_out: "f32[res, 32, 64]" = self.blocks[
             0
-        ].msa_col_attn.attn.out(blocks_0_msa_col_attn_attn_mul)
-        del blocks_0_msa_col_attn_attn_mul
+        ].msa_col_attn.attn.out(blocks_0_msa_col_attn_attn_o_1)
+        del blocks_0_msa_col_attn_attn_o_1
         # evoformer.py:103 in forward: return self.attn(cols).transpose(0, 1)
-        blocks_0_msa_col_attn_transpose_1: "f32[32, res, 64]" = (
+        blocks_0_msa_col_attn_transpose: "f32[32, res, 64]" = (
             blocks_0_msa_col_attn_attn_out.transpose(0, 1)
         )
         del blocks_0_msa_col_attn_attn_out
         # evoformer.py:203 in forward: msa = msa + self.msa_col_attn(msa)
-        blocks_0_add_1: "f32[32, res, 64]" = (
-            blocks_0_add + blocks_0_msa_col_attn_transpose_1
+        blocks_0_msa_1: "f32[32, res, 64]" = (
+            blocks_0_msa + blocks_0_msa_col_attn_transpose
         )
-        del blocks_0_add, blocks_0_msa_col_attn_transpose_1
+        del blocks_0_msa, blocks_0_msa_col_attn_transpose
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
         blocks_0_msa_transition_norm: "f32[32, res, 64]" = self.blocks[
             0
-        ].msa_transition.norm(blocks_0_add_1)
+        ].msa_transition.norm(blocks_0_msa_1)
         blocks_0_msa_transition_fc: "f32[32, res, 256]" = self.blocks[
             0
         ].msa_transition.fc(blocks_0_msa_transition_norm)
@@ -468,27 +464,27 @@ class ChunkedEvoformer(torch.nn.Module):
         ].msa_transition.out(blocks_0_msa_transition_relu)
         del blocks_0_msa_transition_relu
         # evoformer.py:204 in forward: msa = msa + self.msa_transition(msa)
-        blocks_0_add_2: "f32[32, res, 64]" = (
-            blocks_0_add_1 + blocks_0_msa_transition_out
+        blocks_0_msa_2: "f32[32, res, 64]" = (
+            blocks_0_msa_1 + blocks_0_msa_transition_out
         )
-        del blocks_0_add_1, blocks_0_msa_transition_out
+        del blocks_0_msa_1, blocks_0_msa_transition_out
         # evoformer.py:130 in forward: m = self.norm(msa)
-        blocks_0_outer_product_mean_norm: "f32[32, res, 64]" = self.blocks[
+        blocks_0_outer_product_mean_m: "f32[32, res, 64]" = self.blocks[
             0
-        ].outer_product_mean.norm(blocks_0_add_2)
+        ].outer_product_mean.norm(blocks_0_msa_2)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
         blocks_0_outer_product_mean_a: "f32[32, res, 16]" = self.blocks[
             0
-        ].outer_product_mean.a(blocks_0_outer_product_mean_norm)
+        ].outer_product_mean.a(blocks_0_outer_product_mean_m)
         # Chunk region 2/8: blocks.0 (evoformer.py:133-134, 205), over `res`.
         # f32[res, res, 16, 16] 49.0 MiB -> 3.5 MiB per chunk of 16.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
         blocks_0_outer_product_mean_b: "f32[32, res, 16]" = self.blocks[
             0
-        ].outer_product_mean.b(blocks_0_outer_product_mean_norm)
-        del blocks_0_outer_product_mean_norm
-        blocks_0_add_3 = torch.empty(
+        ].outer_product_mean.b(blocks_0_outer_product_mean_m)
+        del blocks_0_outer_product_mean_m
+        blocks_0_pair = torch.empty(
             (res, res, 32), dtype=pair.dtype, device=pair.device
         )
         # Rows per chunk within the budget: the loop holds about 128 * res ** 2 + 12288 * res bytes,
@@ -510,203 +506,199 @@ class ChunkedEvoformer(torch.nn.Module):
                     blocks_0_outer_product_mean_b,
                 ],
             )
-            blocks_0_outer_product_mean_div = blocks_0_outer_product_mean_einsum / 32
+            blocks_0_outer_product_mean_outer = blocks_0_outer_product_mean_einsum / 32
             del blocks_0_outer_product_mean_einsum
             # evoformer.py:134 in forward: return self.out(outer.flatten(-2))
             blocks_0_outer_product_mean_flatten = (
-                blocks_0_outer_product_mean_div.flatten(-2)
+                blocks_0_outer_product_mean_outer.flatten(-2)
             )
-            del blocks_0_outer_product_mean_div
+            del blocks_0_outer_product_mean_outer
             blocks_0_outer_product_mean_out = self.blocks[0].outer_product_mean.out(
                 blocks_0_outer_product_mean_flatten
             )
             del blocks_0_outer_product_mean_flatten
             # evoformer.py:205 in forward: pair = pair + self.outer_product_mean(msa)
-            blocks_0_add_chunk = pair[start:stop] + blocks_0_outer_product_mean_out
+            blocks_0_pair_chunk = pair[start:stop] + blocks_0_outer_product_mean_out
             del blocks_0_outer_product_mean_out
-            blocks_0_add_3[start:stop] = blocks_0_add_chunk
-            del blocks_0_add_chunk
+            blocks_0_pair[start:stop] = blocks_0_pair_chunk
+            del blocks_0_pair_chunk
         del blocks_0_outer_product_mean_a, blocks_0_outer_product_mean_b, chunk
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_0_tri_mul_out_norm_in: "f32[res, res, 32]" = self.blocks[
+        blocks_0_tri_mul_out_z: "f32[res, res, 32]" = self.blocks[
             0
-        ].tri_mul_out.norm_in(blocks_0_add_3)
+        ].tri_mul_out.norm_in(blocks_0_pair)
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
         blocks_0_tri_mul_out_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_out.a_gate(blocks_0_tri_mul_out_norm_in)
+        ].tri_mul_out.a_gate(blocks_0_tri_mul_out_z)
         blocks_0_tri_mul_out_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_out_a_gate
         )
         del blocks_0_tri_mul_out_a_gate
         blocks_0_tri_mul_out_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_out.a_proj(blocks_0_tri_mul_out_norm_in)
-        blocks_0_tri_mul_out_mul: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_out.a_proj(blocks_0_tri_mul_out_z)
+        blocks_0_tri_mul_out_a: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_out_sigmoid * blocks_0_tri_mul_out_a_proj
         )
         del blocks_0_tri_mul_out_a_proj, blocks_0_tri_mul_out_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
         blocks_0_tri_mul_out_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_out.b_gate(blocks_0_tri_mul_out_norm_in)
+        ].tri_mul_out.b_gate(blocks_0_tri_mul_out_z)
         blocks_0_tri_mul_out_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_out_b_gate
         )
         del blocks_0_tri_mul_out_b_gate
         blocks_0_tri_mul_out_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_out.b_proj(blocks_0_tri_mul_out_norm_in)
-        blocks_0_tri_mul_out_mul_1: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_out.b_proj(blocks_0_tri_mul_out_z)
+        blocks_0_tri_mul_out_b: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_out_sigmoid_1 * blocks_0_tri_mul_out_b_proj
         )
         del blocks_0_tri_mul_out_b_proj, blocks_0_tri_mul_out_sigmoid_1
         # evoformer.py:157 in forward: t = torch.einsum("ikc,jkc->ijc", a, b)
-        blocks_0_tri_mul_out_einsum: "f32[res, res, 32]" = torch.einsum(
-            "ikc,jkc->ijc", [blocks_0_tri_mul_out_mul, blocks_0_tri_mul_out_mul_1]
+        blocks_0_tri_mul_out_t: "f32[res, res, 32]" = torch.einsum(
+            "ikc,jkc->ijc", [blocks_0_tri_mul_out_a, blocks_0_tri_mul_out_b]
         )
-        del blocks_0_tri_mul_out_mul, blocks_0_tri_mul_out_mul_1
+        del blocks_0_tri_mul_out_a, blocks_0_tri_mul_out_b
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
         blocks_0_tri_mul_out_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_out.gate(blocks_0_tri_mul_out_norm_in)
-        del blocks_0_tri_mul_out_norm_in
+        ].tri_mul_out.gate(blocks_0_tri_mul_out_z)
+        del blocks_0_tri_mul_out_z
         blocks_0_tri_mul_out_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_out_gate
         )
         del blocks_0_tri_mul_out_gate
         blocks_0_tri_mul_out_norm_out: "f32[res, res, 32]" = self.blocks[
             0
-        ].tri_mul_out.norm_out(blocks_0_tri_mul_out_einsum)
-        del blocks_0_tri_mul_out_einsum
+        ].tri_mul_out.norm_out(blocks_0_tri_mul_out_t)
+        del blocks_0_tri_mul_out_t
         blocks_0_tri_mul_out_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
         ].tri_mul_out.out(blocks_0_tri_mul_out_norm_out)
         del blocks_0_tri_mul_out_norm_out
-        blocks_0_tri_mul_out_mul_2: "f32[res, res ** 2 // res, 32]" = (
+        blocks_0_tri_mul_out_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_out_sigmoid_2 * blocks_0_tri_mul_out_out
         )
         del blocks_0_tri_mul_out_out, blocks_0_tri_mul_out_sigmoid_2
         # evoformer.py:206 in forward: pair = pair + self.tri_mul_out(pair)
-        blocks_0_add_4: "f32[res, res, 32]" = (
-            blocks_0_add_3 + blocks_0_tri_mul_out_mul_2
-        )
-        del blocks_0_add_3, blocks_0_tri_mul_out_mul_2
+        blocks_0_pair_1: "f32[res, res, 32]" = blocks_0_pair + blocks_0_tri_mul_out_mul
+        del blocks_0_pair, blocks_0_tri_mul_out_mul
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_0_tri_mul_in_norm_in: "f32[res, res, 32]" = self.blocks[
-            0
-        ].tri_mul_in.norm_in(blocks_0_add_4)
+        blocks_0_tri_mul_in_z: "f32[res, res, 32]" = self.blocks[0].tri_mul_in.norm_in(
+            blocks_0_pair_1
+        )
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
         blocks_0_tri_mul_in_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_in.a_gate(blocks_0_tri_mul_in_norm_in)
+        ].tri_mul_in.a_gate(blocks_0_tri_mul_in_z)
         blocks_0_tri_mul_in_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_in_a_gate
         )
         del blocks_0_tri_mul_in_a_gate
         blocks_0_tri_mul_in_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_in.a_proj(blocks_0_tri_mul_in_norm_in)
-        blocks_0_tri_mul_in_mul: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_in.a_proj(blocks_0_tri_mul_in_z)
+        blocks_0_tri_mul_in_a: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_in_sigmoid * blocks_0_tri_mul_in_a_proj
         )
         del blocks_0_tri_mul_in_a_proj, blocks_0_tri_mul_in_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
         blocks_0_tri_mul_in_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_in.b_gate(blocks_0_tri_mul_in_norm_in)
+        ].tri_mul_in.b_gate(blocks_0_tri_mul_in_z)
         blocks_0_tri_mul_in_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_in_b_gate
         )
         del blocks_0_tri_mul_in_b_gate
         blocks_0_tri_mul_in_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_in.b_proj(blocks_0_tri_mul_in_norm_in)
-        blocks_0_tri_mul_in_mul_1: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_in.b_proj(blocks_0_tri_mul_in_z)
+        blocks_0_tri_mul_in_b: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_in_sigmoid_1 * blocks_0_tri_mul_in_b_proj
         )
         del blocks_0_tri_mul_in_b_proj, blocks_0_tri_mul_in_sigmoid_1
         # evoformer.py:159 in forward: t = torch.einsum("kic,kjc->ijc", a, b)
-        blocks_0_tri_mul_in_einsum: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
-            torch.einsum(
-                "kic,kjc->ijc", [blocks_0_tri_mul_in_mul, blocks_0_tri_mul_in_mul_1]
-            )
+        blocks_0_tri_mul_in_t: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
+            torch.einsum("kic,kjc->ijc", [blocks_0_tri_mul_in_a, blocks_0_tri_mul_in_b])
         )
-        del blocks_0_tri_mul_in_mul, blocks_0_tri_mul_in_mul_1
+        del blocks_0_tri_mul_in_a, blocks_0_tri_mul_in_b
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
         blocks_0_tri_mul_in_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_mul_in.gate(blocks_0_tri_mul_in_norm_in)
-        del blocks_0_tri_mul_in_norm_in
+        ].tri_mul_in.gate(blocks_0_tri_mul_in_z)
+        del blocks_0_tri_mul_in_z
         blocks_0_tri_mul_in_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_0_tri_mul_in_gate
         )
         del blocks_0_tri_mul_in_gate
         blocks_0_tri_mul_in_norm_out: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
-            self.blocks[0].tri_mul_in.norm_out(blocks_0_tri_mul_in_einsum)
+            self.blocks[0].tri_mul_in.norm_out(blocks_0_tri_mul_in_t)
         )
-        del blocks_0_tri_mul_in_einsum
+        del blocks_0_tri_mul_in_t
         blocks_0_tri_mul_in_out: (
             "f32[res ** 2 // res, res ** 2 // res ** 2 // res ** 2 // res, 32]"
         ) = self.blocks[0].tri_mul_in.out(blocks_0_tri_mul_in_norm_out)
         del blocks_0_tri_mul_in_norm_out
-        blocks_0_tri_mul_in_mul_2: "f32[res, res ** 2 // res, 32]" = (
+        blocks_0_tri_mul_in_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_0_tri_mul_in_sigmoid_2 * blocks_0_tri_mul_in_out
         )
         del blocks_0_tri_mul_in_out, blocks_0_tri_mul_in_sigmoid_2
         # evoformer.py:207 in forward: pair = pair + self.tri_mul_in(pair)
-        blocks_0_add_5: "f32[res, res, 32]" = blocks_0_add_4 + blocks_0_tri_mul_in_mul_2
-        del blocks_0_add_4, blocks_0_tri_mul_in_mul_2
+        blocks_0_pair_2: "f32[res, res, 32]" = blocks_0_pair_1 + blocks_0_tri_mul_in_mul
+        del blocks_0_pair_1, blocks_0_tri_mul_in_mul
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_0_tri_att_start_norm: "f32[res, res, 32]" = self.blocks[
+        blocks_0_tri_att_start_z: "f32[res, res, 32]" = self.blocks[
             0
-        ].tri_att_start.norm(blocks_0_add_5)
+        ].tri_att_start.norm(blocks_0_pair_2)
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
         blocks_0_tri_att_start_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
             0
-        ].tri_att_start.tri_bias(blocks_0_tri_att_start_norm)
-        blocks_0_tri_att_start_permute: "f32[4, res, res ** 2 // res]" = (
+        ].tri_att_start.tri_bias(blocks_0_tri_att_start_z)
+        blocks_0_tri_att_start_bias: "f32[4, res, res ** 2 // res]" = (
             blocks_0_tri_att_start_tri_bias.permute(2, 0, 1)
         )
         del blocks_0_tri_att_start_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_start_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_start.attn.q(blocks_0_tri_att_start_norm)
+        ].tri_att_start.attn.q(blocks_0_tri_att_start_z)
         blocks_0_tri_att_start_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_q.view(res, res, 4, 8)
         )
         del blocks_0_tri_att_start_attn_q
-        blocks_0_tri_att_start_attn_transpose: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_start_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_start_attn_view.transpose(1, 2)
         )
         del blocks_0_tri_att_start_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_0_tri_att_start_attn_div: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_0_tri_att_start_attn_transpose / 2.8284271247461903
+        blocks_0_tri_att_start_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_0_tri_att_start_attn_q_1 / 2.8284271247461903
         )
-        del blocks_0_tri_att_start_attn_transpose
+        del blocks_0_tri_att_start_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_start.attn.k(blocks_0_tri_att_start_norm)
+        ].tri_att_start.attn.k(blocks_0_tri_att_start_z)
         blocks_0_tri_att_start_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_k.view(res, res, 4, 8)
         )
         del blocks_0_tri_att_start_attn_k
-        blocks_0_tri_att_start_attn_transpose_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_start_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_start_attn_view_1.transpose(1, 2)
         )
         del blocks_0_tri_att_start_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_start_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_start.attn.v(blocks_0_tri_att_start_norm)
+        ].tri_att_start.attn.v(blocks_0_tri_att_start_z)
         blocks_0_tri_att_start_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_v.view(res, res, 4, 8)
         )
         del blocks_0_tri_att_start_attn_v
-        blocks_0_tri_att_start_attn_transpose_2: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_start_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_start_attn_view_2.transpose(1, 2)
         )
         del blocks_0_tri_att_start_attn_view_2
@@ -717,16 +709,16 @@ class ChunkedEvoformer(torch.nn.Module):
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_start.attn.gate(blocks_0_tri_att_start_norm)
-        del blocks_0_tri_att_start_norm
+        ].tri_att_start.attn.gate(blocks_0_tri_att_start_z)
+        del blocks_0_tri_att_start_z
         blocks_0_tri_att_start_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_0_tri_att_start_attn_gate)
         )
         del blocks_0_tri_att_start_attn_gate
-        blocks_0_tri_att_start_attn_reshape = torch.empty(
+        blocks_0_tri_att_start_attn_o = torch.empty(
             (res, res**2 // res, 32),
-            dtype=blocks_0_tri_att_start_attn_div.dtype,
-            device=blocks_0_tri_att_start_attn_div.device,
+            dtype=blocks_0_tri_att_start_attn_q_2.dtype,
+            device=blocks_0_tri_att_start_attn_q_2.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -740,119 +732,117 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_1):
             stop = min(start + chunk_1, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_0_tri_att_start_attn_transpose_3 = (
-                blocks_0_tri_att_start_attn_transpose_1[start:stop].transpose(-1, -2)
+            blocks_0_tri_att_start_attn_transpose = blocks_0_tri_att_start_attn_k_1[
+                start:stop
+            ].transpose(-1, -2)
+            blocks_0_tri_att_start_attn_logits = torch.matmul(
+                blocks_0_tri_att_start_attn_q_2[start:stop],
+                blocks_0_tri_att_start_attn_transpose,
             )
-            blocks_0_tri_att_start_attn_matmul = torch.matmul(
-                blocks_0_tri_att_start_attn_div[start:stop],
-                blocks_0_tri_att_start_attn_transpose_3,
-            )
-            del blocks_0_tri_att_start_attn_transpose_3
+            del blocks_0_tri_att_start_attn_transpose
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_0_tri_att_start_attn_add = blocks_0_tri_att_start_attn_matmul.add_(
-                blocks_0_tri_att_start_permute
+            blocks_0_tri_att_start_attn_logits_1 = (
+                blocks_0_tri_att_start_attn_logits.add_(blocks_0_tri_att_start_bias)
+            )
+            del blocks_0_tri_att_start_attn_logits
+            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
+            blocks_0_tri_att_start_attn_weights = torch.softmax(
+                blocks_0_tri_att_start_attn_logits_1, -1
+            )
+            del blocks_0_tri_att_start_attn_logits_1
+            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+            blocks_0_tri_att_start_attn_matmul = torch.matmul(
+                blocks_0_tri_att_start_attn_weights,
+                blocks_0_tri_att_start_attn_v_1[start:stop],
+            )
+            del blocks_0_tri_att_start_attn_weights
+            blocks_0_tri_att_start_attn_transpose_1 = (
+                blocks_0_tri_att_start_attn_matmul.transpose(1, 2)
             )
             del blocks_0_tri_att_start_attn_matmul
-            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-            blocks_0_tri_att_start_attn_softmax = torch.softmax(
-                blocks_0_tri_att_start_attn_add, -1
+            blocks_0_tri_att_start_attn_o_chunk = (
+                blocks_0_tri_att_start_attn_transpose_1.reshape(stop - start, res, 32)
             )
-            del blocks_0_tri_att_start_attn_add
-            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            blocks_0_tri_att_start_attn_matmul_1 = torch.matmul(
-                blocks_0_tri_att_start_attn_softmax,
-                blocks_0_tri_att_start_attn_transpose_2[start:stop],
+            del blocks_0_tri_att_start_attn_transpose_1
+            blocks_0_tri_att_start_attn_o[start:stop] = (
+                blocks_0_tri_att_start_attn_o_chunk
             )
-            del blocks_0_tri_att_start_attn_softmax
-            blocks_0_tri_att_start_attn_transpose_4 = (
-                blocks_0_tri_att_start_attn_matmul_1.transpose(1, 2)
-            )
-            del blocks_0_tri_att_start_attn_matmul_1
-            blocks_0_tri_att_start_attn_reshape_chunk = (
-                blocks_0_tri_att_start_attn_transpose_4.reshape(stop - start, res, 32)
-            )
-            del blocks_0_tri_att_start_attn_transpose_4
-            blocks_0_tri_att_start_attn_reshape[start:stop] = (
-                blocks_0_tri_att_start_attn_reshape_chunk
-            )
-            del blocks_0_tri_att_start_attn_reshape_chunk
+            del blocks_0_tri_att_start_attn_o_chunk
         del (
-            blocks_0_tri_att_start_attn_div,
-            blocks_0_tri_att_start_attn_transpose_1,
-            blocks_0_tri_att_start_attn_transpose_2,
-            blocks_0_tri_att_start_permute,
+            blocks_0_tri_att_start_attn_k_1,
+            blocks_0_tri_att_start_attn_q_2,
+            blocks_0_tri_att_start_attn_v_1,
+            blocks_0_tri_att_start_bias,
             chunk_1,
         )
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_0_tri_att_start_attn_mul: "f32[res, res ** 2 // res, 32]" = (
-            blocks_0_tri_att_start_attn_sigmoid * blocks_0_tri_att_start_attn_reshape
+        blocks_0_tri_att_start_attn_o_1: "f32[res, res ** 2 // res, 32]" = (
+            blocks_0_tri_att_start_attn_sigmoid * blocks_0_tri_att_start_attn_o
         )
-        del blocks_0_tri_att_start_attn_reshape, blocks_0_tri_att_start_attn_sigmoid
+        del blocks_0_tri_att_start_attn_o, blocks_0_tri_att_start_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_0_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_start.attn.out(blocks_0_tri_att_start_attn_mul)
-        del blocks_0_tri_att_start_attn_mul
+        ].tri_att_start.attn.out(blocks_0_tri_att_start_attn_o_1)
+        del blocks_0_tri_att_start_attn_o_1
         # evoformer.py:208 in forward: pair = pair + self.tri_att_start(pair)
-        blocks_0_add_6: "f32[res, res, 32]" = (
-            blocks_0_add_5 + blocks_0_tri_att_start_attn_out
+        blocks_0_pair_3: "f32[res, res, 32]" = (
+            blocks_0_pair_2 + blocks_0_tri_att_start_attn_out
         )
-        del blocks_0_add_5, blocks_0_tri_att_start_attn_out
+        del blocks_0_pair_2, blocks_0_tri_att_start_attn_out
         # evoformer.py:179 in forward: pair = pair.transpose(0, 1)
-        blocks_0_tri_att_end_transpose: "f32[res, res, 32]" = blocks_0_add_6.transpose(
-            0, 1
-        )
+        blocks_0_tri_att_end_pair: "f32[res, res, 32]" = blocks_0_pair_3.transpose(0, 1)
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_0_tri_att_end_norm: "f32[res, res, 32]" = self.blocks[
-            0
-        ].tri_att_end.norm(blocks_0_tri_att_end_transpose)
-        del blocks_0_tri_att_end_transpose
+        blocks_0_tri_att_end_z: "f32[res, res, 32]" = self.blocks[0].tri_att_end.norm(
+            blocks_0_tri_att_end_pair
+        )
+        del blocks_0_tri_att_end_pair
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
         blocks_0_tri_att_end_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
             0
-        ].tri_att_end.tri_bias(blocks_0_tri_att_end_norm)
-        blocks_0_tri_att_end_permute: "f32[4, res, res ** 2 // res]" = (
+        ].tri_att_end.tri_bias(blocks_0_tri_att_end_z)
+        blocks_0_tri_att_end_bias: "f32[4, res, res ** 2 // res]" = (
             blocks_0_tri_att_end_tri_bias.permute(2, 0, 1)
         )
         del blocks_0_tri_att_end_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_end_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_end.attn.q(blocks_0_tri_att_end_norm)
+        ].tri_att_end.attn.q(blocks_0_tri_att_end_z)
         blocks_0_tri_att_end_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_q.view(res, res, 4, 8)
         )
         del blocks_0_tri_att_end_attn_q
-        blocks_0_tri_att_end_attn_transpose: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_end_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_end_attn_view.transpose(1, 2)
         )
         del blocks_0_tri_att_end_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_0_tri_att_end_attn_div: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_0_tri_att_end_attn_transpose / 2.8284271247461903
+        blocks_0_tri_att_end_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_0_tri_att_end_attn_q_1 / 2.8284271247461903
         )
-        del blocks_0_tri_att_end_attn_transpose
+        del blocks_0_tri_att_end_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_end.attn.k(blocks_0_tri_att_end_norm)
+        ].tri_att_end.attn.k(blocks_0_tri_att_end_z)
         blocks_0_tri_att_end_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_k.view(res, res, 4, 8)
         )
         del blocks_0_tri_att_end_attn_k
-        blocks_0_tri_att_end_attn_transpose_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_end_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_end_attn_view_1.transpose(1, 2)
         )
         del blocks_0_tri_att_end_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_end_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_end.attn.v(blocks_0_tri_att_end_norm)
+        ].tri_att_end.attn.v(blocks_0_tri_att_end_z)
         blocks_0_tri_att_end_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_v.view(res, res, 4, 8)
         )
         del blocks_0_tri_att_end_attn_v
-        blocks_0_tri_att_end_attn_transpose_2: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_end_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_end_attn_view_2.transpose(1, 2)
         )
         del blocks_0_tri_att_end_attn_view_2
@@ -863,16 +853,16 @@ class ChunkedEvoformer(torch.nn.Module):
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_0_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_end.attn.gate(blocks_0_tri_att_end_norm)
-        del blocks_0_tri_att_end_norm
+        ].tri_att_end.attn.gate(blocks_0_tri_att_end_z)
+        del blocks_0_tri_att_end_z
         blocks_0_tri_att_end_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_0_tri_att_end_attn_gate)
         )
         del blocks_0_tri_att_end_attn_gate
-        blocks_0_tri_att_end_attn_reshape = torch.empty(
+        blocks_0_tri_att_end_attn_o = torch.empty(
             (res, res**2 // res, 32),
-            dtype=blocks_0_tri_att_end_attn_div.dtype,
-            device=blocks_0_tri_att_end_attn_div.device,
+            dtype=blocks_0_tri_att_end_attn_q_2.dtype,
+            device=blocks_0_tri_att_end_attn_q_2.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -886,47 +876,45 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_2):
             stop = min(start + chunk_2, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_0_tri_att_end_attn_transpose_3 = (
-                blocks_0_tri_att_end_attn_transpose_1[start:stop].transpose(-1, -2)
+            blocks_0_tri_att_end_attn_transpose = blocks_0_tri_att_end_attn_k_1[
+                start:stop
+            ].transpose(-1, -2)
+            blocks_0_tri_att_end_attn_logits = torch.matmul(
+                blocks_0_tri_att_end_attn_q_2[start:stop],
+                blocks_0_tri_att_end_attn_transpose,
             )
-            blocks_0_tri_att_end_attn_matmul = torch.matmul(
-                blocks_0_tri_att_end_attn_div[start:stop],
-                blocks_0_tri_att_end_attn_transpose_3,
-            )
-            del blocks_0_tri_att_end_attn_transpose_3
+            del blocks_0_tri_att_end_attn_transpose
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_0_tri_att_end_attn_add = blocks_0_tri_att_end_attn_matmul.add_(
-                blocks_0_tri_att_end_permute
+            blocks_0_tri_att_end_attn_logits_1 = blocks_0_tri_att_end_attn_logits.add_(
+                blocks_0_tri_att_end_bias
+            )
+            del blocks_0_tri_att_end_attn_logits
+            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
+            blocks_0_tri_att_end_attn_weights = torch.softmax(
+                blocks_0_tri_att_end_attn_logits_1, -1
+            )
+            del blocks_0_tri_att_end_attn_logits_1
+            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+            blocks_0_tri_att_end_attn_matmul = torch.matmul(
+                blocks_0_tri_att_end_attn_weights,
+                blocks_0_tri_att_end_attn_v_1[start:stop],
+            )
+            del blocks_0_tri_att_end_attn_weights
+            blocks_0_tri_att_end_attn_transpose_1 = (
+                blocks_0_tri_att_end_attn_matmul.transpose(1, 2)
             )
             del blocks_0_tri_att_end_attn_matmul
-            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-            blocks_0_tri_att_end_attn_softmax = torch.softmax(
-                blocks_0_tri_att_end_attn_add, -1
+            blocks_0_tri_att_end_attn_o_chunk = (
+                blocks_0_tri_att_end_attn_transpose_1.reshape(stop - start, res, 32)
             )
-            del blocks_0_tri_att_end_attn_add
-            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            blocks_0_tri_att_end_attn_matmul_1 = torch.matmul(
-                blocks_0_tri_att_end_attn_softmax,
-                blocks_0_tri_att_end_attn_transpose_2[start:stop],
-            )
-            del blocks_0_tri_att_end_attn_softmax
-            blocks_0_tri_att_end_attn_transpose_4 = (
-                blocks_0_tri_att_end_attn_matmul_1.transpose(1, 2)
-            )
-            del blocks_0_tri_att_end_attn_matmul_1
-            blocks_0_tri_att_end_attn_reshape_chunk = (
-                blocks_0_tri_att_end_attn_transpose_4.reshape(stop - start, res, 32)
-            )
-            del blocks_0_tri_att_end_attn_transpose_4
-            blocks_0_tri_att_end_attn_reshape[start:stop] = (
-                blocks_0_tri_att_end_attn_reshape_chunk
-            )
-            del blocks_0_tri_att_end_attn_reshape_chunk
+            del blocks_0_tri_att_end_attn_transpose_1
+            blocks_0_tri_att_end_attn_o[start:stop] = blocks_0_tri_att_end_attn_o_chunk
+            del blocks_0_tri_att_end_attn_o_chunk
         del (
-            blocks_0_tri_att_end_attn_div,
-            blocks_0_tri_att_end_attn_transpose_1,
-            blocks_0_tri_att_end_attn_transpose_2,
-            blocks_0_tri_att_end_permute,
+            blocks_0_tri_att_end_attn_k_1,
+            blocks_0_tri_att_end_attn_q_2,
+            blocks_0_tri_att_end_attn_v_1,
+            blocks_0_tri_att_end_bias,
             chunk_2,
         )
         # Chunk region 5/8: blocks.1.msa_row_attn (evoformer.py:62-72, 90), over a dim of length 32.
@@ -934,29 +922,29 @@ class ChunkedEvoformer(torch.nn.Module):
         # In place, on chunks nothing else reads: `add_`.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
-        blocks_0_tri_att_end_attn_mul: "f32[res, res ** 2 // res, 32]" = (
-            blocks_0_tri_att_end_attn_sigmoid * blocks_0_tri_att_end_attn_reshape
+        blocks_0_tri_att_end_attn_o_1: "f32[res, res ** 2 // res, 32]" = (
+            blocks_0_tri_att_end_attn_sigmoid * blocks_0_tri_att_end_attn_o
         )
-        del blocks_0_tri_att_end_attn_reshape, blocks_0_tri_att_end_attn_sigmoid
+        del blocks_0_tri_att_end_attn_o, blocks_0_tri_att_end_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_0_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
-        ].tri_att_end.attn.out(blocks_0_tri_att_end_attn_mul)
-        del blocks_0_tri_att_end_attn_mul
+        ].tri_att_end.attn.out(blocks_0_tri_att_end_attn_o_1)
+        del blocks_0_tri_att_end_attn_o_1
         # evoformer.py:184 in forward: out = out.transpose(0, 1)
-        blocks_0_tri_att_end_transpose_1: "f32[res ** 2 // res, res, 32]" = (
+        blocks_0_tri_att_end_out: "f32[res ** 2 // res, res, 32]" = (
             blocks_0_tri_att_end_attn_out.transpose(0, 1)
         )
         del blocks_0_tri_att_end_attn_out
         # evoformer.py:209 in forward: pair = pair + self.tri_att_end(pair)
-        blocks_0_add_7: "f32[res, res, 32]" = (
-            blocks_0_add_6 + blocks_0_tri_att_end_transpose_1
+        blocks_0_pair_4: "f32[res, res, 32]" = (
+            blocks_0_pair_3 + blocks_0_tri_att_end_out
         )
-        del blocks_0_add_6, blocks_0_tri_att_end_transpose_1
+        del blocks_0_pair_3, blocks_0_tri_att_end_out
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
         blocks_0_pair_transition_norm: "f32[res, res, 32]" = self.blocks[
             0
-        ].pair_transition.norm(blocks_0_add_7)
+        ].pair_transition.norm(blocks_0_pair_4)
         blocks_0_pair_transition_fc: "f32[res, res ** 2 // res, 128]" = self.blocks[
             0
         ].pair_transition.fc(blocks_0_pair_transition_norm)
@@ -970,33 +958,33 @@ class ChunkedEvoformer(torch.nn.Module):
         ].pair_transition.out(blocks_0_pair_transition_relu)
         del blocks_0_pair_transition_relu
         # evoformer.py:210 in forward: pair = pair + self.pair_transition(pair)
-        blocks_0_add_8: "f32[res, res, 32]" = (
-            blocks_0_add_7 + blocks_0_pair_transition_out
+        blocks_0_pair_5: "f32[res, res, 32]" = (
+            blocks_0_pair_4 + blocks_0_pair_transition_out
         )
-        del blocks_0_add_7, blocks_0_pair_transition_out
+        del blocks_0_pair_4, blocks_0_pair_transition_out
         # evoformer.py:89 in forward: bias = self.pair_bias(self.norm_z(pair)).permute(2, 0, 1)
         blocks_1_msa_row_attn_norm_z: "f32[res, res, 32]" = self.blocks[
             1
-        ].msa_row_attn.norm_z(blocks_0_add_8)
+        ].msa_row_attn.norm_z(blocks_0_pair_5)
         blocks_1_msa_row_attn_pair_bias: "f32[res, res ** 2 // res, 8]" = self.blocks[
             1
         ].msa_row_attn.pair_bias(blocks_1_msa_row_attn_norm_z)
         del blocks_1_msa_row_attn_norm_z
-        blocks_1_msa_row_attn_permute: "f32[8, res, res ** 2 // res]" = (
+        blocks_1_msa_row_attn_bias: "f32[8, res, res ** 2 // res]" = (
             blocks_1_msa_row_attn_pair_bias.permute(2, 0, 1)
         )
         del blocks_1_msa_row_attn_pair_bias
         blocks_1_msa_row_attn_norm_m = torch.empty(
-            (32, res, 64), dtype=blocks_0_add_2.dtype, device=blocks_0_add_2.device
+            (32, res, 64), dtype=blocks_0_msa_2.dtype, device=blocks_0_msa_2.device
         )
         blocks_1_msa_row_attn_attn_transpose = torch.empty(
-            (32, res, 8, 8), dtype=blocks_0_add_2.dtype, device=blocks_0_add_2.device
+            (32, res, 8, 8), dtype=blocks_0_msa_2.dtype, device=blocks_0_msa_2.device
         )
         for start in range(0, 32, 2):
             stop = min(start + 2, 32)
             # evoformer.py:90 in forward: return self.attn(self.norm_m(msa), bias)
             blocks_1_msa_row_attn_norm_m_chunk = self.blocks[1].msa_row_attn.norm_m(
-                blocks_0_add_2[start:stop]
+                blocks_0_msa_2[start:stop]
             )
             blocks_1_msa_row_attn_norm_m[start:stop] = (
                 blocks_1_msa_row_attn_norm_m_chunk
@@ -1009,15 +997,15 @@ class ChunkedEvoformer(torch.nn.Module):
                 stop - start, res, 8, 8
             )
             del blocks_1_msa_row_attn_attn_q
-            blocks_1_msa_row_attn_attn_transpose_1 = (
-                blocks_1_msa_row_attn_attn_view.transpose(1, 2)
+            blocks_1_msa_row_attn_attn_q_1 = blocks_1_msa_row_attn_attn_view.transpose(
+                1, 2
             )
             del blocks_1_msa_row_attn_attn_view
             # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-            blocks_1_msa_row_attn_attn_div = (
-                blocks_1_msa_row_attn_attn_transpose_1 / 2.8284271247461903
+            blocks_1_msa_row_attn_attn_q_2 = (
+                blocks_1_msa_row_attn_attn_q_1 / 2.8284271247461903
             )
-            del blocks_1_msa_row_attn_attn_transpose_1
+            del blocks_1_msa_row_attn_attn_q_1
             # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
             blocks_1_msa_row_attn_attn_k = self.blocks[1].msa_row_attn.attn.k(
                 blocks_1_msa_row_attn_norm_m_chunk
@@ -1026,7 +1014,7 @@ class ChunkedEvoformer(torch.nn.Module):
                 stop - start, res, 8, 8
             )
             del blocks_1_msa_row_attn_attn_k
-            blocks_1_msa_row_attn_attn_transpose_2 = (
+            blocks_1_msa_row_attn_attn_k_1 = (
                 blocks_1_msa_row_attn_attn_view_1.transpose(1, 2)
             )
             del blocks_1_msa_row_attn_attn_view_1
@@ -1039,49 +1027,45 @@ class ChunkedEvoformer(torch.nn.Module):
                 stop - start, res, 8, 8
             )
             del blocks_1_msa_row_attn_attn_v
-            blocks_1_msa_row_attn_attn_transpose_3 = (
+            blocks_1_msa_row_attn_attn_v_1 = (
                 blocks_1_msa_row_attn_attn_view_2.transpose(1, 2)
             )
             del blocks_1_msa_row_attn_attn_view_2
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_1_msa_row_attn_attn_transpose_4 = (
-                blocks_1_msa_row_attn_attn_transpose_2.transpose(-1, -2)
+            blocks_1_msa_row_attn_attn_transpose_1 = (
+                blocks_1_msa_row_attn_attn_k_1.transpose(-1, -2)
             )
-            del blocks_1_msa_row_attn_attn_transpose_2
-            blocks_1_msa_row_attn_attn_matmul = torch.matmul(
-                blocks_1_msa_row_attn_attn_div, blocks_1_msa_row_attn_attn_transpose_4
+            del blocks_1_msa_row_attn_attn_k_1
+            blocks_1_msa_row_attn_attn_logits = torch.matmul(
+                blocks_1_msa_row_attn_attn_q_2, blocks_1_msa_row_attn_attn_transpose_1
             )
-            del blocks_1_msa_row_attn_attn_div, blocks_1_msa_row_attn_attn_transpose_4
+            del blocks_1_msa_row_attn_attn_q_2, blocks_1_msa_row_attn_attn_transpose_1
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_1_msa_row_attn_attn_add = blocks_1_msa_row_attn_attn_matmul.add_(
-                blocks_1_msa_row_attn_permute
+            blocks_1_msa_row_attn_attn_logits_1 = (
+                blocks_1_msa_row_attn_attn_logits.add_(blocks_1_msa_row_attn_bias)
+            )
+            del blocks_1_msa_row_attn_attn_logits
+            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
+            blocks_1_msa_row_attn_attn_weights = torch.softmax(
+                blocks_1_msa_row_attn_attn_logits_1, -1
+            )
+            del blocks_1_msa_row_attn_attn_logits_1
+            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+            blocks_1_msa_row_attn_attn_matmul = torch.matmul(
+                blocks_1_msa_row_attn_attn_weights, blocks_1_msa_row_attn_attn_v_1
+            )
+            del blocks_1_msa_row_attn_attn_v_1, blocks_1_msa_row_attn_attn_weights
+            blocks_1_msa_row_attn_attn_transpose_chunk = (
+                blocks_1_msa_row_attn_attn_matmul.transpose(1, 2)
             )
             del blocks_1_msa_row_attn_attn_matmul
-            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-            blocks_1_msa_row_attn_attn_softmax = torch.softmax(
-                blocks_1_msa_row_attn_attn_add, -1
-            )
-            del blocks_1_msa_row_attn_attn_add
-            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            blocks_1_msa_row_attn_attn_matmul_1 = torch.matmul(
-                blocks_1_msa_row_attn_attn_softmax,
-                blocks_1_msa_row_attn_attn_transpose_3,
-            )
-            del (
-                blocks_1_msa_row_attn_attn_softmax,
-                blocks_1_msa_row_attn_attn_transpose_3,
-            )
-            blocks_1_msa_row_attn_attn_transpose_chunk = (
-                blocks_1_msa_row_attn_attn_matmul_1.transpose(1, 2)
-            )
-            del blocks_1_msa_row_attn_attn_matmul_1
             blocks_1_msa_row_attn_attn_transpose[start:stop] = (
                 blocks_1_msa_row_attn_attn_transpose_chunk
             )
             del blocks_1_msa_row_attn_attn_transpose_chunk
-        del blocks_1_msa_row_attn_permute
+        del blocks_1_msa_row_attn_bias
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        blocks_1_msa_row_attn_attn_reshape: "f32[32, res, 64]" = (
+        blocks_1_msa_row_attn_attn_o: "f32[32, res, 64]" = (
             blocks_1_msa_row_attn_attn_transpose.reshape(32, res, 64)
         )
         del blocks_1_msa_row_attn_attn_transpose
@@ -1094,128 +1078,128 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_msa_row_attn_attn_gate
         )
         del blocks_1_msa_row_attn_attn_gate
-        blocks_1_msa_row_attn_attn_mul: "f32[32, res, 64]" = (
-            blocks_1_msa_row_attn_attn_sigmoid * blocks_1_msa_row_attn_attn_reshape
+        blocks_1_msa_row_attn_attn_o_1: "f32[32, res, 64]" = (
+            blocks_1_msa_row_attn_attn_sigmoid * blocks_1_msa_row_attn_attn_o
         )
-        del blocks_1_msa_row_attn_attn_reshape, blocks_1_msa_row_attn_attn_sigmoid
+        del blocks_1_msa_row_attn_attn_o, blocks_1_msa_row_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_msa_row_attn_attn_out: "f32[32, res, 64]" = self.blocks[
             1
-        ].msa_row_attn.attn.out(blocks_1_msa_row_attn_attn_mul)
-        del blocks_1_msa_row_attn_attn_mul
+        ].msa_row_attn.attn.out(blocks_1_msa_row_attn_attn_o_1)
+        del blocks_1_msa_row_attn_attn_o_1
         # evoformer.py:202 in forward: msa = msa + self.msa_row_attn(msa, pair)
-        blocks_1_add: "f32[32, res, 64]" = (
-            blocks_0_add_2 + blocks_1_msa_row_attn_attn_out
+        blocks_1_msa: "f32[32, res, 64]" = (
+            blocks_0_msa_2 + blocks_1_msa_row_attn_attn_out
         )
-        del blocks_0_add_2, blocks_1_msa_row_attn_attn_out
+        del blocks_0_msa_2, blocks_1_msa_row_attn_attn_out
         # evoformer.py:102 in forward: cols = self.norm(msa).transpose(0, 1)  # [r, s, c_m]: one attention per residue
         blocks_1_msa_col_attn_norm: "f32[32, res, 64]" = self.blocks[
             1
-        ].msa_col_attn.norm(blocks_1_add)
-        blocks_1_msa_col_attn_transpose: "f32[res, 32, 64]" = (
+        ].msa_col_attn.norm(blocks_1_msa)
+        blocks_1_msa_col_attn_cols: "f32[res, 32, 64]" = (
             blocks_1_msa_col_attn_norm.transpose(0, 1)
         )
         del blocks_1_msa_col_attn_norm
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_msa_col_attn_attn_q: "f32[res, 32, 64]" = self.blocks[
             1
-        ].msa_col_attn.attn.q(blocks_1_msa_col_attn_transpose)
+        ].msa_col_attn.attn.q(blocks_1_msa_col_attn_cols)
         blocks_1_msa_col_attn_attn_view: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_q.view(res, 32, 8, 8)
         )
         del blocks_1_msa_col_attn_attn_q
-        blocks_1_msa_col_attn_attn_transpose: "f32[res, 8, 32, 8]" = (
+        blocks_1_msa_col_attn_attn_q_1: "f32[res, 8, 32, 8]" = (
             blocks_1_msa_col_attn_attn_view.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_msa_col_attn_attn_div: "f32[res, 8, 32, 8]" = (
-            blocks_1_msa_col_attn_attn_transpose / 2.8284271247461903
+        blocks_1_msa_col_attn_attn_q_2: "f32[res, 8, 32, 8]" = (
+            blocks_1_msa_col_attn_attn_q_1 / 2.8284271247461903
         )
-        del blocks_1_msa_col_attn_attn_transpose
+        del blocks_1_msa_col_attn_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_msa_col_attn_attn_k: "f32[res, 32, 64]" = self.blocks[
             1
-        ].msa_col_attn.attn.k(blocks_1_msa_col_attn_transpose)
+        ].msa_col_attn.attn.k(blocks_1_msa_col_attn_cols)
         blocks_1_msa_col_attn_attn_view_1: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_k.view(res, 32, 8, 8)
         )
         del blocks_1_msa_col_attn_attn_k
-        blocks_1_msa_col_attn_attn_transpose_1: "f32[res, 8, 32, 8]" = (
+        blocks_1_msa_col_attn_attn_k_1: "f32[res, 8, 32, 8]" = (
             blocks_1_msa_col_attn_attn_view_1.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_msa_col_attn_attn_v: "f32[res, 32, 64]" = self.blocks[
             1
-        ].msa_col_attn.attn.v(blocks_1_msa_col_attn_transpose)
+        ].msa_col_attn.attn.v(blocks_1_msa_col_attn_cols)
         blocks_1_msa_col_attn_attn_view_2: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_v.view(res, 32, 8, 8)
         )
         del blocks_1_msa_col_attn_attn_v
-        blocks_1_msa_col_attn_attn_transpose_2: "f32[res, 8, 32, 8]" = (
+        blocks_1_msa_col_attn_attn_v_1: "f32[res, 8, 32, 8]" = (
             blocks_1_msa_col_attn_attn_view_2.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_view_2
         # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-        blocks_1_msa_col_attn_attn_transpose_3: "f32[res, 8, 8, 32]" = (
-            blocks_1_msa_col_attn_attn_transpose_1.transpose(-1, -2)
+        blocks_1_msa_col_attn_attn_transpose: "f32[res, 8, 8, 32]" = (
+            blocks_1_msa_col_attn_attn_k_1.transpose(-1, -2)
         )
-        del blocks_1_msa_col_attn_attn_transpose_1
-        blocks_1_msa_col_attn_attn_matmul: "f32[res, 8, 32, 32]" = torch.matmul(
-            blocks_1_msa_col_attn_attn_div, blocks_1_msa_col_attn_attn_transpose_3
+        del blocks_1_msa_col_attn_attn_k_1
+        blocks_1_msa_col_attn_attn_logits: "f32[res, 8, 32, 32]" = torch.matmul(
+            blocks_1_msa_col_attn_attn_q_2, blocks_1_msa_col_attn_attn_transpose
         )
-        del blocks_1_msa_col_attn_attn_div, blocks_1_msa_col_attn_attn_transpose_3
+        del blocks_1_msa_col_attn_attn_q_2, blocks_1_msa_col_attn_attn_transpose
         # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-        blocks_1_msa_col_attn_attn_softmax: "f32[res, 8, 32, 32]" = torch.softmax(
-            blocks_1_msa_col_attn_attn_matmul, -1
+        blocks_1_msa_col_attn_attn_weights: "f32[res, 8, 32, 32]" = torch.softmax(
+            blocks_1_msa_col_attn_attn_logits, -1
+        )
+        del blocks_1_msa_col_attn_attn_logits
+        # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        blocks_1_msa_col_attn_attn_matmul: "f32[res, 8, 32, 8]" = torch.matmul(
+            blocks_1_msa_col_attn_attn_weights, blocks_1_msa_col_attn_attn_v_1
+        )
+        del blocks_1_msa_col_attn_attn_v_1, blocks_1_msa_col_attn_attn_weights
+        blocks_1_msa_col_attn_attn_transpose_1: "f32[res, 32, 8, 8]" = (
+            blocks_1_msa_col_attn_attn_matmul.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_matmul
-        # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        blocks_1_msa_col_attn_attn_matmul_1: "f32[res, 8, 32, 8]" = torch.matmul(
-            blocks_1_msa_col_attn_attn_softmax, blocks_1_msa_col_attn_attn_transpose_2
+        blocks_1_msa_col_attn_attn_o: "f32[res, 32, 64]" = (
+            blocks_1_msa_col_attn_attn_transpose_1.reshape(res, 32, 64)
         )
-        del blocks_1_msa_col_attn_attn_softmax, blocks_1_msa_col_attn_attn_transpose_2
-        blocks_1_msa_col_attn_attn_transpose_4: "f32[res, 32, 8, 8]" = (
-            blocks_1_msa_col_attn_attn_matmul_1.transpose(1, 2)
-        )
-        del blocks_1_msa_col_attn_attn_matmul_1
-        blocks_1_msa_col_attn_attn_reshape: "f32[res, 32, 64]" = (
-            blocks_1_msa_col_attn_attn_transpose_4.reshape(res, 32, 64)
-        )
-        del blocks_1_msa_col_attn_attn_transpose_4
+        del blocks_1_msa_col_attn_attn_transpose_1
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_1_msa_col_attn_attn_gate: "f32[res, 32, 64]" = self.blocks[
             1
-        ].msa_col_attn.attn.gate(blocks_1_msa_col_attn_transpose)
-        del blocks_1_msa_col_attn_transpose
+        ].msa_col_attn.attn.gate(blocks_1_msa_col_attn_cols)
+        del blocks_1_msa_col_attn_cols
         blocks_1_msa_col_attn_attn_sigmoid: "f32[res, 32, 64]" = torch.sigmoid(
             blocks_1_msa_col_attn_attn_gate
         )
         del blocks_1_msa_col_attn_attn_gate
-        blocks_1_msa_col_attn_attn_mul: "f32[res, 32, 64]" = (
-            blocks_1_msa_col_attn_attn_sigmoid * blocks_1_msa_col_attn_attn_reshape
+        blocks_1_msa_col_attn_attn_o_1: "f32[res, 32, 64]" = (
+            blocks_1_msa_col_attn_attn_sigmoid * blocks_1_msa_col_attn_attn_o
         )
-        del blocks_1_msa_col_attn_attn_reshape, blocks_1_msa_col_attn_attn_sigmoid
+        del blocks_1_msa_col_attn_attn_o, blocks_1_msa_col_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_msa_col_attn_attn_out: "f32[res, 32, 64]" = self.blocks[
             1
-        ].msa_col_attn.attn.out(blocks_1_msa_col_attn_attn_mul)
-        del blocks_1_msa_col_attn_attn_mul
+        ].msa_col_attn.attn.out(blocks_1_msa_col_attn_attn_o_1)
+        del blocks_1_msa_col_attn_attn_o_1
         # evoformer.py:103 in forward: return self.attn(cols).transpose(0, 1)
-        blocks_1_msa_col_attn_transpose_1: "f32[32, res, 64]" = (
+        blocks_1_msa_col_attn_transpose: "f32[32, res, 64]" = (
             blocks_1_msa_col_attn_attn_out.transpose(0, 1)
         )
         del blocks_1_msa_col_attn_attn_out
         # evoformer.py:203 in forward: msa = msa + self.msa_col_attn(msa)
-        blocks_1_add_1: "f32[32, res, 64]" = (
-            blocks_1_add + blocks_1_msa_col_attn_transpose_1
+        blocks_1_msa_1: "f32[32, res, 64]" = (
+            blocks_1_msa + blocks_1_msa_col_attn_transpose
         )
-        del blocks_1_add, blocks_1_msa_col_attn_transpose_1
+        del blocks_1_msa, blocks_1_msa_col_attn_transpose
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
         blocks_1_msa_transition_norm: "f32[32, res, 64]" = self.blocks[
             1
-        ].msa_transition.norm(blocks_1_add_1)
+        ].msa_transition.norm(blocks_1_msa_1)
         blocks_1_msa_transition_fc: "f32[32, res, 256]" = self.blocks[
             1
         ].msa_transition.fc(blocks_1_msa_transition_norm)
@@ -1229,28 +1213,28 @@ class ChunkedEvoformer(torch.nn.Module):
         ].msa_transition.out(blocks_1_msa_transition_relu)
         del blocks_1_msa_transition_relu
         # evoformer.py:204 in forward: msa = msa + self.msa_transition(msa)
-        blocks_1_add_2: "f32[32, res, 64]" = (
-            blocks_1_add_1 + blocks_1_msa_transition_out
+        blocks_1_msa_2: "f32[32, res, 64]" = (
+            blocks_1_msa_1 + blocks_1_msa_transition_out
         )
-        del blocks_1_add_1, blocks_1_msa_transition_out
+        del blocks_1_msa_1, blocks_1_msa_transition_out
         # evoformer.py:130 in forward: m = self.norm(msa)
-        blocks_1_outer_product_mean_norm: "f32[32, res, 64]" = self.blocks[
+        blocks_1_outer_product_mean_m: "f32[32, res, 64]" = self.blocks[
             1
-        ].outer_product_mean.norm(blocks_1_add_2)
+        ].outer_product_mean.norm(blocks_1_msa_2)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
         blocks_1_outer_product_mean_a: "f32[32, res, 16]" = self.blocks[
             1
-        ].outer_product_mean.a(blocks_1_outer_product_mean_norm)
+        ].outer_product_mean.a(blocks_1_outer_product_mean_m)
         # Chunk region 6/8: blocks.1 (evoformer.py:133-134, 205), over `res`.
         # f32[res, res, 16, 16] 49.0 MiB -> 3.5 MiB per chunk of 16.
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
         blocks_1_outer_product_mean_b: "f32[32, res, 16]" = self.blocks[
             1
-        ].outer_product_mean.b(blocks_1_outer_product_mean_norm)
-        del blocks_1_outer_product_mean_norm
-        blocks_1_add_3 = torch.empty(
-            (res, res, 32), dtype=blocks_0_add_8.dtype, device=blocks_0_add_8.device
+        ].outer_product_mean.b(blocks_1_outer_product_mean_m)
+        del blocks_1_outer_product_mean_m
+        blocks_1_pair = torch.empty(
+            (res, res, 32), dtype=blocks_0_pair_5.dtype, device=blocks_0_pair_5.device
         )
         # Rows per chunk within the budget: the loop holds about 256 * res ** 2 + 12288 * res bytes,
         # plus 2048 * res per row. On a CPU at most 16 rows, the planned
@@ -1271,220 +1255,216 @@ class ChunkedEvoformer(torch.nn.Module):
                     blocks_1_outer_product_mean_b,
                 ],
             )
-            blocks_1_outer_product_mean_div = blocks_1_outer_product_mean_einsum / 32
+            blocks_1_outer_product_mean_outer = blocks_1_outer_product_mean_einsum / 32
             del blocks_1_outer_product_mean_einsum
             # evoformer.py:134 in forward: return self.out(outer.flatten(-2))
             blocks_1_outer_product_mean_flatten = (
-                blocks_1_outer_product_mean_div.flatten(-2)
+                blocks_1_outer_product_mean_outer.flatten(-2)
             )
-            del blocks_1_outer_product_mean_div
+            del blocks_1_outer_product_mean_outer
             blocks_1_outer_product_mean_out = self.blocks[1].outer_product_mean.out(
                 blocks_1_outer_product_mean_flatten
             )
             del blocks_1_outer_product_mean_flatten
             # evoformer.py:205 in forward: pair = pair + self.outer_product_mean(msa)
-            blocks_1_add_chunk = (
-                blocks_0_add_8[start:stop] + blocks_1_outer_product_mean_out
+            blocks_1_pair_chunk = (
+                blocks_0_pair_5[start:stop] + blocks_1_outer_product_mean_out
             )
             del blocks_1_outer_product_mean_out
-            blocks_1_add_3[start:stop] = blocks_1_add_chunk
-            del blocks_1_add_chunk
+            blocks_1_pair[start:stop] = blocks_1_pair_chunk
+            del blocks_1_pair_chunk
         del (
-            blocks_0_add_8,
+            blocks_0_pair_5,
             blocks_1_outer_product_mean_a,
             blocks_1_outer_product_mean_b,
             chunk_3,
         )
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_1_tri_mul_out_norm_in: "f32[res, res, 32]" = self.blocks[
+        blocks_1_tri_mul_out_z: "f32[res, res, 32]" = self.blocks[
             1
-        ].tri_mul_out.norm_in(blocks_1_add_3)
+        ].tri_mul_out.norm_in(blocks_1_pair)
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
         blocks_1_tri_mul_out_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_out.a_gate(blocks_1_tri_mul_out_norm_in)
+        ].tri_mul_out.a_gate(blocks_1_tri_mul_out_z)
         blocks_1_tri_mul_out_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_out_a_gate
         )
         del blocks_1_tri_mul_out_a_gate
         blocks_1_tri_mul_out_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_out.a_proj(blocks_1_tri_mul_out_norm_in)
-        blocks_1_tri_mul_out_mul: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_out.a_proj(blocks_1_tri_mul_out_z)
+        blocks_1_tri_mul_out_a: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_out_sigmoid * blocks_1_tri_mul_out_a_proj
         )
         del blocks_1_tri_mul_out_a_proj, blocks_1_tri_mul_out_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
         blocks_1_tri_mul_out_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_out.b_gate(blocks_1_tri_mul_out_norm_in)
+        ].tri_mul_out.b_gate(blocks_1_tri_mul_out_z)
         blocks_1_tri_mul_out_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_out_b_gate
         )
         del blocks_1_tri_mul_out_b_gate
         blocks_1_tri_mul_out_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_out.b_proj(blocks_1_tri_mul_out_norm_in)
-        blocks_1_tri_mul_out_mul_1: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_out.b_proj(blocks_1_tri_mul_out_z)
+        blocks_1_tri_mul_out_b: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_out_sigmoid_1 * blocks_1_tri_mul_out_b_proj
         )
         del blocks_1_tri_mul_out_b_proj, blocks_1_tri_mul_out_sigmoid_1
         # evoformer.py:157 in forward: t = torch.einsum("ikc,jkc->ijc", a, b)
-        blocks_1_tri_mul_out_einsum: "f32[res, res, 32]" = torch.einsum(
-            "ikc,jkc->ijc", [blocks_1_tri_mul_out_mul, blocks_1_tri_mul_out_mul_1]
+        blocks_1_tri_mul_out_t: "f32[res, res, 32]" = torch.einsum(
+            "ikc,jkc->ijc", [blocks_1_tri_mul_out_a, blocks_1_tri_mul_out_b]
         )
-        del blocks_1_tri_mul_out_mul, blocks_1_tri_mul_out_mul_1
+        del blocks_1_tri_mul_out_a, blocks_1_tri_mul_out_b
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
         blocks_1_tri_mul_out_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_out.gate(blocks_1_tri_mul_out_norm_in)
-        del blocks_1_tri_mul_out_norm_in
+        ].tri_mul_out.gate(blocks_1_tri_mul_out_z)
+        del blocks_1_tri_mul_out_z
         blocks_1_tri_mul_out_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_out_gate
         )
         del blocks_1_tri_mul_out_gate
         blocks_1_tri_mul_out_norm_out: "f32[res, res, 32]" = self.blocks[
             1
-        ].tri_mul_out.norm_out(blocks_1_tri_mul_out_einsum)
-        del blocks_1_tri_mul_out_einsum
+        ].tri_mul_out.norm_out(blocks_1_tri_mul_out_t)
+        del blocks_1_tri_mul_out_t
         blocks_1_tri_mul_out_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
         ].tri_mul_out.out(blocks_1_tri_mul_out_norm_out)
         del blocks_1_tri_mul_out_norm_out
-        blocks_1_tri_mul_out_mul_2: "f32[res, res ** 2 // res, 32]" = (
+        blocks_1_tri_mul_out_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_out_sigmoid_2 * blocks_1_tri_mul_out_out
         )
         del blocks_1_tri_mul_out_out, blocks_1_tri_mul_out_sigmoid_2
         # evoformer.py:206 in forward: pair = pair + self.tri_mul_out(pair)
-        blocks_1_add_4: "f32[res, res, 32]" = (
-            blocks_1_add_3 + blocks_1_tri_mul_out_mul_2
-        )
-        del blocks_1_add_3, blocks_1_tri_mul_out_mul_2
+        blocks_1_pair_1: "f32[res, res, 32]" = blocks_1_pair + blocks_1_tri_mul_out_mul
+        del blocks_1_pair, blocks_1_tri_mul_out_mul
         # evoformer.py:153 in forward: z = self.norm_in(pair)
-        blocks_1_tri_mul_in_norm_in: "f32[res, res, 32]" = self.blocks[
-            1
-        ].tri_mul_in.norm_in(blocks_1_add_4)
+        blocks_1_tri_mul_in_z: "f32[res, res, 32]" = self.blocks[1].tri_mul_in.norm_in(
+            blocks_1_pair_1
+        )
         # evoformer.py:154 in forward: a = torch.sigmoid(self.a_gate(z)) * self.a_proj(z)  # [r, r, c]
         blocks_1_tri_mul_in_a_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_in.a_gate(blocks_1_tri_mul_in_norm_in)
+        ].tri_mul_in.a_gate(blocks_1_tri_mul_in_z)
         blocks_1_tri_mul_in_sigmoid: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_in_a_gate
         )
         del blocks_1_tri_mul_in_a_gate
         blocks_1_tri_mul_in_a_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_in.a_proj(blocks_1_tri_mul_in_norm_in)
-        blocks_1_tri_mul_in_mul: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_in.a_proj(blocks_1_tri_mul_in_z)
+        blocks_1_tri_mul_in_a: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_in_sigmoid * blocks_1_tri_mul_in_a_proj
         )
         del blocks_1_tri_mul_in_a_proj, blocks_1_tri_mul_in_sigmoid
         # evoformer.py:155 in forward: b = torch.sigmoid(self.b_gate(z)) * self.b_proj(z)  # [r, r, c]
         blocks_1_tri_mul_in_b_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_in.b_gate(blocks_1_tri_mul_in_norm_in)
+        ].tri_mul_in.b_gate(blocks_1_tri_mul_in_z)
         blocks_1_tri_mul_in_sigmoid_1: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_in_b_gate
         )
         del blocks_1_tri_mul_in_b_gate
         blocks_1_tri_mul_in_b_proj: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_in.b_proj(blocks_1_tri_mul_in_norm_in)
-        blocks_1_tri_mul_in_mul_1: "f32[res, res ** 2 // res, 32]" = (
+        ].tri_mul_in.b_proj(blocks_1_tri_mul_in_z)
+        blocks_1_tri_mul_in_b: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_in_sigmoid_1 * blocks_1_tri_mul_in_b_proj
         )
         del blocks_1_tri_mul_in_b_proj, blocks_1_tri_mul_in_sigmoid_1
         # evoformer.py:159 in forward: t = torch.einsum("kic,kjc->ijc", a, b)
-        blocks_1_tri_mul_in_einsum: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
-            torch.einsum(
-                "kic,kjc->ijc", [blocks_1_tri_mul_in_mul, blocks_1_tri_mul_in_mul_1]
-            )
+        blocks_1_tri_mul_in_t: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
+            torch.einsum("kic,kjc->ijc", [blocks_1_tri_mul_in_a, blocks_1_tri_mul_in_b])
         )
-        del blocks_1_tri_mul_in_mul, blocks_1_tri_mul_in_mul_1
+        del blocks_1_tri_mul_in_a, blocks_1_tri_mul_in_b
         # evoformer.py:160 in forward: return torch.sigmoid(self.gate(z)) * self.out(self.norm_out(t))
         blocks_1_tri_mul_in_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_mul_in.gate(blocks_1_tri_mul_in_norm_in)
-        del blocks_1_tri_mul_in_norm_in
+        ].tri_mul_in.gate(blocks_1_tri_mul_in_z)
+        del blocks_1_tri_mul_in_z
         blocks_1_tri_mul_in_sigmoid_2: "f32[res, res ** 2 // res, 32]" = torch.sigmoid(
             blocks_1_tri_mul_in_gate
         )
         del blocks_1_tri_mul_in_gate
         blocks_1_tri_mul_in_norm_out: "f32[res ** 2 // res, res ** 2 // res, 32]" = (
-            self.blocks[1].tri_mul_in.norm_out(blocks_1_tri_mul_in_einsum)
+            self.blocks[1].tri_mul_in.norm_out(blocks_1_tri_mul_in_t)
         )
-        del blocks_1_tri_mul_in_einsum
+        del blocks_1_tri_mul_in_t
         blocks_1_tri_mul_in_out: (
             "f32[res ** 2 // res, res ** 2 // res ** 2 // res ** 2 // res, 32]"
         ) = self.blocks[1].tri_mul_in.out(blocks_1_tri_mul_in_norm_out)
         del blocks_1_tri_mul_in_norm_out
-        blocks_1_tri_mul_in_mul_2: "f32[res, res ** 2 // res, 32]" = (
+        blocks_1_tri_mul_in_mul: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_mul_in_sigmoid_2 * blocks_1_tri_mul_in_out
         )
         del blocks_1_tri_mul_in_out, blocks_1_tri_mul_in_sigmoid_2
         # evoformer.py:207 in forward: pair = pair + self.tri_mul_in(pair)
-        blocks_1_add_5: "f32[res, res, 32]" = blocks_1_add_4 + blocks_1_tri_mul_in_mul_2
-        del blocks_1_add_4, blocks_1_tri_mul_in_mul_2
+        blocks_1_pair_2: "f32[res, res, 32]" = blocks_1_pair_1 + blocks_1_tri_mul_in_mul
+        del blocks_1_pair_1, blocks_1_tri_mul_in_mul
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_1_tri_att_start_norm: "f32[res, res, 32]" = self.blocks[
+        blocks_1_tri_att_start_z: "f32[res, res, 32]" = self.blocks[
             1
-        ].tri_att_start.norm(blocks_1_add_5)
+        ].tri_att_start.norm(blocks_1_pair_2)
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
         blocks_1_tri_att_start_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
             1
-        ].tri_att_start.tri_bias(blocks_1_tri_att_start_norm)
-        blocks_1_tri_att_start_permute: "f32[4, res, res ** 2 // res]" = (
+        ].tri_att_start.tri_bias(blocks_1_tri_att_start_z)
+        blocks_1_tri_att_start_bias: "f32[4, res, res ** 2 // res]" = (
             blocks_1_tri_att_start_tri_bias.permute(2, 0, 1)
         )
         del blocks_1_tri_att_start_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_start_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_start.attn.q(blocks_1_tri_att_start_norm)
+        ].tri_att_start.attn.q(blocks_1_tri_att_start_z)
         blocks_1_tri_att_start_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_q.view(res, res, 4, 8)
         )
         del blocks_1_tri_att_start_attn_q
-        blocks_1_tri_att_start_attn_transpose: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_start_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_start_attn_view.transpose(1, 2)
         )
         del blocks_1_tri_att_start_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_tri_att_start_attn_div: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_1_tri_att_start_attn_transpose / 2.8284271247461903
+        blocks_1_tri_att_start_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_1_tri_att_start_attn_q_1 / 2.8284271247461903
         )
-        del blocks_1_tri_att_start_attn_transpose
+        del blocks_1_tri_att_start_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_start.attn.k(blocks_1_tri_att_start_norm)
+        ].tri_att_start.attn.k(blocks_1_tri_att_start_z)
         blocks_1_tri_att_start_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_k.view(res, res, 4, 8)
         )
         del blocks_1_tri_att_start_attn_k
-        blocks_1_tri_att_start_attn_transpose_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_start_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_start_attn_view_1.transpose(1, 2)
         )
         del blocks_1_tri_att_start_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_start_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_start.attn.v(blocks_1_tri_att_start_norm)
+        ].tri_att_start.attn.v(blocks_1_tri_att_start_z)
         blocks_1_tri_att_start_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_v.view(res, res, 4, 8)
         )
         del blocks_1_tri_att_start_attn_v
-        blocks_1_tri_att_start_attn_transpose_2: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_start_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_start_attn_view_2.transpose(1, 2)
         )
         del blocks_1_tri_att_start_attn_view_2
         # Chunk region 7/8: blocks.1.tri_att_start.attn (evoformer.py:66-72), over `res`.
         # f32[res, 4, res ** 2 // res, res ** 2 // res] 171.5 MiB -> 3.1 MiB per chunk of 4.
         # In place, on chunks nothing else reads: `add_`.
-        blocks_1_tri_att_start_attn_transpose_3 = torch.empty(
+        blocks_1_tri_att_start_attn_transpose = torch.empty(
             (res, res**2 // res, 4, 8),
-            dtype=blocks_1_tri_att_start_attn_div.dtype,
-            device=blocks_1_tri_att_start_attn_div.device,
+            dtype=blocks_1_tri_att_start_attn_q_2.dtype,
+            device=blocks_1_tri_att_start_attn_q_2.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -1498,138 +1478,136 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_4):
             stop = min(start + chunk_4, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_1_tri_att_start_attn_transpose_4 = (
-                blocks_1_tri_att_start_attn_transpose_1[start:stop].transpose(-1, -2)
+            blocks_1_tri_att_start_attn_transpose_1 = blocks_1_tri_att_start_attn_k_1[
+                start:stop
+            ].transpose(-1, -2)
+            blocks_1_tri_att_start_attn_logits = torch.matmul(
+                blocks_1_tri_att_start_attn_q_2[start:stop],
+                blocks_1_tri_att_start_attn_transpose_1,
             )
-            blocks_1_tri_att_start_attn_matmul = torch.matmul(
-                blocks_1_tri_att_start_attn_div[start:stop],
-                blocks_1_tri_att_start_attn_transpose_4,
-            )
-            del blocks_1_tri_att_start_attn_transpose_4
+            del blocks_1_tri_att_start_attn_transpose_1
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_1_tri_att_start_attn_add = blocks_1_tri_att_start_attn_matmul.add_(
-                blocks_1_tri_att_start_permute
+            blocks_1_tri_att_start_attn_logits_1 = (
+                blocks_1_tri_att_start_attn_logits.add_(blocks_1_tri_att_start_bias)
+            )
+            del blocks_1_tri_att_start_attn_logits
+            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
+            blocks_1_tri_att_start_attn_weights = torch.softmax(
+                blocks_1_tri_att_start_attn_logits_1, -1
+            )
+            del blocks_1_tri_att_start_attn_logits_1
+            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+            blocks_1_tri_att_start_attn_matmul = torch.matmul(
+                blocks_1_tri_att_start_attn_weights,
+                blocks_1_tri_att_start_attn_v_1[start:stop],
+            )
+            del blocks_1_tri_att_start_attn_weights
+            blocks_1_tri_att_start_attn_transpose_chunk = (
+                blocks_1_tri_att_start_attn_matmul.transpose(1, 2)
             )
             del blocks_1_tri_att_start_attn_matmul
-            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-            blocks_1_tri_att_start_attn_softmax = torch.softmax(
-                blocks_1_tri_att_start_attn_add, -1
-            )
-            del blocks_1_tri_att_start_attn_add
-            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            blocks_1_tri_att_start_attn_matmul_1 = torch.matmul(
-                blocks_1_tri_att_start_attn_softmax,
-                blocks_1_tri_att_start_attn_transpose_2[start:stop],
-            )
-            del blocks_1_tri_att_start_attn_softmax
-            blocks_1_tri_att_start_attn_transpose_chunk = (
-                blocks_1_tri_att_start_attn_matmul_1.transpose(1, 2)
-            )
-            del blocks_1_tri_att_start_attn_matmul_1
-            blocks_1_tri_att_start_attn_transpose_3[start:stop] = (
+            blocks_1_tri_att_start_attn_transpose[start:stop] = (
                 blocks_1_tri_att_start_attn_transpose_chunk
             )
             del blocks_1_tri_att_start_attn_transpose_chunk
         del (
-            blocks_1_tri_att_start_attn_div,
-            blocks_1_tri_att_start_attn_transpose_1,
-            blocks_1_tri_att_start_attn_transpose_2,
-            blocks_1_tri_att_start_permute,
+            blocks_1_tri_att_start_attn_k_1,
+            blocks_1_tri_att_start_attn_q_2,
+            blocks_1_tri_att_start_attn_v_1,
+            blocks_1_tri_att_start_bias,
             chunk_4,
         )
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        blocks_1_tri_att_start_attn_reshape: "f32[res, res ** 2 // res, 32]" = (
-            blocks_1_tri_att_start_attn_transpose_3.reshape(res, res, 32)
+        blocks_1_tri_att_start_attn_o: "f32[res, res ** 2 // res, 32]" = (
+            blocks_1_tri_att_start_attn_transpose.reshape(res, res, 32)
         )
-        del blocks_1_tri_att_start_attn_transpose_3
+        del blocks_1_tri_att_start_attn_transpose
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_1_tri_att_start_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_start.attn.gate(blocks_1_tri_att_start_norm)
-        del blocks_1_tri_att_start_norm
+        ].tri_att_start.attn.gate(blocks_1_tri_att_start_z)
+        del blocks_1_tri_att_start_z
         blocks_1_tri_att_start_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_1_tri_att_start_attn_gate)
         )
         del blocks_1_tri_att_start_attn_gate
-        blocks_1_tri_att_start_attn_mul: "f32[res, res ** 2 // res, 32]" = (
-            blocks_1_tri_att_start_attn_sigmoid * blocks_1_tri_att_start_attn_reshape
+        blocks_1_tri_att_start_attn_o_1: "f32[res, res ** 2 // res, 32]" = (
+            blocks_1_tri_att_start_attn_sigmoid * blocks_1_tri_att_start_attn_o
         )
-        del blocks_1_tri_att_start_attn_reshape, blocks_1_tri_att_start_attn_sigmoid
+        del blocks_1_tri_att_start_attn_o, blocks_1_tri_att_start_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_start.attn.out(blocks_1_tri_att_start_attn_mul)
-        del blocks_1_tri_att_start_attn_mul
+        ].tri_att_start.attn.out(blocks_1_tri_att_start_attn_o_1)
+        del blocks_1_tri_att_start_attn_o_1
         # evoformer.py:208 in forward: pair = pair + self.tri_att_start(pair)
-        blocks_1_add_6: "f32[res, res, 32]" = (
-            blocks_1_add_5 + blocks_1_tri_att_start_attn_out
+        blocks_1_pair_3: "f32[res, res, 32]" = (
+            blocks_1_pair_2 + blocks_1_tri_att_start_attn_out
         )
-        del blocks_1_add_5, blocks_1_tri_att_start_attn_out
+        del blocks_1_pair_2, blocks_1_tri_att_start_attn_out
         # evoformer.py:179 in forward: pair = pair.transpose(0, 1)
-        blocks_1_tri_att_end_transpose: "f32[res, res, 32]" = blocks_1_add_6.transpose(
-            0, 1
-        )
+        blocks_1_tri_att_end_pair: "f32[res, res, 32]" = blocks_1_pair_3.transpose(0, 1)
         # evoformer.py:180 in forward: z = self.norm(pair)
-        blocks_1_tri_att_end_norm: "f32[res, res, 32]" = self.blocks[
-            1
-        ].tri_att_end.norm(blocks_1_tri_att_end_transpose)
-        del blocks_1_tri_att_end_transpose
+        blocks_1_tri_att_end_z: "f32[res, res, 32]" = self.blocks[1].tri_att_end.norm(
+            blocks_1_tri_att_end_pair
+        )
+        del blocks_1_tri_att_end_pair
         # evoformer.py:181 in forward: bias = self.tri_bias(z).permute(2, 0, 1)  # [heads, r, r], shared by every row i
         blocks_1_tri_att_end_tri_bias: "f32[res, res ** 2 // res, 4]" = self.blocks[
             1
-        ].tri_att_end.tri_bias(blocks_1_tri_att_end_norm)
-        blocks_1_tri_att_end_permute: "f32[4, res, res ** 2 // res]" = (
+        ].tri_att_end.tri_bias(blocks_1_tri_att_end_z)
+        blocks_1_tri_att_end_bias: "f32[4, res, res ** 2 // res]" = (
             blocks_1_tri_att_end_tri_bias.permute(2, 0, 1)
         )
         del blocks_1_tri_att_end_tri_bias
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_end_attn_q: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_end.attn.q(blocks_1_tri_att_end_norm)
+        ].tri_att_end.attn.q(blocks_1_tri_att_end_z)
         blocks_1_tri_att_end_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_q.view(res, res, 4, 8)
         )
         del blocks_1_tri_att_end_attn_q
-        blocks_1_tri_att_end_attn_transpose: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_end_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_end_attn_view.transpose(1, 2)
         )
         del blocks_1_tri_att_end_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_tri_att_end_attn_div: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_1_tri_att_end_attn_transpose / 2.8284271247461903
+        blocks_1_tri_att_end_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_1_tri_att_end_attn_q_1 / 2.8284271247461903
         )
-        del blocks_1_tri_att_end_attn_transpose
+        del blocks_1_tri_att_end_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_end.attn.k(blocks_1_tri_att_end_norm)
+        ].tri_att_end.attn.k(blocks_1_tri_att_end_z)
         blocks_1_tri_att_end_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_k.view(res, res, 4, 8)
         )
         del blocks_1_tri_att_end_attn_k
-        blocks_1_tri_att_end_attn_transpose_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_end_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_end_attn_view_1.transpose(1, 2)
         )
         del blocks_1_tri_att_end_attn_view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_end_attn_v: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_end.attn.v(blocks_1_tri_att_end_norm)
+        ].tri_att_end.attn.v(blocks_1_tri_att_end_z)
         blocks_1_tri_att_end_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_v.view(res, res, 4, 8)
         )
         del blocks_1_tri_att_end_attn_v
-        blocks_1_tri_att_end_attn_transpose_2: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_end_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_end_attn_view_2.transpose(1, 2)
         )
         del blocks_1_tri_att_end_attn_view_2
         # Chunk region 8/8: blocks.1.tri_att_end.attn (evoformer.py:66-72), over `res`.
         # f32[res, 4, res ** 2 // res, res ** 2 // res] 171.5 MiB -> 3.1 MiB per chunk of 4.
         # In place, on chunks nothing else reads: `add_`.
-        blocks_1_tri_att_end_attn_transpose_3 = torch.empty(
+        blocks_1_tri_att_end_attn_transpose = torch.empty(
             (res, res**2 // res, 4, 8),
-            dtype=blocks_1_tri_att_end_attn_div.dtype,
-            device=blocks_1_tri_att_end_attn_div.device,
+            dtype=blocks_1_tri_att_end_attn_q_2.dtype,
+            device=blocks_1_tri_att_end_attn_q_2.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -1644,82 +1622,82 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_5):
             stop = min(start + chunk_5, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_1_tri_att_end_attn_transpose_4 = (
-                blocks_1_tri_att_end_attn_transpose_1[start:stop].transpose(-1, -2)
+            blocks_1_tri_att_end_attn_transpose_1 = blocks_1_tri_att_end_attn_k_1[
+                start:stop
+            ].transpose(-1, -2)
+            blocks_1_tri_att_end_attn_logits = torch.matmul(
+                blocks_1_tri_att_end_attn_q_2[start:stop],
+                blocks_1_tri_att_end_attn_transpose_1,
             )
-            blocks_1_tri_att_end_attn_matmul = torch.matmul(
-                blocks_1_tri_att_end_attn_div[start:stop],
-                blocks_1_tri_att_end_attn_transpose_4,
-            )
-            del blocks_1_tri_att_end_attn_transpose_4
+            del blocks_1_tri_att_end_attn_transpose_1
             # evoformer.py:69 in forward: logits = logits + bias
-            blocks_1_tri_att_end_attn_add = blocks_1_tri_att_end_attn_matmul.add_(
-                blocks_1_tri_att_end_permute
+            blocks_1_tri_att_end_attn_logits_1 = blocks_1_tri_att_end_attn_logits.add_(
+                blocks_1_tri_att_end_bias
+            )
+            del blocks_1_tri_att_end_attn_logits
+            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
+            blocks_1_tri_att_end_attn_weights = torch.softmax(
+                blocks_1_tri_att_end_attn_logits_1, -1
+            )
+            del blocks_1_tri_att_end_attn_logits_1
+            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+            blocks_1_tri_att_end_attn_matmul = torch.matmul(
+                blocks_1_tri_att_end_attn_weights,
+                blocks_1_tri_att_end_attn_v_1[start:stop],
+            )
+            del blocks_1_tri_att_end_attn_weights
+            blocks_1_tri_att_end_attn_transpose_chunk = (
+                blocks_1_tri_att_end_attn_matmul.transpose(1, 2)
             )
             del blocks_1_tri_att_end_attn_matmul
-            # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
-            blocks_1_tri_att_end_attn_softmax = torch.softmax(
-                blocks_1_tri_att_end_attn_add, -1
-            )
-            del blocks_1_tri_att_end_attn_add
-            # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            blocks_1_tri_att_end_attn_matmul_1 = torch.matmul(
-                blocks_1_tri_att_end_attn_softmax,
-                blocks_1_tri_att_end_attn_transpose_2[start:stop],
-            )
-            del blocks_1_tri_att_end_attn_softmax
-            blocks_1_tri_att_end_attn_transpose_chunk = (
-                blocks_1_tri_att_end_attn_matmul_1.transpose(1, 2)
-            )
-            del blocks_1_tri_att_end_attn_matmul_1
-            blocks_1_tri_att_end_attn_transpose_3[start:stop] = (
+            blocks_1_tri_att_end_attn_transpose[start:stop] = (
                 blocks_1_tri_att_end_attn_transpose_chunk
             )
             del blocks_1_tri_att_end_attn_transpose_chunk
         del (
-            blocks_1_tri_att_end_attn_div,
-            blocks_1_tri_att_end_attn_transpose_1,
-            blocks_1_tri_att_end_attn_transpose_2,
-            blocks_1_tri_att_end_permute,
+            blocks_1_tri_att_end_attn_k_1,
+            blocks_1_tri_att_end_attn_q_2,
+            blocks_1_tri_att_end_attn_v_1,
+            blocks_1_tri_att_end_bias,
             chunk_5,
         )
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        blocks_1_tri_att_end_attn_reshape: "f32[res, res ** 2 // res, 32]" = (
-            blocks_1_tri_att_end_attn_transpose_3.reshape(res, res, 32)
+        blocks_1_tri_att_end_attn_o: "f32[res, res ** 2 // res, 32]" = (
+            blocks_1_tri_att_end_attn_transpose.reshape(res, res, 32)
         )
-        del blocks_1_tri_att_end_attn_transpose_3, res
+        del blocks_1_tri_att_end_attn_transpose, res
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         blocks_1_tri_att_end_attn_gate: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_end.attn.gate(blocks_1_tri_att_end_norm)
-        del blocks_1_tri_att_end_norm
+        ].tri_att_end.attn.gate(blocks_1_tri_att_end_z)
+        del blocks_1_tri_att_end_z
         blocks_1_tri_att_end_attn_sigmoid: "f32[res, res ** 2 // res, 32]" = (
             torch.sigmoid(blocks_1_tri_att_end_attn_gate)
         )
         del blocks_1_tri_att_end_attn_gate
-        blocks_1_tri_att_end_attn_mul: "f32[res, res ** 2 // res, 32]" = (
-            blocks_1_tri_att_end_attn_sigmoid * blocks_1_tri_att_end_attn_reshape
+        blocks_1_tri_att_end_attn_o_1: "f32[res, res ** 2 // res, 32]" = (
+            blocks_1_tri_att_end_attn_sigmoid * blocks_1_tri_att_end_attn_o
         )
-        del blocks_1_tri_att_end_attn_reshape, blocks_1_tri_att_end_attn_sigmoid
+        del blocks_1_tri_att_end_attn_o, blocks_1_tri_att_end_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_end.attn.out(blocks_1_tri_att_end_attn_mul)
-        del blocks_1_tri_att_end_attn_mul
+        ].tri_att_end.attn.out(blocks_1_tri_att_end_attn_o_1)
+        del blocks_1_tri_att_end_attn_o_1
         # evoformer.py:184 in forward: out = out.transpose(0, 1)
-        blocks_1_tri_att_end_transpose_1: "f32[res ** 2 // res, res, 32]" = (
+        blocks_1_tri_att_end_out: "f32[res ** 2 // res, res, 32]" = (
             blocks_1_tri_att_end_attn_out.transpose(0, 1)
         )
         del blocks_1_tri_att_end_attn_out
         # evoformer.py:209 in forward: pair = pair + self.tri_att_end(pair)
-        blocks_1_add_7: "f32[res, res, 32]" = (
-            blocks_1_add_6 + blocks_1_tri_att_end_transpose_1
+        blocks_1_pair_4: "f32[res, res, 32]" = (
+            blocks_1_pair_3 + blocks_1_tri_att_end_out
         )
-        del blocks_1_add_6, blocks_1_tri_att_end_transpose_1
+        del blocks_1_pair_3, blocks_1_tri_att_end_out
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
         blocks_1_pair_transition_norm: "f32[res, res, 32]" = self.blocks[
             1
-        ].pair_transition.norm(blocks_1_add_7)
+        ].pair_transition.norm(blocks_1_pair_4)
         blocks_1_pair_transition_fc: "f32[res, res ** 2 // res, 128]" = self.blocks[
             1
         ].pair_transition.fc(blocks_1_pair_transition_norm)
@@ -1733,11 +1711,11 @@ class ChunkedEvoformer(torch.nn.Module):
         ].pair_transition.out(blocks_1_pair_transition_relu)
         del blocks_1_pair_transition_relu
         # evoformer.py:210 in forward: pair = pair + self.pair_transition(pair)
-        blocks_1_add_8: "f32[res, res, 32]" = (
-            blocks_1_add_7 + blocks_1_pair_transition_out
+        blocks_1_pair_5: "f32[res, res, 32]" = (
+            blocks_1_pair_4 + blocks_1_pair_transition_out
         )
-        del blocks_1_add_7, blocks_1_pair_transition_out
-        return (blocks_1_add_2, blocks_1_add_8)
+        del blocks_1_pair_4, blocks_1_pair_transition_out
+        return (blocks_1_msa_2, blocks_1_pair_5)
 
 
 def _register(

@@ -97,32 +97,28 @@ class ChunkedGPT(torch.nn.Module):
             else max(int(0.2 * (65 * seq**2 + 4096 * seq)), 56203673)
         )
         # gpt.py:78 in forward: pos = torch.arange(ids.shape[1], device=ids.device)
-        arange: "i64[seq]" = torch.arange(seq, device=ids.device)
+        pos: "i64[seq]" = torch.arange(seq, device=ids.device)
         # gpt.py:79 in forward: x = self.wte(ids) + self.wpe(pos)
         wte: "f32[1, seq, 256]" = self.wte(ids)
-        wpe: "f32[seq, 256]" = self.wpe(arange)
-        del arange
-        add: "f32[1, seq, 256]" = wte + wpe
+        wpe: "f32[seq, 256]" = self.wpe(pos)
+        del pos
+        x: "f32[1, seq, 256]" = wte + wpe
         del wpe, wte
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_0_ln_1: "f32[1, seq, 256]" = self.blocks[0].ln_1(add)
+        blocks_0_ln_1: "f32[1, seq, 256]" = self.blocks[0].ln_1(x)
         # gpt.py:31 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_0_attn_qkv: "f32[1, seq, 768]" = self.blocks[0].attn.qkv(blocks_0_ln_1)
         del blocks_0_ln_1
         blocks_0_attn_split = torch.split(blocks_0_attn_qkv, 256, -1)
         del blocks_0_attn_qkv
-        blocks_0_attn_split_0: "f32[1, seq, 256]" = blocks_0_attn_split[0]
-        blocks_0_attn_split_1: "f32[1, seq, 256]" = blocks_0_attn_split[1]
-        blocks_0_attn_split_2: "f32[1, seq, 256]" = blocks_0_attn_split[2]
+        blocks_0_attn_q: "f32[1, seq, 256]" = blocks_0_attn_split[0]
+        blocks_0_attn_k: "f32[1, seq, 256]" = blocks_0_attn_split[1]
+        blocks_0_attn_v: "f32[1, seq, 256]" = blocks_0_attn_split[2]
         del blocks_0_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view: "f32[1, seq, 8, 32]" = blocks_0_attn_split_0.view(
-            1, seq, 8, 32
-        )
-        del blocks_0_attn_split_0
-        blocks_0_attn_transpose: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(
-            1, 2
-        )
+        blocks_0_attn_view: "f32[1, seq, 8, 32]" = blocks_0_attn_q.view(1, seq, 8, 32)
+        del blocks_0_attn_q
+        blocks_0_attn_q_1: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(1, 2)
         del blocks_0_attn_view
         # Chunk region 1/4: blocks.0.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
@@ -130,38 +126,30 @@ class ChunkedGPT(torch.nn.Module):
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view_1: "f32[1, seq, 8, 32]" = blocks_0_attn_split_1.view(
-            1, seq, 8, 32
-        )
-        del blocks_0_attn_split_1
-        blocks_0_attn_transpose_1: "f32[1, 8, seq, 32]" = (
-            blocks_0_attn_view_1.transpose(1, 2)
-        )
+        blocks_0_attn_view_1: "f32[1, seq, 8, 32]" = blocks_0_attn_k.view(1, seq, 8, 32)
+        del blocks_0_attn_k
+        blocks_0_attn_k_1: "f32[1, 8, seq, 32]" = blocks_0_attn_view_1.transpose(1, 2)
         del blocks_0_attn_view_1
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view_2: "f32[1, seq, 8, 32]" = blocks_0_attn_split_2.view(
-            1, seq, 8, 32
-        )
-        del blocks_0_attn_split_2
-        blocks_0_attn_transpose_2: "f32[1, 8, seq, 32]" = (
-            blocks_0_attn_view_2.transpose(1, 2)
-        )
+        blocks_0_attn_view_2: "f32[1, seq, 8, 32]" = blocks_0_attn_v.view(1, seq, 8, 32)
+        del blocks_0_attn_v
+        blocks_0_attn_v_1: "f32[1, 8, seq, 32]" = blocks_0_attn_view_2.transpose(1, 2)
         del blocks_0_attn_view_2
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_0_attn_transpose_3: "f32[1, 8, 32, seq]" = (
-            blocks_0_attn_transpose_1.transpose(-1, -2)
+        blocks_0_attn_transpose: "f32[1, 8, 32, seq]" = blocks_0_attn_k_1.transpose(
+            -1, -2
         )
-        del blocks_0_attn_transpose_1
+        del blocks_0_attn_k_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_0_attn_transpose_2_contiguous = blocks_0_attn_transpose_2.contiguous()
-        del blocks_0_attn_transpose_2
+        blocks_0_attn_v_1_contiguous = blocks_0_attn_v_1.contiguous()
+        del blocks_0_attn_v_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_0_attn_transpose_3_contiguous = blocks_0_attn_transpose_3.contiguous()
-        del blocks_0_attn_transpose_3
-        blocks_0_attn_transpose_4 = torch.empty(
+        blocks_0_attn_transpose_contiguous = blocks_0_attn_transpose.contiguous()
+        del blocks_0_attn_transpose
+        blocks_0_attn_transpose_1 = torch.empty(
             (1, seq, 8, 32),
-            dtype=blocks_0_attn_transpose.dtype,
-            device=blocks_0_attn_transpose.device,
+            dtype=blocks_0_attn_q_1.dtype,
+            device=blocks_0_attn_q_1.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -175,55 +163,55 @@ class ChunkedGPT(torch.nn.Module):
             blocks_0_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
             )
-            blocks_0_attn_tril = blocks_0_attn_ones.tril_(start)
+            blocks_0_attn_causal = blocks_0_attn_ones.tril_(start)
             del blocks_0_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_0_attn_matmul = torch.matmul(
-                blocks_0_attn_transpose[:, :, start:stop],
-                blocks_0_attn_transpose_3_contiguous[:, :, :, :stop],
+                blocks_0_attn_q_1[:, :, start:stop],
+                blocks_0_attn_transpose_contiguous[:, :, :, :stop],
             )
-            blocks_0_attn_div = blocks_0_attn_matmul.div_(5.656854249492381)
+            blocks_0_attn_att = blocks_0_attn_matmul.div_(5.656854249492381)
             del blocks_0_attn_matmul
             # gpt.py:37 in forward: att = att.masked_fill(~causal, float("-inf"))
-            blocks_0_attn_bitwise_not = blocks_0_attn_tril.bitwise_not_()
-            del blocks_0_attn_tril
-            blocks_0_attn_masked_fill = blocks_0_attn_div.masked_fill_(
+            blocks_0_attn_bitwise_not = blocks_0_attn_causal.bitwise_not_()
+            del blocks_0_attn_causal
+            blocks_0_attn_att_1 = blocks_0_attn_att.masked_fill_(
                 blocks_0_attn_bitwise_not[:, :stop], float("-inf")
             )
-            del blocks_0_attn_bitwise_not, blocks_0_attn_div
+            del blocks_0_attn_att, blocks_0_attn_bitwise_not
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
-            blocks_0_attn_softmax = torch.softmax(blocks_0_attn_masked_fill, -1)
-            del blocks_0_attn_masked_fill
+            blocks_0_attn_att_2 = torch.softmax(blocks_0_attn_att_1, -1)
+            del blocks_0_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_0_attn_matmul_1 = torch.matmul(
-                blocks_0_attn_softmax, blocks_0_attn_transpose_2_contiguous[:, :, :stop]
+                blocks_0_attn_att_2, blocks_0_attn_v_1_contiguous[:, :, :stop]
             )
-            del blocks_0_attn_softmax
+            del blocks_0_attn_att_2
             blocks_0_attn_transpose_chunk = blocks_0_attn_matmul_1.transpose(1, 2)
             del blocks_0_attn_matmul_1
-            blocks_0_attn_transpose_4[:, start:stop] = blocks_0_attn_transpose_chunk
+            blocks_0_attn_transpose_1[:, start:stop] = blocks_0_attn_transpose_chunk
             del blocks_0_attn_transpose_chunk
         del (
-            blocks_0_attn_transpose,
-            blocks_0_attn_transpose_2_contiguous,
-            blocks_0_attn_transpose_3_contiguous,
+            blocks_0_attn_q_1,
+            blocks_0_attn_transpose_contiguous,
+            blocks_0_attn_v_1_contiguous,
             chunk,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_0_attn_reshape: "f32[1, seq, 256]" = blocks_0_attn_transpose_4.reshape(
+        blocks_0_attn_y: "f32[1, seq, 256]" = blocks_0_attn_transpose_1.reshape(
             1, seq, 256
         )
-        del blocks_0_attn_transpose_4
+        del blocks_0_attn_transpose_1
         # gpt.py:40 in forward: return self.proj(y)
         blocks_0_attn_proj: "f32[1, seq, 256]" = self.blocks[0].attn.proj(
-            blocks_0_attn_reshape
+            blocks_0_attn_y
         )
-        del blocks_0_attn_reshape
+        del blocks_0_attn_y
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_0_add: "f32[1, seq, 256]" = add + blocks_0_attn_proj
-        del add, blocks_0_attn_proj
+        blocks_0_x: "f32[1, seq, 256]" = x + blocks_0_attn_proj
+        del blocks_0_attn_proj, x
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_0_ln_2: "f32[1, seq, 256]" = self.blocks[0].ln_2(blocks_0_add)
+        blocks_0_ln_2: "f32[1, seq, 256]" = self.blocks[0].ln_2(blocks_0_x)
         # gpt.py:50 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_0_mlp_fc: "f32[1, seq, 1024]" = self.blocks[0].mlp.fc(blocks_0_ln_2)
         del blocks_0_ln_2
@@ -234,27 +222,23 @@ class ChunkedGPT(torch.nn.Module):
         blocks_0_mlp_out: "f32[1, seq, 256]" = self.blocks[0].mlp.out(blocks_0_mlp_gelu)
         del blocks_0_mlp_gelu
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_0_add_1: "f32[1, seq, 256]" = blocks_0_add + blocks_0_mlp_out
-        del blocks_0_add, blocks_0_mlp_out
+        blocks_0_add: "f32[1, seq, 256]" = blocks_0_x + blocks_0_mlp_out
+        del blocks_0_mlp_out, blocks_0_x
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_1_ln_1: "f32[1, seq, 256]" = self.blocks[1].ln_1(blocks_0_add_1)
+        blocks_1_ln_1: "f32[1, seq, 256]" = self.blocks[1].ln_1(blocks_0_add)
         # gpt.py:31 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_1_attn_qkv: "f32[1, seq, 768]" = self.blocks[1].attn.qkv(blocks_1_ln_1)
         del blocks_1_ln_1
         blocks_1_attn_split = torch.split(blocks_1_attn_qkv, 256, -1)
         del blocks_1_attn_qkv
-        blocks_1_attn_split_0: "f32[1, seq, 256]" = blocks_1_attn_split[0]
-        blocks_1_attn_split_1: "f32[1, seq, 256]" = blocks_1_attn_split[1]
-        blocks_1_attn_split_2: "f32[1, seq, 256]" = blocks_1_attn_split[2]
+        blocks_1_attn_q: "f32[1, seq, 256]" = blocks_1_attn_split[0]
+        blocks_1_attn_k: "f32[1, seq, 256]" = blocks_1_attn_split[1]
+        blocks_1_attn_v: "f32[1, seq, 256]" = blocks_1_attn_split[2]
         del blocks_1_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view: "f32[1, seq, 8, 32]" = blocks_1_attn_split_0.view(
-            1, seq, 8, 32
-        )
-        del blocks_1_attn_split_0
-        blocks_1_attn_transpose: "f32[1, 8, seq, 32]" = blocks_1_attn_view.transpose(
-            1, 2
-        )
+        blocks_1_attn_view: "f32[1, seq, 8, 32]" = blocks_1_attn_q.view(1, seq, 8, 32)
+        del blocks_1_attn_q
+        blocks_1_attn_q_1: "f32[1, 8, seq, 32]" = blocks_1_attn_view.transpose(1, 2)
         del blocks_1_attn_view
         # Chunk region 2/4: blocks.1.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
@@ -262,38 +246,30 @@ class ChunkedGPT(torch.nn.Module):
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view_1: "f32[1, seq, 8, 32]" = blocks_1_attn_split_1.view(
-            1, seq, 8, 32
-        )
-        del blocks_1_attn_split_1
-        blocks_1_attn_transpose_1: "f32[1, 8, seq, 32]" = (
-            blocks_1_attn_view_1.transpose(1, 2)
-        )
+        blocks_1_attn_view_1: "f32[1, seq, 8, 32]" = blocks_1_attn_k.view(1, seq, 8, 32)
+        del blocks_1_attn_k
+        blocks_1_attn_k_1: "f32[1, 8, seq, 32]" = blocks_1_attn_view_1.transpose(1, 2)
         del blocks_1_attn_view_1
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view_2: "f32[1, seq, 8, 32]" = blocks_1_attn_split_2.view(
-            1, seq, 8, 32
-        )
-        del blocks_1_attn_split_2
-        blocks_1_attn_transpose_2: "f32[1, 8, seq, 32]" = (
-            blocks_1_attn_view_2.transpose(1, 2)
-        )
+        blocks_1_attn_view_2: "f32[1, seq, 8, 32]" = blocks_1_attn_v.view(1, seq, 8, 32)
+        del blocks_1_attn_v
+        blocks_1_attn_v_1: "f32[1, 8, seq, 32]" = blocks_1_attn_view_2.transpose(1, 2)
         del blocks_1_attn_view_2
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_1_attn_transpose_3: "f32[1, 8, 32, seq]" = (
-            blocks_1_attn_transpose_1.transpose(-1, -2)
+        blocks_1_attn_transpose: "f32[1, 8, 32, seq]" = blocks_1_attn_k_1.transpose(
+            -1, -2
         )
-        del blocks_1_attn_transpose_1
+        del blocks_1_attn_k_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_1_attn_transpose_2_contiguous = blocks_1_attn_transpose_2.contiguous()
-        del blocks_1_attn_transpose_2
+        blocks_1_attn_v_1_contiguous = blocks_1_attn_v_1.contiguous()
+        del blocks_1_attn_v_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_1_attn_transpose_3_contiguous = blocks_1_attn_transpose_3.contiguous()
-        del blocks_1_attn_transpose_3
-        blocks_1_attn_transpose_4 = torch.empty(
+        blocks_1_attn_transpose_contiguous = blocks_1_attn_transpose.contiguous()
+        del blocks_1_attn_transpose
+        blocks_1_attn_transpose_1 = torch.empty(
             (1, seq, 8, 32),
-            dtype=blocks_1_attn_transpose.dtype,
-            device=blocks_1_attn_transpose.device,
+            dtype=blocks_1_attn_q_1.dtype,
+            device=blocks_1_attn_q_1.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -307,55 +283,55 @@ class ChunkedGPT(torch.nn.Module):
             blocks_1_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
             )
-            blocks_1_attn_tril = blocks_1_attn_ones.tril_(start)
+            blocks_1_attn_causal = blocks_1_attn_ones.tril_(start)
             del blocks_1_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_1_attn_matmul = torch.matmul(
-                blocks_1_attn_transpose[:, :, start:stop],
-                blocks_1_attn_transpose_3_contiguous[:, :, :, :stop],
+                blocks_1_attn_q_1[:, :, start:stop],
+                blocks_1_attn_transpose_contiguous[:, :, :, :stop],
             )
-            blocks_1_attn_div = blocks_1_attn_matmul.div_(5.656854249492381)
+            blocks_1_attn_att = blocks_1_attn_matmul.div_(5.656854249492381)
             del blocks_1_attn_matmul
             # gpt.py:37 in forward: att = att.masked_fill(~causal, float("-inf"))
-            blocks_1_attn_bitwise_not = blocks_1_attn_tril.bitwise_not_()
-            del blocks_1_attn_tril
-            blocks_1_attn_masked_fill = blocks_1_attn_div.masked_fill_(
+            blocks_1_attn_bitwise_not = blocks_1_attn_causal.bitwise_not_()
+            del blocks_1_attn_causal
+            blocks_1_attn_att_1 = blocks_1_attn_att.masked_fill_(
                 blocks_1_attn_bitwise_not[:, :stop], float("-inf")
             )
-            del blocks_1_attn_bitwise_not, blocks_1_attn_div
+            del blocks_1_attn_att, blocks_1_attn_bitwise_not
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
-            blocks_1_attn_softmax = torch.softmax(blocks_1_attn_masked_fill, -1)
-            del blocks_1_attn_masked_fill
+            blocks_1_attn_att_2 = torch.softmax(blocks_1_attn_att_1, -1)
+            del blocks_1_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_1_attn_matmul_1 = torch.matmul(
-                blocks_1_attn_softmax, blocks_1_attn_transpose_2_contiguous[:, :, :stop]
+                blocks_1_attn_att_2, blocks_1_attn_v_1_contiguous[:, :, :stop]
             )
-            del blocks_1_attn_softmax
+            del blocks_1_attn_att_2
             blocks_1_attn_transpose_chunk = blocks_1_attn_matmul_1.transpose(1, 2)
             del blocks_1_attn_matmul_1
-            blocks_1_attn_transpose_4[:, start:stop] = blocks_1_attn_transpose_chunk
+            blocks_1_attn_transpose_1[:, start:stop] = blocks_1_attn_transpose_chunk
             del blocks_1_attn_transpose_chunk
         del (
-            blocks_1_attn_transpose,
-            blocks_1_attn_transpose_2_contiguous,
-            blocks_1_attn_transpose_3_contiguous,
+            blocks_1_attn_q_1,
+            blocks_1_attn_transpose_contiguous,
+            blocks_1_attn_v_1_contiguous,
             chunk_1,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_1_attn_reshape: "f32[1, seq, 256]" = blocks_1_attn_transpose_4.reshape(
+        blocks_1_attn_y: "f32[1, seq, 256]" = blocks_1_attn_transpose_1.reshape(
             1, seq, 256
         )
-        del blocks_1_attn_transpose_4
+        del blocks_1_attn_transpose_1
         # gpt.py:40 in forward: return self.proj(y)
         blocks_1_attn_proj: "f32[1, seq, 256]" = self.blocks[1].attn.proj(
-            blocks_1_attn_reshape
+            blocks_1_attn_y
         )
-        del blocks_1_attn_reshape
+        del blocks_1_attn_y
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_1_add: "f32[1, seq, 256]" = blocks_0_add_1 + blocks_1_attn_proj
-        del blocks_0_add_1, blocks_1_attn_proj
+        blocks_1_x: "f32[1, seq, 256]" = blocks_0_add + blocks_1_attn_proj
+        del blocks_0_add, blocks_1_attn_proj
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_1_ln_2: "f32[1, seq, 256]" = self.blocks[1].ln_2(blocks_1_add)
+        blocks_1_ln_2: "f32[1, seq, 256]" = self.blocks[1].ln_2(blocks_1_x)
         # gpt.py:50 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_1_mlp_fc: "f32[1, seq, 1024]" = self.blocks[1].mlp.fc(blocks_1_ln_2)
         del blocks_1_ln_2
@@ -366,27 +342,23 @@ class ChunkedGPT(torch.nn.Module):
         blocks_1_mlp_out: "f32[1, seq, 256]" = self.blocks[1].mlp.out(blocks_1_mlp_gelu)
         del blocks_1_mlp_gelu
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_1_add_1: "f32[1, seq, 256]" = blocks_1_add + blocks_1_mlp_out
-        del blocks_1_add, blocks_1_mlp_out
+        blocks_1_add: "f32[1, seq, 256]" = blocks_1_x + blocks_1_mlp_out
+        del blocks_1_mlp_out, blocks_1_x
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_2_ln_1: "f32[1, seq, 256]" = self.blocks[2].ln_1(blocks_1_add_1)
+        blocks_2_ln_1: "f32[1, seq, 256]" = self.blocks[2].ln_1(blocks_1_add)
         # gpt.py:31 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_2_attn_qkv: "f32[1, seq, 768]" = self.blocks[2].attn.qkv(blocks_2_ln_1)
         del blocks_2_ln_1
         blocks_2_attn_split = torch.split(blocks_2_attn_qkv, 256, -1)
         del blocks_2_attn_qkv
-        blocks_2_attn_split_0: "f32[1, seq, 256]" = blocks_2_attn_split[0]
-        blocks_2_attn_split_1: "f32[1, seq, 256]" = blocks_2_attn_split[1]
-        blocks_2_attn_split_2: "f32[1, seq, 256]" = blocks_2_attn_split[2]
+        blocks_2_attn_q: "f32[1, seq, 256]" = blocks_2_attn_split[0]
+        blocks_2_attn_k: "f32[1, seq, 256]" = blocks_2_attn_split[1]
+        blocks_2_attn_v: "f32[1, seq, 256]" = blocks_2_attn_split[2]
         del blocks_2_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view: "f32[1, seq, 8, 32]" = blocks_2_attn_split_0.view(
-            1, seq, 8, 32
-        )
-        del blocks_2_attn_split_0
-        blocks_2_attn_transpose: "f32[1, 8, seq, 32]" = blocks_2_attn_view.transpose(
-            1, 2
-        )
+        blocks_2_attn_view: "f32[1, seq, 8, 32]" = blocks_2_attn_q.view(1, seq, 8, 32)
+        del blocks_2_attn_q
+        blocks_2_attn_q_1: "f32[1, 8, seq, 32]" = blocks_2_attn_view.transpose(1, 2)
         del blocks_2_attn_view
         # Chunk region 3/4: blocks.2.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
@@ -394,38 +366,30 @@ class ChunkedGPT(torch.nn.Module):
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view_1: "f32[1, seq, 8, 32]" = blocks_2_attn_split_1.view(
-            1, seq, 8, 32
-        )
-        del blocks_2_attn_split_1
-        blocks_2_attn_transpose_1: "f32[1, 8, seq, 32]" = (
-            blocks_2_attn_view_1.transpose(1, 2)
-        )
+        blocks_2_attn_view_1: "f32[1, seq, 8, 32]" = blocks_2_attn_k.view(1, seq, 8, 32)
+        del blocks_2_attn_k
+        blocks_2_attn_k_1: "f32[1, 8, seq, 32]" = blocks_2_attn_view_1.transpose(1, 2)
         del blocks_2_attn_view_1
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view_2: "f32[1, seq, 8, 32]" = blocks_2_attn_split_2.view(
-            1, seq, 8, 32
-        )
-        del blocks_2_attn_split_2
-        blocks_2_attn_transpose_2: "f32[1, 8, seq, 32]" = (
-            blocks_2_attn_view_2.transpose(1, 2)
-        )
+        blocks_2_attn_view_2: "f32[1, seq, 8, 32]" = blocks_2_attn_v.view(1, seq, 8, 32)
+        del blocks_2_attn_v
+        blocks_2_attn_v_1: "f32[1, 8, seq, 32]" = blocks_2_attn_view_2.transpose(1, 2)
         del blocks_2_attn_view_2
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_2_attn_transpose_3: "f32[1, 8, 32, seq]" = (
-            blocks_2_attn_transpose_1.transpose(-1, -2)
+        blocks_2_attn_transpose: "f32[1, 8, 32, seq]" = blocks_2_attn_k_1.transpose(
+            -1, -2
         )
-        del blocks_2_attn_transpose_1
+        del blocks_2_attn_k_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_2_attn_transpose_2_contiguous = blocks_2_attn_transpose_2.contiguous()
-        del blocks_2_attn_transpose_2
+        blocks_2_attn_v_1_contiguous = blocks_2_attn_v_1.contiguous()
+        del blocks_2_attn_v_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_2_attn_transpose_3_contiguous = blocks_2_attn_transpose_3.contiguous()
-        del blocks_2_attn_transpose_3
-        blocks_2_attn_transpose_4 = torch.empty(
+        blocks_2_attn_transpose_contiguous = blocks_2_attn_transpose.contiguous()
+        del blocks_2_attn_transpose
+        blocks_2_attn_transpose_1 = torch.empty(
             (1, seq, 8, 32),
-            dtype=blocks_2_attn_transpose.dtype,
-            device=blocks_2_attn_transpose.device,
+            dtype=blocks_2_attn_q_1.dtype,
+            device=blocks_2_attn_q_1.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -439,55 +403,55 @@ class ChunkedGPT(torch.nn.Module):
             blocks_2_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
             )
-            blocks_2_attn_tril = blocks_2_attn_ones.tril_(start)
+            blocks_2_attn_causal = blocks_2_attn_ones.tril_(start)
             del blocks_2_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_2_attn_matmul = torch.matmul(
-                blocks_2_attn_transpose[:, :, start:stop],
-                blocks_2_attn_transpose_3_contiguous[:, :, :, :stop],
+                blocks_2_attn_q_1[:, :, start:stop],
+                blocks_2_attn_transpose_contiguous[:, :, :, :stop],
             )
-            blocks_2_attn_div = blocks_2_attn_matmul.div_(5.656854249492381)
+            blocks_2_attn_att = blocks_2_attn_matmul.div_(5.656854249492381)
             del blocks_2_attn_matmul
             # gpt.py:37 in forward: att = att.masked_fill(~causal, float("-inf"))
-            blocks_2_attn_bitwise_not = blocks_2_attn_tril.bitwise_not_()
-            del blocks_2_attn_tril
-            blocks_2_attn_masked_fill = blocks_2_attn_div.masked_fill_(
+            blocks_2_attn_bitwise_not = blocks_2_attn_causal.bitwise_not_()
+            del blocks_2_attn_causal
+            blocks_2_attn_att_1 = blocks_2_attn_att.masked_fill_(
                 blocks_2_attn_bitwise_not[:, :stop], float("-inf")
             )
-            del blocks_2_attn_bitwise_not, blocks_2_attn_div
+            del blocks_2_attn_att, blocks_2_attn_bitwise_not
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
-            blocks_2_attn_softmax = torch.softmax(blocks_2_attn_masked_fill, -1)
-            del blocks_2_attn_masked_fill
+            blocks_2_attn_att_2 = torch.softmax(blocks_2_attn_att_1, -1)
+            del blocks_2_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_2_attn_matmul_1 = torch.matmul(
-                blocks_2_attn_softmax, blocks_2_attn_transpose_2_contiguous[:, :, :stop]
+                blocks_2_attn_att_2, blocks_2_attn_v_1_contiguous[:, :, :stop]
             )
-            del blocks_2_attn_softmax
+            del blocks_2_attn_att_2
             blocks_2_attn_transpose_chunk = blocks_2_attn_matmul_1.transpose(1, 2)
             del blocks_2_attn_matmul_1
-            blocks_2_attn_transpose_4[:, start:stop] = blocks_2_attn_transpose_chunk
+            blocks_2_attn_transpose_1[:, start:stop] = blocks_2_attn_transpose_chunk
             del blocks_2_attn_transpose_chunk
         del (
-            blocks_2_attn_transpose,
-            blocks_2_attn_transpose_2_contiguous,
-            blocks_2_attn_transpose_3_contiguous,
+            blocks_2_attn_q_1,
+            blocks_2_attn_transpose_contiguous,
+            blocks_2_attn_v_1_contiguous,
             chunk_2,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_2_attn_reshape: "f32[1, seq, 256]" = blocks_2_attn_transpose_4.reshape(
+        blocks_2_attn_y: "f32[1, seq, 256]" = blocks_2_attn_transpose_1.reshape(
             1, seq, 256
         )
-        del blocks_2_attn_transpose_4
+        del blocks_2_attn_transpose_1
         # gpt.py:40 in forward: return self.proj(y)
         blocks_2_attn_proj: "f32[1, seq, 256]" = self.blocks[2].attn.proj(
-            blocks_2_attn_reshape
+            blocks_2_attn_y
         )
-        del blocks_2_attn_reshape
+        del blocks_2_attn_y
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_2_add: "f32[1, seq, 256]" = blocks_1_add_1 + blocks_2_attn_proj
-        del blocks_1_add_1, blocks_2_attn_proj
+        blocks_2_x: "f32[1, seq, 256]" = blocks_1_add + blocks_2_attn_proj
+        del blocks_1_add, blocks_2_attn_proj
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_2_ln_2: "f32[1, seq, 256]" = self.blocks[2].ln_2(blocks_2_add)
+        blocks_2_ln_2: "f32[1, seq, 256]" = self.blocks[2].ln_2(blocks_2_x)
         # gpt.py:50 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_2_mlp_fc: "f32[1, seq, 1024]" = self.blocks[2].mlp.fc(blocks_2_ln_2)
         del blocks_2_ln_2
@@ -498,27 +462,23 @@ class ChunkedGPT(torch.nn.Module):
         blocks_2_mlp_out: "f32[1, seq, 256]" = self.blocks[2].mlp.out(blocks_2_mlp_gelu)
         del blocks_2_mlp_gelu
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_2_add_1: "f32[1, seq, 256]" = blocks_2_add + blocks_2_mlp_out
-        del blocks_2_add, blocks_2_mlp_out
+        blocks_2_add: "f32[1, seq, 256]" = blocks_2_x + blocks_2_mlp_out
+        del blocks_2_mlp_out, blocks_2_x
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_3_ln_1: "f32[1, seq, 256]" = self.blocks[3].ln_1(blocks_2_add_1)
+        blocks_3_ln_1: "f32[1, seq, 256]" = self.blocks[3].ln_1(blocks_2_add)
         # gpt.py:31 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_3_attn_qkv: "f32[1, seq, 768]" = self.blocks[3].attn.qkv(blocks_3_ln_1)
         del blocks_3_ln_1
         blocks_3_attn_split = torch.split(blocks_3_attn_qkv, 256, -1)
         del blocks_3_attn_qkv
-        blocks_3_attn_split_0: "f32[1, seq, 256]" = blocks_3_attn_split[0]
-        blocks_3_attn_split_1: "f32[1, seq, 256]" = blocks_3_attn_split[1]
-        blocks_3_attn_split_2: "f32[1, seq, 256]" = blocks_3_attn_split[2]
+        blocks_3_attn_q: "f32[1, seq, 256]" = blocks_3_attn_split[0]
+        blocks_3_attn_k: "f32[1, seq, 256]" = blocks_3_attn_split[1]
+        blocks_3_attn_v: "f32[1, seq, 256]" = blocks_3_attn_split[2]
         del blocks_3_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view: "f32[1, seq, 8, 32]" = blocks_3_attn_split_0.view(
-            1, seq, 8, 32
-        )
-        del blocks_3_attn_split_0
-        blocks_3_attn_transpose: "f32[1, 8, seq, 32]" = blocks_3_attn_view.transpose(
-            1, 2
-        )
+        blocks_3_attn_view: "f32[1, seq, 8, 32]" = blocks_3_attn_q.view(1, seq, 8, 32)
+        del blocks_3_attn_q
+        blocks_3_attn_q_1: "f32[1, 8, seq, 32]" = blocks_3_attn_view.transpose(1, 2)
         del blocks_3_attn_view
         # Chunk region 4/4: blocks.3.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
@@ -526,38 +486,30 @@ class ChunkedGPT(torch.nn.Module):
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view_1: "f32[1, seq, 8, 32]" = blocks_3_attn_split_1.view(
-            1, seq, 8, 32
-        )
-        del blocks_3_attn_split_1
-        blocks_3_attn_transpose_1: "f32[1, 8, seq, 32]" = (
-            blocks_3_attn_view_1.transpose(1, 2)
-        )
+        blocks_3_attn_view_1: "f32[1, seq, 8, 32]" = blocks_3_attn_k.view(1, seq, 8, 32)
+        del blocks_3_attn_k
+        blocks_3_attn_k_1: "f32[1, 8, seq, 32]" = blocks_3_attn_view_1.transpose(1, 2)
         del blocks_3_attn_view_1
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view_2: "f32[1, seq, 8, 32]" = blocks_3_attn_split_2.view(
-            1, seq, 8, 32
-        )
-        del blocks_3_attn_split_2
-        blocks_3_attn_transpose_2: "f32[1, 8, seq, 32]" = (
-            blocks_3_attn_view_2.transpose(1, 2)
-        )
+        blocks_3_attn_view_2: "f32[1, seq, 8, 32]" = blocks_3_attn_v.view(1, seq, 8, 32)
+        del blocks_3_attn_v
+        blocks_3_attn_v_1: "f32[1, 8, seq, 32]" = blocks_3_attn_view_2.transpose(1, 2)
         del blocks_3_attn_view_2
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_3_attn_transpose_3: "f32[1, 8, 32, seq]" = (
-            blocks_3_attn_transpose_1.transpose(-1, -2)
+        blocks_3_attn_transpose: "f32[1, 8, 32, seq]" = blocks_3_attn_k_1.transpose(
+            -1, -2
         )
-        del blocks_3_attn_transpose_1
+        del blocks_3_attn_k_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_3_attn_transpose_2_contiguous = blocks_3_attn_transpose_2.contiguous()
-        del blocks_3_attn_transpose_2
+        blocks_3_attn_v_1_contiguous = blocks_3_attn_v_1.contiguous()
+        del blocks_3_attn_v_1
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_3_attn_transpose_3_contiguous = blocks_3_attn_transpose_3.contiguous()
-        del blocks_3_attn_transpose_3
-        blocks_3_attn_transpose_4 = torch.empty(
+        blocks_3_attn_transpose_contiguous = blocks_3_attn_transpose.contiguous()
+        del blocks_3_attn_transpose
+        blocks_3_attn_transpose_1 = torch.empty(
             (1, seq, 8, 32),
-            dtype=blocks_3_attn_transpose.dtype,
-            device=blocks_3_attn_transpose.device,
+            dtype=blocks_3_attn_q_1.dtype,
+            device=blocks_3_attn_q_1.device,
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -572,55 +524,55 @@ class ChunkedGPT(torch.nn.Module):
             blocks_3_attn_ones = torch.ones(
                 (stop - start, seq), dtype=torch.bool, device=ids.device
             )
-            blocks_3_attn_tril = blocks_3_attn_ones.tril_(start)
+            blocks_3_attn_causal = blocks_3_attn_ones.tril_(start)
             del blocks_3_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_3_attn_matmul = torch.matmul(
-                blocks_3_attn_transpose[:, :, start:stop],
-                blocks_3_attn_transpose_3_contiguous[:, :, :, :stop],
+                blocks_3_attn_q_1[:, :, start:stop],
+                blocks_3_attn_transpose_contiguous[:, :, :, :stop],
             )
-            blocks_3_attn_div = blocks_3_attn_matmul.div_(5.656854249492381)
+            blocks_3_attn_att = blocks_3_attn_matmul.div_(5.656854249492381)
             del blocks_3_attn_matmul
             # gpt.py:37 in forward: att = att.masked_fill(~causal, float("-inf"))
-            blocks_3_attn_bitwise_not = blocks_3_attn_tril.bitwise_not_()
-            del blocks_3_attn_tril
-            blocks_3_attn_masked_fill = blocks_3_attn_div.masked_fill_(
+            blocks_3_attn_bitwise_not = blocks_3_attn_causal.bitwise_not_()
+            del blocks_3_attn_causal
+            blocks_3_attn_att_1 = blocks_3_attn_att.masked_fill_(
                 blocks_3_attn_bitwise_not[:, :stop], float("-inf")
             )
-            del blocks_3_attn_bitwise_not, blocks_3_attn_div
+            del blocks_3_attn_att, blocks_3_attn_bitwise_not
             # gpt.py:38 in forward: att = att.softmax(dim=-1)
-            blocks_3_attn_softmax = torch.softmax(blocks_3_attn_masked_fill, -1)
-            del blocks_3_attn_masked_fill
+            blocks_3_attn_att_2 = torch.softmax(blocks_3_attn_att_1, -1)
+            del blocks_3_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_3_attn_matmul_1 = torch.matmul(
-                blocks_3_attn_softmax, blocks_3_attn_transpose_2_contiguous[:, :, :stop]
+                blocks_3_attn_att_2, blocks_3_attn_v_1_contiguous[:, :, :stop]
             )
-            del blocks_3_attn_softmax
+            del blocks_3_attn_att_2
             blocks_3_attn_transpose_chunk = blocks_3_attn_matmul_1.transpose(1, 2)
             del blocks_3_attn_matmul_1
-            blocks_3_attn_transpose_4[:, start:stop] = blocks_3_attn_transpose_chunk
+            blocks_3_attn_transpose_1[:, start:stop] = blocks_3_attn_transpose_chunk
             del blocks_3_attn_transpose_chunk
         del (
-            blocks_3_attn_transpose,
-            blocks_3_attn_transpose_2_contiguous,
-            blocks_3_attn_transpose_3_contiguous,
+            blocks_3_attn_q_1,
+            blocks_3_attn_transpose_contiguous,
+            blocks_3_attn_v_1_contiguous,
             chunk_3,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_3_attn_reshape: "f32[1, seq, 256]" = blocks_3_attn_transpose_4.reshape(
+        blocks_3_attn_y: "f32[1, seq, 256]" = blocks_3_attn_transpose_1.reshape(
             1, seq, 256
         )
-        del blocks_3_attn_transpose_4, seq
+        del blocks_3_attn_transpose_1, seq
         # gpt.py:40 in forward: return self.proj(y)
         blocks_3_attn_proj: "f32[1, seq, 256]" = self.blocks[3].attn.proj(
-            blocks_3_attn_reshape
+            blocks_3_attn_y
         )
-        del blocks_3_attn_reshape
+        del blocks_3_attn_y
         # gpt.py:62 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_3_add: "f32[1, seq, 256]" = blocks_2_add_1 + blocks_3_attn_proj
-        del blocks_2_add_1, blocks_3_attn_proj
+        blocks_3_x: "f32[1, seq, 256]" = blocks_2_add + blocks_3_attn_proj
+        del blocks_2_add, blocks_3_attn_proj
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_3_ln_2: "f32[1, seq, 256]" = self.blocks[3].ln_2(blocks_3_add)
+        blocks_3_ln_2: "f32[1, seq, 256]" = self.blocks[3].ln_2(blocks_3_x)
         # gpt.py:50 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_3_mlp_fc: "f32[1, seq, 1024]" = self.blocks[3].mlp.fc(blocks_3_ln_2)
         del blocks_3_ln_2
@@ -631,11 +583,11 @@ class ChunkedGPT(torch.nn.Module):
         blocks_3_mlp_out: "f32[1, seq, 256]" = self.blocks[3].mlp.out(blocks_3_mlp_gelu)
         del blocks_3_mlp_gelu
         # gpt.py:63 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_3_add_1: "f32[1, seq, 256]" = blocks_3_add + blocks_3_mlp_out
-        del blocks_3_add, blocks_3_mlp_out
+        blocks_3_add: "f32[1, seq, 256]" = blocks_3_x + blocks_3_mlp_out
+        del blocks_3_mlp_out, blocks_3_x
         # gpt.py:82 in forward: return self.head(self.ln_f(x))
-        ln_f: "f32[1, seq, 256]" = self.ln_f(blocks_3_add_1)
-        del blocks_3_add_1
+        ln_f: "f32[1, seq, 256]" = self.ln_f(blocks_3_add)
+        del blocks_3_add
         head: "f32[1, seq, 512]" = self.head(ln_f)
         del ln_f
         return head

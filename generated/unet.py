@@ -341,30 +341,28 @@ class ChunkedUNet(torch.nn.Module):
         cos: "f32[1, 32]" = torch.cos(mul_1)
         sin: "f32[1, 32]" = torch.sin(mul_1)
         del mul_1
-        cat: "f32[1, 64]" = torch.cat([cos, sin], -1)
+        emb: "f32[1, 64]" = torch.cat([cos, sin], -1)
         del cos, sin
-        time_mlp_0: "f32[1, 256]" = self.time_mlp[0](cat)
-        del cat
+        time_mlp_0: "f32[1, 256]" = self.time_mlp[0](emb)
+        del emb
         time_mlp_1_silu: "f32[1, 256]" = self.time_mlp[1](time_mlp_0)
         del time_mlp_0
-        time_mlp_2: "f32[1, 256]" = self.time_mlp[2](time_mlp_1_silu)
+        time_mlp_emb: "f32[1, 256]" = self.time_mlp[2](time_mlp_1_silu)
         del time_mlp_1_silu
         # unet.py:217 in forward: h = self.conv_in(x)
-        conv_in: "f32[1, 64, height, width]" = self.conv_in(x)
+        h: "f32[1, 64, height, width]" = self.conv_in(x)
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        down_0_res_norm_1: "f32[1, 64, height, width]" = self.down[0].res.norm_1(
-            conv_in
-        )
+        down_0_res_norm_1: "f32[1, 64, height, width]" = self.down[0].res.norm_1(h)
         down_0_res_silu: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             down_0_res_norm_1
         )
         del down_0_res_norm_1
-        down_0_res_conv_1: "f32[1, 64, height, width]" = self.down[0].res.conv_1(
+        down_0_res_h: "f32[1, 64, height, width]" = self.down[0].res.conv_1(
             down_0_res_silu
         )
         del down_0_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        down_0_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        down_0_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         down_0_res_time_proj: "f32[1, 64]" = self.down[0].res.time_proj(
             down_0_res_silu_1
         )
@@ -373,51 +371,49 @@ class ChunkedUNet(torch.nn.Module):
         del down_0_res_time_proj
         down_0_res_unsqueeze_1: "f32[1, 64, 1, 1]" = down_0_res_unsqueeze.unsqueeze(3)
         del down_0_res_unsqueeze
-        down_0_res_add: "f32[1, 64, height, width]" = (
-            down_0_res_conv_1 + down_0_res_unsqueeze_1
+        down_0_res_h_1: "f32[1, 64, height, width]" = (
+            down_0_res_h + down_0_res_unsqueeze_1
         )
-        del down_0_res_conv_1, down_0_res_unsqueeze_1
+        del down_0_res_h, down_0_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_0_res_norm_2: "f32[1, 64, height, width]" = self.down[0].res.norm_2(
-            down_0_res_add
+            down_0_res_h_1
         )
-        del down_0_res_add
+        del down_0_res_h_1
         down_0_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             down_0_res_norm_2
         )
         del down_0_res_norm_2
-        down_0_res_conv_2: "f32[1, 64, height, width]" = self.down[0].res.conv_2(
+        down_0_res_h_2: "f32[1, 64, height, width]" = self.down[0].res.conv_2(
             down_0_res_silu_2
         )
         del down_0_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        down_0_res_add_1: "f32[1, 64, height, width]" = conv_in + down_0_res_conv_2
-        del down_0_res_conv_2
+        down_0_res_add: "f32[1, 64, height, width]" = h + down_0_res_h_2
+        del down_0_res_h_2
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         down_0_attn_norm: "f32[1, 64, height, width]" = self.down[0].attn.norm(
-            down_0_res_add_1
+            down_0_res_add
         )
-        down_0_attn_proj_in: "f32[1, 64, height, width]" = self.down[0].attn.proj_in(
+        down_0_attn_y: "f32[1, 64, height, width]" = self.down[0].attn.proj_in(
             down_0_attn_norm
         )
         del down_0_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
-        down_0_attn_flatten: "f32[1, 64, width * height]" = down_0_attn_proj_in.flatten(
-            2
-        )
-        del down_0_attn_proj_in
-        down_0_attn_transpose: "f32[1, width * height, 64]" = (
-            down_0_attn_flatten.transpose(1, 2)
+        down_0_attn_flatten: "f32[1, 64, width * height]" = down_0_attn_y.flatten(2)
+        del down_0_attn_y
+        down_0_attn_y_1: "f32[1, width * height, 64]" = down_0_attn_flatten.transpose(
+            1, 2
         )
         del down_0_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        down_0_attn_block_ln_1: "f32[1, width * height, 64]" = self.down[
+        down_0_attn_block_h: "f32[1, width * height, 64]" = self.down[
             0
-        ].attn.block.ln_1(down_0_attn_transpose)
+        ].attn.block.ln_1(down_0_attn_y_1)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         down_0_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.down[
             0
-        ].attn.block.self_attn.to_q(down_0_attn_block_ln_1)
+        ].attn.block.self_attn.to_q(down_0_attn_block_h)
         down_0_attn_block_self_attn_mul = width * height
         down_0_attn_block_self_attn_view: "f32[1, width * height, 2, 32]" = (
             down_0_attn_block_self_attn_to_q.view(
@@ -436,37 +432,37 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_0_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = self.down[
             0
-        ].attn.block.self_attn.to_k(down_0_attn_block_ln_1)
+        ].attn.block.self_attn.to_k(down_0_attn_block_h)
         down_0_attn_block_self_attn_view_1: "f32[1, width * height, 2, 32]" = (
             down_0_attn_block_self_attn_to_k.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del down_0_attn_block_self_attn_to_k
-        down_0_attn_block_self_attn_transpose_1: "f32[1, 2, width * height, 32]" = (
+        down_0_attn_block_self_attn_k: "f32[1, 2, width * height, 32]" = (
             down_0_attn_block_self_attn_view_1.transpose(1, 2)
         )
         del down_0_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_0_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = self.down[
             0
-        ].attn.block.self_attn.to_v(down_0_attn_block_ln_1)
-        del down_0_attn_block_ln_1
+        ].attn.block.self_attn.to_v(down_0_attn_block_h)
+        del down_0_attn_block_h
         down_0_attn_block_self_attn_view_2: "f32[1, width * height, 2, 32]" = (
             down_0_attn_block_self_attn_to_v.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del down_0_attn_block_self_attn_to_v
-        down_0_attn_block_self_attn_transpose_2: "f32[1, 2, width * height, 32]" = (
+        down_0_attn_block_self_attn_v: "f32[1, 2, width * height, 32]" = (
             down_0_attn_block_self_attn_view_2.transpose(1, 2)
         )
         del down_0_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        down_0_attn_block_self_attn_transpose_3: "f32[1, 2, 32, width * height]" = (
-            down_0_attn_block_self_attn_transpose_1.transpose(-1, -2)
+        down_0_attn_block_self_attn_transpose_1: "f32[1, 2, 32, width * height]" = (
+            down_0_attn_block_self_attn_k.transpose(-1, -2)
         )
-        del down_0_attn_block_self_attn_transpose_1
+        del down_0_attn_block_self_attn_k
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_0_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = self.down[
             0
@@ -475,7 +471,7 @@ class ChunkedUNet(torch.nn.Module):
             down_0_attn_block_cross_attn_to_k.view(1, 77, 2, 32)
         )
         del down_0_attn_block_cross_attn_to_k
-        down_0_attn_block_cross_attn_transpose: "f32[1, 2, 77, 32]" = (
+        down_0_attn_block_cross_attn_k: "f32[1, 2, 77, 32]" = (
             down_0_attn_block_cross_attn_view.transpose(1, 2)
         )
         del down_0_attn_block_cross_attn_view
@@ -487,39 +483,39 @@ class ChunkedUNet(torch.nn.Module):
             down_0_attn_block_cross_attn_to_v.view(1, 77, 2, 32)
         )
         del down_0_attn_block_cross_attn_to_v
-        down_0_attn_block_cross_attn_transpose_1: "f32[1, 2, 77, 32]" = (
+        down_0_attn_block_cross_attn_v: "f32[1, 2, 77, 32]" = (
             down_0_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del down_0_attn_block_cross_attn_view_1
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        down_0_attn_block_cross_attn_transpose_2: "f32[1, 2, 32, 77]" = (
-            down_0_attn_block_cross_attn_transpose.transpose(-1, -2)
+        down_0_attn_block_cross_attn_transpose: "f32[1, 2, 32, 77]" = (
+            down_0_attn_block_cross_attn_k.transpose(-1, -2)
+        )
+        del down_0_attn_block_cross_attn_k
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_self_attn_v_contiguous = (
+            down_0_attn_block_self_attn_v.contiguous()
+        )
+        del down_0_attn_block_self_attn_v
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_self_attn_transpose_1_contiguous = (
+            down_0_attn_block_self_attn_transpose_1.contiguous()
+        )
+        del down_0_attn_block_self_attn_transpose_1
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_cross_attn_v_contiguous = (
+            down_0_attn_block_cross_attn_v.contiguous()
+        )
+        del down_0_attn_block_cross_attn_v
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        down_0_attn_block_cross_attn_transpose_contiguous = (
+            down_0_attn_block_cross_attn_transpose.contiguous()
         )
         del down_0_attn_block_cross_attn_transpose
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        down_0_attn_block_self_attn_transpose_2_contiguous = (
-            down_0_attn_block_self_attn_transpose_2.contiguous()
-        )
-        del down_0_attn_block_self_attn_transpose_2
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        down_0_attn_block_self_attn_transpose_3_contiguous = (
-            down_0_attn_block_self_attn_transpose_3.contiguous()
-        )
-        del down_0_attn_block_self_attn_transpose_3
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        down_0_attn_block_cross_attn_transpose_1_contiguous = (
-            down_0_attn_block_cross_attn_transpose_1.contiguous()
-        )
-        del down_0_attn_block_cross_attn_transpose_1
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        down_0_attn_block_cross_attn_transpose_2_contiguous = (
-            down_0_attn_block_cross_attn_transpose_2.contiguous()
-        )
-        del down_0_attn_block_cross_attn_transpose_2
-        down_0_attn_transpose_1 = torch.empty(
+        down_0_attn_transpose = torch.empty(
             (1, 64, width * height),
-            dtype=down_0_attn_transpose.dtype,
-            device=down_0_attn_transpose.device,
+            dtype=down_0_attn_y_1.dtype,
+            device=down_0_attn_y_1.device,
         )
         # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
         # plus 16 * width * height per row. On a CPU at most 256 rows, the planned
@@ -535,44 +531,43 @@ class ChunkedUNet(torch.nn.Module):
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             down_0_attn_block_self_attn_matmul = torch.matmul(
                 down_0_attn_block_self_attn_transpose[:, :, start:stop],
-                down_0_attn_block_self_attn_transpose_3_contiguous,
+                down_0_attn_block_self_attn_transpose_1_contiguous,
             )
-            down_0_attn_block_self_attn_div = down_0_attn_block_self_attn_matmul.div_(
+            down_0_attn_block_self_attn_att = down_0_attn_block_self_attn_matmul.div_(
                 5.656854249492381
             )
             del down_0_attn_block_self_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
-            down_0_attn_block_self_attn_softmax = torch.softmax(
-                down_0_attn_block_self_attn_div, -1
+            down_0_attn_block_self_attn_att_1 = torch.softmax(
+                down_0_attn_block_self_attn_att, -1
             )
-            del down_0_attn_block_self_attn_div
+            del down_0_attn_block_self_attn_att
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             down_0_attn_block_self_attn_matmul_1 = torch.matmul(
-                down_0_attn_block_self_attn_softmax,
-                down_0_attn_block_self_attn_transpose_2_contiguous,
+                down_0_attn_block_self_attn_att_1,
+                down_0_attn_block_self_attn_v_contiguous,
             )
-            del down_0_attn_block_self_attn_softmax
-            down_0_attn_block_self_attn_transpose_4 = (
+            del down_0_attn_block_self_attn_att_1
+            down_0_attn_block_self_attn_transpose_2 = (
                 down_0_attn_block_self_attn_matmul_1.transpose(1, 2)
             )
             del down_0_attn_block_self_attn_matmul_1
-            down_0_attn_block_self_attn_reshape = (
-                down_0_attn_block_self_attn_transpose_4.reshape(1, stop - start, 64)
+            down_0_attn_block_self_attn_y = (
+                down_0_attn_block_self_attn_transpose_2.reshape(1, stop - start, 64)
             )
-            del down_0_attn_block_self_attn_transpose_4
+            del down_0_attn_block_self_attn_transpose_2
             # unet.py:85 in forward: return self.to_out(y)
             down_0_attn_block_self_attn_to_out = self.down[
                 0
-            ].attn.block.self_attn.to_out(down_0_attn_block_self_attn_reshape)
-            del down_0_attn_block_self_attn_reshape
+            ].attn.block.self_attn.to_out(down_0_attn_block_self_attn_y)
+            del down_0_attn_block_self_attn_y
             # unet.py:111 in forward: x = x + self.self_attn(h, h)
-            down_0_attn_block_add = (
-                down_0_attn_transpose[:, start:stop]
-                + down_0_attn_block_self_attn_to_out
+            down_0_attn_block_x = (
+                down_0_attn_y_1[:, start:stop] + down_0_attn_block_self_attn_to_out
             )
             del down_0_attn_block_self_attn_to_out
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-            down_0_attn_block_ln_2 = self.down[0].attn.block.ln_2(down_0_attn_block_add)
+            down_0_attn_block_ln_2 = self.down[0].attn.block.ln_2(down_0_attn_block_x)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
             down_0_attn_block_cross_attn_to_q = self.down[0].attn.block.cross_attn.to_q(
                 down_0_attn_block_ln_2
@@ -582,53 +577,51 @@ class ChunkedUNet(torch.nn.Module):
                 down_0_attn_block_cross_attn_to_q.view(1, stop - start, 2, 32)
             )
             del down_0_attn_block_cross_attn_to_q
-            down_0_attn_block_cross_attn_transpose_3 = (
+            down_0_attn_block_cross_attn_q = (
                 down_0_attn_block_cross_attn_view_2.transpose(1, 2)
             )
             del down_0_attn_block_cross_attn_view_2
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             down_0_attn_block_cross_attn_matmul = torch.matmul(
-                down_0_attn_block_cross_attn_transpose_3,
-                down_0_attn_block_cross_attn_transpose_2_contiguous,
+                down_0_attn_block_cross_attn_q,
+                down_0_attn_block_cross_attn_transpose_contiguous,
             )
-            del down_0_attn_block_cross_attn_transpose_3
-            down_0_attn_block_cross_attn_div = down_0_attn_block_cross_attn_matmul.div_(
+            del down_0_attn_block_cross_attn_q
+            down_0_attn_block_cross_attn_att = down_0_attn_block_cross_attn_matmul.div_(
                 5.656854249492381
             )
             del down_0_attn_block_cross_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
-            down_0_attn_block_cross_attn_softmax = torch.softmax(
-                down_0_attn_block_cross_attn_div, -1
+            down_0_attn_block_cross_attn_att_1 = torch.softmax(
+                down_0_attn_block_cross_attn_att, -1
             )
-            del down_0_attn_block_cross_attn_div
+            del down_0_attn_block_cross_attn_att
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             down_0_attn_block_cross_attn_matmul_1 = torch.matmul(
-                down_0_attn_block_cross_attn_softmax,
-                down_0_attn_block_cross_attn_transpose_1_contiguous,
+                down_0_attn_block_cross_attn_att_1,
+                down_0_attn_block_cross_attn_v_contiguous,
             )
-            del down_0_attn_block_cross_attn_softmax
-            down_0_attn_block_cross_attn_transpose_4 = (
+            del down_0_attn_block_cross_attn_att_1
+            down_0_attn_block_cross_attn_transpose_1 = (
                 down_0_attn_block_cross_attn_matmul_1.transpose(1, 2)
             )
             del down_0_attn_block_cross_attn_matmul_1
-            down_0_attn_block_cross_attn_reshape = (
-                down_0_attn_block_cross_attn_transpose_4.reshape(1, stop - start, 64)
+            down_0_attn_block_cross_attn_y = (
+                down_0_attn_block_cross_attn_transpose_1.reshape(1, stop - start, 64)
             )
-            del down_0_attn_block_cross_attn_transpose_4
+            del down_0_attn_block_cross_attn_transpose_1
             # unet.py:85 in forward: return self.to_out(y)
             down_0_attn_block_cross_attn_to_out = self.down[
                 0
-            ].attn.block.cross_attn.to_out(down_0_attn_block_cross_attn_reshape)
-            del down_0_attn_block_cross_attn_reshape
+            ].attn.block.cross_attn.to_out(down_0_attn_block_cross_attn_y)
+            del down_0_attn_block_cross_attn_y
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-            down_0_attn_block_add_1 = (
-                down_0_attn_block_add + down_0_attn_block_cross_attn_to_out
+            down_0_attn_block_x_1 = (
+                down_0_attn_block_x + down_0_attn_block_cross_attn_to_out
             )
-            del down_0_attn_block_add, down_0_attn_block_cross_attn_to_out
+            del down_0_attn_block_cross_attn_to_out, down_0_attn_block_x
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-            down_0_attn_block_ln_3 = self.down[0].attn.block.ln_3(
-                down_0_attn_block_add_1
-            )
+            down_0_attn_block_ln_3 = self.down[0].attn.block.ln_3(down_0_attn_block_x_1)
             # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
             down_0_attn_block_ff_proj = self.down[0].attn.block.ff.proj(
                 down_0_attn_block_ln_3
@@ -636,53 +629,53 @@ class ChunkedUNet(torch.nn.Module):
             del down_0_attn_block_ln_3
             down_0_attn_block_ff_chunk = torch.chunk(down_0_attn_block_ff_proj, 2, -1)
             del down_0_attn_block_ff_proj
-            down_0_attn_block_ff_chunk_0 = down_0_attn_block_ff_chunk[0]
-            down_0_attn_block_ff_chunk_1 = down_0_attn_block_ff_chunk[1]
+            down_0_attn_block_ff_h = down_0_attn_block_ff_chunk[0]
+            down_0_attn_block_ff_gate = down_0_attn_block_ff_chunk[1]
             del down_0_attn_block_ff_chunk
             # unet.py:96 in forward: return self.out(h * F.gelu(gate))
             down_0_attn_block_ff_gelu = torch.nn.functional.gelu(
-                down_0_attn_block_ff_chunk_1
+                down_0_attn_block_ff_gate
             )
-            del down_0_attn_block_ff_chunk_1
+            del down_0_attn_block_ff_gate
             down_0_attn_block_ff_mul = down_0_attn_block_ff_gelu.mul_(
-                down_0_attn_block_ff_chunk_0
+                down_0_attn_block_ff_h
             )
-            del down_0_attn_block_ff_chunk_0, down_0_attn_block_ff_gelu
+            del down_0_attn_block_ff_gelu, down_0_attn_block_ff_h
             down_0_attn_block_ff_out = self.down[0].attn.block.ff.out(
                 down_0_attn_block_ff_mul
             )
             del down_0_attn_block_ff_mul
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-            down_0_attn_block_add_2 = down_0_attn_block_add_1 + down_0_attn_block_ff_out
-            del down_0_attn_block_add_1, down_0_attn_block_ff_out
+            down_0_attn_block_add = down_0_attn_block_x_1 + down_0_attn_block_ff_out
+            del down_0_attn_block_ff_out, down_0_attn_block_x_1
             # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-            down_0_attn_transpose_chunk = down_0_attn_block_add_2.transpose(1, 2)
-            del down_0_attn_block_add_2
-            down_0_attn_transpose_1[:, :, start:stop] = down_0_attn_transpose_chunk
+            down_0_attn_transpose_chunk = down_0_attn_block_add.transpose(1, 2)
+            del down_0_attn_block_add
+            down_0_attn_transpose[:, :, start:stop] = down_0_attn_transpose_chunk
             del down_0_attn_transpose_chunk
         del (
             chunk,
-            down_0_attn_block_cross_attn_transpose_1_contiguous,
-            down_0_attn_block_cross_attn_transpose_2_contiguous,
+            down_0_attn_block_cross_attn_transpose_contiguous,
+            down_0_attn_block_cross_attn_v_contiguous,
             down_0_attn_block_self_attn_transpose,
-            down_0_attn_block_self_attn_transpose_2_contiguous,
-            down_0_attn_block_self_attn_transpose_3_contiguous,
-            down_0_attn_transpose,
+            down_0_attn_block_self_attn_transpose_1_contiguous,
+            down_0_attn_block_self_attn_v_contiguous,
+            down_0_attn_y_1,
         )
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        down_0_attn_reshape: "f32[1, 64, height, width]" = (
-            down_0_attn_transpose_1.reshape(1, 64, height, width)
+        down_0_attn_y_2: "f32[1, 64, height, width]" = down_0_attn_transpose.reshape(
+            1, 64, height, width
         )
-        del down_0_attn_transpose_1
+        del down_0_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         down_0_attn_proj_out: "f32[1, 64, height, width]" = self.down[0].attn.proj_out(
-            down_0_attn_reshape
+            down_0_attn_y_2
         )
-        del down_0_attn_reshape
+        del down_0_attn_y_2
         down_0_attn_add: "f32[1, 64, height, width]" = (
-            down_0_res_add_1 + down_0_attn_proj_out
+            down_0_res_add + down_0_attn_proj_out
         )
-        del down_0_attn_proj_out, down_0_res_add_1
+        del down_0_attn_proj_out, down_0_res_add
         # unet.py:139 in forward: return self.conv(x)
         downsample_0_conv: (
             "f32[1, 64, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
@@ -695,12 +688,12 @@ class ChunkedUNet(torch.nn.Module):
             torch.nn.functional.silu(down_1_res_norm_1)
         )
         del down_1_res_norm_1
-        down_1_res_conv_1: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.down[1].res.conv_1(down_1_res_silu)
+        down_1_res_h: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.down[1].res.conv_1(down_1_res_silu)
+        )
         del down_1_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        down_1_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        down_1_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         down_1_res_time_proj: "f32[1, 128]" = self.down[1].res.time_proj(
             down_1_res_silu_1
         )
@@ -709,31 +702,31 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_res_time_proj
         down_1_res_unsqueeze_1: "f32[1, 128, 1, 1]" = down_1_res_unsqueeze.unsqueeze(3)
         del down_1_res_unsqueeze
-        down_1_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            down_1_res_conv_1 + down_1_res_unsqueeze_1
+        down_1_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            down_1_res_h + down_1_res_unsqueeze_1
         )
-        del down_1_res_conv_1, down_1_res_unsqueeze_1
+        del down_1_res_h, down_1_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_1_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.down[1].res.norm_2(down_1_res_add)
-        del down_1_res_add
+        ) = self.down[1].res.norm_2(down_1_res_h_1)
+        del down_1_res_h_1
         down_1_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.silu(down_1_res_norm_2)
         del down_1_res_norm_2
-        down_1_res_conv_2: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.down[1].res.conv_2(down_1_res_silu_2)
+        down_1_res_h_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.down[1].res.conv_2(down_1_res_silu_2)
+        )
         del down_1_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         down_1_res_skip: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = self.down[1].res.skip(downsample_0_conv)
-        down_1_res_add_1: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = (down_1_res_skip + down_1_res_conv_2)
-        del down_1_res_conv_2, down_1_res_skip
+        down_1_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            down_1_res_skip + down_1_res_h_2
+        )
+        del down_1_res_h_2, down_1_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         down_1_attn_norm_add = -1 + height
         down_1_attn_norm_floordiv = down_1_attn_norm_add // 2
@@ -745,7 +738,7 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_attn_norm_floordiv_1
         down_1_attn_norm: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.down[1].attn.norm(down_1_res_add_1)
+        ) = self.down[1].attn.norm(down_1_res_add)
         down_1_attn_proj_in: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = self.down[1].attn.proj_in(down_1_attn_norm)
@@ -755,18 +748,18 @@ class ChunkedUNet(torch.nn.Module):
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
         ) = down_1_attn_proj_in.flatten(2)
         del down_1_attn_proj_in
-        down_1_attn_transpose: (
+        down_1_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = down_1_attn_flatten.transpose(1, 2)
         del down_1_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        down_1_attn_block_ln_1: (
+        down_1_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.ln_1(down_1_attn_transpose)
+        ) = self.down[1].attn.block.ln_1(down_1_attn_y)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         down_1_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.self_attn.to_q(down_1_attn_block_ln_1)
+        ) = self.down[1].attn.block.self_attn.to_q(down_1_attn_block_h)
         down_1_attn_block_self_attn_mul = (
             down_1_attn_norm_add_3 * down_1_attn_norm_add_1
         )
@@ -783,85 +776,83 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_1_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.self_attn.to_k(down_1_attn_block_ln_1)
+        ) = self.down[1].attn.block.self_attn.to_k(down_1_attn_block_h)
         down_1_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_self_attn_to_k.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del down_1_attn_block_self_attn_to_k
-        down_1_attn_block_self_attn_transpose_1: (
+        down_1_attn_block_self_attn_k: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = down_1_attn_block_self_attn_view_1.transpose(1, 2)
         del down_1_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         down_1_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.self_attn.to_v(down_1_attn_block_ln_1)
-        del down_1_attn_block_ln_1
+        ) = self.down[1].attn.block.self_attn.to_v(down_1_attn_block_h)
+        del down_1_attn_block_h
         down_1_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_self_attn_to_v.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del down_1_attn_block_self_attn_to_v
-        down_1_attn_block_self_attn_transpose_2: (
+        down_1_attn_block_self_attn_v: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = down_1_attn_block_self_attn_view_2.transpose(1, 2)
         del down_1_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        down_1_attn_block_self_attn_transpose_3: (
+        down_1_attn_block_self_attn_transpose_1: (
             "f32[1, 4, 32, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = down_1_attn_block_self_attn_transpose_1.transpose(-1, -2)
-        del down_1_attn_block_self_attn_transpose_1
+        ) = down_1_attn_block_self_attn_k.transpose(-1, -2)
+        del down_1_attn_block_self_attn_k
         down_1_attn_block_self_attn_matmul: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = torch.matmul(
             down_1_attn_block_self_attn_transpose,
-            down_1_attn_block_self_attn_transpose_3,
+            down_1_attn_block_self_attn_transpose_1,
         )
         del (
             down_1_attn_block_self_attn_transpose,
-            down_1_attn_block_self_attn_transpose_3,
+            down_1_attn_block_self_attn_transpose_1,
         )
-        down_1_attn_block_self_attn_div: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (down_1_attn_block_self_attn_matmul / 5.656854249492381)
+        down_1_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (down_1_attn_block_self_attn_matmul / 5.656854249492381)
         del down_1_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        down_1_attn_block_self_attn_softmax: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
-            down_1_attn_block_self_attn_div, -1
+        down_1_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
+            down_1_attn_block_self_attn_att, -1
         ))
-        del down_1_attn_block_self_attn_div
+        del down_1_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         down_1_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = torch.matmul(
-            down_1_attn_block_self_attn_softmax, down_1_attn_block_self_attn_transpose_2
+            down_1_attn_block_self_attn_att_1, down_1_attn_block_self_attn_v
         )
-        del down_1_attn_block_self_attn_softmax, down_1_attn_block_self_attn_transpose_2
-        down_1_attn_block_self_attn_transpose_4: (
+        del down_1_attn_block_self_attn_att_1, down_1_attn_block_self_attn_v
+        down_1_attn_block_self_attn_transpose_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_self_attn_matmul_1.transpose(1, 2)
         del down_1_attn_block_self_attn_matmul_1
-        down_1_attn_block_self_attn_reshape: (
+        down_1_attn_block_self_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = down_1_attn_block_self_attn_transpose_4.reshape(
+        ) = down_1_attn_block_self_attn_transpose_2.reshape(
             1, down_1_attn_block_self_attn_mul, 128
         )
-        del down_1_attn_block_self_attn_transpose_4
+        del down_1_attn_block_self_attn_transpose_2
         # unet.py:85 in forward: return self.to_out(y)
         down_1_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.self_attn.to_out(
-            down_1_attn_block_self_attn_reshape
-        )
-        del down_1_attn_block_self_attn_reshape
+        ) = self.down[1].attn.block.self_attn.to_out(down_1_attn_block_self_attn_y)
+        del down_1_attn_block_self_attn_y
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
-        down_1_attn_block_add: (
+        down_1_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (down_1_attn_transpose + down_1_attn_block_self_attn_to_out)
-        del down_1_attn_block_self_attn_to_out, down_1_attn_transpose
+        ) = (down_1_attn_y + down_1_attn_block_self_attn_to_out)
+        del down_1_attn_block_self_attn_to_out, down_1_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         down_1_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.ln_2(down_1_attn_block_add)
+        ) = self.down[1].attn.block.ln_2(down_1_attn_block_x)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         down_1_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -873,7 +864,7 @@ class ChunkedUNet(torch.nn.Module):
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del down_1_attn_block_cross_attn_to_q
-        down_1_attn_block_cross_attn_transpose: (
+        down_1_attn_block_cross_attn_q: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = down_1_attn_block_cross_attn_view.transpose(1, 2)
         del down_1_attn_block_cross_attn_view
@@ -885,7 +876,7 @@ class ChunkedUNet(torch.nn.Module):
             down_1_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
         del down_1_attn_block_cross_attn_to_k
-        down_1_attn_block_cross_attn_transpose_1: "f32[1, 4, 77, 32]" = (
+        down_1_attn_block_cross_attn_k: "f32[1, 4, 77, 32]" = (
             down_1_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del down_1_attn_block_cross_attn_view_1
@@ -897,71 +888,61 @@ class ChunkedUNet(torch.nn.Module):
             down_1_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
         del down_1_attn_block_cross_attn_to_v
-        down_1_attn_block_cross_attn_transpose_2: "f32[1, 4, 77, 32]" = (
+        down_1_attn_block_cross_attn_v: "f32[1, 4, 77, 32]" = (
             down_1_attn_block_cross_attn_view_2.transpose(1, 2)
         )
         del down_1_attn_block_cross_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        down_1_attn_block_cross_attn_transpose_3: "f32[1, 4, 32, 77]" = (
-            down_1_attn_block_cross_attn_transpose_1.transpose(-1, -2)
+        down_1_attn_block_cross_attn_transpose: "f32[1, 4, 32, 77]" = (
+            down_1_attn_block_cross_attn_k.transpose(-1, -2)
         )
-        del down_1_attn_block_cross_attn_transpose_1
+        del down_1_attn_block_cross_attn_k
         down_1_attn_block_cross_attn_matmul: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = torch.matmul(
-            down_1_attn_block_cross_attn_transpose,
-            down_1_attn_block_cross_attn_transpose_3,
+            down_1_attn_block_cross_attn_q, down_1_attn_block_cross_attn_transpose
         )
-        del (
-            down_1_attn_block_cross_attn_transpose,
-            down_1_attn_block_cross_attn_transpose_3,
-        )
-        down_1_attn_block_cross_attn_div: (
+        del down_1_attn_block_cross_attn_q, down_1_attn_block_cross_attn_transpose
+        down_1_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = (down_1_attn_block_cross_attn_matmul / 5.656854249492381)
         del down_1_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        down_1_attn_block_cross_attn_softmax: (
+        down_1_attn_block_cross_attn_att_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
-        ) = torch.softmax(down_1_attn_block_cross_attn_div, -1)
-        del down_1_attn_block_cross_attn_div
+        ) = torch.softmax(down_1_attn_block_cross_attn_att, -1)
+        del down_1_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         down_1_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = torch.matmul(
-            down_1_attn_block_cross_attn_softmax,
-            down_1_attn_block_cross_attn_transpose_2,
+            down_1_attn_block_cross_attn_att_1, down_1_attn_block_cross_attn_v
         )
-        del (
-            down_1_attn_block_cross_attn_softmax,
-            down_1_attn_block_cross_attn_transpose_2,
-        )
-        down_1_attn_block_cross_attn_transpose_4: (
+        del down_1_attn_block_cross_attn_att_1, down_1_attn_block_cross_attn_v
+        down_1_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_cross_attn_matmul_1.transpose(1, 2)
         del down_1_attn_block_cross_attn_matmul_1
-        down_1_attn_block_cross_attn_reshape: (
+        down_1_attn_block_cross_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = down_1_attn_block_cross_attn_transpose_4.reshape(
+        ) = down_1_attn_block_cross_attn_transpose_1.reshape(
             1, down_1_attn_block_self_attn_mul, 128
         )
-        del down_1_attn_block_cross_attn_transpose_4
+        del down_1_attn_block_cross_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         down_1_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.cross_attn.to_out(
-            down_1_attn_block_cross_attn_reshape
-        )
-        del down_1_attn_block_cross_attn_reshape
+        ) = self.down[1].attn.block.cross_attn.to_out(down_1_attn_block_cross_attn_y)
+        del down_1_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        down_1_attn_block_add_1: (
+        down_1_attn_block_x_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (down_1_attn_block_add + down_1_attn_block_cross_attn_to_out)
-        del down_1_attn_block_add, down_1_attn_block_cross_attn_to_out
+        ) = (down_1_attn_block_x + down_1_attn_block_cross_attn_to_out)
+        del down_1_attn_block_cross_attn_to_out, down_1_attn_block_x
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         down_1_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.ln_3(down_1_attn_block_add_1)
+        ) = self.down[1].attn.block.ln_3(down_1_attn_block_x_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         down_1_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
@@ -969,51 +950,51 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_attn_block_ln_3
         down_1_attn_block_ff_chunk = torch.chunk(down_1_attn_block_ff_proj, 2, -1)
         del down_1_attn_block_ff_proj
-        down_1_attn_block_ff_chunk_0: (
+        down_1_attn_block_ff_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
         ) = down_1_attn_block_ff_chunk[0]
-        down_1_attn_block_ff_chunk_1: (
+        down_1_attn_block_ff_gate: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
         ) = down_1_attn_block_ff_chunk[1]
         del down_1_attn_block_ff_chunk
         # unet.py:96 in forward: return self.out(h * F.gelu(gate))
         down_1_attn_block_ff_gelu: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
-        ) = torch.nn.functional.gelu(down_1_attn_block_ff_chunk_1)
-        del down_1_attn_block_ff_chunk_1
+        ) = torch.nn.functional.gelu(down_1_attn_block_ff_gate)
+        del down_1_attn_block_ff_gate
         down_1_attn_block_ff_mul: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
-        ) = (down_1_attn_block_ff_chunk_0 * down_1_attn_block_ff_gelu)
-        del down_1_attn_block_ff_chunk_0, down_1_attn_block_ff_gelu
+        ) = (down_1_attn_block_ff_h * down_1_attn_block_ff_gelu)
+        del down_1_attn_block_ff_gelu, down_1_attn_block_ff_h
         down_1_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = self.down[1].attn.block.ff.out(down_1_attn_block_ff_mul)
         del down_1_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-        down_1_attn_block_add_2: (
+        down_1_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (down_1_attn_block_add_1 + down_1_attn_block_ff_out)
-        del down_1_attn_block_add_1, down_1_attn_block_ff_out
+        ) = (down_1_attn_block_x_1 + down_1_attn_block_ff_out)
+        del down_1_attn_block_ff_out, down_1_attn_block_x_1
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        down_1_attn_transpose_1: (
+        down_1_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = down_1_attn_block_add_2.transpose(1, 2)
-        del down_1_attn_block_add_2
-        down_1_attn_reshape: (
+        ) = down_1_attn_block_add.transpose(1, 2)
+        del down_1_attn_block_add
+        down_1_attn_y_1: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = down_1_attn_transpose_1.reshape(
+        ) = down_1_attn_transpose.reshape(
             1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
         )
-        del down_1_attn_transpose_1
+        del down_1_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         down_1_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.down[1].attn.proj_out(down_1_attn_reshape)
-        del down_1_attn_reshape
+        ) = self.down[1].attn.proj_out(down_1_attn_y_1)
+        del down_1_attn_y_1
         down_1_attn_add: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = (down_1_res_add_1 + down_1_attn_proj_out)
-        del down_1_attn_proj_out, down_1_res_add_1
+        ) = (down_1_res_add + down_1_attn_proj_out)
+        del down_1_attn_proj_out, down_1_res_add
         # unet.py:139 in forward: return self.conv(x)
         downsample_1_conv: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
@@ -1039,7 +1020,7 @@ class ChunkedUNet(torch.nn.Module):
         ) = self.down[2].res.conv_1(down_2_res_silu)
         del down_2_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        down_2_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        down_2_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         down_2_res_time_proj: "f32[1, 128]" = self.down[2].res.time_proj(
             down_2_res_silu_1
         )
@@ -1048,95 +1029,95 @@ class ChunkedUNet(torch.nn.Module):
         del down_2_res_time_proj
         down_2_res_unsqueeze_1: "f32[1, 128, 1, 1]" = down_2_res_unsqueeze.unsqueeze(3)
         del down_2_res_unsqueeze
-        down_2_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        down_2_res_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             down_2_res_conv_1 + down_2_res_unsqueeze_1
         )
         del down_2_res_conv_1, down_2_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_2_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.down[2].res.norm_2(down_2_res_add)
-        del down_2_res_add
+        ) = self.down[2].res.norm_2(down_2_res_h)
+        del down_2_res_h
         down_2_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
         ) = torch.nn.functional.silu(down_2_res_norm_2)
         del down_2_res_norm_2
-        down_2_res_conv_2: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.down[2].res.conv_2(down_2_res_silu_2)
+        down_2_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            self.down[2].res.conv_2(down_2_res_silu_2)
+        )
         del down_2_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        down_2_res_add_1: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = (downsample_1_conv + down_2_res_conv_2)
-        del down_2_res_conv_2
+        down_2_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            downsample_1_conv + down_2_res_h_1
+        )
+        del down_2_res_h_1
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         mid_1_norm_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.mid_1.norm_1(down_2_res_add_1)
+            self.mid_1.norm_1(down_2_res_add)
         )
         mid_1_silu: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_1_norm_1)
         )
         del mid_1_norm_1
-        mid_1_conv_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_1_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_1.conv_1(mid_1_silu)
         )
         del mid_1_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        mid_1_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        mid_1_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         mid_1_time_proj: "f32[1, 128]" = self.mid_1.time_proj(mid_1_silu_1)
         del mid_1_silu_1
         mid_1_unsqueeze: "f32[1, 128, 1]" = mid_1_time_proj.unsqueeze(2)
         del mid_1_time_proj
         mid_1_unsqueeze_1: "f32[1, 128, 1, 1]" = mid_1_unsqueeze.unsqueeze(3)
         del mid_1_unsqueeze
-        mid_1_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_1_conv_1 + mid_1_unsqueeze_1
+        mid_1_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            mid_1_h + mid_1_unsqueeze_1
         )
-        del mid_1_conv_1, mid_1_unsqueeze_1
+        del mid_1_h, mid_1_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         mid_1_norm_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.mid_1.norm_2(mid_1_add)
+            self.mid_1.norm_2(mid_1_h_1)
         )
-        del mid_1_add
+        del mid_1_h_1
         mid_1_silu_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_1_norm_2)
         )
         del mid_1_norm_2
-        mid_1_conv_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_1_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_1.conv_2(mid_1_silu_2)
         )
         del mid_1_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        mid_1_add_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            down_2_res_add_1 + mid_1_conv_2
+        mid_1_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            down_2_res_add + mid_1_h_2
         )
-        del mid_1_conv_2
+        del mid_1_h_2
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         mid_attn_norm: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.mid_attn.norm(mid_1_add_1)
+            self.mid_attn.norm(mid_1_add)
         )
-        mid_attn_proj_in: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.mid_attn.proj_in(mid_attn_norm)
+        mid_attn_y: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            self.mid_attn.proj_in(mid_attn_norm)
+        )
         del mid_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         mid_attn_flatten: (
             "f32[1, 128, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]"
-        ) = mid_attn_proj_in.flatten(2)
-        del mid_attn_proj_in
-        mid_attn_transpose: (
+        ) = mid_attn_y.flatten(2)
+        del mid_attn_y
+        mid_attn_y_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
         ) = mid_attn_flatten.transpose(1, 2)
         del mid_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        mid_attn_block_ln_1: (
+        mid_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.ln_1(mid_attn_transpose)
+        ) = self.mid_attn.block.ln_1(mid_attn_y_1)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.self_attn.to_q(mid_attn_block_ln_1)
+        ) = self.mid_attn.block.self_attn.to_q(mid_attn_block_h)
         mid_attn_block_self_attn_mul = down_2_res_norm_1_add_1 * down_2_res_norm_1_add
         mid_attn_block_self_attn_view: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
@@ -1149,75 +1130,73 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.self_attn.to_k(mid_attn_block_ln_1)
+        ) = self.mid_attn.block.self_attn.to_k(mid_attn_block_h)
         mid_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_self_attn_to_k.view(1, mid_attn_block_self_attn_mul, 4, 32)
         del mid_attn_block_self_attn_to_k
-        mid_attn_block_self_attn_transpose_1: (
+        mid_attn_block_self_attn_k: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
         ) = mid_attn_block_self_attn_view_1.transpose(1, 2)
         del mid_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.self_attn.to_v(mid_attn_block_ln_1)
-        del mid_attn_block_ln_1
+        ) = self.mid_attn.block.self_attn.to_v(mid_attn_block_h)
+        del mid_attn_block_h
         mid_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_self_attn_to_v.view(1, mid_attn_block_self_attn_mul, 4, 32)
         del mid_attn_block_self_attn_to_v
-        mid_attn_block_self_attn_transpose_2: (
+        mid_attn_block_self_attn_v: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
         ) = mid_attn_block_self_attn_view_2.transpose(1, 2)
         del mid_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        mid_attn_block_self_attn_transpose_3: (
+        mid_attn_block_self_attn_transpose_1: (
             "f32[1, 4, 32, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]"
-        ) = mid_attn_block_self_attn_transpose_1.transpose(-1, -2)
-        del mid_attn_block_self_attn_transpose_1
+        ) = mid_attn_block_self_attn_k.transpose(-1, -2)
+        del mid_attn_block_self_attn_k
         mid_attn_block_self_attn_matmul: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = torch.matmul(
-            mid_attn_block_self_attn_transpose, mid_attn_block_self_attn_transpose_3
+            mid_attn_block_self_attn_transpose, mid_attn_block_self_attn_transpose_1
         )
-        del mid_attn_block_self_attn_transpose, mid_attn_block_self_attn_transpose_3
-        mid_attn_block_self_attn_div: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (mid_attn_block_self_attn_matmul / 5.656854249492381)
+        del mid_attn_block_self_attn_transpose, mid_attn_block_self_attn_transpose_1
+        mid_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (mid_attn_block_self_attn_matmul / 5.656854249492381)
         del mid_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        mid_attn_block_self_attn_softmax: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (torch.softmax(
-            mid_attn_block_self_attn_div, -1
+        mid_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (torch.softmax(
+            mid_attn_block_self_attn_att, -1
         ))
-        del mid_attn_block_self_attn_div
+        del mid_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         mid_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
-        ) = torch.matmul(
-            mid_attn_block_self_attn_softmax, mid_attn_block_self_attn_transpose_2
-        )
-        del mid_attn_block_self_attn_softmax, mid_attn_block_self_attn_transpose_2
-        mid_attn_block_self_attn_transpose_4: (
+        ) = torch.matmul(mid_attn_block_self_attn_att_1, mid_attn_block_self_attn_v)
+        del mid_attn_block_self_attn_att_1, mid_attn_block_self_attn_v
+        mid_attn_block_self_attn_transpose_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_self_attn_matmul_1.transpose(1, 2)
         del mid_attn_block_self_attn_matmul_1
-        mid_attn_block_self_attn_reshape: (
+        mid_attn_block_self_attn_y: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = mid_attn_block_self_attn_transpose_4.reshape(
+        ) = mid_attn_block_self_attn_transpose_2.reshape(
             1, mid_attn_block_self_attn_mul, 128
         )
-        del mid_attn_block_self_attn_transpose_4
+        del mid_attn_block_self_attn_transpose_2
         # unet.py:85 in forward: return self.to_out(y)
         mid_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.self_attn.to_out(mid_attn_block_self_attn_reshape)
-        del mid_attn_block_self_attn_reshape
+        ) = self.mid_attn.block.self_attn.to_out(mid_attn_block_self_attn_y)
+        del mid_attn_block_self_attn_y
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
-        mid_attn_block_add: (
+        mid_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = (mid_attn_transpose + mid_attn_block_self_attn_to_out)
-        del mid_attn_block_self_attn_to_out, mid_attn_transpose
+        ) = (mid_attn_y_1 + mid_attn_block_self_attn_to_out)
+        del mid_attn_block_self_attn_to_out, mid_attn_y_1
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         mid_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.ln_2(mid_attn_block_add)
+        ) = self.mid_attn.block.ln_2(mid_attn_block_x)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         mid_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
@@ -1227,7 +1206,7 @@ class ChunkedUNet(torch.nn.Module):
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_cross_attn_to_q.view(1, mid_attn_block_self_attn_mul, 4, 32)
         del mid_attn_block_cross_attn_to_q
-        mid_attn_block_cross_attn_transpose: (
+        mid_attn_block_cross_attn_q: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
         ) = mid_attn_block_cross_attn_view.transpose(1, 2)
         del mid_attn_block_cross_attn_view
@@ -1239,7 +1218,7 @@ class ChunkedUNet(torch.nn.Module):
             mid_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
         del mid_attn_block_cross_attn_to_k
-        mid_attn_block_cross_attn_transpose_1: "f32[1, 4, 77, 32]" = (
+        mid_attn_block_cross_attn_k: "f32[1, 4, 77, 32]" = (
             mid_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del mid_attn_block_cross_attn_view_1
@@ -1251,61 +1230,59 @@ class ChunkedUNet(torch.nn.Module):
             mid_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
         del mid_attn_block_cross_attn_to_v
-        mid_attn_block_cross_attn_transpose_2: "f32[1, 4, 77, 32]" = (
+        mid_attn_block_cross_attn_v: "f32[1, 4, 77, 32]" = (
             mid_attn_block_cross_attn_view_2.transpose(1, 2)
         )
         del mid_attn_block_cross_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        mid_attn_block_cross_attn_transpose_3: "f32[1, 4, 32, 77]" = (
-            mid_attn_block_cross_attn_transpose_1.transpose(-1, -2)
+        mid_attn_block_cross_attn_transpose: "f32[1, 4, 32, 77]" = (
+            mid_attn_block_cross_attn_k.transpose(-1, -2)
         )
-        del mid_attn_block_cross_attn_transpose_1
+        del mid_attn_block_cross_attn_k
         mid_attn_block_cross_attn_matmul: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 77]"
         ) = torch.matmul(
-            mid_attn_block_cross_attn_transpose, mid_attn_block_cross_attn_transpose_3
+            mid_attn_block_cross_attn_q, mid_attn_block_cross_attn_transpose
         )
-        del mid_attn_block_cross_attn_transpose, mid_attn_block_cross_attn_transpose_3
-        mid_attn_block_cross_attn_div: (
+        del mid_attn_block_cross_attn_q, mid_attn_block_cross_attn_transpose
+        mid_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 77]"
         ) = (mid_attn_block_cross_attn_matmul / 5.656854249492381)
         del mid_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        mid_attn_block_cross_attn_softmax: (
+        mid_attn_block_cross_attn_att_1: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 77]"
-        ) = torch.softmax(mid_attn_block_cross_attn_div, -1)
-        del mid_attn_block_cross_attn_div
+        ) = torch.softmax(mid_attn_block_cross_attn_att, -1)
+        del mid_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         mid_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
-        ) = torch.matmul(
-            mid_attn_block_cross_attn_softmax, mid_attn_block_cross_attn_transpose_2
-        )
-        del mid_attn_block_cross_attn_softmax, mid_attn_block_cross_attn_transpose_2
-        mid_attn_block_cross_attn_transpose_4: (
+        ) = torch.matmul(mid_attn_block_cross_attn_att_1, mid_attn_block_cross_attn_v)
+        del mid_attn_block_cross_attn_att_1, mid_attn_block_cross_attn_v
+        mid_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_cross_attn_matmul_1.transpose(1, 2)
         del mid_attn_block_cross_attn_matmul_1
-        mid_attn_block_cross_attn_reshape: (
+        mid_attn_block_cross_attn_y: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = mid_attn_block_cross_attn_transpose_4.reshape(
+        ) = mid_attn_block_cross_attn_transpose_1.reshape(
             1, mid_attn_block_self_attn_mul, 128
         )
-        del mid_attn_block_cross_attn_transpose_4, mid_attn_block_self_attn_mul
+        del mid_attn_block_cross_attn_transpose_1, mid_attn_block_self_attn_mul
         # unet.py:85 in forward: return self.to_out(y)
         mid_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.cross_attn.to_out(mid_attn_block_cross_attn_reshape)
-        del mid_attn_block_cross_attn_reshape
+        ) = self.mid_attn.block.cross_attn.to_out(mid_attn_block_cross_attn_y)
+        del mid_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        mid_attn_block_add_1: (
+        mid_attn_block_x_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = (mid_attn_block_add + mid_attn_block_cross_attn_to_out)
-        del mid_attn_block_add, mid_attn_block_cross_attn_to_out
+        ) = (mid_attn_block_x + mid_attn_block_cross_attn_to_out)
+        del mid_attn_block_cross_attn_to_out, mid_attn_block_x
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         mid_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.ln_3(mid_attn_block_add_1)
+        ) = self.mid_attn.block.ln_3(mid_attn_block_x_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         mid_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 1024]"
@@ -1313,51 +1290,51 @@ class ChunkedUNet(torch.nn.Module):
         del mid_attn_block_ln_3
         mid_attn_block_ff_chunk = torch.chunk(mid_attn_block_ff_proj, 2, -1)
         del mid_attn_block_ff_proj
-        mid_attn_block_ff_chunk_0: (
+        mid_attn_block_ff_h: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 512]"
         ) = mid_attn_block_ff_chunk[0]
-        mid_attn_block_ff_chunk_1: (
+        mid_attn_block_ff_gate: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 512]"
         ) = mid_attn_block_ff_chunk[1]
         del mid_attn_block_ff_chunk
         # unet.py:96 in forward: return self.out(h * F.gelu(gate))
         mid_attn_block_ff_gelu: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 512]"
-        ) = torch.nn.functional.gelu(mid_attn_block_ff_chunk_1)
-        del mid_attn_block_ff_chunk_1
+        ) = torch.nn.functional.gelu(mid_attn_block_ff_gate)
+        del mid_attn_block_ff_gate
         mid_attn_block_ff_mul: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 512]"
-        ) = (mid_attn_block_ff_chunk_0 * mid_attn_block_ff_gelu)
-        del mid_attn_block_ff_chunk_0, mid_attn_block_ff_gelu
+        ) = (mid_attn_block_ff_h * mid_attn_block_ff_gelu)
+        del mid_attn_block_ff_gelu, mid_attn_block_ff_h
         mid_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
         ) = self.mid_attn.block.ff.out(mid_attn_block_ff_mul)
         del mid_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-        mid_attn_block_add_2: (
+        mid_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = (mid_attn_block_add_1 + mid_attn_block_ff_out)
-        del mid_attn_block_add_1, mid_attn_block_ff_out
+        ) = (mid_attn_block_x_1 + mid_attn_block_ff_out)
+        del mid_attn_block_ff_out, mid_attn_block_x_1
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        mid_attn_transpose_1: (
+        mid_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]"
-        ) = mid_attn_block_add_2.transpose(1, 2)
-        del mid_attn_block_add_2
-        mid_attn_reshape: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = mid_attn_transpose_1.reshape(
-            1, 128, down_2_res_norm_1_add, down_2_res_norm_1_add_1
+        ) = mid_attn_block_add.transpose(1, 2)
+        del mid_attn_block_add
+        mid_attn_y_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            mid_attn_transpose.reshape(
+                1, 128, down_2_res_norm_1_add, down_2_res_norm_1_add_1
+            )
         )
-        del down_2_res_norm_1_add, down_2_res_norm_1_add_1, mid_attn_transpose_1
+        del down_2_res_norm_1_add, down_2_res_norm_1_add_1, mid_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         mid_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.mid_attn.proj_out(mid_attn_reshape)
-        del mid_attn_reshape
+        ) = self.mid_attn.proj_out(mid_attn_y_2)
+        del mid_attn_y_2
         mid_attn_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_1_add_1 + mid_attn_proj_out
+            mid_1_add + mid_attn_proj_out
         )
-        del mid_1_add_1, mid_attn_proj_out
+        del mid_1_add, mid_attn_proj_out
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         mid_2_norm_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_2.norm_1(mid_attn_add)
@@ -1366,317 +1343,315 @@ class ChunkedUNet(torch.nn.Module):
             torch.nn.functional.silu(mid_2_norm_1)
         )
         del mid_2_norm_1
-        mid_2_conv_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_2_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_2.conv_1(mid_2_silu)
         )
         del mid_2_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        mid_2_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        mid_2_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         mid_2_time_proj: "f32[1, 128]" = self.mid_2.time_proj(mid_2_silu_1)
         del mid_2_silu_1
         mid_2_unsqueeze: "f32[1, 128, 1]" = mid_2_time_proj.unsqueeze(2)
         del mid_2_time_proj
         mid_2_unsqueeze_1: "f32[1, 128, 1, 1]" = mid_2_unsqueeze.unsqueeze(3)
         del mid_2_unsqueeze
-        mid_2_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_2_conv_1 + mid_2_unsqueeze_1
+        mid_2_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            mid_2_h + mid_2_unsqueeze_1
         )
-        del mid_2_conv_1, mid_2_unsqueeze_1
+        del mid_2_h, mid_2_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         mid_2_norm_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.mid_2.norm_2(mid_2_add)
+            self.mid_2.norm_2(mid_2_h_1)
         )
-        del mid_2_add
+        del mid_2_h_1
         mid_2_silu_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_2_norm_2)
         )
         del mid_2_norm_2
-        mid_2_conv_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_2_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_2.conv_2(mid_2_silu_2)
         )
         del mid_2_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        mid_2_add_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_attn_add + mid_2_conv_2
+        mid_2_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            mid_attn_add + mid_2_h_2
         )
-        del mid_2_conv_2, mid_attn_add
+        del mid_2_h_2, mid_attn_add
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_1: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = torch.cat(
-            [mid_2_add_1, down_2_res_add_1], 1
+        cat: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = torch.cat(
+            [mid_2_add, down_2_res_add], 1
         )
-        del down_2_res_add_1, mid_2_add_1
+        del down_2_res_add, mid_2_add
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_0_res_norm_1: (
             "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[0].res.norm_1(cat_1)
+        ) = self.up[0].res.norm_1(cat)
         up_0_res_silu: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(up_0_res_norm_1)
         )
         del up_0_res_norm_1
-        up_0_res_conv_1: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[0].res.conv_1(up_0_res_silu)
+        up_0_res_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            self.up[0].res.conv_1(up_0_res_silu)
+        )
         del up_0_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        up_0_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        up_0_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         up_0_res_time_proj: "f32[1, 128]" = self.up[0].res.time_proj(up_0_res_silu_1)
         del up_0_res_silu_1
         up_0_res_unsqueeze: "f32[1, 128, 1]" = up_0_res_time_proj.unsqueeze(2)
         del up_0_res_time_proj
         up_0_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_0_res_unsqueeze.unsqueeze(3)
         del up_0_res_unsqueeze
-        up_0_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_0_res_conv_1 + up_0_res_unsqueeze_1
+        up_0_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            up_0_res_h + up_0_res_unsqueeze_1
         )
-        del up_0_res_conv_1, up_0_res_unsqueeze_1
+        del up_0_res_h, up_0_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_0_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[0].res.norm_2(up_0_res_add)
-        del up_0_res_add
+        ) = self.up[0].res.norm_2(up_0_res_h_1)
+        del up_0_res_h_1
         up_0_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
         ) = torch.nn.functional.silu(up_0_res_norm_2)
         del up_0_res_norm_2
-        up_0_res_conv_2: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[0].res.conv_2(up_0_res_silu_2)
+        up_0_res_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            self.up[0].res.conv_2(up_0_res_silu_2)
+        )
         del up_0_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_0_res_skip: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.up[0].res.skip(cat_1)
+            self.up[0].res.skip(cat)
         )
-        del cat_1
-        up_0_res_add_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_0_res_skip + up_0_res_conv_2
+        del cat
+        up_0_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            up_0_res_skip + up_0_res_h_2
         )
-        del up_0_res_conv_2, up_0_res_skip
+        del up_0_res_h_2, up_0_res_skip
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_2: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = torch.cat(
-            [up_0_res_add_1, downsample_1_conv], 1
+        cat_1: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = torch.cat(
+            [up_0_res_add, downsample_1_conv], 1
         )
-        del downsample_1_conv, up_0_res_add_1
+        del downsample_1_conv, up_0_res_add
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_1_res_norm_1: (
             "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[1].res.norm_1(cat_2)
+        ) = self.up[1].res.norm_1(cat_1)
         up_1_res_silu: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(up_1_res_norm_1)
         )
         del up_1_res_norm_1
-        up_1_res_conv_1: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[1].res.conv_1(up_1_res_silu)
+        up_1_res_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            self.up[1].res.conv_1(up_1_res_silu)
+        )
         del up_1_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        up_1_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        up_1_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         up_1_res_time_proj: "f32[1, 128]" = self.up[1].res.time_proj(up_1_res_silu_1)
         del up_1_res_silu_1
         up_1_res_unsqueeze: "f32[1, 128, 1]" = up_1_res_time_proj.unsqueeze(2)
         del up_1_res_time_proj
         up_1_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_1_res_unsqueeze.unsqueeze(3)
         del up_1_res_unsqueeze
-        up_1_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_1_res_conv_1 + up_1_res_unsqueeze_1
+        up_1_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            up_1_res_h + up_1_res_unsqueeze_1
         )
-        del up_1_res_conv_1, up_1_res_unsqueeze_1
+        del up_1_res_h, up_1_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_1_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[1].res.norm_2(up_1_res_add)
-        del up_1_res_add
+        ) = self.up[1].res.norm_2(up_1_res_h_1)
+        del up_1_res_h_1
         up_1_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
         ) = torch.nn.functional.silu(up_1_res_norm_2)
         del up_1_res_norm_2
-        up_1_res_conv_2: (
-            "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[1].res.conv_2(up_1_res_silu_2)
+        up_1_res_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            self.up[1].res.conv_2(up_1_res_silu_2)
+        )
         del up_1_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_1_res_skip: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.up[1].res.skip(cat_2)
+            self.up[1].res.skip(cat_1)
         )
-        del cat_2
-        up_1_res_add_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_1_res_skip + up_1_res_conv_2
+        del cat_1
+        up_1_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            up_1_res_skip + up_1_res_h_2
         )
-        del up_1_res_conv_2, up_1_res_skip
+        del up_1_res_h_2, up_1_res_skip
         # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
         upsample_0_upsample_nearest2d: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.interpolate(
-            up_1_res_add_1,
+            up_1_res_add,
             size=[down_1_attn_norm_add_1, down_1_attn_norm_add_3],
             mode="nearest",
         )
-        del up_1_res_add_1
+        del up_1_res_add
         upsample_0_conv: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = self.upsample[0].conv(upsample_0_upsample_nearest2d)
         del upsample_0_upsample_nearest2d
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_3: "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = torch.cat(
+        cat_2: "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = torch.cat(
             [upsample_0_conv, down_1_attn_add], 1
         )
         del down_1_attn_add, upsample_0_conv
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_2_res_norm_1: (
             "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].res.norm_1(cat_3)
+        ) = self.up[2].res.norm_1(cat_2)
         up_2_res_silu: "f32[1, 256, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             torch.nn.functional.silu(up_2_res_norm_1)
         )
         del up_2_res_norm_1
-        up_2_res_conv_1: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].res.conv_1(up_2_res_silu)
+        up_2_res_h: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.up[2].res.conv_1(up_2_res_silu)
+        )
         del up_2_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        up_2_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        up_2_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         up_2_res_time_proj: "f32[1, 128]" = self.up[2].res.time_proj(up_2_res_silu_1)
         del up_2_res_silu_1
         up_2_res_unsqueeze: "f32[1, 128, 1]" = up_2_res_time_proj.unsqueeze(2)
         del up_2_res_time_proj
         up_2_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_2_res_unsqueeze.unsqueeze(3)
         del up_2_res_unsqueeze
-        up_2_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_2_res_conv_1 + up_2_res_unsqueeze_1
+        up_2_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_2_res_h + up_2_res_unsqueeze_1
         )
-        del up_2_res_conv_1, up_2_res_unsqueeze_1
+        del up_2_res_h, up_2_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_2_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].res.norm_2(up_2_res_add)
-        del up_2_res_add
+        ) = self.up[2].res.norm_2(up_2_res_h_1)
+        del up_2_res_h_1
         up_2_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.silu(up_2_res_norm_2)
         del up_2_res_norm_2
-        up_2_res_conv_2: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].res.conv_2(up_2_res_silu_2)
+        up_2_res_h_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.up[2].res.conv_2(up_2_res_silu_2)
+        )
         del up_2_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_2_res_skip: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            self.up[2].res.skip(cat_3)
+            self.up[2].res.skip(cat_2)
         )
-        del cat_3
-        up_2_res_add_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_2_res_skip + up_2_res_conv_2
+        del cat_2
+        up_2_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_2_res_skip + up_2_res_h_2
         )
-        del up_2_res_conv_2, up_2_res_skip
+        del up_2_res_h_2, up_2_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_2_attn_norm: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            self.up[2].attn.norm(up_2_res_add_1)
+            self.up[2].attn.norm(up_2_res_add)
         )
-        up_2_attn_proj_in: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].attn.proj_in(up_2_attn_norm)
+        up_2_attn_y: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.up[2].attn.proj_in(up_2_attn_norm)
+        )
         del up_2_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         up_2_attn_flatten: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = up_2_attn_proj_in.flatten(2)
-        del up_2_attn_proj_in
-        up_2_attn_transpose: (
+        ) = up_2_attn_y.flatten(2)
+        del up_2_attn_y
+        up_2_attn_y_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = up_2_attn_flatten.transpose(1, 2)
         del up_2_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        up_2_attn_block_ln_1: (
+        up_2_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.ln_1(up_2_attn_transpose)
+        ) = self.up[2].attn.block.ln_1(up_2_attn_y_1)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.self_attn.to_q(up_2_attn_block_ln_1)
+        ) = self.up[2].attn.block.self_attn.to_q(up_2_attn_block_h)
         up_2_attn_block_self_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_to_q.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_2_attn_block_self_attn_to_q
-        up_2_attn_block_self_attn_transpose: (
+        up_2_attn_block_self_attn_q: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_2_attn_block_self_attn_view.transpose(1, 2)
         del up_2_attn_block_self_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.self_attn.to_k(up_2_attn_block_ln_1)
+        ) = self.up[2].attn.block.self_attn.to_k(up_2_attn_block_h)
         up_2_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_to_k.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_2_attn_block_self_attn_to_k
-        up_2_attn_block_self_attn_transpose_1: (
+        up_2_attn_block_self_attn_k: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_2_attn_block_self_attn_view_1.transpose(1, 2)
         del up_2_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.self_attn.to_v(up_2_attn_block_ln_1)
-        del up_2_attn_block_ln_1
+        ) = self.up[2].attn.block.self_attn.to_v(up_2_attn_block_h)
+        del up_2_attn_block_h
         up_2_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_to_v.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_2_attn_block_self_attn_to_v
-        up_2_attn_block_self_attn_transpose_2: (
+        up_2_attn_block_self_attn_v: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_2_attn_block_self_attn_view_2.transpose(1, 2)
         del up_2_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_2_attn_block_self_attn_transpose_3: (
+        up_2_attn_block_self_attn_transpose: (
             "f32[1, 4, 32, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = up_2_attn_block_self_attn_transpose_1.transpose(-1, -2)
-        del up_2_attn_block_self_attn_transpose_1
+        ) = up_2_attn_block_self_attn_k.transpose(-1, -2)
+        del up_2_attn_block_self_attn_k
         up_2_attn_block_self_attn_matmul: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = torch.matmul(
-            up_2_attn_block_self_attn_transpose, up_2_attn_block_self_attn_transpose_3
+            up_2_attn_block_self_attn_q, up_2_attn_block_self_attn_transpose
         )
-        del up_2_attn_block_self_attn_transpose, up_2_attn_block_self_attn_transpose_3
-        up_2_attn_block_self_attn_div: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (up_2_attn_block_self_attn_matmul / 5.656854249492381)
+        del up_2_attn_block_self_attn_q, up_2_attn_block_self_attn_transpose
+        up_2_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (up_2_attn_block_self_attn_matmul / 5.656854249492381)
         del up_2_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_2_attn_block_self_attn_softmax: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
-            up_2_attn_block_self_attn_div, -1
+        up_2_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
+            up_2_attn_block_self_attn_att, -1
         ))
-        del up_2_attn_block_self_attn_div
+        del up_2_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_2_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(
-            up_2_attn_block_self_attn_softmax, up_2_attn_block_self_attn_transpose_2
-        )
-        del up_2_attn_block_self_attn_softmax, up_2_attn_block_self_attn_transpose_2
-        up_2_attn_block_self_attn_transpose_4: (
+        ) = torch.matmul(up_2_attn_block_self_attn_att_1, up_2_attn_block_self_attn_v)
+        del up_2_attn_block_self_attn_att_1, up_2_attn_block_self_attn_v
+        up_2_attn_block_self_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_matmul_1.transpose(1, 2)
         del up_2_attn_block_self_attn_matmul_1
-        up_2_attn_block_self_attn_reshape: (
+        up_2_attn_block_self_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = up_2_attn_block_self_attn_transpose_4.reshape(
+        ) = up_2_attn_block_self_attn_transpose_1.reshape(
             1, down_1_attn_block_self_attn_mul, 128
         )
-        del up_2_attn_block_self_attn_transpose_4
+        del up_2_attn_block_self_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         up_2_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.self_attn.to_out(up_2_attn_block_self_attn_reshape)
-        del up_2_attn_block_self_attn_reshape
+        ) = self.up[2].attn.block.self_attn.to_out(up_2_attn_block_self_attn_y)
+        del up_2_attn_block_self_attn_y
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
-        up_2_attn_block_add: (
+        up_2_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_2_attn_transpose + up_2_attn_block_self_attn_to_out)
-        del up_2_attn_block_self_attn_to_out, up_2_attn_transpose
+        ) = (up_2_attn_y_1 + up_2_attn_block_self_attn_to_out)
+        del up_2_attn_block_self_attn_to_out, up_2_attn_y_1
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_2_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.ln_2(up_2_attn_block_add)
+        ) = self.up[2].attn.block.ln_2(up_2_attn_block_x)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_2_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -1688,7 +1663,7 @@ class ChunkedUNet(torch.nn.Module):
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_2_attn_block_cross_attn_to_q
-        up_2_attn_block_cross_attn_transpose: (
+        up_2_attn_block_cross_attn_q: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_2_attn_block_cross_attn_view.transpose(1, 2)
         del up_2_attn_block_cross_attn_view
@@ -1700,7 +1675,7 @@ class ChunkedUNet(torch.nn.Module):
             up_2_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
         del up_2_attn_block_cross_attn_to_k
-        up_2_attn_block_cross_attn_transpose_1: "f32[1, 4, 77, 32]" = (
+        up_2_attn_block_cross_attn_k: "f32[1, 4, 77, 32]" = (
             up_2_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del up_2_attn_block_cross_attn_view_1
@@ -1712,61 +1687,59 @@ class ChunkedUNet(torch.nn.Module):
             up_2_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
         del up_2_attn_block_cross_attn_to_v
-        up_2_attn_block_cross_attn_transpose_2: "f32[1, 4, 77, 32]" = (
+        up_2_attn_block_cross_attn_v: "f32[1, 4, 77, 32]" = (
             up_2_attn_block_cross_attn_view_2.transpose(1, 2)
         )
         del up_2_attn_block_cross_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_2_attn_block_cross_attn_transpose_3: "f32[1, 4, 32, 77]" = (
-            up_2_attn_block_cross_attn_transpose_1.transpose(-1, -2)
+        up_2_attn_block_cross_attn_transpose: "f32[1, 4, 32, 77]" = (
+            up_2_attn_block_cross_attn_k.transpose(-1, -2)
         )
-        del up_2_attn_block_cross_attn_transpose_1
+        del up_2_attn_block_cross_attn_k
         up_2_attn_block_cross_attn_matmul: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = torch.matmul(
-            up_2_attn_block_cross_attn_transpose, up_2_attn_block_cross_attn_transpose_3
+            up_2_attn_block_cross_attn_q, up_2_attn_block_cross_attn_transpose
         )
-        del up_2_attn_block_cross_attn_transpose, up_2_attn_block_cross_attn_transpose_3
-        up_2_attn_block_cross_attn_div: (
+        del up_2_attn_block_cross_attn_q, up_2_attn_block_cross_attn_transpose
+        up_2_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = (up_2_attn_block_cross_attn_matmul / 5.656854249492381)
         del up_2_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_2_attn_block_cross_attn_softmax: (
+        up_2_attn_block_cross_attn_att_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
-        ) = torch.softmax(up_2_attn_block_cross_attn_div, -1)
-        del up_2_attn_block_cross_attn_div
+        ) = torch.softmax(up_2_attn_block_cross_attn_att, -1)
+        del up_2_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_2_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(
-            up_2_attn_block_cross_attn_softmax, up_2_attn_block_cross_attn_transpose_2
-        )
-        del up_2_attn_block_cross_attn_softmax, up_2_attn_block_cross_attn_transpose_2
-        up_2_attn_block_cross_attn_transpose_4: (
+        ) = torch.matmul(up_2_attn_block_cross_attn_att_1, up_2_attn_block_cross_attn_v)
+        del up_2_attn_block_cross_attn_att_1, up_2_attn_block_cross_attn_v
+        up_2_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_cross_attn_matmul_1.transpose(1, 2)
         del up_2_attn_block_cross_attn_matmul_1
-        up_2_attn_block_cross_attn_reshape: (
+        up_2_attn_block_cross_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = up_2_attn_block_cross_attn_transpose_4.reshape(
+        ) = up_2_attn_block_cross_attn_transpose_1.reshape(
             1, down_1_attn_block_self_attn_mul, 128
         )
-        del up_2_attn_block_cross_attn_transpose_4
+        del up_2_attn_block_cross_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         up_2_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.cross_attn.to_out(up_2_attn_block_cross_attn_reshape)
-        del up_2_attn_block_cross_attn_reshape
+        ) = self.up[2].attn.block.cross_attn.to_out(up_2_attn_block_cross_attn_y)
+        del up_2_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_2_attn_block_add_1: (
+        up_2_attn_block_x_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_2_attn_block_add + up_2_attn_block_cross_attn_to_out)
-        del up_2_attn_block_add, up_2_attn_block_cross_attn_to_out
+        ) = (up_2_attn_block_x + up_2_attn_block_cross_attn_to_out)
+        del up_2_attn_block_cross_attn_to_out, up_2_attn_block_x
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_2_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.ln_3(up_2_attn_block_add_1)
+        ) = self.up[2].attn.block.ln_3(up_2_attn_block_x_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_2_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
@@ -1774,213 +1747,211 @@ class ChunkedUNet(torch.nn.Module):
         del up_2_attn_block_ln_3
         up_2_attn_block_ff_chunk = torch.chunk(up_2_attn_block_ff_proj, 2, -1)
         del up_2_attn_block_ff_proj
-        up_2_attn_block_ff_chunk_0: (
+        up_2_attn_block_ff_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
         ) = up_2_attn_block_ff_chunk[0]
-        up_2_attn_block_ff_chunk_1: (
+        up_2_attn_block_ff_gate: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
         ) = up_2_attn_block_ff_chunk[1]
         del up_2_attn_block_ff_chunk
         # unet.py:96 in forward: return self.out(h * F.gelu(gate))
         up_2_attn_block_ff_gelu: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
-        ) = torch.nn.functional.gelu(up_2_attn_block_ff_chunk_1)
-        del up_2_attn_block_ff_chunk_1
+        ) = torch.nn.functional.gelu(up_2_attn_block_ff_gate)
+        del up_2_attn_block_ff_gate
         up_2_attn_block_ff_mul: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
-        ) = (up_2_attn_block_ff_chunk_0 * up_2_attn_block_ff_gelu)
-        del up_2_attn_block_ff_chunk_0, up_2_attn_block_ff_gelu
+        ) = (up_2_attn_block_ff_h * up_2_attn_block_ff_gelu)
+        del up_2_attn_block_ff_gelu, up_2_attn_block_ff_h
         up_2_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = self.up[2].attn.block.ff.out(up_2_attn_block_ff_mul)
         del up_2_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-        up_2_attn_block_add_2: (
+        up_2_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_2_attn_block_add_1 + up_2_attn_block_ff_out)
-        del up_2_attn_block_add_1, up_2_attn_block_ff_out
+        ) = (up_2_attn_block_x_1 + up_2_attn_block_ff_out)
+        del up_2_attn_block_ff_out, up_2_attn_block_x_1
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        up_2_attn_transpose_1: (
+        up_2_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = up_2_attn_block_add_2.transpose(1, 2)
-        del up_2_attn_block_add_2
-        up_2_attn_reshape: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = up_2_attn_transpose_1.reshape(
-            1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
+        ) = up_2_attn_block_add.transpose(1, 2)
+        del up_2_attn_block_add
+        up_2_attn_y_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_2_attn_transpose.reshape(
+                1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
+            )
         )
-        del up_2_attn_transpose_1
+        del up_2_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_2_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].attn.proj_out(up_2_attn_reshape)
-        del up_2_attn_reshape
+        ) = self.up[2].attn.proj_out(up_2_attn_y_2)
+        del up_2_attn_y_2
         up_2_attn_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_2_res_add_1 + up_2_attn_proj_out
+            up_2_res_add + up_2_attn_proj_out
         )
-        del up_2_attn_proj_out, up_2_res_add_1
+        del up_2_attn_proj_out, up_2_res_add
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_4: "f32[1, 192, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = torch.cat(
+        cat_3: "f32[1, 192, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = torch.cat(
             [up_2_attn_add, downsample_0_conv], 1
         )
         del downsample_0_conv, up_2_attn_add
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
         up_3_res_norm_1: (
             "f32[1, 192, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].res.norm_1(cat_4)
+        ) = self.up[3].res.norm_1(cat_3)
         up_3_res_silu: "f32[1, 192, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             torch.nn.functional.silu(up_3_res_norm_1)
         )
         del up_3_res_norm_1
-        up_3_res_conv_1: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].res.conv_1(up_3_res_silu)
+        up_3_res_h: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.up[3].res.conv_1(up_3_res_silu)
+        )
         del up_3_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        up_3_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        up_3_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         up_3_res_time_proj: "f32[1, 128]" = self.up[3].res.time_proj(up_3_res_silu_1)
         del up_3_res_silu_1
         up_3_res_unsqueeze: "f32[1, 128, 1]" = up_3_res_time_proj.unsqueeze(2)
         del up_3_res_time_proj
         up_3_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_3_res_unsqueeze.unsqueeze(3)
         del up_3_res_unsqueeze
-        up_3_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_3_res_conv_1 + up_3_res_unsqueeze_1
+        up_3_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_3_res_h + up_3_res_unsqueeze_1
         )
-        del up_3_res_conv_1, up_3_res_unsqueeze_1
+        del up_3_res_h, up_3_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_3_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].res.norm_2(up_3_res_add)
-        del up_3_res_add
+        ) = self.up[3].res.norm_2(up_3_res_h_1)
+        del up_3_res_h_1
         up_3_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.silu(up_3_res_norm_2)
         del up_3_res_norm_2
-        up_3_res_conv_2: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].res.conv_2(up_3_res_silu_2)
+        up_3_res_h_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.up[3].res.conv_2(up_3_res_silu_2)
+        )
         del up_3_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_3_res_skip: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            self.up[3].res.skip(cat_4)
+            self.up[3].res.skip(cat_3)
         )
-        del cat_4
-        up_3_res_add_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_3_res_skip + up_3_res_conv_2
+        del cat_3
+        up_3_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_3_res_skip + up_3_res_h_2
         )
-        del up_3_res_conv_2, up_3_res_skip
+        del up_3_res_h_2, up_3_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_3_attn_norm: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            self.up[3].attn.norm(up_3_res_add_1)
+            self.up[3].attn.norm(up_3_res_add)
         )
-        up_3_attn_proj_in: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].attn.proj_in(up_3_attn_norm)
+        up_3_attn_y: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            self.up[3].attn.proj_in(up_3_attn_norm)
+        )
         del up_3_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         up_3_attn_flatten: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = up_3_attn_proj_in.flatten(2)
-        del up_3_attn_proj_in
-        up_3_attn_transpose: (
+        ) = up_3_attn_y.flatten(2)
+        del up_3_attn_y
+        up_3_attn_y_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = up_3_attn_flatten.transpose(1, 2)
         del up_3_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        up_3_attn_block_ln_1: (
+        up_3_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.ln_1(up_3_attn_transpose)
+        ) = self.up[3].attn.block.ln_1(up_3_attn_y_1)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.self_attn.to_q(up_3_attn_block_ln_1)
+        ) = self.up[3].attn.block.self_attn.to_q(up_3_attn_block_h)
         up_3_attn_block_self_attn_view: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_to_q.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_3_attn_block_self_attn_to_q
-        up_3_attn_block_self_attn_transpose: (
+        up_3_attn_block_self_attn_q: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_3_attn_block_self_attn_view.transpose(1, 2)
         del up_3_attn_block_self_attn_view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_k: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.self_attn.to_k(up_3_attn_block_ln_1)
+        ) = self.up[3].attn.block.self_attn.to_k(up_3_attn_block_h)
         up_3_attn_block_self_attn_view_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_to_k.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_3_attn_block_self_attn_to_k
-        up_3_attn_block_self_attn_transpose_1: (
+        up_3_attn_block_self_attn_k: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_3_attn_block_self_attn_view_1.transpose(1, 2)
         del up_3_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_v: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.self_attn.to_v(up_3_attn_block_ln_1)
-        del up_3_attn_block_ln_1
+        ) = self.up[3].attn.block.self_attn.to_v(up_3_attn_block_h)
+        del up_3_attn_block_h
         up_3_attn_block_self_attn_view_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_to_v.view(
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_3_attn_block_self_attn_to_v
-        up_3_attn_block_self_attn_transpose_2: (
+        up_3_attn_block_self_attn_v: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_3_attn_block_self_attn_view_2.transpose(1, 2)
         del up_3_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_3_attn_block_self_attn_transpose_3: (
+        up_3_attn_block_self_attn_transpose: (
             "f32[1, 4, 32, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = up_3_attn_block_self_attn_transpose_1.transpose(-1, -2)
-        del up_3_attn_block_self_attn_transpose_1
+        ) = up_3_attn_block_self_attn_k.transpose(-1, -2)
+        del up_3_attn_block_self_attn_k
         up_3_attn_block_self_attn_matmul: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = torch.matmul(
-            up_3_attn_block_self_attn_transpose, up_3_attn_block_self_attn_transpose_3
+            up_3_attn_block_self_attn_q, up_3_attn_block_self_attn_transpose
         )
-        del up_3_attn_block_self_attn_transpose, up_3_attn_block_self_attn_transpose_3
-        up_3_attn_block_self_attn_div: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (up_3_attn_block_self_attn_matmul / 5.656854249492381)
+        del up_3_attn_block_self_attn_q, up_3_attn_block_self_attn_transpose
+        up_3_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (up_3_attn_block_self_attn_matmul / 5.656854249492381)
         del up_3_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_3_attn_block_self_attn_softmax: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
-            up_3_attn_block_self_attn_div, -1
+        up_3_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
+            up_3_attn_block_self_attn_att, -1
         ))
-        del up_3_attn_block_self_attn_div
+        del up_3_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_3_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(
-            up_3_attn_block_self_attn_softmax, up_3_attn_block_self_attn_transpose_2
-        )
-        del up_3_attn_block_self_attn_softmax, up_3_attn_block_self_attn_transpose_2
-        up_3_attn_block_self_attn_transpose_4: (
+        ) = torch.matmul(up_3_attn_block_self_attn_att_1, up_3_attn_block_self_attn_v)
+        del up_3_attn_block_self_attn_att_1, up_3_attn_block_self_attn_v
+        up_3_attn_block_self_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_matmul_1.transpose(1, 2)
         del up_3_attn_block_self_attn_matmul_1
-        up_3_attn_block_self_attn_reshape: (
+        up_3_attn_block_self_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = up_3_attn_block_self_attn_transpose_4.reshape(
+        ) = up_3_attn_block_self_attn_transpose_1.reshape(
             1, down_1_attn_block_self_attn_mul, 128
         )
-        del up_3_attn_block_self_attn_transpose_4
+        del up_3_attn_block_self_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         up_3_attn_block_self_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.self_attn.to_out(up_3_attn_block_self_attn_reshape)
-        del up_3_attn_block_self_attn_reshape
+        ) = self.up[3].attn.block.self_attn.to_out(up_3_attn_block_self_attn_y)
+        del up_3_attn_block_self_attn_y
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
-        up_3_attn_block_add: (
+        up_3_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_3_attn_transpose + up_3_attn_block_self_attn_to_out)
-        del up_3_attn_block_self_attn_to_out, up_3_attn_transpose
+        ) = (up_3_attn_y_1 + up_3_attn_block_self_attn_to_out)
+        del up_3_attn_block_self_attn_to_out, up_3_attn_y_1
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_3_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.ln_2(up_3_attn_block_add)
+        ) = self.up[3].attn.block.ln_2(up_3_attn_block_x)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_3_attn_block_cross_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -1992,7 +1963,7 @@ class ChunkedUNet(torch.nn.Module):
             1, down_1_attn_block_self_attn_mul, 4, 32
         )
         del up_3_attn_block_cross_attn_to_q
-        up_3_attn_block_cross_attn_transpose: (
+        up_3_attn_block_cross_attn_q: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = up_3_attn_block_cross_attn_view.transpose(1, 2)
         del up_3_attn_block_cross_attn_view
@@ -2004,7 +1975,7 @@ class ChunkedUNet(torch.nn.Module):
             up_3_attn_block_cross_attn_to_k.view(1, 77, 4, 32)
         )
         del up_3_attn_block_cross_attn_to_k
-        up_3_attn_block_cross_attn_transpose_1: "f32[1, 4, 77, 32]" = (
+        up_3_attn_block_cross_attn_k: "f32[1, 4, 77, 32]" = (
             up_3_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del up_3_attn_block_cross_attn_view_1
@@ -2016,61 +1987,59 @@ class ChunkedUNet(torch.nn.Module):
             up_3_attn_block_cross_attn_to_v.view(1, 77, 4, 32)
         )
         del up_3_attn_block_cross_attn_to_v
-        up_3_attn_block_cross_attn_transpose_2: "f32[1, 4, 77, 32]" = (
+        up_3_attn_block_cross_attn_v: "f32[1, 4, 77, 32]" = (
             up_3_attn_block_cross_attn_view_2.transpose(1, 2)
         )
         del up_3_attn_block_cross_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_3_attn_block_cross_attn_transpose_3: "f32[1, 4, 32, 77]" = (
-            up_3_attn_block_cross_attn_transpose_1.transpose(-1, -2)
+        up_3_attn_block_cross_attn_transpose: "f32[1, 4, 32, 77]" = (
+            up_3_attn_block_cross_attn_k.transpose(-1, -2)
         )
-        del up_3_attn_block_cross_attn_transpose_1
+        del up_3_attn_block_cross_attn_k
         up_3_attn_block_cross_attn_matmul: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = torch.matmul(
-            up_3_attn_block_cross_attn_transpose, up_3_attn_block_cross_attn_transpose_3
+            up_3_attn_block_cross_attn_q, up_3_attn_block_cross_attn_transpose
         )
-        del up_3_attn_block_cross_attn_transpose, up_3_attn_block_cross_attn_transpose_3
-        up_3_attn_block_cross_attn_div: (
+        del up_3_attn_block_cross_attn_q, up_3_attn_block_cross_attn_transpose
+        up_3_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = (up_3_attn_block_cross_attn_matmul / 5.656854249492381)
         del up_3_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_3_attn_block_cross_attn_softmax: (
+        up_3_attn_block_cross_attn_att_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
-        ) = torch.softmax(up_3_attn_block_cross_attn_div, -1)
-        del up_3_attn_block_cross_attn_div
+        ) = torch.softmax(up_3_attn_block_cross_attn_att, -1)
+        del up_3_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_3_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(
-            up_3_attn_block_cross_attn_softmax, up_3_attn_block_cross_attn_transpose_2
-        )
-        del up_3_attn_block_cross_attn_softmax, up_3_attn_block_cross_attn_transpose_2
-        up_3_attn_block_cross_attn_transpose_4: (
+        ) = torch.matmul(up_3_attn_block_cross_attn_att_1, up_3_attn_block_cross_attn_v)
+        del up_3_attn_block_cross_attn_att_1, up_3_attn_block_cross_attn_v
+        up_3_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_cross_attn_matmul_1.transpose(1, 2)
         del up_3_attn_block_cross_attn_matmul_1
-        up_3_attn_block_cross_attn_reshape: (
+        up_3_attn_block_cross_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = up_3_attn_block_cross_attn_transpose_4.reshape(
+        ) = up_3_attn_block_cross_attn_transpose_1.reshape(
             1, down_1_attn_block_self_attn_mul, 128
         )
-        del down_1_attn_block_self_attn_mul, up_3_attn_block_cross_attn_transpose_4
+        del down_1_attn_block_self_attn_mul, up_3_attn_block_cross_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         up_3_attn_block_cross_attn_to_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.cross_attn.to_out(up_3_attn_block_cross_attn_reshape)
-        del up_3_attn_block_cross_attn_reshape
+        ) = self.up[3].attn.block.cross_attn.to_out(up_3_attn_block_cross_attn_y)
+        del up_3_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_3_attn_block_add_1: (
+        up_3_attn_block_x_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_3_attn_block_add + up_3_attn_block_cross_attn_to_out)
-        del up_3_attn_block_add, up_3_attn_block_cross_attn_to_out
+        ) = (up_3_attn_block_x + up_3_attn_block_cross_attn_to_out)
+        del up_3_attn_block_cross_attn_to_out, up_3_attn_block_x
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_3_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.ln_3(up_3_attn_block_add_1)
+        ) = self.up[3].attn.block.ln_3(up_3_attn_block_x_1)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_3_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
@@ -2078,51 +2047,51 @@ class ChunkedUNet(torch.nn.Module):
         del up_3_attn_block_ln_3
         up_3_attn_block_ff_chunk = torch.chunk(up_3_attn_block_ff_proj, 2, -1)
         del up_3_attn_block_ff_proj
-        up_3_attn_block_ff_chunk_0: (
+        up_3_attn_block_ff_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
         ) = up_3_attn_block_ff_chunk[0]
-        up_3_attn_block_ff_chunk_1: (
+        up_3_attn_block_ff_gate: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
         ) = up_3_attn_block_ff_chunk[1]
         del up_3_attn_block_ff_chunk
         # unet.py:96 in forward: return self.out(h * F.gelu(gate))
         up_3_attn_block_ff_gelu: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
-        ) = torch.nn.functional.gelu(up_3_attn_block_ff_chunk_1)
-        del up_3_attn_block_ff_chunk_1
+        ) = torch.nn.functional.gelu(up_3_attn_block_ff_gate)
+        del up_3_attn_block_ff_gate
         up_3_attn_block_ff_mul: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 512]"
-        ) = (up_3_attn_block_ff_chunk_0 * up_3_attn_block_ff_gelu)
-        del up_3_attn_block_ff_chunk_0, up_3_attn_block_ff_gelu
+        ) = (up_3_attn_block_ff_h * up_3_attn_block_ff_gelu)
+        del up_3_attn_block_ff_gelu, up_3_attn_block_ff_h
         up_3_attn_block_ff_out: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = self.up[3].attn.block.ff.out(up_3_attn_block_ff_mul)
         del up_3_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-        up_3_attn_block_add_2: (
+        up_3_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_3_attn_block_add_1 + up_3_attn_block_ff_out)
-        del up_3_attn_block_add_1, up_3_attn_block_ff_out
+        ) = (up_3_attn_block_x_1 + up_3_attn_block_ff_out)
+        del up_3_attn_block_ff_out, up_3_attn_block_x_1
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        up_3_attn_transpose_1: (
+        up_3_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
-        ) = up_3_attn_block_add_2.transpose(1, 2)
-        del up_3_attn_block_add_2
-        up_3_attn_reshape: (
-            "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = up_3_attn_transpose_1.reshape(
-            1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
+        ) = up_3_attn_block_add.transpose(1, 2)
+        del up_3_attn_block_add
+        up_3_attn_y_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_3_attn_transpose.reshape(
+                1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
+            )
         )
-        del down_1_attn_norm_add_1, down_1_attn_norm_add_3, up_3_attn_transpose_1
+        del down_1_attn_norm_add_1, down_1_attn_norm_add_3, up_3_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_3_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].attn.proj_out(up_3_attn_reshape)
-        del up_3_attn_reshape
+        ) = self.up[3].attn.proj_out(up_3_attn_y_2)
+        del up_3_attn_y_2
         up_3_attn_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_3_res_add_1 + up_3_attn_proj_out
+            up_3_res_add + up_3_attn_proj_out
         )
-        del up_3_attn_proj_out, up_3_res_add_1
+        del up_3_attn_proj_out, up_3_res_add
         # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
         upsample_1_upsample_nearest2d: "f32[1, 128, height, width]" = (
             torch.nn.functional.interpolate(
@@ -2135,80 +2104,72 @@ class ChunkedUNet(torch.nn.Module):
         )
         del upsample_1_upsample_nearest2d
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_5: "f32[1, 192, height, width]" = torch.cat(
+        cat_4: "f32[1, 192, height, width]" = torch.cat(
             [upsample_1_conv, down_0_attn_add], 1
         )
         del down_0_attn_add, upsample_1_conv
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        up_4_res_norm_1: "f32[1, 192, height, width]" = self.up[4].res.norm_1(cat_5)
+        up_4_res_norm_1: "f32[1, 192, height, width]" = self.up[4].res.norm_1(cat_4)
         up_4_res_silu: "f32[1, 192, height, width]" = torch.nn.functional.silu(
             up_4_res_norm_1
         )
         del up_4_res_norm_1
-        up_4_res_conv_1: "f32[1, 64, height, width]" = self.up[4].res.conv_1(
-            up_4_res_silu
-        )
+        up_4_res_h: "f32[1, 64, height, width]" = self.up[4].res.conv_1(up_4_res_silu)
         del up_4_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        up_4_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
+        up_4_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
         up_4_res_time_proj: "f32[1, 64]" = self.up[4].res.time_proj(up_4_res_silu_1)
         del up_4_res_silu_1
         up_4_res_unsqueeze: "f32[1, 64, 1]" = up_4_res_time_proj.unsqueeze(2)
         del up_4_res_time_proj
         up_4_res_unsqueeze_1: "f32[1, 64, 1, 1]" = up_4_res_unsqueeze.unsqueeze(3)
         del up_4_res_unsqueeze
-        up_4_res_add: "f32[1, 64, height, width]" = (
-            up_4_res_conv_1 + up_4_res_unsqueeze_1
-        )
-        del up_4_res_conv_1, up_4_res_unsqueeze_1
+        up_4_res_h_1: "f32[1, 64, height, width]" = up_4_res_h + up_4_res_unsqueeze_1
+        del up_4_res_h, up_4_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_4_res_norm_2: "f32[1, 64, height, width]" = self.up[4].res.norm_2(
-            up_4_res_add
+            up_4_res_h_1
         )
-        del up_4_res_add
+        del up_4_res_h_1
         up_4_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             up_4_res_norm_2
         )
         del up_4_res_norm_2
-        up_4_res_conv_2: "f32[1, 64, height, width]" = self.up[4].res.conv_2(
+        up_4_res_h_2: "f32[1, 64, height, width]" = self.up[4].res.conv_2(
             up_4_res_silu_2
         )
         del up_4_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        up_4_res_skip: "f32[1, 64, height, width]" = self.up[4].res.skip(cat_5)
-        del cat_5
-        up_4_res_add_1: "f32[1, 64, height, width]" = up_4_res_skip + up_4_res_conv_2
-        del up_4_res_conv_2, up_4_res_skip
+        up_4_res_skip: "f32[1, 64, height, width]" = self.up[4].res.skip(cat_4)
+        del cat_4
+        up_4_res_add: "f32[1, 64, height, width]" = up_4_res_skip + up_4_res_h_2
+        del up_4_res_h_2, up_4_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
-        up_4_attn_norm: "f32[1, 64, height, width]" = self.up[4].attn.norm(
-            up_4_res_add_1
-        )
-        up_4_attn_proj_in: "f32[1, 64, height, width]" = self.up[4].attn.proj_in(
+        up_4_attn_norm: "f32[1, 64, height, width]" = self.up[4].attn.norm(up_4_res_add)
+        up_4_attn_y: "f32[1, 64, height, width]" = self.up[4].attn.proj_in(
             up_4_attn_norm
         )
         del up_4_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
-        up_4_attn_flatten: "f32[1, 64, width * height]" = up_4_attn_proj_in.flatten(2)
-        del up_4_attn_proj_in
-        up_4_attn_transpose: "f32[1, width * height, 64]" = up_4_attn_flatten.transpose(
-            1, 2
-        )
+        up_4_attn_flatten: "f32[1, 64, width * height]" = up_4_attn_y.flatten(2)
+        del up_4_attn_y
+        up_4_attn_y_1: "f32[1, width * height, 64]" = up_4_attn_flatten.transpose(1, 2)
         del up_4_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        up_4_attn_block_ln_1: "f32[1, width * height, 64]" = self.up[4].attn.block.ln_1(
-            up_4_attn_transpose
+        up_4_attn_block_h: "f32[1, width * height, 64]" = self.up[4].attn.block.ln_1(
+            up_4_attn_y_1
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_4_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.up[
             4
-        ].attn.block.self_attn.to_q(up_4_attn_block_ln_1)
+        ].attn.block.self_attn.to_q(up_4_attn_block_h)
         up_4_attn_block_self_attn_view: "f32[1, width * height, 2, 32]" = (
             up_4_attn_block_self_attn_to_q.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del up_4_attn_block_self_attn_to_q
-        up_4_attn_block_self_attn_transpose: "f32[1, 2, width * height, 32]" = (
+        up_4_attn_block_self_attn_q: "f32[1, 2, width * height, 32]" = (
             up_4_attn_block_self_attn_view.transpose(1, 2)
         )
         del up_4_attn_block_self_attn_view
@@ -2219,37 +2180,37 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_4_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = self.up[
             4
-        ].attn.block.self_attn.to_k(up_4_attn_block_ln_1)
+        ].attn.block.self_attn.to_k(up_4_attn_block_h)
         up_4_attn_block_self_attn_view_1: "f32[1, width * height, 2, 32]" = (
             up_4_attn_block_self_attn_to_k.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del up_4_attn_block_self_attn_to_k
-        up_4_attn_block_self_attn_transpose_1: "f32[1, 2, width * height, 32]" = (
+        up_4_attn_block_self_attn_k: "f32[1, 2, width * height, 32]" = (
             up_4_attn_block_self_attn_view_1.transpose(1, 2)
         )
         del up_4_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_4_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = self.up[
             4
-        ].attn.block.self_attn.to_v(up_4_attn_block_ln_1)
-        del up_4_attn_block_ln_1
+        ].attn.block.self_attn.to_v(up_4_attn_block_h)
+        del up_4_attn_block_h
         up_4_attn_block_self_attn_view_2: "f32[1, width * height, 2, 32]" = (
             up_4_attn_block_self_attn_to_v.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del up_4_attn_block_self_attn_to_v
-        up_4_attn_block_self_attn_transpose_2: "f32[1, 2, width * height, 32]" = (
+        up_4_attn_block_self_attn_v: "f32[1, 2, width * height, 32]" = (
             up_4_attn_block_self_attn_view_2.transpose(1, 2)
         )
         del up_4_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_4_attn_block_self_attn_transpose_3: "f32[1, 2, 32, width * height]" = (
-            up_4_attn_block_self_attn_transpose_1.transpose(-1, -2)
+        up_4_attn_block_self_attn_transpose: "f32[1, 2, 32, width * height]" = (
+            up_4_attn_block_self_attn_k.transpose(-1, -2)
         )
-        del up_4_attn_block_self_attn_transpose_1
+        del up_4_attn_block_self_attn_k
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_4_attn_block_cross_attn_to_k: "f32[1, 77, 64]" = self.up[
             4
@@ -2258,7 +2219,7 @@ class ChunkedUNet(torch.nn.Module):
             up_4_attn_block_cross_attn_to_k.view(1, 77, 2, 32)
         )
         del up_4_attn_block_cross_attn_to_k
-        up_4_attn_block_cross_attn_transpose: "f32[1, 2, 77, 32]" = (
+        up_4_attn_block_cross_attn_k: "f32[1, 2, 77, 32]" = (
             up_4_attn_block_cross_attn_view.transpose(1, 2)
         )
         del up_4_attn_block_cross_attn_view
@@ -2270,39 +2231,39 @@ class ChunkedUNet(torch.nn.Module):
             up_4_attn_block_cross_attn_to_v.view(1, 77, 2, 32)
         )
         del up_4_attn_block_cross_attn_to_v
-        up_4_attn_block_cross_attn_transpose_1: "f32[1, 2, 77, 32]" = (
+        up_4_attn_block_cross_attn_v: "f32[1, 2, 77, 32]" = (
             up_4_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del up_4_attn_block_cross_attn_view_1
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_4_attn_block_cross_attn_transpose_2: "f32[1, 2, 32, 77]" = (
-            up_4_attn_block_cross_attn_transpose.transpose(-1, -2)
+        up_4_attn_block_cross_attn_transpose: "f32[1, 2, 32, 77]" = (
+            up_4_attn_block_cross_attn_k.transpose(-1, -2)
+        )
+        del up_4_attn_block_cross_attn_k
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_self_attn_v_contiguous = (
+            up_4_attn_block_self_attn_v.contiguous()
+        )
+        del up_4_attn_block_self_attn_v
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_self_attn_transpose_contiguous = (
+            up_4_attn_block_self_attn_transpose.contiguous()
+        )
+        del up_4_attn_block_self_attn_transpose
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_cross_attn_v_contiguous = (
+            up_4_attn_block_cross_attn_v.contiguous()
+        )
+        del up_4_attn_block_cross_attn_v
+        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        up_4_attn_block_cross_attn_transpose_contiguous = (
+            up_4_attn_block_cross_attn_transpose.contiguous()
         )
         del up_4_attn_block_cross_attn_transpose
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        up_4_attn_block_self_attn_transpose_2_contiguous = (
-            up_4_attn_block_self_attn_transpose_2.contiguous()
-        )
-        del up_4_attn_block_self_attn_transpose_2
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        up_4_attn_block_self_attn_transpose_3_contiguous = (
-            up_4_attn_block_self_attn_transpose_3.contiguous()
-        )
-        del up_4_attn_block_self_attn_transpose_3
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        up_4_attn_block_cross_attn_transpose_1_contiguous = (
-            up_4_attn_block_cross_attn_transpose_1.contiguous()
-        )
-        del up_4_attn_block_cross_attn_transpose_1
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        up_4_attn_block_cross_attn_transpose_2_contiguous = (
-            up_4_attn_block_cross_attn_transpose_2.contiguous()
-        )
-        del up_4_attn_block_cross_attn_transpose_2
-        up_4_attn_transpose_1 = torch.empty(
+        up_4_attn_transpose = torch.empty(
             (1, 64, width * height),
-            dtype=up_4_attn_transpose.dtype,
-            device=up_4_attn_transpose.device,
+            dtype=up_4_attn_y_1.dtype,
+            device=up_4_attn_y_1.device,
         )
         # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
         # plus 16 * width * height per row. On a CPU at most 256 rows, the planned
@@ -2317,44 +2278,43 @@ class ChunkedUNet(torch.nn.Module):
             stop = min(start + chunk_1, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_4_attn_block_self_attn_matmul = torch.matmul(
-                up_4_attn_block_self_attn_transpose[:, :, start:stop],
-                up_4_attn_block_self_attn_transpose_3_contiguous,
+                up_4_attn_block_self_attn_q[:, :, start:stop],
+                up_4_attn_block_self_attn_transpose_contiguous,
             )
-            up_4_attn_block_self_attn_div = up_4_attn_block_self_attn_matmul.div_(
+            up_4_attn_block_self_attn_att = up_4_attn_block_self_attn_matmul.div_(
                 5.656854249492381
             )
             del up_4_attn_block_self_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
-            up_4_attn_block_self_attn_softmax = torch.softmax(
-                up_4_attn_block_self_attn_div, -1
+            up_4_attn_block_self_attn_att_1 = torch.softmax(
+                up_4_attn_block_self_attn_att, -1
             )
-            del up_4_attn_block_self_attn_div
+            del up_4_attn_block_self_attn_att
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             up_4_attn_block_self_attn_matmul_1 = torch.matmul(
-                up_4_attn_block_self_attn_softmax,
-                up_4_attn_block_self_attn_transpose_2_contiguous,
+                up_4_attn_block_self_attn_att_1, up_4_attn_block_self_attn_v_contiguous
             )
-            del up_4_attn_block_self_attn_softmax
-            up_4_attn_block_self_attn_transpose_4 = (
+            del up_4_attn_block_self_attn_att_1
+            up_4_attn_block_self_attn_transpose_1 = (
                 up_4_attn_block_self_attn_matmul_1.transpose(1, 2)
             )
             del up_4_attn_block_self_attn_matmul_1
-            up_4_attn_block_self_attn_reshape = (
-                up_4_attn_block_self_attn_transpose_4.reshape(1, stop - start, 64)
+            up_4_attn_block_self_attn_y = up_4_attn_block_self_attn_transpose_1.reshape(
+                1, stop - start, 64
             )
-            del up_4_attn_block_self_attn_transpose_4
+            del up_4_attn_block_self_attn_transpose_1
             # unet.py:85 in forward: return self.to_out(y)
             up_4_attn_block_self_attn_to_out = self.up[4].attn.block.self_attn.to_out(
-                up_4_attn_block_self_attn_reshape
+                up_4_attn_block_self_attn_y
             )
-            del up_4_attn_block_self_attn_reshape
+            del up_4_attn_block_self_attn_y
             # unet.py:111 in forward: x = x + self.self_attn(h, h)
-            up_4_attn_block_add = (
-                up_4_attn_transpose[:, start:stop] + up_4_attn_block_self_attn_to_out
+            up_4_attn_block_x = (
+                up_4_attn_y_1[:, start:stop] + up_4_attn_block_self_attn_to_out
             )
             del up_4_attn_block_self_attn_to_out
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-            up_4_attn_block_ln_2 = self.up[4].attn.block.ln_2(up_4_attn_block_add)
+            up_4_attn_block_ln_2 = self.up[4].attn.block.ln_2(up_4_attn_block_x)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
             up_4_attn_block_cross_attn_to_q = self.up[4].attn.block.cross_attn.to_q(
                 up_4_attn_block_ln_2
@@ -2364,51 +2324,49 @@ class ChunkedUNet(torch.nn.Module):
                 1, stop - start, 2, 32
             )
             del up_4_attn_block_cross_attn_to_q
-            up_4_attn_block_cross_attn_transpose_3 = (
-                up_4_attn_block_cross_attn_view_2.transpose(1, 2)
+            up_4_attn_block_cross_attn_q = up_4_attn_block_cross_attn_view_2.transpose(
+                1, 2
             )
             del up_4_attn_block_cross_attn_view_2
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_4_attn_block_cross_attn_matmul = torch.matmul(
-                up_4_attn_block_cross_attn_transpose_3,
-                up_4_attn_block_cross_attn_transpose_2_contiguous,
+                up_4_attn_block_cross_attn_q,
+                up_4_attn_block_cross_attn_transpose_contiguous,
             )
-            del up_4_attn_block_cross_attn_transpose_3
-            up_4_attn_block_cross_attn_div = up_4_attn_block_cross_attn_matmul.div_(
+            del up_4_attn_block_cross_attn_q
+            up_4_attn_block_cross_attn_att = up_4_attn_block_cross_attn_matmul.div_(
                 5.656854249492381
             )
             del up_4_attn_block_cross_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
-            up_4_attn_block_cross_attn_softmax = torch.softmax(
-                up_4_attn_block_cross_attn_div, -1
+            up_4_attn_block_cross_attn_att_1 = torch.softmax(
+                up_4_attn_block_cross_attn_att, -1
             )
-            del up_4_attn_block_cross_attn_div
+            del up_4_attn_block_cross_attn_att
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             up_4_attn_block_cross_attn_matmul_1 = torch.matmul(
-                up_4_attn_block_cross_attn_softmax,
-                up_4_attn_block_cross_attn_transpose_1_contiguous,
+                up_4_attn_block_cross_attn_att_1,
+                up_4_attn_block_cross_attn_v_contiguous,
             )
-            del up_4_attn_block_cross_attn_softmax
-            up_4_attn_block_cross_attn_transpose_4 = (
+            del up_4_attn_block_cross_attn_att_1
+            up_4_attn_block_cross_attn_transpose_1 = (
                 up_4_attn_block_cross_attn_matmul_1.transpose(1, 2)
             )
             del up_4_attn_block_cross_attn_matmul_1
-            up_4_attn_block_cross_attn_reshape = (
-                up_4_attn_block_cross_attn_transpose_4.reshape(1, stop - start, 64)
+            up_4_attn_block_cross_attn_y = (
+                up_4_attn_block_cross_attn_transpose_1.reshape(1, stop - start, 64)
             )
-            del up_4_attn_block_cross_attn_transpose_4
+            del up_4_attn_block_cross_attn_transpose_1
             # unet.py:85 in forward: return self.to_out(y)
             up_4_attn_block_cross_attn_to_out = self.up[4].attn.block.cross_attn.to_out(
-                up_4_attn_block_cross_attn_reshape
+                up_4_attn_block_cross_attn_y
             )
-            del up_4_attn_block_cross_attn_reshape
+            del up_4_attn_block_cross_attn_y
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-            up_4_attn_block_add_1 = (
-                up_4_attn_block_add + up_4_attn_block_cross_attn_to_out
-            )
-            del up_4_attn_block_add, up_4_attn_block_cross_attn_to_out
+            up_4_attn_block_x_1 = up_4_attn_block_x + up_4_attn_block_cross_attn_to_out
+            del up_4_attn_block_cross_attn_to_out, up_4_attn_block_x
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-            up_4_attn_block_ln_3 = self.up[4].attn.block.ln_3(up_4_attn_block_add_1)
+            up_4_attn_block_ln_3 = self.up[4].attn.block.ln_3(up_4_attn_block_x_1)
             # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
             up_4_attn_block_ff_proj = self.up[4].attn.block.ff.proj(
                 up_4_attn_block_ln_3
@@ -2416,125 +2374,113 @@ class ChunkedUNet(torch.nn.Module):
             del up_4_attn_block_ln_3
             up_4_attn_block_ff_chunk = torch.chunk(up_4_attn_block_ff_proj, 2, -1)
             del up_4_attn_block_ff_proj
-            up_4_attn_block_ff_chunk_0 = up_4_attn_block_ff_chunk[0]
-            up_4_attn_block_ff_chunk_1 = up_4_attn_block_ff_chunk[1]
+            up_4_attn_block_ff_h = up_4_attn_block_ff_chunk[0]
+            up_4_attn_block_ff_gate = up_4_attn_block_ff_chunk[1]
             del up_4_attn_block_ff_chunk
             # unet.py:96 in forward: return self.out(h * F.gelu(gate))
-            up_4_attn_block_ff_gelu = torch.nn.functional.gelu(
-                up_4_attn_block_ff_chunk_1
-            )
-            del up_4_attn_block_ff_chunk_1
-            up_4_attn_block_ff_mul = up_4_attn_block_ff_gelu.mul_(
-                up_4_attn_block_ff_chunk_0
-            )
-            del up_4_attn_block_ff_chunk_0, up_4_attn_block_ff_gelu
+            up_4_attn_block_ff_gelu = torch.nn.functional.gelu(up_4_attn_block_ff_gate)
+            del up_4_attn_block_ff_gate
+            up_4_attn_block_ff_mul = up_4_attn_block_ff_gelu.mul_(up_4_attn_block_ff_h)
+            del up_4_attn_block_ff_gelu, up_4_attn_block_ff_h
             up_4_attn_block_ff_out = self.up[4].attn.block.ff.out(
                 up_4_attn_block_ff_mul
             )
             del up_4_attn_block_ff_mul
             # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-            up_4_attn_block_add_2 = up_4_attn_block_add_1 + up_4_attn_block_ff_out
-            del up_4_attn_block_add_1, up_4_attn_block_ff_out
+            up_4_attn_block_add = up_4_attn_block_x_1 + up_4_attn_block_ff_out
+            del up_4_attn_block_ff_out, up_4_attn_block_x_1
             # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-            up_4_attn_transpose_chunk = up_4_attn_block_add_2.transpose(1, 2)
-            del up_4_attn_block_add_2
-            up_4_attn_transpose_1[:, :, start:stop] = up_4_attn_transpose_chunk
+            up_4_attn_transpose_chunk = up_4_attn_block_add.transpose(1, 2)
+            del up_4_attn_block_add
+            up_4_attn_transpose[:, :, start:stop] = up_4_attn_transpose_chunk
             del up_4_attn_transpose_chunk
         del (
             chunk_1,
-            up_4_attn_block_cross_attn_transpose_1_contiguous,
-            up_4_attn_block_cross_attn_transpose_2_contiguous,
-            up_4_attn_block_self_attn_transpose,
-            up_4_attn_block_self_attn_transpose_2_contiguous,
-            up_4_attn_block_self_attn_transpose_3_contiguous,
-            up_4_attn_transpose,
+            up_4_attn_block_cross_attn_transpose_contiguous,
+            up_4_attn_block_cross_attn_v_contiguous,
+            up_4_attn_block_self_attn_q,
+            up_4_attn_block_self_attn_transpose_contiguous,
+            up_4_attn_block_self_attn_v_contiguous,
+            up_4_attn_y_1,
         )
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        up_4_attn_reshape: "f32[1, 64, height, width]" = up_4_attn_transpose_1.reshape(
+        up_4_attn_y_2: "f32[1, 64, height, width]" = up_4_attn_transpose.reshape(
             1, 64, height, width
         )
-        del up_4_attn_transpose_1
+        del up_4_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_4_attn_proj_out: "f32[1, 64, height, width]" = self.up[4].attn.proj_out(
-            up_4_attn_reshape
+            up_4_attn_y_2
         )
-        del up_4_attn_reshape
-        up_4_attn_add: "f32[1, 64, height, width]" = up_4_res_add_1 + up_4_attn_proj_out
-        del up_4_attn_proj_out, up_4_res_add_1
+        del up_4_attn_y_2
+        up_4_attn_add: "f32[1, 64, height, width]" = up_4_res_add + up_4_attn_proj_out
+        del up_4_attn_proj_out, up_4_res_add
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_6: "f32[1, 128, height, width]" = torch.cat([up_4_attn_add, conv_in], 1)
-        del conv_in, up_4_attn_add
+        h_1: "f32[1, 128, height, width]" = torch.cat([up_4_attn_add, h], 1)
+        del h, up_4_attn_add
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        up_5_res_norm_1: "f32[1, 128, height, width]" = self.up[5].res.norm_1(cat_6)
+        up_5_res_norm_1: "f32[1, 128, height, width]" = self.up[5].res.norm_1(h_1)
         up_5_res_silu: "f32[1, 128, height, width]" = torch.nn.functional.silu(
             up_5_res_norm_1
         )
         del up_5_res_norm_1
-        up_5_res_conv_1: "f32[1, 64, height, width]" = self.up[5].res.conv_1(
-            up_5_res_silu
-        )
+        up_5_res_h: "f32[1, 64, height, width]" = self.up[5].res.conv_1(up_5_res_silu)
         del up_5_res_silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
-        up_5_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_2)
-        del time_mlp_2
+        up_5_res_silu_1: "f32[1, 256]" = torch.nn.functional.silu(time_mlp_emb)
+        del time_mlp_emb
         up_5_res_time_proj: "f32[1, 64]" = self.up[5].res.time_proj(up_5_res_silu_1)
         del up_5_res_silu_1
         up_5_res_unsqueeze: "f32[1, 64, 1]" = up_5_res_time_proj.unsqueeze(2)
         del up_5_res_time_proj
         up_5_res_unsqueeze_1: "f32[1, 64, 1, 1]" = up_5_res_unsqueeze.unsqueeze(3)
         del up_5_res_unsqueeze
-        up_5_res_add: "f32[1, 64, height, width]" = (
-            up_5_res_conv_1 + up_5_res_unsqueeze_1
-        )
-        del up_5_res_conv_1, up_5_res_unsqueeze_1
+        up_5_res_h_1: "f32[1, 64, height, width]" = up_5_res_h + up_5_res_unsqueeze_1
+        del up_5_res_h, up_5_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_5_res_norm_2: "f32[1, 64, height, width]" = self.up[5].res.norm_2(
-            up_5_res_add
+            up_5_res_h_1
         )
-        del up_5_res_add
+        del up_5_res_h_1
         up_5_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             up_5_res_norm_2
         )
         del up_5_res_norm_2
-        up_5_res_conv_2: "f32[1, 64, height, width]" = self.up[5].res.conv_2(
+        up_5_res_h_2: "f32[1, 64, height, width]" = self.up[5].res.conv_2(
             up_5_res_silu_2
         )
         del up_5_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        up_5_res_skip: "f32[1, 64, height, width]" = self.up[5].res.skip(cat_6)
-        del cat_6
-        up_5_res_add_1: "f32[1, 64, height, width]" = up_5_res_skip + up_5_res_conv_2
-        del up_5_res_conv_2, up_5_res_skip
+        up_5_res_skip: "f32[1, 64, height, width]" = self.up[5].res.skip(h_1)
+        del h_1
+        up_5_res_add: "f32[1, 64, height, width]" = up_5_res_skip + up_5_res_h_2
+        del up_5_res_h_2, up_5_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
-        up_5_attn_norm: "f32[1, 64, height, width]" = self.up[5].attn.norm(
-            up_5_res_add_1
-        )
-        up_5_attn_proj_in: "f32[1, 64, height, width]" = self.up[5].attn.proj_in(
+        up_5_attn_norm: "f32[1, 64, height, width]" = self.up[5].attn.norm(up_5_res_add)
+        up_5_attn_y: "f32[1, 64, height, width]" = self.up[5].attn.proj_in(
             up_5_attn_norm
         )
         del up_5_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
-        up_5_attn_flatten: "f32[1, 64, width * height]" = up_5_attn_proj_in.flatten(2)
-        del up_5_attn_proj_in
-        up_5_attn_transpose: "f32[1, width * height, 64]" = up_5_attn_flatten.transpose(
-            1, 2
-        )
+        up_5_attn_flatten: "f32[1, 64, width * height]" = up_5_attn_y.flatten(2)
+        del up_5_attn_y
+        up_5_attn_y_1: "f32[1, width * height, 64]" = up_5_attn_flatten.transpose(1, 2)
         del up_5_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
-        up_5_attn_block_ln_1: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_1(
-            up_5_attn_transpose
+        up_5_attn_block_h: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_1(
+            up_5_attn_y_1
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_5_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.up[
             5
-        ].attn.block.self_attn.to_q(up_5_attn_block_ln_1)
+        ].attn.block.self_attn.to_q(up_5_attn_block_h)
         up_5_attn_block_self_attn_view: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_self_attn_to_q.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del up_5_attn_block_self_attn_to_q
-        up_5_attn_block_self_attn_transpose: "f32[1, 2, width * height, 32]" = (
+        up_5_attn_block_self_attn_q: "f32[1, 2, width * height, 32]" = (
             up_5_attn_block_self_attn_view.transpose(1, 2)
         )
         del up_5_attn_block_self_attn_view
@@ -2545,51 +2491,51 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_5_attn_block_self_attn_to_k: "f32[1, width * height, 64]" = self.up[
             5
-        ].attn.block.self_attn.to_k(up_5_attn_block_ln_1)
+        ].attn.block.self_attn.to_k(up_5_attn_block_h)
         up_5_attn_block_self_attn_view_1: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_self_attn_to_k.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del up_5_attn_block_self_attn_to_k
-        up_5_attn_block_self_attn_transpose_1: "f32[1, 2, width * height, 32]" = (
+        up_5_attn_block_self_attn_k: "f32[1, 2, width * height, 32]" = (
             up_5_attn_block_self_attn_view_1.transpose(1, 2)
         )
         del up_5_attn_block_self_attn_view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         up_5_attn_block_self_attn_to_v: "f32[1, width * height, 64]" = self.up[
             5
-        ].attn.block.self_attn.to_v(up_5_attn_block_ln_1)
-        del up_5_attn_block_ln_1
+        ].attn.block.self_attn.to_v(up_5_attn_block_h)
+        del up_5_attn_block_h
         up_5_attn_block_self_attn_view_2: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_self_attn_to_v.view(
                 1, down_0_attn_block_self_attn_mul, 2, 32
             )
         )
         del up_5_attn_block_self_attn_to_v
-        up_5_attn_block_self_attn_transpose_2: "f32[1, 2, width * height, 32]" = (
+        up_5_attn_block_self_attn_v: "f32[1, 2, width * height, 32]" = (
             up_5_attn_block_self_attn_view_2.transpose(1, 2)
         )
         del up_5_attn_block_self_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_5_attn_block_self_attn_transpose_3: "f32[1, 2, 32, width * height]" = (
-            up_5_attn_block_self_attn_transpose_1.transpose(-1, -2)
+        up_5_attn_block_self_attn_transpose: "f32[1, 2, 32, width * height]" = (
+            up_5_attn_block_self_attn_k.transpose(-1, -2)
         )
-        del up_5_attn_block_self_attn_transpose_1
+        del up_5_attn_block_self_attn_k
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        up_5_attn_block_self_attn_transpose_2_contiguous = (
-            up_5_attn_block_self_attn_transpose_2.contiguous()
+        up_5_attn_block_self_attn_v_contiguous = (
+            up_5_attn_block_self_attn_v.contiguous()
         )
-        del up_5_attn_block_self_attn_transpose_2
+        del up_5_attn_block_self_attn_v
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        up_5_attn_block_self_attn_transpose_3_contiguous = (
-            up_5_attn_block_self_attn_transpose_3.contiguous()
+        up_5_attn_block_self_attn_transpose_contiguous = (
+            up_5_attn_block_self_attn_transpose.contiguous()
         )
-        del up_5_attn_block_self_attn_transpose_3
-        up_5_attn_block_self_attn_transpose_4 = torch.empty(
+        del up_5_attn_block_self_attn_transpose
+        up_5_attn_block_self_attn_transpose_1 = torch.empty(
             (1, width * height, 2, 32),
-            dtype=up_5_attn_block_self_attn_transpose.dtype,
-            device=up_5_attn_block_self_attn_transpose.device,
+            dtype=up_5_attn_block_self_attn_q.dtype,
+            device=up_5_attn_block_self_attn_q.device,
         )
         # Rows per chunk within the budget: the loop holds about 1536 * width * height bytes,
         # plus 16 * width * height per row. On a CPU at most 256 rows, the planned
@@ -2605,58 +2551,57 @@ class ChunkedUNet(torch.nn.Module):
             stop = min(start + chunk_2, width * height)
             # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             up_5_attn_block_self_attn_matmul = torch.matmul(
-                up_5_attn_block_self_attn_transpose[:, :, start:stop],
-                up_5_attn_block_self_attn_transpose_3_contiguous,
+                up_5_attn_block_self_attn_q[:, :, start:stop],
+                up_5_attn_block_self_attn_transpose_contiguous,
             )
-            up_5_attn_block_self_attn_div = up_5_attn_block_self_attn_matmul.div_(
+            up_5_attn_block_self_attn_att = up_5_attn_block_self_attn_matmul.div_(
                 5.656854249492381
             )
             del up_5_attn_block_self_attn_matmul
             # unet.py:83 in forward: att = att.softmax(dim=-1)
-            up_5_attn_block_self_attn_softmax = torch.softmax(
-                up_5_attn_block_self_attn_div, -1
+            up_5_attn_block_self_attn_att_1 = torch.softmax(
+                up_5_attn_block_self_attn_att, -1
             )
-            del up_5_attn_block_self_attn_div
+            del up_5_attn_block_self_attn_att
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             up_5_attn_block_self_attn_matmul_1 = torch.matmul(
-                up_5_attn_block_self_attn_softmax,
-                up_5_attn_block_self_attn_transpose_2_contiguous,
+                up_5_attn_block_self_attn_att_1, up_5_attn_block_self_attn_v_contiguous
             )
-            del up_5_attn_block_self_attn_softmax
+            del up_5_attn_block_self_attn_att_1
             up_5_attn_block_self_attn_transpose_chunk = (
                 up_5_attn_block_self_attn_matmul_1.transpose(1, 2)
             )
             del up_5_attn_block_self_attn_matmul_1
-            up_5_attn_block_self_attn_transpose_4[:, start:stop] = (
+            up_5_attn_block_self_attn_transpose_1[:, start:stop] = (
                 up_5_attn_block_self_attn_transpose_chunk
             )
             del up_5_attn_block_self_attn_transpose_chunk
         del (
             chunk_2,
-            up_5_attn_block_self_attn_transpose,
-            up_5_attn_block_self_attn_transpose_2_contiguous,
-            up_5_attn_block_self_attn_transpose_3_contiguous,
+            up_5_attn_block_self_attn_q,
+            up_5_attn_block_self_attn_transpose_contiguous,
+            up_5_attn_block_self_attn_v_contiguous,
         )
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        up_5_attn_block_self_attn_reshape: "f32[1, width * height, 64]" = (
-            up_5_attn_block_self_attn_transpose_4.reshape(
+        up_5_attn_block_self_attn_y: "f32[1, width * height, 64]" = (
+            up_5_attn_block_self_attn_transpose_1.reshape(
                 1, down_0_attn_block_self_attn_mul, 64
             )
         )
-        del up_5_attn_block_self_attn_transpose_4
+        del up_5_attn_block_self_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         up_5_attn_block_self_attn_to_out: "f32[1, width * height, 64]" = self.up[
             5
-        ].attn.block.self_attn.to_out(up_5_attn_block_self_attn_reshape)
-        del up_5_attn_block_self_attn_reshape
+        ].attn.block.self_attn.to_out(up_5_attn_block_self_attn_y)
+        del up_5_attn_block_self_attn_y
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
-        up_5_attn_block_add: "f32[1, width * height, 64]" = (
-            up_5_attn_transpose + up_5_attn_block_self_attn_to_out
+        up_5_attn_block_x: "f32[1, width * height, 64]" = (
+            up_5_attn_y_1 + up_5_attn_block_self_attn_to_out
         )
-        del up_5_attn_block_self_attn_to_out, up_5_attn_transpose
+        del up_5_attn_block_self_attn_to_out, up_5_attn_y_1
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_5_attn_block_ln_2: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_2(
-            up_5_attn_block_add
+            up_5_attn_block_x
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_5_attn_block_cross_attn_to_q: "f32[1, width * height, 64]" = self.up[
@@ -2669,7 +2614,7 @@ class ChunkedUNet(torch.nn.Module):
             )
         )
         del up_5_attn_block_cross_attn_to_q
-        up_5_attn_block_cross_attn_transpose: "f32[1, 2, width * height, 32]" = (
+        up_5_attn_block_cross_attn_q: "f32[1, 2, width * height, 32]" = (
             up_5_attn_block_cross_attn_view.transpose(1, 2)
         )
         del up_5_attn_block_cross_attn_view
@@ -2681,7 +2626,7 @@ class ChunkedUNet(torch.nn.Module):
             up_5_attn_block_cross_attn_to_k.view(1, 77, 2, 32)
         )
         del up_5_attn_block_cross_attn_to_k
-        up_5_attn_block_cross_attn_transpose_1: "f32[1, 2, 77, 32]" = (
+        up_5_attn_block_cross_attn_k: "f32[1, 2, 77, 32]" = (
             up_5_attn_block_cross_attn_view_1.transpose(1, 2)
         )
         del up_5_attn_block_cross_attn_view_1
@@ -2693,62 +2638,58 @@ class ChunkedUNet(torch.nn.Module):
             up_5_attn_block_cross_attn_to_v.view(1, 77, 2, 32)
         )
         del up_5_attn_block_cross_attn_to_v
-        up_5_attn_block_cross_attn_transpose_2: "f32[1, 2, 77, 32]" = (
+        up_5_attn_block_cross_attn_v: "f32[1, 2, 77, 32]" = (
             up_5_attn_block_cross_attn_view_2.transpose(1, 2)
         )
         del up_5_attn_block_cross_attn_view_2
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        up_5_attn_block_cross_attn_transpose_3: "f32[1, 2, 32, 77]" = (
-            up_5_attn_block_cross_attn_transpose_1.transpose(-1, -2)
+        up_5_attn_block_cross_attn_transpose: "f32[1, 2, 32, 77]" = (
+            up_5_attn_block_cross_attn_k.transpose(-1, -2)
         )
-        del up_5_attn_block_cross_attn_transpose_1
+        del up_5_attn_block_cross_attn_k
         up_5_attn_block_cross_attn_matmul: "f32[1, 2, width * height, 77]" = (
             torch.matmul(
-                up_5_attn_block_cross_attn_transpose,
-                up_5_attn_block_cross_attn_transpose_3,
+                up_5_attn_block_cross_attn_q, up_5_attn_block_cross_attn_transpose
             )
         )
-        del up_5_attn_block_cross_attn_transpose, up_5_attn_block_cross_attn_transpose_3
-        up_5_attn_block_cross_attn_div: "f32[1, 2, width * height, 77]" = (
+        del up_5_attn_block_cross_attn_q, up_5_attn_block_cross_attn_transpose
+        up_5_attn_block_cross_attn_att: "f32[1, 2, width * height, 77]" = (
             up_5_attn_block_cross_attn_matmul / 5.656854249492381
         )
         del up_5_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_5_attn_block_cross_attn_softmax: "f32[1, 2, width * height, 77]" = (
-            torch.softmax(up_5_attn_block_cross_attn_div, -1)
+        up_5_attn_block_cross_attn_att_1: "f32[1, 2, width * height, 77]" = (
+            torch.softmax(up_5_attn_block_cross_attn_att, -1)
         )
-        del up_5_attn_block_cross_attn_div
+        del up_5_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_5_attn_block_cross_attn_matmul_1: "f32[1, 2, width * height, 32]" = (
-            torch.matmul(
-                up_5_attn_block_cross_attn_softmax,
-                up_5_attn_block_cross_attn_transpose_2,
-            )
+            torch.matmul(up_5_attn_block_cross_attn_att_1, up_5_attn_block_cross_attn_v)
         )
-        del up_5_attn_block_cross_attn_softmax, up_5_attn_block_cross_attn_transpose_2
-        up_5_attn_block_cross_attn_transpose_4: "f32[1, width * height, 2, 32]" = (
+        del up_5_attn_block_cross_attn_att_1, up_5_attn_block_cross_attn_v
+        up_5_attn_block_cross_attn_transpose_1: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_cross_attn_matmul_1.transpose(1, 2)
         )
         del up_5_attn_block_cross_attn_matmul_1
-        up_5_attn_block_cross_attn_reshape: "f32[1, width * height, 64]" = (
-            up_5_attn_block_cross_attn_transpose_4.reshape(
+        up_5_attn_block_cross_attn_y: "f32[1, width * height, 64]" = (
+            up_5_attn_block_cross_attn_transpose_1.reshape(
                 1, down_0_attn_block_self_attn_mul, 64
             )
         )
-        del down_0_attn_block_self_attn_mul, up_5_attn_block_cross_attn_transpose_4
+        del down_0_attn_block_self_attn_mul, up_5_attn_block_cross_attn_transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         up_5_attn_block_cross_attn_to_out: "f32[1, width * height, 64]" = self.up[
             5
-        ].attn.block.cross_attn.to_out(up_5_attn_block_cross_attn_reshape)
-        del up_5_attn_block_cross_attn_reshape
+        ].attn.block.cross_attn.to_out(up_5_attn_block_cross_attn_y)
+        del up_5_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_5_attn_block_add_1: "f32[1, width * height, 64]" = (
-            up_5_attn_block_add + up_5_attn_block_cross_attn_to_out
+        up_5_attn_block_x_1: "f32[1, width * height, 64]" = (
+            up_5_attn_block_x + up_5_attn_block_cross_attn_to_out
         )
-        del up_5_attn_block_add, up_5_attn_block_cross_attn_to_out
+        del up_5_attn_block_cross_attn_to_out, up_5_attn_block_x
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_5_attn_block_ln_3: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_3(
-            up_5_attn_block_add_1
+            up_5_attn_block_x_1
         )
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_5_attn_block_ff_proj: "f32[1, width * height, 512]" = self.up[
@@ -2757,47 +2698,47 @@ class ChunkedUNet(torch.nn.Module):
         del up_5_attn_block_ln_3
         up_5_attn_block_ff_chunk = torch.chunk(up_5_attn_block_ff_proj, 2, -1)
         del up_5_attn_block_ff_proj
-        up_5_attn_block_ff_chunk_0: "f32[1, width * height, 256]" = (
-            up_5_attn_block_ff_chunk[0]
-        )
-        up_5_attn_block_ff_chunk_1: "f32[1, width * height, 256]" = (
+        up_5_attn_block_ff_h: "f32[1, width * height, 256]" = up_5_attn_block_ff_chunk[
+            0
+        ]
+        up_5_attn_block_ff_gate: "f32[1, width * height, 256]" = (
             up_5_attn_block_ff_chunk[1]
         )
         del up_5_attn_block_ff_chunk
         # unet.py:96 in forward: return self.out(h * F.gelu(gate))
         up_5_attn_block_ff_gelu: "f32[1, width * height, 256]" = (
-            torch.nn.functional.gelu(up_5_attn_block_ff_chunk_1)
+            torch.nn.functional.gelu(up_5_attn_block_ff_gate)
         )
-        del up_5_attn_block_ff_chunk_1
+        del up_5_attn_block_ff_gate
         up_5_attn_block_ff_mul: "f32[1, width * height, 256]" = (
-            up_5_attn_block_ff_chunk_0 * up_5_attn_block_ff_gelu
+            up_5_attn_block_ff_h * up_5_attn_block_ff_gelu
         )
-        del up_5_attn_block_ff_chunk_0, up_5_attn_block_ff_gelu
+        del up_5_attn_block_ff_gelu, up_5_attn_block_ff_h
         up_5_attn_block_ff_out: "f32[1, width * height, 64]" = self.up[
             5
         ].attn.block.ff.out(up_5_attn_block_ff_mul)
         del up_5_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
-        up_5_attn_block_add_2: "f32[1, width * height, 64]" = (
-            up_5_attn_block_add_1 + up_5_attn_block_ff_out
+        up_5_attn_block_add: "f32[1, width * height, 64]" = (
+            up_5_attn_block_x_1 + up_5_attn_block_ff_out
         )
-        del up_5_attn_block_add_1, up_5_attn_block_ff_out
+        del up_5_attn_block_ff_out, up_5_attn_block_x_1
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        up_5_attn_transpose_1: "f32[1, 64, width * height]" = (
-            up_5_attn_block_add_2.transpose(1, 2)
+        up_5_attn_transpose: "f32[1, 64, width * height]" = (
+            up_5_attn_block_add.transpose(1, 2)
         )
-        del up_5_attn_block_add_2
-        up_5_attn_reshape: "f32[1, 64, height, width]" = up_5_attn_transpose_1.reshape(
+        del up_5_attn_block_add
+        up_5_attn_y_2: "f32[1, 64, height, width]" = up_5_attn_transpose.reshape(
             1, 64, height, width
         )
-        del height, up_5_attn_transpose_1, width
+        del height, up_5_attn_transpose, width
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_5_attn_proj_out: "f32[1, 64, height, width]" = self.up[5].attn.proj_out(
-            up_5_attn_reshape
+            up_5_attn_y_2
         )
-        del up_5_attn_reshape
-        up_5_attn_add: "f32[1, 64, height, width]" = up_5_res_add_1 + up_5_attn_proj_out
-        del up_5_attn_proj_out, up_5_res_add_1
+        del up_5_attn_y_2
+        up_5_attn_add: "f32[1, 64, height, width]" = up_5_res_add + up_5_attn_proj_out
+        del up_5_attn_proj_out, up_5_res_add
         # unet.py:235 in forward: return self.conv_out(F.silu(self.norm_out(h)))
         norm_out: "f32[1, 64, height, width]" = self.norm_out(up_5_attn_add)
         del up_5_attn_add

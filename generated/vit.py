@@ -90,41 +90,39 @@ class ChunkedViT(torch.nn.Module):
         patch_embed: "f32[1, 256, 40, 40]" = self.patch_embed(image)
         flatten: "f32[1, 256, 1600]" = patch_embed.flatten(2)
         del patch_embed
-        transpose: "f32[1, 1600, 256]" = flatten.transpose(1, 2)
+        x: "f32[1, 1600, 256]" = flatten.transpose(1, 2)
         del flatten
         # vit.py:88 in forward: cls = self.cls_token.expand(x.shape[0], -1, -1)
-        expand: "f32[1, 1, 256]" = self.cls_token.expand(1, -1, -1)
+        cls: "f32[1, 1, 256]" = self.cls_token.expand(1, -1, -1)
         # vit.py:89 in forward: x = torch.cat([cls, x], dim=1) + self.pos_embed
-        cat: "f32[1, 1601, 256]" = torch.cat([expand, transpose], 1)
-        del expand, transpose
-        add: "f32[1, 1601, 256]" = cat + self.pos_embed
+        cat: "f32[1, 1601, 256]" = torch.cat([cls, x], 1)
+        del cls, x
+        x_1: "f32[1, 1601, 256]" = cat + self.pos_embed
         del cat
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_0_ln_1: "f32[1, 1601, 256]" = self.blocks[0].ln_1(add)
+        blocks_0_ln_1: "f32[1, 1601, 256]" = self.blocks[0].ln_1(x_1)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_0_attn_qkv: "f32[1, 1601, 768]" = self.blocks[0].attn.qkv(blocks_0_ln_1)
         del blocks_0_ln_1
         blocks_0_attn_split = torch.split(blocks_0_attn_qkv, 256, -1)
         del blocks_0_attn_qkv
-        blocks_0_attn_split_0: "f32[1, 1601, 256]" = blocks_0_attn_split[0]
-        blocks_0_attn_split_1: "f32[1, 1601, 256]" = blocks_0_attn_split[1]
-        blocks_0_attn_split_2: "f32[1, 1601, 256]" = blocks_0_attn_split[2]
+        blocks_0_attn_q: "f32[1, 1601, 256]" = blocks_0_attn_split[0]
+        blocks_0_attn_k: "f32[1, 1601, 256]" = blocks_0_attn_split[1]
+        blocks_0_attn_v: "f32[1, 1601, 256]" = blocks_0_attn_split[2]
         del blocks_0_attn_split
         # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view: "f32[1, 1601, 8, 32]" = blocks_0_attn_split_0.view(
-            1, 1601, 8, 32
-        )
-        del blocks_0_attn_split_0
+        blocks_0_attn_view: "f32[1, 1601, 8, 32]" = blocks_0_attn_q.view(1, 1601, 8, 32)
+        del blocks_0_attn_q
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_0_attn_split_1.view(
+        blocks_0_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_0_attn_k.view(
             1, 1601, 8, 32
         )
-        del blocks_0_attn_split_1
+        del blocks_0_attn_k
         # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_0_attn_split_2.view(
+        blocks_0_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_0_attn_v.view(
             1, 1601, 8, 32
         )
-        del blocks_0_attn_split_2
+        del blocks_0_attn_v
         blocks_0_attn_transpose = torch.empty(
             (1, 1601, 8, 32),
             dtype=blocks_0_attn_view.dtype,
@@ -133,34 +131,28 @@ class ChunkedViT(torch.nn.Module):
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
             # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_0_attn_transpose_1 = blocks_0_attn_view[:, :, start:stop].transpose(
-                1, 2
-            )
+            blocks_0_attn_q_1 = blocks_0_attn_view[:, :, start:stop].transpose(1, 2)
             # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_0_attn_transpose_2 = blocks_0_attn_view_1[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_0_attn_k_1 = blocks_0_attn_view_1[:, :, start:stop].transpose(1, 2)
             # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_0_attn_transpose_3 = blocks_0_attn_view_2[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_0_attn_v_1 = blocks_0_attn_view_2[:, :, start:stop].transpose(1, 2)
             # vit.py:38 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            blocks_0_attn_transpose_4 = blocks_0_attn_transpose_2.transpose(-1, -2)
-            del blocks_0_attn_transpose_2
+            blocks_0_attn_transpose_1 = blocks_0_attn_k_1.transpose(-1, -2)
+            del blocks_0_attn_k_1
             blocks_0_attn_matmul = torch.matmul(
-                blocks_0_attn_transpose_1, blocks_0_attn_transpose_4
+                blocks_0_attn_q_1, blocks_0_attn_transpose_1
             )
-            del blocks_0_attn_transpose_1, blocks_0_attn_transpose_4
-            blocks_0_attn_div = blocks_0_attn_matmul.div_(5.656854249492381)
+            del blocks_0_attn_q_1, blocks_0_attn_transpose_1
+            blocks_0_attn_att = blocks_0_attn_matmul.div_(5.656854249492381)
             del blocks_0_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
-            blocks_0_attn_softmax = torch.softmax(blocks_0_attn_div, -1)
-            del blocks_0_attn_div
+            blocks_0_attn_att_1 = torch.softmax(blocks_0_attn_att, -1)
+            del blocks_0_attn_att
             # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_0_attn_matmul_1 = torch.matmul(
-                blocks_0_attn_softmax, blocks_0_attn_transpose_3
+                blocks_0_attn_att_1, blocks_0_attn_v_1
             )
-            del blocks_0_attn_softmax, blocks_0_attn_transpose_3
+            del blocks_0_attn_att_1, blocks_0_attn_v_1
             blocks_0_attn_transpose_chunk = blocks_0_attn_matmul_1.transpose(1, 2)
             del blocks_0_attn_matmul_1
             blocks_0_attn_transpose[:, :, start:stop] = blocks_0_attn_transpose_chunk
@@ -171,20 +163,20 @@ class ChunkedViT(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_0_attn_reshape: "f32[1, 1601, 256]" = blocks_0_attn_transpose.reshape(
+        blocks_0_attn_y: "f32[1, 1601, 256]" = blocks_0_attn_transpose.reshape(
             1, 1601, 256
         )
         del blocks_0_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
         blocks_0_attn_proj: "f32[1, 1601, 256]" = self.blocks[0].attn.proj(
-            blocks_0_attn_reshape
+            blocks_0_attn_y
         )
-        del blocks_0_attn_reshape
+        del blocks_0_attn_y
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_0_add: "f32[1, 1601, 256]" = add + blocks_0_attn_proj
-        del add, blocks_0_attn_proj
+        blocks_0_x: "f32[1, 1601, 256]" = x_1 + blocks_0_attn_proj
+        del blocks_0_attn_proj, x_1
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_0_ln_2: "f32[1, 1601, 256]" = self.blocks[0].ln_2(blocks_0_add)
+        blocks_0_ln_2: "f32[1, 1601, 256]" = self.blocks[0].ln_2(blocks_0_x)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_0_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[0].mlp.fc(blocks_0_ln_2)
         del blocks_0_ln_2
@@ -197,34 +189,32 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_0_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_0_add_1: "f32[1, 1601, 256]" = blocks_0_add + blocks_0_mlp_out
-        del blocks_0_add, blocks_0_mlp_out
+        blocks_0_add: "f32[1, 1601, 256]" = blocks_0_x + blocks_0_mlp_out
+        del blocks_0_mlp_out, blocks_0_x
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_1_ln_1: "f32[1, 1601, 256]" = self.blocks[1].ln_1(blocks_0_add_1)
+        blocks_1_ln_1: "f32[1, 1601, 256]" = self.blocks[1].ln_1(blocks_0_add)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_1_attn_qkv: "f32[1, 1601, 768]" = self.blocks[1].attn.qkv(blocks_1_ln_1)
         del blocks_1_ln_1
         blocks_1_attn_split = torch.split(blocks_1_attn_qkv, 256, -1)
         del blocks_1_attn_qkv
-        blocks_1_attn_split_0: "f32[1, 1601, 256]" = blocks_1_attn_split[0]
-        blocks_1_attn_split_1: "f32[1, 1601, 256]" = blocks_1_attn_split[1]
-        blocks_1_attn_split_2: "f32[1, 1601, 256]" = blocks_1_attn_split[2]
+        blocks_1_attn_q: "f32[1, 1601, 256]" = blocks_1_attn_split[0]
+        blocks_1_attn_k: "f32[1, 1601, 256]" = blocks_1_attn_split[1]
+        blocks_1_attn_v: "f32[1, 1601, 256]" = blocks_1_attn_split[2]
         del blocks_1_attn_split
         # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view: "f32[1, 1601, 8, 32]" = blocks_1_attn_split_0.view(
-            1, 1601, 8, 32
-        )
-        del blocks_1_attn_split_0
+        blocks_1_attn_view: "f32[1, 1601, 8, 32]" = blocks_1_attn_q.view(1, 1601, 8, 32)
+        del blocks_1_attn_q
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_1_attn_split_1.view(
+        blocks_1_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_1_attn_k.view(
             1, 1601, 8, 32
         )
-        del blocks_1_attn_split_1
+        del blocks_1_attn_k
         # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_1_attn_split_2.view(
+        blocks_1_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_1_attn_v.view(
             1, 1601, 8, 32
         )
-        del blocks_1_attn_split_2
+        del blocks_1_attn_v
         blocks_1_attn_transpose = torch.empty(
             (1, 1601, 8, 32),
             dtype=blocks_1_attn_view.dtype,
@@ -233,34 +223,28 @@ class ChunkedViT(torch.nn.Module):
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
             # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_1_attn_transpose_1 = blocks_1_attn_view[:, :, start:stop].transpose(
-                1, 2
-            )
+            blocks_1_attn_q_1 = blocks_1_attn_view[:, :, start:stop].transpose(1, 2)
             # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_1_attn_transpose_2 = blocks_1_attn_view_1[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_1_attn_k_1 = blocks_1_attn_view_1[:, :, start:stop].transpose(1, 2)
             # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_1_attn_transpose_3 = blocks_1_attn_view_2[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_1_attn_v_1 = blocks_1_attn_view_2[:, :, start:stop].transpose(1, 2)
             # vit.py:38 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            blocks_1_attn_transpose_4 = blocks_1_attn_transpose_2.transpose(-1, -2)
-            del blocks_1_attn_transpose_2
+            blocks_1_attn_transpose_1 = blocks_1_attn_k_1.transpose(-1, -2)
+            del blocks_1_attn_k_1
             blocks_1_attn_matmul = torch.matmul(
-                blocks_1_attn_transpose_1, blocks_1_attn_transpose_4
+                blocks_1_attn_q_1, blocks_1_attn_transpose_1
             )
-            del blocks_1_attn_transpose_1, blocks_1_attn_transpose_4
-            blocks_1_attn_div = blocks_1_attn_matmul.div_(5.656854249492381)
+            del blocks_1_attn_q_1, blocks_1_attn_transpose_1
+            blocks_1_attn_att = blocks_1_attn_matmul.div_(5.656854249492381)
             del blocks_1_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
-            blocks_1_attn_softmax = torch.softmax(blocks_1_attn_div, -1)
-            del blocks_1_attn_div
+            blocks_1_attn_att_1 = torch.softmax(blocks_1_attn_att, -1)
+            del blocks_1_attn_att
             # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_1_attn_matmul_1 = torch.matmul(
-                blocks_1_attn_softmax, blocks_1_attn_transpose_3
+                blocks_1_attn_att_1, blocks_1_attn_v_1
             )
-            del blocks_1_attn_softmax, blocks_1_attn_transpose_3
+            del blocks_1_attn_att_1, blocks_1_attn_v_1
             blocks_1_attn_transpose_chunk = blocks_1_attn_matmul_1.transpose(1, 2)
             del blocks_1_attn_matmul_1
             blocks_1_attn_transpose[:, :, start:stop] = blocks_1_attn_transpose_chunk
@@ -271,20 +255,20 @@ class ChunkedViT(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_1_attn_reshape: "f32[1, 1601, 256]" = blocks_1_attn_transpose.reshape(
+        blocks_1_attn_y: "f32[1, 1601, 256]" = blocks_1_attn_transpose.reshape(
             1, 1601, 256
         )
         del blocks_1_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
         blocks_1_attn_proj: "f32[1, 1601, 256]" = self.blocks[1].attn.proj(
-            blocks_1_attn_reshape
+            blocks_1_attn_y
         )
-        del blocks_1_attn_reshape
+        del blocks_1_attn_y
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_1_add: "f32[1, 1601, 256]" = blocks_0_add_1 + blocks_1_attn_proj
-        del blocks_0_add_1, blocks_1_attn_proj
+        blocks_1_x: "f32[1, 1601, 256]" = blocks_0_add + blocks_1_attn_proj
+        del blocks_0_add, blocks_1_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_1_ln_2: "f32[1, 1601, 256]" = self.blocks[1].ln_2(blocks_1_add)
+        blocks_1_ln_2: "f32[1, 1601, 256]" = self.blocks[1].ln_2(blocks_1_x)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_1_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[1].mlp.fc(blocks_1_ln_2)
         del blocks_1_ln_2
@@ -297,34 +281,32 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_1_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_1_add_1: "f32[1, 1601, 256]" = blocks_1_add + blocks_1_mlp_out
-        del blocks_1_add, blocks_1_mlp_out
+        blocks_1_add: "f32[1, 1601, 256]" = blocks_1_x + blocks_1_mlp_out
+        del blocks_1_mlp_out, blocks_1_x
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_2_ln_1: "f32[1, 1601, 256]" = self.blocks[2].ln_1(blocks_1_add_1)
+        blocks_2_ln_1: "f32[1, 1601, 256]" = self.blocks[2].ln_1(blocks_1_add)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_2_attn_qkv: "f32[1, 1601, 768]" = self.blocks[2].attn.qkv(blocks_2_ln_1)
         del blocks_2_ln_1
         blocks_2_attn_split = torch.split(blocks_2_attn_qkv, 256, -1)
         del blocks_2_attn_qkv
-        blocks_2_attn_split_0: "f32[1, 1601, 256]" = blocks_2_attn_split[0]
-        blocks_2_attn_split_1: "f32[1, 1601, 256]" = blocks_2_attn_split[1]
-        blocks_2_attn_split_2: "f32[1, 1601, 256]" = blocks_2_attn_split[2]
+        blocks_2_attn_q: "f32[1, 1601, 256]" = blocks_2_attn_split[0]
+        blocks_2_attn_k: "f32[1, 1601, 256]" = blocks_2_attn_split[1]
+        blocks_2_attn_v: "f32[1, 1601, 256]" = blocks_2_attn_split[2]
         del blocks_2_attn_split
         # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view: "f32[1, 1601, 8, 32]" = blocks_2_attn_split_0.view(
-            1, 1601, 8, 32
-        )
-        del blocks_2_attn_split_0
+        blocks_2_attn_view: "f32[1, 1601, 8, 32]" = blocks_2_attn_q.view(1, 1601, 8, 32)
+        del blocks_2_attn_q
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_2_attn_split_1.view(
+        blocks_2_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_2_attn_k.view(
             1, 1601, 8, 32
         )
-        del blocks_2_attn_split_1
+        del blocks_2_attn_k
         # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_2_attn_split_2.view(
+        blocks_2_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_2_attn_v.view(
             1, 1601, 8, 32
         )
-        del blocks_2_attn_split_2
+        del blocks_2_attn_v
         blocks_2_attn_transpose = torch.empty(
             (1, 1601, 8, 32),
             dtype=blocks_2_attn_view.dtype,
@@ -333,34 +315,28 @@ class ChunkedViT(torch.nn.Module):
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
             # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_2_attn_transpose_1 = blocks_2_attn_view[:, :, start:stop].transpose(
-                1, 2
-            )
+            blocks_2_attn_q_1 = blocks_2_attn_view[:, :, start:stop].transpose(1, 2)
             # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_2_attn_transpose_2 = blocks_2_attn_view_1[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_2_attn_k_1 = blocks_2_attn_view_1[:, :, start:stop].transpose(1, 2)
             # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_2_attn_transpose_3 = blocks_2_attn_view_2[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_2_attn_v_1 = blocks_2_attn_view_2[:, :, start:stop].transpose(1, 2)
             # vit.py:38 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            blocks_2_attn_transpose_4 = blocks_2_attn_transpose_2.transpose(-1, -2)
-            del blocks_2_attn_transpose_2
+            blocks_2_attn_transpose_1 = blocks_2_attn_k_1.transpose(-1, -2)
+            del blocks_2_attn_k_1
             blocks_2_attn_matmul = torch.matmul(
-                blocks_2_attn_transpose_1, blocks_2_attn_transpose_4
+                blocks_2_attn_q_1, blocks_2_attn_transpose_1
             )
-            del blocks_2_attn_transpose_1, blocks_2_attn_transpose_4
-            blocks_2_attn_div = blocks_2_attn_matmul.div_(5.656854249492381)
+            del blocks_2_attn_q_1, blocks_2_attn_transpose_1
+            blocks_2_attn_att = blocks_2_attn_matmul.div_(5.656854249492381)
             del blocks_2_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
-            blocks_2_attn_softmax = torch.softmax(blocks_2_attn_div, -1)
-            del blocks_2_attn_div
+            blocks_2_attn_att_1 = torch.softmax(blocks_2_attn_att, -1)
+            del blocks_2_attn_att
             # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_2_attn_matmul_1 = torch.matmul(
-                blocks_2_attn_softmax, blocks_2_attn_transpose_3
+                blocks_2_attn_att_1, blocks_2_attn_v_1
             )
-            del blocks_2_attn_softmax, blocks_2_attn_transpose_3
+            del blocks_2_attn_att_1, blocks_2_attn_v_1
             blocks_2_attn_transpose_chunk = blocks_2_attn_matmul_1.transpose(1, 2)
             del blocks_2_attn_matmul_1
             blocks_2_attn_transpose[:, :, start:stop] = blocks_2_attn_transpose_chunk
@@ -371,20 +347,20 @@ class ChunkedViT(torch.nn.Module):
         # In place, on chunks nothing else reads: `div_`.
         # Hoisted: the next values do not depend on the chunk.
         # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_2_attn_reshape: "f32[1, 1601, 256]" = blocks_2_attn_transpose.reshape(
+        blocks_2_attn_y: "f32[1, 1601, 256]" = blocks_2_attn_transpose.reshape(
             1, 1601, 256
         )
         del blocks_2_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
         blocks_2_attn_proj: "f32[1, 1601, 256]" = self.blocks[2].attn.proj(
-            blocks_2_attn_reshape
+            blocks_2_attn_y
         )
-        del blocks_2_attn_reshape
+        del blocks_2_attn_y
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_2_add: "f32[1, 1601, 256]" = blocks_1_add_1 + blocks_2_attn_proj
-        del blocks_1_add_1, blocks_2_attn_proj
+        blocks_2_x: "f32[1, 1601, 256]" = blocks_1_add + blocks_2_attn_proj
+        del blocks_1_add, blocks_2_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_2_ln_2: "f32[1, 1601, 256]" = self.blocks[2].ln_2(blocks_2_add)
+        blocks_2_ln_2: "f32[1, 1601, 256]" = self.blocks[2].ln_2(blocks_2_x)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_2_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[2].mlp.fc(blocks_2_ln_2)
         del blocks_2_ln_2
@@ -397,34 +373,32 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_2_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_2_add_1: "f32[1, 1601, 256]" = blocks_2_add + blocks_2_mlp_out
-        del blocks_2_add, blocks_2_mlp_out
+        blocks_2_add: "f32[1, 1601, 256]" = blocks_2_x + blocks_2_mlp_out
+        del blocks_2_mlp_out, blocks_2_x
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_3_ln_1: "f32[1, 1601, 256]" = self.blocks[3].ln_1(blocks_2_add_1)
+        blocks_3_ln_1: "f32[1, 1601, 256]" = self.blocks[3].ln_1(blocks_2_add)
         # vit.py:34 in forward: q, k, v = self.qkv(x).split(c, dim=-1)
         blocks_3_attn_qkv: "f32[1, 1601, 768]" = self.blocks[3].attn.qkv(blocks_3_ln_1)
         del blocks_3_ln_1
         blocks_3_attn_split = torch.split(blocks_3_attn_qkv, 256, -1)
         del blocks_3_attn_qkv
-        blocks_3_attn_split_0: "f32[1, 1601, 256]" = blocks_3_attn_split[0]
-        blocks_3_attn_split_1: "f32[1, 1601, 256]" = blocks_3_attn_split[1]
-        blocks_3_attn_split_2: "f32[1, 1601, 256]" = blocks_3_attn_split[2]
+        blocks_3_attn_q: "f32[1, 1601, 256]" = blocks_3_attn_split[0]
+        blocks_3_attn_k: "f32[1, 1601, 256]" = blocks_3_attn_split[1]
+        blocks_3_attn_v: "f32[1, 1601, 256]" = blocks_3_attn_split[2]
         del blocks_3_attn_split
         # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view: "f32[1, 1601, 8, 32]" = blocks_3_attn_split_0.view(
-            1, 1601, 8, 32
-        )
-        del blocks_3_attn_split_0
+        blocks_3_attn_view: "f32[1, 1601, 8, 32]" = blocks_3_attn_q.view(1, 1601, 8, 32)
+        del blocks_3_attn_q
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_3_attn_split_1.view(
+        blocks_3_attn_view_1: "f32[1, 1601, 8, 32]" = blocks_3_attn_k.view(
             1, 1601, 8, 32
         )
-        del blocks_3_attn_split_1
+        del blocks_3_attn_k
         # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_3_attn_split_2.view(
+        blocks_3_attn_view_2: "f32[1, 1601, 8, 32]" = blocks_3_attn_v.view(
             1, 1601, 8, 32
         )
-        del blocks_3_attn_split_2
+        del blocks_3_attn_v
         blocks_3_attn_transpose = torch.empty(
             (1, 1601, 8, 32),
             dtype=blocks_3_attn_view.dtype,
@@ -433,54 +407,48 @@ class ChunkedViT(torch.nn.Module):
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
             # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_3_attn_transpose_1 = blocks_3_attn_view[:, :, start:stop].transpose(
-                1, 2
-            )
+            blocks_3_attn_q_1 = blocks_3_attn_view[:, :, start:stop].transpose(1, 2)
             # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_3_attn_transpose_2 = blocks_3_attn_view_1[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_3_attn_k_1 = blocks_3_attn_view_1[:, :, start:stop].transpose(1, 2)
             # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-            blocks_3_attn_transpose_3 = blocks_3_attn_view_2[
-                :, :, start:stop
-            ].transpose(1, 2)
+            blocks_3_attn_v_1 = blocks_3_attn_view_2[:, :, start:stop].transpose(1, 2)
             # vit.py:38 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            blocks_3_attn_transpose_4 = blocks_3_attn_transpose_2.transpose(-1, -2)
-            del blocks_3_attn_transpose_2
+            blocks_3_attn_transpose_1 = blocks_3_attn_k_1.transpose(-1, -2)
+            del blocks_3_attn_k_1
             blocks_3_attn_matmul = torch.matmul(
-                blocks_3_attn_transpose_1, blocks_3_attn_transpose_4
+                blocks_3_attn_q_1, blocks_3_attn_transpose_1
             )
-            del blocks_3_attn_transpose_1, blocks_3_attn_transpose_4
-            blocks_3_attn_div = blocks_3_attn_matmul.div_(5.656854249492381)
+            del blocks_3_attn_q_1, blocks_3_attn_transpose_1
+            blocks_3_attn_att = blocks_3_attn_matmul.div_(5.656854249492381)
             del blocks_3_attn_matmul
             # vit.py:39 in forward: att = att.softmax(dim=-1)
-            blocks_3_attn_softmax = torch.softmax(blocks_3_attn_div, -1)
-            del blocks_3_attn_div
+            blocks_3_attn_att_1 = torch.softmax(blocks_3_attn_att, -1)
+            del blocks_3_attn_att
             # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_3_attn_matmul_1 = torch.matmul(
-                blocks_3_attn_softmax, blocks_3_attn_transpose_3
+                blocks_3_attn_att_1, blocks_3_attn_v_1
             )
-            del blocks_3_attn_softmax, blocks_3_attn_transpose_3
+            del blocks_3_attn_att_1, blocks_3_attn_v_1
             blocks_3_attn_transpose_chunk = blocks_3_attn_matmul_1.transpose(1, 2)
             del blocks_3_attn_matmul_1
             blocks_3_attn_transpose[:, :, start:stop] = blocks_3_attn_transpose_chunk
             del blocks_3_attn_transpose_chunk
         del blocks_3_attn_view, blocks_3_attn_view_1, blocks_3_attn_view_2
         # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
-        blocks_3_attn_reshape: "f32[1, 1601, 256]" = blocks_3_attn_transpose.reshape(
+        blocks_3_attn_y: "f32[1, 1601, 256]" = blocks_3_attn_transpose.reshape(
             1, 1601, 256
         )
         del blocks_3_attn_transpose
         # vit.py:41 in forward: return self.proj(y)
         blocks_3_attn_proj: "f32[1, 1601, 256]" = self.blocks[3].attn.proj(
-            blocks_3_attn_reshape
+            blocks_3_attn_y
         )
-        del blocks_3_attn_reshape
+        del blocks_3_attn_y
         # vit.py:63 in forward: x = x + self.attn(self.ln_1(x))
-        blocks_3_add: "f32[1, 1601, 256]" = blocks_2_add_1 + blocks_3_attn_proj
-        del blocks_2_add_1, blocks_3_attn_proj
+        blocks_3_x: "f32[1, 1601, 256]" = blocks_2_add + blocks_3_attn_proj
+        del blocks_2_add, blocks_3_attn_proj
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_3_ln_2: "f32[1, 1601, 256]" = self.blocks[3].ln_2(blocks_3_add)
+        blocks_3_ln_2: "f32[1, 1601, 256]" = self.blocks[3].ln_2(blocks_3_x)
         # vit.py:51 in forward: return self.out(nn.functional.gelu(self.fc(x)))
         blocks_3_mlp_fc: "f32[1, 1601, 1024]" = self.blocks[3].mlp.fc(blocks_3_ln_2)
         del blocks_3_ln_2
@@ -493,11 +461,11 @@ class ChunkedViT(torch.nn.Module):
         )
         del blocks_3_mlp_gelu
         # vit.py:64 in forward: return x + self.mlp(self.ln_2(x))
-        blocks_3_add_1: "f32[1, 1601, 256]" = blocks_3_add + blocks_3_mlp_out
-        del blocks_3_add, blocks_3_mlp_out
+        blocks_3_add: "f32[1, 1601, 256]" = blocks_3_x + blocks_3_mlp_out
+        del blocks_3_mlp_out, blocks_3_x
         # vit.py:92 in forward: return self.head(self.ln_f(x)[:, 0])
-        ln_f: "f32[1, 1601, 256]" = self.ln_f(blocks_3_add_1)
-        del blocks_3_add_1
+        ln_f: "f32[1, 1601, 256]" = self.ln_f(blocks_3_add)
+        del blocks_3_add
         select: "f32[1, 256]" = ln_f[:, 0]
         del ln_f
         head: "f32[1, 1000]" = self.head(select)

@@ -105,7 +105,7 @@ def test_the_emitter_prints_the_program(gpt_generated) -> None:
     names = [s.var for s in block.body if s.var and s.var != "stop"]
     positions = [body.index(f"{name} = ") for name in names]
     assert positions == sorted(positions)
-    assert "blocks_0_attn_div = blocks_0_attn_matmul.div_(" in body
+    assert "blocks_0_attn_att = blocks_0_attn_matmul.div_(" in body  # named as the source does
 
 
 def test_plan_dump_shows_every_pass(capsys) -> None:
@@ -120,3 +120,55 @@ def test_plan_dump_shows_every_pass(capsys) -> None:
     assert cli.main(["plan", str(ROOT / "examples" / "gpt.py"), "--dump", "select"]) == 0
     only = capsys.readouterr().out
     assert only.startswith("=== select ===") and "=== lower ===" not in only
+
+
+NAMED = """
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 16)
+
+        def forward(self, x):
+            a, b = self.proj(x).chunk(2, dim=-1)
+            h = torch.relu(a) + b * 3
+            h = h.softmax(-1)
+            return (h @ h.transpose(-1, -2)).sum(-1)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Named()
+
+    def make_inputs():
+        return (torch.randn(1, 64, 8),)
+"""
+
+
+def test_values_take_the_names_their_source_lines_assign(tmp_path: Path) -> None:
+    """NOTE [Names from the source]: `a, b = ...` names the two chunks, `h = ...` the value the
+    line ends with, not the intermediates; a layer's output is still named after the layer."""
+    import textwrap
+
+    path = tmp_path / "named.py"
+    path.write_text(textwrap.dedent(NAMED))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out"), "--no-verify"]) == 0
+    tree = ast.parse((tmp_path / "out" / "named.py").read_text())
+    bound = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+    assert {"a", "b", "h", "h_1"} <= bound, bound  # h: the loop's buffer, h_1: the softmax
+    assert {"proj", "relu"} <= bound  # the line's intermediates keep their op's name
+
+
+def test_gpt_values_are_named_as_the_source_names_them(gpt_generated) -> None:
+    _, emitted = gpt_generated
+    source = emitted.source
+    assert 'blocks_0_attn_q: "f32[1, seq, 256]" = blocks_0_attn_split[0]' in source
+    assert 'blocks_0_x: "f32[1, seq, 256]" = x + blocks_0_attn_proj' in source
+    # `x = x + self.attn(self.ln_1(x))`: the layer norm's output is not what the line assigns
+    assert "blocks_0_ln_1: " in source
