@@ -18,7 +18,7 @@ from analysis.causal import truncated_keys
 from analysis.dimflow import DimRule, out_meta
 from analysis.errors import InternalError, UserError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta, refs_in
+from analysis.ir import Graph, Node, Ref, TensorMeta
 from analysis.loader import MODEL_MODULE_PREFIX
 from analysis.names import Namespace, source_names, value_name
 from analysis.layers import Layer

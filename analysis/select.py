@@ -21,7 +21,6 @@ from analysis.memory import (
     estimate_graph,
     estimate_plan,
     local_region_peak,
-    region_label,
     region_peak,
 )
 from analysis.plan import ChunkPlan, Region

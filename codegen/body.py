@@ -89,6 +89,22 @@ class ForwardPrinter:
         self.program = program
         self.device = f"{program.device_of}.device" if program.device_of else "None"
         self._cited: tuple[str, int] | None = None
+        #: how each kind of statement prints
+        self._printers: dict[type, Any] = {
+            Call: self._print_call,
+            LoopStep: self._print_loopstep,
+            InputSize: self._print_inputsize,
+            Budget: self._print_budget,
+            Floor: self._print_floor,
+            TensorConstant: self._print_tensorconstant,
+            Contiguous: self._print_contiguous,
+            Empty: self._print_empty,
+            Rows: self._print_rows,
+            Stop: self._print_stop,
+            WriteChunk: self._print_writechunk,
+            UpdateBuffer: self._print_updatebuffer,
+            Return: self._print_return,
+        }
         #: per region, its first hoisted value: the comment saying why it is out of the loop
         self._first_hoisted: dict[int | None, Statement] = {}
         for item in reversed(program.body):
@@ -197,79 +213,100 @@ class ForwardPrinter:
         return out
 
     def _statement(self, statement: Statement, block: Block | None = None) -> Line:
-        var, expr = statement.var, statement.expr
-        if isinstance(expr, Call):
-            code = self._layer_call(expr, self.arg_plain) or render_call(expr, self.arg_plain)
-            note = self.annotate(expr.meta)
-            comments = self._cite(statement.source)
-            if statement is self._first_hoisted.get(statement.region):
-                comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
-            return Line(f"{var}: {note!r} = {code}" if note else f"{var} = {code}", comments)
-        if isinstance(expr, LoopStep):
-            assert block is not None, "a loop step outside its loop"
-            arg = lambda value: self.arg_chunk(value, expr, block)  # noqa: E731
-            code = self._layer_call(expr, arg) or render_call(expr, arg)
-            return Line(f"{var} = {code}", self._cite(statement.source))
-        if isinstance(expr, InputSize):
-            size = f"{expr.input}.shape[{expr.axis}]"
-            if expr.offset:
-                size = (
-                    f"({size} - {expr.offset})" if expr.offset > 0 else f"({size} + {-expr.offset})"
-                )
-            if expr.scale != 1:
-                size = f"{size} // {expr.scale}"
-            return Line(f"{var} = {size}")
-        if isinstance(expr, Budget):
-            return self._budget(var, expr)
-        if isinstance(expr, Floor):
-            terms = ", ".join(self.sym(t) for t in expr.terms)
-            why = [
-                "The most a loop holds at one row per chunk, plus 5%. Where that is over the",
-                "budget the peak is there anyway, and the other loops may use as much.",
-            ]
-            return Line(f"{var} = max({terms}) * 21 // 20", why)
-        if isinstance(expr, TensorConstant):
-            code = (
-                f"{var} = torch.tensor({self.arg_plain(expr.values)}, dtype={expr.meta.dtype}, "
-                f"device={self.device})"
-            )
-            if expr.meta.numel(self.graph.hints) == 0:  # [] alone would lose the shape
-                code += f".reshape({self.shape(expr.meta.shape)})"
-            return Line(code, ["A tensor constant of the traced forward, written out."])
-        if isinstance(expr, Contiguous):
-            comment = (
-                "Copied contiguous once, so the larger value it views can be freed."
-                if expr.sliced
-                else "Copied contiguous once: a matmul in the loop would copy it every chunk."
-            )
-            return Line(f"{var} = {self.value(expr.value)}.contiguous()", [comment])
-        if isinstance(expr, Empty):
-            like = f"{self.value(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
-            device = f"{self.value(expr.device_of)}.device" if expr.device_of else self.device
-            shape = self.shape(expr.meta.shape)
-            return Line(f"{var} = torch.empty({shape}, dtype={like}, device={device})")
-        if isinstance(expr, Rows):
-            fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
-            extent = self.arg_plain(expr.extent)
-            most = f"{expr.planned} if {self.device}.type == 'cpu' else {extent}"
-            comments = [
-                f"Rows per chunk within the budget: the loop holds about {fixed} bytes,",
-                f"plus {per_row} per row. On a CPU at most {expr.planned} rows, the planned",
-                "size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.",
-            ]
-            code = f"{var} = _rows({self.program.budget}, {fixed}, {per_row}, {most})"
-            return Line(code, comments)
-        if isinstance(expr, Stop):
-            return Line(f"stop = min(start + {expr.rows}, {self.arg_plain(expr.extent)})")
-        if isinstance(expr, WriteChunk):
-            return Line(f"{_index_expr(expr.buffer, {expr.dim: 'start:stop'})} = {expr.chunk}")
-        if isinstance(expr, UpdateBuffer):
-            code = f"{_attribute_path(expr.fqn)}.copy_({self.value(expr.value)})"
-            return Line(code, [f"the forward updates buffer {expr.fqn}"])
-        if isinstance(expr, Return):
-            flat = [self.arg_plain(v) for v in expr.values]
-            return Line(f"return {_unflatten(expr.spec, iter(flat))}")
-        raise TypeError(f"cannot print {type(expr).__name__}")
+        printer = self._printers.get(type(statement.expr))
+        if printer is None:
+            raise TypeError(f"cannot print {type(statement.expr).__name__}")
+        return printer(statement, block)
+
+    def _print_call(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        code = self._layer_call(expr, self.arg_plain) or render_call(expr, self.arg_plain)
+        note = self.annotate(expr.meta)
+        comments = self._cite(statement.source)
+        if statement is self._first_hoisted.get(statement.region):
+            comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
+        bound = f"{statement.var}: {note!r}" if note else statement.var
+        return Line(f"{bound} = {code}", comments)
+
+    def _print_loopstep(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        assert block is not None, "a loop step outside its loop"
+        arg = lambda value: self.arg_chunk(value, expr, block)  # noqa: E731
+        code = self._layer_call(expr, arg) or render_call(expr, arg)
+        return Line(f"{statement.var} = {code}", self._cite(statement.source))
+
+    def _print_inputsize(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        size = f"{expr.input}.shape[{expr.axis}]"
+        if expr.offset:
+            size = f"({size} - {expr.offset})" if expr.offset > 0 else f"({size} + {-expr.offset})"
+        if expr.scale != 1:
+            size = f"{size} // {expr.scale}"
+        return Line(f"{statement.var} = {size}")
+
+    def _print_floor(self, statement: Statement, block: Block | None) -> Line:
+        terms = ", ".join(self.sym(t) for t in statement.expr.terms)
+        why = [
+            "The most a loop holds at one row per chunk, plus 5%. Where that is over the",
+            "budget the peak is there anyway, and the other loops may use as much.",
+        ]
+        return Line(f"{statement.var} = max({terms}) * 21 // 20", why)
+
+    def _print_tensorconstant(self, statement: Statement, block: Block | None) -> Line:
+        meta = statement.expr.meta
+        code = (
+            f"{statement.var} = torch.tensor({self.arg_plain(statement.expr.values)}, "
+            f"dtype={meta.dtype}, device={self.device})"
+        )
+        if meta.numel(self.graph.hints) == 0:  # [] alone would lose the shape
+            code += f".reshape({self.shape(meta.shape)})"
+        return Line(code, ["A tensor constant of the traced forward, written out."])
+
+    def _print_contiguous(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        comment = (
+            "Copied contiguous once, so the larger value it views can be freed."
+            if expr.sliced
+            else "Copied contiguous once: a matmul in the loop would copy it every chunk."
+        )
+        return Line(f"{statement.var} = {self.value(expr.value)}.contiguous()", [comment])
+
+    def _print_empty(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        like = f"{self.value(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
+        device = f"{self.value(expr.device_of)}.device" if expr.device_of else self.device
+        shape = self.shape(expr.meta.shape)
+        return Line(f"{statement.var} = torch.empty({shape}, dtype={like}, device={device})")
+
+    def _print_rows(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
+        extent = self.arg_plain(expr.extent)
+        most = f"{expr.planned} if {self.device}.type == 'cpu' else {extent}"
+        comments = [
+            f"Rows per chunk within the budget: the loop holds about {fixed} bytes,",
+            f"plus {per_row} per row. On a CPU at most {expr.planned} rows, the planned",
+            "size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.",
+        ]
+        code = f"{statement.var} = _rows({self.program.budget}, {fixed}, {per_row}, {most})"
+        return Line(code, comments)
+
+    def _print_stop(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        return Line(f"stop = min(start + {expr.rows}, {self.arg_plain(expr.extent)})")
+
+    def _print_writechunk(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        return Line(f"{_index_expr(expr.buffer, {expr.dim: 'start:stop'})} = {expr.chunk}")
+
+    def _print_updatebuffer(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        code = f"{_attribute_path(expr.fqn)}.copy_({self.value(expr.value)})"
+        return Line(code, [f"the forward updates buffer {expr.fqn}"])
+
+    def _print_return(self, statement: Statement, block: Block | None) -> Line:
+        flat = [self.arg_plain(v) for v in statement.expr.values]
+        return Line(f"return {_unflatten(statement.expr.spec, iter(flat))}")
 
     def _layer_call(self, op: Call | LoopStep, arg: Any) -> str | None:
         """`self.blocks[0].mlp.fc(x)`: the op run as the call of the layer that ran it."""
@@ -279,9 +316,10 @@ class ForwardPrinter:
         assert layer is not None, f"{op.target} is no layer's forward"
         return f"{_attribute_path(op.layer)}({arg(op.args[layer[1]])})"
 
-    def _budget(self, var: str | None, budget: Budget) -> Line:
+    def _print_budget(self, statement: Statement, block: Block | None) -> Line:
         """`budget = ...`: the constructor's budget, else the plan's share of the original's
         estimated peak at this input's size; never below what the hungriest loop needs."""
+        var, budget = statement.var, statement.expr
         original = self.sym(budget.original_peak)
         wanted = (
             f"self.memory_budget if self.memory_budget is not None "
