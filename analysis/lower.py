@@ -18,7 +18,7 @@ from analysis.causal import truncated_keys
 from analysis.dimflow import DimRule, out_meta
 from analysis.errors import InternalError, UserError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta
+from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots
 from analysis.loader import MODEL_MODULE_PREFIX
 from analysis.names import Namespace, source_names, value_name
 from analysis.layers import Layer
@@ -208,6 +208,9 @@ class _Lowering:
         self.symbols: dict[sympy.Symbol, str] = {}
         self.budget: str | None = None
         self.device_of = ""
+        #: name -> the value outside the loops that holds it; the values emitted so far
+        self.holder: dict[str, str] = {}
+        self.emitted: set[str] = set()
         #: the current loop's chunk names and contiguous copies, by graph value
         self.chunks: dict[str, str] = {}
         self.copies: dict[str, str] = {}
@@ -259,6 +262,29 @@ class _Lowering:
         self.names[node.name] = name
         return name
 
+    def rebind(self, node: Node) -> str:
+        """Bind a value computed outside the loops, reusing its base's name when the value
+        that holds the name dies here (NOTE [Names from the source]): `q = q.view(...)`
+        rebinds `q`. The old value is then freed by the rebinding, exactly where the memory
+        estimate frees it: this statement reads it, or reads a value sharing its storage."""
+        name = self.ns.clean(self.base(node))
+        held = self.holder.get(name)
+        if held is None or not self._dies_at(held, node):
+            name = self.ns.create(self.base(node))
+        self.names[node.name] = name
+        self.holder[name] = node.name
+        return name
+
+    def _dies_at(self, held: str, node: Node) -> bool:
+        graph = self.graph
+        if held in graph.output_names():
+            return False
+        if not set(graph.users(held)) <= self.emitted | {node.name}:
+            return False
+        roots, _ = storage_roots(graph)
+        root = roots.get(held, held)
+        return any(roots.get(ref, ref) == root for ref in node.refs())
+
     # -------------------------------------------------------------- layout
     def program(self) -> Program:
         graph = self.graph
@@ -287,6 +313,7 @@ class _Lowering:
             if node.name in starts:
                 index, region = starts[node.name]
                 body.extend(self._region(index, region, live))
+                self.emitted.update(region.span)
             elif node.kind == "op" and node.name not in covered and node.name in live:
                 statement = self._call(node)
                 if statement is not None:
@@ -329,7 +356,8 @@ class _Lowering:
             self.names[node.name] = self.symbols[node.meta]  # the dim is already bound
             return None
         reads = self.reads(node.args, [v for _, v in node.kwargs])
-        var = self.bind(node)
+        var = self.rebind(node)
+        self.emitted.add(node.name)
         everything = set(node.refs())
         layer = layer_call(self.graph, node, self.layers, everything)
         call = Call(node.name, node.target, node.args, node.kwargs, node.meta, layer)

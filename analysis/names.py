@@ -23,13 +23,19 @@ class Namespace:
         self._taken: set[str] = set(RESERVED)
         self._count: dict[str, int] = {}
 
-    def create(self, base: str) -> str:
-        """Return a fresh identifier made from `base`: cleaned, not a keyword or builtin."""
+    @staticmethod
+    def clean(base: str) -> str:
+        """Return `base` as an identifier: cleaned, not a keyword or builtin."""
         name = re.sub(r"\W+", "_", base).strip("_").lower() or "value"
         if name[0].isdigit():
             name = f"v_{name}"
         if keyword.iskeyword(name) or hasattr(builtins, name):
             name = f"{name}_"
+        return name
+
+    def create(self, base: str) -> str:
+        """Return a fresh identifier made from `base`: cleaned, not a keyword or builtin."""
+        name = self.clean(base)
         candidate = name
         while candidate in self._taken:
             self._count[name] = self._count.get(name, 0) + 1
@@ -64,7 +70,10 @@ def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:
     interrupt. What the line assigns are the ops whose results are read after the stretch, or
     are outputs: one for a plain target, or the elements of one tuple for a tuple of names.
     Anything else (an attribute or subscript target, a line that does not parse alone, more
-    candidates than targets) keeps the op's name.
+    candidates than targets) keeps the op's name. Outside the loops a name is bound again
+    when the value holding it dies at the rebinding statement (`q = q.view(...)` rebinds `q`):
+    the statement reads it, or reads a value sharing its storage, so the rebinding frees it
+    exactly where the memory estimate does, and no `del` is needed.
     """
     outputs = graph.output_names()
     runs: list[tuple[str, Any, list[Node]]] = []

@@ -331,15 +331,15 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_msa_row_attn_attn_gate
         )
         del blocks_0_msa_row_attn_attn_gate
-        blocks_0_msa_row_attn_attn_o_1: "f32[32, res, 64]" = (
+        blocks_0_msa_row_attn_attn_o: "f32[32, res, 64]" = (
             blocks_0_msa_row_attn_attn_sigmoid * blocks_0_msa_row_attn_attn_o
         )
-        del blocks_0_msa_row_attn_attn_o, blocks_0_msa_row_attn_attn_sigmoid
+        del blocks_0_msa_row_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_0_msa_row_attn_attn_out: "f32[32, res, 64]" = self.blocks[
             0
-        ].msa_row_attn.attn.out(blocks_0_msa_row_attn_attn_o_1)
-        del blocks_0_msa_row_attn_attn_o_1
+        ].msa_row_attn.attn.out(blocks_0_msa_row_attn_attn_o)
+        del blocks_0_msa_row_attn_attn_o
         # evoformer.py:202 in forward: msa = msa + self.msa_row_attn(msa, pair)
         blocks_0_msa: "f32[32, res, 64]" = msa + blocks_0_msa_row_attn_attn_out
         del blocks_0_msa_row_attn_attn_out
@@ -358,16 +358,14 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_msa_col_attn_attn_view: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_q.view(res, 32, 8, 8)
         )
-        del blocks_0_msa_col_attn_attn_q
-        blocks_0_msa_col_attn_attn_q_1: "f32[res, 8, 32, 8]" = (
+        blocks_0_msa_col_attn_attn_q: "f32[res, 8, 32, 8]" = (
             blocks_0_msa_col_attn_attn_view.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_0_msa_col_attn_attn_q_2: "f32[res, 8, 32, 8]" = (
-            blocks_0_msa_col_attn_attn_q_1 / 2.8284271247461903
+        blocks_0_msa_col_attn_attn_q: "f32[res, 8, 32, 8]" = (
+            blocks_0_msa_col_attn_attn_q / 2.8284271247461903
         )
-        del blocks_0_msa_col_attn_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_msa_col_attn_attn_k: "f32[res, 32, 64]" = self.blocks[
             0
@@ -375,8 +373,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_msa_col_attn_attn_view_1: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_k.view(res, 32, 8, 8)
         )
-        del blocks_0_msa_col_attn_attn_k
-        blocks_0_msa_col_attn_attn_k_1: "f32[res, 8, 32, 8]" = (
+        blocks_0_msa_col_attn_attn_k: "f32[res, 8, 32, 8]" = (
             blocks_0_msa_col_attn_attn_view_1.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_view_1
@@ -387,20 +384,19 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_msa_col_attn_attn_view_2: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_v.view(res, 32, 8, 8)
         )
-        del blocks_0_msa_col_attn_attn_v
-        blocks_0_msa_col_attn_attn_v_1: "f32[res, 8, 32, 8]" = (
+        blocks_0_msa_col_attn_attn_v: "f32[res, 8, 32, 8]" = (
             blocks_0_msa_col_attn_attn_view_2.transpose(1, 2)
         )
         del blocks_0_msa_col_attn_attn_view_2
         # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
         blocks_0_msa_col_attn_attn_transpose: "f32[res, 8, 8, 32]" = (
-            blocks_0_msa_col_attn_attn_k_1.transpose(-1, -2)
+            blocks_0_msa_col_attn_attn_k.transpose(-1, -2)
         )
-        del blocks_0_msa_col_attn_attn_k_1
+        del blocks_0_msa_col_attn_attn_k
         blocks_0_msa_col_attn_attn_logits: "f32[res, 8, 32, 32]" = torch.matmul(
-            blocks_0_msa_col_attn_attn_q_2, blocks_0_msa_col_attn_attn_transpose
+            blocks_0_msa_col_attn_attn_q, blocks_0_msa_col_attn_attn_transpose
         )
-        del blocks_0_msa_col_attn_attn_q_2, blocks_0_msa_col_attn_attn_transpose
+        del blocks_0_msa_col_attn_attn_q, blocks_0_msa_col_attn_attn_transpose
         # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
         blocks_0_msa_col_attn_attn_weights: "f32[res, 8, 32, 32]" = torch.softmax(
             blocks_0_msa_col_attn_attn_logits, -1
@@ -408,9 +404,9 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_0_msa_col_attn_attn_logits
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         blocks_0_msa_col_attn_attn_matmul: "f32[res, 8, 32, 8]" = torch.matmul(
-            blocks_0_msa_col_attn_attn_weights, blocks_0_msa_col_attn_attn_v_1
+            blocks_0_msa_col_attn_attn_weights, blocks_0_msa_col_attn_attn_v
         )
-        del blocks_0_msa_col_attn_attn_v_1, blocks_0_msa_col_attn_attn_weights
+        del blocks_0_msa_col_attn_attn_v, blocks_0_msa_col_attn_attn_weights
         blocks_0_msa_col_attn_attn_transpose_1: "f32[res, 32, 8, 8]" = (
             blocks_0_msa_col_attn_attn_matmul.transpose(1, 2)
         )
@@ -428,29 +424,29 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_msa_col_attn_attn_gate
         )
         del blocks_0_msa_col_attn_attn_gate
-        blocks_0_msa_col_attn_attn_o_1: "f32[res, 32, 64]" = (
+        blocks_0_msa_col_attn_attn_o: "f32[res, 32, 64]" = (
             blocks_0_msa_col_attn_attn_sigmoid * blocks_0_msa_col_attn_attn_o
         )
-        del blocks_0_msa_col_attn_attn_o, blocks_0_msa_col_attn_attn_sigmoid
+        del blocks_0_msa_col_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_0_msa_col_attn_attn_out: "f32[res, 32, 64]" = self.blocks[
             0
-        ].msa_col_attn.attn.out(blocks_0_msa_col_attn_attn_o_1)
-        del blocks_0_msa_col_attn_attn_o_1
+        ].msa_col_attn.attn.out(blocks_0_msa_col_attn_attn_o)
+        del blocks_0_msa_col_attn_attn_o
         # evoformer.py:103 in forward: return self.attn(cols).transpose(0, 1)
         blocks_0_msa_col_attn_transpose: "f32[32, res, 64]" = (
             blocks_0_msa_col_attn_attn_out.transpose(0, 1)
         )
         del blocks_0_msa_col_attn_attn_out
         # evoformer.py:203 in forward: msa = msa + self.msa_col_attn(msa)
-        blocks_0_msa_1: "f32[32, res, 64]" = (
+        blocks_0_msa: "f32[32, res, 64]" = (
             blocks_0_msa + blocks_0_msa_col_attn_transpose
         )
-        del blocks_0_msa, blocks_0_msa_col_attn_transpose
+        del blocks_0_msa_col_attn_transpose
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
         blocks_0_msa_transition_norm: "f32[32, res, 64]" = self.blocks[
             0
-        ].msa_transition.norm(blocks_0_msa_1)
+        ].msa_transition.norm(blocks_0_msa)
         blocks_0_msa_transition_fc: "f32[32, res, 256]" = self.blocks[
             0
         ].msa_transition.fc(blocks_0_msa_transition_norm)
@@ -464,14 +460,12 @@ class ChunkedEvoformer(torch.nn.Module):
         ].msa_transition.out(blocks_0_msa_transition_relu)
         del blocks_0_msa_transition_relu
         # evoformer.py:204 in forward: msa = msa + self.msa_transition(msa)
-        blocks_0_msa_2: "f32[32, res, 64]" = (
-            blocks_0_msa_1 + blocks_0_msa_transition_out
-        )
-        del blocks_0_msa_1, blocks_0_msa_transition_out
+        blocks_0_msa: "f32[32, res, 64]" = blocks_0_msa + blocks_0_msa_transition_out
+        del blocks_0_msa_transition_out
         # evoformer.py:130 in forward: m = self.norm(msa)
         blocks_0_outer_product_mean_m: "f32[32, res, 64]" = self.blocks[
             0
-        ].outer_product_mean.norm(blocks_0_msa_2)
+        ].outer_product_mean.norm(blocks_0_msa)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
         blocks_0_outer_product_mean_a: "f32[32, res, 16]" = self.blocks[
             0
@@ -668,16 +662,14 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_tri_att_start_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_q.view(res, res, 4, 8)
         )
-        del blocks_0_tri_att_start_attn_q
-        blocks_0_tri_att_start_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_start_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_start_attn_view.transpose(1, 2)
         )
         del blocks_0_tri_att_start_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_0_tri_att_start_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_0_tri_att_start_attn_q_1 / 2.8284271247461903
+        blocks_0_tri_att_start_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_0_tri_att_start_attn_q / 2.8284271247461903
         )
-        del blocks_0_tri_att_start_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
@@ -685,8 +677,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_tri_att_start_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_k.view(res, res, 4, 8)
         )
-        del blocks_0_tri_att_start_attn_k
-        blocks_0_tri_att_start_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_start_attn_k: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_start_attn_view_1.transpose(1, 2)
         )
         del blocks_0_tri_att_start_attn_view_1
@@ -697,8 +688,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_tri_att_start_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_start_attn_v.view(res, res, 4, 8)
         )
-        del blocks_0_tri_att_start_attn_v
-        blocks_0_tri_att_start_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_start_attn_v: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_start_attn_view_2.transpose(1, 2)
         )
         del blocks_0_tri_att_start_attn_view_2
@@ -717,8 +707,8 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_0_tri_att_start_attn_gate
         blocks_0_tri_att_start_attn_o = torch.empty(
             (res, res**2 // res, 32),
-            dtype=blocks_0_tri_att_start_attn_q_2.dtype,
-            device=blocks_0_tri_att_start_attn_q_2.device,
+            dtype=blocks_0_tri_att_start_attn_q.dtype,
+            device=blocks_0_tri_att_start_attn_q.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -732,11 +722,11 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_1):
             stop = min(start + chunk_1, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_0_tri_att_start_attn_transpose = blocks_0_tri_att_start_attn_k_1[
+            blocks_0_tri_att_start_attn_transpose = blocks_0_tri_att_start_attn_k[
                 start:stop
             ].transpose(-1, -2)
             blocks_0_tri_att_start_attn_logits = torch.matmul(
-                blocks_0_tri_att_start_attn_q_2[start:stop],
+                blocks_0_tri_att_start_attn_q[start:stop],
                 blocks_0_tri_att_start_attn_transpose,
             )
             del blocks_0_tri_att_start_attn_transpose
@@ -753,7 +743,7 @@ class ChunkedEvoformer(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             blocks_0_tri_att_start_attn_matmul = torch.matmul(
                 blocks_0_tri_att_start_attn_weights,
-                blocks_0_tri_att_start_attn_v_1[start:stop],
+                blocks_0_tri_att_start_attn_v[start:stop],
             )
             del blocks_0_tri_att_start_attn_weights
             blocks_0_tri_att_start_attn_transpose_1 = (
@@ -769,9 +759,9 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_0_tri_att_start_attn_o_chunk
         del (
-            blocks_0_tri_att_start_attn_k_1,
-            blocks_0_tri_att_start_attn_q_2,
-            blocks_0_tri_att_start_attn_v_1,
+            blocks_0_tri_att_start_attn_k,
+            blocks_0_tri_att_start_attn_q,
+            blocks_0_tri_att_start_attn_v,
             blocks_0_tri_att_start_bias,
             chunk_1,
         )
@@ -812,16 +802,14 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_tri_att_end_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_q.view(res, res, 4, 8)
         )
-        del blocks_0_tri_att_end_attn_q
-        blocks_0_tri_att_end_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_end_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_end_attn_view.transpose(1, 2)
         )
         del blocks_0_tri_att_end_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_0_tri_att_end_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_0_tri_att_end_attn_q_1 / 2.8284271247461903
+        blocks_0_tri_att_end_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_0_tri_att_end_attn_q / 2.8284271247461903
         )
-        del blocks_0_tri_att_end_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_0_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             0
@@ -829,8 +817,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_tri_att_end_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_k.view(res, res, 4, 8)
         )
-        del blocks_0_tri_att_end_attn_k
-        blocks_0_tri_att_end_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_end_attn_k: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_end_attn_view_1.transpose(1, 2)
         )
         del blocks_0_tri_att_end_attn_view_1
@@ -841,8 +828,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_0_tri_att_end_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_0_tri_att_end_attn_v.view(res, res, 4, 8)
         )
-        del blocks_0_tri_att_end_attn_v
-        blocks_0_tri_att_end_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_0_tri_att_end_attn_v: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_0_tri_att_end_attn_view_2.transpose(1, 2)
         )
         del blocks_0_tri_att_end_attn_view_2
@@ -861,8 +847,8 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_0_tri_att_end_attn_gate
         blocks_0_tri_att_end_attn_o = torch.empty(
             (res, res**2 // res, 32),
-            dtype=blocks_0_tri_att_end_attn_q_2.dtype,
-            device=blocks_0_tri_att_end_attn_q_2.device,
+            dtype=blocks_0_tri_att_end_attn_q.dtype,
+            device=blocks_0_tri_att_end_attn_q.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -876,11 +862,11 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_2):
             stop = min(start + chunk_2, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_0_tri_att_end_attn_transpose = blocks_0_tri_att_end_attn_k_1[
+            blocks_0_tri_att_end_attn_transpose = blocks_0_tri_att_end_attn_k[
                 start:stop
             ].transpose(-1, -2)
             blocks_0_tri_att_end_attn_logits = torch.matmul(
-                blocks_0_tri_att_end_attn_q_2[start:stop],
+                blocks_0_tri_att_end_attn_q[start:stop],
                 blocks_0_tri_att_end_attn_transpose,
             )
             del blocks_0_tri_att_end_attn_transpose
@@ -897,7 +883,7 @@ class ChunkedEvoformer(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             blocks_0_tri_att_end_attn_matmul = torch.matmul(
                 blocks_0_tri_att_end_attn_weights,
-                blocks_0_tri_att_end_attn_v_1[start:stop],
+                blocks_0_tri_att_end_attn_v[start:stop],
             )
             del blocks_0_tri_att_end_attn_weights
             blocks_0_tri_att_end_attn_transpose_1 = (
@@ -911,9 +897,9 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_0_tri_att_end_attn_o[start:stop] = blocks_0_tri_att_end_attn_o_chunk
             del blocks_0_tri_att_end_attn_o_chunk
         del (
-            blocks_0_tri_att_end_attn_k_1,
-            blocks_0_tri_att_end_attn_q_2,
-            blocks_0_tri_att_end_attn_v_1,
+            blocks_0_tri_att_end_attn_k,
+            blocks_0_tri_att_end_attn_q,
+            blocks_0_tri_att_end_attn_v,
             blocks_0_tri_att_end_bias,
             chunk_2,
         )
@@ -975,16 +961,16 @@ class ChunkedEvoformer(torch.nn.Module):
         )
         del blocks_1_msa_row_attn_pair_bias
         blocks_1_msa_row_attn_norm_m = torch.empty(
-            (32, res, 64), dtype=blocks_0_msa_2.dtype, device=blocks_0_msa_2.device
+            (32, res, 64), dtype=blocks_0_msa.dtype, device=blocks_0_msa.device
         )
         blocks_1_msa_row_attn_attn_transpose = torch.empty(
-            (32, res, 8, 8), dtype=blocks_0_msa_2.dtype, device=blocks_0_msa_2.device
+            (32, res, 8, 8), dtype=blocks_0_msa.dtype, device=blocks_0_msa.device
         )
         for start in range(0, 32, 2):
             stop = min(start + 2, 32)
             # evoformer.py:90 in forward: return self.attn(self.norm_m(msa), bias)
             blocks_1_msa_row_attn_norm_m_chunk = self.blocks[1].msa_row_attn.norm_m(
-                blocks_0_msa_2[start:stop]
+                blocks_0_msa[start:stop]
             )
             blocks_1_msa_row_attn_norm_m[start:stop] = (
                 blocks_1_msa_row_attn_norm_m_chunk
@@ -1078,20 +1064,18 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_msa_row_attn_attn_gate
         )
         del blocks_1_msa_row_attn_attn_gate
-        blocks_1_msa_row_attn_attn_o_1: "f32[32, res, 64]" = (
+        blocks_1_msa_row_attn_attn_o: "f32[32, res, 64]" = (
             blocks_1_msa_row_attn_attn_sigmoid * blocks_1_msa_row_attn_attn_o
         )
-        del blocks_1_msa_row_attn_attn_o, blocks_1_msa_row_attn_attn_sigmoid
+        del blocks_1_msa_row_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_msa_row_attn_attn_out: "f32[32, res, 64]" = self.blocks[
             1
-        ].msa_row_attn.attn.out(blocks_1_msa_row_attn_attn_o_1)
-        del blocks_1_msa_row_attn_attn_o_1
+        ].msa_row_attn.attn.out(blocks_1_msa_row_attn_attn_o)
+        del blocks_1_msa_row_attn_attn_o
         # evoformer.py:202 in forward: msa = msa + self.msa_row_attn(msa, pair)
-        blocks_1_msa: "f32[32, res, 64]" = (
-            blocks_0_msa_2 + blocks_1_msa_row_attn_attn_out
-        )
-        del blocks_0_msa_2, blocks_1_msa_row_attn_attn_out
+        blocks_1_msa: "f32[32, res, 64]" = blocks_0_msa + blocks_1_msa_row_attn_attn_out
+        del blocks_0_msa, blocks_1_msa_row_attn_attn_out
         # evoformer.py:102 in forward: cols = self.norm(msa).transpose(0, 1)  # [r, s, c_m]: one attention per residue
         blocks_1_msa_col_attn_norm: "f32[32, res, 64]" = self.blocks[
             1
@@ -1107,16 +1091,14 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_msa_col_attn_attn_view: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_q.view(res, 32, 8, 8)
         )
-        del blocks_1_msa_col_attn_attn_q
-        blocks_1_msa_col_attn_attn_q_1: "f32[res, 8, 32, 8]" = (
+        blocks_1_msa_col_attn_attn_q: "f32[res, 8, 32, 8]" = (
             blocks_1_msa_col_attn_attn_view.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_msa_col_attn_attn_q_2: "f32[res, 8, 32, 8]" = (
-            blocks_1_msa_col_attn_attn_q_1 / 2.8284271247461903
+        blocks_1_msa_col_attn_attn_q: "f32[res, 8, 32, 8]" = (
+            blocks_1_msa_col_attn_attn_q / 2.8284271247461903
         )
-        del blocks_1_msa_col_attn_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_msa_col_attn_attn_k: "f32[res, 32, 64]" = self.blocks[
             1
@@ -1124,8 +1106,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_msa_col_attn_attn_view_1: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_k.view(res, 32, 8, 8)
         )
-        del blocks_1_msa_col_attn_attn_k
-        blocks_1_msa_col_attn_attn_k_1: "f32[res, 8, 32, 8]" = (
+        blocks_1_msa_col_attn_attn_k: "f32[res, 8, 32, 8]" = (
             blocks_1_msa_col_attn_attn_view_1.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_view_1
@@ -1136,20 +1117,19 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_msa_col_attn_attn_view_2: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_v.view(res, 32, 8, 8)
         )
-        del blocks_1_msa_col_attn_attn_v
-        blocks_1_msa_col_attn_attn_v_1: "f32[res, 8, 32, 8]" = (
+        blocks_1_msa_col_attn_attn_v: "f32[res, 8, 32, 8]" = (
             blocks_1_msa_col_attn_attn_view_2.transpose(1, 2)
         )
         del blocks_1_msa_col_attn_attn_view_2
         # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
         blocks_1_msa_col_attn_attn_transpose: "f32[res, 8, 8, 32]" = (
-            blocks_1_msa_col_attn_attn_k_1.transpose(-1, -2)
+            blocks_1_msa_col_attn_attn_k.transpose(-1, -2)
         )
-        del blocks_1_msa_col_attn_attn_k_1
+        del blocks_1_msa_col_attn_attn_k
         blocks_1_msa_col_attn_attn_logits: "f32[res, 8, 32, 32]" = torch.matmul(
-            blocks_1_msa_col_attn_attn_q_2, blocks_1_msa_col_attn_attn_transpose
+            blocks_1_msa_col_attn_attn_q, blocks_1_msa_col_attn_attn_transpose
         )
-        del blocks_1_msa_col_attn_attn_q_2, blocks_1_msa_col_attn_attn_transpose
+        del blocks_1_msa_col_attn_attn_q, blocks_1_msa_col_attn_attn_transpose
         # evoformer.py:70 in forward: weights = logits.softmax(dim=-1)
         blocks_1_msa_col_attn_attn_weights: "f32[res, 8, 32, 32]" = torch.softmax(
             blocks_1_msa_col_attn_attn_logits, -1
@@ -1157,9 +1137,9 @@ class ChunkedEvoformer(torch.nn.Module):
         del blocks_1_msa_col_attn_attn_logits
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         blocks_1_msa_col_attn_attn_matmul: "f32[res, 8, 32, 8]" = torch.matmul(
-            blocks_1_msa_col_attn_attn_weights, blocks_1_msa_col_attn_attn_v_1
+            blocks_1_msa_col_attn_attn_weights, blocks_1_msa_col_attn_attn_v
         )
-        del blocks_1_msa_col_attn_attn_v_1, blocks_1_msa_col_attn_attn_weights
+        del blocks_1_msa_col_attn_attn_v, blocks_1_msa_col_attn_attn_weights
         blocks_1_msa_col_attn_attn_transpose_1: "f32[res, 32, 8, 8]" = (
             blocks_1_msa_col_attn_attn_matmul.transpose(1, 2)
         )
@@ -1177,29 +1157,29 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_msa_col_attn_attn_gate
         )
         del blocks_1_msa_col_attn_attn_gate
-        blocks_1_msa_col_attn_attn_o_1: "f32[res, 32, 64]" = (
+        blocks_1_msa_col_attn_attn_o: "f32[res, 32, 64]" = (
             blocks_1_msa_col_attn_attn_sigmoid * blocks_1_msa_col_attn_attn_o
         )
-        del blocks_1_msa_col_attn_attn_o, blocks_1_msa_col_attn_attn_sigmoid
+        del blocks_1_msa_col_attn_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_msa_col_attn_attn_out: "f32[res, 32, 64]" = self.blocks[
             1
-        ].msa_col_attn.attn.out(blocks_1_msa_col_attn_attn_o_1)
-        del blocks_1_msa_col_attn_attn_o_1
+        ].msa_col_attn.attn.out(blocks_1_msa_col_attn_attn_o)
+        del blocks_1_msa_col_attn_attn_o
         # evoformer.py:103 in forward: return self.attn(cols).transpose(0, 1)
         blocks_1_msa_col_attn_transpose: "f32[32, res, 64]" = (
             blocks_1_msa_col_attn_attn_out.transpose(0, 1)
         )
         del blocks_1_msa_col_attn_attn_out
         # evoformer.py:203 in forward: msa = msa + self.msa_col_attn(msa)
-        blocks_1_msa_1: "f32[32, res, 64]" = (
+        blocks_1_msa: "f32[32, res, 64]" = (
             blocks_1_msa + blocks_1_msa_col_attn_transpose
         )
-        del blocks_1_msa, blocks_1_msa_col_attn_transpose
+        del blocks_1_msa_col_attn_transpose
         # evoformer.py:116 in forward: return self.out(torch.relu(self.fc(self.norm(x))))
         blocks_1_msa_transition_norm: "f32[32, res, 64]" = self.blocks[
             1
-        ].msa_transition.norm(blocks_1_msa_1)
+        ].msa_transition.norm(blocks_1_msa)
         blocks_1_msa_transition_fc: "f32[32, res, 256]" = self.blocks[
             1
         ].msa_transition.fc(blocks_1_msa_transition_norm)
@@ -1213,14 +1193,12 @@ class ChunkedEvoformer(torch.nn.Module):
         ].msa_transition.out(blocks_1_msa_transition_relu)
         del blocks_1_msa_transition_relu
         # evoformer.py:204 in forward: msa = msa + self.msa_transition(msa)
-        blocks_1_msa_2: "f32[32, res, 64]" = (
-            blocks_1_msa_1 + blocks_1_msa_transition_out
-        )
-        del blocks_1_msa_1, blocks_1_msa_transition_out
+        blocks_1_msa: "f32[32, res, 64]" = blocks_1_msa + blocks_1_msa_transition_out
+        del blocks_1_msa_transition_out
         # evoformer.py:130 in forward: m = self.norm(msa)
         blocks_1_outer_product_mean_m: "f32[32, res, 64]" = self.blocks[
             1
-        ].outer_product_mean.norm(blocks_1_msa_2)
+        ].outer_product_mean.norm(blocks_1_msa)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
         blocks_1_outer_product_mean_a: "f32[32, res, 16]" = self.blocks[
             1
@@ -1424,16 +1402,14 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_tri_att_start_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_q.view(res, res, 4, 8)
         )
-        del blocks_1_tri_att_start_attn_q
-        blocks_1_tri_att_start_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_start_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_start_attn_view.transpose(1, 2)
         )
         del blocks_1_tri_att_start_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_tri_att_start_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_1_tri_att_start_attn_q_1 / 2.8284271247461903
+        blocks_1_tri_att_start_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_1_tri_att_start_attn_q / 2.8284271247461903
         )
-        del blocks_1_tri_att_start_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_start_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
@@ -1441,8 +1417,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_tri_att_start_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_k.view(res, res, 4, 8)
         )
-        del blocks_1_tri_att_start_attn_k
-        blocks_1_tri_att_start_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_start_attn_k: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_start_attn_view_1.transpose(1, 2)
         )
         del blocks_1_tri_att_start_attn_view_1
@@ -1453,8 +1428,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_tri_att_start_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_start_attn_v.view(res, res, 4, 8)
         )
-        del blocks_1_tri_att_start_attn_v
-        blocks_1_tri_att_start_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_start_attn_v: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_start_attn_view_2.transpose(1, 2)
         )
         del blocks_1_tri_att_start_attn_view_2
@@ -1463,8 +1437,8 @@ class ChunkedEvoformer(torch.nn.Module):
         # In place, on chunks nothing else reads: `add_`.
         blocks_1_tri_att_start_attn_transpose = torch.empty(
             (res, res**2 // res, 4, 8),
-            dtype=blocks_1_tri_att_start_attn_q_2.dtype,
-            device=blocks_1_tri_att_start_attn_q_2.device,
+            dtype=blocks_1_tri_att_start_attn_q.dtype,
+            device=blocks_1_tri_att_start_attn_q.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -1478,11 +1452,11 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_4):
             stop = min(start + chunk_4, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_1_tri_att_start_attn_transpose_1 = blocks_1_tri_att_start_attn_k_1[
+            blocks_1_tri_att_start_attn_transpose_1 = blocks_1_tri_att_start_attn_k[
                 start:stop
             ].transpose(-1, -2)
             blocks_1_tri_att_start_attn_logits = torch.matmul(
-                blocks_1_tri_att_start_attn_q_2[start:stop],
+                blocks_1_tri_att_start_attn_q[start:stop],
                 blocks_1_tri_att_start_attn_transpose_1,
             )
             del blocks_1_tri_att_start_attn_transpose_1
@@ -1499,7 +1473,7 @@ class ChunkedEvoformer(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             blocks_1_tri_att_start_attn_matmul = torch.matmul(
                 blocks_1_tri_att_start_attn_weights,
-                blocks_1_tri_att_start_attn_v_1[start:stop],
+                blocks_1_tri_att_start_attn_v[start:stop],
             )
             del blocks_1_tri_att_start_attn_weights
             blocks_1_tri_att_start_attn_transpose_chunk = (
@@ -1511,9 +1485,9 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_1_tri_att_start_attn_transpose_chunk
         del (
-            blocks_1_tri_att_start_attn_k_1,
-            blocks_1_tri_att_start_attn_q_2,
-            blocks_1_tri_att_start_attn_v_1,
+            blocks_1_tri_att_start_attn_k,
+            blocks_1_tri_att_start_attn_q,
+            blocks_1_tri_att_start_attn_v,
             blocks_1_tri_att_start_bias,
             chunk_4,
         )
@@ -1531,15 +1505,15 @@ class ChunkedEvoformer(torch.nn.Module):
             torch.sigmoid(blocks_1_tri_att_start_attn_gate)
         )
         del blocks_1_tri_att_start_attn_gate
-        blocks_1_tri_att_start_attn_o_1: "f32[res, res ** 2 // res, 32]" = (
+        blocks_1_tri_att_start_attn_o: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_att_start_attn_sigmoid * blocks_1_tri_att_start_attn_o
         )
-        del blocks_1_tri_att_start_attn_o, blocks_1_tri_att_start_attn_sigmoid
+        del blocks_1_tri_att_start_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_tri_att_start_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_start.attn.out(blocks_1_tri_att_start_attn_o_1)
-        del blocks_1_tri_att_start_attn_o_1
+        ].tri_att_start.attn.out(blocks_1_tri_att_start_attn_o)
+        del blocks_1_tri_att_start_attn_o
         # evoformer.py:208 in forward: pair = pair + self.tri_att_start(pair)
         blocks_1_pair_3: "f32[res, res, 32]" = (
             blocks_1_pair_2 + blocks_1_tri_att_start_attn_out
@@ -1567,16 +1541,14 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_tri_att_end_attn_view: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_q.view(res, res, 4, 8)
         )
-        del blocks_1_tri_att_end_attn_q
-        blocks_1_tri_att_end_attn_q_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_end_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_end_attn_view.transpose(1, 2)
         )
         del blocks_1_tri_att_end_attn_view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        blocks_1_tri_att_end_attn_q_2: "f32[res, 4, res ** 2 // res, 8]" = (
-            blocks_1_tri_att_end_attn_q_1 / 2.8284271247461903
+        blocks_1_tri_att_end_attn_q: "f32[res, 4, res ** 2 // res, 8]" = (
+            blocks_1_tri_att_end_attn_q / 2.8284271247461903
         )
-        del blocks_1_tri_att_end_attn_q_1
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         blocks_1_tri_att_end_attn_k: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
@@ -1584,8 +1556,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_tri_att_end_attn_view_1: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_k.view(res, res, 4, 8)
         )
-        del blocks_1_tri_att_end_attn_k
-        blocks_1_tri_att_end_attn_k_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_end_attn_k: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_end_attn_view_1.transpose(1, 2)
         )
         del blocks_1_tri_att_end_attn_view_1
@@ -1596,8 +1567,7 @@ class ChunkedEvoformer(torch.nn.Module):
         blocks_1_tri_att_end_attn_view_2: "f32[res, res ** 2 // res, 4, 8]" = (
             blocks_1_tri_att_end_attn_v.view(res, res, 4, 8)
         )
-        del blocks_1_tri_att_end_attn_v
-        blocks_1_tri_att_end_attn_v_1: "f32[res, 4, res ** 2 // res, 8]" = (
+        blocks_1_tri_att_end_attn_v: "f32[res, 4, res ** 2 // res, 8]" = (
             blocks_1_tri_att_end_attn_view_2.transpose(1, 2)
         )
         del blocks_1_tri_att_end_attn_view_2
@@ -1606,8 +1576,8 @@ class ChunkedEvoformer(torch.nn.Module):
         # In place, on chunks nothing else reads: `add_`.
         blocks_1_tri_att_end_attn_transpose = torch.empty(
             (res, res**2 // res, 4, 8),
-            dtype=blocks_1_tri_att_end_attn_q_2.dtype,
-            device=blocks_1_tri_att_end_attn_q_2.device,
+            dtype=blocks_1_tri_att_end_attn_q.dtype,
+            device=blocks_1_tri_att_end_attn_q.device,
         )
         # Rows per chunk within the budget: the loop holds about 784 * res ** 2 + 8192 * res bytes,
         # plus 32 * res ** 2 per row. On a CPU at most 4 rows, the planned
@@ -1622,11 +1592,11 @@ class ChunkedEvoformer(torch.nn.Module):
         for start in range(0, res, chunk_5):
             stop = min(start + chunk_5, res)
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            blocks_1_tri_att_end_attn_transpose_1 = blocks_1_tri_att_end_attn_k_1[
+            blocks_1_tri_att_end_attn_transpose_1 = blocks_1_tri_att_end_attn_k[
                 start:stop
             ].transpose(-1, -2)
             blocks_1_tri_att_end_attn_logits = torch.matmul(
-                blocks_1_tri_att_end_attn_q_2[start:stop],
+                blocks_1_tri_att_end_attn_q[start:stop],
                 blocks_1_tri_att_end_attn_transpose_1,
             )
             del blocks_1_tri_att_end_attn_transpose_1
@@ -1643,7 +1613,7 @@ class ChunkedEvoformer(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             blocks_1_tri_att_end_attn_matmul = torch.matmul(
                 blocks_1_tri_att_end_attn_weights,
-                blocks_1_tri_att_end_attn_v_1[start:stop],
+                blocks_1_tri_att_end_attn_v[start:stop],
             )
             del blocks_1_tri_att_end_attn_weights
             blocks_1_tri_att_end_attn_transpose_chunk = (
@@ -1655,9 +1625,9 @@ class ChunkedEvoformer(torch.nn.Module):
             )
             del blocks_1_tri_att_end_attn_transpose_chunk
         del (
-            blocks_1_tri_att_end_attn_k_1,
-            blocks_1_tri_att_end_attn_q_2,
-            blocks_1_tri_att_end_attn_v_1,
+            blocks_1_tri_att_end_attn_k,
+            blocks_1_tri_att_end_attn_q,
+            blocks_1_tri_att_end_attn_v,
             blocks_1_tri_att_end_bias,
             chunk_5,
         )
@@ -1675,15 +1645,15 @@ class ChunkedEvoformer(torch.nn.Module):
             torch.sigmoid(blocks_1_tri_att_end_attn_gate)
         )
         del blocks_1_tri_att_end_attn_gate
-        blocks_1_tri_att_end_attn_o_1: "f32[res, res ** 2 // res, 32]" = (
+        blocks_1_tri_att_end_attn_o: "f32[res, res ** 2 // res, 32]" = (
             blocks_1_tri_att_end_attn_sigmoid * blocks_1_tri_att_end_attn_o
         )
-        del blocks_1_tri_att_end_attn_o, blocks_1_tri_att_end_attn_sigmoid
+        del blocks_1_tri_att_end_attn_sigmoid
         # evoformer.py:74 in forward: return self.out(o)
         blocks_1_tri_att_end_attn_out: "f32[res, res ** 2 // res, 32]" = self.blocks[
             1
-        ].tri_att_end.attn.out(blocks_1_tri_att_end_attn_o_1)
-        del blocks_1_tri_att_end_attn_o_1
+        ].tri_att_end.attn.out(blocks_1_tri_att_end_attn_o)
+        del blocks_1_tri_att_end_attn_o
         # evoformer.py:184 in forward: out = out.transpose(0, 1)
         blocks_1_tri_att_end_out: "f32[res ** 2 // res, res, 32]" = (
             blocks_1_tri_att_end_attn_out.transpose(0, 1)
@@ -1715,7 +1685,7 @@ class ChunkedEvoformer(torch.nn.Module):
             blocks_1_pair_4 + blocks_1_pair_transition_out
         )
         del blocks_1_pair_4, blocks_1_pair_transition_out
-        return (blocks_1_msa_2, blocks_1_pair_5)
+        return (blocks_1_msa, blocks_1_pair_5)
 
 
 def _register(

@@ -117,39 +117,32 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_0_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_0_attn_view: "f32[1, seq, 8, 32]" = blocks_0_attn_q.view(1, seq, 8, 32)
-        del blocks_0_attn_q
-        blocks_0_attn_q_1: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(1, 2)
-        del blocks_0_attn_view
+        blocks_0_attn_q: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(1, 2)
         # Chunk region 1/4: blocks.0.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view_1: "f32[1, seq, 8, 32]" = blocks_0_attn_k.view(1, seq, 8, 32)
-        del blocks_0_attn_k
-        blocks_0_attn_k_1: "f32[1, 8, seq, 32]" = blocks_0_attn_view_1.transpose(1, 2)
-        del blocks_0_attn_view_1
+        blocks_0_attn_view: "f32[1, seq, 8, 32]" = blocks_0_attn_k.view(1, seq, 8, 32)
+        blocks_0_attn_k: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(1, 2)
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_0_attn_view_2: "f32[1, seq, 8, 32]" = blocks_0_attn_v.view(1, seq, 8, 32)
-        del blocks_0_attn_v
-        blocks_0_attn_v_1: "f32[1, 8, seq, 32]" = blocks_0_attn_view_2.transpose(1, 2)
-        del blocks_0_attn_view_2
+        blocks_0_attn_view: "f32[1, seq, 8, 32]" = blocks_0_attn_v.view(1, seq, 8, 32)
+        blocks_0_attn_v: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(1, 2)
+        del blocks_0_attn_view
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_0_attn_transpose: "f32[1, 8, 32, seq]" = blocks_0_attn_k_1.transpose(
+        blocks_0_attn_transpose: "f32[1, 8, 32, seq]" = blocks_0_attn_k.transpose(
             -1, -2
         )
-        del blocks_0_attn_k_1
+        del blocks_0_attn_k
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_0_attn_v_1_contiguous = blocks_0_attn_v_1.contiguous()
-        del blocks_0_attn_v_1
+        blocks_0_attn_v_contiguous = blocks_0_attn_v.contiguous()
+        del blocks_0_attn_v
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         blocks_0_attn_transpose_contiguous = blocks_0_attn_transpose.contiguous()
         del blocks_0_attn_transpose
         blocks_0_attn_transpose_1 = torch.empty(
-            (1, seq, 8, 32),
-            dtype=blocks_0_attn_q_1.dtype,
-            device=blocks_0_attn_q_1.device,
+            (1, seq, 8, 32), dtype=blocks_0_attn_q.dtype, device=blocks_0_attn_q.device
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -167,7 +160,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_0_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_0_attn_matmul = torch.matmul(
-                blocks_0_attn_q_1[:, :, start:stop],
+                blocks_0_attn_q[:, :, start:stop],
                 blocks_0_attn_transpose_contiguous[:, :, :, :stop],
             )
             blocks_0_attn_att = blocks_0_attn_matmul.div_(5.656854249492381)
@@ -184,7 +177,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_0_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_0_attn_matmul_1 = torch.matmul(
-                blocks_0_attn_att_2, blocks_0_attn_v_1_contiguous[:, :, :stop]
+                blocks_0_attn_att_2, blocks_0_attn_v_contiguous[:, :, :stop]
             )
             del blocks_0_attn_att_2
             blocks_0_attn_transpose_chunk = blocks_0_attn_matmul_1.transpose(1, 2)
@@ -192,9 +185,9 @@ class ChunkedGPT(torch.nn.Module):
             blocks_0_attn_transpose_1[:, start:stop] = blocks_0_attn_transpose_chunk
             del blocks_0_attn_transpose_chunk
         del (
-            blocks_0_attn_q_1,
+            blocks_0_attn_q,
             blocks_0_attn_transpose_contiguous,
-            blocks_0_attn_v_1_contiguous,
+            blocks_0_attn_v_contiguous,
             chunk,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
@@ -237,39 +230,32 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_1_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_1_attn_view: "f32[1, seq, 8, 32]" = blocks_1_attn_q.view(1, seq, 8, 32)
-        del blocks_1_attn_q
-        blocks_1_attn_q_1: "f32[1, 8, seq, 32]" = blocks_1_attn_view.transpose(1, 2)
-        del blocks_1_attn_view
+        blocks_1_attn_q: "f32[1, 8, seq, 32]" = blocks_1_attn_view.transpose(1, 2)
         # Chunk region 2/4: blocks.1.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view_1: "f32[1, seq, 8, 32]" = blocks_1_attn_k.view(1, seq, 8, 32)
-        del blocks_1_attn_k
-        blocks_1_attn_k_1: "f32[1, 8, seq, 32]" = blocks_1_attn_view_1.transpose(1, 2)
-        del blocks_1_attn_view_1
+        blocks_1_attn_view: "f32[1, seq, 8, 32]" = blocks_1_attn_k.view(1, seq, 8, 32)
+        blocks_1_attn_k: "f32[1, 8, seq, 32]" = blocks_1_attn_view.transpose(1, 2)
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_1_attn_view_2: "f32[1, seq, 8, 32]" = blocks_1_attn_v.view(1, seq, 8, 32)
-        del blocks_1_attn_v
-        blocks_1_attn_v_1: "f32[1, 8, seq, 32]" = blocks_1_attn_view_2.transpose(1, 2)
-        del blocks_1_attn_view_2
+        blocks_1_attn_view: "f32[1, seq, 8, 32]" = blocks_1_attn_v.view(1, seq, 8, 32)
+        blocks_1_attn_v: "f32[1, 8, seq, 32]" = blocks_1_attn_view.transpose(1, 2)
+        del blocks_1_attn_view
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_1_attn_transpose: "f32[1, 8, 32, seq]" = blocks_1_attn_k_1.transpose(
+        blocks_1_attn_transpose: "f32[1, 8, 32, seq]" = blocks_1_attn_k.transpose(
             -1, -2
         )
-        del blocks_1_attn_k_1
+        del blocks_1_attn_k
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_1_attn_v_1_contiguous = blocks_1_attn_v_1.contiguous()
-        del blocks_1_attn_v_1
+        blocks_1_attn_v_contiguous = blocks_1_attn_v.contiguous()
+        del blocks_1_attn_v
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         blocks_1_attn_transpose_contiguous = blocks_1_attn_transpose.contiguous()
         del blocks_1_attn_transpose
         blocks_1_attn_transpose_1 = torch.empty(
-            (1, seq, 8, 32),
-            dtype=blocks_1_attn_q_1.dtype,
-            device=blocks_1_attn_q_1.device,
+            (1, seq, 8, 32), dtype=blocks_1_attn_q.dtype, device=blocks_1_attn_q.device
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -287,7 +273,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_1_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_1_attn_matmul = torch.matmul(
-                blocks_1_attn_q_1[:, :, start:stop],
+                blocks_1_attn_q[:, :, start:stop],
                 blocks_1_attn_transpose_contiguous[:, :, :, :stop],
             )
             blocks_1_attn_att = blocks_1_attn_matmul.div_(5.656854249492381)
@@ -304,7 +290,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_1_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_1_attn_matmul_1 = torch.matmul(
-                blocks_1_attn_att_2, blocks_1_attn_v_1_contiguous[:, :, :stop]
+                blocks_1_attn_att_2, blocks_1_attn_v_contiguous[:, :, :stop]
             )
             del blocks_1_attn_att_2
             blocks_1_attn_transpose_chunk = blocks_1_attn_matmul_1.transpose(1, 2)
@@ -312,9 +298,9 @@ class ChunkedGPT(torch.nn.Module):
             blocks_1_attn_transpose_1[:, start:stop] = blocks_1_attn_transpose_chunk
             del blocks_1_attn_transpose_chunk
         del (
-            blocks_1_attn_q_1,
+            blocks_1_attn_q,
             blocks_1_attn_transpose_contiguous,
-            blocks_1_attn_v_1_contiguous,
+            blocks_1_attn_v_contiguous,
             chunk_1,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
@@ -357,39 +343,32 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_2_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_2_attn_view: "f32[1, seq, 8, 32]" = blocks_2_attn_q.view(1, seq, 8, 32)
-        del blocks_2_attn_q
-        blocks_2_attn_q_1: "f32[1, 8, seq, 32]" = blocks_2_attn_view.transpose(1, 2)
-        del blocks_2_attn_view
+        blocks_2_attn_q: "f32[1, 8, seq, 32]" = blocks_2_attn_view.transpose(1, 2)
         # Chunk region 3/4: blocks.2.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view_1: "f32[1, seq, 8, 32]" = blocks_2_attn_k.view(1, seq, 8, 32)
-        del blocks_2_attn_k
-        blocks_2_attn_k_1: "f32[1, 8, seq, 32]" = blocks_2_attn_view_1.transpose(1, 2)
-        del blocks_2_attn_view_1
+        blocks_2_attn_view: "f32[1, seq, 8, 32]" = blocks_2_attn_k.view(1, seq, 8, 32)
+        blocks_2_attn_k: "f32[1, 8, seq, 32]" = blocks_2_attn_view.transpose(1, 2)
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_2_attn_view_2: "f32[1, seq, 8, 32]" = blocks_2_attn_v.view(1, seq, 8, 32)
-        del blocks_2_attn_v
-        blocks_2_attn_v_1: "f32[1, 8, seq, 32]" = blocks_2_attn_view_2.transpose(1, 2)
-        del blocks_2_attn_view_2
+        blocks_2_attn_view: "f32[1, seq, 8, 32]" = blocks_2_attn_v.view(1, seq, 8, 32)
+        blocks_2_attn_v: "f32[1, 8, seq, 32]" = blocks_2_attn_view.transpose(1, 2)
+        del blocks_2_attn_view
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_2_attn_transpose: "f32[1, 8, 32, seq]" = blocks_2_attn_k_1.transpose(
+        blocks_2_attn_transpose: "f32[1, 8, 32, seq]" = blocks_2_attn_k.transpose(
             -1, -2
         )
-        del blocks_2_attn_k_1
+        del blocks_2_attn_k
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_2_attn_v_1_contiguous = blocks_2_attn_v_1.contiguous()
-        del blocks_2_attn_v_1
+        blocks_2_attn_v_contiguous = blocks_2_attn_v.contiguous()
+        del blocks_2_attn_v
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         blocks_2_attn_transpose_contiguous = blocks_2_attn_transpose.contiguous()
         del blocks_2_attn_transpose
         blocks_2_attn_transpose_1 = torch.empty(
-            (1, seq, 8, 32),
-            dtype=blocks_2_attn_q_1.dtype,
-            device=blocks_2_attn_q_1.device,
+            (1, seq, 8, 32), dtype=blocks_2_attn_q.dtype, device=blocks_2_attn_q.device
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -407,7 +386,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_2_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_2_attn_matmul = torch.matmul(
-                blocks_2_attn_q_1[:, :, start:stop],
+                blocks_2_attn_q[:, :, start:stop],
                 blocks_2_attn_transpose_contiguous[:, :, :, :stop],
             )
             blocks_2_attn_att = blocks_2_attn_matmul.div_(5.656854249492381)
@@ -424,7 +403,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_2_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_2_attn_matmul_1 = torch.matmul(
-                blocks_2_attn_att_2, blocks_2_attn_v_1_contiguous[:, :, :stop]
+                blocks_2_attn_att_2, blocks_2_attn_v_contiguous[:, :, :stop]
             )
             del blocks_2_attn_att_2
             blocks_2_attn_transpose_chunk = blocks_2_attn_matmul_1.transpose(1, 2)
@@ -432,9 +411,9 @@ class ChunkedGPT(torch.nn.Module):
             blocks_2_attn_transpose_1[:, start:stop] = blocks_2_attn_transpose_chunk
             del blocks_2_attn_transpose_chunk
         del (
-            blocks_2_attn_q_1,
+            blocks_2_attn_q,
             blocks_2_attn_transpose_contiguous,
-            blocks_2_attn_v_1_contiguous,
+            blocks_2_attn_v_contiguous,
             chunk_2,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
@@ -477,39 +456,32 @@ class ChunkedGPT(torch.nn.Module):
         del blocks_3_attn_split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
         blocks_3_attn_view: "f32[1, seq, 8, 32]" = blocks_3_attn_q.view(1, seq, 8, 32)
-        del blocks_3_attn_q
-        blocks_3_attn_q_1: "f32[1, 8, seq, 32]" = blocks_3_attn_view.transpose(1, 2)
-        del blocks_3_attn_view
+        blocks_3_attn_q: "f32[1, 8, seq, 32]" = blocks_3_attn_view.transpose(1, 2)
         # Chunk region 4/4: blocks.3.attn (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
         # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view_1: "f32[1, seq, 8, 32]" = blocks_3_attn_k.view(1, seq, 8, 32)
-        del blocks_3_attn_k
-        blocks_3_attn_k_1: "f32[1, 8, seq, 32]" = blocks_3_attn_view_1.transpose(1, 2)
-        del blocks_3_attn_view_1
+        blocks_3_attn_view: "f32[1, seq, 8, 32]" = blocks_3_attn_k.view(1, seq, 8, 32)
+        blocks_3_attn_k: "f32[1, 8, seq, 32]" = blocks_3_attn_view.transpose(1, 2)
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        blocks_3_attn_view_2: "f32[1, seq, 8, 32]" = blocks_3_attn_v.view(1, seq, 8, 32)
-        del blocks_3_attn_v
-        blocks_3_attn_v_1: "f32[1, 8, seq, 32]" = blocks_3_attn_view_2.transpose(1, 2)
-        del blocks_3_attn_view_2
+        blocks_3_attn_view: "f32[1, seq, 8, 32]" = blocks_3_attn_v.view(1, seq, 8, 32)
+        blocks_3_attn_v: "f32[1, 8, seq, 32]" = blocks_3_attn_view.transpose(1, 2)
+        del blocks_3_attn_view
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        blocks_3_attn_transpose: "f32[1, 8, 32, seq]" = blocks_3_attn_k_1.transpose(
+        blocks_3_attn_transpose: "f32[1, 8, 32, seq]" = blocks_3_attn_k.transpose(
             -1, -2
         )
-        del blocks_3_attn_k_1
+        del blocks_3_attn_k
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
-        blocks_3_attn_v_1_contiguous = blocks_3_attn_v_1.contiguous()
-        del blocks_3_attn_v_1
+        blocks_3_attn_v_contiguous = blocks_3_attn_v.contiguous()
+        del blocks_3_attn_v
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         blocks_3_attn_transpose_contiguous = blocks_3_attn_transpose.contiguous()
         del blocks_3_attn_transpose
         blocks_3_attn_transpose_1 = torch.empty(
-            (1, seq, 8, 32),
-            dtype=blocks_3_attn_q_1.dtype,
-            device=blocks_3_attn_q_1.device,
+            (1, seq, 8, 32), dtype=blocks_3_attn_q.dtype, device=blocks_3_attn_q.device
         )
         # Rows per chunk within the budget: the loop holds about 7168 * seq bytes,
         # plus 64 * seq per row. On a CPU at most 128 rows, the planned
@@ -528,7 +500,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_3_attn_ones
             # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
             blocks_3_attn_matmul = torch.matmul(
-                blocks_3_attn_q_1[:, :, start:stop],
+                blocks_3_attn_q[:, :, start:stop],
                 blocks_3_attn_transpose_contiguous[:, :, :, :stop],
             )
             blocks_3_attn_att = blocks_3_attn_matmul.div_(5.656854249492381)
@@ -545,7 +517,7 @@ class ChunkedGPT(torch.nn.Module):
             del blocks_3_attn_att_1
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             blocks_3_attn_matmul_1 = torch.matmul(
-                blocks_3_attn_att_2, blocks_3_attn_v_1_contiguous[:, :, :stop]
+                blocks_3_attn_att_2, blocks_3_attn_v_contiguous[:, :, :stop]
             )
             del blocks_3_attn_att_2
             blocks_3_attn_transpose_chunk = blocks_3_attn_matmul_1.transpose(1, 2)
@@ -553,9 +525,9 @@ class ChunkedGPT(torch.nn.Module):
             blocks_3_attn_transpose_1[:, start:stop] = blocks_3_attn_transpose_chunk
             del blocks_3_attn_transpose_chunk
         del (
-            blocks_3_attn_q_1,
+            blocks_3_attn_q,
             blocks_3_attn_transpose_contiguous,
-            blocks_3_attn_v_1_contiguous,
+            blocks_3_attn_v_contiguous,
             chunk_3,
         )
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)

@@ -369,28 +369,25 @@ class ChunkedUNet(torch.nn.Module):
         del down_0_res_silu_1
         down_0_res_unsqueeze: "f32[1, 64, 1]" = down_0_res_time_proj.unsqueeze(2)
         del down_0_res_time_proj
-        down_0_res_unsqueeze_1: "f32[1, 64, 1, 1]" = down_0_res_unsqueeze.unsqueeze(3)
+        down_0_res_unsqueeze: "f32[1, 64, 1, 1]" = down_0_res_unsqueeze.unsqueeze(3)
+        down_0_res_h: "f32[1, 64, height, width]" = down_0_res_h + down_0_res_unsqueeze
         del down_0_res_unsqueeze
-        down_0_res_h_1: "f32[1, 64, height, width]" = (
-            down_0_res_h + down_0_res_unsqueeze_1
-        )
-        del down_0_res_h, down_0_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_0_res_norm_2: "f32[1, 64, height, width]" = self.down[0].res.norm_2(
-            down_0_res_h_1
+            down_0_res_h
         )
-        del down_0_res_h_1
+        del down_0_res_h
         down_0_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             down_0_res_norm_2
         )
         del down_0_res_norm_2
-        down_0_res_h_2: "f32[1, 64, height, width]" = self.down[0].res.conv_2(
+        down_0_res_h_1: "f32[1, 64, height, width]" = self.down[0].res.conv_2(
             down_0_res_silu_2
         )
         del down_0_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        down_0_res_add: "f32[1, 64, height, width]" = h + down_0_res_h_2
-        del down_0_res_h_2
+        down_0_res_add: "f32[1, 64, height, width]" = h + down_0_res_h_1
+        del down_0_res_h_1
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         down_0_attn_norm: "f32[1, 64, height, width]" = self.down[0].attn.norm(
             down_0_res_add
@@ -401,15 +398,14 @@ class ChunkedUNet(torch.nn.Module):
         del down_0_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         down_0_attn_flatten: "f32[1, 64, width * height]" = down_0_attn_y.flatten(2)
-        del down_0_attn_y
-        down_0_attn_y_1: "f32[1, width * height, 64]" = down_0_attn_flatten.transpose(
+        down_0_attn_y: "f32[1, width * height, 64]" = down_0_attn_flatten.transpose(
             1, 2
         )
         del down_0_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
         down_0_attn_block_h: "f32[1, width * height, 64]" = self.down[
             0
-        ].attn.block.ln_1(down_0_attn_y_1)
+        ].attn.block.ln_1(down_0_attn_y)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         down_0_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.down[
             0
@@ -514,8 +510,8 @@ class ChunkedUNet(torch.nn.Module):
         del down_0_attn_block_cross_attn_transpose
         down_0_attn_transpose = torch.empty(
             (1, 64, width * height),
-            dtype=down_0_attn_y_1.dtype,
-            device=down_0_attn_y_1.device,
+            dtype=down_0_attn_y.dtype,
+            device=down_0_attn_y.device,
         )
         # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
         # plus 16 * width * height per row. On a CPU at most 256 rows, the planned
@@ -563,7 +559,7 @@ class ChunkedUNet(torch.nn.Module):
             del down_0_attn_block_self_attn_y
             # unet.py:111 in forward: x = x + self.self_attn(h, h)
             down_0_attn_block_x = (
-                down_0_attn_y_1[:, start:stop] + down_0_attn_block_self_attn_to_out
+                down_0_attn_y[:, start:stop] + down_0_attn_block_self_attn_to_out
             )
             del down_0_attn_block_self_attn_to_out
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
@@ -660,18 +656,18 @@ class ChunkedUNet(torch.nn.Module):
             down_0_attn_block_self_attn_transpose,
             down_0_attn_block_self_attn_transpose_1_contiguous,
             down_0_attn_block_self_attn_v_contiguous,
-            down_0_attn_y_1,
+            down_0_attn_y,
         )
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        down_0_attn_y_2: "f32[1, 64, height, width]" = down_0_attn_transpose.reshape(
+        down_0_attn_y_1: "f32[1, 64, height, width]" = down_0_attn_transpose.reshape(
             1, 64, height, width
         )
         del down_0_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         down_0_attn_proj_out: "f32[1, 64, height, width]" = self.down[0].attn.proj_out(
-            down_0_attn_y_2
+            down_0_attn_y_1
         )
-        del down_0_attn_y_2
+        del down_0_attn_y_1
         down_0_attn_add: "f32[1, 64, height, width]" = (
             down_0_res_add + down_0_attn_proj_out
         )
@@ -700,22 +696,21 @@ class ChunkedUNet(torch.nn.Module):
         del down_1_res_silu_1
         down_1_res_unsqueeze: "f32[1, 128, 1]" = down_1_res_time_proj.unsqueeze(2)
         del down_1_res_time_proj
-        down_1_res_unsqueeze_1: "f32[1, 128, 1, 1]" = down_1_res_unsqueeze.unsqueeze(3)
-        del down_1_res_unsqueeze
-        down_1_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            down_1_res_h + down_1_res_unsqueeze_1
+        down_1_res_unsqueeze: "f32[1, 128, 1, 1]" = down_1_res_unsqueeze.unsqueeze(3)
+        down_1_res_h: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            down_1_res_h + down_1_res_unsqueeze
         )
-        del down_1_res_h, down_1_res_unsqueeze_1
+        del down_1_res_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_1_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.down[1].res.norm_2(down_1_res_h_1)
-        del down_1_res_h_1
+        ) = self.down[1].res.norm_2(down_1_res_h)
+        del down_1_res_h
         down_1_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.silu(down_1_res_norm_2)
         del down_1_res_norm_2
-        down_1_res_h_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+        down_1_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             self.down[1].res.conv_2(down_1_res_silu_2)
         )
         del down_1_res_silu_2
@@ -724,9 +719,9 @@ class ChunkedUNet(torch.nn.Module):
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = self.down[1].res.skip(downsample_0_conv)
         down_1_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            down_1_res_skip + down_1_res_h_2
+            down_1_res_skip + down_1_res_h_1
         )
-        del down_1_res_h_2, down_1_res_skip
+        del down_1_res_h_1, down_1_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         down_1_attn_norm_add = -1 + height
         down_1_attn_norm_floordiv = down_1_attn_norm_add // 2
@@ -818,17 +813,14 @@ class ChunkedUNet(torch.nn.Module):
         down_1_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (down_1_attn_block_self_attn_matmul / 5.656854249492381)
         del down_1_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        down_1_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
+        down_1_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
             down_1_attn_block_self_attn_att, -1
         ))
-        del down_1_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         down_1_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(
-            down_1_attn_block_self_attn_att_1, down_1_attn_block_self_attn_v
-        )
-        del down_1_attn_block_self_attn_att_1, down_1_attn_block_self_attn_v
+        ) = torch.matmul(down_1_attn_block_self_attn_att, down_1_attn_block_self_attn_v)
+        del down_1_attn_block_self_attn_att, down_1_attn_block_self_attn_v
         down_1_attn_block_self_attn_transpose_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_self_attn_matmul_1.transpose(1, 2)
@@ -908,17 +900,16 @@ class ChunkedUNet(torch.nn.Module):
         ) = (down_1_attn_block_cross_attn_matmul / 5.656854249492381)
         del down_1_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        down_1_attn_block_cross_attn_att_1: (
+        down_1_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = torch.softmax(down_1_attn_block_cross_attn_att, -1)
-        del down_1_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         down_1_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
         ) = torch.matmul(
-            down_1_attn_block_cross_attn_att_1, down_1_attn_block_cross_attn_v
+            down_1_attn_block_cross_attn_att, down_1_attn_block_cross_attn_v
         )
-        del down_1_attn_block_cross_attn_att_1, down_1_attn_block_cross_attn_v
+        del down_1_attn_block_cross_attn_att, down_1_attn_block_cross_attn_v
         down_1_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = down_1_attn_block_cross_attn_matmul_1.transpose(1, 2)
@@ -935,14 +926,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = self.down[1].attn.block.cross_attn.to_out(down_1_attn_block_cross_attn_y)
         del down_1_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        down_1_attn_block_x_1: (
+        down_1_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = (down_1_attn_block_x + down_1_attn_block_cross_attn_to_out)
-        del down_1_attn_block_cross_attn_to_out, down_1_attn_block_x
+        del down_1_attn_block_cross_attn_to_out
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         down_1_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.down[1].attn.block.ln_3(down_1_attn_block_x_1)
+        ) = self.down[1].attn.block.ln_3(down_1_attn_block_x)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         down_1_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
@@ -973,8 +964,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         down_1_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (down_1_attn_block_x_1 + down_1_attn_block_ff_out)
-        del down_1_attn_block_ff_out, down_1_attn_block_x_1
+        ) = (down_1_attn_block_x + down_1_attn_block_ff_out)
+        del down_1_attn_block_ff_out, down_1_attn_block_x
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
         down_1_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
@@ -1027,12 +1018,11 @@ class ChunkedUNet(torch.nn.Module):
         del down_2_res_silu_1
         down_2_res_unsqueeze: "f32[1, 128, 1]" = down_2_res_time_proj.unsqueeze(2)
         del down_2_res_time_proj
-        down_2_res_unsqueeze_1: "f32[1, 128, 1, 1]" = down_2_res_unsqueeze.unsqueeze(3)
-        del down_2_res_unsqueeze
+        down_2_res_unsqueeze: "f32[1, 128, 1, 1]" = down_2_res_unsqueeze.unsqueeze(3)
         down_2_res_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            down_2_res_conv_1 + down_2_res_unsqueeze_1
+            down_2_res_conv_1 + down_2_res_unsqueeze
         )
-        del down_2_res_conv_1, down_2_res_unsqueeze_1
+        del down_2_res_conv_1, down_2_res_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         down_2_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
@@ -1069,30 +1059,29 @@ class ChunkedUNet(torch.nn.Module):
         del mid_1_silu_1
         mid_1_unsqueeze: "f32[1, 128, 1]" = mid_1_time_proj.unsqueeze(2)
         del mid_1_time_proj
-        mid_1_unsqueeze_1: "f32[1, 128, 1, 1]" = mid_1_unsqueeze.unsqueeze(3)
-        del mid_1_unsqueeze
-        mid_1_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_1_h + mid_1_unsqueeze_1
+        mid_1_unsqueeze: "f32[1, 128, 1, 1]" = mid_1_unsqueeze.unsqueeze(3)
+        mid_1_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            mid_1_h + mid_1_unsqueeze
         )
-        del mid_1_h, mid_1_unsqueeze_1
+        del mid_1_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         mid_1_norm_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.mid_1.norm_2(mid_1_h_1)
+            self.mid_1.norm_2(mid_1_h)
         )
-        del mid_1_h_1
+        del mid_1_h
         mid_1_silu_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_1_norm_2)
         )
         del mid_1_norm_2
-        mid_1_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_1_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_1.conv_2(mid_1_silu_2)
         )
         del mid_1_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         mid_1_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            down_2_res_add + mid_1_h_2
+            down_2_res_add + mid_1_h_1
         )
-        del mid_1_h_2
+        del mid_1_h_1
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         mid_attn_norm: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_attn.norm(mid_1_add)
@@ -1105,15 +1094,14 @@ class ChunkedUNet(torch.nn.Module):
         mid_attn_flatten: (
             "f32[1, 128, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]"
         ) = mid_attn_y.flatten(2)
-        del mid_attn_y
-        mid_attn_y_1: (
+        mid_attn_y: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
         ) = mid_attn_flatten.transpose(1, 2)
         del mid_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
         mid_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.ln_1(mid_attn_y_1)
+        ) = self.mid_attn.block.ln_1(mid_attn_y)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         mid_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
@@ -1164,15 +1152,14 @@ class ChunkedUNet(torch.nn.Module):
         mid_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (mid_attn_block_self_attn_matmul / 5.656854249492381)
         del mid_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        mid_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (torch.softmax(
+        mid_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]" = (torch.softmax(
             mid_attn_block_self_attn_att, -1
         ))
-        del mid_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         mid_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
-        ) = torch.matmul(mid_attn_block_self_attn_att_1, mid_attn_block_self_attn_v)
-        del mid_attn_block_self_attn_att_1, mid_attn_block_self_attn_v
+        ) = torch.matmul(mid_attn_block_self_attn_att, mid_attn_block_self_attn_v)
+        del mid_attn_block_self_attn_att, mid_attn_block_self_attn_v
         mid_attn_block_self_attn_transpose_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_self_attn_matmul_1.transpose(1, 2)
@@ -1191,8 +1178,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         mid_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = (mid_attn_y_1 + mid_attn_block_self_attn_to_out)
-        del mid_attn_block_self_attn_to_out, mid_attn_y_1
+        ) = (mid_attn_y + mid_attn_block_self_attn_to_out)
+        del mid_attn_block_self_attn_to_out, mid_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         mid_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
@@ -1250,15 +1237,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = (mid_attn_block_cross_attn_matmul / 5.656854249492381)
         del mid_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        mid_attn_block_cross_attn_att_1: (
+        mid_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 77]"
         ) = torch.softmax(mid_attn_block_cross_attn_att, -1)
-        del mid_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         mid_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 32]"
-        ) = torch.matmul(mid_attn_block_cross_attn_att_1, mid_attn_block_cross_attn_v)
-        del mid_attn_block_cross_attn_att_1, mid_attn_block_cross_attn_v
+        ) = torch.matmul(mid_attn_block_cross_attn_att, mid_attn_block_cross_attn_v)
+        del mid_attn_block_cross_attn_att, mid_attn_block_cross_attn_v
         mid_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 4, 32]"
         ) = mid_attn_block_cross_attn_matmul_1.transpose(1, 2)
@@ -1275,14 +1261,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = self.mid_attn.block.cross_attn.to_out(mid_attn_block_cross_attn_y)
         del mid_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        mid_attn_block_x_1: (
+        mid_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
         ) = (mid_attn_block_x + mid_attn_block_cross_attn_to_out)
-        del mid_attn_block_cross_attn_to_out, mid_attn_block_x
+        del mid_attn_block_cross_attn_to_out
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         mid_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = self.mid_attn.block.ln_3(mid_attn_block_x_1)
+        ) = self.mid_attn.block.ln_3(mid_attn_block_x)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         mid_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 1024]"
@@ -1313,14 +1299,14 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         mid_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4), 128]"
-        ) = (mid_attn_block_x_1 + mid_attn_block_ff_out)
-        del mid_attn_block_ff_out, mid_attn_block_x_1
+        ) = (mid_attn_block_x + mid_attn_block_ff_out)
+        del mid_attn_block_ff_out, mid_attn_block_x
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
         mid_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 4) * (1 + (-1 + height) // 4)]"
         ) = mid_attn_block_add.transpose(1, 2)
         del mid_attn_block_add
-        mid_attn_y_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_attn_y_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             mid_attn_transpose.reshape(
                 1, 128, down_2_res_norm_1_add, down_2_res_norm_1_add_1
             )
@@ -1329,8 +1315,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         mid_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.mid_attn.proj_out(mid_attn_y_2)
-        del mid_attn_y_2
+        ) = self.mid_attn.proj_out(mid_attn_y_1)
+        del mid_attn_y_1
         mid_attn_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             mid_1_add + mid_attn_proj_out
         )
@@ -1353,30 +1339,29 @@ class ChunkedUNet(torch.nn.Module):
         del mid_2_silu_1
         mid_2_unsqueeze: "f32[1, 128, 1]" = mid_2_time_proj.unsqueeze(2)
         del mid_2_time_proj
-        mid_2_unsqueeze_1: "f32[1, 128, 1, 1]" = mid_2_unsqueeze.unsqueeze(3)
-        del mid_2_unsqueeze
-        mid_2_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_2_h + mid_2_unsqueeze_1
+        mid_2_unsqueeze: "f32[1, 128, 1, 1]" = mid_2_unsqueeze.unsqueeze(3)
+        mid_2_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            mid_2_h + mid_2_unsqueeze
         )
-        del mid_2_h, mid_2_unsqueeze_1
+        del mid_2_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         mid_2_norm_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            self.mid_2.norm_2(mid_2_h_1)
+            self.mid_2.norm_2(mid_2_h)
         )
-        del mid_2_h_1
+        del mid_2_h
         mid_2_silu_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             torch.nn.functional.silu(mid_2_norm_2)
         )
         del mid_2_norm_2
-        mid_2_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        mid_2_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.mid_2.conv_2(mid_2_silu_2)
         )
         del mid_2_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         mid_2_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            mid_attn_add + mid_2_h_2
+            mid_attn_add + mid_2_h_1
         )
-        del mid_2_h_2, mid_attn_add
+        del mid_2_h_1, mid_attn_add
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
         cat: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = torch.cat(
             [mid_2_add, down_2_res_add], 1
@@ -1400,22 +1385,21 @@ class ChunkedUNet(torch.nn.Module):
         del up_0_res_silu_1
         up_0_res_unsqueeze: "f32[1, 128, 1]" = up_0_res_time_proj.unsqueeze(2)
         del up_0_res_time_proj
-        up_0_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_0_res_unsqueeze.unsqueeze(3)
-        del up_0_res_unsqueeze
-        up_0_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_0_res_h + up_0_res_unsqueeze_1
+        up_0_res_unsqueeze: "f32[1, 128, 1, 1]" = up_0_res_unsqueeze.unsqueeze(3)
+        up_0_res_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            up_0_res_h + up_0_res_unsqueeze
         )
-        del up_0_res_h, up_0_res_unsqueeze_1
+        del up_0_res_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_0_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[0].res.norm_2(up_0_res_h_1)
-        del up_0_res_h_1
+        ) = self.up[0].res.norm_2(up_0_res_h)
+        del up_0_res_h
         up_0_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
         ) = torch.nn.functional.silu(up_0_res_norm_2)
         del up_0_res_norm_2
-        up_0_res_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        up_0_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.up[0].res.conv_2(up_0_res_silu_2)
         )
         del up_0_res_silu_2
@@ -1425,9 +1409,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del cat
         up_0_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_0_res_skip + up_0_res_h_2
+            up_0_res_skip + up_0_res_h_1
         )
-        del up_0_res_h_2, up_0_res_skip
+        del up_0_res_h_1, up_0_res_skip
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
         cat_1: "f32[1, 256, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = torch.cat(
             [up_0_res_add, downsample_1_conv], 1
@@ -1451,22 +1435,21 @@ class ChunkedUNet(torch.nn.Module):
         del up_1_res_silu_1
         up_1_res_unsqueeze: "f32[1, 128, 1]" = up_1_res_time_proj.unsqueeze(2)
         del up_1_res_time_proj
-        up_1_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_1_res_unsqueeze.unsqueeze(3)
-        del up_1_res_unsqueeze
-        up_1_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_1_res_h + up_1_res_unsqueeze_1
+        up_1_res_unsqueeze: "f32[1, 128, 1, 1]" = up_1_res_unsqueeze.unsqueeze(3)
+        up_1_res_h: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+            up_1_res_h + up_1_res_unsqueeze
         )
-        del up_1_res_h, up_1_res_unsqueeze_1
+        del up_1_res_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_1_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
-        ) = self.up[1].res.norm_2(up_1_res_h_1)
-        del up_1_res_h_1
+        ) = self.up[1].res.norm_2(up_1_res_h)
+        del up_1_res_h
         up_1_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]"
         ) = torch.nn.functional.silu(up_1_res_norm_2)
         del up_1_res_norm_2
-        up_1_res_h_2: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
+        up_1_res_h_1: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
             self.up[1].res.conv_2(up_1_res_silu_2)
         )
         del up_1_res_silu_2
@@ -1476,9 +1459,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del cat_1
         up_1_res_add: "f32[1, 128, 1 + (-1 + height) // 4, 1 + (-1 + width) // 4]" = (
-            up_1_res_skip + up_1_res_h_2
+            up_1_res_skip + up_1_res_h_1
         )
-        del up_1_res_h_2, up_1_res_skip
+        del up_1_res_h_1, up_1_res_skip
         # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
         upsample_0_upsample_nearest2d: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
@@ -1515,22 +1498,21 @@ class ChunkedUNet(torch.nn.Module):
         del up_2_res_silu_1
         up_2_res_unsqueeze: "f32[1, 128, 1]" = up_2_res_time_proj.unsqueeze(2)
         del up_2_res_time_proj
-        up_2_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_2_res_unsqueeze.unsqueeze(3)
-        del up_2_res_unsqueeze
-        up_2_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_2_res_h + up_2_res_unsqueeze_1
+        up_2_res_unsqueeze: "f32[1, 128, 1, 1]" = up_2_res_unsqueeze.unsqueeze(3)
+        up_2_res_h: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_2_res_h + up_2_res_unsqueeze
         )
-        del up_2_res_h, up_2_res_unsqueeze_1
+        del up_2_res_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_2_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].res.norm_2(up_2_res_h_1)
-        del up_2_res_h_1
+        ) = self.up[2].res.norm_2(up_2_res_h)
+        del up_2_res_h
         up_2_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.silu(up_2_res_norm_2)
         del up_2_res_norm_2
-        up_2_res_h_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+        up_2_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             self.up[2].res.conv_2(up_2_res_silu_2)
         )
         del up_2_res_silu_2
@@ -1540,9 +1522,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del cat_2
         up_2_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_2_res_skip + up_2_res_h_2
+            up_2_res_skip + up_2_res_h_1
         )
-        del up_2_res_h_2, up_2_res_skip
+        del up_2_res_h_1, up_2_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_2_attn_norm: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             self.up[2].attn.norm(up_2_res_add)
@@ -1555,15 +1537,14 @@ class ChunkedUNet(torch.nn.Module):
         up_2_attn_flatten: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
         ) = up_2_attn_y.flatten(2)
-        del up_2_attn_y
-        up_2_attn_y_1: (
+        up_2_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = up_2_attn_flatten.transpose(1, 2)
         del up_2_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
         up_2_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.ln_1(up_2_attn_y_1)
+        ) = self.up[2].attn.block.ln_1(up_2_attn_y)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_2_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -1619,15 +1600,14 @@ class ChunkedUNet(torch.nn.Module):
         up_2_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (up_2_attn_block_self_attn_matmul / 5.656854249492381)
         del up_2_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_2_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
+        up_2_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
             up_2_attn_block_self_attn_att, -1
         ))
-        del up_2_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_2_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(up_2_attn_block_self_attn_att_1, up_2_attn_block_self_attn_v)
-        del up_2_attn_block_self_attn_att_1, up_2_attn_block_self_attn_v
+        ) = torch.matmul(up_2_attn_block_self_attn_att, up_2_attn_block_self_attn_v)
+        del up_2_attn_block_self_attn_att, up_2_attn_block_self_attn_v
         up_2_attn_block_self_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_self_attn_matmul_1.transpose(1, 2)
@@ -1646,8 +1626,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         up_2_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_2_attn_y_1 + up_2_attn_block_self_attn_to_out)
-        del up_2_attn_block_self_attn_to_out, up_2_attn_y_1
+        ) = (up_2_attn_y + up_2_attn_block_self_attn_to_out)
+        del up_2_attn_block_self_attn_to_out, up_2_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_2_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -1707,15 +1687,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = (up_2_attn_block_cross_attn_matmul / 5.656854249492381)
         del up_2_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_2_attn_block_cross_attn_att_1: (
+        up_2_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = torch.softmax(up_2_attn_block_cross_attn_att, -1)
-        del up_2_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_2_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(up_2_attn_block_cross_attn_att_1, up_2_attn_block_cross_attn_v)
-        del up_2_attn_block_cross_attn_att_1, up_2_attn_block_cross_attn_v
+        ) = torch.matmul(up_2_attn_block_cross_attn_att, up_2_attn_block_cross_attn_v)
+        del up_2_attn_block_cross_attn_att, up_2_attn_block_cross_attn_v
         up_2_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_2_attn_block_cross_attn_matmul_1.transpose(1, 2)
@@ -1732,14 +1711,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = self.up[2].attn.block.cross_attn.to_out(up_2_attn_block_cross_attn_y)
         del up_2_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_2_attn_block_x_1: (
+        up_2_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = (up_2_attn_block_x + up_2_attn_block_cross_attn_to_out)
-        del up_2_attn_block_cross_attn_to_out, up_2_attn_block_x
+        del up_2_attn_block_cross_attn_to_out
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_2_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[2].attn.block.ln_3(up_2_attn_block_x_1)
+        ) = self.up[2].attn.block.ln_3(up_2_attn_block_x)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_2_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
@@ -1770,14 +1749,14 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_2_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_2_attn_block_x_1 + up_2_attn_block_ff_out)
-        del up_2_attn_block_ff_out, up_2_attn_block_x_1
+        ) = (up_2_attn_block_x + up_2_attn_block_ff_out)
+        del up_2_attn_block_ff_out, up_2_attn_block_x
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
         up_2_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
         ) = up_2_attn_block_add.transpose(1, 2)
         del up_2_attn_block_add
-        up_2_attn_y_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+        up_2_attn_y_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             up_2_attn_transpose.reshape(
                 1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
             )
@@ -1786,8 +1765,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_2_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[2].attn.proj_out(up_2_attn_y_2)
-        del up_2_attn_y_2
+        ) = self.up[2].attn.proj_out(up_2_attn_y_1)
+        del up_2_attn_y_1
         up_2_attn_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             up_2_res_add + up_2_attn_proj_out
         )
@@ -1815,22 +1794,21 @@ class ChunkedUNet(torch.nn.Module):
         del up_3_res_silu_1
         up_3_res_unsqueeze: "f32[1, 128, 1]" = up_3_res_time_proj.unsqueeze(2)
         del up_3_res_time_proj
-        up_3_res_unsqueeze_1: "f32[1, 128, 1, 1]" = up_3_res_unsqueeze.unsqueeze(3)
-        del up_3_res_unsqueeze
-        up_3_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_3_res_h + up_3_res_unsqueeze_1
+        up_3_res_unsqueeze: "f32[1, 128, 1, 1]" = up_3_res_unsqueeze.unsqueeze(3)
+        up_3_res_h: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+            up_3_res_h + up_3_res_unsqueeze
         )
-        del up_3_res_h, up_3_res_unsqueeze_1
+        del up_3_res_unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
         up_3_res_norm_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].res.norm_2(up_3_res_h_1)
-        del up_3_res_h_1
+        ) = self.up[3].res.norm_2(up_3_res_h)
+        del up_3_res_h
         up_3_res_silu_2: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
         ) = torch.nn.functional.silu(up_3_res_norm_2)
         del up_3_res_norm_2
-        up_3_res_h_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+        up_3_res_h_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             self.up[3].res.conv_2(up_3_res_silu_2)
         )
         del up_3_res_silu_2
@@ -1840,9 +1818,9 @@ class ChunkedUNet(torch.nn.Module):
         )
         del cat_3
         up_3_res_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
-            up_3_res_skip + up_3_res_h_2
+            up_3_res_skip + up_3_res_h_1
         )
-        del up_3_res_h_2, up_3_res_skip
+        del up_3_res_h_1, up_3_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_3_attn_norm: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             self.up[3].attn.norm(up_3_res_add)
@@ -1855,15 +1833,14 @@ class ChunkedUNet(torch.nn.Module):
         up_3_attn_flatten: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
         ) = up_3_attn_y.flatten(2)
-        del up_3_attn_y
-        up_3_attn_y_1: (
+        up_3_attn_y: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = up_3_attn_flatten.transpose(1, 2)
         del up_3_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
         up_3_attn_block_h: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.ln_1(up_3_attn_y_1)
+        ) = self.up[3].attn.block.ln_1(up_3_attn_y)
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_3_attn_block_self_attn_to_q: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -1919,15 +1896,14 @@ class ChunkedUNet(torch.nn.Module):
         up_3_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (up_3_attn_block_self_attn_matmul / 5.656854249492381)
         del up_3_attn_block_self_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_3_attn_block_self_attn_att_1: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
+        up_3_attn_block_self_attn_att: "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]" = (torch.softmax(
             up_3_attn_block_self_attn_att, -1
         ))
-        del up_3_attn_block_self_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_3_attn_block_self_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(up_3_attn_block_self_attn_att_1, up_3_attn_block_self_attn_v)
-        del up_3_attn_block_self_attn_att_1, up_3_attn_block_self_attn_v
+        ) = torch.matmul(up_3_attn_block_self_attn_att, up_3_attn_block_self_attn_v)
+        del up_3_attn_block_self_attn_att, up_3_attn_block_self_attn_v
         up_3_attn_block_self_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_self_attn_matmul_1.transpose(1, 2)
@@ -1946,8 +1922,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         up_3_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_3_attn_y_1 + up_3_attn_block_self_attn_to_out)
-        del up_3_attn_block_self_attn_to_out, up_3_attn_y_1
+        ) = (up_3_attn_y + up_3_attn_block_self_attn_to_out)
+        del up_3_attn_block_self_attn_to_out, up_3_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_3_attn_block_ln_2: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
@@ -2007,15 +1983,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = (up_3_attn_block_cross_attn_matmul / 5.656854249492381)
         del up_3_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_3_attn_block_cross_attn_att_1: (
+        up_3_attn_block_cross_attn_att: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 77]"
         ) = torch.softmax(up_3_attn_block_cross_attn_att, -1)
-        del up_3_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_3_attn_block_cross_attn_matmul_1: (
             "f32[1, 4, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 32]"
-        ) = torch.matmul(up_3_attn_block_cross_attn_att_1, up_3_attn_block_cross_attn_v)
-        del up_3_attn_block_cross_attn_att_1, up_3_attn_block_cross_attn_v
+        ) = torch.matmul(up_3_attn_block_cross_attn_att, up_3_attn_block_cross_attn_v)
+        del up_3_attn_block_cross_attn_att, up_3_attn_block_cross_attn_v
         up_3_attn_block_cross_attn_transpose_1: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 4, 32]"
         ) = up_3_attn_block_cross_attn_matmul_1.transpose(1, 2)
@@ -2032,14 +2007,14 @@ class ChunkedUNet(torch.nn.Module):
         ) = self.up[3].attn.block.cross_attn.to_out(up_3_attn_block_cross_attn_y)
         del up_3_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_3_attn_block_x_1: (
+        up_3_attn_block_x: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
         ) = (up_3_attn_block_x + up_3_attn_block_cross_attn_to_out)
-        del up_3_attn_block_cross_attn_to_out, up_3_attn_block_x
+        del up_3_attn_block_cross_attn_to_out
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_3_attn_block_ln_3: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = self.up[3].attn.block.ln_3(up_3_attn_block_x_1)
+        ) = self.up[3].attn.block.ln_3(up_3_attn_block_x)
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_3_attn_block_ff_proj: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 1024]"
@@ -2070,14 +2045,14 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_3_attn_block_add: (
             "f32[1, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2), 128]"
-        ) = (up_3_attn_block_x_1 + up_3_attn_block_ff_out)
-        del up_3_attn_block_ff_out, up_3_attn_block_x_1
+        ) = (up_3_attn_block_x + up_3_attn_block_ff_out)
+        del up_3_attn_block_ff_out, up_3_attn_block_x
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
         up_3_attn_transpose: (
             "f32[1, 128, (1 + (-1 + width) // 2) * (1 + (-1 + height) // 2)]"
         ) = up_3_attn_block_add.transpose(1, 2)
         del up_3_attn_block_add
-        up_3_attn_y_2: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
+        up_3_attn_y_1: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             up_3_attn_transpose.reshape(
                 1, 128, down_1_attn_norm_add_1, down_1_attn_norm_add_3
             )
@@ -2086,8 +2061,8 @@ class ChunkedUNet(torch.nn.Module):
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_3_attn_proj_out: (
             "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]"
-        ) = self.up[3].attn.proj_out(up_3_attn_y_2)
-        del up_3_attn_y_2
+        ) = self.up[3].attn.proj_out(up_3_attn_y_1)
+        del up_3_attn_y_1
         up_3_attn_add: "f32[1, 128, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = (
             up_3_res_add + up_3_attn_proj_out
         )
@@ -2122,28 +2097,25 @@ class ChunkedUNet(torch.nn.Module):
         del up_4_res_silu_1
         up_4_res_unsqueeze: "f32[1, 64, 1]" = up_4_res_time_proj.unsqueeze(2)
         del up_4_res_time_proj
-        up_4_res_unsqueeze_1: "f32[1, 64, 1, 1]" = up_4_res_unsqueeze.unsqueeze(3)
+        up_4_res_unsqueeze: "f32[1, 64, 1, 1]" = up_4_res_unsqueeze.unsqueeze(3)
+        up_4_res_h: "f32[1, 64, height, width]" = up_4_res_h + up_4_res_unsqueeze
         del up_4_res_unsqueeze
-        up_4_res_h_1: "f32[1, 64, height, width]" = up_4_res_h + up_4_res_unsqueeze_1
-        del up_4_res_h, up_4_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
-        up_4_res_norm_2: "f32[1, 64, height, width]" = self.up[4].res.norm_2(
-            up_4_res_h_1
-        )
-        del up_4_res_h_1
+        up_4_res_norm_2: "f32[1, 64, height, width]" = self.up[4].res.norm_2(up_4_res_h)
+        del up_4_res_h
         up_4_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             up_4_res_norm_2
         )
         del up_4_res_norm_2
-        up_4_res_h_2: "f32[1, 64, height, width]" = self.up[4].res.conv_2(
+        up_4_res_h_1: "f32[1, 64, height, width]" = self.up[4].res.conv_2(
             up_4_res_silu_2
         )
         del up_4_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
         up_4_res_skip: "f32[1, 64, height, width]" = self.up[4].res.skip(cat_4)
         del cat_4
-        up_4_res_add: "f32[1, 64, height, width]" = up_4_res_skip + up_4_res_h_2
-        del up_4_res_h_2, up_4_res_skip
+        up_4_res_add: "f32[1, 64, height, width]" = up_4_res_skip + up_4_res_h_1
+        del up_4_res_h_1, up_4_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_4_attn_norm: "f32[1, 64, height, width]" = self.up[4].attn.norm(up_4_res_add)
         up_4_attn_y: "f32[1, 64, height, width]" = self.up[4].attn.proj_in(
@@ -2152,12 +2124,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_4_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         up_4_attn_flatten: "f32[1, 64, width * height]" = up_4_attn_y.flatten(2)
-        del up_4_attn_y
-        up_4_attn_y_1: "f32[1, width * height, 64]" = up_4_attn_flatten.transpose(1, 2)
+        up_4_attn_y: "f32[1, width * height, 64]" = up_4_attn_flatten.transpose(1, 2)
         del up_4_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
         up_4_attn_block_h: "f32[1, width * height, 64]" = self.up[4].attn.block.ln_1(
-            up_4_attn_y_1
+            up_4_attn_y
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_4_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.up[
@@ -2261,9 +2232,7 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_4_attn_block_cross_attn_transpose
         up_4_attn_transpose = torch.empty(
-            (1, 64, width * height),
-            dtype=up_4_attn_y_1.dtype,
-            device=up_4_attn_y_1.device,
+            (1, 64, width * height), dtype=up_4_attn_y.dtype, device=up_4_attn_y.device
         )
         # Rows per chunk within the budget: the loop holds about 40448 + 1792 * width * height bytes,
         # plus 16 * width * height per row. On a CPU at most 256 rows, the planned
@@ -2310,7 +2279,7 @@ class ChunkedUNet(torch.nn.Module):
             del up_4_attn_block_self_attn_y
             # unet.py:111 in forward: x = x + self.self_attn(h, h)
             up_4_attn_block_x = (
-                up_4_attn_y_1[:, start:stop] + up_4_attn_block_self_attn_to_out
+                up_4_attn_y[:, start:stop] + up_4_attn_block_self_attn_to_out
             )
             del up_4_attn_block_self_attn_to_out
             # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
@@ -2401,25 +2370,25 @@ class ChunkedUNet(torch.nn.Module):
             up_4_attn_block_self_attn_q,
             up_4_attn_block_self_attn_transpose_contiguous,
             up_4_attn_block_self_attn_v_contiguous,
-            up_4_attn_y_1,
+            up_4_attn_y,
         )
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
-        up_4_attn_y_2: "f32[1, 64, height, width]" = up_4_attn_transpose.reshape(
+        up_4_attn_y_1: "f32[1, 64, height, width]" = up_4_attn_transpose.reshape(
             1, 64, height, width
         )
         del up_4_attn_transpose
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_4_attn_proj_out: "f32[1, 64, height, width]" = self.up[4].attn.proj_out(
-            up_4_attn_y_2
+            up_4_attn_y_1
         )
-        del up_4_attn_y_2
+        del up_4_attn_y_1
         up_4_attn_add: "f32[1, 64, height, width]" = up_4_res_add + up_4_attn_proj_out
         del up_4_attn_proj_out, up_4_res_add
         # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        h_1: "f32[1, 128, height, width]" = torch.cat([up_4_attn_add, h], 1)
-        del h, up_4_attn_add
+        h: "f32[1, 128, height, width]" = torch.cat([up_4_attn_add, h], 1)
+        del up_4_attn_add
         # unet.py:60 in forward: h = self.conv_1(F.silu(self.norm_1(x)))
-        up_5_res_norm_1: "f32[1, 128, height, width]" = self.up[5].res.norm_1(h_1)
+        up_5_res_norm_1: "f32[1, 128, height, width]" = self.up[5].res.norm_1(h)
         up_5_res_silu: "f32[1, 128, height, width]" = torch.nn.functional.silu(
             up_5_res_norm_1
         )
@@ -2433,28 +2402,25 @@ class ChunkedUNet(torch.nn.Module):
         del up_5_res_silu_1
         up_5_res_unsqueeze: "f32[1, 64, 1]" = up_5_res_time_proj.unsqueeze(2)
         del up_5_res_time_proj
-        up_5_res_unsqueeze_1: "f32[1, 64, 1, 1]" = up_5_res_unsqueeze.unsqueeze(3)
+        up_5_res_unsqueeze: "f32[1, 64, 1, 1]" = up_5_res_unsqueeze.unsqueeze(3)
+        up_5_res_h: "f32[1, 64, height, width]" = up_5_res_h + up_5_res_unsqueeze
         del up_5_res_unsqueeze
-        up_5_res_h_1: "f32[1, 64, height, width]" = up_5_res_h + up_5_res_unsqueeze_1
-        del up_5_res_h, up_5_res_unsqueeze_1
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
-        up_5_res_norm_2: "f32[1, 64, height, width]" = self.up[5].res.norm_2(
-            up_5_res_h_1
-        )
-        del up_5_res_h_1
+        up_5_res_norm_2: "f32[1, 64, height, width]" = self.up[5].res.norm_2(up_5_res_h)
+        del up_5_res_h
         up_5_res_silu_2: "f32[1, 64, height, width]" = torch.nn.functional.silu(
             up_5_res_norm_2
         )
         del up_5_res_norm_2
-        up_5_res_h_2: "f32[1, 64, height, width]" = self.up[5].res.conv_2(
+        up_5_res_h_1: "f32[1, 64, height, width]" = self.up[5].res.conv_2(
             up_5_res_silu_2
         )
         del up_5_res_silu_2
         # unet.py:63 in forward: return self.skip(x) + h
-        up_5_res_skip: "f32[1, 64, height, width]" = self.up[5].res.skip(h_1)
-        del h_1
-        up_5_res_add: "f32[1, 64, height, width]" = up_5_res_skip + up_5_res_h_2
-        del up_5_res_h_2, up_5_res_skip
+        up_5_res_skip: "f32[1, 64, height, width]" = self.up[5].res.skip(h)
+        del h
+        up_5_res_add: "f32[1, 64, height, width]" = up_5_res_skip + up_5_res_h_1
+        del up_5_res_h_1, up_5_res_skip
         # unet.py:126 in forward: y = self.proj_in(self.norm(x))
         up_5_attn_norm: "f32[1, 64, height, width]" = self.up[5].attn.norm(up_5_res_add)
         up_5_attn_y: "f32[1, 64, height, width]" = self.up[5].attn.proj_in(
@@ -2463,12 +2429,11 @@ class ChunkedUNet(torch.nn.Module):
         del up_5_attn_norm
         # unet.py:127 in forward: y = y.flatten(2).transpose(1, 2)
         up_5_attn_flatten: "f32[1, 64, width * height]" = up_5_attn_y.flatten(2)
-        del up_5_attn_y
-        up_5_attn_y_1: "f32[1, width * height, 64]" = up_5_attn_flatten.transpose(1, 2)
+        up_5_attn_y: "f32[1, width * height, 64]" = up_5_attn_flatten.transpose(1, 2)
         del up_5_attn_flatten
         # unet.py:110 in forward: h = self.ln_1(x)
         up_5_attn_block_h: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_1(
-            up_5_attn_y_1
+            up_5_attn_y
         )
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         up_5_attn_block_self_attn_to_q: "f32[1, width * height, 64]" = self.up[
@@ -2596,9 +2561,9 @@ class ChunkedUNet(torch.nn.Module):
         del up_5_attn_block_self_attn_y
         # unet.py:111 in forward: x = x + self.self_attn(h, h)
         up_5_attn_block_x: "f32[1, width * height, 64]" = (
-            up_5_attn_y_1 + up_5_attn_block_self_attn_to_out
+            up_5_attn_y + up_5_attn_block_self_attn_to_out
         )
-        del up_5_attn_block_self_attn_to_out, up_5_attn_y_1
+        del up_5_attn_block_self_attn_to_out, up_5_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
         up_5_attn_block_ln_2: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_2(
             up_5_attn_block_x
@@ -2658,15 +2623,14 @@ class ChunkedUNet(torch.nn.Module):
         )
         del up_5_attn_block_cross_attn_matmul
         # unet.py:83 in forward: att = att.softmax(dim=-1)
-        up_5_attn_block_cross_attn_att_1: "f32[1, 2, width * height, 77]" = (
-            torch.softmax(up_5_attn_block_cross_attn_att, -1)
+        up_5_attn_block_cross_attn_att: "f32[1, 2, width * height, 77]" = torch.softmax(
+            up_5_attn_block_cross_attn_att, -1
         )
-        del up_5_attn_block_cross_attn_att
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         up_5_attn_block_cross_attn_matmul_1: "f32[1, 2, width * height, 32]" = (
-            torch.matmul(up_5_attn_block_cross_attn_att_1, up_5_attn_block_cross_attn_v)
+            torch.matmul(up_5_attn_block_cross_attn_att, up_5_attn_block_cross_attn_v)
         )
-        del up_5_attn_block_cross_attn_att_1, up_5_attn_block_cross_attn_v
+        del up_5_attn_block_cross_attn_att, up_5_attn_block_cross_attn_v
         up_5_attn_block_cross_attn_transpose_1: "f32[1, width * height, 2, 32]" = (
             up_5_attn_block_cross_attn_matmul_1.transpose(1, 2)
         )
@@ -2683,13 +2647,13 @@ class ChunkedUNet(torch.nn.Module):
         ].attn.block.cross_attn.to_out(up_5_attn_block_cross_attn_y)
         del up_5_attn_block_cross_attn_y
         # unet.py:112 in forward: x = x + self.cross_attn(self.ln_2(x), context)
-        up_5_attn_block_x_1: "f32[1, width * height, 64]" = (
+        up_5_attn_block_x: "f32[1, width * height, 64]" = (
             up_5_attn_block_x + up_5_attn_block_cross_attn_to_out
         )
-        del up_5_attn_block_cross_attn_to_out, up_5_attn_block_x
+        del up_5_attn_block_cross_attn_to_out
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_5_attn_block_ln_3: "f32[1, width * height, 64]" = self.up[5].attn.block.ln_3(
-            up_5_attn_block_x_1
+            up_5_attn_block_x
         )
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
         up_5_attn_block_ff_proj: "f32[1, width * height, 512]" = self.up[
@@ -2720,23 +2684,23 @@ class ChunkedUNet(torch.nn.Module):
         del up_5_attn_block_ff_mul
         # unet.py:113 in forward: return x + self.ff(self.ln_3(x))
         up_5_attn_block_add: "f32[1, width * height, 64]" = (
-            up_5_attn_block_x_1 + up_5_attn_block_ff_out
+            up_5_attn_block_x + up_5_attn_block_ff_out
         )
-        del up_5_attn_block_ff_out, up_5_attn_block_x_1
+        del up_5_attn_block_ff_out, up_5_attn_block_x
         # unet.py:129 in forward: y = y.transpose(1, 2).reshape(b, c, h, w)
         up_5_attn_transpose: "f32[1, 64, width * height]" = (
             up_5_attn_block_add.transpose(1, 2)
         )
         del up_5_attn_block_add
-        up_5_attn_y_2: "f32[1, 64, height, width]" = up_5_attn_transpose.reshape(
+        up_5_attn_y_1: "f32[1, 64, height, width]" = up_5_attn_transpose.reshape(
             1, 64, height, width
         )
         del height, up_5_attn_transpose, width
         # unet.py:130 in forward: return x + self.proj_out(y)
         up_5_attn_proj_out: "f32[1, 64, height, width]" = self.up[5].attn.proj_out(
-            up_5_attn_y_2
+            up_5_attn_y_1
         )
-        del up_5_attn_y_2
+        del up_5_attn_y_1
         up_5_attn_add: "f32[1, 64, height, width]" = up_5_res_add + up_5_attn_proj_out
         del up_5_attn_proj_out, up_5_res_add
         # unet.py:235 in forward: return self.conv_out(F.silu(self.norm_out(h)))

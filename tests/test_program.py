@@ -14,6 +14,7 @@ from analysis.lower import lower_region
 from analysis.memory import region_program, simulate
 from analysis.program import CHUNK, OUTER, ChunkLength, ChunkStart, LoopRegion
 from codegen import cli
+from codegen.verify import import_source, instantiate
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the passes whose decisions only the loop program may carry into codegen
@@ -172,3 +173,17 @@ def test_gpt_values_are_named_as_the_source_names_them(gpt_generated) -> None:
     assert 'blocks_0_x: "f32[1, seq, 256]" = x + blocks_0_attn_proj' in source
     # `x = x + self.attn(self.ln_1(x))`: the layer norm's output is not what the line assigns
     assert "blocks_0_ln_1: " in source
+
+
+def test_a_rebound_name_frees_its_old_value_where_the_estimate_does(gpt_generated) -> None:
+    """`q = q.view(...).transpose(1, 2)` rebinds `q`: the old `q` dies with its storage still
+    read by the view, so no `del` is needed and the measured peak stays the estimate's."""
+    from codegen.measure import measure_peak
+
+    planned, emitted = gpt_generated
+    source = emitted.source
+    assert 'blocks_0_attn_q: "f32[1, 8, seq, 32]" = blocks_0_attn_view.transpose(1, 2)' in source
+    assert "del blocks_0_attn_q\n" not in source.split("# Chunk region 1/4")[0]
+    module, _ = import_source(source)
+    chunked = instantiate(module, planned.loaded.module)
+    assert measure_peak(chunked, planned.loaded.inputs) == planned.plan.planned_peak_bytes
