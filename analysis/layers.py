@@ -10,6 +10,7 @@ stays a plain module holding its tensors.
 
 from __future__ import annotations
 
+import ast
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -66,8 +67,8 @@ def _rebuildable(child: torch.nn.Module) -> Layer | None:
             value = getattr(child, name)
         else:
             return None
-        if isinstance(value, torch.Tensor):
-            return None
+        if not _writable(value):
+            return None  # a tensor, or a float like inf that has no literal
         if parameter.default is parameter.empty:
             args.append(value)
         elif not _is_default(value, parameter.default):
@@ -79,6 +80,16 @@ def _rebuildable(child: torch.nn.Module) -> Layer | None:
         kwargs.append(("dtype", dtype))
     layer = Layer(cls, tuple(args), tuple(kwargs))
     return layer if _same_layer(child, layer) else None
+
+
+def _writable(value: Any) -> bool:
+    """Whether the value's repr is Python that gives it back (a dtype, or a plain literal)."""
+    if isinstance(value, torch.dtype):
+        return True
+    try:
+        return bool(ast.literal_eval(repr(value)) == value)
+    except (ValueError, SyntaxError):
+        return False
 
 
 def _is_default(value: Any, default: Any) -> bool:
