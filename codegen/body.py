@@ -129,7 +129,7 @@ class ForwardPrinter:
 
     def value(self, name: str) -> str:
         found = self.program.names[name]
-        return _attribute_path(found.fqn) if isinstance(found, Attr) else found
+        return attribute_path(found.fqn) if isinstance(found, Attr) else found
 
     def arg_plain(self, value: Any) -> str:
         if isinstance(value, Ref):
@@ -301,7 +301,7 @@ class ForwardPrinter:
 
     def _print_updatebuffer(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        code = f"{_attribute_path(expr.fqn)}.copy_({self.value(expr.value)})"
+        code = f"{attribute_path(expr.fqn)}.copy_({self.value(expr.value)})"
         return Line(code, [f"the forward updates buffer {expr.fqn}"])
 
     def _print_return(self, statement: Statement, block: Block | None) -> Line:
@@ -314,7 +314,7 @@ class ForwardPrinter:
             return None
         layer = info(op.target).layer
         assert layer is not None, f"{op.target} is no layer's forward"
-        return f"{_attribute_path(op.layer)}({arg(op.args[layer[1]])})"
+        return f"{attribute_path(op.layer)}({arg(op.args[layer[1]])})"
 
     def _print_budget(self, statement: Statement, block: Block | None) -> Line:
         """`budget = ...`: the constructor's budget, else the plan's share of the original's
@@ -382,7 +382,7 @@ def _index_expr(var: str, cuts: dict[int, str]) -> str:
     return f"{var}[{', '.join(cuts.get(d, ':') for d in range(max(cuts) + 1))}]"
 
 
-def _attribute_path(fqn: str) -> str:
+def attribute_path(fqn: str) -> str:
     out = "self"
     for part in fqn.split("."):
         out += (
@@ -477,4 +477,4 @@ def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
     return out
 
 
-__all__ = ["ForwardPrinter", "format_bytes", "to_cst"]
+__all__ = ["ForwardPrinter", "attribute_path", "format_bytes", "to_cst"]

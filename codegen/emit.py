@@ -15,7 +15,7 @@ from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
 from analysis.program import Program
 from codegen import __version__
 from analysis.layers import Layer
-from codegen.body import ForwardPrinter, _attribute_path, format_bytes, to_cst
+from codegen.body import ForwardPrinter, attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -67,7 +67,7 @@ def _tree(module: torch.nn.Module, layers: dict[str, Layer]) -> list[str]:
             continue
         parent, _, name = path.rpartition(".")
         owner = module.get_submodule(parent)
-        here = _attribute_path(parent) if parent else "self"
+        here = attribute_path(parent) if parent else "self"
         value = _built(child, layers.get(path))
         if isinstance(owner, (torch.nn.Sequential, torch.nn.ModuleList)):
             lines.append(f"{here}.append({value})")
