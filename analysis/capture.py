@@ -229,9 +229,23 @@ def _op_node(fx: torch.fx.Node, path: Path) -> Node:
         source=_source(fx.meta.get("stack_trace"), path),
         module_path=module_path if isinstance(module_path, str) else "",
         module_type=module_type,
+        calls=_calls(stack),
         aliases=aliases,
         mutates=mutates,
     )
+
+
+def _calls(stack: dict[str, Any]) -> tuple[str, ...]:
+    """Return the module calls of an `nn_module_stack`, outermost first, without the root:
+    each the module's path, with export's `@n` kept for a module's n-th call after the first."""
+    calls = []
+    for key, entry in stack.items():
+        path = entry[0] if isinstance(entry, tuple) and isinstance(entry[0], str) else None
+        if not path or path.startswith("_"):
+            continue
+        count = key.rpartition("@")[2] if "@" in key else ""
+        calls.append(f"{path}@{count}" if count.isdigit() else path)
+    return tuple(calls)
 
 
 def _storages(value: Any) -> list[StorageWeakRef]:

@@ -94,6 +94,9 @@ class Node:
     module_path: str = ""
     #: the class of that module ("Linear")
     module_type: str = ""
+    #: the module calls it ran in, outermost first, the root left out: the module's path, with
+    #: `@n` for its n-th call after the first ("blocks.0", "blocks.0.attn", "shared@1")
+    calls: tuple[str, ...] = ()
     #: name of the node whose storage the result views, if it is a view
     aliases: str | None = None
     #: name of the node whose storage this op writes in place, if any

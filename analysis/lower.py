@@ -8,6 +8,7 @@ program]): the operands' slices, in-place writes (`analysis.inplace`), causal ke
 from __future__ import annotations
 
 import collections
+import inspect
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -20,10 +21,11 @@ from analysis.errors import InternalError, UserError
 from analysis.inplace import inplace_operands
 from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots
 from analysis.loader import MODEL_MODULE_PREFIX
-from analysis.names import Namespace, source_names, value_name
+from analysis.names import Namespace, size_names, source_names, value_name
 from analysis.layers import Layer
 from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import ChunkPlan, Region
+from analysis.scopes import Scopes, bound_symbols, module_scopes, path_of
 from analysis.program import (
     CHUNK,
     COPY,
@@ -40,6 +42,7 @@ from analysis.program import (
     InputSize,
     LoopRegion,
     LoopStep,
+    ModuleCall,
     Operand,
     Program,
     Return,
@@ -182,21 +185,47 @@ def lower(
     plan: ChunkPlan,
     formulas: Formulas | None = None,
     layers: Mapping[str, Layer] | None = None,
+    module: torch.nn.Module | None = None,
 ) -> Program:
     """Return the forward as a loop program: names, statements, loops and frees; ops the
-    model's standard `layers` run become calls of those layers."""
-    return _Lowering(graph, plan, formulas, dict(layers or {})).program()
+    model's standard `layers` run become calls of those layers. Given the model's `module`,
+    the module calls it can keep (NOTE [Module scopes]) get forwards of their own, in
+    `Program.scopes`; without it, everything is written in the root's forward."""
+    layers = dict(layers or {})
+    scopes = module_scopes(graph, plan, layers, module, formulas) if module is not None else None
+    root = _Lowering(graph, plan, formulas, layers, scopes, "", module).program()
+    if scopes is None:
+        return root
+    children = {
+        call: _Lowering(graph, plan, formulas, layers, scopes, call, module).program()
+        for call in scopes.scopes
+        if call
+    }
+    return replace(root, scopes=children, inlined=scopes.inlined)
 
 
 class _Lowering:
     """Walk the graph once, naming every value in the order the forward binds it."""
 
     def __init__(
-        self, graph: Graph, plan: ChunkPlan, formulas: Formulas | None, layers: dict[str, Layer]
+        self,
+        graph: Graph,
+        plan: ChunkPlan,
+        formulas: Formulas | None,
+        layers: dict[str, Layer],
+        scopes: Scopes | None = None,
+        call: str = "",
+        module: torch.nn.Module | None = None,
     ) -> None:
         self.graph = graph
         self.plan = plan
         self.layers = layers
+        self.scopes = scopes
+        self.call = call
+        self.scope = scopes.scopes[call] if scopes is not None else None
+        #: the prefix of a name made in this module that the module's path gives
+        self.prefix = Namespace.clean(path_of(call)) + "_" if call else ""
+        self.module = module
         #: names from the source's assignments (NOTE [Names from the source])
         self.assigned = source_names(graph, layers)
         self.formulas = formulas
@@ -204,6 +233,10 @@ class _Lowering:
         #: chunk sizes]); then the forward computes a budget
         self.runtime = formulas if formulas and any(formulas.regions) else None
         self.ns = Namespace()
+        #: the forward's parameters: its caller holds them, so a rebinding never frees them;
+        #: and the parameter names bound again
+        self.params_held: set[str] = set()
+        self.rebound: set[str] = set()
         self.names: dict[str, Any] = {}
         self.symbols: dict[sympy.Symbol, str] = {}
         self.budget: str | None = None
@@ -228,7 +261,10 @@ class _Lowering:
                 out.update(("start", "stop") if value.rows is not None else ())
                 out.update(("stop",) if value.keys is not None else ())
             elif isinstance(value, sympy.Expr):
-                out.update(self.symbols[s] for s in value.free_symbols if s in self.symbols)
+                try:
+                    out.update(size_names(value, self.symbols))
+                except TypeError:  # written with the model's dims, in a comment
+                    pass
             elif isinstance(value, (ChunkLength, ChunkStart)):
                 out.update(("start", "stop") if isinstance(value, ChunkLength) else ("start",))
             elif isinstance(value, torch.device) and self.device_of:
@@ -254,8 +290,56 @@ class _Lowering:
         return found if isinstance(found, str) else None
 
     def base(self, node: Node) -> str:
-        """The base of a value's name: the source's name for it, else its module and op."""
-        return self.assigned.get(node.name) or value_name(node, self.graph)
+        """The base of a value's name: the source's name for it, else its module and op, from
+        this module (`q`, not `blocks_0_attn_q`)."""
+        base = Namespace.clean(self.assigned.get(node.name) or value_name(node, self.graph))
+        if self.prefix and base.startswith(self.prefix) and len(base) > len(self.prefix):
+            return base[len(self.prefix) :]
+        return base
+
+    def output_base(self, node: Node, child: str) -> str:
+        """The base of a value a child module returns: the name the child gives it, else the
+        child's path (`attn = self.attn(ln_1)`)."""
+        own = self.assigned.get(node.name)
+        prefix = Namespace.clean(path_of(child)) + "_"
+        if own and Namespace.clean(own).startswith(prefix):
+            return Namespace.clean(own)[len(prefix) :]
+        relative = path_of(child)[len(self.scope.path) + 1 :] if self.call else path_of(child)
+        return relative
+
+    def _replaced(self, scope: Any, output: str) -> str | None:
+        """The one input a module's lone output replaces: same shape and dtype, and read no more
+        after the call (`x = self.blocks[0](x)`, a residual stream), or None."""
+        if len(scope.outputs) != 1 or not isinstance(self.graph[output].meta, TensorMeta):
+            return None
+        alike = [
+            name
+            for name in scope.inputs
+            if self.graph[name].meta == self.graph[output].meta and isinstance(self.names.get(name), str)
+        ]
+        if len(alike) != 1 or not self.assigned.get(alike[0]):
+            return None
+        return alike[0]
+
+    def param_base(self, name: str) -> str:
+        """The base of a parameter of this module's forward: the original forward's own name
+        for a lone tensor argument, else the value's name where it was made."""
+        node = self.graph[name]
+        tensors = [n for n in self.scope.inputs if isinstance(self.graph[n].meta, TensorMeta)]
+        if self.module is not None and tensors == [name]:
+            forward = self.module.get_submodule(self.scope.path).forward
+            try:
+                params = list(inspect.signature(forward).parameters.values())
+            except (TypeError, ValueError):
+                params = []
+            if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+                return params[0].name
+        if node.kind in ("param", "buffer", "input"):
+            return str(node.target if node.kind != "input" else node.name).replace(".", "_")
+        maker = self.scopes.scope_of.get(name, "") if self.scopes is not None else ""
+        base = Namespace.clean(self.assigned.get(name) or value_name(node, self.graph))
+        prefix = Namespace.clean(path_of(maker)) + "_" if maker else ""
+        return base[len(prefix) :] if prefix and base.startswith(prefix) else base
 
     def bind(self, node: Node) -> str:
         name = self.ns.create(self.base(node))
@@ -276,40 +360,78 @@ class _Lowering:
         return name
 
     def _dies_at(self, held: str, node: Node) -> bool:
+        return self._dies_reading(held, set(node.refs()), {node.name})
+
+    def _dies_reading(self, held: str, reads: set[str], running: set[str]) -> bool:
+        """Whether `held` is dead once statements running `running` (reading `reads`) ran."""
         graph = self.graph
         if held in graph.output_names():
             return False
-        if not set(graph.users(held)) <= self.emitted | {node.name}:
+        if not set(graph.users(held)) <= self.emitted | running:
             return False
+        if held in self.params_held:  # its caller holds it: the name is free, the memory not
+            self.rebound.add(self.names[held])
+            return True
         roots, _ = storage_roots(graph)
         root = roots.get(held, held)
-        return any(roots.get(ref, ref) == root for ref in node.refs())
+        return any(roots.get(ref, ref) == root for ref in reads)
 
     # -------------------------------------------------------------- layout
     def program(self) -> Program:
         graph = self.graph
         body: list[Any] = []
         params = []
-        for name in graph.inputs:
-            self.names[name] = self.ns.create(name)
-            params.append(self.names[name])
         for node in graph.nodes:
             if node.kind in ("param", "buffer"):
                 self.names[node.name] = Attr(node.target)
-        tensors = [n for n in graph.inputs if isinstance(graph[n].meta, TensorMeta)]
+        inputs = graph.inputs if self.scope is None or not self.call else self.scope.inputs
+        for name in inputs:
+            base = name if not self.call else self.param_base(name)
+            self.names[name] = self.ns.create(base)
+            self.holder[self.names[name]] = name
+            params.append(self.names[name])
+        self.params_held = set(inputs)
+        tensors = [n for n in inputs if isinstance(graph[n].meta, TensorMeta)]
         self.device_of = self.names[tensors[0]] if tensors else ""
-        for symbol in graph.symbols:
-            var = self.ns.create(symbol.name)
-            self.symbols[symbol.symbol] = var
-            size = InputSize(self.names[symbol.input], symbol.axis, symbol.offset, symbol.scale)
-            body.append(Statement(var, size, frozenset()))
-        if self.runtime is not None:
-            body.extend(self._budget())
-        starts = {region.span[0]: (i, region) for i, region in enumerate(self.plan.regions)}
+        if not self.call:
+            for symbol in graph.symbols:
+                var = self.ns.create(symbol.name)
+                self.symbols[symbol.symbol] = var
+                size = InputSize(self.names[symbol.input], symbol.axis, symbol.offset, symbol.scale)
+                body.append(Statement(var, size, frozenset()))
+        else:
+            named = {s.symbol: s.name for s in graph.symbols}
+            bound = bound_symbols(graph, self.scope.inputs)
+            for symbol, (name, axis, offset, scale) in bound.items():
+                if symbol in named:
+                    var = self.ns.create(named[symbol])
+                else:  # a size of this input: `x_height`, the height x has here
+                    dims = [named.get(s, "size") for s in symbol.free_symbols]
+                    var = self.ns.create(f"{self.names[name]}_{dims[0] if len(dims) == 1 else 'size'}")
+                self.symbols[symbol] = var
+                size = InputSize(self.names[name], axis, offset, scale)
+                body.append(Statement(var, size, frozenset({self.names[name]})))
+        for node in graph.nodes:  # a size that is a dynamic dim reads the dim's name
+            if isinstance(node.meta, sympy.Symbol) and node.meta in self.symbols:
+                self.names.setdefault(node.name, self.symbols[node.meta])
+        mine = self.scope.regions if self.scope is not None else range(len(self.plan.regions))
+        if self.runtime is not None and not self.call:
+            body.extend(self._budget(bool(mine)))
+        elif self.runtime is not None and mine:
+            self.budget = "self._chunking.budget"
+        starts = {self.plan.regions[i].span[0]: (i, self.plan.regions[i]) for i in mine}
         covered = {name for region in self.plan.regions for name in region.span}
         live = _needed(graph)
         outputs = graph.output_names()
+        called: set[str] = set()
         for node in graph.nodes:
+            if self.scopes is not None and node.kind in ("op", "constant"):
+                if self.scopes.scope_of.get(node.name) != self.call:
+                    child = self.scopes.child_holding(self.call, node.name)
+                    if child is not None and child not in called:
+                        called.add(child)
+                        body.append(self._module_call(child))
+                    continue
             if node.name in starts:
                 index, region = starts[node.name]
                 body.extend(self._region(index, region, live))
@@ -320,11 +442,18 @@ class _Lowering:
                     body.append(statement)
             elif node.kind == "constant" and (graph.users(node.name) or node.name in outputs):
                 body.append(self._constant(node))
-        body.extend(self._return())
-        keep = set(params) | {self.names[n] for n in outputs if isinstance(self.names.get(n), str)}
+        if self.call:
+            returned = tuple(Ref(name) for name in self.scope.outputs)
+            body.append(Statement(None, Return(None, returned), self.reads(returned)))
+            results = set(self.scope.outputs)
+        else:
+            body.extend(self._return())
+            results = outputs
+        keep = set(params) - self.rebound | set(self.symbols.values())
+        keep |= {self.names[n] for n in results if isinstance(self.names.get(n), str)}
         return Program(
             params=tuple(params),
-            body=tuple(_with_frees(body, keep)),
+            body=tuple(_with_frees(_read_sizes(body), keep)),
             names=dict(self.names),
             symbols=dict(self.symbols),
             device_of=self.device_of,
@@ -332,20 +461,51 @@ class _Lowering:
             output_class=bool(_classes(graph.out_spec)),
             formulas=self.formulas,
             layers=self.layers,
+            call=self.call,
+            path=path_of(self.call),
         )
 
-    def _budget(self) -> list[Statement]:
+    def _module_call(self, child: str) -> Statement:
+        """`x = self.blocks[0](x)`: a child module's forward, binding what it returns."""
+        scopes = self.scopes
+        assert scopes is not None
+        scope = scopes.scopes[child]
+        inside = {n for c in scopes.subtree(child) for n in scopes.scopes[c].nodes}
+        reads = self.reads([Ref(name) for name in scope.inputs])
+        self.emitted.update(inside)
+        targets = []
+        for name in scope.outputs:
+            base = self.output_base(self.graph[name], child)
+            replaced = self._replaced(scope, name)
+            if replaced is not None and not self.assigned.get(name):
+                base = self.names[replaced]
+            var = self.ns.clean(base)
+            held = self.holder.get(var)
+            if held is None or not self._dies_reading(held, set(scope.inputs), inside):
+                var = self.ns.create(base)
+            self.names[name] = var
+            self.holder[var] = name
+            targets.append(var)
+        relative = scope.path[len(self.scope.path) + 1 :] if self.call else scope.path
+        call = ModuleCall(child, relative, tuple(scope.inputs), tuple(scope.outputs), tuple(targets))
+        return Statement(None, call, reads)
+
+    def _budget(self, own_loops: bool) -> list[Statement]:
+        """The budget statement; bound to a name when this forward has loops of its own."""
         plan, formulas = self.plan, self.runtime
         assert formulas is not None
         share = plan.budget_bytes / max(plan.original_peak_bytes, 1)
-        self.budget = self.ns.create("budget")
+        self.budget = self.ns.create("budget") if own_loops else None
         floors = tuple(dict.fromkeys(f.fixed + f.per_row for f in formulas.regions if f))
         statements = []
         floor = None
         if len(floors) > 1:
             floor = self.ns.create("floor")
             statements.append(Statement(floor, Floor(floors), self.reads(floors)))
-        budget = Budget(share, formulas.original_peak, plan.budget_bytes, floor)
+        shared = self.scopes is not None and any(
+            scope.regions for call, scope in self.scopes.scopes.items() if call
+        )
+        budget = Budget(share, formulas.original_peak, plan.budget_bytes, floor, shared)
         reads = self.reads(formulas.original_peak) | ({floor} if floor else set())
         statements.append(Statement(self.budget, budget, frozenset(reads)))
         return statements
@@ -458,6 +618,17 @@ class _Lowering:
         return None
 
 
+def _read_sizes(body: list[Any]) -> list[Any]:
+    """The body without the dynamic dims nothing reads (only annotations name them)."""
+    read = {name for item in body for name in _reads(item)}
+    return [
+        item
+        for item in body
+        if not (isinstance(item, Statement) and isinstance(item.expr, InputSize))
+        or item.var in read
+    ]
+
+
 def _needed(graph: Graph) -> set[str]:
     """Return the nodes whose results are used: everything else is dead code."""
     needed = set(graph.output_names())
@@ -490,6 +661,9 @@ def _with_frees(items: list[Any], keep: set[str]) -> list[Any]:
                 ),
             )
         dead = tuple(sorted(n for n in bound if last.get(n) == index and n not in keep))
+        following = items[index + 1] if index + 1 < len(items) else None
+        if isinstance(following, Statement) and isinstance(following.expr, Return):
+            dead = ()  # returning frees them
         if dead and not isinstance(item.expr if isinstance(item, Statement) else None, Return):
             item = replace(item, frees=dead)
         out.append(item)
@@ -514,6 +688,8 @@ def _reads(item: Any) -> set[str]:
 def _binds(item: Any) -> set[str]:
     if isinstance(item, Block):
         return set()
+    if isinstance(item.expr, ModuleCall):
+        return set(item.expr.targets)
     return {item.var} if item.var else set()
 
 

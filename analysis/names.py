@@ -9,6 +9,8 @@ import operator
 import re
 from typing import Any, Mapping
 
+import sympy
+
 from analysis.ir import Graph, Node
 from analysis.ops import info
 
@@ -143,4 +145,57 @@ def _elements(nodes: list[Node], graph: Graph, count: int) -> bool:
     return len(sources) == 1 and sorted(n.args[1] for n in nodes) == list(range(count))
 
 
-__all__ = ["Namespace", "source_names", "value_name"]
+def size_code(expr: sympy.Expr, names: Mapping[sympy.Expr, str]) -> str:
+    """Write a size expression as Python over the names of the sizes bound (dynamic dims, or
+    whole sizes of a module's inputs); TypeError when it cannot be."""
+    return _size(expr, names, set())
+
+
+def size_names(expr: sympy.Expr, names: Mapping[sympy.Expr, str]) -> set[str]:
+    """The names `size_code` writes the expression with."""
+    used: set[str] = set()
+    _size(expr, names, used)
+    return used
+
+
+def _size(expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str]) -> str:
+    if expr in names:
+        used.add(names[expr])
+        return names[expr]
+    if expr.free_symbols:
+        for known, name in names.items():  # a bound size plus a constant, or times one
+            if isinstance(known, sympy.Symbol) or not isinstance(known, sympy.Expr):
+                continue
+            offset, ratio = expr - known, expr / known
+            if offset.is_Integer or (ratio.is_Integer and ratio > 0):
+                used.add(name)
+                if offset.is_Integer:
+                    sign = "+" if offset > 0 else "-"
+                    return name if offset == 0 else f"{name} {sign} {abs(offset)}"
+                return f"{ratio} * {name}"
+    if isinstance(expr, sympy.Symbol):
+        raise TypeError(f"size symbol {expr} is not a dim of any input")
+    if expr.is_Integer:
+        return str(int(expr))
+    if isinstance(expr, sympy.Add):
+        return " + ".join(_size(a, names, used) for a in expr.args)
+    if isinstance(expr, sympy.Mul):
+        return " * ".join(_wrapped(a, names, used) for a in expr.args)
+    name = type(expr).__name__
+    if name == "FloorDiv":
+        left, right = (_wrapped(a, names, used) for a in expr.args)
+        return f"{left} // {right}"
+    if name in ("Mod", "PythonMod"):
+        left, right = (_wrapped(a, names, used) for a in expr.args)
+        return f"{left} % {right}"
+    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and expr.exp > 0:
+        return f"{_wrapped(expr.base, names, used)} ** {int(expr.exp)}"
+    raise TypeError(f"cannot write size expression {expr}")
+
+
+def _wrapped(expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str]) -> str:
+    text = _size(expr, names, used)
+    return f"({text})" if isinstance(expr, sympy.Add) else text
+
+
+__all__ = ["Namespace", "size_code", "size_names", "source_names", "value_name"]

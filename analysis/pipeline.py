@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from analysis.capture import capture
 from analysis.ir import Graph
 from analysis.layers import Layer, standard_layers
@@ -38,7 +40,7 @@ class Planned:
 
     def with_plan(self, plan: ChunkPlan) -> Planned:
         """Return the same model with another plan of its graph (a tuned variant), lowered."""
-        program = lower_plan(self.graph, plan, self.program.layers)
+        program = lower_plan(self.graph, plan, self.program.layers, self.loaded.module)
         passes = tuple(
             (name, plan if name == "select" else program if name == "lower" else value)
             for name, value in self.passes
@@ -46,9 +48,12 @@ class Planned:
         return replace(self, plan=plan, program=program, passes=passes)
 
 
-def lower_plan(graph: Graph, plan: ChunkPlan, layers: dict[str, Layer]) -> Program:
-    """Return the loop program of a plan, with its run-time chunk-size formulas."""
-    return lower(graph, plan, plan_formulas(graph, plan), layers)
+def lower_plan(
+    graph: Graph, plan: ChunkPlan, layers: dict[str, Layer], module: torch.nn.Module
+) -> Program:
+    """Return the loop program of a plan, with its run-time chunk-size formulas, one forward
+    per module call it keeps (NOTE [Module scopes])."""
+    return lower(graph, plan, plan_formulas(graph, plan), layers, module)
 
 
 def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
@@ -64,7 +69,7 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
         unit = max(plan.original_peak_bytes // 100, 1)
         if other.planned_peak_bytes // unit < plan.planned_peak_bytes // unit:
             graph, plan, kept = recomputing, other, recomputing
-    program = lower_plan(graph, plan, standard_layers(loaded.module))
+    program = lower_plan(graph, plan, standard_layers(loaded.module), loaded.module)
     passes = tuple(zip(PASSES, (captured, kept, plan, program), strict=True))
     return Planned(loaded, graph, plan, program, passes)
 

@@ -131,6 +131,8 @@ class Budget:
     original_peak: sympy.Expr
     example: int
     floor: str | None = None
+    #: whether child modules' loops read it too (through the shared holder)
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,22 @@ class Call:
     meta: Any = None
     #: the path of the `torch.nn` layer that runs the op, called as a module
     layer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCall:
+    """The call of a child module's generated forward (NOTE [Module scopes])."""
+
+    #: the child's call ("blocks.0")
+    call: str
+    #: its path from the calling module ("blocks.0"; "attn" from within "blocks.0")
+    path: str
+    #: the graph values passed, in the child's parameter order
+    args: tuple[str, ...]
+    #: the graph values it returns, in order
+    outputs: tuple[str, ...]
+    #: the names the outputs are bound to
+    targets: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +245,7 @@ class Return:
 
 Expr = Union[
     InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, Stop, WriteChunk,
-    UpdateBuffer, Return, LoopStep,
+    UpdateBuffer, Return, LoopStep, ModuleCall,
 ]  # fmt: skip
 
 
@@ -296,10 +314,21 @@ class Program:
     formulas: Any = None
     #: the model's standard `torch.nn` layers by path, built as themselves (`analysis.layers`)
     layers: dict[str, Any] = field(default_factory=dict)
+    #: the module call this is the forward of ("" for the root) and its module's path
+    call: str = ""
+    path: str = ""
+    #: on the root: the forward of every module call kept as a call, by call (NOTE [Module
+    #: scopes])
+    scopes: dict[str, "Program"] = field(default_factory=dict)
+    #: on the root: module calls written inline in their parent, with the reason
+    inlined: tuple[Any, ...] = ()
 
     @property
     def blocks(self) -> tuple[Block, ...]:
-        return tuple(item for item in self.body if isinstance(item, Block))
+        """The chunk loops of this forward and, on the root, of every module's, by region."""
+        own = [item for item in self.body if isinstance(item, Block)]
+        own += [block for program in self.scopes.values() for block in program.blocks]
+        return tuple(sorted(own, key=lambda block: block.index))
 
 
 __all__ = [
@@ -318,6 +347,7 @@ __all__ = [
     "InputSize",
     "LoopRegion",
     "LoopStep",
+    "ModuleCall",
     "Operand",
     "Program",
     "Return",

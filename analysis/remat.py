@@ -42,7 +42,7 @@ def rematerialized(graph: Graph) -> Graph | None:
         renamed: dict[str, str] = {}
         for value in dict.fromkeys(ref for ref in node.refs() if ref in chains):
             for original in chains[value]:
-                clone = _clone(graph[original], renamed, taken, node.module_path)
+                clone = _clone(graph[original], renamed, taken, node)
                 renamed[original] = clone.name
                 nodes.append(clone)
         if renamed:
@@ -117,7 +117,7 @@ def _cheap(node: Node) -> bool:
     return node.kind == "op" and info(node.target).cheap and isinstance(node.meta, TensorMeta)
 
 
-def _clone(node: Node, renamed: dict[str, str], taken: set[str], module_path: str) -> Node:
+def _clone(node: Node, renamed: dict[str, str], taken: set[str], reader: Node) -> Node:
     """Return a copy of `node` for one reader: a fresh name, the reader's module, renamed refs."""
     count = 1
     while f"{node.name}_again_{count}" in taken:
@@ -129,7 +129,8 @@ def _clone(node: Node, renamed: dict[str, str], taken: set[str], module_path: st
         name=name,
         args=_renamed(node.args, renamed),
         kwargs=_renamed(node.kwargs, renamed),
-        module_path=module_path,
+        module_path=reader.module_path,
+        calls=reader.calls,
         aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
         mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
     )

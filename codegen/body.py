@@ -32,6 +32,7 @@ from analysis.program import (
     Floor,
     InputSize,
     LoopStep,
+    ModuleCall,
     Operand,
     Program,
     Return,
@@ -42,6 +43,7 @@ from analysis.program import (
     UpdateBuffer,
     WriteChunk,
 )
+from analysis.names import size_code
 from analysis.ops import info
 from codegen.render import literal, render_call
 
@@ -104,6 +106,7 @@ class ForwardPrinter:
             WriteChunk: self._print_writechunk,
             UpdateBuffer: self._print_updatebuffer,
             Return: self._print_return,
+            ModuleCall: self._print_modulecall,
         }
         #: per region, its first hoisted value: the comment saying why it is out of the loop
         self._first_hoisted: dict[int | None, Statement] = {}
@@ -115,21 +118,35 @@ class ForwardPrinter:
     # ---------------------------------------------------------------- values
     def sym(self, expr: sympy.Expr) -> str:
         """Render a size expression over the dynamic-dim symbols as Python."""
-        return _pycode(expr, self.program.symbols)
+        return size_code(expr, self.program.symbols)
 
     def shape(self, shape: tuple[Size, ...]) -> str:
         inner = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in shape)
         return f"({inner}{',' if len(shape) == 1 else ''})"
 
     def annotate(self, meta: Any) -> str:
+        """`f32[1, seq, 256]`; a size this forward has no name for is written in the model's
+        dims (`((height - 1) // 4) + 1`)."""
         if isinstance(meta, TensorMeta):
-            dims = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in meta.shape)
+            dims = ", ".join(str(s) if isinstance(s, int) else self._dim(s) for s in meta.shape)
             return f"{short_dtype(meta.dtype)}[{dims}]"
         return ""
 
+    def _dim(self, size: sympy.Expr) -> str:
+        try:
+            return self.sym(size)
+        except TypeError:
+            return size_code(size, {s.symbol: s.name for s in self.graph.symbols})
+
     def value(self, name: str) -> str:
         found = self.program.names[name]
-        return attribute_path(found.fqn) if isinstance(found, Attr) else found
+        return self.attribute(found.fqn) if isinstance(found, Attr) else found
+
+    def attribute(self, fqn: str) -> str:
+        """`self.attn.qkv`: a submodule, parameter or buffer, from the module printed."""
+        prefix = f"{self.program.path}." if self.program.path else ""
+        assert fqn.startswith(prefix), f"{fqn} is not under {self.program.path}"
+        return attribute_path(fqn[len(prefix) :])
 
     def arg_plain(self, value: Any) -> str:
         if isinstance(value, Ref):
@@ -301,12 +318,26 @@ class ForwardPrinter:
 
     def _print_updatebuffer(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        code = f"{attribute_path(expr.fqn)}.copy_({self.value(expr.value)})"
+        code = f"{self.attribute(expr.fqn)}.copy_({self.value(expr.value)})"
         return Line(code, [f"the forward updates buffer {expr.fqn}"])
 
     def _print_return(self, statement: Statement, block: Block | None) -> Line:
         flat = [self.arg_plain(v) for v in statement.expr.values]
+        if statement.expr.spec is None:  # a module's forward: its values, as a tuple if many
+            return Line(f"return {', '.join(flat)}" if flat else "return None")
         return Line(f"return {_unflatten(statement.expr.spec, iter(flat))}")
+
+    def _print_modulecall(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        args = ", ".join(self.value(name) for name in expr.args)
+        code = f"{attribute_path(expr.path)}({args})"
+        if not expr.targets:
+            return Line(code)
+        if len(expr.targets) == 1:
+            note = self.annotate(self.graph[expr.outputs[0]].meta)
+            bound = f"{expr.targets[0]}: {note!r}" if note else expr.targets[0]
+            return Line(f"{bound} = {code}")
+        return Line(f"{', '.join(expr.targets)} = {code}")
 
     def _layer_call(self, op: Call | LoopStep, arg: Any) -> str | None:
         """`self.blocks[0].mlp.fc(x)`: the op run as the call of the layer that ran it."""
@@ -314,7 +345,7 @@ class ForwardPrinter:
             return None
         layer = info(op.target).layer
         assert layer is not None, f"{op.target} is no layer's forward"
-        return f"{attribute_path(op.layer)}({arg(op.args[layer[1]])})"
+        return f"{self.attribute(op.layer)}({arg(op.args[layer[1]])})"
 
     def _print_budget(self, statement: Statement, block: Block | None) -> Line:
         """`budget = ...`: the constructor's budget, else the plan's share of the original's
@@ -327,6 +358,8 @@ class ForwardPrinter:
         )
         if budget.floor is not None:
             wanted = f"max({budget.floor}, {wanted})"
+        if budget.shared:  # the submodules' loops read it from the holder they share
+            var = f"{var} = self._chunking.budget" if var else "self._chunking.budget"
         comments = [
             "Activation bytes for the chunk loops: the constructor's budget, else",
             f"{budget.share:.0%} of the original's estimated peak at this input's size, and no less",
@@ -350,13 +383,11 @@ class ForwardPrinter:
         where = describe_lines(region, graph)
         dim_name = symbol_name(region.extent, graph)
         over = f"`{dim_name}`" if dim_name else f"a dim of length {self.arg_plain(region.extent)}"
-        modules = sorted({graph[n].module_path for n, _ in region.loop if graph[n].module_path})
-        owner = _common_prefix(modules) or "model"
         biggest = max(region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints))
         full = value_bytes(graph[biggest[0]].meta, graph.hints)
         n = max(evaluate(region.extent, graph.hints), 1)
         header = [
-            f"Chunk region {index + 1}/{len(self.plan.regions)}: {owner} ({where}), over {over}.",
+            f"Chunk loop ({where}), over {over}.",
             f"{self.annotate(out_meta(graph[biggest[0]]))} {format_bytes(full)} -> "
             f"{format_bytes(full * min(region.chunk_size, n) / n)} per chunk of "
             f"{region.chunk_size}.",
@@ -391,44 +422,6 @@ def attribute_path(fqn: str) -> str:
             else (f".{part}" if part.isidentifier() else f".get_submodule({part!r})")
         )
     return out
-
-
-def _common_prefix(paths: list[str]) -> str:
-    if not paths:
-        return ""
-    parts = [p.split(".") for p in paths]
-    common = []
-    for group in zip(*parts):
-        if len(set(group)) != 1:
-            break
-        common.append(group[0])
-    return ".".join(common)
-
-
-def _pycode(expr: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
-    if isinstance(expr, sympy.Symbol):
-        if expr in names:
-            return names[expr]
-        raise TypeError(f"size symbol {expr} is not a dim of any input")
-    if expr.is_Integer:
-        return str(int(expr))
-    if isinstance(expr, sympy.Add):
-        return " + ".join(_pycode(a, names) for a in expr.args)
-    if isinstance(expr, sympy.Mul):
-        return " * ".join(_wrap(a, names) for a in expr.args)
-    name = type(expr).__name__
-    if name == "FloorDiv":
-        return f"{_wrap(expr.args[0], names)} // {_wrap(expr.args[1], names)}"
-    if name in ("Mod", "PythonMod"):
-        return f"{_wrap(expr.args[0], names)} % {_wrap(expr.args[1], names)}"
-    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and expr.exp > 0:
-        return f"{_wrap(expr.base, names)} ** {int(expr.exp)}"
-    raise TypeError(f"cannot write size expression {expr}")
-
-
-def _wrap(expr: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
-    text = _pycode(expr, names)
-    return f"({text})" if isinstance(expr, sympy.Add) else text
 
 
 def _unflatten(spec: Any, flat: Any) -> str:

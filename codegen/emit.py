@@ -12,9 +12,11 @@ import torch
 
 from analysis.ir import Graph
 from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
-from analysis.program import Program
+from analysis.program import Budget, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
+from analysis.errors import InternalError
+from analysis.loader import MODEL_MODULE_PREFIX
 from codegen.body import ForwardPrinter, attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -49,63 +51,143 @@ def _kind(module: torch.nn.Module) -> str:
     return next((c.__name__ for c in _CONTAINERS if isinstance(module, c)), "Module")
 
 
-def _built(module: torch.nn.Module, layer: Layer | None) -> str:
-    """Return the expression that builds one submodule: a standard layer as itself
-    (`torch.nn.Linear(256, 768)`), a container as its class, anything else plain."""
-    if layer is None:
+@dataclass
+class _Class:
+    """A generated class: the forward shared by module calls whose code is the same."""
+
+    name: str
+    #: the original's class
+    original: type
+    forward: str
+    #: the module paths it runs
+    paths: list[str]
+    #: whether its forward has chunk loops (and so reads the shared budget)
+    loops: bool
+    #: the statements of its `__init__` when every instance builds the same submodules
+    builds: list[str] | None = None
+
+    @property
+    def origin(self) -> str:
+        """Where the original class is defined: the model file's name, or its module."""
+        module = self.original.__module__
+        return "the model file" if module.startswith(MODEL_MODULE_PREFIX) else module
+
+
+class _Builder:
+    """Write the statements that build the original's submodules and tensors, each generated
+    class building its own subtree when all its instances are alike."""
+
+    def __init__(self, root: torch.nn.Module, layers: dict[str, Layer], classes: dict[str, _Class]):
+        self.root = root
+        self.layers = layers
+        #: module path -> the class it is built as
+        self.classes = classes
+
+    def built(self, path: str, module: torch.nn.Module) -> str:
+        """The expression that builds one submodule: a standard layer as itself
+        (`torch.nn.Linear(256, 768)`), a generated block as its class, a container as its
+        class, anything else plain."""
+        layer = self.layers.get(path)
+        if layer is not None:
+            args = [repr(a) for a in layer.args] + [f"{k}={v!r}" for k, v in layer.kwargs]
+            return f"torch.nn.{layer.cls.__name__}({', '.join(args)})"
+        if path in self.classes:
+            return f"{self.classes[path].name}()"
         return f"torch.nn.{_kind(module)}()"
-    args = [repr(a) for a in layer.args] + [f"{k}={v!r}" for k, v in layer.kwargs]
-    return f"torch.nn.{layer.cls.__name__}({', '.join(args)})"
+
+    def builds_itself(self, path: str) -> bool:
+        found = self.classes.get(path)
+        return found is not None and found.builds is not None
+
+    def lines(self, path: str, module: torch.nn.Module) -> list[str]:
+        """The statements that build `module`'s subtree (its children, their tensors, below),
+        written from `module` (`self.attn.qkv = ...`)."""
+        out: list[str] = []
+        self._walk(module, path, "", out)
+        return out
+
+    def _walk(self, module: torch.nn.Module, path: str, relative: str, out: list[str]) -> None:
+        here = attribute_path(relative) if relative else "self"
+        if path not in self.layers:
+            persistent = set(module.state_dict(keep_vars=True))
+            for leaf, tensor in module._parameters.items():
+                if tensor is not None:
+                    out.append(_register(relative, leaf, tensor, "parameter", True))
+            for leaf, tensor in module._buffers.items():
+                if tensor is not None:
+                    out.append(_register(relative, leaf, tensor, "buffer", leaf in persistent))
+        for name, child in module._modules.items():
+            if child is None:
+                continue
+            child_path = f"{path}.{name}" if path else name
+            child_relative = f"{relative}.{name}" if relative else name
+            value = self.built(child_path, child)
+            if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)):
+                out.append(f"{here}.append({value})")
+            elif isinstance(module, torch.nn.ModuleDict):
+                out.append(f"{here}[{name!r}] = {value}")
+            elif name.isidentifier():
+                out.append(f"{here}.{name} = {value}")
+            else:
+                out.append(f"{here}.add_module({name!r}, {value})")
+            if not self.builds_itself(child_path):
+                self._walk(child, child_path, child_relative, out)
 
 
-def _tree(module: torch.nn.Module, layers: dict[str, Layer]) -> list[str]:
-    """Return the statements that build the original's submodules, parents first, at the
-    original's paths: appended to a Sequential or ModuleList, keyed in a ModuleDict."""
-    lines = []
-    for path, child in module.named_modules(remove_duplicate=False):
-        if not path:
-            continue
-        parent, _, name = path.rpartition(".")
-        owner = module.get_submodule(parent)
-        here = attribute_path(parent) if parent else "self"
-        value = _built(child, layers.get(path))
-        if isinstance(owner, (torch.nn.Sequential, torch.nn.ModuleList)):
-            lines.append(f"{here}.append({value})")
-        elif isinstance(owner, torch.nn.ModuleDict):
-            lines.append(f"{here}[{name!r}] = {value}")
-        elif name.isidentifier():
-            lines.append(f"{here}.{name} = {value}")
-        else:
-            lines.append(f"{here}.add_module({name!r}, {value})")
-    return lines
+def _register(owner: str, leaf: str, tensor: torch.Tensor, kind: str, persistent: bool) -> str:
+    fqn = f"{owner}.{leaf}" if owner else leaf
+    extra = "" if persistent else ", persistent=False"
+    return f"_register(self, {fqn!r}, {tuple(tensor.shape)}, {tensor.dtype}, {kind!r}{extra})"
 
 
-def _parameters(module: torch.nn.Module, layers: dict[str, Layer]) -> list[dict[str, object]]:
-    """Return every parameter and buffer by path that no layer makes itself; a second path to
-    a tensor is a tie."""
+def _ties(module: torch.nn.Module) -> list[str]:
+    """`_tie(self, "head.weight", "wte.weight", ...)`: every second path to a tensor."""
     persistent = set(module.state_dict(keep_vars=True))
-    out = []
     first: dict[int, str] = {}
+    out = []
     for kind, named in (
         ("parameter", module.named_parameters(remove_duplicate=False)),
         ("buffer", module.named_buffers(remove_duplicate=False)),
     ):
         for fqn, tensor in named:
-            made = fqn.rpartition(".")[0] in layers and id(tensor) not in first
-            first.setdefault(id(tensor), fqn)
-            if made:
-                continue
-            out.append(
-                {
-                    "fqn": fqn,
-                    "shape": tuple(tensor.shape),
-                    "dtype": str(tensor.dtype),
-                    "kind": kind,
-                    "persistent": kind == "parameter" or fqn in persistent,
-                    "tied": first[id(tensor)] if first[id(tensor)] != fqn else None,
-                }
-            )
+            tied = first.setdefault(id(tensor), fqn)
+            if tied != fqn:
+                extra = "" if kind == "parameter" or fqn in persistent else ", persistent=False"
+                out.append(f"_tie(self, {fqn!r}, {tied!r}, {kind!r}{extra})")
     return out
+
+
+def _classes(
+    graph: Graph, plan: ChunkPlan, program: Program, module: torch.nn.Module, reserved: set[str]
+) -> tuple[dict[str, _Class], list[_Class]]:
+    """Group the module calls kept as calls into classes: calls of one original class whose
+    forwards print the same share a class. Returns the class of each path, and the classes in
+    the order they are first called."""
+    by_code: dict[tuple[type, str], _Class] = {}
+    of_path: dict[str, _Class] = {}
+    taken = set(reserved)
+    for call, scope in program.scopes.items():
+        original = type(module.get_submodule(scope.path))
+        forward = forward_source(graph, plan, scope)
+        key = (original, forward)
+        found = by_code.get(key)
+        if found is None:
+            name = original.__name__
+            count = 1
+            while name in taken:
+                count += 1
+                name = f"{original.__name__}{count}"
+            taken.add(name)
+            found = by_code[key] = _Class(name, original, forward, [], bool(scope.blocks))
+        if scope.path in of_path and of_path[scope.path] is not found:
+            raise InternalError(
+                f"module {scope.path} is called more than once with different code; "
+                "it cannot be one class"
+            )
+        of_path[scope.path] = found
+        if scope.path not in found.paths:
+            found.paths.append(scope.path)
+    return of_path, list(by_code.values())
 
 
 def emit_module(
@@ -123,7 +205,6 @@ def emit_module(
     sizes]) stay within `budget` bytes by default, else a share of the original's estimated
     peak at the input's size.
     """
-    class_name = f"Chunked{graph.model_class}"
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         trim_blocks=True,
@@ -149,7 +230,14 @@ def emit_module(
         over = plan.planned_peak_bytes - plan.budget_bytes
         missed = f" (misses the target by {format_bytes(over)})"
     forward = forward_source(graph, plan, program)
-    parameters = _parameters(module, program.layers)
+    class_name = f"Chunked{graph.model_class}"
+    of_path, classes = _classes(graph, plan, program, module, {class_name, "_Chunking"})
+    builder = _Builder(module, program.layers, of_path)
+    for cls in sorted(classes, key=lambda c: -min(p.count(".") for p in c.paths)):
+        built = [builder.lines(path, module.get_submodule(path)) for path in cls.paths]
+        cls.builds = built[0] if all(b == built[0] for b in built) else None
+    ties = _ties(module)
+    shared = any(scope.budget is not None for scope in program.scopes.values())
     source = env.get_template("module.py.j2").render(
         class_name=class_name,
         model_class=graph.model_class,
@@ -161,13 +249,20 @@ def emit_module(
         planned_peak=format_bytes(plan.planned_peak_bytes),
         missed=missed,
         regions=regions,
-        parameters=parameters,
-        ties=any(p["tied"] for p in parameters),
-        tree=_tree(module, program.layers),
+        ties=ties,
+        registers=any(
+            "_register(" in line
+            for line in [*builder.lines("", module), *(l for c in classes for l in c.builds or [])]
+        ),
+        tree=builder.lines("", module),
+        classes=classes,
+        shared=shared,
         base=f"torch.nn.{_kind(module)}",
         forward=forward,
         output_class=program.output_class,
-        runtime_sizes=program.budget is not None,
+        runtime_sizes=any(
+            isinstance(item, Statement) and isinstance(item.expr, Budget) for item in program.body
+        ),
         budget=budget,
     )
     return Emitted(format_source(source), class_name)
