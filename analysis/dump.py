@@ -31,8 +31,10 @@ from analysis.program import (
     LoopStep,
     Operand,
     Program,
+    ModuleCall,
     Return,
     Rows,
+    SizeValue,
     Statement,
     Stop,
     TensorConstant,
@@ -152,13 +154,20 @@ def format_plan(plan: ChunkPlan, graph: Graph) -> str:
 
 
 def format_program(program: Program, graph: Graph) -> str:
-    """Return the loop program, one statement a line, loops indented."""
-    lines: list[str] = [f"forward({', '.join(program.params)}):"]
+    """Return the loop program, one statement a line, loops indented; then each module's
+    forward (NOTE [Module scopes]) and the module calls written inline."""
+    where = f"{program.path}." if program.path else ""
+    lines: list[str] = [f"{where}forward({', '.join(program.params)}):"]
     for item in program.body:
         if isinstance(item, Block):
             lines.extend(_block(item, program, graph))
         else:
             lines.append("  " + _statement(item, program, graph))
+    for scope in program.scopes.values():
+        lines.extend(["", format_program(scope, graph)])
+    if program.inlined:
+        lines.extend(["", "written inline:"])
+        lines.extend(f"  {i.call}: {i.reason}" for i in program.inlined)
     return "\n".join(lines)
 
 
@@ -228,6 +237,11 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         return f"write({expr.buffer}@{expr.dim}, {expr.chunk})"
     if isinstance(expr, UpdateBuffer):
         return f"update(self.{expr.fqn}, {_arg(Ref(expr.value), graph, names)})"
+    if isinstance(expr, SizeValue):
+        return f"size({_size(expr.expr, graph)})"
+    if isinstance(expr, ModuleCall):
+        args = ", ".join(_arg(Ref(a), graph, names) for a in expr.args)
+        return f"{', '.join(expr.targets) or '_'} <- self.{expr.path}({args})"
     if isinstance(expr, Return):
         return f"return {', '.join(_arg(v, graph, names) for v in expr.values)}"
     raise TypeError(f"cannot dump {type(expr).__name__}")

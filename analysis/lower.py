@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -25,7 +26,7 @@ from analysis.names import Namespace, size_names, source_names, value_name
 from analysis.layers import Layer
 from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import ChunkPlan, Region
-from analysis.scopes import Scopes, bound_symbols, module_scopes, path_of
+from analysis.scopes import Scopes, bound_symbols, is_size, module_scopes, path_of
 from analysis.program import (
     CHUNK,
     COPY,
@@ -47,6 +48,7 @@ from analysis.program import (
     Program,
     Return,
     Rows,
+    SizeValue,
     Statement,
     Stop,
     TensorConstant,
@@ -322,24 +324,40 @@ class _Lowering:
         return alike[0]
 
     def param_base(self, name: str) -> str:
-        """The base of a parameter of this module's forward: the original forward's own name
-        for a lone tensor argument, else the value's name where it was made."""
+        """The base of a parameter of this module's forward: the original forward's own
+        parameter, where the first line of this forward reading the value names exactly one
+        of them (`h = self.conv_1(F.silu(self.norm_1(x)))` reads `x`), else the value's name
+        where it was made."""
         node = self.graph[name]
-        tensors = [n for n in self.scope.inputs if isinstance(self.graph[n].meta, TensorMeta)]
-        if self.module is not None and tensors == [name]:
-            forward = self.module.get_submodule(self.scope.path).forward
-            try:
-                params = list(inspect.signature(forward).parameters.values())
-            except (TypeError, ValueError):
-                params = []
-            if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
-                return params[0].name
+        params = self._signature()
+        for reader in self.scope.nodes:
+            if name not in self.graph[reader].refs():
+                continue
+            source = self.graph[reader].source
+            if source is None:
+                continue
+            named = set(re.findall(r"[A-Za-z_]\w*", source.code))
+            found = [p for p in params if p in named]
+            if len(found) == 1:
+                return found[0]
         if node.kind in ("param", "buffer", "input"):
             return str(node.target if node.kind != "input" else node.name).replace(".", "_")
         maker = self.scopes.scope_of.get(name, "") if self.scopes is not None else ""
         base = Namespace.clean(self.assigned.get(name) or value_name(node, self.graph))
         prefix = Namespace.clean(path_of(maker)) + "_" if maker else ""
         return base[len(prefix) :] if prefix and base.startswith(prefix) else base
+
+    def _signature(self) -> list[str]:
+        """The names of the original forward's parameters."""
+        if self.module is None:
+            return []
+        try:
+            found = inspect.signature(self.module.get_submodule(self.scope.path).forward)
+        except (TypeError, ValueError):
+            return []
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                 inspect.Parameter.KEYWORD_ONLY)
+        return [p.name for p in found.parameters.values() if p.kind in kinds]
 
     def bind(self, node: Node) -> str:
         name = self.ns.create(self.base(node))
@@ -414,6 +432,15 @@ class _Lowering:
         for node in graph.nodes:  # a size that is a dynamic dim reads the dim's name
             if isinstance(node.meta, sympy.Symbol) and node.meta in self.symbols:
                 self.names.setdefault(node.name, self.symbols[node.meta])
+        if self.scopes is not None:  # sizes made elsewhere, written again here
+            own = set(self.scope.nodes)
+            for name in dict.fromkeys(r for n in self.scope.nodes for r in graph[n].refs()):
+                if name in own or name in self.names or not is_size(graph, name):
+                    continue
+                var = self.ns.create(self.base(graph[name]))
+                self.names[name] = var
+                size = SizeValue(graph[name].meta)
+                body.append(Statement(var, size, self.reads(graph[name].meta)))
         mine = self.scope.regions if self.scope is not None else range(len(self.plan.regions))
         if self.runtime is not None and not self.call:
             body.extend(self._budget(bool(mine)))

@@ -157,6 +157,14 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class SizeValue:
+    """A size the model computes from its dims, written from the sizes this forward bound
+    (a module computes its own instead of taking it as an argument)."""
+
+    expr: sympy.Expr
+
+
+@dataclass(frozen=True, slots=True)
 class ModuleCall:
     """The call of a child module's generated forward (NOTE [Module scopes])."""
 
@@ -245,7 +253,7 @@ class Return:
 
 Expr = Union[
     InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, Stop, WriteChunk,
-    UpdateBuffer, Return, LoopStep, ModuleCall,
+    UpdateBuffer, Return, LoopStep, ModuleCall, SizeValue,
 ]  # fmt: skip
 
 
@@ -352,6 +360,7 @@ __all__ = [
     "Program",
     "Return",
     "Rows",
+    "SizeValue",
     "Statement",
     "Stop",
     "TensorConstant",

@@ -213,19 +213,22 @@ def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
             node = graph[ref]
             if node.kind in ("param", "buffer") and str(node.target).startswith(prefix):
                 continue
-            if _is_symbol(graph, ref):
+            if is_size(graph, ref):
                 continue
             inputs[ref] = None
     outside_reads = {ref for n in graph.nodes if n.name not in inside for ref in n.refs()}
     outside_reads |= graph.output_names() | {ref.name for _, ref in graph.mutations}
     scope.inputs = list(inputs)
-    scope.outputs = [n for n in sorted(inside, key=graph.position) if n in outside_reads]
+    scope.outputs = [
+        n for n in sorted(inside, key=graph.position) if n in outside_reads and not is_size(graph, n)
+    ]
 
 
-def _is_symbol(graph: Graph, name: str) -> bool:
-    """A size value that is one of the dynamic dims: each scope binds those from its inputs."""
+def is_size(graph: Graph, name: str) -> bool:
+    """A size computed from the dynamic dims (export shares one between modules): no module
+    passes one to another; each writes its own from the sizes it binds."""
     meta = graph[name].meta
-    return isinstance(meta, sympy.Symbol) and meta in {s.symbol for s in graph.symbols}
+    return isinstance(meta, sympy.Expr) and bool(meta.free_symbols)
 
 
 def symbols_used(graph: Graph, names: list[str]) -> set[sympy.Symbol]:
@@ -249,7 +252,7 @@ def symbols_used(graph: Graph, names: list[str]) -> set[sympy.Symbol]:
         visit(node.args)
         visit([v for _, v in node.kwargs])
         for ref in node.refs():
-            if _is_symbol(graph, ref):
+            if is_size(graph, ref):
                 visit(graph[ref].meta)
     return found
 
@@ -313,11 +316,13 @@ def needed_sizes(
             for item in value:
                 visit(item)
 
-    for name in scopes.scopes[call].nodes:
+    own = set(scopes.scopes[call].nodes)
+    for name in own:
         node = graph[name]
         visit(node.meta)
         visit(node.args)
         visit([v for _, v in node.kwargs])
+        visit([graph[r].meta for r in node.refs() if r not in own and is_size(graph, r)])
     for index in scopes.scopes[call].regions:
         visit(plan.regions[index].extent)
         formula = formulas.regions[index] if formulas is not None else None
@@ -344,4 +349,4 @@ def _unwritable(
     return out
 
 
-__all__ = ["Inlined", "Scope", "Scopes", "bound_symbols", "module_scopes", "needed_sizes", "path_of"]
+__all__ = ["Inlined", "Scope", "Scopes", "bound_symbols", "is_size", "module_scopes", "needed_sizes", "path_of"]

@@ -37,6 +37,7 @@ from analysis.program import (
     Program,
     Return,
     Rows,
+    SizeValue,
     Statement,
     Stop,
     TensorConstant,
@@ -107,6 +108,7 @@ class ForwardPrinter:
             UpdateBuffer: self._print_updatebuffer,
             Return: self._print_return,
             ModuleCall: self._print_modulecall,
+            SizeValue: self._print_sizevalue,
         }
         #: per region, its first hoisted value: the comment saying why it is out of the loop
         self._first_hoisted: dict[int | None, Statement] = {}
@@ -326,6 +328,9 @@ class ForwardPrinter:
         if statement.expr.spec is None:  # a module's forward: its values, as a tuple if many
             return Line(f"return {', '.join(flat)}" if flat else "return None")
         return Line(f"return {_unflatten(statement.expr.spec, iter(flat))}")
+
+    def _print_sizevalue(self, statement: Statement, block: Block | None) -> Line:
+        return Line(f"{statement.var} = {self.sym(statement.expr.expr)}")
 
     def _print_modulecall(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr

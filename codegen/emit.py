@@ -16,7 +16,7 @@ from analysis.program import Budget, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
 from analysis.errors import InternalError
-from analysis.loader import MODEL_MODULE_PREFIX
+from codegen.classes import GeneratedClass, group_classes
 from codegen.body import ForwardPrinter, attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -51,33 +51,11 @@ def _kind(module: torch.nn.Module) -> str:
     return next((c.__name__ for c in _CONTAINERS if isinstance(module, c)), "Module")
 
 
-@dataclass
-class _Class:
-    """A generated class: the forward shared by module calls whose code is the same."""
-
-    name: str
-    #: the original's class
-    original: type
-    forward: str
-    #: the module paths it runs
-    paths: list[str]
-    #: whether its forward has chunk loops (and so reads the shared budget)
-    loops: bool
-    #: the statements of its `__init__` when every instance builds the same submodules
-    builds: list[str] | None = None
-
-    @property
-    def origin(self) -> str:
-        """Where the original class is defined: the model file's name, or its module."""
-        module = self.original.__module__
-        return "the model file" if module.startswith(MODEL_MODULE_PREFIX) else module
-
-
 class _Builder:
     """Write the statements that build the original's submodules and tensors, each generated
     class building its own subtree when all its instances are alike."""
 
-    def __init__(self, root: torch.nn.Module, layers: dict[str, Layer], classes: dict[str, _Class]):
+    def __init__(self, root: torch.nn.Module, layers: dict[str, Layer], classes: dict[str, GeneratedClass]):
         self.root = root
         self.layers = layers
         #: module path -> the class it is built as
@@ -92,7 +70,7 @@ class _Builder:
             args = [repr(a) for a in layer.args] + [f"{k}={v!r}" for k, v in layer.kwargs]
             return f"torch.nn.{layer.cls.__name__}({', '.join(args)})"
         if path in self.classes:
-            return f"{self.classes[path].name}()"
+            return self.classes[path].constructed(path)
         return f"torch.nn.{_kind(module)}()"
 
     def builds_itself(self, path: str) -> bool:
@@ -159,35 +137,21 @@ def _ties(module: torch.nn.Module) -> list[str]:
 
 def _classes(
     graph: Graph, plan: ChunkPlan, program: Program, module: torch.nn.Module, reserved: set[str]
-) -> tuple[dict[str, _Class], list[_Class]]:
-    """Group the module calls kept as calls into classes: calls of one original class whose
-    forwards print the same share a class. Returns the class of each path, and the classes in
-    the order they are first called."""
-    by_code: dict[tuple[type, str], _Class] = {}
-    of_path: dict[str, _Class] = {}
-    taken = set(reserved)
-    for call, scope in program.scopes.items():
-        original = type(module.get_submodule(scope.path))
-        forward = forward_source(graph, plan, scope)
-        key = (original, forward)
-        found = by_code.get(key)
-        if found is None:
-            name = original.__name__
-            count = 1
-            while name in taken:
-                count += 1
-                name = f"{original.__name__}{count}"
-            taken.add(name)
-            found = by_code[key] = _Class(name, original, forward, [], bool(scope.blocks))
-        if scope.path in of_path and of_path[scope.path] is not found:
-            raise InternalError(
-                f"module {scope.path} is called more than once with different code; "
-                "it cannot be one class"
-            )
-        of_path[scope.path] = found
-        if scope.path not in found.paths:
-            found.paths.append(scope.path)
-    return of_path, list(by_code.values())
+) -> tuple[dict[str, GeneratedClass], list[GeneratedClass]]:
+    """The generated classes (NOTE [One class per block]) of the module calls kept as calls."""
+    calls = [
+        (
+            scope.path,
+            type(module.get_submodule(scope.path)),
+            forward_source(graph, plan, scope),
+            bool(scope.blocks),
+        )
+        for scope in program.scopes.values()
+    ]
+    try:
+        return group_classes(calls, module, reserved)
+    except ValueError as exc:
+        raise InternalError(str(exc)) from None
 
 
 def emit_module(
