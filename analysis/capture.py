@@ -175,7 +175,19 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
         symbols=tuple(symbols.values()),
         model_file=str(loaded.path),
         model_class=type(loaded.module).__name__,
+        module_types=_module_types(ep),
     )
+
+
+def _module_types(ep: ExportedProgram) -> dict[str, str]:
+    """Each module path a node ran in, with its qualified class."""
+    found: dict[str, str] = {}
+    for fx in ep.graph.nodes:
+        for entry in (fx.meta.get("nn_module_stack") or {}).values():
+            if isinstance(entry, tuple) and isinstance(entry[0], str) and entry[0]:
+                kind = entry[1] if isinstance(entry[1], str) else getattr(entry[1], "__module__", "")
+                found.setdefault(entry[0], kind)
+    return found
 
 
 #: the most elements a tensor constant may have: the generated module spells its values out

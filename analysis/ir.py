@@ -173,6 +173,9 @@ class Graph:
     model_file: str = ""
     #: name of the model's class
     model_class: str = "Model"
+    #: module path -> its class, qualified ("torch.nn.modules.linear.Linear"), for every module
+    #: a node ran in
+    module_types: dict[str, str] = field(default_factory=dict, compare=False)
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
     _users: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
     _position: dict[str, int] = field(default_factory=dict, repr=False, compare=False)

@@ -434,7 +434,8 @@ class _Lowering:
                 self.names.setdefault(node.name, self.symbols[node.meta])
         if self.scopes is not None:  # sizes made elsewhere, written again here
             own = set(self.scope.nodes)
-            for name in dict.fromkeys(r for n in self.scope.nodes for r in graph[n].refs()):
+            readers = [n for n in self.scope.nodes if not is_size(graph, n)]
+            for name in dict.fromkeys(r for n in readers for r in graph[n].refs()):
                 if name in own or name in self.names or not is_size(graph, name):
                     continue
                 var = self.ns.create(self.base(graph[name]))
@@ -542,6 +543,10 @@ class _Lowering:
         if node.target is torch.ops.aten.sym_size.int and symbol:
             self.names[node.name] = self.symbols[node.meta]  # the dim is already bound
             return None
+        if self.scopes is not None and is_size(self.graph, node.name):
+            var = self.rebind(node)  # written from the sizes bound, not its arguments
+            self.emitted.add(node.name)
+            return Statement(var, SizeValue(node.meta), self.reads(node.meta), node.source)
         reads = self.reads(node.args, [v for _, v in node.kwargs])
         var = self.rebind(node)
         self.emitted.add(node.name)

@@ -133,9 +133,67 @@ def _mask_scratch(node: Node, graph: Graph, mask: str, fraction: float = 1.0) ->
     return math.ceil(elements * query.dtype.itemsize * fraction)
 
 
+def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """The values each module call's caller holds while it runs, by the call's last node.
+
+    NOTE [Arguments held by the caller]
+    The generated module calls the model's modules (NOTE [Module scopes]), and a caller holds
+    the arguments it passes until the call returns, even where the callee reads them no more:
+    `x = self.blocks[0](x)` frees the old `x` only once the block has returned. So every value a
+    module call reads from outside lives at least until the call's last node. Calls of one op
+    (a layer) and `torch.nn` containers, which the generated module writes inline, hold
+    nothing; a module written inline because a loop crosses it is estimated as if held.
+    """
+    key = ("held by callers",)
+    if key not in graph.memo:
+        members: dict[str, list[str]] = {}
+        for node in graph.nodes:
+            if node.kind == "op":
+                for call in node.calls:
+                    members.setdefault(call, []).append(node.name)
+        found: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for call, names in members.items():
+            kind = graph.module_types.get(call.partition("@")[0], "")
+            if len(names) < 2 or kind.startswith("torch.nn."):
+                continue
+            inside = set(names)
+            inputs = tuple(dict.fromkeys(r for n in names for r in graph[n].refs() if r not in inside))
+            found.setdefault(names[-1], []).append((call, inputs))
+        graph.memo[key] = found
+    return graph.memo[key]
+
+
+def _held_last_use(graph: Graph) -> tuple[dict[str, str], dict[str, int]]:
+    """`storage_roots`, with each storage read until the last call holding it returns."""
+    key = ("held last use",)
+    if key not in graph.memo:
+        roots, last_use = storage_roots(graph)
+        last_use = dict(last_use)
+        for last, calls in held_by_callers(graph).items():
+            for _, inputs in calls:
+                for name in inputs:
+                    root = roots.get(name, name)
+                    last_use[root] = max(last_use.get(root, 0), graph.position(last))
+        graph.memo[key] = (roots, last_use)
+    return graph.memo[key]
+
+
+def _returns(graph: Graph, name: str) -> list[Stmt]:
+    """The statements that end the module calls ending at node `name`: they read what their
+    callers held (NOTE [Arguments held by the caller])."""
+    return [
+        Stmt(key=None, uses=inputs, label=f"{call} returns")
+        for call, inputs in held_by_callers(graph).get(name, ())
+    ]
+
+
 def graph_program(graph: Graph) -> list[Stmt]:
     """Return the program that runs the graph as captured, node by node."""
-    return [node_stmt(node, graph) for node in graph.nodes]
+    stmts = []
+    for node in graph.nodes:
+        stmts.append(node_stmt(node, graph))
+        stmts.extend(_returns(graph, node.name))
+    return stmts
 
 
 def estimate_graph(graph: Graph) -> Profile:
@@ -218,8 +276,11 @@ def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:
         if node.name in starts:
             index, region = starts[node.name]
             stmts.extend(region_program(graph, lower_region(graph, region), index))
+            for name in region.span:  # calls ending in the loop end with it
+                stmts.extend(_returns(graph, name))
         elif node.name not in covered:
             stmts.append(node_stmt(node, graph))
+            stmts.extend(_returns(graph, node.name))
     return stmts
 
 
@@ -247,7 +308,7 @@ def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> in
     }
     # The storages the stretch reads from before it are simulated too: one read only inside
     # the stretch may be freed in it (a view copied contiguous lets its base go).
-    roots, last_use = storage_roots(graph)
+    roots, last_use = _held_last_use(graph)
     incoming: list[Stmt] = []
     seen: set[str] = set()
     held = 0

@@ -320,6 +320,8 @@ def needed_sizes(
     for name in own:
         node = graph[name]
         visit(node.meta)
+        if is_size(graph, name):  # written from the bound sizes, not from its arguments
+            continue
         visit(node.args)
         visit([v for _, v in node.kwargs])
         visit([graph[r].meta for r in node.refs() if r not in own and is_size(graph, r)])

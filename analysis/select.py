@@ -15,7 +15,7 @@ from typing import Callable
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
 from analysis.lower import lower_region
-from analysis.ir import Graph, Size, TensorMeta, evaluate, value_bytes
+from analysis.ir import Graph, Node, Size, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
     Profile,
     estimate_graph,
@@ -207,6 +207,8 @@ def _best_candidate(
             extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
                 graph, sized.span, machine
             )
+            if crosses_module(graph, sized.span):  # NOTE [Module scopes]: it costs a module
+                extra += CROSSING * span_time(graph, sized.span, machine)
             if peak <= budget:
                 key: tuple[float, ...] = (0, round(extra, 5), peak // unit, len(sized.loop))
             else:
@@ -272,6 +274,8 @@ def _size_chunks(
 def _candidates(
     graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str
 ) -> list[Region]:
+    """Stretches around the peak: within the window, and within each of the two innermost
+    module calls running the peak (a loop inside one module keeps the module a call)."""
     names = [node.name for node in graph.nodes]
     position = names.index(peak_node)
     covered = {name for region in regions for name in region.span}
@@ -281,18 +285,59 @@ def _candidates(
     last = position
     while last + 1 < len(names) and last - position < WINDOW and names[last + 1] not in covered:
         last += 1
+    windows = [(first, last)]
+    for call in _calls(graph, graph[peak_node])[::-1][:2]:
+        lo, hi = _stretch(graph, call)
+        windows.append((max(first, lo), min(last, hi)))
     footprint = dict(zip(profile.labels, profile.footprint))
-    ends = sorted(range(position, last + 1), key=lambda i: (footprint.get(names[i], 0), i))
-    ends = sorted({last, *ends[:BOUNDARIES]})
-    seeds = _seeds(graph, names, first, position, peak_node)
     found: dict[tuple[tuple[str, int], ...], Region] = {}
-    for end in ends:
-        for seed in seeds:
-            for dim in chunkable_dims(graph, seed):
-                for region in grow(graph, names, first, end, seed, dim):
-                    if peak_node in region.loop_dims:
-                        found.setdefault(region.loop, region)
+    for start, stop in dict.fromkeys(windows):
+        ends = sorted(range(position, stop + 1), key=lambda i: (footprint.get(names[i], 0), i))
+        ends = sorted({stop, *ends[:BOUNDARIES]})
+        seeds = _seeds(graph, names, start, position, peak_node)
+        for end in ends:
+            for seed in seeds:
+                for dim in chunkable_dims(graph, seed):
+                    for region in grow(graph, names, start, end, seed, dim):
+                        if peak_node in region.loop_dims:
+                            found.setdefault(region.loop, region)
     return list(found.values())
+
+
+#: the share of a stretch's time a loop crossing a module boundary must save to be preferred
+#: to one inside a module: the module it crosses is written inline, losing its hooks
+CROSSING = 0.05
+
+
+def crosses_module(graph: Graph, span: tuple[str, ...]) -> bool:
+    """Whether a stretch runs part of a module call, or a whole one inside it (a layer's one
+    op aside): then its loop cannot live in one module's forward (NOTE [Module scopes])."""
+    chains = {tuple(_calls(graph, graph[n])) for n in span if graph[n].kind == "op"}
+    return len(chains) > 1
+
+
+def _calls(graph: Graph, node: Node) -> list[str]:
+    """The module calls a node runs in, leaving out those of one op (a layer's)."""
+    sizes = _call_stretches(graph)
+    return [c for c in node.calls if sizes[c][2] > 1]
+
+
+def _stretch(graph: Graph, call: str) -> tuple[int, int]:
+    lo, hi, _ = _call_stretches(graph)[call]
+    return lo, hi
+
+
+def _call_stretches(graph: Graph) -> dict[str, tuple[int, int, int]]:
+    """Each module call's first and last node position, and how many ops it runs."""
+    key = ("call stretches",)
+    if key not in graph.memo:
+        found: dict[str, tuple[int, int, int]] = {}
+        for index, node in enumerate(graph.nodes):
+            for call in node.calls:
+                lo, _, count = found.get(call, (index, index, 0))
+                found[call] = (lo, index, count + 1)
+        graph.memo[key] = found
+    return graph.memo[key]
 
 
 def _free(graph: Graph, name: str, covered: set[str]) -> bool:
