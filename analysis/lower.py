@@ -239,6 +239,8 @@ class _Lowering:
         #: and the parameter names bound again
         self.params_held: set[str] = set()
         self.rebound: set[str] = set()
+        #: values named after the input a module call's output replaced (a residual stream)
+        self.streams: set[str] = set()
         self.names: dict[str, Any] = {}
         self.symbols: dict[sympy.Symbol, str] = {}
         self.budget: str | None = None
@@ -319,8 +321,16 @@ class _Lowering:
             for name in scope.inputs
             if self.graph[name].meta == self.graph[output].meta and isinstance(self.names.get(name), str)
         ]
-        if len(alike) != 1 or not self.assigned.get(alike[0]):
+        if len(alike) != 1:
             return None
+        named = alike[0] in self.params_held or alike[0] in self.streams
+        if not (named or self.assigned.get(alike[0])):
+            return None  # named after its module (`ln_1`): not a name to pass on
+        inside = {n for c in self.scopes.subtree(scope.call) for n in self.scopes.scopes[c].nodes}
+        users = set(self.graph.users(alike[0]))
+        if alike[0] in self.graph.output_names() or not users <= self.emitted | inside:
+            return None  # read after the call: the output is another value
+        self.streams.add(output)
         return alike[0]
 
     def param_base(self, name: str) -> str:
@@ -340,6 +350,11 @@ class _Lowering:
             found = [p for p in params if p in named]
             if len(found) == 1:
                 return found[0]
+        return self.maker_base(name)
+
+    def maker_base(self, name: str) -> str:
+        """The base of a value made elsewhere: its name where it was made."""
+        node = self.graph[name]
         if node.kind in ("param", "buffer", "input"):
             return str(node.target if node.kind != "input" else node.name).replace(".", "_")
         maker = self.scopes.scope_of.get(name, "") if self.scopes is not None else ""
@@ -377,19 +392,29 @@ class _Lowering:
         self.holder[name] = node.name
         return name
 
+    def _inside(self) -> set[str]:
+        """The nodes this forward and the modules it calls run."""
+        if self.scopes is None:
+            return {node.name for node in self.graph.nodes}
+        calls = self.scopes.subtree(self.call)
+        return {n for c in calls for n in self.scopes.scopes[c].nodes}
+
     def _dies_at(self, held: str, node: Node) -> bool:
         return self._dies_reading(held, set(node.refs()), {node.name})
 
     def _dies_reading(self, held: str, reads: set[str], running: set[str]) -> bool:
         """Whether `held` is dead once statements running `running` (reading `reads`) ran."""
         graph = self.graph
-        if held in graph.output_names():
-            return False
-        if not set(graph.users(held)) <= self.emitted | running:
-            return False
+        users = {u for u in graph.users(held) if not is_size(graph, u)}  # shapes: bound already
         if held in self.params_held:  # its caller holds it: the name is free, the memory not
+            if not users & self._inside() <= self.emitted | running:
+                return False
             self.rebound.add(self.names[held])
             return True
+        if held in graph.output_names():
+            return False
+        if not users <= self.emitted | running:
+            return False
         roots, _ = storage_roots(graph)
         root = roots.get(held, held)
         return any(roots.get(ref, ref) == root for ref in reads)
@@ -438,7 +463,10 @@ class _Lowering:
             for name in dict.fromkeys(r for n in readers for r in graph[n].refs()):
                 if name in own or name in self.names or not is_size(graph, name):
                     continue
-                var = self.ns.create(self.base(graph[name]))
+                if graph[name].meta in self.symbols:  # a size bound already: its name
+                    self.names[name] = self.symbols[graph[name].meta]
+                    continue
+                var = self.ns.create(self.maker_base(name))
                 self.names[name] = var
                 size = SizeValue(graph[name].meta)
                 body.append(Statement(var, size, self.reads(graph[name].meta)))
@@ -477,7 +505,12 @@ class _Lowering:
         else:
             body.extend(self._return())
             results = outputs
-        keep = set(params) - self.rebound | set(self.symbols.values())
+        sizes = {  # ints: never worth a `del`
+            item.var
+            for item in body
+            if isinstance(item, Statement) and isinstance(item.expr, (SizeValue, Floor, Budget))
+        }
+        keep = set(params) - self.rebound | set(self.symbols.values()) | sizes
         keep |= {self.names[n] for n in results if isinstance(self.names.get(n), str)}
         return Program(
             params=tuple(params),
@@ -515,7 +548,15 @@ class _Lowering:
             self.holder[var] = name
             targets.append(var)
         relative = scope.path[len(self.scope.path) + 1 :] if self.call else scope.path
-        call = ModuleCall(child, relative, tuple(scope.inputs), tuple(scope.outputs), tuple(targets))
+        siblings = None
+        parent, _, index = scope.path.rpartition(".")
+        if self.module is not None and index.isdigit():
+            container = self.module.get_submodule(parent)
+            if isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
+                siblings = len(container)
+        call = ModuleCall(
+            child, relative, tuple(scope.inputs), tuple(scope.outputs), tuple(targets), siblings
+        )
         return Statement(None, call, reads)
 
     def _budget(self, own_loops: bool) -> list[Statement]:
@@ -544,6 +585,9 @@ class _Lowering:
             self.names[node.name] = self.symbols[node.meta]  # the dim is already bound
             return None
         if self.scopes is not None and is_size(self.graph, node.name):
+            if node.meta in self.symbols:  # a size bound already: its name
+                self.names[node.name] = self.symbols[node.meta]
+                return None
             var = self.rebind(node)  # written from the sizes bound, not its arguments
             self.emitted.add(node.name)
             return Statement(var, SizeValue(node.meta), self.reads(node.meta), node.source)
@@ -651,14 +695,18 @@ class _Lowering:
 
 
 def _read_sizes(body: list[Any]) -> list[Any]:
-    """The body without the dynamic dims nothing reads (only annotations name them)."""
-    read = {name for item in body for name in _reads(item)}
-    return [
-        item
-        for item in body
-        if not (isinstance(item, Statement) and isinstance(item.expr, InputSize))
-        or item.var in read
-    ]
+    """The body without the sizes nothing reads (only annotations name them)."""
+    while True:
+        read = {name for item in body for name in _reads(item)}
+        kept = [
+            item
+            for item in body
+            if not (isinstance(item, Statement) and isinstance(item.expr, (InputSize, SizeValue)))
+            or item.var in read
+        ]
+        if len(kept) == len(body):
+            return kept
+        body = kept
 
 
 def _needed(graph: Graph) -> set[str]:

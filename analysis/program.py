@@ -178,6 +178,8 @@ class ModuleCall:
     outputs: tuple[str, ...]
     #: the names the outputs are bound to
     targets: tuple[str, ...]
+    #: when the module is an element of a ModuleList or Sequential: that container's length
+    siblings: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,7 +208,14 @@ class ForwardPrinter:
         """Return the forward's parameter names and its body items."""
         items: list[Any] = []
         opened: set[int] = set()
-        for item in self.program.body:
+        body = list(self.program.body)
+        while body:
+            item = body.pop(0)
+            run = _chained_run(item, body)
+            if run:  # `for block in self.blocks: x = block(x)`
+                items.append(self._module_loop([item, *run]))
+                del body[: len(run)]
+                continue
             region = item.index if isinstance(item, Block) else item.region
             if region is not None and region not in opened:  # the region opens with its header
                 opened.add(region)
@@ -221,6 +228,20 @@ class ForwardPrinter:
             if isinstance(item, Block):
                 self._cited = None
         return list(self.program.params), items
+
+    def _module_loop(self, run: list[Statement]) -> Loop:
+        """One call of every module of a container, each reading the one before's output."""
+        first = run[0].expr
+        container = first.path.rpartition(".")[0]
+        leaf = container.rpartition(".")[2]
+        var = leaf[:-1] if leaf.endswith("s") and len(leaf) > 1 else "module"
+        taken = {n for n in self.program.names.values() if isinstance(n, str)}
+        taken |= set(self.program.symbols.values()) | set(self.program.params)
+        while var in taken or not var.isidentifier():
+            var = f"{var}_"
+        call = self._print_modulecall(run[0], None)
+        code = call.code.replace(f"{attribute_path(first.path)}(", f"{var}(", 1)
+        return Loop(f"for {var} in {attribute_path(container)}:", [Line(code)])
 
     def _item(self, item: Any, block: Block | None = None) -> list[Any]:
         if isinstance(item, Block):
@@ -409,6 +430,38 @@ class ForwardPrinter:
                 "(NOTE [Causal key truncation])."
             )
         return header
+
+
+def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:
+    """The statements after `item` that with it call every module of one container in order,
+    each `x = container[i](x, ...)` on the same names and nothing freed between: [] if none."""
+    if not (isinstance(item, Statement) and isinstance(item.expr, ModuleCall)):
+        return []
+    first = item.expr
+    container, _, index = first.path.rpartition(".")
+    if index != "0" or not first.siblings or first.siblings < 2 or item.frees:
+        return []
+    if not first.targets or not set(first.targets) <= set(_arg_names(item)):
+        return []
+    run = []
+    for position, following in enumerate(rest[: first.siblings - 1], 1):
+        if not (isinstance(following, Statement) and isinstance(following.expr, ModuleCall)):
+            return []
+        expr = following.expr
+        same = (
+            expr.path == f"{container}.{position}"
+            and expr.targets == first.targets
+            and _arg_names(following) == _arg_names(item)
+            and not following.frees
+        )
+        if not same:
+            return []
+        run.append(following)
+    return run if len(run) == first.siblings - 1 else []
+
+
+def _arg_names(statement: Statement) -> tuple[str, ...]:
+    return tuple(sorted(statement.reads))
 
 
 def _index_expr(var: str, cuts: dict[int, str]) -> str:

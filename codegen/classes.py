@@ -23,7 +23,7 @@ import torch
 from analysis.loader import MODEL_MODULE_PREFIX
 
 #: a shape annotation the printer writes: "f32[1, seq, 256]"
-_ANNOTATION = re.compile(r'^"(?P<dtype>\w+)\[(?P<dims>.*)\]"$')
+_ANNOTATION = re.compile(r"^(?P<quote>['\"])(?P<dtype>\w+)\[(?P<dims>.*)\](?P=quote)$")
 
 
 @dataclass
@@ -131,48 +131,71 @@ def _shared(
     instances: list[_Instance], modules: list[torch.nn.Module]
 ) -> tuple[str, list[Number]]:
     """The forward the instances share, with the numbers that differ as attributes."""
-    first = instances[0]
-    if len({i.forward for i in instances}) == 1:
-        return first.forward, []
     numbers: dict[tuple[int, ...], Number] = {}
-    paths = [i.path for i in instances]
+    text = parameterized([i.forward for i in instances], [i.path for i in instances], modules, numbers)
+    assert text is not None, "instances grouped by token shape differ in shape"
+    return text, list(numbers.values())
+
+
+def parameterized(
+    texts: list[str],
+    paths: list[str],
+    modules: list[torch.nn.Module],
+    numbers: dict[tuple[int, ...], Number],
+    constructor: bool = False,
+) -> str | None:
+    """One source for the instances' `texts`: whole numbers that differ read as attributes
+    (added to `numbers`, by their values), annotations that differ name those attributes or
+    are left out, comments that differ are left out. None when they differ in more."""
+    if len(set(texts)) == 1:
+        return texts[0]
+    streams = [list(tokenize.generate_tokens(io.StringIO(t).readline)) for t in texts]
+    if len({tuple(_shape(t) for t in stream) for stream in streams}) != 1:
+        return None
 
     def number(values: tuple[int, ...]) -> Number:
-        if values not in numbers:
-            expr, arg = _held(values, modules, {n.arg for n in numbers.values()})
-            numbers[values] = Number(expr, arg, dict(zip(paths, values)))
-        return numbers[values]
+        key: tuple = values
+        if constructor and values in numbers and numbers[values].arg is None:
+            key = ("init", *values)  # in `__init__` no layer exists yet to read it from
+        if key not in numbers:
+            taken = {n.arg for n in numbers.values()}
+            expr, arg = _held(values, modules, taken, layers=not constructor)
+            numbers[key] = Number(expr, arg, dict(zip(paths, values)))
+        return numbers[key]
 
+    first = streams[0]
     edits: list[tuple[tuple[int, int], tuple[int, int], str]] = []
     dropped: set[int] = set()
-    for index, tokens in enumerate(zip(*(i.tokens for i in instances))):
-        texts = [t.string for t in tokens]
-        if len(set(texts)) == 1:
+    annotations = []
+    for index, tokens in enumerate(zip(*streams)):
+        strings = [t.string for t in tokens]
+        if len(set(strings)) == 1:
             continue
         token = tokens[0]
         if token.type == tokenize.NUMBER:
-            edits.append((token.start, token.end, number(tuple(int(t) for t in texts)).expr))
+            edits.append((token.start, token.end, number(tuple(int(t) for t in strings)).expr))
         elif token.type == tokenize.COMMENT:
             dropped.add(token.start[0])
-        else:  # an annotation: the differing dims as attributes, else no annotation
-            written = _annotation(texts, number)
-            colon = first.tokens[index - 1]
-            if written is None and colon.string == ":":
-                edits.append((colon.start, token.end, ""))
-            elif written is not None:
-                edits.append((token.start, token.end, written))
-    lines = first.forward.splitlines(keepends=True)
+        else:
+            annotations.append((index, strings))
+    for index, strings in annotations:  # after the code: they only name its attributes
+        token, colon = first[index], first[index - 1]
+        written = _annotation(strings, numbers)
+        if written is not None:
+            edits.append((token.start, token.end, written))
+        elif colon.string == ":":
+            edits.append((colon.start, token.end, ""))
+    lines = texts[0].splitlines(keepends=True)
     for start, end, text in sorted(edits, reverse=True):
         assert start[0] == end[0], "an edit spans lines"
         line = lines[start[0] - 1]
         lines[start[0] - 1] = line[: start[1]] + text + line[end[1] :]
-    kept = [line for number_, line in enumerate(lines, 1) if number_ not in dropped]
-    return "".join(kept), list(numbers.values())
+    return "".join(line for n, line in enumerate(lines, 1) if n not in dropped)
 
 
-def _annotation(texts: list[str], number) -> str | None:
-    """The shared annotation: dims that differ named by their attribute (`f32[1, heads, seq]`),
-    or None when a dim differs in more than its number."""
+def _annotation(texts: list[str], numbers: dict[tuple[int, ...], Number]) -> str | None:
+    """The shared annotation: dims that differ named by the attribute holding them
+    (`f32[1, heads, seq]`), or None when one is not held, or differs in more."""
     parsed = [_ANNOTATION.match(t) for t in texts]
     if any(p is None for p in parsed) or len({p["dtype"] for p in parsed}) != 1:
         return None
@@ -183,15 +206,16 @@ def _annotation(texts: list[str], number) -> str | None:
     for column in zip(*dims):
         if len(set(column)) == 1:
             out.append(column[0])
-        elif all(c.isdigit() for c in column):
-            out.append(number(tuple(int(c) for c in column)).expr.removeprefix("self."))
+        elif all(c.isdigit() for c in column) and tuple(int(c) for c in column) in numbers:
+            out.append(numbers[tuple(int(c) for c in column)].expr.removeprefix("self."))
         else:
             return None
-    return f'"{parsed[0]["dtype"]}[{", ".join(out)}]"'
+    quote = parsed[0]["quote"]
+    return f'{quote}{parsed[0]["dtype"]}[{", ".join(out)}]{quote}'
 
 
 def _held(
-    values: tuple[int, ...], modules: list[torch.nn.Module], args: set[str | None]
+    values: tuple[int, ...], modules: list[torch.nn.Module], args: set[str | None], layers: bool
 ) -> tuple[str, str | None]:
     """How the forward reads a number, and the constructor argument that sets it: an int
     attribute every original instance holds with exactly these values (`self.heads`, an
@@ -208,7 +232,7 @@ def _held(
     for name in ints(modules[0]):
         if name not in args and [ints(m).get(name) for m in modules] == list(values):
             return f"self.{name}", name
-    for child_name, child in modules[0].named_children():
+    for child_name, child in modules[0].named_children() if layers else ():
         if not child_name.isidentifier() or not type(child).__module__.startswith("torch.nn."):
             continue
         for name in ints(child):
@@ -221,4 +245,4 @@ def _held(
     return f"self.size_{count}", f"size_{count}"
 
 
-__all__ = ["GeneratedClass", "Number", "group_classes"]
+__all__ = ["GeneratedClass", "Number", "group_classes", "parameterized"]

@@ -16,7 +16,7 @@ from analysis.program import Budget, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
 from analysis.errors import InternalError
-from codegen.classes import GeneratedClass, group_classes
+from codegen.classes import GeneratedClass, group_classes, parameterized
 from codegen.body import ForwardPrinter, attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -135,6 +135,29 @@ def _ties(module: torch.nn.Module) -> list[str]:
     return out
 
 
+def _inner_first(classes: list[GeneratedClass]) -> list[GeneratedClass]:
+    """The classes, each after every class with an instance inside one of its instances (how
+    a class builds its submodules depends on how theirs are built)."""
+    done: list[GeneratedClass] = []
+    left = list(classes)
+    while left:
+        for cls in left:
+            inside = [
+                other
+                for other in left
+                if other is not cls
+                and any(q.startswith(f"{p}.") for p in cls.paths for q in other.paths)
+            ]
+            if not inside:
+                done.append(cls)
+                left.remove(cls)
+                break
+        else:  # instances inside each other both ways cannot happen in a tree
+            done.extend(left)
+            break
+    return done
+
+
 def _classes(
     graph: Graph, plan: ChunkPlan, program: Program, module: torch.nn.Module, reserved: set[str]
 ) -> tuple[dict[str, GeneratedClass], list[GeneratedClass]]:
@@ -197,9 +220,14 @@ def emit_module(
     class_name = f"Chunked{graph.model_class}"
     of_path, classes = _classes(graph, plan, program, module, {class_name, "_Chunking"})
     builder = _Builder(module, program.layers, of_path)
-    for cls in sorted(classes, key=lambda c: -min(p.count(".") for p in c.paths)):
-        built = [builder.lines(path, module.get_submodule(path)) for path in cls.paths]
-        cls.builds = built[0] if all(b == built[0] for b in built) else None
+    for cls in _inner_first(classes):
+        built = ["\n".join(builder.lines(path, module.get_submodule(path))) for path in cls.paths]
+        modules = [module.get_submodule(path) for path in cls.paths]
+        numbers = {tuple(n.values[p] for p in cls.paths): n for n in cls.numbers}
+        shared = parameterized(built, cls.paths, modules, numbers, constructor=True)
+        if shared is not None:  # every instance builds its submodules alike, up to numbers
+            cls.builds = shared.splitlines() if shared else []
+            cls.numbers = list(numbers.values())
     ties = _ties(module)
     shared = any(scope.budget is not None for scope in program.scopes.values())
     source = env.get_template("module.py.j2").render(
