@@ -31,7 +31,7 @@ import torch
 
 from analysis.ir import Graph, TensorMeta
 from analysis.names import size_code
-from analysis.plan import ChunkPlan
+from analysis.plan import ChunkPlan, in_dim_names
 
 if TYPE_CHECKING:
     from analysis.symbolic import Formulas
@@ -128,12 +128,22 @@ def module_scopes(
             reasons[call] = f"a torch.nn {type(module).__name__} that is no standard layer"
         elif position[names[-1]] - position[names[0]] + 1 != len(names):
             reasons[call] = "its ops are not one stretch of the forward"
+    by_path: dict[str, list[str]] = {}
+    for call in members:
+        by_path.setdefault(path_of(call), []).append(call)
+    for path, calls in by_path.items():  # one class runs every call of a module
+        codes = {tuple(str(graph[n].target) for n in members[c]) for c in calls}
+        if len(codes) > 1:
+            for call in calls:
+                reasons.setdefault(call, f"it is called {len(calls)} times, running different ops")
     for index, region in enumerate(plan.regions):
         span = {name for name in region.span if name in position}
         for call, names in members.items():
             inside = span & set(names)
             if inside and not span <= set(names) and call not in reasons:
-                reasons[call] = f"chunk loop {index + 1} runs part of it, or all of it inside the loop"
+                whole = set(names) <= span
+                how = "all of it inside the loop" if whole else "part of it"
+                reasons[call] = f"chunk loop {index + 1} runs {how}"
     while True:
         scopes = _build(graph, ops, members, reasons)
         for index, region in enumerate(plan.regions):
@@ -302,8 +312,9 @@ def _linear(size: object) -> tuple[sympy.Symbol, int, int] | None:
 def needed_sizes(
     graph: Graph, scopes: Scopes, call: str, plan: ChunkPlan, formulas: Formulas | None
 ) -> set[sympy.Expr]:
-    """The size expressions a scope's own statements write: its ops' arguments and result
-    shapes, and its loops' lengths and chunk-size formulas."""
+    """The size expressions a scope's own statements write: its ops' size arguments, and its
+    loops' lengths, output buffers and chunk-size formulas (a shape annotation that has no
+    name for a size writes it in the model's dims)."""
     found: set[sympy.Expr] = set()
 
     def visit(value: object) -> None:
@@ -316,17 +327,16 @@ def needed_sizes(
             for item in value:
                 visit(item)
 
-    own = set(scopes.scopes[call].nodes)
-    for name in own:
+    for name in scopes.scopes[call].nodes:
         node = graph[name]
-        visit(node.meta)
-        if is_size(graph, name):  # written from the bound sizes, not from its arguments
+        if is_size(graph, name):  # written where a tensor op reads it, from the bound sizes
             continue
         visit(node.args)
         visit([v for _, v in node.kwargs])
-        visit([graph[r].meta for r in node.refs() if r not in own and is_size(graph, r)])
-    for index in scopes.scopes[call].regions:
+        visit([graph[r].meta for r in node.refs() if is_size(graph, r)])
+    for index in scopes.scopes[call].regions:  # the loops' lengths and output buffers
         visit(plan.regions[index].extent)
+        visit([graph[name].meta for name, _ in plan.regions[index].outputs])
         formula = formulas.regions[index] if formulas is not None else None
         if formula is not None:
             visit([formula.fixed, formula.per_row])
@@ -346,7 +356,7 @@ def _unwritable(
             try:
                 size_code(size, names)
             except TypeError:
-                out[call] = f"its inputs' shapes do not give the size {size}"
+                out[call] = f"it uses the size {in_dim_names(size, graph)}, no input's dim"
                 break
     return out
 

@@ -265,8 +265,7 @@ class ForwardPrinter:
         comments = self._cite(statement.source)
         if statement is self._first_hoisted.get(statement.region):
             comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
-        bound = f"{statement.var}: {note!r}" if note else statement.var
-        return Line(f"{bound} = {code}", comments)
+        return Line(_annotated(statement.var, note, code), comments)
 
     def _print_loopstep(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -361,8 +360,7 @@ class ForwardPrinter:
             return Line(code)
         if len(expr.targets) == 1:
             note = self.annotate(self.graph[expr.outputs[0]].meta)
-            bound = f"{expr.targets[0]}: {note!r}" if note else expr.targets[0]
-            return Line(f"{bound} = {code}")
+            return Line(_annotated(expr.targets[0], note, code))
         return Line(f"{', '.join(expr.targets)} = {code}")
 
     def _layer_call(self, op: Call | LoopStep, arg: Any) -> str | None:
@@ -430,6 +428,17 @@ class ForwardPrinter:
                 "(NOTE [Causal key truncation])."
             )
         return header
+
+
+#: the longest statement, indented as a forward's, that keeps its shape annotation
+ANNOTATED_WIDTH = 88 - 8
+
+
+def _annotated(var: str, note: str, code: str) -> str:
+    """`x: "f32[1, seq, 256]" = code`: the shape annotation, unless it would make black wrap
+    the statement."""
+    annotated = f"{var}: {note!r} = {code}"
+    return annotated if note and len(annotated) <= ANNOTATED_WIDTH else f"{var} = {code}"
 
 
 def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:

@@ -158,6 +158,24 @@ def _inner_first(classes: list[GeneratedClass]) -> list[GeneratedClass]:
     return done
 
 
+def _inline_notes(program: Program, module: torch.nn.Module) -> list[str]:
+    """The header's list of module calls written inline in their parent, and why; a call
+    inside another listed for the same reason goes with it, and containers (whose modules
+    are called one by one) are left out."""
+    notes: list[str] = []
+    listed: dict[str, str] = {}
+    for inlined in program.inlined:
+        path = inlined.call.partition("@")[0]
+        if isinstance(module.get_submodule(path), _CONTAINERS):
+            continue
+        parent = next((p for p in listed if path.startswith(f"{p}.")), None)
+        if parent is not None and listed[parent] == inlined.reason:
+            continue
+        listed[path] = inlined.reason
+        notes.append(f"{inlined.call}: {inlined.reason}")
+    return notes
+
+
 def _classes(
     graph: Graph, plan: ChunkPlan, program: Program, module: torch.nn.Module, reserved: set[str]
 ) -> tuple[dict[str, GeneratedClass], list[GeneratedClass]]:
@@ -249,6 +267,7 @@ def emit_module(
         tree=builder.lines("", module),
         classes=classes,
         shared=shared,
+        inlined=_inline_notes(program, module),
         base=f"torch.nn.{_kind(module)}",
         forward=forward,
         output_class=program.output_class,

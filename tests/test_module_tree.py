@@ -1,0 +1,182 @@
+"""Contract 3's module tree: one class per kind of block, loops in the innermost module, module
+calls kept as calls (NOTE [Module scopes], NOTE [One class per block])."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.loader import load_model_file
+from codegen import cli
+from codegen.verify import compare, import_source, instantiate
+from tests.conftest import EXAMPLES, GENERATED
+
+FAMILIES = ("gpt", "vit", "evoformer", "unet")
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def _chunked(name: str):
+    loaded = load_model_file(EXAMPLES / f"{name}.py")
+    module, _ = import_source((GENERATED / f"{name}.py").read_text())
+    return loaded.module, instantiate(module, loaded.module)
+
+
+def test_generated_files_are_at_most_four_times_their_source_and_three_together() -> None:
+    ratios = {n: _lines(GENERATED / f"{n}.py") / _lines(EXAMPLES / f"{n}.py") for n in FAMILIES}
+    assert all(ratio <= 4 for ratio in ratios.values()), ratios
+    total = sum(_lines(GENERATED / f"{n}.py") for n in FAMILIES)
+    assert total <= 3 * sum(_lines(EXAMPLES / f"{n}.py") for n in FAMILIES), ratios
+
+
+def test_gpt_writes_its_block_once_and_loops_over_the_blocks() -> None:
+    tree = ast.parse((GENERATED / "gpt.py").read_text())
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert classes.count("Block") == 1 and {"Attention", "MLP"} <= set(classes)
+    assert "for block in self.blocks:" in (GENERATED / "gpt.py").read_text()
+    original, chunked = _chunked("gpt")
+    for path in ("blocks.0", "blocks.3", "blocks.2.attn", "blocks.1.mlp"):
+        kind = type(chunked.get_submodule(path))
+        assert kind.__name__ == type(original.get_submodule(path)).__name__
+    assert type(chunked.blocks[0]) is type(chunked.blocks[3])
+
+
+def test_hooks_on_a_block_and_its_modules_fire_with_the_originals_arguments() -> None:
+    original, chunked = _chunked("gpt")
+    seen: dict[str, list] = {"ours": [], "theirs": []}
+    for who, model in (("ours", chunked), ("theirs", original)):
+        for path in ("blocks.0", "blocks.0.attn", "blocks.0.mlp.fc"):
+            model.get_submodule(path).register_forward_hook(
+                lambda m, args, out, p=path, w=who: seen[w].append((p, args[0].shape, out.shape))
+            )
+    ids = torch.randint(0, 512, (1, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert compare(original(ids), chunked(ids)) is None
+    assert seen["ours"] == seen["theirs"]  # once each, in order, same argument and result
+
+
+def test_one_budget_holder_reaches_every_loop_without_a_new_argument() -> None:
+    original, chunked = _chunked("gpt")
+    holders = {id(m._chunking) for m in chunked.modules() if hasattr(m, "_chunking")}
+    assert holders == {id(chunked._chunking)}
+    assert not any(isinstance(m._chunking, torch.nn.Module) for m in chunked.modules() if hasattr(m, "_chunking"))
+    assert list(inspect.signature(chunked.blocks[0].forward).parameters) == ["x"]
+    assert list(inspect.signature(chunked.blocks[0].attn.forward).parameters) == ["x"]
+    ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(1))
+    chunked.memory_budget = 3 << 20
+    with torch.no_grad():
+        assert compare(original(ids), chunked(ids)) is None
+    assert chunked.blocks[2].attn._chunking.budget == 3 << 20
+    # A block run on its own (no budget set by a model forward) runs the planned chunks.
+    alone = type(chunked.blocks[0].attn)()
+    alone.load_state_dict(original.blocks[0].attn.state_dict())
+    x = torch.randn(1, 300, 256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert compare(original.blocks[0].attn(x), alone(x)) is None
+
+
+def test_unet_blocks_of_one_kind_share_a_class_across_widths() -> None:
+    original, chunked = _chunked("unet")
+    by_class: dict[type, list[str]] = {}
+    for path, module in chunked.named_modules():
+        if path and not type(module).__module__.startswith("torch."):
+            by_class.setdefault(type(module), []).append(path)
+            name = type(original.get_submodule(path)).__name__
+            assert type(module).__name__.rstrip("0123456789") == name, path
+    shapes = {
+        kind: {tuple(tuple(t.shape) for t in chunked.get_submodule(p).state_dict().values()) for p in paths}
+        for kind, paths in by_class.items()
+    }
+    assert any(len(widths) > 1 for widths in shapes.values()), "no class serves two widths"
+    calls = sum(len(paths) for paths in by_class.values())
+    assert len(by_class) * 2 <= calls, (len(by_class), calls)
+
+
+CROSSING = """
+    import torch
+    from torch import nn
+
+    class Scores(nn.Module):
+        def forward(self, q, k):
+            return q @ k.transpose(-1, -2)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+            self.scores = Scores()
+
+        def forward(self, x):
+            s = self.scores(self.q(x), self.k(x))
+            return s.softmax(-1) @ self.v(x)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 1024, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+TWICE = """
+    import torch
+    from torch import nn
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x, gate=None):
+            y = self.fc(x)
+            return y if gate is None else y * torch.sigmoid(gate)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = Scale()
+            self.up = nn.Linear(32, 1024)
+
+        def forward(self, x):
+            h = self.scale(x)
+            h = self.scale(h, gate=x)
+            return torch.relu(self.up(h)).sum(-1)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+@pytest.mark.parametrize(
+    "text, listed",
+    [
+        (CROSSING, "scores: chunk loop 1 runs all of it inside the loop"),
+        (TWICE, "scale: it is called 2 times, running different ops"),
+    ],
+    ids=["loop-crosses", "called-twice"],
+)
+def test_modules_that_cannot_be_called_are_written_inline_and_listed(
+    text: str, listed: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(text))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
+    source = (tmp_path / "out" / "model.py").read_text()
+    header = source.split('"""', 2)[1]
+    assert "Written inline in their parent" in header and listed in header, header
+    loaded = load_model_file(path)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    with torch.no_grad():
+        assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
