@@ -7,7 +7,7 @@ import keyword
 import ast
 import operator
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import sympy
 
@@ -145,20 +145,25 @@ def _elements(nodes: list[Node], graph: Graph, count: int) -> bool:
     return len(sources) == 1 and sorted(n.args[1] for n in nodes) == list(range(count))
 
 
-def size_code(expr: sympy.Expr, names: Mapping[sympy.Expr, str]) -> str:
+def size_code(
+    expr: sympy.Expr, names: Mapping[sympy.Expr, str], integer: Callable[[int], str] = str
+) -> str:
     """Write a size expression as Python over the names of the sizes bound (dynamic dims, or
-    whole sizes of a module's inputs); TypeError when it cannot be."""
-    return _size(expr, names, set())
+    whole sizes of a module's inputs), each whole number as `integer` writes it; TypeError when
+    it cannot be."""
+    return _size(expr, names, set(), integer)
 
 
 def size_names(expr: sympy.Expr, names: Mapping[sympy.Expr, str]) -> set[str]:
     """The names `size_code` writes the expression with."""
     used: set[str] = set()
-    _size(expr, names, used)
+    _size(expr, names, used, str)
     return used
 
 
-def _size(expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str]) -> str:
+def _size(
+    expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str], integer: Callable[[int], str]
+) -> str:
     if expr in names:
         used.add(names[expr])
         return names[expr]
@@ -171,30 +176,33 @@ def _size(expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str]) -> 
                 used.add(name)
                 if offset.is_Integer:
                     sign = "+" if offset > 0 else "-"
-                    return name if offset == 0 else f"{name} {sign} {abs(offset)}"
-                return f"{ratio} * {name}"
+                    return name if offset == 0 else f"{name} {sign} {integer(abs(int(offset)))}"
+                return f"{integer(int(ratio))} * {name}"
     if isinstance(expr, sympy.Symbol):
         raise TypeError(f"size symbol {expr} is not a dim of any input")
     if expr.is_Integer:
-        return str(int(expr))
+        value = int(expr)
+        return integer(value) if value >= 0 else f"-{integer(-value)}"
     if isinstance(expr, sympy.Add):
-        return " + ".join(_size(a, names, used) for a in expr.args)
+        return " + ".join(_size(a, names, used, integer) for a in expr.args)
     if isinstance(expr, sympy.Mul):
-        return " * ".join(_wrapped(a, names, used) for a in expr.args)
+        return " * ".join(_wrapped(a, names, used, integer) for a in expr.args)
     name = type(expr).__name__
     if name == "FloorDiv":
-        left, right = (_wrapped(a, names, used) for a in expr.args)
+        left, right = (_wrapped(a, names, used, integer) for a in expr.args)
         return f"{left} // {right}"
     if name in ("Mod", "PythonMod"):
-        left, right = (_wrapped(a, names, used) for a in expr.args)
+        left, right = (_wrapped(a, names, used, integer) for a in expr.args)
         return f"{left} % {right}"
     if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and expr.exp > 0:
-        return f"{_wrapped(expr.base, names, used)} ** {int(expr.exp)}"
+        return f"{_wrapped(expr.base, names, used, integer)} ** {integer(int(expr.exp))}"
     raise TypeError(f"cannot write size expression {expr}")
 
 
-def _wrapped(expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str]) -> str:
-    text = _size(expr, names, used)
+def _wrapped(
+    expr: sympy.Expr, names: Mapping[sympy.Expr, str], used: set[str], integer: Callable[[int], str]
+) -> str:
+    text = _size(expr, names, used, integer)
     return f"({text})" if isinstance(expr, sympy.Add) else text
 
 

@@ -46,6 +46,7 @@ from analysis.program import (
 )
 from analysis.names import size_code
 from analysis.ops import info
+from codegen.numbering import Numbering
 from codegen.render import literal, render_call
 
 
@@ -55,6 +56,8 @@ class Line:
 
     code: str
     comments: list[str] = field(default_factory=list)
+    #: the statement without its shape annotation, when it has one
+    plain: str = ""
 
 
 @dataclass
@@ -64,6 +67,17 @@ class Loop:
     head: str
     body: list[Any]
     comments: list[str] = field(default_factory=list)
+
+
+def _plain_size(expr: Any, names: Any) -> str:
+    try:
+        return size_code(expr, names)
+    except TypeError:
+        return str(expr)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def format_bytes(n: float) -> str:
@@ -86,10 +100,14 @@ def short_dtype(dtype: torch.dtype) -> str:
 class ForwardPrinter:
     """Print a loop program (NOTE [Loop program]) as the generated forward's statements."""
 
-    def __init__(self, graph: Graph, plan: ChunkPlan, program: Program) -> None:
+    def __init__(
+        self, graph: Graph, plan: ChunkPlan, program: Program, numbering: Numbering | None = None
+    ) -> None:
         self.graph = graph
         self.plan = plan
         self.program = program
+        #: how whole numbers are written (NOTE [One class per block])
+        self.num = numbering or Numbering()
         self.device = f"{program.device_of}.device" if program.device_of else "None"
         self._cited: tuple[str, int] | None = None
         #: how each kind of statement prints
@@ -118,27 +136,42 @@ class ForwardPrinter:
                     self._first_hoisted[item.region] = item
 
     # ---------------------------------------------------------------- values
-    def sym(self, expr: sympy.Expr) -> str:
+    def sym(self, expr: sympy.Expr, annotation: bool = False) -> str:
         """Render a size expression over the dynamic-dim symbols as Python."""
-        return size_code(expr, self.program.symbols)
+        return size_code(expr, self.program.symbols, lambda v: self.num(v, annotation))
 
     def shape(self, shape: tuple[Size, ...]) -> str:
-        inner = ", ".join(str(s) if isinstance(s, int) else self.sym(s) for s in shape)
+        inner = ", ".join(self.num(s) if isinstance(s, int) else self.sym(s) for s in shape)
         return f"({inner}{',' if len(shape) == 1 else ''})"
 
-    def annotate(self, meta: Any) -> str:
+    def int_or(self, value: Any) -> str:
+        """A whole number as the numbering writes it; anything else as an argument."""
+        if isinstance(value, str):  # a name bound already
+            return value
+        return self.num(value) if _is_int(value) else self.arg_plain(value)
+
+    def annotate(self, meta: Any, plain: bool = False) -> str:
         """`f32[1, seq, 256]`; a size this forward has no name for is written in the model's
         dims (`((height - 1) // 4) + 1`)."""
-        if isinstance(meta, TensorMeta):
-            dims = ", ".join(str(s) if isinstance(s, int) else self._dim(s) for s in meta.shape)
+        if isinstance(meta, TensorMeta) and plain:  # for a comment: numbers as themselves
+            names = {**{s.symbol: s.name for s in self.graph.symbols}, **self.program.symbols}
+            dims = ", ".join(str(s) if isinstance(s, int) else _plain_size(s, names) for s in meta.shape)
             return f"{short_dtype(meta.dtype)}[{dims}]"
+        if isinstance(meta, TensorMeta):
+            self.num.begin_note()
+            dims = ", ".join(
+                self.num(s, True) if isinstance(s, int) else self._dim(s) for s in meta.shape
+            )
+            return "" if self.num.dropped else f"{short_dtype(meta.dtype)}[{dims}]"
         return ""
 
     def _dim(self, size: sympy.Expr) -> str:
+        names: Any = self.program.symbols
         try:
-            return self.sym(size)
-        except TypeError:
-            return size_code(size, {s.symbol: s.name for s in self.graph.symbols})
+            size_code(size, names)
+        except TypeError:  # no name here: the model's dims
+            names = {s.symbol: s.name for s in self.graph.symbols}
+        return size_code(size, names, lambda v: self.num(v, True))
 
     def value(self, name: str) -> str:
         found = self.program.names[name]
@@ -151,6 +184,8 @@ class ForwardPrinter:
         return attribute_path(fqn[len(prefix) :])
 
     def arg_plain(self, value: Any) -> str:
+        if _is_int(value):
+            return self.num(value)
         if isinstance(value, Ref):
             return self.value(value.name)
         if isinstance(value, (list, tuple)):
@@ -164,6 +199,8 @@ class ForwardPrinter:
 
     def arg_chunk(self, value: Any, step: LoopStep, block: Block) -> str:
         """Render an argument of a loop step: operands as their chunk, slice or whole value."""
+        if _is_int(value):
+            return self.num(value)
         if isinstance(value, Operand):
             return self.operand(value, step, block)
         if isinstance(value, ChunkLength):
@@ -171,7 +208,7 @@ class ForwardPrinter:
         if isinstance(value, ChunkStart):
             if not value.base:
                 return "start" if value.sign > 0 else "-start"
-            return f"{value.base} {'+' if value.sign > 0 else '-'} start"
+            return f"{self.num(value.base)} {'+' if value.sign > 0 else '-'} start"
         if isinstance(value, Ref):
             return self.value(value.name)  # a size: symbolic ints are never chunked
         if isinstance(value, (list, tuple)):
@@ -190,7 +227,7 @@ class ForwardPrinter:
             code = self.value(read.value)
         cuts = {} if read.rows is None else {read.rows: "start:stop"}
         if read.keys is not None:
-            end = f"stop + {step.keys}" if step.keys else "stop"
+            end = f"stop + {self.num(step.keys)}" if step.keys else "stop"
             cuts[read.keys] = f":{end}"
         return _index_expr(code, cuts)
 
@@ -265,7 +302,7 @@ class ForwardPrinter:
         comments = self._cite(statement.source)
         if statement is self._first_hoisted.get(statement.region):
             comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
-        return Line(_annotated(statement.var, note, code), comments)
+        return _annotated(statement.var, note, code, comments)
 
     def _print_loopstep(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -276,11 +313,15 @@ class ForwardPrinter:
 
     def _print_inputsize(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        size = f"{expr.input}.shape[{expr.axis}]"
+        size = f"{expr.input}.shape[{self.num(expr.axis)}]"
         if expr.offset:
-            size = f"({size} - {expr.offset})" if expr.offset > 0 else f"({size} + {-expr.offset})"
+            size = (
+                f"({size} - {self.num(expr.offset)})"
+                if expr.offset > 0
+                else f"({size} + {self.num(-expr.offset)})"
+            )
         if expr.scale != 1:
-            size = f"{size} // {expr.scale}"
+            size = f"{size} // {self.num(expr.scale)}"
         return Line(f"{statement.var} = {size}")
 
     def _print_floor(self, statement: Statement, block: Block | None) -> Line:
@@ -321,10 +362,13 @@ class ForwardPrinter:
         expr = statement.expr
         fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
         extent = self.arg_plain(expr.extent)
-        most = f"{expr.planned} if {self.device}.type == 'cpu' else {extent}"
-        comments = [
-            f"Rows per chunk within the budget: the loop holds about {fixed} bytes,",
-            f"plus {per_row} per row. On a CPU at most {expr.planned} rows, the planned",
+        most = f"{self.num(expr.planned)} if {self.device}.type == 'cpu' else {extent}"
+        names = self.program.symbols
+        comments = [  # numbers as themselves
+            "Rows per chunk within the budget: the loop holds about "
+            f"{_plain_size(expr.fixed, names)} bytes,",
+            f"plus {_plain_size(expr.per_row, names)} per row. On a CPU at most {expr.planned} "
+            "rows, the planned",
             "size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.",
         ]
         code = f"{statement.var} = _rows({self.program.budget}, {fixed}, {per_row}, {most})"
@@ -332,7 +376,7 @@ class ForwardPrinter:
 
     def _print_stop(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        return Line(f"stop = min(start + {expr.rows}, {self.arg_plain(expr.extent)})")
+        return Line(f"stop = min(start + {self.int_or(expr.rows)}, {self.arg_plain(expr.extent)})")
 
     def _print_writechunk(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -360,7 +404,7 @@ class ForwardPrinter:
             return Line(code)
         if len(expr.targets) == 1:
             note = self.annotate(self.graph[expr.outputs[0]].meta)
-            return Line(_annotated(expr.targets[0], note, code))
+            return _annotated(expr.targets[0], note, code)
         return Line(f"{', '.join(expr.targets)} = {code}")
 
     def _layer_call(self, op: Call | LoopStep, arg: Any) -> str | None:
@@ -397,7 +441,7 @@ class ForwardPrinter:
         body: list[Any] = []
         for statement in block.body:
             body.extend(self._item(statement, block))
-        return Loop(f"for start in range(0, {extent}, {block.rows}):", body)
+        return Loop(f"for start in range(0, {extent}, {self.int_or(block.rows)}):", body)
 
     def _header(self, index: int) -> list[str]:
         """The comments that open a region: where it comes from, what it saves, what it skips."""
@@ -412,7 +456,7 @@ class ForwardPrinter:
         n = max(evaluate(region.extent, graph.hints), 1)
         header = [
             f"Chunk loop ({where}), over {over}.",
-            f"{self.annotate(out_meta(graph[biggest[0]]))} {format_bytes(full)} -> "
+            f"{self.annotate(out_meta(graph[biggest[0]]), plain=True)} {format_bytes(full)} -> "
             f"{format_bytes(full * min(region.chunk_size, n) / n)} per chunk of "
             f"{region.chunk_size}.",
         ]
@@ -434,11 +478,13 @@ class ForwardPrinter:
 ANNOTATED_WIDTH = 88 - 8
 
 
-def _annotated(var: str, note: str, code: str) -> str:
+def _annotated(var: str, note: str, code: str, comments: list[str] | None = None) -> Line:
     """`x: "f32[1, seq, 256]" = code`: the shape annotation, unless it would make black wrap
     the statement."""
-    annotated = f"{var}: {note!r} = {code}"
-    return annotated if note and len(annotated) <= ANNOTATED_WIDTH else f"{var} = {code}"
+    annotated, plain = f"{var}: {note!r} = {code}", f"{var} = {code}"
+    if note and len(annotated) <= ANNOTATED_WIDTH:
+        return Line(annotated, comments or [], plain)
+    return Line(plain, comments or [])
 
 
 def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:

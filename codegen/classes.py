@@ -1,41 +1,43 @@
-"""Group the module calls a generated module keeps into classes, one class per kind of block.
-
-NOTE [One class per block]
-Calls of one original class whose forwards print the same up to whole numbers share a class:
-the UNet's residual blocks of every width are one `ResBlock`. A number that differs between
-the instances (a width, a loop's planned rows) becomes an attribute: one the original module
-already has with those values (`self.heads`, or a layer's `self.norm.num_channels`, which a
-sharded layer keeps up to date), else a constructor argument kept as `self.size_<k>`. Type
-annotations that differ name the same attributes, or are left out; comments that differ (a
-loop's bytes) are left out, since the module docstring lists every loop's figures.
-"""
+"""Group the module calls a generated module keeps into classes, one class per kind of block
+(NOTE [One class per block] in `codegen.numbering`)."""
 
 from __future__ import annotations
 
-import io
-import re
 import textwrap
-import tokenize
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from analysis.loader import MODEL_MODULE_PREFIX
-
-#: a shape annotation the printer writes: "f32[1, seq, 256]"
-_ANNOTATION = re.compile(r"^(?P<quote>['\"])(?P<dtype>\w+)\[(?P<dims>.*)\](?P=quote)$")
 
 
 @dataclass
 class Number:
     """A number that differs between the instances of a class."""
 
-    #: how the forward reads it (`self.heads`, `self.size_0`)
+    #: how the class reads it (`self.heads`, `self.norm.num_channels`, `self.size_0`)
     expr: str
-    #: the constructor argument that sets it, for a number the original does not hold
+    #: the constructor argument that sets it; None for a standard layer's own attribute
     arg: str | None
     #: its value for each instance, by module path
     values: dict[str, int]
+
+
+@dataclass
+class Instance:
+    """One module call's forward, printed with its numbers recorded."""
+
+    path: str
+    original: type
+    params: tuple[str, ...]
+    #: the printed items (`codegen.body.Line` and `Loop`), numbers written as the marker
+    items: list[Any]
+    #: the numbers of the code, in the order written
+    values: list[int]
+    #: the numbers of each shape annotation, in order
+    notes: list[list[int]]
+    loops: bool
 
 
 @dataclass
@@ -45,14 +47,21 @@ class GeneratedClass:
     name: str
     #: the original's class
     original: type
-    forward: str
-    #: the module paths it runs, in call order
-    paths: list[str]
-    #: whether its forward has chunk loops
-    loops: bool
+    #: the instances, in call order
+    instances: list[Instance]
     numbers: list[Number] = field(default_factory=list)
-    #: the statements of its `__init__` when every instance builds the same submodules
+    #: the forward's source, once printed with the numbers filled in
+    forward: str = ""
+    #: the statements of its `__init__` when every instance builds its submodules alike
     builds: list[str] | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        return [i.path for i in self.instances]
+
+    @property
+    def loops(self) -> bool:
+        return self.instances[0].loops
 
     @property
     def doc(self) -> str:
@@ -63,161 +72,119 @@ class GeneratedClass:
         text = f"{self.original.__name__} of {origin}{loops}: {', '.join(self.paths)}."
         return "\n    ".join(textwrap.wrap(text, 88))
 
-    def constructed(self, path: str) -> str:
-        """`ResBlock(size_0=320)`: the expression that builds the instance at `path`."""
-        args = ", ".join(f"{n.arg}={n.values[path]}" for n in self.numbers if n.arg)
-        return f"{self.name}({args})"
+    def arguments(self, path: str) -> list[tuple[str, int]]:
+        """The constructor arguments of the instance at `path`."""
+        return [(n.arg, n.values[path]) for n in self.numbers if n.arg]
 
 
-@dataclass
-class _Instance:
-    path: str
-    forward: str
-    loops: bool
-    tokens: list[tokenize.TokenInfo]
+def code_of(items: list[Any]) -> tuple:
+    """What two forwards must print alike to share a class: their code, comments and shape
+    annotations aside."""
+    out = []
+    for item in items:
+        body = getattr(item, "body", None)
+        out.append((item.head, code_of(body)) if body is not None else item.plain or item.code)
+    return tuple(out)
 
 
 def group_classes(
-    calls: list[tuple[str, type, str, bool]], root: torch.nn.Module, reserved: set[str]
+    instances: list[Instance], root: torch.nn.Module, reserved: set[str]
 ) -> tuple[dict[str, GeneratedClass], list[GeneratedClass]]:
-    """Group (path, original class, forward source, has loops) by class (NOTE [One class per
-    block]). Returns the class of each path, and the classes in the order first called."""
-    groups: dict[tuple, list[_Instance]] = {}
-    by_path: dict[str, tuple] = {}
-    for path, original, forward, loops in calls:
-        tokens = list(tokenize.generate_tokens(io.StringIO(forward).readline))
-        key = (original, tuple(_shape(t) for t in tokens))
-        if path in by_path and by_path[path] != key:
-            # a module called twice with different code: the calls' forwards differ
-            raise ValueError(f"module {path} is called more than once with different code")
-        by_path[path] = key
-        instances = groups.setdefault(key, [])
-        if all(i.path != path for i in instances):
-            instances.append(_Instance(path, forward, loops, tokens))
+    """Group module calls of one original class whose code prints alike up to numbers.
+    Returns the class of each path, and the classes in the order first called. Raises
+    ValueError for a module whose calls do not print alike."""
+    groups: dict[tuple, list[Instance]] = {}
+    keys: dict[str, tuple] = {}
+    for instance in instances:
+        key = (instance.original, instance.params, code_of(instance.items))
+        if keys.setdefault(instance.path, key) != key:
+            raise ValueError(f"module {instance.path} is called more than once with other code")
+        members = groups.setdefault(key, [])
+        if all(i.path != instance.path for i in members):
+            members.append(instance)
     taken = set(reserved)
     of_path: dict[str, GeneratedClass] = {}
     classes = []
-    for (original, _), instances in groups.items():
+    for (original, _, _), members in groups.items():
         name = original.__name__
         count = 1
         while name in taken:
             count += 1
             name = f"{original.__name__}{count}"
         taken.add(name)
-        modules = [root.get_submodule(i.path) for i in instances]
-        forward, numbers = _shared(instances, modules)
-        found = GeneratedClass(
-            name, original, forward, [i.path for i in instances], instances[0].loops, numbers
-        )
+        found = GeneratedClass(name, original, members)
         classes.append(found)
-        for instance in instances:
+        for instance in members:
             of_path[instance.path] = found
     return of_path, classes
 
 
-def _shape(token: tokenize.TokenInfo) -> tuple[int, str]:
-    """What must be equal for two forwards to share a class: every token but whole numbers,
-    shape annotations and comments."""
-    if token.type == tokenize.NUMBER and token.string.isdigit():
-        return (token.type, "")
-    if token.type == tokenize.STRING and _ANNOTATION.match(token.string):
-        return (token.type, "")
-    if token.type == tokenize.COMMENT:
-        return (token.type, "")
-    return (token.type, token.string)
-
-
-def _shared(
-    instances: list[_Instance], modules: list[torch.nn.Module]
-) -> tuple[str, list[Number]]:
-    """The forward the instances share, with the numbers that differ as attributes."""
-    numbers: dict[tuple[int, ...], Number] = {}
-    text = parameterized([i.forward for i in instances], [i.path for i in instances], modules, numbers)
-    assert text is not None, "instances grouped by token shape differ in shape"
-    return text, list(numbers.values())
-
-
-def parameterized(
-    texts: list[str],
+def fill(
+    recorded: list[list[int]],
     paths: list[str],
     modules: list[torch.nn.Module],
-    numbers: dict[tuple[int, ...], Number],
+    numbers: dict[tuple, Number],
     constructor: bool = False,
-) -> str | None:
-    """One source for the instances' `texts`: whole numbers that differ read as attributes
-    (added to `numbers`, by their values), annotations that differ name those attributes or
-    are left out, comments that differ are left out. None when they differ in more."""
-    if len(set(texts)) == 1:
-        return texts[0]
-    streams = [list(tokenize.generate_tokens(io.StringIO(t).readline)) for t in texts]
-    if len({tuple(_shape(t) for t in stream) for stream in streams}) != 1:
-        return None
-
-    def number(values: tuple[int, ...]) -> Number:
-        key: tuple = values
-        if constructor and values in numbers and numbers[values].arg is None:
-            key = ("init", *values)  # in `__init__` no layer exists yet to read it from
-        if key not in numbers:
-            taken = {n.arg for n in numbers.values()}
-            expr, arg = _held(values, modules, taken, layers=not constructor)
-            numbers[key] = Number(expr, arg, dict(zip(paths, values)))
-        return numbers[key]
-
-    first = streams[0]
-    edits: list[tuple[tuple[int, int], tuple[int, int], str]] = []
-    dropped: set[int] = set()
-    annotations = []
-    for index, tokens in enumerate(zip(*streams)):
-        strings = [t.string for t in tokens]
-        if len(set(strings)) == 1:
-            continue
-        token = tokens[0]
-        if token.type == tokenize.NUMBER:
-            edits.append((token.start, token.end, number(tuple(int(t) for t in strings)).expr))
-        elif token.type == tokenize.COMMENT:
-            dropped.add(token.start[0])
-        else:
-            annotations.append((index, strings))
-    for index, strings in annotations:  # after the code: they only name its attributes
-        token, colon = first[index], first[index - 1]
-        written = _annotation(strings, numbers)
-        if written is not None:
-            edits.append((token.start, token.end, written))
-        elif colon.string == ":":
-            edits.append((colon.start, token.end, ""))
-    lines = texts[0].splitlines(keepends=True)
-    for start, end, text in sorted(edits, reverse=True):
-        assert start[0] == end[0], "an edit spans lines"
-        line = lines[start[0] - 1]
-        lines[start[0] - 1] = line[: start[1]] + text + line[end[1] :]
-    return "".join(line for n, line in enumerate(lines, 1) if n not in dropped)
-
-
-def _annotation(texts: list[str], numbers: dict[tuple[int, ...], Number]) -> str | None:
-    """The shared annotation: dims that differ named by the attribute holding them
-    (`f32[1, heads, seq]`), or None when one is not held, or differs in more."""
-    parsed = [_ANNOTATION.match(t) for t in texts]
-    if any(p is None for p in parsed) or len({p["dtype"] for p in parsed}) != 1:
-        return None
-    dims = [p["dims"].split(", ") for p in parsed]
-    if len({len(d) for d in dims}) != 1:
-        return None
+) -> list[str]:
+    """How each recorded number is written in the shared source: as itself where every
+    instance has the same, else as the attribute holding it (added to `numbers`, by its
+    values). In a constructor (`constructor`), only arguments hold numbers: no layer exists
+    yet to read one from."""
+    if len({len(r) for r in recorded}) != 1:
+        raise ValueError("instances alike in code wrote different counts of numbers")
     out = []
-    for column in zip(*dims):
+    for column in zip(*recorded):
         if len(set(column)) == 1:
-            out.append(column[0])
-        elif all(c.isdigit() for c in column) and tuple(int(c) for c in column) in numbers:
-            out.append(numbers[tuple(int(c) for c in column)].expr.removeprefix("self."))
+            out.append(repr(column[0]))
         else:
-            return None
-    quote = parsed[0]["quote"]
-    return f'{quote}{parsed[0]["dtype"]}[{", ".join(out)}]{quote}'
+            out.append(_number(tuple(column), paths, modules, numbers, constructor).expr)
+    return out
+
+
+def fill_notes(notes: list[list[list[int]]], numbers: dict[tuple, Number]) -> list[list[str] | None]:
+    """How the numbers of each shape annotation are written in the shared source: as
+    themselves, or by the attribute of the code holding them; None (no annotation) where one
+    has none, or the instances' annotations differ in their count of numbers."""
+    out: list[list[str] | None] = []
+    for each in zip(*notes):
+        if len({len(n) for n in each}) != 1:
+            out.append(None)
+            continue
+        written: list[str] | None = []
+        for column in zip(*each):
+            held = numbers.get(tuple(column))
+            if len(set(column)) == 1:
+                written.append(repr(column[0]))
+            elif held is not None:
+                written.append(held.expr.removeprefix("self."))
+            else:
+                written = None
+                break
+        out.append(written)
+    return out
+
+
+def _number(
+    values: tuple[int, ...],
+    paths: list[str],
+    modules: list[torch.nn.Module],
+    numbers: dict[tuple, Number],
+    constructor: bool,
+) -> Number:
+    key: tuple = values
+    if constructor and values in numbers and numbers[values].arg is None:
+        key = ("init", *values)  # a layer's attribute: not there yet in `__init__`
+    if key not in numbers:
+        taken = {n.arg for n in numbers.values()}
+        expr, arg = _held(values, modules, taken, layers=not constructor)
+        numbers[key] = Number(expr, arg, dict(zip(paths, values)))
+    return numbers[key]
 
 
 def _held(
     values: tuple[int, ...], modules: list[torch.nn.Module], args: set[str | None], layers: bool
 ) -> tuple[str, str | None]:
-    """How the forward reads a number, and the constructor argument that sets it: an int
+    """How the class reads a number, and the constructor argument that sets it: an int
     attribute every original instance holds with exactly these values (`self.heads`, an
     argument), a standard layer's (`self.norm.num_channels`, none: the layer has it), else a
     new argument `self.size_<k>`."""
@@ -245,4 +212,18 @@ def _held(
     return f"self.size_{count}", f"size_{count}"
 
 
-__all__ = ["GeneratedClass", "Number", "group_classes", "parameterized"]
+def common_comments(shared: list[Any], each: list[list[Any]]) -> None:
+    """Leave out, in the shared items, the comments and the shape annotations that differ
+    between the instances other than by a number the class names."""
+    for position, item in enumerate(shared):
+        others = [items[position] for items in each]
+        if any(other.comments != others[0].comments for other in others):
+            item.comments = []
+        if getattr(item, "plain", "") and any(o.code != others[0].code for o in others):
+            item.code = item.plain
+        body = getattr(item, "body", None)
+        if body is not None:
+            common_comments(body, [other.body for other in others])
+
+
+__all__ = ["GeneratedClass", "Instance", "Number", "code_of", "common_comments", "fill", "fill_notes", "group_classes"]

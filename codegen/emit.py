@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import black
@@ -16,7 +17,15 @@ from analysis.program import Budget, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
 from analysis.errors import InternalError
-from codegen.classes import GeneratedClass, group_classes, parameterized
+from codegen.classes import (
+    GeneratedClass,
+    Instance,
+    common_comments,
+    fill,
+    fill_notes,
+    group_classes,
+)
+from codegen.numbering import Numbering
 from codegen.body import ForwardPrinter, attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -34,7 +43,11 @@ class Emitted:
 
 def forward_source(graph: Graph, plan: ChunkPlan, program: Program) -> str:
     """Return the `forward` method's source, built with libcst."""
-    params, items = ForwardPrinter(graph, plan, program).build()
+    return _function(*ForwardPrinter(graph, plan, program).build())
+
+
+def _function(params: list[str], items: list[Any]) -> str:
+    """`def forward(self, ...)` with the printed items as its body."""
     signature = ", ".join(["self", *params])
     func = cst.parse_statement(f"def forward({signature}):\n    pass\n")
     assert isinstance(func, cst.FunctionDef)
@@ -55,11 +68,15 @@ class _Builder:
     """Write the statements that build the original's submodules and tensors, each generated
     class building its own subtree when all its instances are alike."""
 
-    def __init__(self, root: torch.nn.Module, layers: dict[str, Layer], classes: dict[str, GeneratedClass]):
+    def __init__(
+        self, root: torch.nn.Module, layers: dict[str, Layer], classes: dict[str, GeneratedClass]
+    ) -> None:
         self.root = root
         self.layers = layers
         #: module path -> the class it is built as
         self.classes = classes
+        #: how whole numbers are written (NOTE [One class per block])
+        self.num = Numbering()
 
     def built(self, path: str, module: torch.nn.Module) -> str:
         """The expression that builds one submodule: a standard layer as itself
@@ -67,22 +84,53 @@ class _Builder:
         class, anything else plain."""
         layer = self.layers.get(path)
         if layer is not None:
-            args = [repr(a) for a in layer.args] + [f"{k}={v!r}" for k, v in layer.kwargs]
+            args = [self.literal(a) for a in layer.args]
+            args += [f"{k}={self.literal(v)}" for k, v in layer.kwargs]
             return f"torch.nn.{layer.cls.__name__}({', '.join(args)})"
         if path in self.classes:
-            return self.classes[path].constructed(path)
+            cls = self.classes[path]
+            args = ", ".join(f"{k}={self.num(v)}" for k, v in cls.arguments(path))
+            return f"{cls.name}({args})"
         return f"torch.nn.{_kind(module)}()"
+
+    def literal(self, value: Any) -> str:
+        """A constructor argument, its whole numbers as the numbering writes them."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.num(value)
+        if isinstance(value, tuple):
+            inner = ", ".join(self.literal(v) for v in value)
+            return f"({inner}{',' if len(value) == 1 else ''})"
+        if isinstance(value, list):
+            return f"[{', '.join(self.literal(v) for v in value)}]"
+        return repr(value)
 
     def builds_itself(self, path: str) -> bool:
         found = self.classes.get(path)
         return found is not None and found.builds is not None
 
-    def lines(self, path: str, module: torch.nn.Module) -> list[str]:
+    def lines(
+        self, path: str, module: torch.nn.Module, numbering: Numbering | None = None
+    ) -> list[str]:
         """The statements that build `module`'s subtree (its children, their tensors, below),
         written from `module` (`self.attn.qkv = ...`)."""
+        self.num = numbering or Numbering()
         out: list[str] = []
         self._walk(module, path, "", out)
         return out
+
+    def share(self, cls: GeneratedClass, numbers: dict) -> None:
+        """Let the class build its submodules itself when every instance builds them alike,
+        up to numbers (which become constructor arguments)."""
+        modules = [self.root.get_submodule(path) for path in cls.paths]
+        recorded = []
+        for path, module in zip(cls.paths, modules):
+            numbering = Numbering(record=True)
+            recorded.append((self.lines(path, module, numbering), numbering.values))
+        if any(lines != recorded[0][0] for lines, _ in recorded):
+            return
+        filled = fill([values for _, values in recorded], cls.paths, modules, numbers, True)
+        cls.builds = self.lines(cls.paths[0], modules[0], Numbering(fill=filled))
+        cls.numbers = list(numbers.values())
 
     def _walk(self, module: torch.nn.Module, path: str, relative: str, out: list[str]) -> None:
         here = attribute_path(relative) if relative else "self"
@@ -90,10 +138,10 @@ class _Builder:
             persistent = set(module.state_dict(keep_vars=True))
             for leaf, tensor in module._parameters.items():
                 if tensor is not None:
-                    out.append(_register(relative, leaf, tensor, "parameter", True))
+                    out.append(self.register(relative, leaf, tensor, "parameter", True))
             for leaf, tensor in module._buffers.items():
                 if tensor is not None:
-                    out.append(_register(relative, leaf, tensor, "buffer", leaf in persistent))
+                    out.append(self.register(relative, leaf, tensor, "buffer", leaf in persistent))
         for name, child in module._modules.items():
             if child is None:
                 continue
@@ -111,11 +159,15 @@ class _Builder:
             if not self.builds_itself(child_path):
                 self._walk(child, child_path, child_relative, out)
 
+    def register(
+        self, owner: str, leaf: str, tensor: torch.Tensor, kind: str, persistent: bool
+    ) -> str:
+        fqn = f"{owner}.{leaf}" if owner else leaf
+        extra = "" if persistent else ", persistent=False"
+        shape = self.literal(tuple(tensor.shape))
+        return f"_register(self, {fqn!r}, {shape}, {tensor.dtype}, {kind!r}{extra})"
 
-def _register(owner: str, leaf: str, tensor: torch.Tensor, kind: str, persistent: bool) -> str:
-    fqn = f"{owner}.{leaf}" if owner else leaf
-    extra = "" if persistent else ", persistent=False"
-    return f"_register(self, {fqn!r}, {tuple(tensor.shape)}, {tensor.dtype}, {kind!r}{extra})"
+
 
 
 def _ties(module: torch.nn.Module) -> list[str]:
@@ -178,21 +230,39 @@ def _inline_notes(program: Program, module: torch.nn.Module) -> list[str]:
 
 def _classes(
     graph: Graph, plan: ChunkPlan, program: Program, module: torch.nn.Module, reserved: set[str]
-) -> tuple[dict[str, GeneratedClass], list[GeneratedClass]]:
-    """The generated classes (NOTE [One class per block]) of the module calls kept as calls."""
-    calls = [
-        (
-            scope.path,
-            type(module.get_submodule(scope.path)),
-            forward_source(graph, plan, scope),
-            bool(scope.blocks),
+) -> tuple[dict[str, GeneratedClass], list[GeneratedClass], dict[GeneratedClass, dict]]:
+    """The generated classes (NOTE [One class per block]) of the module calls kept as calls,
+    each with its forward printed, and the numbers each reads by their values."""
+    instances, scopes = [], {}
+    for scope in program.scopes.values():
+        numbering = Numbering(record=True)
+        params, items = ForwardPrinter(graph, plan, scope, numbering).build()
+        original = type(module.get_submodule(scope.path))
+        loops = bool(scope.blocks)
+        instances.append(
+            Instance(
+                scope.path, original, tuple(params), items, numbering.values, numbering.notes, loops
+            )
         )
-        for scope in program.scopes.values()
-    ]
+        scopes.setdefault(scope.path, scope)
     try:
-        return group_classes(calls, module, reserved)
+        of_path, classes = group_classes(instances, module, reserved)
     except ValueError as exc:
         raise InternalError(str(exc)) from None
+    numbers_of = {}
+    for cls in classes:
+        modules = [module.get_submodule(path) for path in cls.paths]
+        numbers: dict = {}
+        filled = fill([i.values for i in cls.instances], cls.paths, modules, numbers)
+        notes = fill_notes([i.notes for i in cls.instances], numbers)
+        numbering = Numbering(fill=filled, fill_notes=notes)
+        printer = ForwardPrinter(graph, plan, scopes[cls.paths[0]], numbering)
+        params, items = printer.build()
+        common_comments(items, [i.items for i in cls.instances])
+        cls.forward = _function(params, items)
+        cls.numbers = list(numbers.values())
+        numbers_of[id(cls)] = numbers
+    return of_path, classes, numbers_of
 
 
 def emit_module(
@@ -236,16 +306,11 @@ def emit_module(
         missed = f" (misses the target by {format_bytes(over)})"
     forward = forward_source(graph, plan, program)
     class_name = f"Chunked{graph.model_class}"
-    of_path, classes = _classes(graph, plan, program, module, {class_name, "_Chunking"})
+    reserved = {class_name, "_Chunking"}
+    of_path, classes, numbers_of = _classes(graph, plan, program, module, reserved)
     builder = _Builder(module, program.layers, of_path)
     for cls in _inner_first(classes):
-        built = ["\n".join(builder.lines(path, module.get_submodule(path))) for path in cls.paths]
-        modules = [module.get_submodule(path) for path in cls.paths]
-        numbers = {tuple(n.values[p] for p in cls.paths): n for n in cls.numbers}
-        shared = parameterized(built, cls.paths, modules, numbers, constructor=True)
-        if shared is not None:  # every instance builds its submodules alike, up to numbers
-            cls.builds = shared.splitlines() if shared else []
-            cls.numbers = list(numbers.values())
+        builder.share(cls, numbers_of[id(cls)])
     ties = _ties(module)
     shared = any(scope.budget is not None for scope in program.scopes.values())
     source = env.get_template("module.py.j2").render(

@@ -12,8 +12,8 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
 Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
 chunks at run time, from `memory_budget` and the input's shape.
 Written inline in their parent (with the modules in them), not called:
-  upsample.0: it uses the size (((width - 1)//2)) + 1, no input's dim
-  upsample.1: it uses the size width, no input's dim
+  upsample.0: it uses the size (((height - 1)//2)) + 1, no input's dim
+  upsample.1: it uses the size height, no input's dim
 """
 
 import torch
@@ -53,8 +53,8 @@ class ChunkedUNet(torch.nn.Module):
         self.down.append(Level2())
         self.down.append(Level3())
         self.downsample = torch.nn.ModuleList()
-        self.downsample.append(Downsample())
-        self.downsample.append(Downsample2())
+        self.downsample.append(Downsample(size_0=64))
+        self.downsample.append(Downsample(size_0=128))
         self.mid_1 = ResBlock(size_0=128)
         self.mid_attn = SpatialTransformer3()
         self.mid_attn.norm = torch.nn.GroupNorm(32, 128, eps=1e-06)
@@ -510,9 +510,7 @@ class Attention2(torch.nn.Module):
         del att, v
         transpose_1: "f32[1, x_size, heads, 32]" = matmul_1.transpose(1, 2)
         del matmul_1
-        y: "f32[1, x_size, to_q.in_features]" = transpose_1.reshape(
-            1, x_size, self.to_q.in_features
-        )
+        y = transpose_1.reshape(1, x_size, self.to_q.in_features)
         del transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, to_q.in_features]" = self.to_out(y)
@@ -549,15 +547,18 @@ class GEGLU(torch.nn.Module):
 
 
 class Downsample(torch.nn.Module):
-    """Downsample of the model file: downsample.0."""
+    """Downsample of the model file: downsample.0, downsample.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, size_0: int) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(64, 64, (3, 3), stride=(2, 2), padding=(1, 1))
+        self.size_0 = size_0
+        self.conv = torch.nn.Conv2d(
+            self.size_0, self.size_0, (3, 3), stride=(2, 2), padding=(1, 1)
+        )
 
     def forward(self, x):
         # unet.py:139 in forward: return self.conv(x)
-        conv: "f32[1, 64, 1 + (-1 + height) // 2, 1 + (-1 + width) // 2]" = self.conv(x)
+        conv = self.conv(x)
         return conv
 
 
@@ -708,19 +709,6 @@ class Attention3(torch.nn.Module):
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, 128]" = self.to_out(y)
         return to_out
-
-
-class Downsample2(torch.nn.Module):
-    """Downsample of the model file: downsample.1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(128, 128, (3, 3), stride=(2, 2), padding=(1, 1))
-
-    def forward(self, x):
-        # unet.py:139 in forward: return self.conv(x)
-        conv = self.conv(x)
-        return conv
 
 
 class Level3(torch.nn.Module):
@@ -926,8 +914,6 @@ class Attention5(torch.nn.Module):
         transpose_contiguous = transpose.contiguous()
         del transpose
         transpose_1 = torch.empty((1, x_size, 2, 32), dtype=q.dtype, device=q.device)
-        # plus 16 * x_size per row. On a CPU at most 256 rows, the planned
-        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             1024 + self.size_0 * x_size,
