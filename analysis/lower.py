@@ -643,8 +643,9 @@ class _Lowering:
             buffers[name] = var
             dtype_of = self._dtype_of(region, node.tensor.dtype)
             reads = set(self.reads(list(node.tensor.shape))) | {var}
-            for value in (dtype_of, device_of):
-                reads |= {self.name_of(value)} - {None} if value is not None else set()
+            for value in (dtype_of, device_of):  # a value copied: its copy, so it can go
+                if value is not None:
+                    reads |= {copies[value]} if value in copies else {self.name_of(value)} - {None}
             if device_of is None and self.device_of:
                 reads.add(self.device_of)
             empty = Empty(node.tensor, dtype_of, device_of)

@@ -352,7 +352,7 @@ def _unwritable(
         if not call:
             continue
         names = {size: "n" for size in bound_symbols(graph, scope.inputs)}
-        for size in needed_sizes(graph, scopes, call, plan, formulas):
+        for size in sorted(needed_sizes(graph, scopes, call, plan, formulas), key=str):
             try:
                 size_code(size, names)
             except TypeError:

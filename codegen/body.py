@@ -353,8 +353,10 @@ class ForwardPrinter:
 
     def _print_empty(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        like = f"{self.value(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
-        device = f"{self.value(expr.device_of)}.device" if expr.device_of else self.device
+        block = next(b for b in self.program.blocks if b.index == statement.region)
+        named = lambda value: block.copies.get(value) or self.value(value)  # noqa: E731
+        like = f"{named(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
+        device = f"{named(expr.device_of)}.device" if expr.device_of else self.device
         shape = self.shape(expr.meta.shape)
         return Line(f"{statement.var} = torch.empty({shape}, dtype={like}, device={device})")
 

@@ -12,8 +12,8 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
 Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
 chunks at run time, from `memory_budget` and the input's shape.
 Written inline in their parent (with the modules in them), not called:
-  upsample.0: it uses the size (((height - 1)//2)) + 1, no input's dim
-  upsample.1: it uses the size height, no input's dim
+  upsample.0: it uses the size (((width - 1)//2)) + 1, no input's dim
+  upsample.1: it uses the size width, no input's dim
 """
 
 import torch

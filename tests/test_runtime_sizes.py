@@ -109,7 +109,8 @@ def test_the_generated_formula_reads_plainly(emitted) -> None:
     source = emitted[1].read_text()
     assert "def __init__(self, memory_budget: int | None = 3145728)" in source
     code = " ".join(source.split())
-    assert "= _rows( budget, " in code and "for start in range(0, seq, chunk" in code
+    assert "= _rows( self._chunking.budget, " in code  # the budget the model forward set
+    assert "for start in range(0, seq, chunk" in code
     assert 'if x.device.type == "cpu" else seq' in code  # GPUs take all the rows that fit
     assert "# Rows per chunk within the budget: the loop holds about" in source
 
