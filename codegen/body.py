@@ -365,13 +365,10 @@ class ForwardPrinter:
         fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
         extent = self.arg_plain(expr.extent)
         most = f"{self.num(expr.planned)} if {self.device}.type == 'cpu' else {extent}"
-        names = self.program.symbols
-        comments = [  # numbers as themselves
-            "Rows per chunk within the budget: the loop holds about "
-            f"{_plain_size(expr.fixed, names)} bytes,",
-            f"plus {_plain_size(expr.per_row, names)} per row. On a CPU at most {expr.planned} "
-            "rows, the planned",
-            "size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.",
+        comments = [
+            "Rows per chunk: the most that keep the loop's bytes (the fixed part, then per",
+            "row, below) within the budget. On a CPU at most the planned rows (cache-friendly);",
+            "on a GPU, where a chunk costs kernel launches, all that fit.",
         ]
         code = f"{statement.var} = _rows({self.program.budget}, {fixed}, {per_row}, {most})"
         return Line(code, comments)

@@ -379,6 +379,9 @@ class OuterProductMean(torch.nn.Module):
         b: "f32[32, res, 16]" = self.b(m)
         del m
         out = torch.empty((res, res**2 // res, 32), dtype=a.dtype, device=a.device)
+        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
+        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
+        # on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,
@@ -557,6 +560,9 @@ class GatedAttention3(torch.nn.Module):
         # f32[res, 4, bias_res, bias_res] 171.5 MiB -> 3.1 MiB per chunk of 4.
         # In place, on chunks nothing else reads: `add_`.
         matmul = torch.empty((res, 4, bias_res, 8), dtype=q.dtype, device=q.device)
+        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
+        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
+        # on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,

@@ -155,9 +155,9 @@ class Attention(torch.nn.Module):
         transpose_contiguous = transpose.contiguous()
         del transpose
         matmul = torch.empty((1, 8, seq, 32), dtype=q.dtype, device=q.device)
-        # Rows per chunk within the budget: the loop holds about 8192 * seq bytes,
-        # plus 64 * seq per row. On a CPU at most 128 rows, the planned
-        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
+        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
+        # on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             8192 * seq,

@@ -428,9 +428,9 @@ class Attention(torch.nn.Module):
         transpose_2 = torch.empty(
             (1, x_size, 2, 32), dtype=transpose.dtype, device=transpose.device
         )
-        # Rows per chunk within the budget: the loop holds about 1024 + 2048 * x_size bytes,
-        # plus 16 * x_size per row. On a CPU at most 256 rows, the planned
-        # size (cache-friendly); on a GPU, where a chunk costs kernel launches, all that fit.
+        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
+        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
+        # on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             1024 + 2048 * x_size,
@@ -914,6 +914,9 @@ class Attention5(torch.nn.Module):
         transpose_contiguous = transpose.contiguous()
         del transpose
         transpose_1 = torch.empty((1, x_size, 2, 32), dtype=q.dtype, device=q.device)
+        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
+        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
+        # on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             1024 + self.size_0 * x_size,
