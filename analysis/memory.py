@@ -141,18 +141,14 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
     the arguments it passes until the call returns, even where the callee reads them no more:
     `x = self.blocks[0](x)` frees the old `x` only once the block has returned. So every value a
     module call reads from outside lives at least until the call's last node. Calls of one op
-    (a layer) and `torch.nn` containers, which the generated module writes inline, hold
-    nothing; a module written inline because a loop crosses it is estimated as if held.
+    (a layer) and `torch.nn` classes, which the generated module writes inline, hold nothing,
+    nor does a call a chunk loop crosses (`crossed`): it is written inline too. A module
+    written inline for another reason is estimated as if it held its arguments.
     """
     key = ("held by callers",)
     if key not in graph.memo:
-        members: dict[str, list[str]] = {}
-        for node in graph.nodes:
-            if node.kind == "op":
-                for call in node.calls:
-                    members.setdefault(call, []).append(node.name)
         found: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        for call, names in members.items():
+        for call, names in _call_members(graph).items():
             kind = graph.module_types.get(call.partition("@")[0], "")
             if len(names) < 2 or kind.startswith("torch.nn."):
                 continue
@@ -163,27 +159,47 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
     return graph.memo[key]
 
 
-def _held_last_use(graph: Graph) -> tuple[dict[str, str], dict[str, int]]:
-    """`storage_roots`, with each storage read until the last call holding it returns."""
-    key = ("held last use",)
+def _call_members(graph: Graph) -> dict[str, list[str]]:
+    """Each module call's ops, in order."""
+    key = ("call members",)
     if key not in graph.memo:
-        roots, last_use = storage_roots(graph)
-        last_use = dict(last_use)
-        for last, calls in held_by_callers(graph).items():
-            for _, inputs in calls:
-                for name in inputs:
-                    root = roots.get(name, name)
-                    last_use[root] = max(last_use.get(root, 0), graph.position(last))
-        graph.memo[key] = (roots, last_use)
+        members: dict[str, list[str]] = {}
+        for node in graph.nodes:
+            if node.kind == "op":
+                for call in node.calls:
+                    members.setdefault(call, []).append(node.name)
+        graph.memo[key] = members
     return graph.memo[key]
 
 
-def _returns(graph: Graph, name: str) -> list[Stmt]:
-    """The statements that end the module calls ending at node `name`: they read what their
-    callers held (NOTE [Arguments held by the caller])."""
+def crossed(graph: Graph, span: tuple[str, ...]) -> set[str]:
+    """The module calls a stretch runs part of, or runs whole with more around it."""
+    inside = set(span)
+    members = _call_members(graph)
+    calls = {c for n in span for c in graph[n].calls}
+    return {c for c in calls if not inside <= set(members[c])}
+
+
+def _holders(graph: Graph) -> dict[str, list[tuple[str, int]]]:
+    """Each value a module call's caller holds: the calls, with their last node's position."""
+    key = ("holders",)
+    if key not in graph.memo:
+        found: dict[str, list[tuple[str, int]]] = {}
+        for last, calls in held_by_callers(graph).items():
+            for call, inputs in calls:
+                for name in inputs:
+                    found.setdefault(name, []).append((call, graph.position(last)))
+        graph.memo[key] = found
+    return graph.memo[key]
+
+
+def _returns(graph: Graph, name: str, skip: set[str] | frozenset[str] = frozenset()) -> list[Stmt]:
+    """The statements that end the module calls ending at node `name` (but those in `skip`):
+    they read what their callers held (NOTE [Arguments held by the caller])."""
     return [
         Stmt(key=None, uses=inputs, label=f"{call} returns")
         for call, inputs in held_by_callers(graph).get(name, ())
+        if call not in skip
     ]
 
 
@@ -271,16 +287,17 @@ def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:
     """Return the program of the graph with the regions run as chunk loops."""
     starts = {region.span[0]: (index, region) for index, region in enumerate(regions)}
     covered = {name for region in regions for name in region.span}
+    inline = {c for region in regions for c in crossed(graph, region.span)}
     stmts: list[Stmt] = []
     for node in graph.nodes:
         if node.name in starts:
             index, region = starts[node.name]
             stmts.extend(region_program(graph, lower_region(graph, region), index))
             for name in region.span:  # calls ending in the loop end with it
-                stmts.extend(_returns(graph, name))
+                stmts.extend(_returns(graph, name, inline))
         elif node.name not in covered:
             stmts.append(node_stmt(node, graph))
-            stmts.extend(_returns(graph, node.name))
+            stmts.extend(_returns(graph, node.name, inline))
     return stmts
 
 
@@ -308,7 +325,8 @@ def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> in
     }
     # The storages the stretch reads from before it are simulated too: one read only inside
     # the stretch may be freed in it (a view copied contiguous lets its base go).
-    roots, last_use = _held_last_use(graph)
+    roots, last_use = storage_roots(graph)
+    inline = crossed(graph, region.span)
     incoming: list[Stmt] = []
     seen: set[str] = set()
     held = 0
@@ -324,6 +342,9 @@ def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> in
             held += stmt.alloc
             if last_use.get(root, 0) > end:
                 keep.add(root)
+        # held by a caller until a call that ends after the stretch returns
+        if any(c not in inline and last > end for c, last in _holders(graph).get(name, ())):
+            keep.add(root)
         if name != root:
             incoming.append(Stmt(key=name, shares=root))
     program = incoming + region_program(graph, lowered, 0)
