@@ -1,36 +1,30 @@
-"""Lowering: a region into its loop steps, and a graph with its plan into the loop program.
+"""Lowering: a graph with its plan into the loop program, one forward per module call kept.
 
-Every decision about how a loop statement runs is taken here and nowhere else (NOTE [Loop
-program]): the operands' slices, in-place writes (`analysis.inplace`), causal key cuts
-(`analysis.causal`), and the size arguments that follow the chunk (`analysis.dimflow`).
+Every decision about how a loop statement runs is taken once, in lowering (NOTE [Loop program]):
+each region's steps in `analysis.loops`, the names, set-up and frees of each forward here, and
+which module calls stay calls in `analysis.scopes` (NOTE [Module scopes]).
 """
 
 from __future__ import annotations
 
-import collections
 import inspect
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import sympy
 import torch
 
-from analysis.causal import truncated_keys
-from analysis.dimflow import DimRule, out_meta
-from analysis.errors import InternalError, UserError
-from analysis.inplace import inplace_operands
+from analysis.dimflow import out_meta
 from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots
-from analysis.loader import MODEL_MODULE_PREFIX
-from analysis.names import Namespace, size_names, source_names, value_name
 from analysis.layers import Layer
-from analysis.ops import dim_rule, info, inplace_form
+from analysis.liveness import check_output_classes, needed, output_classes, read_sizes, with_frees
+from analysis.loops import layer_call, lower_region
+from analysis.names import Namespace, size_names, source_names, value_name
 from analysis.plan import ChunkPlan, Region
-from analysis.scopes import Scopes, bound_symbols, is_size, module_scopes, path_of
 from analysis.program import (
     CHUNK,
     COPY,
-    OUTER,
     Attr,
     Block,
     Budget,
@@ -41,8 +35,6 @@ from analysis.program import (
     Empty,
     Floor,
     InputSize,
-    LoopRegion,
-    LoopStep,
     ModuleCall,
     Operand,
     Program,
@@ -55,130 +47,10 @@ from analysis.program import (
     UpdateBuffer,
     WriteChunk,
 )
+from analysis.scopes import Scopes, bound_symbols, is_size, module_scopes, path_of
 
 if TYPE_CHECKING:
     from analysis.symbolic import Formulas
-
-
-# ------------------------------------------------------------------ one region
-def lower_region(
-    graph: Graph, region: Region, layers: Mapping[str, Layer] | None = None
-) -> LoopRegion:
-    """Return the region's loop as steps: every operand's slice, in-place writes, key cuts, and
-    (given the model's `layers`) the steps a layer runs as a module call."""
-    loop = region.loop_dims
-    copies = set(region.materialized)
-    inplace = inplace_operands(graph, region)
-    cuts = truncated_keys(graph, region)
-    steps = []
-    for name, dim in region.loop:
-        node = graph[name]
-        rule = dim_rule(node, graph)
-        if rule is None:
-            raise InternalError(f"loop node {name} has no dimension rule")
-        cut = cuts.get(name)
-        keys = dict(cut.slots) if cut is not None else {}
-
-        def operand(slot: int, ref: str, rule: DimRule = rule, dim: int = dim) -> Operand:
-            if ref in loop:
-                return Operand(ref, slot, CHUNK, keys=keys.get(slot))
-            source = COPY if ref in copies else OUTER
-            return Operand(ref, slot, source, rule.input_dim(dim, slot), keys.get(slot))
-
-        args, kwargs = _resized(node, rule, dim)
-        args, kwargs, operands = _with_operands(args, kwargs, graph, operand)
-        target, slot = node.target, inplace.get(name)
-        if slot is not None:
-            target = inplace_form(node.target)
-            if slot == 1:  # a commutative op writing into its second operand swaps the two
-                args = (args[1], args[0], *args[2:])
-        whole = {o.value for o in operands if o.rows is None and o.keys is None}
-        called = layer_call(graph, node, layers or {}, whole) if slot is None else None
-        steps.append(
-            LoopStep(
-                name,
-                dim,
-                target,
-                args,
-                kwargs,
-                operands,
-                inplace=slot,
-                keys=cut.diagonal if cut is not None else None,
-                layer=called,
-            )
-        )
-    return LoopRegion(region, tuple(steps))
-
-
-def layer_call(
-    graph: Graph, node: Node, layers: Mapping[str, Layer], whole: set[str]
-) -> str | None:
-    """Return the path of the layer to call as a module for `node`, or None.
-
-    The op must be exactly the layer's forward (NOTE [Op registry]): a layer of that class ran
-    it, it reads the layer's own tensors and those whole (a loop over a weight's rows cannot be
-    a call), its input comes from outside the layer and its result goes outside it (a layer
-    that runs more than one op, like a Conv2d padding by reflection, is not called)."""
-    expected = info(node.target).layer
-    path = node.module_path
-    if expected is None or path not in layers or layers[path].cls.__name__ != expected[0]:
-        return None
-    data = node.args[expected[1]] if expected[1] < len(node.args) else None
-    if not isinstance(data, Ref) or graph[data.name].module_path == path:
-        return None
-    if any(graph[user].module_path == path for user in graph.users(node.name)):
-        return None
-    for name in node.refs():
-        if name == data.name:
-            continue
-        own = graph[name]
-        inside = own.kind in ("param", "buffer") and own.target.startswith(path + ".")
-        if not inside or name not in whole:
-            return None
-    return path
-
-
-def _resized(node: Node, rule: DimRule, dim: int) -> tuple[tuple[Any, ...], tuple]:
-    """Return the node's arguments with sizes of the chunked dim as the chunk's length, and
-    offsets that follow the chunk's start."""
-    paths, offsets = rule.resized(dim), rule.offsets(dim)
-    args = list(node.args)
-    for position, sign, default in offsets:
-        while len(args) <= position:
-            args.append(default)
-        args[position] = ChunkStart(args[position], sign)
-    for position, element in paths:
-        sizes = list(args[position])
-        if sizes[element] != -1:  # expand keeps -1 ("as it is") for the chunked dim
-            sizes[element] = (
-                ChunkLength() if node.target is not torch.ops.aten.expand.default else -1
-            )
-        args[position] = sizes
-    return tuple(args), node.kwargs
-
-
-def _with_operands(
-    args: tuple[Any, ...],
-    kwargs: tuple[tuple[str, Any], ...],
-    graph: Graph,
-    operand: Callable[[int, str], Operand],
-) -> tuple[tuple[Any, ...], tuple[tuple[str, Any], ...], tuple[Operand, ...]]:
-    """Replace each tensor reference by `operand(slot, name)`; slots number the tensor inputs in
-    argument order, so a value read twice (h @ h) can be sliced in one place and whole in the
-    other."""
-    found: list[Operand] = []
-
-    def visit(value: Any) -> Any:
-        if isinstance(value, Ref) and isinstance(graph[value.name].meta, (TensorMeta, tuple)):
-            found.append(operand(len(found), value.name))
-            return found[-1]
-        if isinstance(value, (list, tuple)):
-            return type(value)(visit(v) for v in value)
-        return value
-
-    new_args = tuple(visit(v) for v in args)
-    new_kwargs = tuple((k, visit(v)) for k, v in kwargs)
-    return new_args, new_kwargs, tuple(found)
 
 
 # ------------------------------------------------------------------ the whole forward
@@ -338,7 +210,6 @@ class _Lowering:
         parameter, where the first line of this forward reading the value names exactly one
         of them (`h = self.conv_1(F.silu(self.norm_1(x)))` reads `x`), else the value's name
         where it was made."""
-        node = self.graph[name]
         params = self._signature()
         for reader in self.scope.nodes:
             if name not in self.graph[reader].refs():
@@ -477,7 +348,7 @@ class _Lowering:
             self.budget = "self._chunking.budget"
         starts = {self.plan.regions[i].span[0]: (i, self.plan.regions[i]) for i in mine}
         covered = {name for region in self.plan.regions for name in region.span}
-        live = _needed(graph)
+        live = needed(graph)
         outputs = graph.output_names()
         called: set[str] = set()
         for node in graph.nodes:
@@ -514,12 +385,12 @@ class _Lowering:
         keep |= {self.names[n] for n in results if isinstance(self.names.get(n), str)}
         return Program(
             params=tuple(params),
-            body=tuple(_with_frees(_read_sizes(body), keep)),
+            body=tuple(with_frees(read_sizes(body), keep)),
             names=dict(self.names),
             symbols=dict(self.symbols),
             device_of=self.device_of,
             budget=self.budget,
-            output_class=bool(_classes(graph.out_spec)),
+            output_class=bool(output_classes(graph.out_spec)),
             formulas=self.formulas,
             layers=self.layers,
             call=self.call,
@@ -611,7 +482,7 @@ class _Lowering:
         out = []
         for fqn, ref in graph.mutations:
             out.append(Statement(None, UpdateBuffer(fqn, ref.name), self.reads(ref)))
-        _check_output_classes(graph.out_spec, graph.model_file)
+        check_output_classes(graph.out_spec, graph.model_file)
         out.append(
             Statement(None, Return(graph.out_spec, graph.outputs), self.reads(graph.outputs))
         )
@@ -693,112 +564,6 @@ class _Lowering:
             if meta is not None and meta.dtype == dtype:
                 return name
         return None
-
-
-def _read_sizes(body: list[Any]) -> list[Any]:
-    """The body without the sizes nothing reads (only annotations name them)."""
-    while True:
-        read = {name for item in body for name in _reads(item)}
-        kept = [
-            item
-            for item in body
-            if not (isinstance(item, Statement) and isinstance(item.expr, (InputSize, SizeValue)))
-            or item.var in read
-        ]
-        if len(kept) == len(body):
-            return kept
-        body = kept
-
-
-def _needed(graph: Graph) -> set[str]:
-    """Return the nodes whose results are used: everything else is dead code."""
-    needed = set(graph.output_names())
-    for node in reversed(graph.nodes):
-        if node.name in needed or node.mutates is not None:
-            needed.add(node.name)
-            needed.update(node.refs())
-    return needed
-
-
-# ------------------------------------------------------------------ frees
-def _with_frees(items: list[Any], keep: set[str]) -> list[Any]:
-    """Mark each bound name freed after its last use (names in `keep` excluded)."""
-    last: dict[str, int] = {}
-    bound: set[str] = set()
-    for index, item in enumerate(items):
-        for name in _reads(item):
-            last[name] = index
-        for name in _binds(item):
-            bound.add(name)
-            last.setdefault(name, index)
-    out: list[Any] = []
-    for index, item in enumerate(items):
-        if isinstance(item, Block):
-            inner_keep = keep | bound | _reads_after(items, index)
-            item = replace(
-                item,
-                body=tuple(
-                    _with_frees(list(item.body), (inner_keep - _loop_locals(item)) | {"stop"})
-                ),
-            )
-        dead = tuple(sorted(n for n in bound if last.get(n) == index and n not in keep))
-        following = items[index + 1] if index + 1 < len(items) else None
-        if isinstance(following, Statement) and isinstance(following.expr, Return):
-            dead = ()  # returning frees them
-        if dead and not isinstance(item.expr if isinstance(item, Statement) else None, Return):
-            item = replace(item, frees=dead)
-        out.append(item)
-    return out
-
-
-def _reads_after(items: list[Any], index: int) -> set[str]:
-    return {n for item in items[index + 1 :] for n in _reads(item)}
-
-
-def _loop_locals(block: Block) -> set[str]:
-    return {n for item in block.body for n in _binds(item)}
-
-
-def _reads(item: Any) -> set[str]:
-    if isinstance(item, Block):
-        inner = {n for child in item.body for n in _reads(child)}
-        return (inner - _loop_locals(item)) | set(item.reads)
-    return set(item.reads)
-
-
-def _binds(item: Any) -> set[str]:
-    if isinstance(item, Block):
-        return set()
-    if isinstance(item.expr, ModuleCall):
-        return set(item.expr.targets)
-    return {item.var} if item.var else set()
-
-
-# ------------------------------------------------------------------ outputs
-def _class_of(spec: Any) -> Any:
-    kind = getattr(spec, "type", None)
-    if kind is collections.namedtuple:  # pytree keeps a namedtuple's class as the context
-        kind = spec.context
-    return kind
-
-
-def _classes(spec: Any) -> list[type]:
-    """Return the output classes other than tuple, list and dict in an output structure."""
-    if spec is None or spec.is_leaf():
-        return []
-    kind = _class_of(spec)
-    found = [kind] if isinstance(kind, type) and kind not in (tuple, list, dict) else []
-    return found + [c for child in spec.children() for c in _classes(child)]
-
-
-def _check_output_classes(spec: Any, model_file: str) -> None:
-    for kind in _classes(spec):
-        if kind.__module__.startswith(MODEL_MODULE_PREFIX):
-            raise UserError(
-                f"{model_file}: the model returns a {kind.__qualname__}, a class defined in the "
-                "model file itself, which the generated module cannot import; define it in an "
-                "importable module, or return a tuple or dict"
-            )
 
 
 __all__ = ["layer_call", "lower", "lower_region"]

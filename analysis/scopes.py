@@ -241,32 +241,6 @@ def is_size(graph: Graph, name: str) -> bool:
     return isinstance(meta, sympy.Expr) and bool(meta.free_symbols)
 
 
-def symbols_used(graph: Graph, names: list[str]) -> set[sympy.Symbol]:
-    """The dynamic dims the nodes' results and arguments are sized by."""
-    found: set[sympy.Symbol] = set()
-
-    def visit(value: object) -> None:
-        if isinstance(value, TensorMeta):
-            for size in value.shape:
-                if isinstance(size, sympy.Expr):
-                    found.update(size.free_symbols)
-        elif isinstance(value, sympy.Expr):
-            found.update(value.free_symbols)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    for name in names:
-        node = graph[name]
-        visit(node.meta)
-        visit(node.args)
-        visit([v for _, v in node.kwargs])
-        for ref in node.refs():
-            if is_size(graph, ref):
-                visit(graph[ref].meta)
-    return found
-
-
 def bound_symbols(
     graph: Graph, inputs: list[str]
 ) -> dict[sympy.Expr, tuple[str, int, int, int]]:

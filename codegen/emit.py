@@ -16,6 +16,7 @@ from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
 from analysis.program import Budget, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
+from analysis.ops import info
 from analysis.errors import InternalError
 from codegen.classes import (
     GeneratedClass,
@@ -210,7 +211,7 @@ def _inner_first(classes: list[GeneratedClass]) -> list[GeneratedClass]:
     return done
 
 
-def _inline_notes(program: Program, module: torch.nn.Module) -> list[str]:
+def _inline_notes(graph: Graph, program: Program, module: torch.nn.Module) -> list[str]:
     """The header's list of module calls written inline in their parent, and why; a call
     inside another listed for the same reason goes with it, and containers (whose modules
     are called one by one) are left out."""
@@ -225,7 +226,14 @@ def _inline_notes(program: Program, module: torch.nn.Module) -> list[str]:
             continue
         listed[path] = inlined.reason
         notes.append(f"{inlined.call}: {inlined.reason}")
-    return notes
+    for block in program.blocks:  # a layer whose op a loop writes out instead of calling it
+        for step in block.lowered.steps:
+            path = graph[step.node].module_path
+            layer = info(graph[step.node].target).layer
+            if step.layer is None and path in program.layers and layer:
+                reason = f"chunk loop {block.index + 1} slices its weights or runs it in place"
+                notes.append(f"{path}: {reason}")
+    return list(dict.fromkeys(notes))
 
 
 def _classes(
@@ -332,7 +340,7 @@ def emit_module(
         tree=builder.lines("", module),
         classes=classes,
         shared=shared,
-        inlined=_inline_notes(program, module),
+        inlined=_inline_notes(graph, program, module),
         base=f"torch.nn.{_kind(module)}",
         forward=forward,
         output_class=program.output_class,

@@ -174,9 +174,17 @@ def test_modules_that_cannot_be_called_are_written_inline_and_listed(
     assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
     source = (tmp_path / "out" / "model.py").read_text()
     header = source.split('"""', 2)[1]
-    assert "Written inline in their parent" in header and listed in header, header
+    assert "not called as modules:" in header and listed in header, header
     loaded = load_model_file(path)
     module, _ = import_source(source)
     chunked = instantiate(module, loaded.module)
     with torch.no_grad():
         assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
+
+
+def test_the_dump_shows_each_modules_forward(capsys) -> None:
+    assert cli.main(["plan", str(EXAMPLES / "gpt.py"), "--dump", "lower"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.attn.forward(x):" in out and "blocks.3.mlp.forward(x):" in out
+    root = out.split("blocks.0.forward(x):", 1)[0]
+    assert "x <- self.blocks.0(x)" in root and "for start in" not in root  # the loops are inside
