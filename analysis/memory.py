@@ -159,6 +159,17 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
     return graph.memo[key]
 
 
+class _Members(list):
+    """A call's ops in order, with a set of them for membership."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.names = frozenset(names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+
 def _call_members(graph: Graph) -> dict[str, list[str]]:
     """Each module call's ops, in order."""
     key = ("call members",)
@@ -168,16 +179,19 @@ def _call_members(graph: Graph) -> dict[str, list[str]]:
             if node.kind == "op":
                 for call in node.calls:
                     members.setdefault(call, []).append(node.name)
-        graph.memo[key] = members
+        graph.memo[key] = {call: _Members(names) for call, names in members.items()}
     return graph.memo[key]
 
 
-def crossed(graph: Graph, span: tuple[str, ...]) -> set[str]:
+def crossed(graph: Graph, span: tuple[str, ...]) -> frozenset[str]:
     """The module calls a stretch runs part of, or runs whole with more around it."""
-    inside = set(span)
-    members = _call_members(graph)
-    calls = {c for n in span for c in graph[n].calls}
-    return {c for c in calls if not inside <= set(members[c])}
+    key = ("crossed", span)
+    if key not in graph.memo:
+        inside = set(span)
+        members = _call_members(graph)
+        calls = {c for n in span for c in graph[n].calls}
+        graph.memo[key] = frozenset(c for c in calls if not inside <= members[c].names)
+    return graph.memo[key]
 
 
 def _holders(graph: Graph) -> dict[str, list[tuple[str, int]]]:

@@ -196,25 +196,31 @@ def _best_candidate(
 ) -> Region | None:
     """Return the candidate that meets the budget fastest; failing that, the lowest peak.
 
-    Peaks are compared at 1% of the current peak, so near-ties fall to the faster region.
+    Peaks are compared at 1% of the current peak, so near-ties fall to the faster region. The
+    stretches within the innermost module call running the peak go first: only when none of
+    them meets the budget do stretches across module boundaries compete (NOTE [Module
+    scopes]), at a cost for the module they write inline.
     """
     machine = load_machine()
     unit = max(profile.peak // 100, 1)
     best: tuple[tuple[float, ...], Region] | None = None
-    for candidate in _candidates(graph, regions, profile, peak_node):
-        for region in (candidate, *_with_copies(graph, candidate)):
-            sized, peak = _size_chunks(graph, profile, region, budget, machine)
-            extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
-                graph, sized.span, machine
-            )
-            if crosses_module(graph, sized.span):  # NOTE [Module scopes]: it costs a module
-                extra += CROSSING * span_time(graph, sized.span, machine)
-            if peak <= budget:
-                key: tuple[float, ...] = (0, round(extra, 5), peak // unit, len(sized.loop))
-            else:
-                key = (1, peak // unit, round(extra, 5), len(sized.loop))
-            if best is None or key < best[0]:
-                best = (key, sized)
+    for inner in (True, False):
+        if not inner and best is not None and best[0][0] == 0:
+            break  # a loop inside the module meets the budget
+        for candidate in _candidates(graph, regions, profile, peak_node, inner):
+            for region in (candidate, *_with_copies(graph, candidate)):
+                sized, peak = _size_chunks(graph, profile, region, budget, machine)
+                extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
+                    graph, sized.span, machine
+                )
+                if crosses_module(graph, sized.span):  # it costs a module: written inline
+                    extra += CROSSING * span_time(graph, sized.span, machine)
+                if peak <= budget:
+                    key: tuple[float, ...] = (0, round(extra, 5), peak // unit, len(sized.loop))
+                else:
+                    key = (1, peak // unit, round(extra, 5), len(sized.loop))
+                if best is None or key < best[0]:
+                    best = (key, sized)
     return None if best is None else best[1]
 
 
@@ -272,10 +278,10 @@ def _size_chunks(
 
 
 def _candidates(
-    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str
+    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str, inner: bool
 ) -> list[Region]:
-    """Stretches around the peak: within the window, and within each of the two innermost
-    module calls running the peak (a loop inside one module keeps the module a call)."""
+    """Stretches around the peak, within the window; or (`inner`) within the innermost module
+    call running the peak, where a loop keeps the module a call."""
     names = [node.name for node in graph.nodes]
     position = names.index(peak_node)
     covered = {name for region in regions for name in region.span}
@@ -286,9 +292,12 @@ def _candidates(
     while last + 1 < len(names) and last - position < WINDOW and names[last + 1] not in covered:
         last += 1
     windows = [(first, last)]
-    for call in _calls(graph, graph[peak_node])[::-1][:2]:
-        lo, hi = _stretch(graph, call)
-        windows.append((max(first, lo), min(last, hi)))
+    if inner:
+        calls = _calls(graph, graph[peak_node])
+        if not calls:
+            return []
+        lo, hi = _stretch(graph, calls[-1])
+        windows = [(max(first, lo), min(last, hi))]
     footprint = dict(zip(profile.labels, profile.footprint))
     found: dict[tuple[tuple[str, int], ...], Region] = {}
     for start, stop in dict.fromkeys(windows):

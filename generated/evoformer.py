@@ -8,12 +8,12 @@ Estimated activation peak: 371.8 MiB before, 64.8 MiB after.
 Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it runs):
   1. evoformer.py:62-72  8 (permute axis 0)  chunk 1  x8  22.5 MiB
   2. evoformer.py:133-134  res (linear_13 axis 1)  chunk 8  x28  12.2 MiB
-  3. evoformer.py:66-72  res (div_3 axis 0)  chunk 4  x56  45.4 MiB
-  4. evoformer.py:66-72  res (div_4 axis 0)  chunk 4  x56  45.4 MiB
+  3. evoformer.py:62-72  res (layer_norm_9 axis 0)  chunk 4  x56  27.1 MiB
+  4. evoformer.py:62-72  res (layer_norm_10 axis 0)  chunk 4  x56  27.1 MiB
   5. evoformer.py:62-72  8 (permute_3 axis 0)  chunk 1  x8  30.4 MiB
   6. evoformer.py:133-134  res (linear_55 axis 1)  chunk 8  x28  20.1 MiB
-  7. evoformer.py:66-72  res (div_8 axis 0)  chunk 4  x56  53.3 MiB
-  8. evoformer.py:66-72  res (div_9 axis 0)  chunk 4  x56  53.3 MiB
+  7. evoformer.py:62-72  res (layer_norm_21 axis 0)  chunk 4  x56  35.0 MiB
+  8. evoformer.py:62-72  res (layer_norm_22 axis 0)  chunk 4  x56  35.0 MiB
 Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
 chunks at run time, from `memory_budget` and the input's shape.
 """
@@ -35,10 +35,10 @@ class ChunkedEvoformer(torch.nn.Module):
         self._chunking = _Chunking()
         self.blocks = torch.nn.ModuleList()
         self.blocks.append(
-            EvoformerBlock(size_0=128, size_1=12288, size_2=784, size_3=8192)
+            EvoformerBlock(size_0=128, size_1=12288, size_2=400, size_3=8192)
         )
         self.blocks.append(
-            EvoformerBlock(size_0=256, size_1=20480, size_2=912, size_3=16384)
+            EvoformerBlock(size_0=256, size_1=20480, size_2=528, size_3=16384)
         )
         for module in self.modules():  # one budget holder for every chunked submodule
             if hasattr(module, "_chunking"):
@@ -67,9 +67,9 @@ class ChunkedEvoformer(torch.nn.Module):
         floor = (
             max(
                 128 * res**2 + 14336 * res,
-                816 * res**2 + 8192 * res,
+                432 * res**2 + 8320 * res,
                 256 * res**2 + 22528 * res,
-                944 * res**2 + 16384 * res,
+                560 * res**2 + 16512 * res,
             )
             * 21
             // 20
@@ -539,42 +539,47 @@ class GatedAttention3(torch.nn.Module):
     def forward(self, x, bias):
         res = x.shape[0]
         bias_res = bias.shape[2]
-        # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        q: "f32[res, bias_res, 32]" = self.q(x)
-        view: "f32[res, bias_res, 4, 8]" = q.view(res, res, 4, 8)
-        q: "f32[res, 4, bias_res, 8]" = view.transpose(1, 2)
-        del view
-        # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
-        q: "f32[res, 4, bias_res, 8]" = q / 2.8284271247461903
-        # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        k: "f32[res, bias_res, 32]" = self.k(x)
-        view_1: "f32[res, bias_res, 4, 8]" = k.view(res, res, 4, 8)
-        k: "f32[res, 4, bias_res, 8]" = view_1.transpose(1, 2)
-        del view_1
-        # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        v: "f32[res, bias_res, 32]" = self.v(x)
-        view_2: "f32[res, bias_res, 4, 8]" = v.view(res, res, 4, 8)
-        v: "f32[res, 4, bias_res, 8]" = view_2.transpose(1, 2)
-        del view_2
-        # Chunk loop (evoformer.py:66-72), over `res`.
+        # Chunk loop (evoformer.py:62-72), over `res`.
         # f32[res, 4, bias_res, bias_res] 171.5 MiB -> 3.1 MiB per chunk of 4.
         # In place, on chunks nothing else reads: `add_`.
-        matmul = torch.empty((res, 4, bias_res, 8), dtype=q.dtype, device=q.device)
+        matmul = torch.empty((res, 4, bias_res, 8), dtype=x.dtype, device=x.device)
         # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
         # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
         # on a GPU, where a chunk costs kernel launches, all that fit.
         chunk = _rows(
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,
-            32 * res**2,
+            32 * res**2 + 128 * res,
             4 if x.device.type == "cpu" else res,
         )
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
+            # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            q = self.q(x[start:stop])
+            view = q.view(stop - start, res, 4, 8)
+            del q
+            q_1 = view.transpose(1, 2)
+            del view
+            # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
+            q_2 = q_1 / 2.8284271247461903
+            del q_1
+            # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            k = self.k(x[start:stop])
+            view_1 = k.view(stop - start, res, 4, 8)
+            del k
+            k_1 = view_1.transpose(1, 2)
+            del view_1
+            # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            v = self.v(x[start:stop])
+            view_2 = v.view(stop - start, res, 4, 8)
+            del v
+            v_1 = view_2.transpose(1, 2)
+            del view_2
             # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
-            transpose = k[start:stop].transpose(-1, -2)
-            logits = torch.matmul(q[start:stop], transpose)
-            del transpose
+            transpose = k_1.transpose(-1, -2)
+            del k_1
+            logits = torch.matmul(q_2, transpose)
+            del q_2, transpose
             # evoformer.py:69 in forward: logits = logits + bias
             logits_1 = logits.add_(bias)
             del logits
@@ -582,11 +587,11 @@ class GatedAttention3(torch.nn.Module):
             weights = torch.softmax(logits_1, -1)
             del logits_1
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-            matmul_chunk = torch.matmul(weights, v[start:stop])
-            del weights
+            matmul_chunk = torch.matmul(weights, v_1)
+            del v_1, weights
             matmul[start:stop] = matmul_chunk
             del matmul_chunk
-        del chunk, k, q, v
+        del chunk
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         transpose_1: "f32[res, bias_res, 4, 8]" = matmul.transpose(1, 2)
         del matmul
