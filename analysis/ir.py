@@ -176,6 +176,10 @@ class Graph:
     #: module path -> its class, qualified ("torch.nn.modules.linear.Linear"), for every module
     #: a node ran in
     module_types: dict[str, str] = field(default_factory=dict, compare=False)
+    #: module calls the generated module writes inline though they could stand alone, so that
+    #: their callers hold no arguments: chosen when those are what keeps the peak over the
+    #: target (NOTE [Arguments held by the caller])
+    inline_calls: frozenset[str] = frozenset()
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
     _users: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
     _position: dict[str, int] = field(default_factory=dict, repr=False, compare=False)

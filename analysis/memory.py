@@ -142,7 +142,9 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
     `x = self.blocks[0](x)` frees the old `x` only once the block has returned. So every value a
     module call reads from outside lives at least until the call's last node. Calls of one op
     (a layer) and `torch.nn` classes, which the generated module writes inline, hold nothing,
-    nor does a call a chunk loop crosses (`crossed`): it is written inline too. A module
+    nor does a call a chunk loop crosses (`crossed`): it is written inline too. When the
+    arguments held are what keeps the peak over the target, the planner writes the calls of
+    that kind of module inline (`analysis.select.inline_held`, `Graph.inline_calls`). A module
     written inline for another reason is estimated as if it held its arguments.
     """
     key = ("held by callers",)
@@ -150,7 +152,7 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
         found: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for call, names in _call_members(graph).items():
             kind = graph.module_types.get(call.partition("@")[0], "")
-            if len(names) < 2 or kind.startswith("torch.nn."):
+            if len(names) < 2 or kind.startswith("torch.nn.") or call in graph.inline_calls:
                 continue
             inside = set(names)
             inputs = tuple(dict.fromkeys(r for n in names for r in graph[n].refs() if r not in inside))

@@ -18,7 +18,7 @@ from analysis.lower import lower
 from analysis.plan import ChunkPlan
 from analysis.program import Program
 from analysis.remat import rematerialized
-from analysis.select import Progress, Target, plan_for_range
+from analysis.select import Progress, Target, inline_held, plan_for_range
 from analysis.symbolic import plan_formulas
 
 #: The passes, in order; `Planned.passes` records each one's result under these names.
@@ -69,6 +69,7 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
         unit = max(plan.original_peak_bytes // 100, 1)
         if other.planned_peak_bytes // unit < plan.planned_peak_bytes // unit:
             graph, plan, kept = recomputing, other, recomputing
+    graph, plan = inline_held(graph, plan, target)
     program = lower_plan(graph, plan, standard_layers(loaded.module), loaded.module)
     passes = tuple(zip(PASSES, (captured, kept, plan, program), strict=True))
     return Planned(loaded, graph, plan, program, passes)

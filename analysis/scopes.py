@@ -118,6 +118,8 @@ def module_scopes(
             if path_of(call) not in layers:
                 members.setdefault(call, []).append(node.name)
     reasons: dict[str, str] = dict(also_inline or {})
+    for call in sorted(graph.inline_calls):
+        reasons.setdefault(call, "as a call, its caller would hold its arguments over the target")
     for call, names in members.items():
         if call in reasons:
             continue

@@ -9,6 +9,7 @@ no candidate lowers the peak.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -20,6 +21,7 @@ from analysis.memory import (
     Profile,
     estimate_graph,
     estimate_plan,
+    held_by_callers,
     local_region_peak,
     region_peak,
 )
@@ -157,6 +159,36 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
     if ranged.planned_peak_bytes > max(here.planned_peak_bytes, here.budget_bytes):
         return here
     return ranged
+
+
+def inline_held(graph: Graph, plan: ChunkPlan, target: Target) -> tuple[Graph, ChunkPlan]:
+    """When the plan misses the target, try writing inline the module calls running the peak
+    whose callers hold their arguments (NOTE [Arguments held by the caller]), innermost first,
+    every call of that kind at once (`layers.1.self_attn` and its siblings `layers.*.self_attn`,
+    which run alike); keep the graph and plan when the planned peak falls, and repeat."""
+    while not plan.met:
+        profile = estimate_plan(graph, plan.regions)
+        label = profile.labels[profile.peak_index]
+        if label.startswith("region "):
+            label = plan.regions[int(label.split()[1])].loop[0][0]
+        if label not in graph:
+            break
+        held = {call for calls in held_by_callers(graph).values() for call, _ in calls}
+        better = None
+        for call in [c for c in graph[label].calls if c in held][::-1]:
+            kind = re.sub(r"\d+", "*", call)
+            alike = {c for c in held if re.sub(r"\d+", "*", c) == kind}
+            trial = replace(
+                graph, inline_calls=graph.inline_calls | alike, memo={}, before=graph.captured
+            )
+            planned = plan_for_range(trial, target)
+            if planned.planned_peak_bytes < plan.planned_peak_bytes:
+                better = (trial, planned)
+                break
+        if better is None:
+            break
+        graph, plan = better
+    return graph, plan
 
 
 def _symbolic(size: Size) -> bool:
@@ -363,4 +395,4 @@ def _seeds(graph: Graph, names: list[str], first: int, position: int, peak: str)
     return [peak, *nearby[:SEEDS]]
 
 
-__all__ = ["Progress", "Target", "make_plan", "plan_for_range", "rescaled"]
+__all__ = ["Progress", "Target", "inline_held", "make_plan", "plan_for_range", "rescaled"]

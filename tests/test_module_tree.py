@@ -188,3 +188,24 @@ def test_the_dump_shows_each_modules_forward(capsys) -> None:
     assert "blocks.0.attn.forward(x):" in out and "blocks.3.mlp.forward(x):" in out
     root = out.split("blocks.0.forward(x):", 1)[0]
     assert "x <- self.blocks.0(x)" in root and "for start in" not in root  # the loops are inside
+
+
+def test_calls_whose_held_arguments_keep_the_peak_over_the_target_are_written_inline() -> None:
+    """NOTE [Arguments held by the caller]: at 5% GPT's blocks would hold the attention's input
+    over the target; every attention is written inline in its block (one kind, all at once),
+    listed, and the module still matches the original."""
+    from analysis.select import Target
+    from codegen.generate import generate
+
+    planned, emitted = generate(EXAMPLES / "gpt.py", Target(ratio=0.05), "--memory-ratio 0.05")
+    assert planned.graph.inline_calls == {f"blocks.{i}.attn" for i in range(4)}
+    held = planned.plan.planned_peak_bytes
+    assert held < 24 << 20  # 24 MiB with the attention as a call
+    header = emitted.source.split('"""', 2)[1]
+    assert "blocks.2.attn: as a call, its caller would hold its arguments over the target" in header
+    module, _ = import_source(emitted.source)
+    chunked = instantiate(module, planned.loaded.module)
+    assert type(chunked.blocks[0].attn) is torch.nn.Module  # its tensors, at the same paths
+    ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert compare(planned.loaded.module(ids), chunked(ids)) is None
