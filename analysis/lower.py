@@ -97,8 +97,6 @@ class _Lowering:
         self.scopes = scopes
         self.call = call
         self.scope = scopes.scopes[call] if scopes is not None else None
-        #: the prefix of a name made in this module that the module's path gives
-        self.prefix = Namespace.clean(path_of(call)) + "_" if call else ""
         self.module = module
         #: names from the source's assignments (NOTE [Names from the source])
         self.assigned = source_names(graph, layers)
@@ -168,20 +166,15 @@ class _Lowering:
     def base(self, node: Node) -> str:
         """The base of a value's name: the source's name for it, else its module and op, from
         this module (`q`, not `blocks_0_attn_q`)."""
-        base = Namespace.clean(self.assigned.get(node.name) or value_name(node, self.graph))
-        if self.prefix and base.startswith(self.prefix) and len(base) > len(self.prefix):
-            return base[len(self.prefix) :]
-        return base
+        return _within(self.assigned.get(node.name) or value_name(node, self.graph), self.call)
 
     def output_base(self, node: Node, child: str) -> str:
         """The base of a value a child module returns: the name the child gives it, else the
         child's path (`attn = self.attn(ln_1)`)."""
         own = self.assigned.get(node.name)
-        prefix = Namespace.clean(path_of(child)) + "_"
-        if own and Namespace.clean(own).startswith(prefix):
-            return Namespace.clean(own)[len(prefix) :]
-        relative = path_of(child)[len(self.scope.path) + 1 :] if self.call else path_of(child)
-        return relative
+        if own and _within(own, child) != Namespace.clean(own):
+            return _within(own, child)
+        return path_of(child)[len(self.scope.path) + 1 :] if self.call else path_of(child)
 
     def _replaced(self, scope: Any, output: str) -> str | None:
         """The one input a module's lone output replaces: same shape and dtype, and read no more
@@ -198,7 +191,7 @@ class _Lowering:
         named = alike[0] in self.params_held or alike[0] in self.streams
         if not (named or self.assigned.get(alike[0])):
             return None  # named after its module (`ln_1`): not a name to pass on
-        inside = {n for c in self.scopes.subtree(scope.call) for n in self.scopes.scopes[c].nodes}
+        inside = self.scopes.nodes_under(scope.call)
         users = set(self.graph.users(alike[0]))
         if alike[0] in self.graph.output_names() or not users <= self.emitted | inside:
             return None  # read after the call: the output is another value
@@ -229,9 +222,7 @@ class _Lowering:
         if node.kind in ("param", "buffer", "input"):
             return str(node.target if node.kind != "input" else node.name).replace(".", "_")
         maker = self.scopes.scope_of.get(name, "") if self.scopes is not None else ""
-        base = Namespace.clean(self.assigned.get(name) or value_name(node, self.graph))
-        prefix = Namespace.clean(path_of(maker)) + "_" if maker else ""
-        return base[len(prefix) :] if prefix and base.startswith(prefix) else base
+        return _within(self.assigned.get(name) or value_name(node, self.graph), maker)
 
     def _signature(self) -> list[str]:
         """The names of the original forward's parameters."""
@@ -259,29 +250,24 @@ class _Lowering:
         held = self.holder.get(name)
         if held is None or not self._dies_at(held, node):
             name = self.ns.create(self.base(node))
+        elif held in self.params_held:
+            self.rebound.add(name)
         self.names[node.name] = name
         self.holder[name] = node.name
         return name
-
-    def _inside(self) -> set[str]:
-        """The nodes this forward and the modules it calls run."""
-        if self.scopes is None:
-            return {node.name for node in self.graph.nodes}
-        calls = self.scopes.subtree(self.call)
-        return {n for c in calls for n in self.scopes.scopes[c].nodes}
 
     def _dies_at(self, held: str, node: Node) -> bool:
         return self._dies_reading(held, set(node.refs()), {node.name})
 
     def _dies_reading(self, held: str, reads: set[str], running: set[str]) -> bool:
-        """Whether `held` is dead once statements running `running` (reading `reads`) ran."""
+        """Whether `held` is dead once statements running `running` (reading `reads`) ran; a
+        parameter of this forward counts once this forward reads it no more (its caller holds
+        it: the name is free, the memory not)."""
         graph = self.graph
         users = {u for u in graph.users(held) if not is_size(graph, u)}  # shapes: bound already
-        if held in self.params_held:  # its caller holds it: the name is free, the memory not
-            if not users & self._inside() <= self.emitted | running:
-                return False
-            self.rebound.add(self.names[held])
-            return True
+        if held in self.params_held:
+            inside = self.scopes.nodes_under(self.call) if self.scopes is not None else users
+            return users & inside <= self.emitted | running
         if held in graph.output_names():
             return False
         if not users <= self.emitted | running:
@@ -402,7 +388,7 @@ class _Lowering:
         scopes = self.scopes
         assert scopes is not None
         scope = scopes.scopes[child]
-        inside = {n for c in scopes.subtree(child) for n in scopes.scopes[c].nodes}
+        inside = scopes.nodes_under(child)
         reads = self.reads([Ref(name) for name in scope.inputs])
         self.emitted.update(inside)
         targets = []
@@ -415,6 +401,8 @@ class _Lowering:
             held = self.holder.get(var)
             if held is None or not self._dies_reading(held, set(scope.inputs), inside):
                 var = self.ns.create(base)
+            elif held in self.params_held:
+                self.rebound.add(var)
             self.names[name] = var
             self.holder[var] = name
             targets.append(var)
@@ -564,6 +552,16 @@ class _Lowering:
             if meta is not None and meta.dtype == dtype:
                 return name
         return None
+
+
+def _within(base: str, call: str) -> str:
+    """A name made after its module's path (`blocks_0_attn_q`), as the module's own forward
+    names it (`q`)."""
+    base = Namespace.clean(base)
+    prefix = Namespace.clean(path_of(call)) + "_" if call else ""
+    if prefix and base.startswith(prefix) and len(base) > len(prefix):
+        return base[len(prefix) :]
+    return base
 
 
 __all__ = ["layer_call", "lower", "lower_region"]

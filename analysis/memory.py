@@ -150,7 +150,7 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
     key = ("held by callers",)
     if key not in graph.memo:
         found: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        for call, names in _call_members(graph).items():
+        for call, names in call_members(graph).items():
             kind = graph.module_types.get(call.partition("@")[0], "")
             if len(names) < 2 or kind.startswith("torch.nn.") or call in graph.inline_calls:
                 continue
@@ -161,18 +161,7 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
     return graph.memo[key]
 
 
-class _Members(list):
-    """A call's ops in order, with a set of them for membership."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__(names)
-        self.names = frozenset(names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names
-
-
-def _call_members(graph: Graph) -> dict[str, list[str]]:
+def call_members(graph: Graph) -> dict[str, tuple[str, ...]]:
     """Each module call's ops, in order."""
     key = ("call members",)
     if key not in graph.memo:
@@ -181,7 +170,7 @@ def _call_members(graph: Graph) -> dict[str, list[str]]:
             if node.kind == "op":
                 for call in node.calls:
                     members.setdefault(call, []).append(node.name)
-        graph.memo[key] = {call: _Members(names) for call, names in members.items()}
+        graph.memo[key] = {call: tuple(names) for call, names in members.items()}
     return graph.memo[key]
 
 
@@ -190,9 +179,9 @@ def crossed(graph: Graph, span: tuple[str, ...]) -> frozenset[str]:
     key = ("crossed", span)
     if key not in graph.memo:
         inside = set(span)
-        members = _call_members(graph)
+        members = call_members(graph)
         calls = {c for n in span for c in graph[n].calls}
-        graph.memo[key] = frozenset(c for c in calls if not inside <= members[c].names)
+        graph.memo[key] = frozenset(c for c in calls if not inside <= set(members[c]))
     return graph.memo[key]
 
 
@@ -382,6 +371,8 @@ def loop_peak(profile: Profile, index: int) -> int:
 
 __all__ = [
     "Profile",
+    "call_members",
+    "crossed",
     "estimate_graph",
     "estimate_plan",
     "local_region_peak",

@@ -78,12 +78,23 @@ class Scopes:
     #: module calls written inline, with the reason
     inlined: tuple[Inlined, ...]
 
+    #: call -> the nodes its scope and the scopes below it run (filled as asked)
+    _under: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+
     def subtree(self, call: str) -> list[str]:
         """The scope and every scope below it."""
         out = [call]
         for child in self.scopes[call].children:
             out.extend(self.subtree(child))
         return out
+
+    def nodes_under(self, call: str) -> frozenset[str]:
+        """The nodes the scope and every scope below it run."""
+        if call not in self._under:
+            self._under[call] = frozenset(
+                n for c in self.subtree(call) for n in self.scopes[c].nodes
+            )
+        return self._under[call]
 
     def child_holding(self, call: str, node: str) -> str | None:
         """The child scope of `call` whose subtree runs `node`, or None if `call` runs it."""
@@ -215,7 +226,7 @@ def _common(scopes: Scopes, calls: list[str]) -> str:
 def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
     """Fill in what a scope reads from outside and what it returns."""
     scope = scopes.scopes[call]
-    inside = {n for c in scopes.subtree(call) for n in scopes.scopes[c].nodes}
+    inside = scopes.nodes_under(call)
     prefix = f"{scope.path}."
     inputs: dict[str, None] = {}
     for name in sorted(inside, key=graph.position):

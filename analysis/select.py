@@ -19,6 +19,8 @@ from analysis.lower import lower_region
 from analysis.ir import Graph, Node, Size, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
     Profile,
+    call_members,
+    crossed,
     estimate_graph,
     estimate_plan,
     held_by_callers,
@@ -353,32 +355,20 @@ CROSSING = 0.05
 def crosses_module(graph: Graph, span: tuple[str, ...]) -> bool:
     """Whether a stretch runs part of a module call, or a whole one inside it (a layer's one
     op aside): then its loop cannot live in one module's forward (NOTE [Module scopes])."""
-    chains = {tuple(_calls(graph, graph[n])) for n in span if graph[n].kind == "op"}
-    return len(chains) > 1
+    members = call_members(graph)
+    return any(len(members[call]) > 1 for call in crossed(graph, span))
 
 
 def _calls(graph: Graph, node: Node) -> list[str]:
     """The module calls a node runs in, leaving out those of one op (a layer's)."""
-    sizes = _call_stretches(graph)
-    return [c for c in node.calls if sizes[c][2] > 1]
+    members = call_members(graph)
+    return [c for c in node.calls if len(members[c]) > 1]
 
 
 def _stretch(graph: Graph, call: str) -> tuple[int, int]:
-    lo, hi, _ = _call_stretches(graph)[call]
-    return lo, hi
-
-
-def _call_stretches(graph: Graph) -> dict[str, tuple[int, int, int]]:
-    """Each module call's first and last node position, and how many ops it runs."""
-    key = ("call stretches",)
-    if key not in graph.memo:
-        found: dict[str, tuple[int, int, int]] = {}
-        for index, node in enumerate(graph.nodes):
-            for call in node.calls:
-                lo, _, count = found.get(call, (index, index, 0))
-                found[call] = (lo, index, count + 1)
-        graph.memo[key] = found
-    return graph.memo[key]
+    """A module call's first and last op's positions."""
+    names = call_members(graph)[call]
+    return graph.position(names[0]), graph.position(names[-1])
 
 
 def _free(graph: Graph, name: str, covered: set[str]) -> bool:

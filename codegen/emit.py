@@ -78,6 +78,8 @@ class _Builder:
         self.classes = classes
         #: how whole numbers are written (NOTE [One class per block])
         self.num = Numbering()
+        #: whether any statement written registers a tensor (the module needs `_register`)
+        self.registers = False
 
     def built(self, path: str, module: torch.nn.Module) -> str:
         """The expression that builds one submodule: a standard layer as itself
@@ -163,6 +165,7 @@ class _Builder:
     def register(
         self, owner: str, leaf: str, tensor: torch.Tensor, kind: str, persistent: bool
     ) -> str:
+        self.registers = True
         fqn = f"{owner}.{leaf}" if owner else leaf
         extra = "" if persistent else ", persistent=False"
         shape = self.literal(tuple(tensor.shape))
@@ -319,6 +322,7 @@ def emit_module(
     builder = _Builder(module, program.layers, of_path)
     for cls in _inner_first(classes):
         builder.share(cls, numbers_of[id(cls)])
+    tree = builder.lines("", module)
     ties = _ties(module)
     shared = any(scope.budget is not None for scope in program.scopes.values())
     source = env.get_template("module.py.j2").render(
@@ -333,11 +337,8 @@ def emit_module(
         missed=missed,
         regions=regions,
         ties=ties,
-        registers=any(
-            "_register(" in line
-            for line in [*builder.lines("", module), *(l for c in classes for l in c.builds or [])]
-        ),
-        tree=builder.lines("", module),
+        registers=builder.registers,
+        tree=tree,
         classes=classes,
         shared=shared,
         inlined=_inline_notes(graph, program, module),
