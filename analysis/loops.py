@@ -79,7 +79,7 @@ def layer_call(
     that runs more than one op, like a Conv2d padding by reflection, is not called)."""
     expected = info(node.target).layer
     path = node.module_path
-    if expected is None or path not in layers or layers[path].cls.__name__ != expected[0]:
+    if expected is None or path not in layers or layers[path].cls.__name__ not in expected[0]:
         return None
     data = node.args[expected[1]] if expected[1] < len(node.args) else None
     if not isinstance(data, Ref) or graph[data.name].module_path == path:

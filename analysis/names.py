@@ -48,16 +48,23 @@ class Namespace:
 
 def value_name(node: Node, graph: Graph) -> str:
     """Return the base of a value's name: its module path and op (`blocks_0_attn_softmax`),
-    or the module path alone for ops named after their module (a Linear's output); an
-    element of a tuple adds its index."""
+    or the module path alone for ops named after their module (a Linear's output, or any
+    layer's whole forward); an element of a tuple adds its index."""
     target = node.target
     op = getattr(getattr(target, "overloadpacket", None), "__name__", None)
     op = (op or getattr(target, "__name__", "value")).strip("_")
     if op == "getitem":
         return f"{value_name(graph[node.args[0].name], graph)}_{node.args[1]}"
-    if info(target).names_module and node.module_path:
+    if node.module_path and (info(target).names_module or _layer_forward(node, graph)):
         return node.module_path
     return f"{node.module_path}_{op}" if node.module_path else op
+
+
+def _layer_forward(node: Node, graph: Graph) -> bool:
+    """Whether the op is the whole forward of the `torch.nn` layer it ran in (a ReLU's relu)."""
+    layer = info(node.target).layer
+    kind = graph.module_types.get(node.module_path, "")
+    return layer is not None and kind.rpartition(".")[2] in layer[0]
 
 
 def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:

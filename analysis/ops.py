@@ -102,7 +102,7 @@ class OpInfo:
     fill: Fill | None = None
     #: the `torch.nn` layer whose forward is exactly this op, and the argument that is the
     #: layer's input: where a layer ran it, the generated code calls the layer
-    layer: tuple[str, int] | None = None
+    layer: tuple[tuple[str, ...], int] | None = None
 
 
 REGISTRY: dict[Any, OpInfo] = {}
@@ -328,18 +328,36 @@ _define(aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default, fil
 
 # ------------------------------------------------------------------ layers whose forward is one op
 for _op, _layer in (
-    (aten.linear.default, ("Linear", 0)),
-    (aten.embedding.default, ("Embedding", 1)),
-    (aten.layer_norm.default, ("LayerNorm", 0)),
-    (aten.group_norm.default, ("GroupNorm", 0)),
-    (aten.conv1d.default, ("Conv1d", 0)),
-    (aten.conv2d.default, ("Conv2d", 0)),
-    (aten.gelu.default, ("GELU", 0)),
-    (aten.relu.default, ("ReLU", 0)),
-    (aten.silu.default, ("SiLU", 0)),
-    (aten.sigmoid.default, ("Sigmoid", 0)),
-    (aten.tanh.default, ("Tanh", 0)),
-    (aten.softmax.int, ("Softmax", 0)),
+    (aten.linear.default, (("Linear",), 0)),
+    (aten.embedding.default, (("Embedding",), 1)),
+    (aten.layer_norm.default, (("LayerNorm",), 0)),
+    (aten.group_norm.default, (("GroupNorm",), 0)),
+    (aten.batch_norm.default, (("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"), 0)),
+    (aten.conv1d.default, (("Conv1d",), 0)),
+    (aten.conv2d.default, (("Conv2d",), 0)),
+    (aten.conv3d.default, (("Conv3d",), 0)),
+    (aten.max_pool1d.default, (("MaxPool1d",), 0)),
+    (aten.max_pool2d.default, (("MaxPool2d",), 0)),
+    (aten.avg_pool1d.default, (("AvgPool1d",), 0)),
+    (aten.avg_pool2d.default, (("AvgPool2d",), 0)),
+    (aten.adaptive_avg_pool1d.default, (("AdaptiveAvgPool1d",), 0)),
+    (aten.adaptive_avg_pool2d.default, (("AdaptiveAvgPool2d",), 0)),
+    (aten.flatten.using_ints, (("Flatten",), 0)),
+    (aten.gelu.default, (("GELU",), 0)),
+    (aten.relu.default, (("ReLU",), 0)),
+    (aten.relu_.default, (("ReLU",), 0)),
+    (aten.hardtanh.default, (("ReLU6", "Hardtanh"), 0)),
+    (aten.hardtanh_.default, (("ReLU6", "Hardtanh"), 0)),
+    (aten.silu.default, (("SiLU",), 0)),
+    (aten.silu_.default, (("SiLU",), 0)),
+    (aten.hardswish.default, (("Hardswish",), 0)),
+    (aten.hardswish_.default, (("Hardswish",), 0)),
+    (aten.hardsigmoid.default, (("Hardsigmoid",), 0)),
+    (aten.leaky_relu.default, (("LeakyReLU",), 0)),
+    (aten.mish.default, (("Mish",), 0)),
+    (aten.sigmoid.default, (("Sigmoid",), 0)),
+    (aten.tanh.default, (("Tanh",), 0)),
+    (aten.softmax.int, (("Softmax",), 0)),
 ):
     _define(_op, layer=_layer)
 

@@ -204,10 +204,10 @@ class ChunkedUNet(torch.nn.Module):
         del cos, sin
         time_mlp_0: "f32[1, 256]" = self.time_mlp[0](emb)
         del emb
-        time_mlp_1_silu: "f32[1, 256]" = self.time_mlp[1](time_mlp_0)
+        time_mlp_1: "f32[1, 256]" = self.time_mlp[1](time_mlp_0)
         del time_mlp_0
-        time_mlp_emb: "f32[1, 256]" = self.time_mlp[2](time_mlp_1_silu)
-        del time_mlp_1_silu
+        time_mlp_emb: "f32[1, 256]" = self.time_mlp[2](time_mlp_1)
+        del time_mlp_1
         # unet.py:217 in forward: h = self.conv_in(x)
         h: "f32[1, 64, height, width]" = self.conv_in(x)
         down_0: "f32[1, 64, height, width]" = self.down[0](h, time_mlp_emb, context)

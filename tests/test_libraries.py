@@ -198,3 +198,43 @@ def test_weights_are_the_originals_own_and_tied_weights_stay_tied(tmp_path: Path
     fresh.load_state_dict(original.state_dict(), strict=True)
     with torch.no_grad():
         assert compare(original(*loaded.inputs), fresh(*loaded.inputs)) is None
+
+
+RESNET = """
+    import torch
+    from torchvision.models import resnet18
+
+    def make_model():
+        torch.manual_seed(0)
+        return resnet18(num_classes=10).eval()
+
+    def make_inputs():
+        return (torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_torchvision_resnet_keeps_its_nested_sequentials_and_layers(tmp_path: Path) -> None:
+    """A ResNet is Sequentials of blocks that hold a Sequential: each container survives at its
+    path, every block is called as a module, its norms and activations are layers called as
+    modules (their hooks fire), and the original's state loads strictly."""
+    pytest.importorskip("torchvision")
+    path = tmp_path / "resnet.py"
+    path.write_text(textwrap.dedent(RESNET))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified inside
+    source = (tmp_path / "out" / "resnet.py").read_text()
+    assert "torch.ops.aten" not in source  # batch norms and pools are calls of their layers
+    loaded = load_model_file(path)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    assert type(chunked.layer2) is torch.nn.Sequential
+    assert type(chunked.layer2[0].downsample) is torch.nn.Sequential
+    assert type(chunked.layer1[0]) is type(chunked.layer2[1])  # one class for the plain blocks
+    hooked = {"layer1.0", "layer2.0.bn1", "layer2.0.downsample.0", "maxpool", "layer4.1.relu"}
+    fired: set[str] = set()
+    for name in hooked:
+        chunked.get_submodule(name).register_forward_hook(lambda *_, n=name: fired.add(n))
+    with torch.no_grad():
+        assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
+    assert fired == hooked
+    fresh = getattr(module, module.__all__[0])()
+    fresh.load_state_dict(loaded.module.state_dict(), strict=True)
