@@ -16,7 +16,16 @@ from analysis.ir import Graph, Node, Ref, TensorMeta
 from analysis.layers import Layer
 from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import Region
-from analysis.program import CHUNK, COPY, OUTER, ChunkLength, ChunkStart, LoopRegion, LoopStep, Operand
+from analysis.program import (
+    CHUNK,
+    COPY,
+    OUTER,
+    ChunkLength,
+    ChunkStart,
+    LoopRegion,
+    LoopStep,
+    Operand,
+)
 
 
 def lower_region(
@@ -44,6 +53,7 @@ def lower_region(
             return Operand(ref, slot, source, rule.input_dim(dim, slot), keys.get(slot))
 
         args, kwargs = _resized(node, rule, dim)
+        args = inferred_width(node, graph, args)
         args, kwargs, operands = _with_operands(args, kwargs, graph, operand)
         target, slot = node.target, inplace.get(name)
         if slot is not None:
@@ -94,6 +104,50 @@ def layer_call(
         if not inside or name not in whole:
             return None
     return path
+
+
+#: ops whose second argument is the result's shape, where one size may be -1
+_SHAPED = (
+    torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten._unsafe_view.default,
+)
+
+
+def inferred_width(node: Node, graph: Graph, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Return a view's or reshape's arguments with the width it changes written as -1.
+
+    NOTE [Widths read from tensors]
+    `q.view(b, t, self.heads, hd)` traces to `view(1, seq, 8, 32)`, and a tensor-parallel
+    plan that shards the query projection column-wise gives each rank fewer heads, which the
+    literal 8 would refuse. The sizes a view keeps as they are (equal leading and trailing
+    dims) stay; of those it splits or merges, the first whole number above 1 is written -1,
+    so torch infers it from the tensor: the heads in a split (`view(1, seq, -1, 32)`, as
+    transformers writes it), the width in a merge (`reshape(1, seq, -1)`). The result is the
+    same on every input the plan was verified on; a size already symbolic, or a loop's chunk
+    length, is never the one inferred."""
+    if node.target not in _SHAPED or len(args) < 2 or not isinstance(node.meta, TensorMeta):
+        return args
+    source = graph[node.args[0].name].meta if isinstance(node.args[0], Ref) else None
+    if not isinstance(source, TensorMeta) or not isinstance(args[1], (list, tuple)):
+        return args
+    before, after, sizes = source.shape, node.meta.shape, list(args[1])
+    if len(sizes) != len(after) or any(size == -1 for size in sizes):
+        return args
+    lead = 0
+    while lead < min(len(before), len(after)) and before[lead] == after[lead]:
+        lead += 1
+    trail = 0
+    while (
+        trail < min(len(before), len(after)) - lead
+        and before[len(before) - 1 - trail] == after[len(after) - 1 - trail]
+    ):
+        trail += 1
+    for index in range(lead, len(after) - trail):
+        if type(sizes[index]) is int and sizes[index] > 1:
+            sizes[index] = -1
+            return (args[0], type(args[1])(sizes), *args[2:])
+    return args
 
 
 def _resized(node: Node, rule: DimRule, dim: int) -> tuple[tuple[Any, ...], tuple]:

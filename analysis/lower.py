@@ -19,7 +19,7 @@ from analysis.dimflow import out_meta
 from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots
 from analysis.layers import Layer
 from analysis.liveness import check_output_classes, needed, output_classes, read_sizes, with_frees
-from analysis.loops import layer_call, lower_region
+from analysis.loops import inferred_width, layer_call, lower_region
 from analysis.names import Namespace, size_names, source_names, value_name
 from analysis.plan import ChunkPlan, Region
 from analysis.program import (
@@ -455,7 +455,8 @@ class _Lowering:
         self.emitted.add(node.name)
         everything = set(node.refs())
         layer = layer_call(self.graph, node, self.layers, everything)
-        call = Call(node.name, node.target, node.args, node.kwargs, node.meta, layer)
+        args = inferred_width(node, self.graph, node.args)
+        call = Call(node.name, node.target, args, node.kwargs, node.meta, layer)
         return Statement(var, call, reads, node.source, region=region)
 
     def _constant(self, node: Node) -> Statement:

@@ -141,10 +141,17 @@ def fill(
     return out
 
 
-def fill_notes(notes: list[list[list[int]]], numbers: dict[tuple, Number]) -> list[list[str] | None]:
+def fill_notes(
+    notes: list[list[list[int]]],
+    paths: list[str],
+    modules: list[torch.nn.Module],
+    numbers: dict[tuple, Number],
+) -> list[list[str] | None]:
     """How the numbers of each shape annotation are written in the shared source: as
-    themselves, or by the attribute of the code holding them; None (no annotation) where one
-    has none, or the instances' annotations differ in their count of numbers."""
+    themselves, by the attribute of the code holding them, or by an attribute the original
+    modules hold with those values (`heads`, added to `numbers`: the constructor sets it);
+    None (no annotation) where one has none, where the instances' annotations differ in their
+    count of numbers, or where no attribute holds one that differs."""
     out: list[list[str] | None] = []
     for each in zip(*notes):
         if len({len(n) for n in each}) != 1:
@@ -152,14 +159,18 @@ def fill_notes(notes: list[list[list[int]]], numbers: dict[tuple, Number]) -> li
             continue
         written: list[str] | None = []
         for column in zip(*each):
-            held = numbers.get(tuple(column))
-            if len(set(column)) == 1:
-                written.append(repr(column[0]))
-            elif held is not None:
-                written.append(held.expr.removeprefix("self."))
-            else:
-                written = None
-                break
+            values = tuple(column)
+            if len(set(values)) == 1:
+                written.append(repr(values[0]))
+                continue
+            if values not in numbers:
+                taken = {n.arg for n in numbers.values()}
+                expr, arg = _held(values, modules, taken, layers=True)
+                if expr.startswith("self.size_"):  # no attribute of the original's
+                    written = None
+                    break
+                numbers[values] = Number(expr, arg, dict(zip(paths, values)))
+            written.append(numbers[values].expr.removeprefix("self."))
         out.append(written)
     return out
 

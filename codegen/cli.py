@@ -120,6 +120,9 @@ def _emit(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: --out must be a directory")
+    destination = out_dir / f"{Path(args.model).stem}.py"
+    if destination.resolve() == Path(args.model).resolve():
+        raise UserError(f"{args.model}: --out {out_dir} would write over the model file itself")
     status = Status()
     flag += " --tune" if args.tune else ""
     planned, emitted = generate(args.model, target, flag, status, tune=args.tune)
@@ -130,7 +133,6 @@ def _emit(args: argparse.Namespace) -> int:
         status.show("measuring activation memory on the example inputs")
         measured = measure_pair(planned.loaded.module, generated, planned.loaded.inputs)
         status.done()
-    destination = out_dir / f"{Path(args.model).stem}.py"
     write_atomic(destination, emitted.source)
     plan = planned.plan
     note = (

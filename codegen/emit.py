@@ -265,7 +265,7 @@ def _classes(
         modules = [module.get_submodule(path) for path in cls.paths]
         numbers: dict = {}
         filled = fill([i.values for i in cls.instances], cls.paths, modules, numbers)
-        notes = fill_notes([i.notes for i in cls.instances], numbers)
+        notes = fill_notes([i.notes for i in cls.instances], cls.paths, modules, numbers)
         numbering = Numbering(fill=filled, fill_notes=notes)
         printer = ForwardPrinter(graph, plan, scopes[cls.paths[0]], numbering)
         params, items = printer.build()

@@ -197,15 +197,15 @@ class GatedAttention(torch.nn.Module):
         # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         q: "f32[32, res, 64]" = self.q(x)
-        view: "f32[32, res, 8, 8]" = q.view(32, res, 8, 8)
+        view: "f32[32, res, 8, 8]" = q.view(32, res, -1, 8)
         del q
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k: "f32[32, res, 64]" = self.k(x)
-        view_1: "f32[32, res, 8, 8]" = k.view(32, res, 8, 8)
+        view_1: "f32[32, res, 8, 8]" = k.view(32, res, -1, 8)
         del k
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         v: "f32[32, res, 64]" = self.v(x)
-        view_2: "f32[32, res, 8, 8]" = v.view(32, res, 8, 8)
+        view_2: "f32[32, res, 8, 8]" = v.view(32, res, -1, 8)
         del v
         matmul = torch.empty((32, 8, res, 8), dtype=bias.dtype, device=bias.device)
         for start in range(0, 8, 1):
@@ -239,7 +239,7 @@ class GatedAttention(torch.nn.Module):
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         transpose_1: "f32[32, res, 8, 8]" = matmul.transpose(1, 2)
         del matmul
-        o: "f32[32, res, 64]" = transpose_1.reshape(32, res, 64)
+        o: "f32[32, res, 64]" = transpose_1.reshape(32, res, -1)
         del transpose_1
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         gate: "f32[32, res, 64]" = self.gate(x)
@@ -288,19 +288,19 @@ class GatedAttention2(torch.nn.Module):
         res = x.shape[0]
         # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         q: "f32[res, 32, 64]" = self.q(x)
-        view: "f32[res, 32, 8, 8]" = q.view(res, 32, 8, 8)
+        view: "f32[res, 32, 8, 8]" = q.view(res, 32, -1, 8)
         q: "f32[res, 8, 32, 8]" = view.transpose(1, 2)
         del view
         # evoformer.py:63 in forward: q = q / math.sqrt(self.head_dim)
         q: "f32[res, 8, 32, 8]" = q / 2.8284271247461903
         # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k: "f32[res, 32, 64]" = self.k(x)
-        view_1: "f32[res, 32, 8, 8]" = k.view(res, 32, 8, 8)
+        view_1: "f32[res, 32, 8, 8]" = k.view(res, 32, -1, 8)
         k: "f32[res, 8, 32, 8]" = view_1.transpose(1, 2)
         del view_1
         # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         v: "f32[res, 32, 64]" = self.v(x)
-        view_2: "f32[res, 32, 8, 8]" = v.view(res, 32, 8, 8)
+        view_2: "f32[res, 32, 8, 8]" = v.view(res, 32, -1, 8)
         v: "f32[res, 8, 32, 8]" = view_2.transpose(1, 2)
         del view_2
         # evoformer.py:66 in forward: logits = q @ k.transpose(-1, -2)
@@ -316,7 +316,7 @@ class GatedAttention2(torch.nn.Module):
         del v, weights
         transpose_1: "f32[res, 32, 8, 8]" = matmul.transpose(1, 2)
         del matmul
-        o: "f32[res, 32, 64]" = transpose_1.reshape(res, 32, 64)
+        o: "f32[res, 32, 64]" = transpose_1.reshape(res, 32, -1)
         del transpose_1
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         gate: "f32[res, 32, 64]" = self.gate(x)
@@ -556,7 +556,7 @@ class GatedAttention3(torch.nn.Module):
             stop = min(start + chunk, res)
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
             q = self.q(x[start:stop])
-            view = q.view(stop - start, res, 4, 8)
+            view = q.view(stop - start, res, -1, 8)
             del q
             q_1 = view.transpose(1, 2)
             del view
@@ -565,13 +565,13 @@ class GatedAttention3(torch.nn.Module):
             del q_1
             # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
             k = self.k(x[start:stop])
-            view_1 = k.view(stop - start, res, 4, 8)
+            view_1 = k.view(stop - start, res, -1, 8)
             del k
             k_1 = view_1.transpose(1, 2)
             del view_1
             # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
             v = self.v(x[start:stop])
-            view_2 = v.view(stop - start, res, 4, 8)
+            view_2 = v.view(stop - start, res, -1, 8)
             del v
             v_1 = view_2.transpose(1, 2)
             del view_2
@@ -595,7 +595,7 @@ class GatedAttention3(torch.nn.Module):
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         transpose_1: "f32[res, bias_res, 4, 8]" = matmul.transpose(1, 2)
         del matmul
-        o: "f32[res, bias_res, 32]" = transpose_1.reshape(res, res, 32)
+        o: "f32[res, bias_res, 32]" = transpose_1.reshape(res, res, -1)
         del transpose_1
         # evoformer.py:73 in forward: o = torch.sigmoid(self.gate(x)) * o
         gate: "f32[res, bias_res, 32]" = self.gate(x)

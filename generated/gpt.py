@@ -131,7 +131,7 @@ class Attention(torch.nn.Module):
         v: "f32[1, seq, 256]" = split[2]
         del split
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        view: "f32[1, seq, 8, 32]" = q.view(1, seq, 8, 32)
+        view: "f32[1, seq, 8, 32]" = q.view(1, seq, -1, 32)
         q: "f32[1, 8, seq, 32]" = view.transpose(1, 2)
         # Chunk loop (gpt.py:35-39), over `seq`.
         # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
@@ -139,10 +139,10 @@ class Attention(torch.nn.Module):
         # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        view: "f32[1, seq, 8, 32]" = k.view(1, seq, 8, 32)
+        view: "f32[1, seq, 8, 32]" = k.view(1, seq, -1, 32)
         k: "f32[1, 8, seq, 32]" = view.transpose(1, 2)
         # gpt.py:34 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        view: "f32[1, seq, 8, 32]" = v.view(1, seq, 8, 32)
+        view: "f32[1, seq, 8, 32]" = v.view(1, seq, -1, 32)
         v: "f32[1, 8, seq, 32]" = view.transpose(1, 2)
         del view
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
@@ -193,7 +193,7 @@ class Attention(torch.nn.Module):
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         transpose_1: "f32[1, seq, 8, 32]" = matmul.transpose(1, 2)
         del matmul
-        y: "f32[1, seq, 256]" = transpose_1.reshape(1, seq, 256)
+        y: "f32[1, seq, 256]" = transpose_1.reshape(1, seq, -1)
         del transpose_1
         # gpt.py:40 in forward: return self.proj(y)
         proj: "f32[1, seq, 256]" = self.proj(y)

@@ -304,11 +304,11 @@ class ResBlock(torch.nn.Module):
         del silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         silu_1: "f32[1, 256]" = torch.nn.functional.silu(emb)
-        time_proj = self.time_proj(silu_1)
+        time_proj: "f32[1, norm_1.num_channels]" = self.time_proj(silu_1)
         del silu_1
-        unsqueeze = time_proj.unsqueeze(2)
+        unsqueeze: "f32[1, norm_1.num_channels, 1]" = time_proj.unsqueeze(2)
         del time_proj
-        unsqueeze = unsqueeze.unsqueeze(3)
+        unsqueeze: "f32[1, norm_1.num_channels, 1, 1]" = unsqueeze.unsqueeze(3)
         h = h + unsqueeze
         del unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
@@ -400,13 +400,13 @@ class Attention(torch.nn.Module):
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, x_size, 64]" = self.to_k(x)
-        view: "f32[1, x_size, 2, 32]" = to_k.view(1, x_size, 2, 32)
+        view: "f32[1, x_size, 2, 32]" = to_k.view(1, x_size, -1, 32)
         del to_k
         k: "f32[1, 2, x_size, 32]" = view.transpose(1, 2)
         del view
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_v: "f32[1, x_size, 64]" = self.to_v(x)
-        view_1: "f32[1, x_size, 2, 32]" = to_v.view(1, x_size, 2, 32)
+        view_1: "f32[1, x_size, 2, 32]" = to_v.view(1, x_size, -1, 32)
         del to_v
         v: "f32[1, 2, x_size, 32]" = view_1.transpose(1, 2)
         del view_1
@@ -433,7 +433,7 @@ class Attention(torch.nn.Module):
             stop = min(start + chunk, x_size)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
             to_q = self.to_q(x[:, start:stop])
-            view_2 = to_q.view(1, stop - start, 2, 32)
+            view_2 = to_q.view(1, stop - start, -1, 32)
             del to_q
             transpose_1 = view_2.transpose(1, 2)
             del view_2
@@ -454,7 +454,7 @@ class Attention(torch.nn.Module):
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         transpose_2: "f32[1, x_size, 2, 32]" = matmul.transpose(1, 2)
         del matmul
-        y: "f32[1, x_size, 64]" = transpose_2.reshape(1, x_size, 64)
+        y: "f32[1, x_size, 64]" = transpose_2.reshape(1, x_size, -1)
         del transpose_2
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, 64]" = self.to_out(y)
@@ -479,19 +479,19 @@ class Attention2(torch.nn.Module):
         x_size = x.shape[1]
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         to_q: "f32[1, x_size, to_q.in_features]" = self.to_q(x)
-        view: "f32[1, x_size, heads, 32]" = to_q.view(1, x_size, self.heads, 32)
+        view: "f32[1, x_size, heads, 32]" = to_q.view(1, x_size, -1, 32)
         del to_q
         q: "f32[1, heads, x_size, 32]" = view.transpose(1, 2)
         del view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, 77, to_q.in_features]" = self.to_k(context)
-        view_1: "f32[1, 77, heads, 32]" = to_k.view(1, 77, self.heads, 32)
+        view_1: "f32[1, 77, heads, 32]" = to_k.view(1, 77, -1, 32)
         del to_k
         k: "f32[1, heads, 77, 32]" = view_1.transpose(1, 2)
         del view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_v: "f32[1, 77, to_q.in_features]" = self.to_v(context)
-        view_2: "f32[1, 77, heads, 32]" = to_v.view(1, 77, self.heads, 32)
+        view_2: "f32[1, 77, heads, 32]" = to_v.view(1, 77, -1, 32)
         del to_v
         v: "f32[1, heads, 77, 32]" = view_2.transpose(1, 2)
         del view_2
@@ -509,7 +509,7 @@ class Attention2(torch.nn.Module):
         del att, v
         transpose_1: "f32[1, x_size, heads, 32]" = matmul_1.transpose(1, 2)
         del matmul_1
-        y = transpose_1.reshape(1, x_size, self.to_q.in_features)
+        y: "f32[1, x_size, to_q.in_features]" = transpose_1.reshape(1, x_size, -1)
         del transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, to_q.in_features]" = self.to_out(y)
@@ -530,18 +530,18 @@ class GEGLU(torch.nn.Module):
 
     def forward(self, x):
         # unet.py:95 in forward: h, gate = self.proj(x).chunk(2, dim=-1)
-        proj = self.proj(x)
+        proj: "f32[1, x_size, proj.out_features]" = self.proj(x)
         chunk = torch.chunk(proj, 2, -1)
         del proj
-        h = chunk[0]
-        gate = chunk[1]
+        h: "f32[1, x_size, out.in_features]" = chunk[0]
+        gate: "f32[1, x_size, out.in_features]" = chunk[1]
         del chunk
         # unet.py:96 in forward: return self.out(h * F.gelu(gate))
-        gelu = torch.nn.functional.gelu(gate)
+        gelu: "f32[1, x_size, out.in_features]" = torch.nn.functional.gelu(gate)
         del gate
-        mul = h * gelu
+        mul: "f32[1, x_size, out.in_features]" = h * gelu
         del gelu, h
-        out = self.out(mul)
+        out: "f32[1, x_size, proj.in_features]" = self.out(mul)
         return out
 
 
@@ -599,11 +599,11 @@ class ResBlock2(torch.nn.Module):
         del silu
         # unet.py:61 in forward: h = h + self.time_proj(F.silu(emb))[:, :, None, None]
         silu_1: "f32[1, 256]" = torch.nn.functional.silu(emb)
-        time_proj = self.time_proj(silu_1)
+        time_proj: "f32[1, conv_1.out_channels]" = self.time_proj(silu_1)
         del silu_1
-        unsqueeze = time_proj.unsqueeze(2)
+        unsqueeze: "f32[1, conv_1.out_channels, 1]" = time_proj.unsqueeze(2)
         del time_proj
-        unsqueeze = unsqueeze.unsqueeze(3)
+        unsqueeze: "f32[1, conv_1.out_channels, 1, 1]" = unsqueeze.unsqueeze(3)
         h = h + unsqueeze
         del unsqueeze
         # unet.py:62 in forward: h = self.conv_2(F.silu(self.norm_2(h)))
@@ -673,19 +673,19 @@ class Attention3(torch.nn.Module):
         x_size = x.shape[1]
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         to_q: "f32[1, x_size, 128]" = self.to_q(x)
-        view: "f32[1, x_size, 4, 32]" = to_q.view(1, x_size, 4, 32)
+        view: "f32[1, x_size, 4, 32]" = to_q.view(1, x_size, -1, 32)
         del to_q
         transpose: "f32[1, 4, x_size, 32]" = view.transpose(1, 2)
         del view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, x_size, 128]" = self.to_k(x)
-        view_1: "f32[1, x_size, 4, 32]" = to_k.view(1, x_size, 4, 32)
+        view_1: "f32[1, x_size, 4, 32]" = to_k.view(1, x_size, -1, 32)
         del to_k
         k: "f32[1, 4, x_size, 32]" = view_1.transpose(1, 2)
         del view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_v: "f32[1, x_size, 128]" = self.to_v(x)
-        view_2: "f32[1, x_size, 4, 32]" = to_v.view(1, x_size, 4, 32)
+        view_2: "f32[1, x_size, 4, 32]" = to_v.view(1, x_size, -1, 32)
         del to_v
         v: "f32[1, 4, x_size, 32]" = view_2.transpose(1, 2)
         del view_2
@@ -703,7 +703,7 @@ class Attention3(torch.nn.Module):
         del att, v
         transpose_2: "f32[1, x_size, 4, 32]" = matmul_1.transpose(1, 2)
         del matmul_1
-        y: "f32[1, x_size, 128]" = transpose_2.reshape(1, x_size, 128)
+        y: "f32[1, x_size, 128]" = transpose_2.reshape(1, x_size, -1)
         del transpose_2
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, 128]" = self.to_out(y)
@@ -829,19 +829,19 @@ class Attention4(torch.nn.Module):
         x_size = x.shape[1]
         # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
         to_q: "f32[1, x_size, 128]" = self.to_q(x)
-        view: "f32[1, x_size, 4, 32]" = to_q.view(1, x_size, 4, 32)
+        view: "f32[1, x_size, 4, 32]" = to_q.view(1, x_size, -1, 32)
         del to_q
         q: "f32[1, 4, x_size, 32]" = view.transpose(1, 2)
         del view
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, x_size, 128]" = self.to_k(x)
-        view_1: "f32[1, x_size, 4, 32]" = to_k.view(1, x_size, 4, 32)
+        view_1: "f32[1, x_size, 4, 32]" = to_k.view(1, x_size, -1, 32)
         del to_k
         k: "f32[1, 4, x_size, 32]" = view_1.transpose(1, 2)
         del view_1
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_v: "f32[1, x_size, 128]" = self.to_v(x)
-        view_2: "f32[1, x_size, 4, 32]" = to_v.view(1, x_size, 4, 32)
+        view_2: "f32[1, x_size, 4, 32]" = to_v.view(1, x_size, -1, 32)
         del to_v
         v: "f32[1, 4, x_size, 32]" = view_2.transpose(1, 2)
         del view_2
@@ -859,7 +859,7 @@ class Attention4(torch.nn.Module):
         del att, v
         transpose_1: "f32[1, x_size, 4, 32]" = matmul_1.transpose(1, 2)
         del matmul_1
-        y: "f32[1, x_size, 128]" = transpose_1.reshape(1, x_size, 128)
+        y: "f32[1, x_size, 128]" = transpose_1.reshape(1, x_size, -1)
         del transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, 128]" = self.to_out(y)
@@ -887,13 +887,13 @@ class Attention5(torch.nn.Module):
         # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, x_size, 64]" = self.to_k(x)
-        view: "f32[1, x_size, 2, 32]" = to_k.view(1, x_size, 2, 32)
+        view: "f32[1, x_size, 2, 32]" = to_k.view(1, x_size, -1, 32)
         del to_k
         k: "f32[1, 2, x_size, 32]" = view.transpose(1, 2)
         del view
         # unet.py:81 in forward: v = self.to_v(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_v: "f32[1, x_size, 64]" = self.to_v(x)
-        view_1: "f32[1, x_size, 2, 32]" = to_v.view(1, x_size, 2, 32)
+        view_1: "f32[1, x_size, 2, 32]" = to_v.view(1, x_size, -1, 32)
         del to_v
         v: "f32[1, 2, x_size, 32]" = view_1.transpose(1, 2)
         del view_1
@@ -920,7 +920,7 @@ class Attention5(torch.nn.Module):
             stop = min(start + chunk, x_size)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
             to_q = self.to_q(x[:, start:stop])
-            view_2 = to_q.view(1, stop - start, 2, 32)
+            view_2 = to_q.view(1, stop - start, -1, 32)
             del to_q
             q = view_2.transpose(1, 2)
             del view_2
@@ -941,7 +941,7 @@ class Attention5(torch.nn.Module):
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         transpose_1: "f32[1, x_size, 2, 32]" = matmul.transpose(1, 2)
         del matmul
-        y: "f32[1, x_size, 64]" = transpose_1.reshape(1, x_size, 64)
+        y: "f32[1, x_size, 64]" = transpose_1.reshape(1, x_size, -1)
         del transpose_1
         # unet.py:85 in forward: return self.to_out(y)
         to_out: "f32[1, x_size, 64]" = self.to_out(y)

@@ -122,13 +122,13 @@ class Attention(torch.nn.Module):
         v: "f32[1, 1601, 256]" = split[2]
         del split
         # vit.py:35 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        view: "f32[1, 1601, 8, 32]" = q.view(1, 1601, 8, 32)
+        view: "f32[1, 1601, 8, 32]" = q.view(1, 1601, -1, 32)
         del q
         # vit.py:36 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
-        view_1: "f32[1, 1601, 8, 32]" = k.view(1, 1601, 8, 32)
+        view_1: "f32[1, 1601, 8, 32]" = k.view(1, 1601, -1, 32)
         del k
         # vit.py:37 in forward: v = v.view(b, t, self.heads, hd).transpose(1, 2)
-        view_2: "f32[1, 1601, 8, 32]" = v.view(1, 1601, 8, 32)
+        view_2: "f32[1, 1601, 8, 32]" = v.view(1, 1601, -1, 32)
         del v
         matmul = torch.empty((1, 8, 1601, 32), dtype=view.dtype, device=view.device)
         for start in range(0, 8, 1):
@@ -158,7 +158,7 @@ class Attention(torch.nn.Module):
         # vit.py:40 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
         transpose_1: "f32[1, 1601, 8, 32]" = matmul.transpose(1, 2)
         del matmul
-        y: "f32[1, 1601, 256]" = transpose_1.reshape(1, 1601, 256)
+        y: "f32[1, 1601, 256]" = transpose_1.reshape(1, 1601, -1)
         del transpose_1
         # vit.py:41 in forward: return self.proj(y)
         proj: "f32[1, 1601, 256]" = self.proj(y)

@@ -387,3 +387,14 @@ def test_bad_usage_in_subprocess(tmp_path: Path) -> None:
     assert "12 parsecs" in stderr.splitlines()[-1], stderr
     assert stdout == ""
     assert snapshot(out) == before
+
+
+def test_emit_never_writes_over_its_own_model_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`--out` naming the model's own directory would replace the model by its chunked module."""
+    model, _ = write_model(tmp_path / "models", GOOD_MODEL)
+    before = model.read_text()
+    code, stdout, stderr = run_in_process(["emit", str(model), "--out", str(model.parent)], capfd)
+    check_user_error(code, stdout, stderr, None, ("would write over the model file itself",))
+    assert model.read_text() == before

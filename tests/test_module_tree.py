@@ -209,3 +209,57 @@ def test_calls_whose_held_arguments_keep_the_peak_over_the_target_are_written_in
     ids = torch.randint(0, 512, (1, 300), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert compare(planned.loaded.module(ids), chunked(ids)) is None
+
+
+SHARDABLE = """
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head_dim = 16
+            self.q, self.k, self.v = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)
+            self.o = nn.Linear(64, 64)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q = self.q(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            k = self.k(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            v = self.v(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+            return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Attention()
+
+    def make_inputs():
+        return (torch.randn(1, 96, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_widths_a_sharded_layer_changes_are_read_from_tensors(tmp_path: Path) -> None:
+    """NOTE [Widths read from tensors]: one tensor-parallel rank's attention holds half the
+    heads (the query, key and value projections' rows, the output projection's columns); the
+    generated module, like the original, infers the heads from the tensors and gives the
+    original's output on that shard."""
+    path = tmp_path / "attention.py"
+    path.write_text(textwrap.dedent(SHARDABLE))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out"), "--memory-ratio", "1"]) == 0
+    source = (tmp_path / "out" / "attention.py").read_text()
+    assert "view(1, 96, -1, 16)" in source and "reshape(1, 96, -1)" in source
+    loaded = load_model_file(path)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    for model in (loaded.module, chunked):  # a shard: heads 0 and 1 of 4
+        for name in ("q", "k", "v"):
+            whole = getattr(model, name)
+            shard = torch.nn.Linear(64, 32)
+            shard.weight.data, shard.bias.data = whole.weight[:32].clone(), whole.bias[:32].clone()
+            setattr(model, name, shard)
+        shard = torch.nn.Linear(32, 64)
+        shard.weight.data, shard.bias.data = model.o.weight[:, :32].clone(), model.o.bias.clone()
+        model.o = shard
+    with torch.no_grad():
+        assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
