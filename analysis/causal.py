@@ -62,19 +62,46 @@ class _Const:
     value: Any
 
 
-_Fact = Any  # _Index | _Above | _Const | None
+@dataclass(frozen=True, slots=True)
+class _Band:
+    """A bool mask that is True exactly where `lower <= column - row <= upper` (None: no bound
+    on that side): the causal mask is `_Band(None, 0)`, a sliding window of w keys
+    `_Band(1 - w, 0)`. Exact, so it can stand for `is_causal` (NOTE [Attention as eager runs
+    it] in `analysis/fastpath.py`); it hides every key above `upper` too."""
+
+    lower: int | None
+    upper: int | None
+
+
+_Fact = Any  # _Index | _Above | _Band | _Const | None
 
 
 def hidden_above(graph: Graph, name: str) -> int | None:
     """Return the diagonal k above which the mask `name` hides every key (False in a bool mask,
     -inf in an additive one), or None when that is not provable (NOTE [Causal key truncation])."""
-    fact = _fact(graph, name)
-    if not isinstance(fact, _Above):
+    fact = _above(_fact(graph, name))
+    if fact is None:
         return None
     dtype = out_meta(graph[name]).dtype
     if dtype == torch.bool:
         return fact.diagonal if fact.value is False else None
     return fact.diagonal if fact.value == -math.inf else None
+
+
+def band(graph: Graph, name: str) -> tuple[int | None, int | None] | None:
+    """Return (lower, upper) when the bool mask `name` is exactly True where `lower <= column -
+    row <= upper`, over its last two dims (NOTE [Causal key truncation]), else None."""
+    fact = _fact(graph, name)
+    if isinstance(fact, _Band) and out_meta(graph[name]).dtype == torch.bool:
+        return fact.lower, fact.upper
+    return None
+
+
+def _above(fact: _Fact) -> _Above | None:
+    """What a fact hides above a diagonal: an `_Above`, or a band's keys past its upper bound."""
+    if isinstance(fact, _Band):
+        return _Above(fact.upper, False) if fact.upper is not None else None
+    return fact if isinstance(fact, _Above) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +112,8 @@ class KeyCut:
     diagonal: int
     #: (operand slot, dim) of each operand read whole from outside the chain, cut to those keys
     slots: tuple[tuple[int, int], ...]
+    #: a sliding window's lower bound (<= 0): the chunk sees no key before `start + lower`
+    lower: int | None = None
 
 
 #: products whose output's last dim is the keys, when their second operand is the keys
@@ -117,8 +146,21 @@ def truncated_keys(graph: Graph, region: Region) -> dict[str, KeyCut]:
     return found
 
 
+def causal_rows(node: Node) -> bool:
+    """Whether an SDPA call masks with `is_causal` (and no mask), so a loop over its queries
+    passes each chunk its own causal mask (`CausalRows`) in place of the flag."""
+    if node.target is not aten.scaled_dot_product_attention.default:
+        return False
+    mask = node.args[3] if len(node.args) > 3 else node.kwarg("attn_mask")
+    causal = node.args[5] if len(node.args) > 5 else node.kwarg("is_causal", False)
+    return mask is None and causal is True
+
+
 def _fused(graph: Graph, node: Node, dim: int) -> KeyCut | None:
     meta = out_meta(node)
+    if dim == meta.rank - 2 and causal_rows(node):  # the chunk's own mask hides the rest
+        ranks = [graph[arg.name].tensor.rank for arg in node.args[1:3]]
+        return KeyCut(0, ((1, ranks[0] - 2), (2, ranks[1] - 2)))
     if dim != meta.rank - 2 or len(node.args) < 4 or not isinstance(node.args[3], Ref):
         return None
     mask = graph[node.args[3].name]
@@ -131,7 +173,9 @@ def _fused(graph: Graph, node: Node, dim: int) -> KeyCut | None:
     if diagonal is None or diagonal < 0:
         return None
     ranks = [graph[arg.name].tensor.rank for arg in node.args[:4]]
-    return KeyCut(diagonal, ((1, ranks[1] - 2), (2, ranks[2] - 2), (3, ranks[3] - 1)))
+    exact = band(graph, mask.name)
+    lower = exact[0] if exact is not None and exact[0] is not None and exact[0] <= 0 else None
+    return KeyCut(diagonal, ((1, ranks[1] - 2), (2, ranks[2] - 2), (3, ranks[3] - 1)), lower)
 
 
 def _written_out(graph: Graph, softmax: Node, loop: dict[str, int]) -> dict[str, KeyCut]:
@@ -253,18 +297,35 @@ def _derive(node: Node, graph: Graph) -> _Fact:
         return _arange(node)
     if packet in (aten.add, aten.sub) and len(args) >= 2 and isinstance(args[1], int):
         fact = _arg(graph, args[0])
-        if isinstance(fact, _Index) and node.kwarg("alpha", 1) == 1:
-            step = args[1] if packet is aten.add else -args[1]
+        step = args[1] if packet is aten.add else -args[1]
+        if node.kwarg("alpha", 1) != 1:
+            return None
+        if isinstance(fact, _Index):
             return _Index(fact.axis, fact.offset + step)
+        if isinstance(fact, _Const) and type(fact.value) is int:
+            return _Const(fact.value + step)
         return None
     if packet is aten.unsqueeze:
         return _unsqueezed(_arg(graph, args[0]), args[1], meta.rank)
     if packet in (aten.expand, aten.view, aten.reshape, aten.alias, aten.clone):
         return _kept_trailing(graph, node)
+    if packet is aten.slice:
+        return _sliced(graph, node)
     if packet in (aten.to, aten._to_copy):
         return _converted(_arg(graph, args[0]), meta.dtype)
     if packet in (aten.le, aten.ge, aten.lt, aten.gt) and len(args) == 2:
         return _compared(packet, _arg(graph, args[0]), _arg(graph, args[1]))
+    if packet in (aten.eq, aten.ne) and len(args) == 2:
+        return _equal(packet, _arg(graph, args[0]), _value(graph, args[1]))
+    if packet is aten.diff:
+        return _differences(graph, node)
+    if packet is aten.cumsum:
+        fact = _arg(graph, args[0])
+        if isinstance(fact, _Const) and fact.value in (0, False) and meta.dtype in _EXACT:
+            return _Const(0)  # running sums of zeros
+        return None
+    if packet is aten.index and node.target is aten.index.Tensor:
+        return _gathered(graph, node)
     if info(node.target).fill is not None:
         return _filled(node, meta.dtype)
     if packet in (aten.tril,):
@@ -279,32 +340,142 @@ def _derive(node: Node, graph: Graph) -> _Fact:
             return _Above(diagonal - 1, fact.value)
         return None
     if packet in (aten.__and__, aten.bitwise_and, aten.logical_and) and meta.dtype == torch.bool:
-        facts = [_full_width(graph, node, arg) for arg in args[:2]]
-        hidden = [f.diagonal for f in facts if isinstance(f, _Above) and f.value is False]
-        return _Above(min(hidden), False) if hidden else None
+        return _both(*(_full_width(graph, node, arg) for arg in args[:2]))
     if packet in (aten.__or__, aten.bitwise_or, aten.logical_or) and meta.dtype == torch.bool:
-        facts = [_full_width(graph, node, arg) for arg in args[:2]]
-        if all(isinstance(f, _Above) and f.value is False for f in facts):
-            return _Above(max(f.diagonal for f in facts), False)
-        return None
+        return _either(*(_full_width(graph, node, arg) for arg in args[:2]))
     if packet in (aten.bitwise_not, aten.logical_not) and meta.dtype == torch.bool:
         fact = _arg(graph, args[0])
-        if isinstance(fact, _Above) and isinstance(fact.value, bool):
+        if isinstance(fact, _Const):
+            return _Const(not fact.value)
+        fact = _above(fact)
+        if fact is not None and isinstance(fact.value, bool):
             return _Above(fact.diagonal, not fact.value)
         return None
     if packet is aten.masked_fill and len(args) == 3 and args[2] == -math.inf:
-        fact = _full_width(graph, node, args[1])
-        if isinstance(fact, _Above) and fact.value is True:
+        fact = _above(_full_width(graph, node, args[1]))
+        if fact is not None and fact.value is True:
             return _Above(fact.diagonal, -math.inf)
         return None
     if packet is aten.where and len(args) == 3:
-        fact = _full_width(graph, node, args[0])
-        if isinstance(fact, _Above) and isinstance(fact.value, bool):
+        fact = _above(_full_width(graph, node, args[0]))
+        if fact is not None and isinstance(fact.value, bool):
             chosen = args[1] if fact.value else args[2]
             if chosen == -math.inf:
                 return _Above(fact.diagonal, -math.inf)
         return None
     return None
+
+
+def _value(graph: Graph, value: Any) -> _Fact:
+    """A fact, or a plain number as the constant it is."""
+    if isinstance(value, (bool, int)):
+        return _Const(value)
+    return _arg(graph, value)
+
+
+def _both(left: _Fact, right: _Fact) -> _Fact:
+    """`a & b`: bands intersect; True changes nothing and False hides all; else what each
+    hides above a diagonal, the lower diagonal."""
+    for one, other in ((left, right), (right, left)):
+        if isinstance(one, _Const):
+            if one.value is True:
+                return other if isinstance(other, (_Band, _Above, _Const)) else None
+            if one.value is False:
+                return _Const(False)
+    if isinstance(left, _Band) and isinstance(right, _Band):
+        lower = [b for b in (left.lower, right.lower) if b is not None]
+        upper = [b for b in (left.upper, right.upper) if b is not None]
+        return _Band(max(lower) if lower else None, min(upper) if upper else None)
+    hidden = [f.diagonal for f in (_above(left), _above(right)) if f is not None and f.value is False]
+    return _Above(min(hidden), False) if hidden else None
+
+
+def _either(left: _Fact, right: _Fact) -> _Fact:
+    """`a | b`: False changes nothing and True shows all; two masks hidden above diagonals
+    hide what is above the higher one."""
+    for one, other in ((left, right), (right, left)):
+        if isinstance(one, _Const):
+            if one.value is False:
+                return other if isinstance(other, (_Band, _Above, _Const)) else None
+            if one.value is True:
+                return _Const(True)
+    facts = [_above(left), _above(right)]
+    if all(f is not None and f.value is False for f in facts):
+        return _Above(max(f.diagonal for f in facts), False)
+    return None
+
+
+def _equal(packet: Any, left: _Fact, right: _Fact) -> _Fact:
+    """`a == b` and `a != b` of two constants."""
+    if isinstance(left, _Const) and isinstance(right, _Const):
+        same = left.value == right.value
+        return _Const(same if packet is aten.eq else not same)
+    return None
+
+
+def _sliced(graph: Graph, node: Node) -> _Fact:
+    """`x[..., a:b]` of an index along that dim starts its positions at a; along another dim
+    it changes nothing; a constant stays one."""
+    fact = _arg(graph, node.args[0])
+    if isinstance(fact, _Const):
+        return fact
+    if not isinstance(fact, _Index):
+        return None
+    rank = out_meta(node).rank
+    dim = node.args[1] if len(node.args) > 1 else 0
+    start = node.args[2] if len(node.args) > 2 else 0
+    step = node.args[4] if len(node.args) > 4 else 1
+    if not isinstance(dim, int) or step != 1:
+        return None
+    if (dim - rank if dim >= 0 else dim) != fact.axis:
+        return fact
+    if start is None:
+        start = 0
+    if not isinstance(start, int) or start < 0:
+        return None
+    return _Index(fact.axis, fact.offset + start)
+
+
+def _differences(graph: Graph, node: Node) -> _Fact:
+    """`diff` of positions along their own dim is 1 everywhere, given nothing or a prepended
+    value one below the first position (`torch.diff(p, prepend=p[..., :1] - 1)`, how
+    transformers finds packed sequences in position ids)."""
+    fact = _arg(graph, node.args[0])
+    rank = out_meta(node).rank
+    n = node.args[1] if len(node.args) > 1 else node.kwarg("n", 1)
+    dim = node.args[2] if len(node.args) > 2 else node.kwarg("dim", -1)
+    prepend = node.args[3] if len(node.args) > 3 else node.kwarg("prepend")
+    append = node.args[4] if len(node.args) > 4 else node.kwarg("append")
+    if not isinstance(fact, _Index) or n != 1 or append is not None or not isinstance(dim, int):
+        return None
+    if (dim - rank if dim >= 0 else dim) != fact.axis:
+        return None
+    if prepend is not None:
+        before = _arg(graph, prepend)
+        length = out_meta(graph[prepend.name]).shape[dim] if isinstance(prepend, Ref) else None
+        one_position = isinstance(before, _Index) and before.axis == fact.axis and length == 1
+        if not (one_position and before.offset == fact.offset - 1):
+            return None
+    return _Const(1)
+
+
+def _gathered(graph: Graph, node: Node) -> _Fact:
+    """`x[i0, i1, ...]` (advanced indexing) of a constant is the constant; of positions along
+    one of the indexed dims, it is the index used on that dim, plus the positions' offset."""
+    fact = _arg(graph, node.args[0])
+    indices = node.args[1]
+    if isinstance(fact, _Const):
+        return fact
+    source = out_meta(graph[node.args[0].name]) if isinstance(node.args[0], Ref) else None
+    if not isinstance(fact, _Index) or source is None or not isinstance(indices, (list, tuple)):
+        return None
+    if len(indices) != source.rank or any(not isinstance(i, Ref) for i in indices):
+        return None  # every dim indexed by a tensor: the result's shape is theirs
+    index = indices[source.rank + fact.axis]
+    used = _arg(graph, index)
+    if not isinstance(used, _Index) or out_meta(graph[index.name]).dtype not in _EXACT:
+        return None
+    return _Index(used.axis, used.offset + fact.offset)
 
 
 def _filled(node: Node, dtype: torch.dtype) -> _Fact:
@@ -339,28 +510,36 @@ def _unsqueezed(fact: _Fact, dim: int, rank: int) -> _Fact:
     new = dim - rank if dim >= 0 else dim  # counted from the end
     if isinstance(fact, _Index):
         return _Index(fact.axis - 1 if new >= fact.axis else fact.axis, fact.offset)
-    if isinstance(fact, _Above) and new < -2:
+    if isinstance(fact, (_Above, _Band)) and new < -2:
         return fact
-    return None
+    return fact if isinstance(fact, _Const) else None
 
 
 def _kept_trailing(graph: Graph, node: Node) -> _Fact:
-    """Views and broadcasts that leave the last two dims as they were keep an `_Above`."""
+    """Views and broadcasts keep a constant; they keep a mask's fact when they leave its last
+    two dims as they were, and positions when they leave every dim from theirs on."""
     source = node.args[0]
     fact = _arg(graph, source)
-    if not isinstance(fact, _Above):
-        return None
-    before = out_meta(graph[source.name]).shape
-    after = out_meta(node).shape
-    if len(before) < 2 or len(after) < 2:
-        return None
-    if all(same_size(a, b, graph) for a, b in zip(before[-2:], after[-2:])):
+    if isinstance(fact, _Const):
         return fact
+    before = out_meta(graph[source.name]).shape if isinstance(source, Ref) else ()
+    after = out_meta(node).shape
+    kept = {
+        k
+        for k in range(1, min(len(before), len(after)) + 1)
+        if all(same_size(a, b, graph) for a, b in zip(before[-k:], after[-k:]))
+    }
+    if isinstance(fact, (_Above, _Band)):
+        return fact if 2 in kept else None
+    if isinstance(fact, _Index):
+        return fact if -fact.axis in kept else None
     return None
 
 
 def _converted(fact: _Fact, dtype: torch.dtype) -> _Fact:
     if isinstance(fact, _Index) and dtype in _EXACT:
+        return fact
+    if isinstance(fact, _Band) and dtype == torch.bool:
         return fact
     if isinstance(fact, _Above) and dtype == torch.bool:
         return _Above(fact.diagonal, bool(fact.value))
@@ -370,22 +549,31 @@ def _converted(fact: _Fact, dtype: torch.dtype) -> _Fact:
 
 
 def _compared(packet: Any, left: _Fact, right: _Fact) -> _Fact:
-    """`col <= row + k` (or its mirror images) hides the keys above diagonal k."""
+    """Comparing a key position (a column index, j + a) with a query position (a row index,
+    i + b) bounds `j - i`: `col <= row` is `j - i <= b - a`, `col > row - w` is `j - i >= 1 - w`
+    (a sliding window), and so on; the mirror images (`row >= col`) read the same."""
     if not (isinstance(left, _Index) and isinstance(right, _Index)):
         return None
-    if packet in (aten.ge, aten.gt):
-        left, right = right, left  # a >= b is b <= a
-    if left.axis != -1 or right.axis != -2:
+    if (left.axis, right.axis) == (-2, -1):  # row op col: col (mirrored op) row
+        mirror = {aten.le: aten.ge, aten.ge: aten.le, aten.lt: aten.gt, aten.gt: aten.lt}
+        left, right, packet = right, left, mirror[packet]
+    if (left.axis, right.axis) != (-1, -2):
         return None
-    diagonal = right.offset - left.offset - (1 if packet in (aten.lt, aten.gt) else 0)
-    return _Above(diagonal, False)
+    gap = right.offset - left.offset  # col <= row  <=>  j - i <= gap
+    if packet is aten.le:
+        return _Band(None, gap)
+    if packet is aten.lt:
+        return _Band(None, gap - 1)
+    if packet is aten.ge:
+        return _Band(gap, None)
+    return _Band(gap + 1, None)  # gt
 
 
 def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
     """Return an operand's fact when its columns are not broadcast: a size-1 column dim would
     spread one column's value along the whole row."""
     fact = _arg(graph, value)
-    if not isinstance(fact, _Above):
+    if not isinstance(fact, (_Above, _Band)):
         return fact
     shape = out_meta(graph[value.name]).shape
     out = out_meta(node).shape
@@ -394,4 +582,4 @@ def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
     return fact
 
 
-__all__ = ["hidden_above", "truncated_keys"]
+__all__ = ["band", "causal_rows", "hidden_above", "truncated_keys"]

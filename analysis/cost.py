@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from analysis.causal import causal_rows
 from analysis.dimflow import out_meta, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.ops import ALL_BUT_LAST, CONTRACTION, SECOND_TO_LAST, TRANSCENDENTAL, dim_rule, info
@@ -92,7 +93,8 @@ def node_flops(node: Node, graph: Graph) -> float:
         )
     if node.target == aten.scaled_dot_product_attention.default:
         keys = evaluate(out_meta(graph[inputs[1]]).shape[-2], graph.hints)
-        return 4.0 * _numel(graph, inputs[0]) * keys
+        half = 0.5 if causal_rows(node) else 1.0  # the fused kernel skips the hidden keys
+        return 4.0 * _numel(graph, inputs[0]) * keys * half
     slot = 1 if node.target in (aten.addmm.default, aten.baddbmm.default) else 0
     rule = dim_rule(node, graph)
     source = out_meta(graph[inputs[slot]])
@@ -174,6 +176,10 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
         keys = 1.0
         if step.keys is not None:  # on average a chunk reads the keys up to its middle
             keys = min(1.0, (extent + size + 2 * step.keys) / (2 * extent))
+        if step.window is not None:  # or only its window's
+            keys = min(keys, (size + step.keys - step.window) / extent)
+        if step.keys is not None and causal_rows(node):
+            keys *= 2  # its masked call computes every key it is given; node_time halved them
         body += node_time(node, graph, machine, fraction, whole, step.dim) * keys
         for read in step.operands:
             copied = read.source == COPY

@@ -500,8 +500,10 @@ def cat_rule(node: Node, graph: Graph) -> DimRule | None:
 
 def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
     """Batch and head dims move with q, k, v and the mask; the query length moves with q and
-    the mask's rows (not when causal: the diagonal would shift); keys are mixed, and so are
-    the value's features (the fused kernel would redo the whole attention for each chunk)."""
+    the mask's rows; keys are mixed, and so are the value's features (the fused kernel would
+    redo the whole attention for each chunk). With `is_causal` and as many queries as keys,
+    the queries move too: a chunk of them runs with the keys up to its last query and their
+    own causal mask (`analysis.causal.causal_rows`, NOTE [Causal key truncation])."""
     shapes = _shapes(node, graph)
     q, k, v = shapes[:3]
     mask = shapes[3] if len(shapes) > 3 else None
@@ -521,7 +523,8 @@ def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
             if axis >= 0 and same_size(shape[axis], out[j], graph):
                 group.append((slot, axis))
         groups.append(tuple(group))
-    rows = [] if causal else [(0, len(q) - 2)]
+    square = same_size(q[-2], k[-2], graph)
+    rows = [(0, len(q) - 2)] if not causal or (mask is None and square) else []
     if mask is not None and not causal and len(mask) >= 2 and same_size(mask[-2], out[-2], graph):
         rows.append((3, len(mask) - 2))
     groups.append(tuple(rows))

@@ -189,7 +189,8 @@ def _statement(
         if expr.inplace is not None:
             notes.append(f"in place on slot {expr.inplace}")
         if expr.keys is not None:
-            notes.append(f"keys < stop{expr.keys:+d}")
+            first = "" if expr.window is None else f"start{expr.window:+d} <= "
+            notes.append(f"{first}keys < stop{expr.keys:+d}")
     else:
         text, notes = _plain(expr, program, graph), []
     if statement.region is not None:

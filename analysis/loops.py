@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from analysis.causal import truncated_keys
+from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
@@ -20,6 +20,7 @@ from analysis.program import (
     CHUNK,
     COPY,
     OUTER,
+    CausalRows,
     ChunkLength,
     ChunkStart,
     LoopRegion,
@@ -54,6 +55,9 @@ def lower_region(
 
         args, kwargs = _resized(node, rule, dim)
         args = inferred_width(node, graph, args)
+        if cut is not None and causal_rows(node):  # the chunk's own mask, not `is_causal`
+            args = (*args[:3], CausalRows(), args[4] if len(args) > 4 else 0.0, False)
+            kwargs = tuple((k, v) for k, v in kwargs if k not in ("attn_mask", "is_causal"))
         args, kwargs, operands = _with_operands(args, kwargs, graph, operand)
         target, slot = node.target, inplace.get(name)
         if slot is not None:
@@ -72,6 +76,7 @@ def lower_region(
                 operands,
                 inplace=slot,
                 keys=cut.diagonal if cut is not None else None,
+                window=cut.lower if cut is not None else None,
                 layer=called,
             )
         )

@@ -26,6 +26,7 @@ from analysis.program import (
     CHUNK,
     COPY,
     Attr,
+    CausalRows,
     Block,
     Budget,
     Call,
@@ -133,12 +134,14 @@ class _Lowering:
             elif isinstance(value, Operand):
                 out.update({self._operand_name(value)} - {None})
                 out.update(("start", "stop") if value.rows is not None else ())
-                out.update(("stop",) if value.keys is not None else ())
+                out.update(("start", "stop") if value.keys is not None else ())
             elif isinstance(value, sympy.Expr):
                 try:
                     out.update(size_names(value, self.symbols))
                 except TypeError:  # written with the model's dims, in a comment
                     pass
+            elif isinstance(value, CausalRows):
+                out.update(("start", "stop"))
             elif isinstance(value, (ChunkLength, ChunkStart)):
                 out.update(("start", "stop") if isinstance(value, ChunkLength) else ("start",))
             elif isinstance(value, torch.device) and self.device_of:

@@ -21,7 +21,7 @@ import torch
 from analysis.ir import Graph, Node, Ref, evaluate, storage_roots, value_bytes
 from analysis.lower import lower_region
 from analysis.plan import Region
-from analysis.program import CHUNK, LoopRegion
+from analysis.program import CHUNK, CausalRows, LoopRegion
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,14 @@ def _mask_scratch(node: Node, graph: Graph, mask: str, fraction: float = 1.0) ->
     query = graph[node.args[0].name].tensor
     elements = graph[mask].tensor.numel(graph.hints)
     return math.ceil(elements * query.dtype.itemsize * fraction)
+
+
+def _causal_rows_scratch(node: Node, graph: Graph, rows: int) -> int:
+    """A query chunk's own causal mask (`CausalRows`, in the query's dtype), at the last chunk,
+    which sees every key."""
+    query = graph[node.args[0].name].tensor
+    keys = evaluate(graph[node.args[1].name].tensor.shape[-2], graph.hints)
+    return rows * keys * query.dtype.itemsize
 
 
 def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
@@ -272,6 +280,8 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             read = step.operand(3)
             chunked = read is not None and (read.source == CHUNK or read.rows is not None)
             scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
+        elif len(step.args) > 3 and isinstance(step.args[3], CausalRows):
+            scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
         stmts.append(
             Stmt(
                 key=chunk_key(name),

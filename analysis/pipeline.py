@@ -18,6 +18,7 @@ from analysis.lower import lower
 from analysis.plan import ChunkPlan
 from analysis.program import Program
 from analysis.remat import rematerialized
+from analysis.fastpath import eager_attention
 from analysis.select import Progress, Target, inline_held, plan_for_range
 from analysis.symbolic import plan_formulas
 
@@ -59,7 +60,7 @@ def lower_plan(
 def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
     """Run the analysis pipeline on a model file."""
     loaded = load_model_file(path)
-    graph = capture(loaded)
+    graph = eager_attention(capture(loaded))  # NOTE [Attention as eager runs it]
     captured = graph
     plan = plan_for_range(graph, target, progress)
     recomputing = rematerialized(graph)

@@ -49,6 +49,13 @@ class Operand:
 
 
 @dataclass(frozen=True, slots=True)
+class CausalRows:
+    """The causal mask of a chunk's queries over the keys up to its last one, True where a
+    query attends: `arange(start, stop)[:, None] >= arange(stop)`. It stands in for
+    `is_causal=True`, which would align the chunk's first query with the first key."""
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkLength:
     """A size argument of the chunked dim: the chunk's length, `stop - start`."""
 
@@ -84,6 +91,8 @@ class LoopStep:
     inplace: int | None = None
     #: the step sees only the keys up to `stop + keys` (NOTE [Causal key truncation]), if cut
     keys: int | None = None
+    #: and only those from `start + window` on (a sliding window, `window` <= 0), if cut there
+    window: int | None = None
     #: the path of the `torch.nn` layer that runs the step, called as a module
     layer: str | None = None
 
@@ -349,6 +358,7 @@ __all__ = [
     "Block",
     "Budget",
     "Call",
+    "CausalRows",
     "ChunkLength",
     "ChunkStart",
     "Contiguous",

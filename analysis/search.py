@@ -43,14 +43,40 @@ class Conflict:
     reason: str
 
 
+#: how many values one stretch may make whole before its loop to get past conflicts
+HOIST_RETRIES = 8
+
+
 def propagate(
     graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int
 ) -> Region | Conflict | None:
     """Return the region a stretch forms when chunked along `seed_dim` of `seed`.
 
     Returns a Conflict naming the boundary to move when the stretch as given cannot form one,
-    and None when the seed itself cannot be chunked along that dim.
+    and None when the seed itself cannot be chunked along that dim. A value made in the
+    stretch that a per-chunk op reads chunked and another reader needs whole (the rotary
+    table both the queries and the keys read, the normalised input of the q, k and v
+    projections when only the queries are chunked) is made whole before the loop and sliced
+    for the per-chunk reader, and the walk tried again.
     """
+    hoisted: set[str] = set()
+    for _ in range(HOIST_RETRIES + 1):
+        result = _propagate(graph, span, seed, seed_dim, hoisted)
+        if not isinstance(result, tuple):
+            return result
+        conflict, fork = result
+        if fork is None or fork in hoisted:
+            return conflict
+        hoisted.add(fork)
+    return conflict
+
+
+def _propagate(
+    graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int, forced: set[str]
+) -> Region | tuple[Conflict, str | None] | None:
+    """One walk of `propagate`, with the values in `forced` made whole before the loop; a
+    failed walk returns its Conflict and the value where it turned from producers to other
+    readers (`_fork`), which made whole might get past it."""
     inside = set(span)
     rules: dict[str, DimRule | None] = {}
     loop: dict[str, int] = {}
@@ -90,7 +116,7 @@ def propagate(
         if name not in inside:
             need_slice(name, dim, via, forward)
             return
-        if name in hoist or not producible(name, dim):
+        if name in hoist or name in forced or not producible(name, dim):
             if forward:
                 raise _Reject(f"{name} mixes the chunked dim", name, via, forward)
             need_slice(name, dim, via, forward)
@@ -132,8 +158,47 @@ def propagate(
                     raise _Reject(f"{user} mixes the chunked dim of {name}", user, name, True)
                 chunk(user, out_dims.pop(), name, forward=True)
     except _Reject as reject:
-        return _blame(reject, parent, graph, inside, seed)
+        fork = _fork(reject, parent)
+        if fork is not None and not _needed_before(graph, span, seed, fork):
+            fork = None  # starting the stretch after it does the same, with less made whole
+        return _blame(reject, parent, graph, inside, seed), fork
     return _region(graph, span, loop, sliced, seed, seed_dim)
+
+
+def _needed_before(graph: Graph, span: tuple[str, ...], seed: str, fork: str) -> bool:
+    """Whether the stretch holds, before `fork`, an op the seed needs that `fork` does not
+    (the query projection before the rotary table): then only making `fork` whole keeps it."""
+    inside = set(span)
+
+    def ancestors(name: str) -> set[str]:
+        found: set[str] = set()
+        pending = [name]
+        while pending:
+            for ref in graph[pending.pop()].refs():
+                if ref in inside and ref not in found:
+                    found.add(ref)
+                    pending.append(ref)
+        return found
+
+    at = graph.position(fork)
+    through = ancestors(fork) | {fork}
+    return any(graph.position(n) < at for n in ancestors(seed) - through)
+
+
+def _fork(reject: _Reject, parent: dict[str, tuple[str | None, bool]]) -> str | None:
+    """The producer the walk reached backwards, nearest the conflict, from which it then went
+    forwards to the conflict: made whole before the loop, its other readers no longer follow
+    the chunk."""
+    chain = [(reject.node, reject.forward)]
+    name = reject.via
+    while name is not None:
+        via, forward = parent.get(name, (None, False))
+        chain.append((name, forward))
+        name = via
+    for (_, went_forward), (node, reached_forward) in zip(chain, chain[1:]):
+        if went_forward and not reached_forward and parent.get(node, (None,))[0] is not None:
+            return node
+    return None
 
 
 def _blame(

@@ -22,6 +22,7 @@ from analysis.program import (
     CHUNK,
     COPY,
     Attr,
+    CausalRows,
     Block,
     Budget,
     Call,
@@ -205,6 +206,10 @@ class ForwardPrinter:
             return self.operand(value, step, block)
         if isinstance(value, ChunkLength):
             return "stop - start"
+        if isinstance(value, CausalRows):  # read the query's dtype and device
+            query = step.operand(0)
+            source = block.chunks.get(query.value) if query.source == CHUNK else None
+            return f"_causal({source or self.value(query.value)}, start, stop)"
         if isinstance(value, ChunkStart):
             if not value.base:
                 return "start" if value.sign > 0 else "-start"
@@ -228,7 +233,8 @@ class ForwardPrinter:
         cuts = {} if read.rows is None else {read.rows: "start:stop"}
         if read.keys is not None:
             end = f"stop + {self.num(step.keys)}" if step.keys else "stop"
-            cuts[read.keys] = f":{end}"
+            begin = "" if step.window is None else f"max(start - {self.num(-step.window)}, 0)"
+            cuts[read.keys] = f"{begin}:{end}"
         return _index_expr(code, cuts)
 
     def _cite(self, source: Source | None) -> list[str]:
@@ -465,7 +471,12 @@ class ForwardPrinter:
             header.append(
                 f"In place, on chunks nothing else reads: {', '.join(dict.fromkeys(methods))}."
             )
-        if any(step.keys is not None for step in steps):
+        if any(step.window is not None for step in steps):
+            header.append(
+                "Sliding window: each chunk attends only the keys from its first query's window "
+                "to its last query (NOTE [Causal key truncation])."
+            )
+        elif any(step.keys is not None for step in steps):
             header.append(
                 "Causal mask: each chunk attends only the keys up to its last query "
                 "(NOTE [Causal key truncation])."

@@ -13,7 +13,7 @@ import torch
 
 from analysis.ir import Graph
 from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
-from analysis.program import Budget, Program, Statement
+from analysis.program import Budget, CausalRows, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
 from analysis.ops import info
@@ -347,6 +347,12 @@ def emit_module(
         output_class=program.output_class,
         runtime_sizes=any(
             isinstance(item, Statement) and isinstance(item.expr, Budget) for item in program.body
+        ),
+        causal_rows=any(
+            isinstance(arg, CausalRows)
+            for block in program.blocks
+            for step in block.lowered.steps
+            for arg in step.args
         ),
         budget=budget,
     )

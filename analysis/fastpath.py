@@ -1,0 +1,158 @@
+"""Attention as eager runs it: `is_causal` instead of a causal mask, grouped keys as they are.
+
+NOTE [Attention as eager runs it]
+On a prompt with no padding, eager transformers calls SDPA with `is_causal=True`, no mask, and
+the grouped keys and values as they are (`enable_gqa=True`); the fused kernel then never holds
+the scores. While exporting, transformers takes another path: it builds the `seq x seq` mask
+from position comparisons (`kv_idx <= q_idx`, and packed-sequence ids that are all equal when
+the positions are `arange`), and repeats the keys and values to every head. Captured as it is,
+that path holds the mask, its float copy inside the kernel, and keys and values several times
+their size, and the masked kernel is slower.
+
+This pass gives each such SDPA call back the eager form, where it is proven equal:
+- a mask that `analysis.causal.band` proves exactly causal (True exactly where the key is at or
+  before the query: `_Band(None, 0)`), whose last two dims are the queries and keys it masks,
+  with as many queries as keys, becomes `is_causal=True` and no mask. Any other mask (padding,
+  a window, a bias) stays as it is.
+- keys or values repeated to every query head the way `repeat_kv` does (a new dim after the
+  key heads, expanded and folded into them) are read as they were made, with
+  `enable_gqa=True`: query head h reads key head h // (query heads / key heads), as the repeat
+  made it.
+The ops that built the mask and the repeats are dropped when nothing else reads them. The pass
+is a pure function `Graph -> Graph`; the result is the graph the pipeline plans, and what it
+estimates for the original, since it is what eager runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from analysis.causal import band
+from analysis.dimflow import same_size
+from analysis.ir import Graph, Node, Ref, TensorMeta
+
+aten = torch.ops.aten
+SDPA = aten.scaled_dot_product_attention.default
+
+
+def eager_attention(graph: Graph) -> Graph:
+    """Return the graph with each proven-causal SDPA call written as eager runs it (NOTE
+    [Attention as eager runs it]); the graph itself when no call qualifies."""
+    rewritten: dict[str, Node] = {}
+    for node in graph.nodes:
+        if node.target is SDPA:
+            fast = _fast_call(graph, node)
+            if fast is not None:
+                rewritten[node.name] = fast
+    if not rewritten:
+        return graph
+    nodes = tuple(rewritten.get(node.name, node) for node in graph.nodes)
+    return _without_dead(replace(graph, nodes=nodes, memo={}))
+
+
+def _fast_call(graph: Graph, node: Node) -> Node | None:
+    """The SDPA call without its causal mask and repeats, or None when nothing changes."""
+    query, key, value = (_ref(a) for a in node.args[:3])
+    mask = _argument(node, 3, "attn_mask")
+    dropout = _argument(node, 4, "dropout_p", 0.0)
+    causal = _argument(node, 5, "is_causal", False)
+    if query is None or key is None or value is None or dropout != 0.0:
+        return None
+    scale = node.kwarg("scale")
+    gqa = node.kwarg("enable_gqa", False)
+    masked = isinstance(mask, Ref)
+    if masked and not causal and _exactly_causal(graph, node, mask.name):
+        mask, causal = None, True
+    grouped = _grouped(graph, key), _grouped(graph, value)
+    if grouped[0] is not None and grouped[1] is not None and grouped[0][1] == grouped[1][1]:
+        key, value, gqa = grouped[0][0], grouped[1][0], True
+    if (mask is None) == (not masked) and (key, value) == tuple(_ref(a) for a in node.args[1:3]):
+        return None  # neither the mask nor the repeats could go
+    args = (Ref(query), Ref(key), Ref(value), mask, 0.0, causal)
+    kwargs = tuple(
+        (k, v) for k, v in (("scale", scale), ("enable_gqa", gqa)) if v not in (None, False)
+    )
+    return replace(node, args=args, kwargs=kwargs)
+
+
+def _exactly_causal(graph: Graph, node: Node, mask: str) -> bool:
+    """Whether the mask is exactly the causal one, over as many queries as keys, its last two
+    dims those of the scores (not broadcast), so `is_causal` (which aligns the diagonal at the
+    top left) says the same."""
+    if band(graph, mask) != (None, 0):
+        return False
+    shape = graph[mask].tensor.shape
+    queries = graph[node.args[0].name].tensor.shape[-2]
+    keys = graph[node.args[1].name].tensor.shape[-2]
+    return (
+        len(shape) >= 2
+        and same_size(queries, keys, graph)
+        and same_size(shape[-2], queries, graph)
+        and same_size(shape[-1], keys, graph)
+    )
+
+
+def _grouped(graph: Graph, name: str) -> tuple[str, int] | None:
+    """For keys repeated to every query head as `repeat_kv` does it,
+    `x[:, :, None].expand(b, kv_heads, n, s, d).reshape(b, kv_heads * n, s, d)`, return the
+    keys as made and n; else None."""
+    folded = graph[name]
+    if folded.target not in (aten.reshape.default, aten.view.default, aten._unsafe_view.default):
+        return None
+    expanded = graph[_ref(folded.args[0]) or name]
+    if expanded.target is not aten.expand.default:
+        return None
+    unsqueezed = graph[_ref(expanded.args[0]) or name]
+    if unsqueezed.target is not aten.unsqueeze.default:
+        return None
+    source = _ref(unsqueezed.args[0])
+    if source is None or not all(
+        isinstance(graph[n].meta, TensorMeta) for n in (name, expanded.name, source)
+    ):
+        return None
+    made, wide, out = graph[source].tensor.shape, expanded.tensor.shape, folded.tensor.shape
+    rank = len(made)
+    if rank < 3 or unsqueezed.args[1] not in (rank - 2, -3) or len(out) != rank:
+        return None  # the new dim must sit right after the key heads
+    repeats = wide[rank - 2]
+    if not isinstance(repeats, int) or repeats < 2:
+        return None
+    same = lambda a, b: len(a) == len(b) and all(same_size(x, y, graph) for x, y in zip(a, b))  # noqa: E731
+    if not (same(wide[: rank - 2], made[: rank - 2]) and same(wide[rank - 1 :], made[rank - 2 :])):
+        return None  # only the new dim is expanded
+    heads = made[rank - 3]
+    if not isinstance(heads, int) or out[rank - 3] != heads * repeats:
+        return None
+    if not (same(out[: rank - 3], made[: rank - 3]) and same(out[rank - 2 :], made[rank - 2 :])):
+        return None
+    return source, repeats
+
+
+def _argument(node: Node, position: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwarg(name, default)
+
+
+def _ref(value: Any) -> str | None:
+    return value.name if isinstance(value, Ref) else None
+
+
+def _without_dead(graph: Graph) -> Graph:
+    """Drop the ops nothing reads any more: pure ops only (no in-place write, no view of
+    storage something writes)."""
+    live = set(graph.output_names())
+    keep: list[Node] = []
+    for node in reversed(graph.nodes):
+        if node.kind != "op" or node.name in live or node.mutates is not None:
+            keep.append(node)
+            live.update(node.refs())
+            if node.mutates is not None:
+                live.add(node.mutates)
+    return replace(graph, nodes=tuple(reversed(keep)), memo={})
+
+
+__all__ = ["eager_attention"]
