@@ -10,6 +10,7 @@ import inspect
 import io
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,30 @@ def export(loaded: LoadedModel) -> ExportedProgram:
         raise UserError(f"{where}: torch.export could not capture the model: {reason}") from None
 
 
+def _batched(ep: ExportedProgram) -> bool:
+    """Whether the program holds `torch.vmap`'s batching steps (`_add_batch_dim`, ...), which
+    only the functorch interpreter can run: lowering it (`run_decompositions`) writes them as
+    plain ops (a vmapped `j <= i` becomes a broadcast comparison). It also turns in-place ops
+    into new values, so only such programs are lowered."""
+    return any(
+        getattr(node.target, "__module__", "") == "torch._functorch.predispatch"
+        for node in ep.graph.nodes
+    )
+
+
+def _lowered(ep: ExportedProgram) -> ExportedProgram:
+    """The program with vmap's batching written as plain ops. Lowering writes each `reshape` as
+    the `view` the traced strides allowed; a chunk loop's output buffer may not allow it, so
+    those go back to `reshape` (a view wherever it can be, the same values)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pytree's own deprecation notes
+        lowered = ep.run_decompositions({})
+    for node in lowered.graph.nodes:
+        if node.target is torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+    return lowered
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence torch's logging and stderr dumps while exporting.
@@ -108,6 +133,8 @@ def _upper(ep: ExportedProgram, symbol: sympy.Symbol) -> int | None:
 
 def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
     """Translate an ExportedProgram into the immutable analysis IR."""
+    if _batched(ep):
+        ep = _lowered(ep)
     specs = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
     dim_names = _dim_names(loaded)
     nodes: list[Node] = []
@@ -262,7 +289,10 @@ def _calls(stack: dict[str, Any]) -> tuple[str, ...]:
 
 def _storages(value: Any) -> list[StorageWeakRef]:
     if isinstance(value, torch.Tensor):
-        return [StorageWeakRef(value.untyped_storage())]
+        try:
+            return [StorageWeakRef(value.untyped_storage())]
+        except NotImplementedError:  # vmap's batched tensors have none to compare
+            return []
     if isinstance(value, (list, tuple)):
         return [ref for v in value for ref in _storages(v)]
     return []

@@ -98,9 +98,12 @@ def band(graph: Graph, name: str) -> tuple[int | None, int | None] | None:
 
 
 def _above(fact: _Fact) -> _Above | None:
-    """What a fact hides above a diagonal: an `_Above`, or a band's keys past its upper bound."""
+    """What a fact holds above a diagonal: an `_Above`; a band's keys past its upper bound are
+    False, and a band with only a lower bound L is True above L - 1."""
     if isinstance(fact, _Band):
-        return _Above(fact.upper, False) if fact.upper is not None else None
+        if fact.upper is not None:
+            return _Above(fact.upper, False)
+        return _Above(fact.lower - 1, True) if fact.lower is not None else None
     return fact if isinstance(fact, _Above) else None
 
 
@@ -332,13 +335,17 @@ def _derive(node: Node, graph: Graph) -> _Fact:
         diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
         if not isinstance(diagonal, int):
             return None  # a diagonal that depends on the input's sizes
+        if _arg(graph, args[0]) == _Const(True) and meta.dtype == torch.bool:
+            return _Band(None, diagonal)  # ones(n, n, dtype=bool).tril(d)
         return _Above(diagonal, False if meta.dtype == torch.bool else 0)
     if packet in (aten.triu,):  # keeps the elements at or above its diagonal d
         fact = _arg(graph, args[0])
         diagonal = args[1] if len(args) > 1 else node.kwarg("diagonal", 0)
-        if isinstance(fact, _Const) and isinstance(diagonal, int):
-            return _Above(diagonal - 1, fact.value)
-        return None
+        if not isinstance(fact, _Const) or not isinstance(diagonal, int):
+            return None
+        if fact.value is True and meta.dtype == torch.bool:
+            return _Band(diagonal, None)
+        return _Above(diagonal - 1, fact.value)
     if packet in (aten.__and__, aten.bitwise_and, aten.logical_and) and meta.dtype == torch.bool:
         return _both(*(_full_width(graph, node, arg) for arg in args[:2]))
     if packet in (aten.__or__, aten.bitwise_or, aten.logical_or) and meta.dtype == torch.bool:
@@ -347,6 +354,10 @@ def _derive(node: Node, graph: Graph) -> _Fact:
         fact = _arg(graph, args[0])
         if isinstance(fact, _Const):
             return _Const(not fact.value)
+        if isinstance(fact, _Band) and (fact.lower is None) != (fact.upper is None):
+            if fact.lower is None:  # not (j - i <= u) is j - i >= u + 1
+                return _Band(fact.upper + 1, None)
+            return _Band(None, fact.lower - 1)
         fact = _above(fact)
         if fact is not None and isinstance(fact.value, bool):
             return _Above(fact.diagonal, not fact.value)
@@ -532,7 +543,25 @@ def _kept_trailing(graph: Graph, node: Node) -> _Fact:
     if isinstance(fact, (_Above, _Band)):
         return fact if 2 in kept else None
     if isinstance(fact, _Index):
-        return fact if -fact.axis in kept else None
+        if -fact.axis in kept:
+            return fact
+        return _moved(graph, node, fact, before, after)
+    return None
+
+
+def _moved(graph: Graph, node: Node, fact: _Index, before: Any, after: Any) -> _Fact:
+    """A reshape that only adds or drops dims of size 1 (`idx.view(n, 1)`, how vmap's batched
+    comparisons are lowered) moves positions to the same dim among the others."""
+    if node.target not in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        return None
+    real = lambda shape: [(i, s) for i, s in enumerate(shape) if s != 1]  # noqa: E731
+    old, new = real(before), real(after)
+    if len(old) != len(new) or not all(same_size(a, b, graph) for (_, a), (_, b) in zip(old, new)):
+        return None
+    at = len(before) + fact.axis
+    for (i, _), (j, _) in zip(old, new):
+        if i == at:
+            return _Index(j - len(after), fact.offset)
     return None
 
 

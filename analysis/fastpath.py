@@ -71,10 +71,11 @@ def _fast_call(graph: Graph, node: Node) -> Node | None:
         key, value, gqa = grouped[0][0], grouped[1][0], True
     if (mask is None) == (not masked) and (key, value) == tuple(_ref(a) for a in node.args[1:3]):
         return None  # neither the mask nor the repeats could go
-    args = (Ref(query), Ref(key), Ref(value), mask, 0.0, causal)
-    kwargs = tuple(
-        (k, v) for k, v in (("scale", scale), ("enable_gqa", gqa)) if v not in (None, False)
-    )
+    args: tuple[Any, ...] = (Ref(query), Ref(key), Ref(value))
+    if mask is not None:  # a mask kept (a window, padding) stays where readers look for it
+        args = (*args, mask)
+    options = (("is_causal", causal), ("scale", scale), ("enable_gqa", gqa))
+    kwargs = tuple((k, v) for k, v in options if v is not None and v is not False)
     return replace(node, args=args, kwargs=kwargs)
 
 

@@ -280,7 +280,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             read = step.operand(3)
             chunked = read is not None and (read.source == CHUNK or read.rows is not None)
             scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
-        elif len(step.args) > 3 and isinstance(step.args[3], CausalRows):
+        elif any(isinstance(value, CausalRows) for _, value in step.kwargs):
             scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
         stmts.append(
             Stmt(

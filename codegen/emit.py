@@ -349,10 +349,10 @@ def emit_module(
             isinstance(item, Statement) and isinstance(item.expr, Budget) for item in program.body
         ),
         causal_rows=any(
-            isinstance(arg, CausalRows)
+            isinstance(value, CausalRows)
             for block in program.blocks
             for step in block.lowered.steps
-            for arg in step.args
+            for _, value in step.kwargs
         ),
         budget=budget,
     )

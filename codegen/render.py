@@ -180,6 +180,9 @@ def _fallback(node: Any, a: list[str], arg: ArgFn) -> str:
     if isinstance(target, torch._ops.OpOverload):
         name = f"torch.ops.{target.namespace}.{target._schema.name.split('::')[-1]}.{target._overloadname}"
         return f"{name}({_seq(a + _kw(node, arg, skip=()))})"
+    module, name = getattr(target, "__module__", ""), getattr(target, "__qualname__", "")
+    if module.startswith("torch.") and name.isidentifier():  # vmap's batching steps, and such
+        return f"{module}.{name}({_seq(a + _kw(node, arg, skip=()))})"
     raise TypeError(f"cannot render {target!r}")
 
 

@@ -4,6 +4,7 @@ what it cannot prove it leaves alone, and attention loops over queries then skip
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +12,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from analysis.causal import hidden_above, truncated_keys
+from analysis.causal import band, hidden_above, truncated_keys
 from analysis.ir import Graph
 from codegen.generate import generate
 from codegen.verify import verify
@@ -240,3 +241,173 @@ def test_written_out_causal_attention_skips_hidden_keys_end_to_end(tmp_path: Pat
 def test_probabilities_read_elsewhere_keep_every_key(tmp_path: Path) -> None:
     found, _ = _eager(tmp_path, "return (att @ v).transpose(1, 2).reshape(b, t, 32), att.sum(-1)")
     assert "aten.softmax.int" not in found
+
+
+# ------------------------------------------------------------------ exact bands
+
+try:  # imported here, not first inside a trace: transformers registers its outputs with pytree
+    import transformers
+    import transformers.modeling_outputs  # noqa: F401  (registered now, not inside an export)
+    from transformers import masking_utils
+except ImportError:  # pragma: no cover - the `libs` extra is not installed
+    masking_utils = None
+
+
+def _masking() -> Any:
+    """transformers' mask builders, with `LlamaConfig` beside them; skips without the library."""
+    if masking_utils is None:
+        pytest.skip("needs transformers")
+    masking_utils.LlamaConfig = transformers.LlamaConfig
+    return masking_utils
+
+
+def _transformers_mask(kind: str, **options: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A mask as transformers' own `sdpa_mask` builds it while exporting (no skipping to
+    `is_causal`): causal, a sliding window, their `and_masks`/`or_masks`, with or without vmap."""
+
+    def build(x: torch.Tensor) -> torch.Tensor:
+        masking = _masking()
+        t = x.shape[-1]
+        functions = {
+            "causal": masking.causal_mask_function,
+            "window": masking.sliding_window_causal_mask_function(4),
+            "and": masking.and_masks(
+                masking.causal_mask_function, masking.sliding_window_overlay(4)
+            ),
+            "or_prefix": masking.or_masks(masking.causal_mask_function, lambda b, h, q, kv: kv < 3),
+        }
+        return masking.sdpa_mask(
+            batch_size=1,
+            q_length=t,
+            kv_length=t,
+            mask_function=functions[kind],
+            allow_is_causal_skip=False,
+            **options,
+        )
+
+    return build
+
+
+def _packed_ids_mask(x: torch.Tensor) -> torch.Tensor:
+    """transformers' `create_causal_mask` on an unpadded prompt while exporting: causal, and
+    the packed-sequence ids it finds in the position ids (all equal for `arange`)."""
+    masking = _masking()
+    config = masking.LlamaConfig(hidden_size=8, num_attention_heads=2, attn_implementation="sdpa")
+    t = x.shape[-1]
+    positions = (torch.arange(t) + 0).unsqueeze(0)
+    mask = masking.create_causal_mask(
+        config=config,
+        inputs_embeds=x[:, :, None].expand(1, t, 8),
+        attention_mask=None,
+        cache=None,
+        position_ids=positions,
+        allow_is_causal_skip=False,
+    )
+    return mask
+
+
+#: mask builders proven exactly a band of `lower <= key - query <= upper`
+BANDS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int | None, int | None]]] = {
+    "col_le_row": (lambda x: _rows_cols(x.shape[-1])[1] <= _rows_cols(x.shape[-1])[0], (None, 0)),
+    "tril_ones": (
+        lambda x: torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril(),
+        (None, 0),
+    ),
+    "not_triu_ones": (
+        lambda x: ~torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).triu(1),
+        (None, 0),
+    ),
+    "window_by_hand": (
+        lambda x: (_rows_cols(x.shape[-1])[1] <= _rows_cols(x.shape[-1])[0])
+        & (_rows_cols(x.shape[-1])[1] > _rows_cols(x.shape[-1])[0] - 5),
+        (-4, 0),
+    ),
+    "transformers_causal": (_transformers_mask("causal"), (None, 0)),
+    "transformers_causal_vmap": (_transformers_mask("causal", use_vmap=True), (None, 0)),
+    "transformers_window": (_transformers_mask("window"), (-3, 0)),
+    "transformers_and_masks": (_transformers_mask("and"), (-3, 0)),
+    "transformers_packed_ids": (_packed_ids_mask, (None, 0)),
+}
+
+#: builders that are no band (or not provably one): the proof must not claim one
+NOT_BANDS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "padded_hf": lambda x: _hf_style(x > 0.0),
+    "transformers_or_prefix": _transformers_mask("or_prefix"),
+    "tril_of_data": lambda x: (x[0, :, None] * x[0, None, :] > 0).tril(),
+    "written_through_a_view": lambda x: _prefix_lm(x.shape[-1]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BANDS))
+def test_proven_bands_are_exactly_the_real_mask(case: str) -> None:
+    fn, expected = BANDS[case]
+    graph, name, value = _mask(fn)
+    assert band(graph, name) == expected
+    rows, cols = _rows_cols(T)
+    lower, upper = expected
+    exact = torch.ones(T, T, dtype=torch.bool)
+    if lower is not None:
+        exact &= cols - rows >= lower
+    if upper is not None:
+        exact &= cols - rows <= upper
+    assert torch.equal(value.expand(*value.shape[:-2], T, T), exact.expand(*value.shape[:-2], T, T))
+
+
+@pytest.mark.parametrize("case", sorted(NOT_BANDS))
+def test_masks_that_are_no_band_are_not_claimed(case: str) -> None:
+    graph, name, _ = _mask(NOT_BANDS[case])
+    assert band(graph, name) is None
+
+
+def test_a_vmapped_mask_is_lowered_proven_and_cut(tmp_path: Path) -> None:
+    """`torch.vmap` leaves batching steps only functorch runs; capture lowers them to plain ops,
+    so the mask is proven exactly causal and SDPA runs as `is_causal`, with no mask."""
+    found, source = _attention(
+        tmp_path,
+        "idx = torch.arange(t)\n"
+        "        inner = torch.vmap(lambda i, j: j <= i, in_dims=(None, 0))\n"
+        "        mask = torch.vmap(inner, in_dims=(0, None))(idx, idx)",
+    )
+    assert "_add_batch_dim" not in source and "is_causal=True)" in source
+
+
+CAUSAL_SDPA = """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(32, 64)
+            self.kv = nn.Linear(32, 32)
+            self.out = nn.Linear(64, 32)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q = self.q(x).view(b, t, 4, 16).transpose(1, 2)
+            k, v = self.kv(x).view(b, t, 2, 1, 16).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.out(y.transpose(1, 2).reshape(b, t, 64))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Attention()
+
+    def make_inputs():
+        return (torch.randn(1, 512, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_causal_sdpa_chunked_over_queries_gets_each_chunks_own_mask(tmp_path: Path) -> None:
+    """`is_causal=True` would align a chunk's first query with the first key: the loop passes
+    the keys up to its last query and the chunk's own causal mask instead."""
+    path = tmp_path / "causal.py"
+    path.write_text(textwrap.dedent(CAUSAL_SDPA))
+    planned, emitted = generate(path, Target(ratio=0.6), "--memory-ratio 0.6")
+    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+    assert "_causal(" in emitted.source and "[:, :, :stop]" in emitted.source
+    code = "\n".join(
+        line.split("#")[0] for line in emitted.source.split("def _causal")[0].splitlines()
+    )
+    assert not re.search(r"is_causal=True[,)]", code)  # only in the citations of the source

@@ -238,3 +238,53 @@ def test_a_torchvision_resnet_keeps_its_nested_sequentials_and_layers(tmp_path: 
     assert fired == hooked
     fresh = getattr(module, module.__all__[0])()
     fresh.load_state_dict(loaded.module.state_dict(), strict=True)
+
+
+LLAMA_PROMPT = LLAMA.replace(
+    """        mask = torch.ones(1, 384, dtype=torch.long)
+        mask[:, :8] = 0  # left padding: transformers builds a seq x seq mask for SDPA
+        return (ids, mask)""",
+    "        return (ids,)",
+)
+
+MISTRAL = """
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def make_model():
+        torch.manual_seed(0)
+        config = MistralConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            sliding_window=64, use_cache=False, bos_token_id=0, eos_token_id=0,
+            attn_implementation="sdpa",
+        )
+        return MistralForCausalLM(config)
+
+    def make_inputs():
+        return (torch.randint(0, 128, (1, 384), generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def _emitted(tmp_path: Path, name: str, text: str, *flags: str) -> str:
+    pytest.importorskip("transformers")
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(text))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out"), *flags]) == 0  # verified
+    return (tmp_path / "out" / f"{name}.py").read_text()
+
+
+def test_an_unpadded_llama_calls_sdpa_as_eager_does(tmp_path: Path) -> None:
+    """NOTE [Attention as eager runs it]: no mask, `is_causal`, the grouped keys as they are."""
+    source = _emitted(tmp_path, "llama", LLAMA_PROMPT)
+    code = "\n".join(line.split("#")[0] for line in source.splitlines())
+    calls = re.findall(r"scaled_dot_product_attention\((.*?)\)\n", code, re.S)
+    assert calls and all("enable_gqa=True" in call for call in calls)
+    assert all("is_causal=True" in call or "_causal(" in call for call in calls)
+    assert "expand(" not in code  # neither the mask nor the repeated keys are built
+
+
+def test_a_sliding_window_loop_passes_only_the_windows_keys(tmp_path: Path) -> None:
+    source = _emitted(tmp_path, "mistral", MISTRAL, "--memory-ratio", "0.1")
+    assert "max(start - 63, 0) : stop" in source  # black spaces a slice of expressions
+    assert "Sliding window: each chunk attends only the keys" in source
