@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from analysis.errors import InternalError
 from codegen.measure import measure_peak
@@ -19,6 +20,13 @@ from codegen.measure import measure_peak
 #: tolerances of Contract 3 (float32)
 RTOL = 1e-4
 ATOL = 1e-5
+#: NOTE [Half-precision tolerance]
+#: A bf16 or fp16 output is compared with a float32 run of the original (its weights and
+#: floating inputs converted): the chunked module's largest error against it may be at most
+#: twice the original's own, plus this share (the dtype's epsilon) of the reference's largest
+#: magnitude, for outputs the original gets exactly right. Summing in another order (a chunk
+#: at a time) changes the rounding, never the precision; a bug shows as errors far above it.
+HALF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
 def import_source(source: str, directory: Path | None = None) -> tuple[ModuleType, Path]:
@@ -44,14 +52,21 @@ def instantiate(module: ModuleType, original: torch.nn.Module) -> torch.nn.Modul
     return getattr(module, class_name).from_module(original)
 
 
-def compare(expected: Any, actual: Any) -> str | None:
-    """Return why two model outputs differ, or None when they match (same structure, close)."""
+def compare(expected: Any, actual: Any, reference: Any = None) -> str | None:
+    """Return why two model outputs differ, or None when they match (same structure, close:
+    Contract 3's tolerances in float32; half-precision outputs against `reference`, the
+    original's float32 outputs, NOTE [Half-precision tolerance])."""
     flat_e, spec_e = tree_flatten(expected)
     flat_a, spec_a = tree_flatten(actual)
+    flat_r = tree_flatten(reference)[0] if reference is not None else [None] * len(flat_e)
     if spec_e != spec_a:
         return f"output structure differs: {spec_a} instead of {spec_e}"
-    for index, (e, a) in enumerate(zip(flat_e, flat_a)):
-        if isinstance(e, torch.Tensor):
+    for index, (e, a, r) in enumerate(zip(flat_e, flat_a, flat_r)):
+        if isinstance(e, torch.Tensor) and e.dtype in HALF and isinstance(r, torch.Tensor):
+            problem = _half_error(e, a, r)
+            if problem:
+                return f"output {index} differs: {problem}"
+        elif isinstance(e, torch.Tensor):
             try:
                 torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL, equal_nan=True)
             except AssertionError as exc:
@@ -60,6 +75,40 @@ def compare(expected: Any, actual: Any) -> str | None:
         elif e != a:
             return f"output {index} differs: {a!r} instead of {e!r}"
     return None
+
+
+def _half_error(expected: torch.Tensor, actual: torch.Tensor, reference: torch.Tensor) -> str:
+    """Why a half-precision output is further from the float32 reference than the original's
+    own rounding allows, or '' when it is not."""
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return (
+            f"{actual.dtype}{list(actual.shape)} instead of {expected.dtype}{list(expected.shape)}"
+        )
+    reference = reference.float()
+    theirs = (expected.float() - reference).abs().nan_to_num(0.0).max().item()
+    ours = (actual.float() - reference).abs().nan_to_num(0.0).max().item()
+    scale = reference.abs().nan_to_num(0.0).max().item()
+    bound = 2 * theirs + HALF[expected.dtype] * scale
+    if ours > bound:
+        return (
+            f"largest error against float32 {ours:.3g}, over twice the original's {theirs:.3g} "
+            f"(+ {HALF[expected.dtype]:.3g} of {scale:.3g})"
+        )
+    return ""
+
+
+def float_reference(original: torch.nn.Module, inputs: tuple[Any, ...], outputs: Any) -> Any:
+    """The original's outputs in float32 (a float32 copy of it, on float32 inputs), when any
+    output is in half precision; else None."""
+    flat, _ = tree_flatten(outputs)
+    if not any(isinstance(t, torch.Tensor) and t.dtype in HALF for t in flat):
+        return None
+    wide = copy.deepcopy(original).float()
+    cast = tree_map(
+        lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF else t, inputs
+    )
+    with torch.no_grad():
+        return wide(*cast)
 
 
 def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> torch.nn.Module:
@@ -78,7 +127,10 @@ def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> t
             updated = _buffers(original)
             _restore(original, before)
             actual = generated(*inputs)
-        problem = compare(expected, actual) or _compare_buffers(updated, _buffers(original))
+        reference = float_reference(original, inputs, expected)
+        problem = compare(expected, actual, reference) or _compare_buffers(
+            updated, _buffers(original)
+        )
     except Exception as exc:
         raise InternalError(f"generated module failed to run: {exc}", str(path)) from exc
     if problem is not None:

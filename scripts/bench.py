@@ -1,17 +1,22 @@
 """Benchmark generated modules against their originals: activation memory and time.
 
-    python scripts/bench.py [MODEL.py ...] [--memory-ratio R] [--repeats N] [--write]
+    python scripts/bench.py [MODEL.py ...] [--memory-ratio R] [--repeats N] [--dtype bf16]
+                            [--write]
 
 For each model (default: every file in examples/), in one process: plan and emit the chunked
 module (verified), measure activation memory of both with the live-storage tracker (CPU) or
 torch.cuda's allocator statistics (`--device cuda`), and time them interleaved, reporting the
 median of the per-pair time ratios. `--write` rewrites BENCHMARKS.md with the table.
+`--dtype bf16` (or fp16) runs each model with its weights and floating inputs in that dtype,
+through a model file that wraps the original's factories, and checks outputs by the
+half-precision rule (NOTE [Half-precision tolerance] in codegen/verify.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import statistics
 import sys
 import time
@@ -28,12 +33,47 @@ from codegen.measure import measure_peak  # noqa: E402
 from analysis.select import Target  # noqa: E402
 from codegen.body import format_bytes  # noqa: E402
 from codegen.generate import generate  # noqa: E402
-from codegen.verify import compare, verify  # noqa: E402
+from codegen.verify import compare, float_reference, verify  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
 #: BENCHMARKS.md keeps what follows this line when `--write` rewrites the tables above it
 KEPT = "<!-- Runs by hand, kept as they are by --write: -->"
+
+
+#: `--dtype` names
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+WRAPPER = """\"\"\"{stem} from {path}, with its weights and floating inputs in {dtype}.\"\"\"
+
+import importlib.util
+
+import torch
+
+_spec = importlib.util.spec_from_file_location("_original_{stem}", {path!r})
+_original = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_original)
+
+
+def make_model():
+    return _original.make_model().to({dtype})
+
+
+def make_inputs():
+    cast = lambda x: x.to({dtype}) if torch.is_tensor(x) and x.is_floating_point() else x
+    return tuple(cast(x) for x in _original.make_inputs())
+
+
+if hasattr(_original, "dynamic_shapes"):
+    dynamic_shapes = _original.dynamic_shapes
+"""
+
+
+def in_dtype(path: Path, dtype: torch.dtype, directory: Path) -> Path:
+    """A model file (Contract 1) that builds `path`'s model and inputs in `dtype`."""
+    wrapped = directory / path.name
+    wrapped.write_text(WRAPPER.format(stem=path.stem, path=str(path.resolve()), dtype=dtype))
+    return wrapped
 
 
 def _to(value: Any, device: str) -> Any:
@@ -65,11 +105,12 @@ def bench_model(
     variants = [original, chunked] + ([expert] if expert is not None else [])
     with torch.no_grad():
         reference = original(*inputs)
+        wide = float_reference(original, inputs, reference)  # half precision: float32 outputs
         for variant in variants[1:]:
-            problem = compare(reference, variant(*inputs))
+            problem = compare(reference, variant(*inputs), wide)
             if problem:
                 raise SystemExit(f"{path.name}: {problem}")
-        del reference
+        del reference, wide
         peaks = [measure_peak(variant, inputs) for variant in variants]
         for variant in variants:  # warm up
             variant(*inputs)
@@ -165,12 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         "--lengths", action="store_true", help="also one GPT module with a budget at every length"
     )
     parser.add_argument("--tune", action="store_true", help="emit with --tune (timed chunk sizes)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     if args.device == "cuda":  # full float32 in both: TF32 rounds chunked and whole differently
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     models = args.models or sorted((ROOT / "examples").glob("*.py"))
+    if args.dtype != "fp32":
+        scratch = Path(tempfile.mkdtemp(prefix="autochunk_dtype_"))
+        models = [in_dtype(path, DTYPES[args.dtype], scratch) for path in models]
     rows = []
     for path in models:
         row = bench_model(path, args.memory_ratio, args.repeats, args.device, args.tune)

@@ -288,3 +288,13 @@ def test_a_sliding_window_loop_passes_only_the_windows_keys(tmp_path: Path) -> N
     source = _emitted(tmp_path, "mistral", MISTRAL, "--memory-ratio", "0.1")
     assert "max(start - 63, 0) : stop" in source  # black spaces a slice of expressions
     assert "Sliding window: each chunk attends only the keys" in source
+
+
+def test_a_bf16_llama_on_an_unpadded_prompt_emits_and_verifies(tmp_path: Path) -> None:
+    """Half precision through a library model: verified against a float32 run of the original
+    (NOTE [Half-precision tolerance])."""
+    text = LLAMA_PROMPT.replace(
+        "return LlamaForCausalLM(config)", "return LlamaForCausalLM(config).to(torch.bfloat16)"
+    )
+    source = _emitted(tmp_path, "llama_bf16", text, "--memory-ratio", "0.3")
+    assert "for start in range(" in source
