@@ -15,7 +15,7 @@ import torch
 from analysis.causal import band, hidden_above, truncated_keys
 from analysis.ir import Graph
 from codegen.generate import generate
-from codegen.verify import verify
+from codegen.verify import compare, import_source, instantiate, verify
 from analysis.select import Target
 from tests.test_dimflow import Fn, capture
 
@@ -396,6 +396,9 @@ CAUSAL_SDPA = """
 
     def make_inputs():
         return (torch.randn(1, 512, 32, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        return {"x": {1: torch.export.Dim("seq", min=2, max=4096)}}
 """
 
 
@@ -407,6 +410,12 @@ def test_a_causal_sdpa_chunked_over_queries_gets_each_chunks_own_mask(tmp_path: 
     planned, emitted = generate(path, Target(ratio=0.6), "--memory-ratio 0.6")
     verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
     assert "_causal(" in emitted.source and "[:, :, :stop]" in emitted.source
+    module, _ = import_source(emitted.source)
+    chunked = instantiate(module, planned.loaded.module)
+    for length in (17, 700):  # the chunk's mask follows the run-time chunk sizes
+        x = torch.randn(1, length, 32)
+        with torch.no_grad():
+            assert compare(planned.loaded.module(x), chunked(x)) is None
     code = "\n".join(
         line.split("#")[0] for line in emitted.source.split("def _causal")[0].splitlines()
     )
