@@ -97,6 +97,13 @@ def band(graph: Graph, name: str) -> tuple[int | None, int | None] | None:
     return None
 
 
+def exact(graph: Graph, name: str) -> Any:
+    """The value's fact when it says every element (positions, a constant, a band), so two
+    values of one shape and dtype with equal facts are equal; else None."""
+    fact = _fact(graph, name)
+    return fact if isinstance(fact, (_Index, _Const, _Band)) else None
+
+
 def _above(fact: _Fact) -> _Above | None:
     """What a fact holds above a diagonal: an `_Above`; a band's keys past its upper bound are
     False, and a band with only a lower bound L is True above L - 1."""
@@ -611,4 +618,4 @@ def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
     return fact
 
 
-__all__ = ["band", "causal_rows", "hidden_above", "truncated_keys"]
+__all__ = ["band", "causal_rows", "exact", "hidden_above", "truncated_keys"]

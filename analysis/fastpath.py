@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from analysis.causal import band
+from analysis.causal import band, exact
 from analysis.dimflow import same_size
 from analysis.ir import Graph, Node, Ref, TensorMeta
 
@@ -40,7 +40,9 @@ SDPA = aten.scaled_dot_product_attention.default
 
 def eager_attention(graph: Graph) -> Graph:
     """Return the graph with each proven-causal SDPA call written as eager runs it (NOTE
-    [Attention as eager runs it]); the graph itself when no call qualifies."""
+    [Attention as eager runs it]), and each mask value read as the earliest one equal to it;
+    the graph itself when nothing changes."""
+    graph = _merged(graph)
     rewritten: dict[str, Node] = {}
     for node in graph.nodes:
         if node.target is SDPA:
@@ -130,6 +132,68 @@ def _grouped(graph: Graph, name: str) -> tuple[str, int] | None:
     if not (same(out[: rank - 3], made[: rank - 3]) and same(out[rank - 2 :], made[rank - 2 :])):
         return None
     return source, repeats
+
+
+def _merged(graph: Graph) -> Graph:
+    """Read each value that `analysis.causal.exact` knows exactly (positions, constants, bands)
+    as the earliest value it was made from that is equal to it (same fact, shape and dtype),
+    then drop what nothing reads.
+
+    transformers builds a window's mask as `True & (kv > q - w).to(bool) & (kv <= q).to(bool)
+    & (ids[q] == ids[kv])` over positions gathered from the position ids; all but the two
+    comparisons are `& True` or a conversion to what it already is, and the gathered positions
+    equal the `arange` they came from. What is left is the mask a person would write, and the
+    chunk loops rebuild only that. Only a value's own sources are candidates: two equal masks
+    that two layers build each stay their layer's own, so neither lives longer."""
+    outputs = graph.output_names()
+    renamed: dict[str, str] = {}
+    for node in graph.nodes:
+        fact = exact(graph, node.name)
+        if fact is None or node.name in outputs or not isinstance(node.meta, TensorMeta):
+            continue
+        key = (fact, node.tensor.shape, node.tensor.dtype)
+        found = [
+            source
+            for source in _exact_sources(graph, node.name)
+            if isinstance(graph[source].meta, TensorMeta)
+            and (exact(graph, source), graph[source].tensor.shape, graph[source].tensor.dtype) == key
+        ]
+        if found:
+            earliest = min(found, key=graph.position)
+            renamed[node.name] = renamed.get(earliest, earliest)
+    if not renamed:
+        return graph
+    nodes = tuple(
+        replace(
+            node,
+            args=_through(node.args, renamed),
+            kwargs=_through(node.kwargs, renamed),
+            aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
+            mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
+        )
+        for node in graph.nodes
+    )
+    return _without_dead(replace(graph, nodes=nodes, memo={}))
+
+
+def _exact_sources(graph: Graph, name: str) -> set[str]:
+    """The values `name` is made from through values known exactly (its mask-building chain)."""
+    found: set[str] = set()
+    pending = [name]
+    while pending:
+        for ref in graph[pending.pop()].refs():
+            if ref not in found and exact(graph, ref) is not None:
+                found.add(ref)
+                pending.append(ref)
+    return found
+
+
+def _through(value: Any, renamed: dict[str, str]) -> Any:
+    if isinstance(value, Ref):
+        return Ref(renamed.get(value.name, value.name))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_through(item, renamed) for item in value)
+    return value
 
 
 def _argument(node: Node, position: int, name: str, default: Any = None) -> Any:
