@@ -212,7 +212,9 @@ def _module_types(ep: ExportedProgram) -> dict[str, str]:
     for fx in ep.graph.nodes:
         for entry in (fx.meta.get("nn_module_stack") or {}).values():
             if isinstance(entry, tuple) and isinstance(entry[0], str) and entry[0]:
-                kind = entry[1] if isinstance(entry[1], str) else getattr(entry[1], "__module__", "")
+                kind = (
+                    entry[1] if isinstance(entry[1], str) else getattr(entry[1], "__module__", "")
+                )
                 found.setdefault(entry[0], kind)
     return found
 

@@ -404,7 +404,9 @@ def _both(left: _Fact, right: _Fact) -> _Fact:
         lower = [b for b in (left.lower, right.lower) if b is not None]
         upper = [b for b in (left.upper, right.upper) if b is not None]
         return _Band(max(lower) if lower else None, min(upper) if upper else None)
-    hidden = [f.diagonal for f in (_above(left), _above(right)) if f is not None and f.value is False]
+    hidden = [
+        f.diagonal for f in (_above(left), _above(right)) if f is not None and f.value is False
+    ]
     return _Above(min(hidden), False) if hidden else None
 
 

@@ -18,8 +18,10 @@ This pass gives each such SDPA call back the eager form, where it is proven equa
   key heads, expanded and folded into them) are read as they were made, with
   `enable_gqa=True`: query head h reads key head h // (query heads / key heads), as the repeat
   made it.
-The ops that built the mask and the repeats are dropped when nothing else reads them. The pass
-is a pure function `Graph -> Graph`; the result is the graph the pipeline plans, and what it
+The ops that built the mask and the repeats are dropped when nothing else reads them. First,
+each value `analysis.causal` knows exactly (positions, constants, bands) is read as the
+earliest of its own sources equal to it (`_merged`): a mask left in place (a window) shrinks to
+the comparisons a person would write. The pass is a pure function `Graph -> Graph`; the result is the graph the pipeline plans, and what it
 estimates for the original, since it is what eager runs.
 """
 
@@ -32,7 +34,7 @@ import torch
 
 from analysis.causal import band, exact
 from analysis.dimflow import same_size
-from analysis.ir import Graph, Node, Ref, TensorMeta
+from analysis.ir import Graph, Node, Ref, TensorMeta, renamed_refs
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -123,7 +125,9 @@ def _grouped(graph: Graph, name: str) -> tuple[str, int] | None:
     repeats = wide[rank - 2]
     if not isinstance(repeats, int) or repeats < 2:
         return None
-    same = lambda a, b: len(a) == len(b) and all(same_size(x, y, graph) for x, y in zip(a, b))  # noqa: E731
+    same = lambda a, b: len(a) == len(b) and all(
+        same_size(x, y, graph) for x, y in zip(a, b)
+    )  # noqa: E731
     if not (same(wide[: rank - 2], made[: rank - 2]) and same(wide[rank - 1 :], made[rank - 2 :])):
         return None  # only the new dim is expanded
     heads = made[rank - 3]
@@ -156,7 +160,8 @@ def _merged(graph: Graph) -> Graph:
             source
             for source in _exact_sources(graph, node.name)
             if isinstance(graph[source].meta, TensorMeta)
-            and (exact(graph, source), graph[source].tensor.shape, graph[source].tensor.dtype) == key
+            and (exact(graph, source), graph[source].tensor.shape, graph[source].tensor.dtype)
+            == key
         ]
         if found:
             earliest = min(found, key=graph.position)
@@ -166,8 +171,8 @@ def _merged(graph: Graph) -> Graph:
     nodes = tuple(
         replace(
             node,
-            args=_through(node.args, renamed),
-            kwargs=_through(node.kwargs, renamed),
+            args=renamed_refs(node.args, renamed),
+            kwargs=renamed_refs(node.kwargs, renamed),
             aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
             mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
         )
@@ -186,14 +191,6 @@ def _exact_sources(graph: Graph, name: str) -> set[str]:
                 found.add(ref)
                 pending.append(ref)
     return found
-
-
-def _through(value: Any, renamed: dict[str, str]) -> Any:
-    if isinstance(value, Ref):
-        return Ref(renamed.get(value.name, value.name))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_through(item, renamed) for item in value)
-    return value
 
 
 def _argument(node: Node, position: int, name: str, default: Any = None) -> Any:

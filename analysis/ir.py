@@ -133,6 +133,15 @@ def refs_in(value: Any) -> Iterator[str]:
             yield from refs_in(item)
 
 
+def renamed_refs(value: Any, renamed: dict[str, str]) -> Any:
+    """Return an argument with each reference to a key of `renamed` pointing at its value."""
+    if isinstance(value, Ref):
+        return Ref(renamed.get(value.name, value.name))
+    if isinstance(value, (tuple, list)):
+        return type(value)(renamed_refs(item, renamed) for item in value)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Symbol:
     """A dynamic dim of a model input."""
@@ -319,6 +328,7 @@ __all__ = [
     "evaluate",
     "out_meta",
     "refs_in",
+    "renamed_refs",
     "storage_roots",
     "tensor_inputs",
     "value_bytes",

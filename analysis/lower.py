@@ -187,7 +187,8 @@ class _Lowering:
         alike = [
             name
             for name in scope.inputs
-            if self.graph[name].meta == self.graph[output].meta and isinstance(self.names.get(name), str)
+            if self.graph[name].meta == self.graph[output].meta
+            and isinstance(self.names.get(name), str)
         ]
         if len(alike) != 1:
             return None
@@ -235,8 +236,11 @@ class _Lowering:
             found = inspect.signature(self.module.get_submodule(self.scope.path).forward)
         except (TypeError, ValueError):
             return []
-        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                 inspect.Parameter.KEYWORD_ONLY)
+        kinds = (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        )
         return [p.name for p in found.parameters.values() if p.kind in kinds]
 
     def bind(self, node: Node) -> str:
@@ -310,7 +314,9 @@ class _Lowering:
                     var = self.ns.create(named[symbol])
                 else:  # a size of this input: `x_height`, the height x has here
                     dims = [named.get(s, "size") for s in symbol.free_symbols]
-                    var = self.ns.create(f"{self.names[name]}_{dims[0] if len(dims) == 1 else 'size'}")
+                    var = self.ns.create(
+                        f"{self.names[name]}_{dims[0] if len(dims) == 1 else 'size'}"
+                    )
                 self.symbols[symbol] = var
                 size = InputSize(self.names[name], axis, offset, scale)
                 body.append(Statement(var, size, frozenset({self.names[name]})))

@@ -163,7 +163,9 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
             if len(names) < 2 or kind.startswith("torch.nn.") or call in graph.inline_calls:
                 continue
             inside = set(names)
-            inputs = tuple(dict.fromkeys(r for n in names for r in graph[n].refs() if r not in inside))
+            inputs = tuple(
+                dict.fromkeys(r for n in names for r in graph[n].refs() if r not in inside)
+            )
             found.setdefault(names[-1], []).append((call, inputs))
         graph.memo[key] = found
     return graph.memo[key]

@@ -18,9 +18,9 @@ only when its plan has the lower peak.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots, value_bytes
+
+from analysis.ir import Graph, Node, TensorMeta, renamed_refs, storage_roots, value_bytes
 from analysis.ops import info
 
 #: a value is worth recomputing when the values it is made from take at most this share of it
@@ -48,8 +48,8 @@ def rematerialized(graph: Graph) -> Graph | None:
         if renamed:
             node = replace(
                 node,
-                args=_renamed(node.args, renamed),
-                kwargs=_renamed(node.kwargs, renamed),
+                args=renamed_refs(node.args, renamed),
+                kwargs=renamed_refs(node.kwargs, renamed),
                 aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
                 mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
             )
@@ -127,21 +127,13 @@ def _clone(node: Node, renamed: dict[str, str], taken: set[str], reader: Node) -
     return replace(
         node,
         name=name,
-        args=_renamed(node.args, renamed),
-        kwargs=_renamed(node.kwargs, renamed),
+        args=renamed_refs(node.args, renamed),
+        kwargs=renamed_refs(node.kwargs, renamed),
         module_path=reader.module_path,
         calls=reader.calls,
         aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
         mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
     )
-
-
-def _renamed(value: Any, renamed: dict[str, str]) -> Any:
-    if isinstance(value, Ref):
-        return Ref(renamed.get(value.name, value.name))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_renamed(item, renamed) for item in value)
-    return value
 
 
 def _without(graph: Graph, dropped: set[str]) -> Graph:

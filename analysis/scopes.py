@@ -243,7 +243,9 @@ def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
     outside_reads |= graph.output_names() | {ref.name for _, ref in graph.mutations}
     scope.inputs = list(inputs)
     scope.outputs = [
-        n for n in sorted(inside, key=graph.position) if n in outside_reads and not is_size(graph, n)
+        n
+        for n in sorted(inside, key=graph.position)
+        if n in outside_reads and not is_size(graph, n)
     ]
 
 
@@ -254,9 +256,7 @@ def is_size(graph: Graph, name: str) -> bool:
     return isinstance(meta, sympy.Expr) and bool(meta.free_symbols)
 
 
-def bound_symbols(
-    graph: Graph, inputs: list[str]
-) -> dict[sympy.Expr, tuple[str, int, int, int]]:
+def bound_symbols(graph: Graph, inputs: list[str]) -> dict[sympy.Expr, tuple[str, int, int, int]]:
     """The sizes a module can bind from its inputs' shapes: each dynamic dim some input has as
     `scale * symbol + offset` (a whole dim preferred), and each other size expression an input
     has (`((height - 1) // 4) + 1` after a strided conv), with the first (input, axis, offset,
@@ -348,4 +348,13 @@ def _unwritable(
     return out
 
 
-__all__ = ["Inlined", "Scope", "Scopes", "bound_symbols", "is_size", "module_scopes", "needed_sizes", "path_of"]
+__all__ = [
+    "Inlined",
+    "Scope",
+    "Scopes",
+    "bound_symbols",
+    "is_size",
+    "module_scopes",
+    "needed_sizes",
+    "path_of",
+]
