@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-
 from analysis.ir import Graph, Node, TensorMeta, renamed_refs, storage_roots, value_bytes
 from analysis.ops import info
 
