@@ -298,3 +298,29 @@ def test_a_bf16_llama_on_an_unpadded_prompt_emits_and_verifies(tmp_path: Path) -
     )
     source = _emitted(tmp_path, "llama_bf16", text, "--memory-ratio", "0.3")
     assert "for start in range(" in source
+
+
+def test_a_window_mask_is_read_as_the_comparisons_it_is(tmp_path: Path) -> None:
+    """transformers' window mask (`True & (kv > q - w) & (kv <= q) & (ids[q] == ids[kv])` over
+    positions gathered from the position ids) is read as the two comparisons over an arange
+    it equals (NOTE [Attention as eager runs it])."""
+    pytest.importorskip("transformers")
+    from analysis.capture import capture
+    from analysis.fastpath import eager_attention
+
+    path = tmp_path / "mistral.py"
+    path.write_text(textwrap.dedent(MISTRAL))
+    graph = eager_attention(capture(load_model_file(path)))
+    attention = [
+        n for n in graph.ops() if n.target is torch.ops.aten.scaled_dot_product_attention.default
+    ]
+    mask = attention[0].args[3].name
+    made_of, pending = set(), [mask]
+    while pending:
+        node = graph[pending.pop()]
+        if node.kind == "op" and node.name not in made_of:
+            made_of.add(node.name)
+            pending.extend(node.refs())
+    ops = {str(graph[name].target).split(".")[1] for name in made_of}
+    assert ops - {"sym_size"} == {"arange", "unsqueeze", "sub", "gt", "le", "__and__"}, ops
+    assert all(n.args[3].name == mask for n in attention)  # one mask for every layer
