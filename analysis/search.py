@@ -55,9 +55,10 @@ def propagate(
     Returns a Conflict naming the boundary to move when the stretch as given cannot form one,
     and None when the seed itself cannot be chunked along that dim. A value made in the
     stretch that a per-chunk op reads chunked and another reader needs whole (the rotary
-    table both the queries and the keys read, the normalised input of the q, k and v
-    projections when only the queries are chunked) is made whole before the loop and sliced
-    for the per-chunk reader, and the walk tried again.
+    table both the queries and the keys read) is made whole before the loop and sliced for
+    the per-chunk reader, and the walk tried again; only where starting the stretch after it
+    would lose ops before it that the seed needs (the query projection), so otherwise the
+    boundary moves as before.
     """
     hoisted: set[str] = set()
     for _ in range(HOIST_RETRIES + 1):
