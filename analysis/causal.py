@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from analysis.dimflow import same_size, out_meta, tensor_inputs
+from analysis.dimflow import same_size, out_meta, schema_arg, tensor_inputs
 from analysis.ir import Graph, Node, Ref, storage_roots
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
@@ -161,8 +161,7 @@ def causal_rows(node: Node) -> bool:
     passes each chunk its own causal mask (`CausalRows`) in place of the flag."""
     if node.target is not aten.scaled_dot_product_attention.default:
         return False
-    mask = node.args[3] if len(node.args) > 3 else node.kwarg("attn_mask")
-    causal = node.args[5] if len(node.args) > 5 else node.kwarg("is_causal", False)
+    mask, causal = schema_arg(node, "attn_mask"), schema_arg(node, "is_causal", False)
     return mask is None and causal is True
 
 

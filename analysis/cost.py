@@ -93,8 +93,7 @@ def node_flops(node: Node, graph: Graph) -> float:
         )
     if node.target == aten.scaled_dot_product_attention.default:
         keys = evaluate(out_meta(graph[inputs[1]]).shape[-2], graph.hints)
-        half = 0.5 if causal_rows(node) else 1.0  # the fused kernel skips the hidden keys
-        return 4.0 * _numel(graph, inputs[0]) * keys * half
+        return 4.0 * _numel(graph, inputs[0]) * keys
     slot = 1 if node.target in (aten.addmm.default, aten.baddbmm.default) else 0
     rule = dim_rule(node, graph)
     source = out_meta(graph[inputs[slot]])
@@ -150,6 +149,8 @@ def node_time(
             nbytes = value_bytes(graph[name].meta, graph.hints)
             moved += nbytes if name in whole else nbytes * fraction
     flops = node_flops(node, graph) * fraction
+    if dim is None and causal_rows(node):  # run whole, the fused kernel skips hidden keys
+        flops *= 0.5
     working = max(int(moved), 1)
     compute = flops / machine.flops_per_s
     rows = gemm_rows(node, graph, dim, fraction)
@@ -178,8 +179,6 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
             keys = min(1.0, (extent + size + 2 * step.keys) / (2 * extent))
         if step.window is not None:  # or only its window's
             keys = min(keys, (size + step.keys - step.window) / extent)
-        if step.keys is not None and causal_rows(node):
-            keys *= 2  # its masked call computes every key it is given; node_time halved them
         body += node_time(node, graph, machine, fraction, whole, step.dim) * keys
         for read in step.operands:
             copied = read.source == COPY

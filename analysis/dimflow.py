@@ -117,7 +117,7 @@ def _norm_dim(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
 
 
-def _schema_arg(node: Node, name: str, default: Any = None) -> Any:
+def schema_arg(node: Node, name: str, default: Any = None) -> Any:
     """Return the argument the op's schema calls `name`, passed by position or by keyword."""
     names = [a.name for a in node.target._schema.arguments]
     if name in names and names.index(name) < len(node.args):
@@ -369,12 +369,12 @@ def index_rule(node: Node, graph: Graph) -> DimRule | None:
 
 def reduce_rule(node: Node, graph: Graph) -> DimRule | None:
     (source,) = _shapes(node, graph)
-    dims = _schema_arg(node, "dim")
+    dims = schema_arg(node, "dim")
     if dims is None or dims == []:
         return None  # a full reduction mixes everything
     dims = [dims] if isinstance(dims, int) else dims
     reduced = {_norm_dim(d, len(source)) for d in dims}
-    keep = _schema_arg(node, "keepdim", False)  # var.dim and std.dim put `unbiased` before it
+    keep = schema_arg(node, "keepdim", False)  # var.dim and std.dim put `unbiased` before it
     if keep:
         return DimRule(tuple(() if k in reduced else ((0, k),) for k in range(len(source))))
     return DimRule(tuple(((0, k),) for k in range(len(source)) if k not in reduced))
@@ -441,14 +441,14 @@ def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     shapes = _shapes(node, graph)
     x, weight = shapes[0], shapes[1]
     has_bias = len(shapes) > 2
-    groups_arg = _schema_arg(node, "groups", 1)
-    if node.target.overloadpacket is aten.convolution and _schema_arg(node, "transposed", False):
+    groups_arg = schema_arg(node, "groups", 1)
+    if node.target.overloadpacket is aten.convolution and schema_arg(node, "transposed", False):
         return None
     if len(x) < len(weight):
         return None  # an unbatched input: its first dim is the channels
-    stride = _schema_arg(node, "stride", [1])
-    padding = _schema_arg(node, "padding", [0])
-    dilation = _schema_arg(node, "dilation", [1])
+    stride = schema_arg(node, "stride", [1])
+    padding = schema_arg(node, "padding", [0])
+    dilation = schema_arg(node, "dilation", [1])
     if isinstance(padding, str):
         padding = [0] if padding == "valid" else [None]
     rank = out_meta(node).rank
@@ -487,7 +487,7 @@ def upsample_rule(node: Node, graph: Graph) -> DimRule:
 def cat_rule(node: Node, graph: Graph) -> DimRule | None:
     shapes = _shapes(node, graph)
     out = out_meta(node).shape
-    dim = _norm_dim(_schema_arg(node, "dim", 0), len(out))
+    dim = _norm_dim(schema_arg(node, "dim", 0), len(out))
     groups = []
     for j in range(len(out)):
         if j == dim:
@@ -508,8 +508,8 @@ def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
     q, k, v = shapes[:3]
     mask = shapes[3] if len(shapes) > 3 else None
     out = out_meta(node).shape
-    causal = _schema_arg(node, "is_causal", False)
-    gqa = _schema_arg(node, "enable_gqa", False)
+    causal = schema_arg(node, "is_causal", False)
+    gqa = schema_arg(node, "enable_gqa", False)
     groups = []
     for j in range(len(out) - 2):
         group = []
@@ -532,4 +532,4 @@ def sdpa_rule(node: Node, graph: Graph) -> DimRule | None:
     return DimRule(tuple(groups))
 
 
-__all__ = ["DimRule", "out_meta", "same_size", "tensor_inputs"]
+__all__ = ["DimRule", "out_meta", "same_size", "schema_arg", "tensor_inputs"]

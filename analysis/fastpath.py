@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from analysis.causal import band, exact
-from analysis.dimflow import same_size
+from analysis.dimflow import same_size, schema_arg
 from analysis.ir import Graph, Node, Ref, TensorMeta, renamed_refs
 
 aten = torch.ops.aten
@@ -60,13 +60,13 @@ def eager_attention(graph: Graph) -> Graph:
 def _fast_call(graph: Graph, node: Node) -> Node | None:
     """The SDPA call without its causal mask and repeats, or None when nothing changes."""
     query, key, value = (_ref(a) for a in node.args[:3])
-    mask = _argument(node, 3, "attn_mask")
-    dropout = _argument(node, 4, "dropout_p", 0.0)
-    causal = _argument(node, 5, "is_causal", False)
+    mask = schema_arg(node, "attn_mask")
+    dropout = schema_arg(node, "dropout_p", 0.0)
+    causal = schema_arg(node, "is_causal", False)
     if query is None or key is None or value is None or dropout != 0.0:
         return None
-    scale = node.kwarg("scale")
-    gqa = node.kwarg("enable_gqa", False)
+    scale = schema_arg(node, "scale")
+    gqa = schema_arg(node, "enable_gqa", False)
     masked = isinstance(mask, Ref)
     if masked and not causal and _exactly_causal(graph, node, mask.name):
         mask, causal = None, True
@@ -193,19 +193,13 @@ def _exact_sources(graph: Graph, name: str) -> set[str]:
     return found
 
 
-def _argument(node: Node, position: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > position:
-        return node.args[position]
-    return node.kwarg(name, default)
-
-
 def _ref(value: Any) -> str | None:
     return value.name if isinstance(value, Ref) else None
 
 
 def _without_dead(graph: Graph) -> Graph:
-    """Drop the ops nothing reads any more: pure ops only (no in-place write, no view of
-    storage something writes)."""
+    """Drop the ops nothing reads any more. An in-place write stays, and keeps what it writes
+    (remat's `_without` drops only the chains it copied, in-place ones included)."""
     live = set(graph.output_names())
     keep: list[Node] = []
     for node in reversed(graph.nodes):
