@@ -25,7 +25,7 @@ from analysis.causal import causal_rows
 from analysis.dimflow import out_meta, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.ops import ALL_BUT_LAST, CONTRACTION, SECOND_TO_LAST, TRANSCENDENTAL, dim_rule, info
-from analysis.program import CHUNK, COPY, LoopRegion
+from analysis.program import CHUNK, COPY, CausalRows, LoopRegion
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
 
@@ -180,6 +180,10 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
         if step.window is not None:  # or only its window's
             keys = min(keys, (size + step.keys - step.window) / extent)
         body += node_time(node, graph, machine, fraction, whole, step.dim) * keys
+        if any(isinstance(value, CausalRows) for value in step.args):
+            # `_causal_attention`: a second kernel call, and its output weighted and added
+            nbytes = 3 * value_bytes(node.meta, graph.hints) * fraction
+            body += nbytes / machine.bytes_per_s(int(nbytes) or 1) + 6 * machine.op_overhead_s
         for read in step.operands:
             copied = read.source == COPY
             if (

@@ -55,11 +55,11 @@ def lower_region(
 
         args, kwargs = _resized(node, rule, dim)
         args = inferred_width(node, graph, args)
-        if cut is not None and causal_rows(node):  # the chunk's own mask, not `is_causal`
+        if cut is not None and causal_rows(node):  # causal from the chunk's first row
             dropout = args[4] if len(args) > 4 else dict(kwargs).get("dropout_p", 0.0)
             kept = [(k, v) for k, v in kwargs if k not in ("attn_mask", "dropout_p", "is_causal")]
             extra = [("dropout_p", dropout)] if dropout else []
-            args, kwargs = args[:3], (("attn_mask", CausalRows()), *extra, *kept)
+            args, kwargs = (*args[:3], CausalRows()), (*extra, *kept)
         args, kwargs, operands = _with_operands(args, kwargs, graph, operand)
         target, slot = node.target, inplace.get(name)
         if slot is not None:

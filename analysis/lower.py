@@ -141,7 +141,7 @@ class _Lowering:
                 except TypeError:  # written with the model's dims, in a comment
                     pass
             elif isinstance(value, CausalRows):
-                out.update(("start", "stop"))
+                out.add("start")
             elif isinstance(value, (ChunkLength, ChunkStart)):
                 out.update(("start", "stop") if isinstance(value, ChunkLength) else ("start",))
             elif isinstance(value, torch.device) and self.device_of:

@@ -134,11 +134,17 @@ def _mask_scratch(node: Node, graph: Graph, mask: str, fraction: float = 1.0) ->
 
 
 def _causal_rows_scratch(node: Node, graph: Graph, rows: int) -> int:
-    """A query chunk's own causal mask (`CausalRows`, in the query's dtype), at the last chunk,
-    which sees every key."""
+    """`_causal_attention` on CPU (`CausalRows`): while it merges its two halves it holds the
+    second half's output and four float32 rows of log-sum-exp per query (both halves', their
+    sum and one weight), plus that weight in the query's dtype when it is not float32."""
     query = graph[node.args[0].name].tensor
-    keys = evaluate(graph[node.args[1].name].tensor.shape[-2], graph.hints)
-    return rows * keys * query.dtype.itemsize
+    value = graph[node.args[2].name].tensor
+    heads = math.prod(evaluate(size, graph.hints) for size in query.shape[:-2])
+    width = evaluate(value.shape[-1], graph.hints)
+    itemsize = query.dtype.itemsize
+    lse = heads * rows * 4
+    cast = heads * rows * itemsize if query.dtype != torch.float32 else 0
+    return heads * rows * width * itemsize + 4 * lse + cast
 
 
 def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
@@ -282,7 +288,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             read = step.operand(3)
             chunked = read is not None and (read.source == CHUNK or read.rows is not None)
             scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
-        elif any(isinstance(value, CausalRows) for _, value in step.kwargs):
+        elif any(isinstance(value, CausalRows) for value in step.args):
             scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
         stmts.append(
             Stmt(
@@ -365,7 +371,27 @@ def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> in
         if name != root:
             incoming.append(Stmt(key=name, shares=root))
     program = incoming + region_program(graph, lowered, 0)
-    return before - held + simulate(program, keep).peak
+    released = _released(graph, region.span, inline, seen)
+    return before - held - released + simulate(program, keep).peak
+
+
+def _released(graph: Graph, span: tuple[str, ...], inline: frozenset[str], read: set[str]) -> int:
+    """Bytes live before a stretch only because a caller holds them for a call the stretch
+    writes inline: written inline, nothing holds them, and they are gone before the loop (the
+    normalised input an attention call was passed, last read by its keys and values)."""
+    roots, last_use = storage_roots(graph)
+    start = graph.position(span[0])
+    freed: set[str] = set()
+    for name, holders in _holders(graph).items():
+        root = roots.get(name, name)
+        if root in read or root in freed or last_use.get(root, 0) >= start:
+            continue
+        if not any(call in inline and last >= start for call, last in holders):
+            continue
+        if any(call not in inline and last >= start for call, last in holders):
+            continue
+        freed.add(root)
+    return sum(node_stmt(graph[root], graph).alloc for root in freed)
 
 
 def region_peak(profile: Profile, index: int) -> int:

@@ -50,9 +50,10 @@ class Operand:
 
 @dataclass(frozen=True, slots=True)
 class CausalRows:
-    """The causal mask of a chunk's queries over the keys up to its last one, True where a
-    query attends: `arange(start, stop)[:, None] >= arange(stop)`. It stands in for
-    `is_causal=True`, which would align the chunk's first query with the first key."""
+    """A query chunk's causal attention over the keys up to its last query: the step runs as
+    the template's `_causal_attention(q, k, v, start)`, and this argument is its `start`. It
+    stands in for `is_causal=True`, which would align the chunk's first query with the first
+    key."""
 
 
 @dataclass(frozen=True, slots=True)

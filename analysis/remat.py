@@ -13,14 +13,32 @@ per reader, a few elementwise passes that are small next to the attention that r
 
 The pass is a pure function `Graph -> Graph`; the pipeline plans both graphs and keeps this one
 only when its plan has the lower peak.
+
+NOTE [Keys before queries]
+A decoder layer normalises its input once and projects the queries, keys and values from it,
+so eager holds the residual stream, the normalised input, q, k, v and the attention's output
+together. A loop over the queries needs the keys and values whole, but nothing else: each
+chunk of queries can be projected from its own rows of the normalised input. The pass (1)
+moves each attention's query chain (the ops only the queries need) to right before the
+attention, after the keys and values, and (2) recomputes for it the large value it shares with
+them, when that value is made row by row through no matrix product from values alive after the
+attention anyway (the residual stream) and small ones (the norm's per-row scale): the norm's
+last multiplications, copied. Then one loop can make the keys and values row by row, and a
+second run the queries' norm, projection, rotary embedding, attention, output projection and
+residual add, holding only the residual stream, the keys, the values and the output; the
+normalised input is gone once the values are made. The copies belong to the innermost module
+call that runs both the shared value and the queries (the decoder layer). The price is the
+norm's multiplications once more; the pipeline keeps the rewrite only when the peak falls.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from analysis.ir import Graph, Node, TensorMeta, renamed_refs, storage_roots, value_bytes
-from analysis.ops import info
+from analysis.ir import Graph, Node, Ref, TensorMeta, renamed_refs, storage_roots, value_bytes
+import torch
+
+from analysis.ops import CONTRACTION, info
 
 #: a value is worth recomputing when the values it is made from take at most this share of it
 LEAF_SHARE = 1 / 8
@@ -32,9 +50,13 @@ RECOMPUTE_SHARE = 1 / 64
 def rematerialized(graph: Graph) -> Graph | None:
     """Return the graph with each large, cheaply made value recomputed in front of every reader
     (NOTE [Recomputed values]), or None when no value qualifies."""
+    captured = graph.captured
+    reordered = queries_last(graph)
+    if reordered is not None:
+        graph = replace(reordered, before=None)
     chains = _chains(graph)
     if not chains:
-        return None
+        return None if reordered is None else replace(graph, before=captured)
     nodes: list[Node] = []
     taken = {node.name for node in graph.nodes}
     for node in graph.nodes:
@@ -44,17 +66,9 @@ def rematerialized(graph: Graph) -> Graph | None:
                 clone = _clone(graph[original], renamed, taken, node)
                 renamed[original] = clone.name
                 nodes.append(clone)
-        if renamed:
-            node = replace(
-                node,
-                args=renamed_refs(node.args, renamed),
-                kwargs=renamed_refs(node.kwargs, renamed),
-                aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
-                mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
-            )
-        nodes.append(node)
+        nodes.append(_reading(node, renamed))
     dropped = {name for chain in chains.values() for name in chain}
-    rewritten = replace(graph, nodes=tuple(nodes), memo={}, before=graph.captured)
+    rewritten = replace(graph, nodes=tuple(nodes), memo={}, before=captured)
     return _without(rewritten, dropped)
 
 
@@ -123,13 +137,18 @@ def _clone(node: Node, renamed: dict[str, str], taken: set[str], reader: Node) -
         count += 1
     name = f"{node.name}_again_{count}"
     taken.add(name)
+    moved = replace(node, name=name, module_path=reader.module_path, calls=reader.calls)
+    return _reading(moved, renamed)
+
+
+def _reading(node: Node, renamed: dict[str, str]) -> Node:
+    """`node` reading the copies in `renamed` in place of the values they copy."""
+    if not renamed:
+        return node
     return replace(
         node,
-        name=name,
         args=renamed_refs(node.args, renamed),
         kwargs=renamed_refs(node.kwargs, renamed),
-        module_path=reader.module_path,
-        calls=reader.calls,
         aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
         mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
     )
@@ -147,3 +166,125 @@ def _without(graph: Graph, dropped: set[str]) -> Graph:
 
 
 __all__ = ["rematerialized"]
+
+
+def queries_last(graph: Graph) -> Graph | None:
+    """Return the graph with each attention's query chain moved after its keys and values,
+    and the large row-wise value it shares with them recomputed for it (NOTE [Keys before
+    queries]), or None when no attention changes."""
+    nodes = list(graph.nodes)
+    changed = False
+    taken = {node.name for node in graph.nodes}
+    for node in graph.nodes:
+        if node.target is not _SDPA or len(node.args) < 3:
+            continue
+        current = replace(graph, nodes=tuple(nodes), memo={})
+        moved = _queries_moved(current, node.name, taken)
+        if moved is not None:
+            nodes, changed = moved, True
+    if not changed:
+        return None
+    return replace(graph, nodes=tuple(nodes), memo={}, before=graph.captured)
+
+
+def _ancestors(graph: Graph, names: list[str]) -> set[str]:
+    """The ops among `names` and every op they are made from."""
+    found: set[str] = set()
+    pending = [n for n in names if graph[n].kind == "op"]
+    found.update(pending)
+    while pending:
+        for ref in graph[pending.pop()].refs():
+            if ref not in found and graph[ref].kind == "op":
+                found.add(ref)
+                pending.append(ref)
+    return found
+
+
+def _queries_moved(graph: Graph, attention: str, taken: set[str]) -> list[Node] | None:
+    """The graph's nodes with the attention's query chain moved right before it and its shared
+    row-wise input copied for it; None when the chain is already there, or another op reads
+    it before the attention."""
+    node = graph[attention]
+    query, key, value = (arg.name if isinstance(arg, Ref) else None for arg in node.args[:3])
+    if query is None or key is None or value is None:
+        return None
+    shared_side = _ancestors(graph, [key, value])
+    own = sorted(_ancestors(graph, [query]) - shared_side, key=graph.position)
+    if not own:
+        return None
+    at = graph.position(attention)
+    mine = set(own)
+    if any(
+        graph.position(user) < at and user not in mine for name in own for user in graph.users(name)
+    ):
+        return None
+    if all(graph.position(n) == at - len(own) + i for i, n in enumerate(own)):
+        return None  # already right before the attention
+    # the large values the query chain reads from the shared part, recomputed for it
+    hints = graph.hints
+    size = value_bytes(graph[query].meta, hints)
+    alive_after = {ref for later in graph.nodes[at + 1 :] for ref in later.refs()}
+    clones: list[Node] = []
+    renamed: dict[str, str] = {}
+    read = {ref for name in own for ref in graph[name].refs() if ref not in mine}
+    for boundary in sorted(read, key=graph.position):
+        made = graph[boundary]
+        if made.kind != "op" or value_bytes(made.meta, hints) < size * LEAF_SHARE:
+            continue
+        chain = _row_chain(graph, boundary, size * RECOMPUTE_SHARE, alive_after)
+        if chain is None:
+            continue
+        for name in sorted(chain, key=graph.position):
+            scope = _common_scope(graph, graph[name], graph[own[0]])
+            clone = _clone(graph[name], renamed, taken, scope)
+            renamed[name] = clone.name
+            clones.append(clone)
+    moved = [_reading(graph[name], renamed) for name in own]
+    rest = [n for n in graph.nodes if n.name not in mine]
+    index = next(i for i, n in enumerate(rest) if n.name == attention)
+    return rest[:index] + clones + moved + rest[index:]
+
+
+def _common_scope(graph: Graph, made: Node, reader: Node) -> Node:
+    """A node standing for the innermost module call both `made` and `reader` run in: a copy of
+    a layer's norm for the queries belongs to the decoder layer that calls both the norm and
+    the attention, not to either."""
+    common: list[str] = []
+    for mine, theirs in zip(made.calls, reader.calls):
+        if mine != theirs:
+            break
+        common.append(mine)
+    for node in graph.nodes:
+        if tuple(node.calls) == tuple(common):
+            return node
+    return replace(reader, calls=tuple(common), module_path="", module_type="")
+
+
+def _row_chain(graph: Graph, name: str, small: float, alive_after: set[str]) -> set[str] | None:
+    """The ops that make `name` from values alive after the attention anyway, small values and
+    weights, through no contraction; None when some large input would be kept alive longer."""
+    chain: set[str] = set()
+    pending = [name]
+    hints = graph.hints
+    while pending:
+        current = pending.pop()
+        if current in chain:
+            continue
+        node = graph[current]
+        known = info(node.target)
+        if node.kind != "op" or not isinstance(node.meta, TensorMeta) or node.mutates:
+            return None
+        if not (known.cheap or known.elementwise) or known.cost == CONTRACTION:
+            return None
+        chain.add(current)
+        for ref in node.refs():
+            producer = graph[ref]
+            if producer.kind != "op" or ref in alive_after:
+                continue
+            if value_bytes(producer.meta, hints) <= small:
+                continue
+            pending.append(ref)
+    return chain
+
+
+_SDPA = torch.ops.aten.scaled_dot_product_attention.default

@@ -28,7 +28,7 @@ from analysis.memory import (
     region_peak,
 )
 from analysis.plan import ChunkPlan, Region
-from analysis.search import chunkable_dims, grow
+from analysis.search import chunkable_dims, grow, propagate
 from analysis.symbolic import rehinted
 
 #: how far (in graph nodes) a stretch may reach before and after the peak
@@ -74,18 +74,131 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
         label = profile.labels[profile.peak_index]
         if label.startswith("region "):
             break  # the peak is inside a loop already sized as small as it helps
-        best = _best_candidate(graph, regions, profile, label, budget)
-        if best is None:
+        found = _lowered(graph, regions, profile, label, budget)
+        if found is None:
+            found = _replanned(graph, regions, profile, label, budget)
+        if found is None:
             break
-        candidate = _insert(regions, best, graph)
-        new_profile = estimate_plan(graph, candidate)
-        index = candidate.index(best)
-        if new_profile.peak > profile.peak or region_peak(new_profile, index) >= profile.peak:
-            break  # the loop would not lower the footprint where the peak was
-
-        regions, profile = candidate, new_profile
-    regions = _relaxed(graph, _pruned(graph, regions, profile.peak), budget)
+        regions, profile = found
+    regions = _pruned(graph, regions, profile.peak)
+    regions = _relaxed(graph, _merged(graph, regions, max(budget, profile.peak)), budget)
     return finish_plan(graph, regions, original_peak, budget)
+
+
+def _merged(graph: Graph, regions: tuple[Region, ...], bound: int) -> tuple[Region, ...]:
+    """Return the regions with neighbouring loops run as one where that is faster and stays
+    under `bound`.
+
+    Stages choose one loop per peak, so one stretch often ends up as two loops with a few
+    whole ops between them: the queries' attention, then the feed-forward after the output
+    projection. One loop over both saves a buffer and its copies, and keeps the ops between
+    chunked; it is kept when the estimate says it is faster (a loop written across a module
+    boundary pays `CROSSING`, as in selection) and the plan's peak stays within `bound`."""
+    machine = load_machine()
+    names = [node.name for node in graph.nodes]
+    merged = True
+    while merged:
+        merged = False
+        for index in range(len(regions) - 1):
+            first, second = regions[index], regions[index + 1]
+            found = _joined(graph, names, first, second)
+            if found is None:
+                continue
+            others = regions[:index] + regions[index + 2 :]
+            base = estimate_plan(graph, others)
+            sized, peak = _size_chunks(graph, base, found, bound, machine)
+            if peak > bound:
+                continue
+            start, end = graph.position(first.span[-1]) + 1, graph.position(second.span[0])
+            apart = (
+                region_time(graph, lower_region(graph, first), machine)
+                + region_time(graph, lower_region(graph, second), machine)
+                + span_time(graph, tuple(names[start:end]), machine)
+            )
+            together = region_time(graph, lower_region(graph, sized), machine)
+            if crosses_module(graph, sized.span) and not (
+                crosses_module(graph, first.span) or crosses_module(graph, second.span)
+            ):
+                together += CROSSING * span_time(graph, sized.span, machine)
+            candidate = _insert(others, sized, graph)
+            if together < apart and estimate_plan(graph, candidate).peak <= bound:
+                regions, merged = candidate, True
+                break
+    return regions
+
+
+#: how far apart (in graph nodes) two loops may be to be merged into one
+MERGE_GAP = 24
+
+
+def _joined(graph: Graph, names: list[str], first: Region, second: Region) -> Region | None:
+    """One region over both loops' stretches and the ops between, or None; reaching on to the
+    ops that read its results, where they are near (the residual add after a feed-forward),
+    when that leaves it fewer results to write whole."""
+    start, end = graph.position(first.span[0]), graph.position(second.span[-1])
+    if graph.position(second.span[0]) - graph.position(first.span[-1]) > MERGE_GAP:
+        return None
+    if evaluate(first.extent, graph.hints) != evaluate(second.extent, graph.hints):
+        return None
+    best: Region | None = None
+    while True:
+        span = tuple(names[start : end + 1])
+        found = None
+        for seed, dim in (first.loop[-1], second.loop[0]):
+            found = propagate(graph, span, seed, dim)
+            if isinstance(found, Region):
+                break
+        if not isinstance(found, Region):
+            return best
+        if best is not None and len(found.outputs) >= len(best.outputs):
+            return best
+        best = found
+        readers = [graph.position(u) for name, _ in found.outputs for u in graph.users(name)]
+        reach = max((p for p in readers if p > end), default=None)
+        if (
+            reach is None
+            or reach - end > MERGE_GAP
+            or any(graph[name].kind != "op" for name in names[end + 1 : reach + 1])
+        ):
+            return best
+        end = reach
+
+
+def _lowered(
+    graph: Graph, regions: tuple[Region, ...], profile: Profile, label: str, budget: int
+) -> tuple[tuple[Region, ...], Profile] | None:
+    """The regions with the best new loop through the peak at `label`, and their profile; None
+    when no loop lowers the footprint where the peak was."""
+    best = _best_candidate(graph, regions, profile, label, budget)
+    if best is None:
+        return None
+    candidate = _insert(regions, best, graph)
+    new_profile = estimate_plan(graph, candidate)
+    index = candidate.index(best)
+    if new_profile.peak > profile.peak or region_peak(new_profile, index) >= profile.peak:
+        return None
+    return candidate, new_profile
+
+
+def _replanned(
+    graph: Graph, regions: tuple[Region, ...], profile: Profile, label: str, budget: int
+) -> tuple[tuple[Region, ...], Profile] | None:
+    """When no new loop gets past the peak at `label`, give up a loop an earlier stage chose
+    near it, nearest first, and look again: a loop over the queries' projection alone, chosen
+    for an earlier peak, leaves no stretch through the attention after it. Kept only when the
+    peak falls."""
+    at = graph.position(label)
+    near = [
+        r
+        for r in regions
+        if min(abs(graph.position(r.span[0]) - at), abs(graph.position(r.span[-1]) - at)) <= WINDOW
+    ]
+    for dropped in sorted(near, key=lambda r: abs(graph.position(r.span[-1]) - at)):
+        fewer = tuple(r for r in regions if r is not dropped)
+        found = _lowered(graph, fewer, estimate_plan(graph, fewer), label, budget)
+        if found is not None and found[1].peak < profile.peak:
+            return found
+    return None
 
 
 def _relaxed(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Region, ...]:
@@ -344,7 +457,21 @@ def _candidates(
                     for region in grow(graph, names, start, end, seed, dim):
                         if peak_node in region.loop_dims:
                             found.setdefault(region.loop, region)
-    return list(found.values())
+    trimmed = [_trimmed(region) for region in found.values()]
+    return [*found.values(), *(region for region in trimmed if region is not None)]
+
+
+def _trimmed(region: Region) -> Region | None:
+    """The region without the hoisted ops before its first per-chunk op, or None when it has
+    none: they run whole before the loop either way, and left outside it they may form a loop
+    of their own (the keys and values an attention reads whole, made before its queries'
+    loop, NOTE [Keys before queries])."""
+    first = region.span.index(region.loop[0][0])
+    if first == 0:
+        return None
+    span = region.span[first:]
+    kept = set(span)
+    return replace(region, span=span, hoisted=tuple(n for n in region.hoisted if n in kept))
 
 
 #: the share of a stretch's time a loop crossing a module boundary must save to be preferred

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import libcst as cst
 import sympy
@@ -156,7 +156,9 @@ class ForwardPrinter:
         dims (`((height - 1) // 4) + 1`)."""
         if isinstance(meta, TensorMeta) and plain:  # for a comment: numbers as themselves
             names = {**{s.symbol: s.name for s in self.graph.symbols}, **self.program.symbols}
-            dims = ", ".join(str(s) if isinstance(s, int) else _plain_size(s, names) for s in meta.shape)
+            dims = ", ".join(
+                str(s) if isinstance(s, int) else _plain_size(s, names) for s in meta.shape
+            )
             return f"{short_dtype(meta.dtype)}[{dims}]"
         if isinstance(meta, TensorMeta):
             self.num.begin_note()
@@ -206,10 +208,8 @@ class ForwardPrinter:
             return self.operand(value, step, block)
         if isinstance(value, ChunkLength):
             return "stop - start"
-        if isinstance(value, CausalRows):  # read the query's dtype and device
-            query = step.operand(0)
-            source = block.chunks.get(query.value) if query.source == CHUNK else None
-            return f"_causal({source or self.value(query.value)}, start, stop)"
+        if isinstance(value, CausalRows):  # `_causal_attention`'s first row
+            return "start"
         if isinstance(value, ChunkStart):
             if not value.base:
                 return "start" if value.sign > 0 else "-start"
@@ -314,7 +314,10 @@ class ForwardPrinter:
         expr = statement.expr
         assert block is not None, "a loop step outside its loop"
         arg = lambda value: self.arg_chunk(value, expr, block)  # noqa: E731
-        code = self._layer_call(expr, arg) or render_call(expr, arg)
+        if any(isinstance(value, CausalRows) for value in expr.args):
+            code = _causal_call(expr, arg)
+        else:
+            code = self._layer_call(expr, arg) or render_call(expr, arg)
         return Line(f"{statement.var} = {code}", self._cite(statement.source))
 
     def _print_inputsize(self, statement: Statement, block: Block | None) -> Line:
@@ -495,6 +498,14 @@ def _annotated(var: str, note: str, code: str, comments: list[str] | None = None
     if note and len(annotated) <= ANNOTATED_WIDTH:
         return Line(annotated, comments or [], plain)
     return Line(plain, comments or [])
+
+
+def _causal_call(step: LoopStep, arg: Callable[[Any], str]) -> str:
+    """A query chunk's causal attention (`CausalRows`): the template's `_causal_attention`
+    over the query, key and value chunks and the chunk's first row, with the call's options."""
+    rendered = [arg(value) for value in step.args]
+    rendered += [f"{key}={arg(value)}" for key, value in step.kwargs]
+    return f"_causal_attention({', '.join(rendered)})"
 
 
 def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:

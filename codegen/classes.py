@@ -237,4 +237,13 @@ def common_comments(shared: list[Any], each: list[list[Any]]) -> None:
             common_comments(body, [other.body for other in others])
 
 
-__all__ = ["GeneratedClass", "Instance", "Number", "code_of", "common_comments", "fill", "fill_notes", "group_classes"]
+__all__ = [
+    "GeneratedClass",
+    "Instance",
+    "Number",
+    "code_of",
+    "common_comments",
+    "fill",
+    "fill_notes",
+    "group_classes",
+]

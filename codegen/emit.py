@@ -172,8 +172,6 @@ class _Builder:
         return f"_register(self, {fqn!r}, {shape}, {tensor.dtype}, {kind!r}{extra})"
 
 
-
-
 def _ties(module: torch.nn.Module) -> list[str]:
     """`_tie(self, "head.weight", "wte.weight", ...)`: every second path to a tensor."""
     persistent = set(module.state_dict(keep_vars=True))
@@ -352,7 +350,7 @@ def emit_module(
             isinstance(value, CausalRows)
             for block in program.blocks
             for step in block.lowered.steps
-            for _, value in step.kwargs
+            for value in step.args
         ),
         budget=budget,
     )

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from analysis.causal import band, hidden_above, truncated_keys
 from analysis.ir import Graph
@@ -402,14 +403,16 @@ CAUSAL_SDPA = """
 """
 
 
-def test_a_causal_sdpa_chunked_over_queries_gets_each_chunks_own_mask(tmp_path: Path) -> None:
+def test_a_causal_sdpa_chunked_over_queries_attends_from_the_chunks_first_row(
+    tmp_path: Path,
+) -> None:
     """`is_causal=True` would align a chunk's first query with the first key: the loop passes
-    the keys up to its last query and the chunk's own causal mask instead."""
+    the keys up to its last query and the chunk's first row to `_causal_attention` instead."""
     path = tmp_path / "causal.py"
     path.write_text(textwrap.dedent(CAUSAL_SDPA))
     planned, emitted = generate(path, Target(ratio=0.6), "--memory-ratio 0.6")
     verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
-    assert "_causal(" in emitted.source and "[:, :, :stop]" in emitted.source
+    assert "_causal_attention(" in emitted.source and "[:, :, :stop], start" in emitted.source
     module, _ = import_source(emitted.source)
     chunked = instantiate(module, planned.loaded.module)
     for length in (17, 700):  # the chunk's mask follows the run-time chunk sizes
@@ -417,6 +420,36 @@ def test_a_causal_sdpa_chunked_over_queries_gets_each_chunks_own_mask(tmp_path: 
         with torch.no_grad():
             assert compare(planned.loaded.module(x), chunked(x)) is None
     code = "\n".join(
-        line.split("#")[0] for line in emitted.source.split("def _causal")[0].splitlines()
+        line.split("#")[0] for line in emitted.source.split("def _causal_attention")[0].splitlines()
     )
     assert not re.search(r"is_causal=True[,)]", code)  # only in the citations of the source
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["cpu_kernel", "mask"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_causal_attention_of_a_chunk_matches_is_causal_over_the_whole(
+    tmp_path: Path, fused: bool, dtype: torch.dtype
+) -> None:
+    """`_causal_attention` as the generated module holds it: on CPU the keys before the chunk
+    and its own square merged by their log-sum-exp, elsewhere the chunk's own mask (reached
+    here by hiding the CPU kernel). Every chunk, the first included, grouped heads and a scale
+    given, matches `is_causal=True` over the whole sequence within the dtype's tolerance."""
+    path = tmp_path / "causal.py"
+    path.write_text(textwrap.dedent(CAUSAL_SDPA))
+    _, emitted = generate(path, Target(ratio=0.6), "--memory-ratio 0.6")
+    module, _ = import_source(emitted.source)
+    if not fused:
+        module._FUSED_CPU = "no_such_kernel"
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 8, 300, 16, generator=gen).to(dtype)
+    k, v = (torch.randn(2, 2, 300, 16, generator=gen).to(dtype) for _ in range(2))
+    options = {"scale": 0.3, "enable_gqa": True}
+    whole = F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
+    reference = F.scaled_dot_product_attention(
+        *(t.float() for t in (q, k, v)), is_causal=True, **options
+    )
+    for start, stop in ((0, 64), (64, 150), (150, 300)):
+        rows = module._causal_attention(
+            q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], start, **options
+        )
+        assert compare(whole[:, :, start:stop], rows, reference[:, :, start:stop]) is None

@@ -277,10 +277,11 @@ def _emitted(tmp_path: Path, name: str, text: str, *flags: str) -> str:
 def test_an_unpadded_llama_calls_sdpa_as_eager_does(tmp_path: Path) -> None:
     """NOTE [Attention as eager runs it]: no mask, `is_causal`, the grouped keys as they are."""
     source = _emitted(tmp_path, "llama", LLAMA_PROMPT)
-    code = "\n".join(line.split("#")[0] for line in source.splitlines())
-    calls = re.findall(r"scaled_dot_product_attention\((.*?)\)\n", code, re.S)
-    assert calls and all("enable_gqa=True" in call for call in calls)
-    assert all("is_causal=True" in call or "_causal(" in call for call in calls)
+    forward = source.split("\ndef _causal_attention(")[0]  # the template's helper aside
+    code = "\n".join(line.split("#")[0] for line in forward.splitlines())
+    calls = re.findall(r"(scaled_dot_product_attention|_causal_attention)\((.*?)\)\n", code, re.S)
+    assert calls and all("enable_gqa=True" in call for _, call in calls)
+    assert all("is_causal=True" in call or kind == "_causal_attention" for kind, call in calls)
     assert "expand(" not in code  # neither the mask nor the repeated keys are built
 
 
