@@ -24,7 +24,7 @@ Anything else proves nothing, and the loop keeps every key.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -73,7 +73,19 @@ class _Band:
     upper: int | None
 
 
-_Fact = Any  # _Index | _Above | _Band | _Const | None
+@dataclass(frozen=True, slots=True)
+class _NonZero:
+    """A tensor nonzero everywhere: a padding mask assumed to pad nothing, which the generated
+    module checks at run time (NOTE [Padding checked at run time] in `analysis/fastpath.py`)."""
+
+
+#: facts of every element alike, which views, slices and gathers keep
+_UNIFORM = (_Const, _NonZero)
+
+_Fact = Any  # _Index | _Above | _Band | _Const | _NonZero | None
+
+#: the graph memo key naming the input assumed nonzero everywhere (`band_if_nonzero`)
+_ASSUMED = "causal_assumed_nonzero"
 
 
 def hidden_above(graph: Graph, name: str) -> int | None:
@@ -95,6 +107,12 @@ def band(graph: Graph, name: str) -> tuple[int | None, int | None] | None:
     if isinstance(fact, _Band) and out_meta(graph[name]).dtype == torch.bool:
         return fact.lower, fact.upper
     return None
+
+
+def band_if_nonzero(graph: Graph, name: str, assumed: str) -> tuple[int | None, int | None] | None:
+    """`band` of the mask `name` if the input `assumed` is nonzero everywhere (an attention
+    mask that pads nothing)."""
+    return band(replace(graph, memo={_ASSUMED: assumed}), name)
 
 
 def exact(graph: Graph, name: str) -> Any:
@@ -297,6 +315,8 @@ def _arg(graph: Graph, value: Any) -> _Fact:
 
 
 def _derive(node: Node, graph: Graph) -> _Fact:
+    if node.kind == "input" and graph.memo.get(_ASSUMED) == node.name:
+        return _NonZero()
     if node.kind != "op" or out_meta(node) is None:
         return None
     packet = getattr(node.target, "overloadpacket", None)
@@ -436,7 +456,7 @@ def _sliced(graph: Graph, node: Node) -> _Fact:
     """`x[..., a:b]` of an index along that dim starts its positions at a; along another dim
     it changes nothing; a constant stays one."""
     fact = _arg(graph, node.args[0])
-    if isinstance(fact, _Const):
+    if isinstance(fact, _UNIFORM):
         return fact
     if not isinstance(fact, _Index):
         return None
@@ -483,7 +503,7 @@ def _gathered(graph: Graph, node: Node) -> _Fact:
     one of the indexed dims, it is the index used on that dim, plus the positions' offset."""
     fact = _arg(graph, node.args[0])
     indices = node.args[1]
-    if isinstance(fact, _Const):
+    if isinstance(fact, _UNIFORM):
         return fact
     source = out_meta(graph[node.args[0].name]) if isinstance(node.args[0], Ref) else None
     if not isinstance(fact, _Index) or source is None or not isinstance(indices, (list, tuple)):
@@ -531,7 +551,7 @@ def _unsqueezed(fact: _Fact, dim: int, rank: int) -> _Fact:
         return _Index(fact.axis - 1 if new >= fact.axis else fact.axis, fact.offset)
     if isinstance(fact, (_Above, _Band)) and new < -2:
         return fact
-    return fact if isinstance(fact, _Const) else None
+    return fact if isinstance(fact, _UNIFORM) else None
 
 
 def _kept_trailing(graph: Graph, node: Node) -> _Fact:
@@ -539,7 +559,7 @@ def _kept_trailing(graph: Graph, node: Node) -> _Fact:
     two dims as they were, and positions when they leave every dim from theirs on."""
     source = node.args[0]
     fact = _arg(graph, source)
-    if isinstance(fact, _Const):
+    if isinstance(fact, _UNIFORM):
         return fact
     before = out_meta(graph[source.name]).shape if isinstance(source, Ref) else ()
     after = out_meta(node).shape
@@ -582,6 +602,8 @@ def _converted(fact: _Fact, dtype: torch.dtype) -> _Fact:
         return _Above(fact.diagonal, bool(fact.value))
     if isinstance(fact, _Const) and dtype == torch.bool:
         return _Const(bool(fact.value))
+    if isinstance(fact, _NonZero) and dtype == torch.bool:
+        return _Const(True)
     return None
 
 
@@ -619,4 +641,4 @@ def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
     return fact
 
 
-__all__ = ["band", "causal_rows", "exact", "hidden_above", "truncated_keys"]
+__all__ = ["band", "band_if_nonzero", "causal_rows", "exact", "hidden_above", "truncated_keys"]

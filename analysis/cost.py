@@ -179,9 +179,11 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
             keys = min(1.0, (extent + size + 2 * step.keys) / (2 * extent))
         if step.window is not None:  # or only its window's
             keys = min(keys, (size + step.keys - step.window) / extent)
+        causal = any(isinstance(value, CausalRows) for value in step.args)
+        if causal:  # `_causal_attention` skips the hidden half of its own square of keys too
+            keys = 0.5
         body += node_time(node, graph, machine, fraction, whole, step.dim) * keys
-        if any(isinstance(value, CausalRows) for value in step.args):
-            # `_causal_attention`: a second kernel call, and its output weighted and added
+        if causal:  # `_causal_attention`: a second kernel call, and its output weighted and added
             nbytes = 3 * value_bytes(node.meta, graph.hints) * fraction
             body += nbytes / machine.bytes_per_s(int(nbytes) or 1) + 6 * machine.op_overhead_s
         for read in step.operands:

@@ -21,8 +21,26 @@ This pass gives each such SDPA call back the eager form, where it is proven equa
 The ops that built the mask and the repeats are dropped when nothing else reads them. First,
 each value `analysis.causal` knows exactly (positions, constants, bands) is read as the
 earliest of its own sources equal to it (`_merged`): a mask left in place (a window) shrinks to
-the comparisons a person would write. The pass is a pure function `Graph -> Graph`; the result is the graph the pipeline plans, and what it
-estimates for the original, since it is what eager runs.
+the comparisons a person would write. The pass is a pure function `Graph -> Graph`; the result
+is the graph the pipeline plans, and what it estimates for the original, since it is what eager
+runs.
+
+NOTE [Padding checked at run time]
+A padding mask is data: no proof sees that it pads nothing. Eager transformers checks at run
+time (`attention_mask.all()`) and then calls SDPA with `is_causal` and no mask. The same check
+is exact here. For an SDPA call whose mask is not proven causal, each integer or bool model
+input it is made from is tried: if the mask is exactly causal once that input is nonzero
+everywhere (`analysis.causal.band_if_nonzero`: converted to bool it is all True, and `causal &
+True` is causal), the graph gains one node, `no_padding = attention_mask.all()`, first in the
+module call that runs every such attention, and the call reads it (the `no_padding` keyword).
+The generated module runs the call as `_attention(q, k, v, mask, no_padding)`: `is_causal`
+with no mask when the check holds (`_causal_attention` in a loop over the queries), else the
+mask. The planner plans the masked path, the larger; each loop through such a call is sized a
+second time for the unmasked path (`analysis.select.unpadded_sizes`), whose attention holds no
+mask copy, and picks its rows by the check at run time. The mask's ops still run (they are
+cheap next to the attention). Verification runs both paths: the example inputs, and the same
+inputs switched to the other path (`codegen.verify.checked_inputs`: all ones, or one padded
+token when the example pads nothing).
 """
 
 from __future__ import annotations
@@ -32,7 +50,7 @@ from typing import Any
 
 import torch
 
-from analysis.causal import band, exact
+from analysis.causal import band, band_if_nonzero, exact
 from analysis.dimflow import same_size, schema_arg
 from analysis.ir import Graph, Node, Ref, TensorMeta, renamed_refs
 
@@ -51,10 +69,132 @@ def eager_attention(graph: Graph) -> Graph:
             fast = _fast_call(graph, node)
             if fast is not None:
                 rewritten[node.name] = fast
-    if not rewritten:
+    if rewritten:
+        nodes = tuple(rewritten.get(node.name, node) for node in graph.nodes)
+        graph = _without_dead(replace(graph, nodes=nodes, memo={}))
+    return _padding_checked(graph)
+
+
+#: the keyword an SDPA call carries when its mask is causal once padding is ruled out at run
+#: time: the 0-d bool value `padding_mask.all()` (NOTE [Padding checked at run time])
+NO_PADDING = "no_padding"
+
+
+def unpadded(graph: Graph) -> Graph:
+    """The graph as it runs when every padding check holds: each checked SDPA call with
+    `is_causal` and no mask (the ops that build the mask stay, read by nothing)."""
+    nodes = []
+    for node in graph.nodes:
+        options = dict(node.kwargs)
+        if options.pop(NO_PADDING, None) is not None:
+            node = replace(node, args=node.args[:3], kwargs=(("is_causal", True), *options.items()))
+        nodes.append(node)
+    return replace(graph, nodes=tuple(nodes), memo={})
+
+
+def padding_check_of(graph: Graph, names: Any) -> str | None:
+    """The padding check an SDPA call among `names` reads, if any."""
+    for name in names:
+        check = dict(graph[name].kwargs).get(NO_PADDING)
+        if isinstance(check, Ref):
+            return check.name
+    return None
+
+
+def is_padding_check(node: Node) -> bool:
+    """Whether the node is a run-time padding check `_padding_checked` made."""
+    return node.target is aten.all.default and node.name.startswith(NO_PADDING)
+
+
+def _padding_checked(graph: Graph) -> Graph:
+    """Return the graph with each SDPA call whose mask is exactly causal when one integer or
+    bool input is nonzero everywhere reading that input's run-time check (NOTE [Padding
+    checked at run time]); the graph itself when there is none."""
+    checks: dict[str, str] = {}  # input -> the name of its check
+    calls: dict[str, str] = {}  # SDPA call -> the input it checks
+    for node in graph.nodes:
+        mask = schema_arg(node, "attn_mask") if node.target is SDPA else None
+        if not isinstance(mask, Ref) or schema_arg(node, "is_causal", False):
+            continue
+        if schema_arg(node, "dropout_p", 0.0) != 0.0 or NO_PADDING in dict(node.kwargs):
+            continue
+        for name in _padding_inputs(graph, mask.name):
+            if _exactly_causal(graph, node, mask.name, assumed=name):
+                calls[node.name] = name
+                checks.setdefault(name, _fresh(graph, NO_PADDING, checks.values()))
+                break
+    if not calls:
         return graph
-    nodes = tuple(rewritten.get(node.name, node) for node in graph.nodes)
-    return _without_dead(replace(graph, nodes=nodes, memo={}))
+    scope = _common(graph[name].calls for name in calls)
+    made = next(n for n in graph.nodes if n.kind == "op" and n.calls[: len(scope)] == scope)
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        if node is made:  # first in the module call that runs every checked attention
+            for name, check in checks.items():
+                meta = TensorMeta((), torch.bool)
+                place = {"module_path": made.module_path, "module_type": made.module_type}
+                if made.calls != scope:  # made runs in a submodule: the check is the caller's
+                    path = scope[-1].partition("@")[0] if scope else ""
+                    owner = next((n for n in graph.nodes if n.module_path == path), None)
+                    place = {"module_path": path, "module_type": owner.module_type if owner else ""}
+                check_node = Node(
+                    check, "op", aten.all.default, (Ref(name),), meta=meta, calls=scope, **place
+                )
+                nodes.append(check_node)
+        if node.name in calls:  # q, k, v, mask; its options; the check
+            options = (
+                ("scale", schema_arg(node, "scale")),
+                ("enable_gqa", schema_arg(node, "enable_gqa", False)),
+            )
+            kwargs = tuple((k, v) for k, v in options if v is not None and v is not False)
+            args = (*node.args[:3], schema_arg(node, "attn_mask"))
+            node = replace(
+                node, args=args, kwargs=(*kwargs, (NO_PADDING, Ref(checks[calls[node.name]])))
+            )
+        nodes.append(node)
+    return replace(graph, nodes=tuple(nodes), memo={})
+
+
+def _common(calls: Any) -> tuple[str, ...]:
+    """The module calls every one of `calls` runs in, outermost first."""
+    common: tuple[str, ...] | None = None
+    for each in calls:
+        each = tuple(each)
+        if common is None:
+            common = each
+            continue
+        size = 0
+        while size < min(len(common), len(each)) and common[size] == each[size]:
+            size += 1
+        common = common[:size]
+    return common or ()
+
+
+def _padding_inputs(graph: Graph, mask: str) -> list[str]:
+    """The integer and bool model inputs the mask is made from, in order."""
+    found: set[str] = set()
+    pending, seen = [mask], {mask}
+    while pending:
+        node = graph[pending.pop()]
+        if node.kind == "input":
+            meta = node.meta
+            if isinstance(meta, TensorMeta) and not meta.dtype.is_floating_point:
+                found.add(node.name)
+        for ref in node.refs():
+            if ref not in seen:
+                seen.add(ref)
+                pending.append(ref)
+    return sorted(found, key=graph.position)
+
+
+def _fresh(graph: Graph, name: str, taken: Any) -> str:
+    """`name`, or `name_<n>`, unused in the graph and in `taken`."""
+    used = set(taken)
+    candidate, count = name, 1
+    while candidate in graph or candidate in used:
+        count += 1
+        candidate = f"{name}_{count}"
+    return candidate
 
 
 def _fast_call(graph: Graph, node: Node) -> Node | None:
@@ -83,11 +223,12 @@ def _fast_call(graph: Graph, node: Node) -> Node | None:
     return replace(node, args=args, kwargs=kwargs)
 
 
-def _exactly_causal(graph: Graph, node: Node, mask: str) -> bool:
+def _exactly_causal(graph: Graph, node: Node, mask: str, assumed: str | None = None) -> bool:
     """Whether the mask is exactly the causal one, over as many queries as keys, its last two
     dims those of the scores (not broadcast), so `is_causal` (which aligns the diagonal at the
-    top left) says the same."""
-    if band(graph, mask) != (None, 0):
+    top left) says the same; given `assumed`, if that input is nonzero everywhere."""
+    found = band(graph, mask) if assumed is None else band_if_nonzero(graph, mask, assumed)
+    if found != (None, 0):
         return False
     shape = graph[mask].tensor.shape
     queries = graph[node.args[0].name].tensor.shape[-2]
@@ -211,4 +352,4 @@ def _without_dead(graph: Graph) -> Graph:
     return replace(graph, nodes=tuple(reversed(keep)), memo={})
 
 
-__all__ = ["eager_attention"]
+__all__ = ["NO_PADDING", "eager_attention", "is_padding_check", "padding_check_of", "unpadded"]

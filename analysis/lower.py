@@ -526,6 +526,12 @@ class _Lowering:
             rows = self.ns.create("chunk")
             sizes = Rows(formula.fixed, formula.per_row, region.chunk_size, region.extent)
             reads = self.reads(formula.fixed, formula.per_row, region.extent)
+            path = self.runtime.fast[index] if self.runtime.fast else None
+            if path is not None:
+                fast, check = path
+                faster = Rows(fast.fixed, fast.per_row, region.fast_chunk_size, region.extent)
+                sizes = replace(sizes, fast=faster, check=check)
+                reads |= self.reads(fast.fixed, fast.per_row) | {self.name_of(check)}
             reads |= {self.budget, rows} | ({self.device_of} if self.device_of else set())
             setup.append(Statement(rows, sizes, frozenset(reads), region=index))
             head |= {rows}

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import sympy
 
 from analysis.ir import Graph, Node
+from analysis.fastpath import NO_PADDING, is_padding_check
 from analysis.ops import info
 
 #: names the generated code itself relies on
@@ -55,6 +56,8 @@ def value_name(node: Node, graph: Graph) -> str:
     op = (op or getattr(target, "__name__", "value")).strip("_")
     if op == "getitem":
         return f"{value_name(graph[node.args[0].name], graph)}_{node.args[1]}"
+    if is_padding_check(node):
+        return NO_PADDING
     if node.module_path and (info(target).names_module or _layer_forward(node, graph)):
         return node.module_path
     return f"{node.module_path}_{op}" if node.module_path else op

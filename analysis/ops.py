@@ -382,6 +382,7 @@ for _op, _written in (
     (aten.permute.default, _method("permute", varargs=True)),
     (aten.transpose.int, _method("transpose")),
     (aten.t.default, _method("t")),
+    (aten.all.default, _method("all")),
     (aten.unsqueeze.default, _method("unsqueeze")),
     (aten.squeeze.dim, _method("squeeze")),
     (aten.squeeze.dims, _method("squeeze")),

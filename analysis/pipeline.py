@@ -18,9 +18,9 @@ from analysis.lower import lower
 from analysis.plan import ChunkPlan
 from analysis.program import Program
 from analysis.remat import rematerialized
-from analysis.fastpath import eager_attention
-from analysis.select import Progress, Target, inline_held, plan_for_range
-from analysis.symbolic import plan_formulas
+from analysis.fastpath import eager_attention, padding_check_of, unpadded
+from analysis.select import Progress, Target, inline_held, plan_for_range, unpadded_sizes
+from analysis.symbolic import Formulas, plan_formulas
 
 #: The passes, in order; `Planned.passes` records each one's result under these names.
 PASSES = ("capture", "recompute", "select", "lower")
@@ -54,7 +54,29 @@ def lower_plan(
 ) -> Program:
     """Return the loop program of a plan, with its run-time chunk-size formulas, one forward
     per module call it keeps (NOTE [Module scopes])."""
-    return lower(graph, plan, plan_formulas(graph, plan), layers, module)
+    return lower(
+        graph, plan, _with_unpadded(graph, plan, plan_formulas(graph, plan)), layers, module
+    )
+
+
+def _with_unpadded(graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> Formulas | None:
+    """The formulas with, for each loop sized for the no-padding path as well, that path's
+    formula and the check that picks it (NOTE [Padding checked at run time])."""
+    if formulas is None or not any(region.fast_chunk_size for region in plan.regions):
+        return formulas
+    fast_plan = replace(
+        plan,
+        regions=tuple(r.with_chunk_size(r.fast_chunk_size or r.chunk_size) for r in plan.regions),
+    )
+    fast = plan_formulas(unpadded(graph), fast_plan)
+    if fast is None:
+        return formulas
+    paths = []
+    for region, formula in zip(plan.regions, fast.regions):
+        check = padding_check_of(graph, (name for name, _ in region.loop))
+        usable = region.fast_chunk_size and formula is not None and check is not None
+        paths.append((formula, check) if usable else None)
+    return replace(formulas, fast=tuple(paths))
 
 
 def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
@@ -71,6 +93,7 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
         if other.planned_peak_bytes // unit < plan.planned_peak_bytes // unit:
             graph, plan, kept = recomputing, other, recomputing
     graph, plan = inline_held(graph, plan, target)
+    plan = unpadded_sizes(graph, plan)  # NOTE [Padding checked at run time]
     program = lower_plan(graph, plan, standard_layers(loaded.module), loaded.module)
     passes = tuple(zip(PASSES, (captured, kept, plan, program), strict=True))
     return Planned(loaded, graph, plan, program, passes)

@@ -36,6 +36,9 @@ class Region:
     #: non-contiguous values read whole by matmuls in the loop: copied contiguous once, before
     #: it, instead of once per chunk inside each matmul
     materialized: tuple[str, ...] = ()
+    #: rows per chunk when the run-time padding check finds no padding (NOTE [Padding checked
+    #: at run time]); 0: `chunk_size` either way
+    fast_chunk_size: int = 0
 
     def __post_init__(self) -> None:
         loop = {name for name, _ in self.loop}

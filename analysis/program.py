@@ -228,6 +228,10 @@ class Rows:
     per_row: sympy.Expr
     planned: int
     extent: Any
+    #: the same on the no-padding path, and the check that picks it (NOTE [Padding checked at
+    #: run time]); None: one size for both
+    fast: "Rows | None" = None
+    check: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from analysis.memory import (
     local_region_peak,
     region_peak,
 )
+from analysis.fastpath import padding_check_of, unpadded
 from analysis.plan import ChunkPlan, Region
 from analysis.search import chunkable_dims, grow, propagate
 from analysis.symbolic import rehinted
@@ -83,6 +84,32 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
     regions = _pruned(graph, regions, profile.peak)
     regions = _relaxed(graph, _merged(graph, regions, max(budget, profile.peak)), budget)
     return finish_plan(graph, regions, original_peak, budget)
+
+
+def unpadded_sizes(graph: Graph, plan: ChunkPlan) -> ChunkPlan:
+    """Return the plan with each loop through a padding-checked attention also sized for the
+    path the check takes when nothing is padded (NOTE [Padding checked at run time]): there the
+    attention runs with `is_causal`, holds no mask, and takes larger chunks within the same
+    bound, the plan's peak or its budget."""
+    checked = [
+        index
+        for index, region in enumerate(plan.regions)
+        if padding_check_of(graph, (name for name, _ in region.loop))
+    ]
+    if not checked:
+        return plan
+    variant = unpadded(graph)
+    bound = max(plan.budget_bytes, plan.planned_peak_bytes)
+    machine = load_machine()
+    regions = list(plan.regions)
+    for index in checked:
+        others = tuple(r for i, r in enumerate(regions) if i != index)
+        sized, peak = _size_chunks(
+            variant, estimate_plan(variant, others), regions[index], bound, machine
+        )
+        if peak <= bound:
+            regions[index] = replace(regions[index], fast_chunk_size=sized.chunk_size)
+    return replace(plan, regions=tuple(regions))
 
 
 def _merged(graph: Graph, regions: tuple[Region, ...], bound: int) -> tuple[Region, ...]:
@@ -512,4 +539,12 @@ def _seeds(graph: Graph, names: list[str], first: int, position: int, peak: str)
     return [peak, *nearby[:SEEDS]]
 
 
-__all__ = ["Progress", "Target", "inline_held", "make_plan", "plan_for_range", "rescaled"]
+__all__ = [
+    "Progress",
+    "Target",
+    "inline_held",
+    "make_plan",
+    "plan_for_range",
+    "rescaled",
+    "unpadded_sizes",
+]

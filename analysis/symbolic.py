@@ -55,6 +55,10 @@ class Formulas:
     symbols: tuple[sympy.Symbol, ...]
     original_peak: sympy.Expr
     regions: tuple[Formula | None, ...]
+    #: each region's formula on the path a run-time padding check takes when nothing is padded,
+    #: with the check it reads; None for a region without one (NOTE [Padding checked at run
+    #: time])
+    fast: tuple[tuple[Formula, str] | None, ...] = ()
 
 
 def rehinted(graph: Graph, values: dict[sympy.Symbol, int]) -> Graph:

@@ -45,6 +45,7 @@ from analysis.program import (
     UpdateBuffer,
     WriteChunk,
 )
+from analysis.fastpath import NO_PADDING, is_padding_check
 from analysis.names import size_code
 from analysis.ops import info
 from codegen.numbering import Numbering
@@ -303,9 +304,17 @@ class ForwardPrinter:
 
     def _print_call(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        code = self._layer_call(expr, self.arg_plain) or render_call(expr, self.arg_plain)
+        if NO_PADDING in dict(expr.kwargs):
+            code = _padding_checked_call(expr, self.arg_plain, chunked_rows=False)
+        else:
+            code = self._layer_call(expr, self.arg_plain) or render_call(expr, self.arg_plain)
         note = self.annotate(expr.meta)
         comments = self._cite(statement.source)
+        if is_padding_check(self.graph[expr.node]):
+            comments = [
+                "No padding: the attention masks below are then exactly causal, so each runs",
+                "as eager does, `is_causal` with no mask (NOTE [Padding checked at run time]).",
+            ]
         if statement is self._first_hoisted.get(statement.region):
             comments = ["Hoisted: the next values do not depend on the chunk.", *comments]
         return _annotated(statement.var, note, code, comments)
@@ -316,6 +325,8 @@ class ForwardPrinter:
         arg = lambda value: self.arg_chunk(value, expr, block)  # noqa: E731
         if any(isinstance(value, CausalRows) for value in expr.args):
             code = _causal_call(expr, arg)
+        elif NO_PADDING in dict(expr.kwargs):
+            code = _padding_checked_call(expr, arg, chunked_rows=expr.keys is not None)
         else:
             code = self._layer_call(expr, arg) or render_call(expr, arg)
         return Line(f"{statement.var} = {code}", self._cite(statement.source))
@@ -371,16 +382,25 @@ class ForwardPrinter:
 
     def _print_rows(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
-        extent = self.arg_plain(expr.extent)
-        most = f"{self.num(expr.planned)} if {self.device}.type == 'cpu' else {extent}"
         comments = [
             "Rows per chunk: the most that keep the loop's bytes (the fixed part, then per",
             "row, below) within the budget. On a CPU at most the planned rows (cache-friendly);",
             "on a GPU, where a chunk costs kernel launches, all that fit.",
         ]
-        code = f"{statement.var} = _rows({self.program.budget}, {fixed}, {per_row}, {most})"
+        code = f"{statement.var} = {self._rows_call(expr)}"
+        if expr.fast is not None:
+            check = self.value(expr.check)
+            comments.append(
+                f"With no padding (`{check}`) the attention holds no mask: more rows fit."
+            )
+            code = f"{statement.var} = {self._rows_call(expr.fast)} if {check} else {self._rows_call(expr)}"
         return Line(code, comments)
+
+    def _rows_call(self, expr: Any) -> str:
+        fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
+        extent = self.arg_plain(expr.extent)
+        most = f"{self.num(expr.planned)} if {self.device}.type == 'cpu' else {extent}"
+        return f"_rows({self.program.budget}, {fixed}, {per_row}, {most})"
 
     def _print_stop(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -506,6 +526,23 @@ def _causal_call(step: LoopStep, arg: Callable[[Any], str]) -> str:
     rendered = [arg(value) for value in step.args]
     rendered += [f"{key}={arg(value)}" for key, value in step.kwargs]
     return f"_causal_attention({', '.join(rendered)})"
+
+
+def _padding_checked_call(op: Any, arg: Callable[[Any], str], chunked_rows: bool) -> str:
+    """An SDPA call whose mask is causal where the run-time check `no_padding` holds (NOTE
+    [Padding checked at run time]): the template's `_attention(q, k, v, mask, no_padding)`,
+    with the chunk's first row when the loop runs over the queries, and the call's options."""
+    kwargs = dict(op.kwargs)
+    mask = op.args[3] if len(op.args) > 3 else kwargs.pop("attn_mask")
+    kwargs.pop("attn_mask", None)
+    check = kwargs.pop(NO_PADDING)
+    if not kwargs.get("dropout_p"):
+        kwargs.pop("dropout_p", None)
+    kwargs.pop("is_causal", None)  # False: the mask says it
+    rendered = [arg(value) for value in (*op.args[:3], mask, check)]
+    rendered += ["start"] if chunked_rows else []
+    rendered += [f"{key}={arg(value)}" for key, value in kwargs.items()]
+    return f"_attention({', '.join(rendered)})"
 
 
 def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:

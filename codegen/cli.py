@@ -21,7 +21,7 @@ from analysis.select import Target
 from codegen.body import format_bytes
 from codegen.generate import Status, generate
 from codegen.plot import plot_plan
-from codegen.verify import measure_pair, verify
+from codegen.verify import checked_inputs, measure_pair, verify
 
 _UNITS = {
     "": 1, "b": 1,
@@ -129,7 +129,9 @@ def _emit(args: argparse.Namespace) -> int:
     measured: tuple[int, int] | None = None
     if not args.no_verify:
         status.show("verifying against the original on the example inputs")
-        generated = verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+        inputs = planned.loaded.inputs
+        also = checked_inputs(planned.graph, inputs)
+        generated = verify(emitted.source, planned.loaded.module, inputs, also)
         status.show("measuring activation memory on the example inputs")
         measured = measure_pair(planned.loaded.module, generated, planned.loaded.inputs)
         status.done()

@@ -13,6 +13,7 @@ import torch
 
 from analysis.ir import Graph
 from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
+from analysis.fastpath import NO_PADDING
 from analysis.program import Budget, CausalRows, Program, Statement
 from codegen import __version__
 from analysis.layers import Layer
@@ -351,6 +352,9 @@ def emit_module(
             for block in program.blocks
             for step in block.lowered.steps
             for value in step.args
+        ),
+        padding_checks=any(
+            node.kind == "op" and NO_PADDING in dict(node.kwargs) for node in graph.nodes
         ),
         budget=budget,
     )

@@ -9,12 +9,14 @@ import tempfile
 import uuid
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from analysis.errors import InternalError
+from analysis.fastpath import is_padding_check
+from analysis.ir import Graph
 from codegen.measure import measure_peak
 
 #: tolerances of Contract 3 (float32)
@@ -111,9 +113,15 @@ def float_reference(original: torch.nn.Module, inputs: tuple[Any, ...], outputs:
         return wide(*cast)
 
 
-def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> torch.nn.Module:
+def verify(
+    source: str,
+    original: torch.nn.Module,
+    inputs: tuple[Any, ...],
+    also: Sequence[tuple[Any, ...]] = (),
+) -> torch.nn.Module:
     """Return the generated module, built from `original`'s weights, once it matches on the
-    inputs; raise InternalError (keeping the source in a temp file) unless it does."""
+    inputs, and on each tuple of inputs in `also` (`checked_inputs`: the paths run-time checks
+    choose); raise InternalError (keeping the source in a temp file) unless it does."""
     try:
         module, path = import_source(source)
     except Exception as exc:
@@ -121,22 +129,53 @@ def verify(source: str, original: torch.nn.Module, inputs: tuple[Any, ...]) -> t
         raise InternalError(f"generated module does not import: {exc}", str(kept)) from exc
     try:
         generated = instantiate(module, original)
-        with torch.no_grad():  # the two share their buffers: each runs from the same state
-            before = _buffers(original)
-            expected = original(*inputs)
-            updated = _buffers(original)
-            _restore(original, before)
-            actual = generated(*inputs)
-        reference = float_reference(original, inputs, expected)
-        problem = compare(expected, actual, reference) or _compare_buffers(
-            updated, _buffers(original)
-        )
+        problem = None
+        for each in (inputs, *also):
+            problem = problem or _mismatch(original, generated, each)
     except Exception as exc:
         raise InternalError(f"generated module failed to run: {exc}", str(path)) from exc
     if problem is not None:
         raise InternalError(f"generated module does not match the original: {problem}", str(path))
     path.unlink()
     return generated
+
+
+def _mismatch(
+    original: torch.nn.Module, generated: torch.nn.Module, inputs: tuple[Any, ...]
+) -> str | None:
+    """Why the two modules' outputs and buffers differ after one run on `inputs`, or None."""
+    with torch.no_grad():  # the two share their buffers: each runs from the same state
+        before = _buffers(original)
+        expected = original(*inputs)
+        updated = _buffers(original)
+        _restore(original, before)
+        actual = generated(*inputs)
+    reference = float_reference(original, inputs, expected)
+    return compare(expected, actual, reference) or _compare_buffers(updated, _buffers(original))
+
+
+def checked_inputs(graph: Graph, inputs: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The example inputs once more with every input a run-time padding check reads switched to
+    the other path (NOTE [Padding checked at run time]): all ones where the example pads, and
+    its first element 0 (one token of left padding) where it pads nothing. Verification runs
+    both paths; [] when the graph has no such check."""
+    checked = {n.args[0].name for n in graph.nodes if is_padding_check(n)}
+    if not checked:
+        return []
+    names = [node.name for node in graph.nodes if node.kind == "input"]
+    flat, spec = tree_flatten(inputs)
+    if len(flat) != len(names):
+        raise InternalError(f"cannot match the inputs to the graph's to check {sorted(checked)}")
+    switched = [_other_path(x) if n in checked else x for n, x in zip(names, flat)]
+    return [tuple(tree_unflatten(switched, spec))]
+
+
+def _other_path(mask: torch.Tensor) -> torch.Tensor:
+    if not bool(mask.all()):
+        return torch.ones_like(mask)
+    padded = mask.clone()
+    padded.view(-1)[0] = 0
+    return padded
 
 
 def _buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -33,7 +33,8 @@ from codegen.measure import measure_peak  # noqa: E402
 from analysis.select import Target  # noqa: E402
 from codegen.body import format_bytes  # noqa: E402
 from codegen.generate import generate  # noqa: E402
-from codegen.verify import compare, float_reference, verify  # noqa: E402
+from codegen.verify import checked_inputs, compare, float_reference, verify  # noqa: E402
+from codegen.cli import parse_size  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
@@ -91,12 +92,27 @@ def _time(fn: Any, inputs: tuple[Any, ...], device: str) -> float:
 
 
 def bench_model(
-    path: Path, ratio: float, repeats: int, device: str, tune: bool = False
+    path: Path,
+    ratio: float,
+    repeats: int,
+    device: str,
+    tune: bool = False,
+    budget: int | None = None,
 ) -> dict[str, Any]:
-    """Return one row: estimates, measured memory, time ratio and planning time."""
+    """Return one row: estimates, measured memory, time ratio and planning time; planned for
+    `budget` bytes when given, else for `ratio` of the original's estimated peak."""
     started = time.perf_counter()
-    planned, emitted = generate(path, Target(ratio=ratio), f"--memory-ratio {ratio:g}", tune=tune)
-    chunked = verify(emitted.source, planned.loaded.module, planned.loaded.inputs).to(device)
+    if budget is not None:
+        target, flags = Target(budget_bytes=budget), f"--memory-budget {budget}"
+    else:
+        target, flags = Target(ratio=ratio), f"--memory-ratio {ratio:g}"
+    planned, emitted = generate(path, target, flags, tune=tune)
+    chunked = verify(
+        emitted.source,
+        planned.loaded.module,
+        planned.loaded.inputs,
+        checked_inputs(planned.graph, planned.loaded.inputs),
+    ).to(device)
     plan_seconds = time.perf_counter() - started
     original = planned.loaded.module.to(device)
     inputs = _to(planned.loaded.inputs, device)
@@ -145,7 +161,12 @@ def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any
     """Emit `path` once with a budget; measure it and the original at lengths up to the Dim's
     bound (NOTE [Run-time chunk sizes])."""
     planned, emitted = generate(path, Target(budget_bytes=budget), f"--memory-budget {budget}")
-    chunked = verify(emitted.source, planned.loaded.module, planned.loaded.inputs).to(device)
+    chunked = verify(
+        emitted.source,
+        planned.loaded.module,
+        planned.loaded.inputs,
+        checked_inputs(planned.graph, planned.loaded.inputs),
+    ).to(device)
     original = planned.loaded.module.to(device)
     symbol = planned.graph.symbols[0]
     (formula, region), *_ = [
@@ -195,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--memory-ratio", type=float, default=0.2)
+    parser.add_argument(
+        "--memory-budget",
+        type=parse_size,
+        help="a budget in bytes (or 13.2MiB) in place of the ratio",
+    )
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
@@ -218,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         models = [in_dtype(path, DTYPES[args.dtype], scratch) for path in models]
     rows = []
     for path in models:
-        row = bench_model(path, args.memory_ratio, args.repeats, args.device, args.tune)
+        row = bench_model(
+            path, args.memory_ratio, args.repeats, args.device, args.tune, args.memory_budget
+        )
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
     text = table(rows)

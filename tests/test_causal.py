@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.causal import band, hidden_above, truncated_keys
+from analysis.causal import band, band_if_nonzero, hidden_above, truncated_keys
 from analysis.ir import Graph
 from codegen.generate import generate
-from codegen.verify import compare, import_source, instantiate, verify
+from analysis.errors import InternalError
+from codegen.verify import checked_inputs, compare, import_source, instantiate, verify
 from analysis.select import Target
 from tests.test_dimflow import Fn, capture
 
@@ -453,3 +454,142 @@ def test_causal_attention_of_a_chunk_matches_is_causal_over_the_whole(
             q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], start, **options
         )
         assert compare(whole[:, :, start:stop], rows, reference[:, :, start:stop]) is None
+
+
+def _padded_transformers(window: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' `sdpa_mask` with a padding mask, as it builds it while exporting."""
+
+    def build(padding: torch.Tensor) -> torch.Tensor:
+        masking = _masking()
+        function = (
+            masking.causal_mask_function
+            if window is None
+            else masking.sliding_window_causal_mask_function(window)
+        )
+        return masking.sdpa_mask(
+            batch_size=1,
+            q_length=padding.shape[-1],
+            kv_length=padding.shape[-1],
+            mask_function=function,
+            attention_mask=padding.to(torch.bool),
+            allow_is_causal_skip=False,
+        )
+
+    return build
+
+
+def _causal_and(padding: torch.Tensor) -> torch.Tensor:
+    rows, cols = _rows_cols(padding.shape[-1])
+    return (cols <= rows) & padding.to(torch.bool)[:, None, :]
+
+
+#: masks that are a band when their integer input pads nothing (NOTE [Padding checked at run
+#: time]), with that band
+PADDED_BANDS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, int] | None]] = {
+    "by_hand": (_causal_and, (None, 0)),
+    "transformers_padded": (_padded_transformers(), (None, 0)),
+    "transformers_padded_window": (_padded_transformers(window=4), (-3, 0)),
+    # nonzero does not say equal to one, nor above a half once converted
+    "equal_to_one": (
+        lambda p: (_rows_cols(p.shape[-1])[1] <= _rows_cols(p.shape[-1])[0]) & (p == 1)[:, None],
+        None,
+    ),
+    "converted_compared": (
+        lambda p: (_rows_cols(p.shape[-1])[1] <= _rows_cols(p.shape[-1])[0])
+        & (p.float() > 0.5)[:, None],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PADDED_BANDS))
+def test_a_padding_mask_assumed_to_pad_nothing_proves_the_band_it_leaves(case: str) -> None:
+    """`band_if_nonzero`: with the padding input assumed nonzero everywhere, the mask is the band
+    (checked against the real mask at an all-ones padding), and nothing is claimed without the
+    assumption, or where the assumption does not decide the mask."""
+    fn, expected = PADDED_BANDS[case]
+    padding = torch.ones(1, T, dtype=torch.long)
+    padding[:, :3] = 0
+    graph, env = capture(Fn(fn), (padding,))
+    (output,) = graph.outputs
+    (given,) = [node.name for node in graph.nodes if node.kind == "input"]
+    assert band(graph, output.name) is None
+    assert band_if_nonzero(graph, output.name, given) == expected
+    if expected is not None:
+        lower, upper = expected
+        rows, cols = _rows_cols(T)
+        exact = (cols - rows <= upper) & (cols - rows >= (lower if lower is not None else -T))
+        value = fn(torch.ones(1, T, dtype=torch.long))
+        assert torch.equal(value.expand(*value.shape[:-2], T, T), exact.expand_as(value))
+
+
+PADDED_ATTENTION = """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(32, 96)
+            self.out = nn.Linear(32, 32)
+
+        def forward(self, x, padding):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, 2, 16).permute(2, 0, 3, 1, 4)
+            positions = torch.arange(t)
+            mask = (positions[None, :] <= positions[:, None]) & padding.bool()[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.out(y.transpose(1, 2).reshape(b, t, 32))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Attention()
+
+    def make_inputs():
+        padding = torch.ones(1, 512, dtype=torch.long)
+        padding[:, -5:] = 0  # right padding: every query still sees a key
+        return (torch.randn(1, 512, 32, generator=torch.Generator().manual_seed(0)), padding)
+
+    def dynamic_shapes():
+        seq = torch.export.Dim("seq", min=8, max=4096)
+        return {"x": {1: seq}, "padding": {1: seq}}
+"""
+
+
+def test_a_padding_mask_is_checked_at_run_time_and_both_paths_are_verified(
+    tmp_path: Path,
+) -> None:
+    """NOTE [Padding checked at run time]: the forward checks `padding.all()` once; with no
+    padding the attention runs `is_causal` with no mask (chunked: `_causal_attention`), else
+    with the mask. Verification runs the example (padded) and the same inputs with no padding,
+    so a wrong fast path is caught though the example never takes it."""
+    path = tmp_path / "padded.py"
+    path.write_text(textwrap.dedent(PADDED_ATTENTION))
+    planned, emitted = generate(path, Target(ratio=0.3), "--memory-ratio 0.3")
+    source = emitted.source
+    assert "no_padding: " in source and "= padding.all()" in source
+    assert "_attention(" in source and "no_padding," in source
+    inputs = planned.loaded.inputs
+    (other,) = checked_inputs(planned.graph, inputs)
+    assert bool(other[1].all()) and torch.equal(other[0], inputs[0])
+    verify(source, planned.loaded.module, inputs, [other])
+    module, _ = import_source(source)
+    chunked = instantiate(module, planned.loaded.module)
+    for length, pad in ((40, 0), (40, 7), (300, 0)):  # every path, at run-time chunk sizes
+        x = torch.randn(1, length, 32)
+        padding = torch.ones(1, length, dtype=torch.long)
+        padding[:, length - pad :] = 0
+        with torch.no_grad():
+            assert compare(planned.loaded.module(x, padding), chunked(x, padding)) is None
+    wrong = source.replace(
+        "return _causal_attention(query, key, value, start, **options)",
+        "return _causal_attention(query, key, value, start, **options) * 1.01",
+    ).replace(
+        "query, key, value, is_causal=True, **options\n            )",
+        "query, key, value, is_causal=True, **options\n            ) * 1.01",
+    )
+    assert wrong != source
+    verify(wrong, planned.loaded.module, inputs)  # the example alone takes the masked path
+    with pytest.raises(InternalError, match="does not match"):
+        verify(wrong, planned.loaded.module, inputs, [other])

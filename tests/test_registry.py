@@ -545,6 +545,7 @@ with torch.random.fork_rng():  # seeded inputs; the global RNG is left as it was
         direct(aten.exp_.default, f()),
         direct(aten.neg_.default, f()),
         direct(aten.bitwise_not_.default, ints()),
+        direct(aten.all.default, ints()),  # the run-time padding check
         direct(aten.tril_.default, f(2, 5, 5), 1),
         direct(aten.triu_.default, f(2, 5, 5), -1),
         *(direct(op, 7, -3) for op in (operator.add, operator.sub, operator.mul)),
