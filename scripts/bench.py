@@ -1,7 +1,7 @@
 """Benchmark generated modules against their originals: activation memory and time.
 
-    python scripts/bench.py [MODEL.py ...] [--memory-ratio R] [--repeats N] [--dtype bf16]
-                            [--write]
+    python scripts/bench.py [MODEL.py ...] [--memory-ratio R | --memory-budget 13.2MiB]
+        [--repeats N] [--dtype bf16] [--write]
 
 For each model (default: every file in examples/), in one process: plan and emit the chunked
 module (verified), measure activation memory of both with the live-storage tracker (CPU) or

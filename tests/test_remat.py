@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from analysis.capture import capture
+from analysis.fastpath import eager_attention
 from analysis.loader import load_model_file
 from codegen.measure import measure_peak
-from analysis.memory import estimate_graph
+from analysis.memory import estimate_graph, estimate_plan, local_region_peak, region_peak
+from analysis.loops import lower_region
+from analysis.plan import Region
+from analysis.search import propagate
+from analysis.select import _merged
 from analysis.pipeline import plan_model
-from analysis.remat import rematerialized
+from analysis.remat import queries_last, rematerialized
 from analysis.select import Target, plan_for_range
 from analysis.lower import lower
 from codegen.emit import emit_module
+from codegen.generate import generate
 from codegen.verify import verify
 from tests.test_dimflow import Fn
 from tests.test_dimflow import capture as capture_fn
@@ -221,3 +228,148 @@ def test_masks_written_in_place_are_not_recomputed(case: str, tmp_path: Path) ->
         loaded.module,
         loaded.inputs,
     )
+
+
+DECODER = """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+
+    class RMSNorm(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(width))
+
+        def forward(self, x):
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+    class Attention(nn.Module):
+        def __init__(self, width, heads, kv_heads):
+            super().__init__()
+            self.heads, self.kv_heads, self.dim = heads, kv_heads, width // heads
+            self.q = nn.Linear(width, width, bias=False)
+            self.k = nn.Linear(width, kv_heads * self.dim, bias=False)
+            self.v = nn.Linear(width, kv_heads * self.dim, bias=False)
+            self.o = nn.Linear(width, width, bias=False)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q = self.q(x).view(b, t, self.heads, self.dim).transpose(1, 2)
+            k = self.k(x).view(b, t, self.kv_heads, self.dim).transpose(1, 2)
+            v = self.v(x).view(b, t, self.kv_heads, self.dim).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+    class Layer(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.norm1, self.norm2 = RMSNorm(width), RMSNorm(width)
+            self.attn = Attention(width, 4, 2)
+            self.up = nn.Linear(width, 4 * width)
+            self.down = nn.Linear(4 * width, width)
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.down(F.silu(self.up(self.norm2(x))))
+
+
+    class Decoder(nn.Module):
+        def __init__(self, width=64, vocab=128):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, width)
+            self.layers = nn.ModuleList(Layer(width) for _ in range(2))
+            self.head = nn.Linear(width, vocab, bias=False)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            for layer in self.layers:
+                x = layer(x)
+            return self.head(x)
+
+
+    def make_model():
+        torch.manual_seed(0)
+        return Decoder().eval()
+
+
+    def make_inputs():
+        return (torch.randint(0, 128, (1, 2048), generator=torch.Generator().manual_seed(0)),)
+
+
+    def dynamic_shapes():
+        return {"ids": {1: torch.export.Dim("seq", min=2, max=8192)}}
+"""
+
+
+def test_keys_and_values_come_before_the_queries_with_the_norm_recomputed(tmp_path: Path) -> None:
+    """NOTE [Keys before queries]: in each layer the key and value projections run first; the
+    queries read their own copy of the norm's last multiplications, made from the residual
+    stream (alive until the residual add anyway) and the small per-row scale, in the decoder
+    layer's scope. The pipeline keeps the rewrite (a lower planned peak: the normalised input is
+    gone before the queries' loop), and the module verifies."""
+    path = tmp_path / "decoder.py"
+    path.write_text(textwrap.dedent(DECODER))
+    graph = eager_attention(capture(load_model_file(path)))
+    moved = queries_last(graph)
+    assert moved is not None
+    order = [node.name for node in moved.nodes]
+    assert order.index("linear_1") < order.index("linear") and order.index(
+        "linear_2"
+    ) < order.index(
+        "linear"
+    )  # k, v, then q
+    (query_norm,) = [ref for ref in moved["linear"].refs() if ref != "p_layers_0_attn_q_weight"]
+    assert "_again_" in query_norm and moved[query_norm].calls[-1] == "layers.0"
+    copied = moved[moved[query_norm].args[1].name]
+    assert set(copied.refs()) == {"embedding", "rsqrt"}  # the residual stream and the scale
+    target = Target(ratio=0.2)
+    plain = plan_for_range(graph, target).planned_peak_bytes
+    planned, emitted = generate(path, target, "--memory-ratio 0.2")
+    assert planned.graph.before is not None
+    assert planned.plan.planned_peak_bytes < plain * 0.75
+    assert "_causal_attention(" in emitted.source
+    verify(emitted.source, planned.loaded.module, planned.loaded.inputs)
+
+
+def _decoder_graph(tmp_path: Path) -> tuple[Any, list[str]]:
+    path = tmp_path / "decoder.py"
+    path.write_text(textwrap.dedent(DECODER))
+    graph = queries_last(eager_attention(capture(load_model_file(path))))
+    return graph, [node.name for node in graph.nodes]
+
+
+def _stretch(graph: Any, names: list[str], first: str, last: str, seed: str, dim: int) -> Region:
+    region = propagate(graph, tuple(names[names.index(first) : names.index(last) + 1]), seed, dim)
+    assert isinstance(region, Region), region
+    return region
+
+
+def test_a_loops_local_peak_is_its_peak_in_the_whole_plan(tmp_path: Path) -> None:
+    """Sizing uses a loop's local peak. The queries' loop writes the attention call inline, so
+    nothing holds the normalised input the call was passed any more: it is gone before the loop
+    (`_released`), in the local estimate as in the whole plan's."""
+    graph, names = _decoder_graph(tmp_path)
+    region = _stretch(graph, names, "mul_again_1", "add_1", "scaled_dot_product_attention", 2)
+    profile = estimate_graph(graph)
+    for rows in (64, 256):
+        sized = region.with_chunk_size(rows)
+        local = local_region_peak(graph, profile, lower_region(graph, sized))
+        assert local == region_peak(estimate_plan(graph, (sized,)), 0)
+
+
+def test_neighbouring_loops_run_as_one_where_that_is_faster(tmp_path: Path) -> None:
+    """The queries' attention loop and the feed-forward's loop after it become one loop over
+    both and the ops between, reaching on to the residual add (`_merged`)."""
+    graph, names = _decoder_graph(tmp_path)
+    attention = _stretch(graph, names, "mul_again_1", "linear_3", "scaled_dot_product_attention", 2)
+    feed_forward = _stretch(graph, names, "linear_4", "linear_5", "linear_4", 1)
+    regions = (attention.with_chunk_size(256), feed_forward.with_chunk_size(256))
+    bound = estimate_plan(graph, regions).peak
+    (merged,) = _merged(graph, regions, bound)
+    assert merged.span[0] == "mul_again_1" and "linear_5" in merged.loop_dims
+    # one buffer, the residual add after the feed-forward: not the attention's output as well
+    assert [name for name, _ in merged.outputs] == ["add_3"]
+    assert estimate_plan(graph, (merged,)).peak <= bound
