@@ -100,6 +100,35 @@ def region_dim(region: Region, graph: Graph) -> tuple[str, int]:
     return name, dim
 
 
+#: what each axis of a layer's weight holds, by the layer's class name
+_WEIGHT_AXES = {
+    "Linear": ("output features", "input features"),
+    "Conv1d": ("output channels", "input channels"),
+    "Conv2d": ("output channels", "input channels"),
+    "Conv3d": ("output channels", "input channels"),
+    "Embedding": ("tokens", "features"),
+}
+
+
+def dim_words(region: Region, graph: Graph) -> str:
+    """What a region's loop walks, in the model's terms: a layer's weight axis as the layer
+    and its role ("fc1's output features"), else the value and axis it slices
+    ("input_ids axis 1")."""
+    name, axis = region_dim(region, graph)
+    node = graph[name]
+    if node.kind in ("param", "buffer") and isinstance(node.target, str):
+        path, _, leaf = node.target.rpartition(".")
+        kind = graph.module_types.get(path, "").rsplit(".", 1)[-1]
+        roles = _WEIGHT_AXES.get(kind)
+        layer = path.rsplit(".", 1)[-1] or path
+        if roles is not None and leaf == "weight" and axis < len(roles):
+            return f"{layer}'s {roles[axis]}"
+        if roles is not None and leaf == "bias":
+            return f"{layer}'s {roles[0]}"
+        return f"{node.target} axis {axis}"
+    return f"{name} axis {axis}"
+
+
 def symbol_name(size: Size, graph: Graph) -> str | None:
     """Return a dynamic size in the dims' names ("seq", "height*width"), or None for a fixed
     size or one that involves a dim no input names."""
@@ -149,6 +178,7 @@ def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
             "axis": axis,
             "size": evaluate(region.extent, graph.hints),
             "symbol": symbol_name(region.extent, graph),
+            "words": dim_words(region, graph),
         },
         "chunk_size": region.chunk_size,
         "n_chunks": region.n_chunks(graph),
@@ -161,4 +191,12 @@ def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
     }
 
 
-__all__ = ["ChunkPlan", "Region", "describe_lines", "in_dim_names", "region_dim", "symbol_name"]
+__all__ = [
+    "ChunkPlan",
+    "Region",
+    "describe_lines",
+    "dim_words",
+    "in_dim_names",
+    "region_dim",
+    "symbol_name",
+]

@@ -138,13 +138,14 @@ def _emit(args: argparse.Namespace) -> int:
     write_atomic(destination, emitted.source)
     plan = planned.plan
     note = (
-        ""
+        " (met)"
         if plan.met
         else f", missing the target by {format_bytes(plan.planned_peak_bytes - plan.budget_bytes)}"
     )
     print(
         f"wrote {destination}: {len(plan.regions)} chunk loop(s), estimated peak "
-        f"{format_bytes(plan.original_peak_bytes)} -> {format_bytes(plan.planned_peak_bytes)}{note}"
+        f"{format_bytes(plan.original_peak_bytes)} -> {format_bytes(plan.planned_peak_bytes)} "
+        f"for a target of {format_bytes(plan.budget_bytes)}{note}"
         + (
             f"; measured {format_bytes(measured[0])} -> {format_bytes(measured[1])}"
             if measured
@@ -208,7 +209,7 @@ def _plan(args: argparse.Namespace) -> int:
         where = region["where"]
         print(
             f"  region {index}: {where}, over {dim['symbol'] or dim['size']} "
-            f"({dim['input']} axis {dim['axis']}), chunk {region['chunk_size']} x{region['n_chunks']}, "
+            f"({dim['words']}), chunk {region['chunk_size']} x{region['n_chunks']}, "
             f"peak {format_bytes(region['estimated_peak_bytes'])}, {len(region['nodes'])} nodes in the loop"
         )
         formula = formula_of(index - 1)

@@ -12,7 +12,7 @@ import libcst as cst
 import torch
 
 from analysis.ir import Graph
-from analysis.plan import ChunkPlan, describe_lines, region_dim, symbol_name
+from analysis.plan import ChunkPlan, describe_lines, dim_words, symbol_name
 from analysis.fastpath import NO_PADDING
 from analysis.program import Budget, CausalRows, Program, Statement
 from codegen import __version__
@@ -299,12 +299,11 @@ def emit_module(
     )
     regions = []
     for region, peak in zip(plan.regions, plan.region_peaks, strict=True):
-        name, axis = region_dim(region, graph)
         dim = symbol_name(region.extent, graph) or str(region.extent)
         regions.append(
             {
                 "lines": describe_lines(region, graph),
-                "dim": f"{dim} ({name} axis {axis})",
+                "dim": f"{dim} ({dim_words(region, graph)})",
                 "chunk_size": region.chunk_size,
                 "n_chunks": region.n_chunks(graph),
                 "peak": format_bytes(peak),

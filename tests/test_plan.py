@@ -107,7 +107,8 @@ def test_unreachable_target_gives_best_plan_and_says_by_how_much(tmp_path: Path,
     assert "target missed" in capsys.readouterr().out
     out = tmp_path / "out"
     assert main(["emit", str(path), "--out", str(out), "--memory-budget", "1"]) == 0
-    assert "missing the target by" in capsys.readouterr().out
+    line = capsys.readouterr().out
+    assert "for a target of 1 B, missing the target by" in line, line  # the target, printed
     assert (out / "attention.py").exists()
 
 
@@ -154,3 +155,41 @@ def test_plot_timelines_follow_the_plan(tmp_path: Path) -> None:
     assert len(original) == len(planned) == len(list(graph.ops()))
     assert max(original) == plan.original_peak_bytes
     assert max(planned) == plan.planned_peak_bytes
+
+
+WIDE_MLP = """
+    import torch
+    from torch import nn
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(64, 16384)
+            self.act = nn.GELU()
+            self.fc2 = nn.Linear(16384, 64)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Mlp()
+
+    def make_inputs():
+        return (torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_loop_over_a_layers_features_is_named_after_the_layer(tmp_path: Path, capsys) -> None:
+    """One token and 16384 hidden features: the loop walks fc1's output features, and `plan`
+    and `emit` say so in those words, not by the weight's graph name."""
+    path = tmp_path / "mlp.py"
+    path.write_text(textwrap.dedent(WIDE_MLP))
+    assert main(["plan", str(path), "--memory-ratio", "0.6"]) == 0
+    out = capsys.readouterr().out
+    assert "(fc1's output features)" in out and "weight" not in out, out
+    assert main(["emit", str(path), "--out", str(tmp_path / "out"), "--memory-ratio", "0.6"]) == 0
+    line = capsys.readouterr().out
+    assert "for a target of" in line and "(met)" in line, line
+    header = (tmp_path / "out" / "mlp.py").read_text().split('"""', 2)[1]
+    assert "fc1's output features" in header, header
