@@ -58,8 +58,43 @@ def export(loaded: LoadedModel) -> ExportedProgram:
         if "DataDependent" in type(exc).__name__:
             reason = "the model branches on a tensor's value (data-dependent control flow)"
         else:
-            reason = describe(exc)
+            reason = constraint_reason(str(exc)) or describe(exc)
         raise UserError(f"{where}: torch.export could not capture the model: {reason}") from None
+
+
+def constraint_reason(text: str) -> str | None:
+    """export's `Constraints violated` explanation on one line: the first guard a declared
+    `Dim` range breaks, written with the Dim's name, and export's suggested fix; None for any
+    other error."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("Constraints violated"):
+        return None
+    names: dict[str, str] = {}
+    guards: list[str] = []
+    for line in lines:
+        found = re.search(r"values of (\w+) = (\S+) in the specified range", line)
+        guard = re.search(r"satisfy the generated guard (.+)\.$", line)
+        if found:
+            names[found[2]] = found[1]
+        if guard:
+            guards.append(guard[1])
+    head = lines[0].split("!", 1)[0]
+    if not guards:
+        return head
+    guard = guards[0]
+    for expr, name in names.items():
+        guard = guard.replace(expr, name)
+    more = f" (and {len(guards) - 1} more)" if len(guards) > 1 else ""
+    reason = f"{head}: the declared range breaks the guard {guard}{more}"
+    if "Suggested fixes:" in lines:
+        fixes = []
+        for line in lines[lines.index("Suggested fixes:") + 1 :]:
+            if not line.startswith("  ") or not line.strip():
+                break
+            fixes.append(line.strip())
+        if fixes:
+            reason += f"; export suggests: {'; '.join(fixes)}"
+    return reason
 
 
 def _batched(ep: ExportedProgram) -> bool:

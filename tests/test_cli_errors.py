@@ -206,6 +206,33 @@ CASES = [
         "4096 elements",
         "register it as a buffer",
     ),
+    case(  # export's own explanation: the guard the Dim's range breaks, and its suggested fix
+        "dim-constraint-violated",
+        """
+        import torch
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.proj = torch.nn.Linear(64, 64)
+
+            def forward(self, x):
+                b, t, c = x.shape
+                return self.proj(x.reshape(b, t // 2, 2 * c))
+
+        def make_model():
+            return Model()
+
+        def make_inputs():
+            return (torch.randn(1, 512, 32),)
+
+        def dynamic_shapes():
+            return {"x": {1: torch.export.Dim("seq", min=2, max=4096)}}
+        """,
+        "Constraints violated (seq): the declared range breaks the guard",
+        "seq // 2",
+        "export suggests: _seq = Dim('_seq', min=1, max=2048); seq = 2*_seq",
+    ),
 ]
 
 GOOD_MODEL = """
