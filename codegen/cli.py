@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from analysis.errors import InternalError, UserError
+from analysis.ir import Node
 from analysis.dump import format_pass
 from analysis.pipeline import PASSES, plan_model
 from analysis.plan import in_dim_names
@@ -245,10 +246,35 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except Exception as exc:  # a bug of ours, not the user's
         print(
-            f"INTERNAL ERROR: {type(exc).__name__}: {exc}. Please report this.",
+            f"INTERNAL ERROR: {type(exc).__name__}: {exc}{_in_flight(exc)}. Please report this.",
             file=sys.stderr,
         )
         return 3
+
+
+def _in_flight(exc: BaseException) -> str:
+    """Where an unexpected error struck: the graph node the innermost frame holding one was
+    working on (a local `node`, else any), with its module path and model line; "" if none."""
+    found: Node | None = None
+    trace = exc.__traceback__
+    while trace is not None:
+        local = trace.tb_frame.f_locals
+        named = local.get("node")
+        nodes = (
+            [named]
+            if isinstance(named, Node)
+            else [v for v in local.values() if isinstance(v, Node)]
+        )
+        found = nodes[0] if nodes else found
+        trace = trace.tb_next
+    if found is None:
+        return ""
+    where = f", at graph node {found.name}"
+    if found.module_path:
+        where += f" in {found.module_path}"
+    if found.source is not None:
+        where += f" ({found.source.cite()})"
+    return where
 
 
 __all__ = ["main"]

@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import sys
 import tempfile
+import traceback
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -133,11 +134,23 @@ def verify(
         for each in (inputs, *also):
             problem = problem or _mismatch(original, generated, each)
     except Exception as exc:
-        raise InternalError(f"generated module failed to run: {exc}", str(path)) from exc
+        raise InternalError(
+            f"generated module failed to run: {type(exc).__name__}: {exc}{_line_in(exc, path)}",
+            str(path),
+        ) from exc
     if problem is not None:
         raise InternalError(f"generated module does not match the original: {problem}", str(path))
     path.unlink()
     return generated
+
+
+def _line_in(exc: BaseException, path: Path) -> str:
+    """ ", at line N: <code>" for the last line of the generated file the error passed through."""
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path:
+            found = frame
+    return f", at line {found.lineno}: {found.line}" if found is not None else ""
 
 
 def _mismatch(

@@ -12,6 +12,7 @@ import torch
 
 from analysis.loader import load_model_file
 from codegen.measure import measure_peak
+from analysis import cost
 from codegen import cli, generate
 from codegen.verify import compare, import_source, instantiate
 
@@ -319,3 +320,39 @@ def test_containers_keep_their_class_and_paths(text: str, containers: dict, tmp_
     assert list(chunked.state_dict()) == list(loaded.module.state_dict())
     with torch.no_grad():
         assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
+
+
+def test_an_unexpected_error_names_the_graph_node_and_model_line(
+    model_file: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    """A bug of ours mid-analysis: the one INTERNAL ERROR line names the node being worked on,
+    its module and the model line it came from, not only the Python error."""
+    real = cost.node_time
+
+    def broken(node, *args, **kwargs):
+        if node.target is torch.ops.aten.softmax.int:
+            raise TypeError("'NoneType' object is not subscriptable")
+        return real(node, *args, **kwargs)
+
+    monkeypatch.setattr(cost, "node_time", broken)
+    assert cli.main(["emit", str(model_file), "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("INTERNAL ERROR: TypeError")
+    assert ", at graph node softmax" in err and "self_attention.py:" in err, err
+
+
+def test_generated_code_that_fails_to_run_names_its_line(
+    model_file: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    real = generate.emit_module
+
+    def broken(*args, **kwargs):
+        emitted = real(*args, **kwargs)
+        wrong = emitted.source.replace("torch.softmax(", "torch.no_such_function(", 1)
+        return type(emitted)(wrong, emitted.class_name)
+
+    monkeypatch.setattr(generate, "emit_module", broken)
+    assert cli.main(["emit", str(model_file), "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "failed to run: AttributeError" in err and "torch.no_such_function(" in err, err
+    assert ", at line " in err and "kept in " in err
