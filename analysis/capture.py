@@ -395,15 +395,21 @@ def _meta(value: Any) -> Meta:
 _INTERNAL = (str(Path(torch.__file__).parent) + "/", str(Path(__file__).parent) + "/")
 
 
+#: functions that only pass a call on (decorators' wrappers, `__call__` hooks): never cited
+_PLUMBING = {"wrapper", "inner", "wrapped", "decorate_context", "__call__", "_call_impl"}
+
+
 def _source(stack: str | None, path: Path) -> Source | None:
-    """Return the deepest stack frame inside the model file, else the deepest outside torch
-    (a library's modeling code: transformers, diffusers)."""
+    """Return the deepest stack frame outside torch that is not plumbing: the model file's own
+    line, or, where the model file only delegates (a wrapper passing `use_cache=False` to a
+    library model), the library's line that made the value."""
     if not stack:
         return None
     frames = [m for m in _FRAME.finditer(stack)]
-    ours = [m for m in frames if Path(m["file"]).resolve() == path]
     outside = [m for m in frames if not m["file"].startswith(_INTERNAL)]
-    chosen = (ours or outside or [None])[-1]
+    ours = [m for m in outside if Path(m["file"]).resolve() == path]
+    code = [m for m in outside if m["function"] not in _PLUMBING]
+    chosen = (code or ours or outside or [None])[-1]
     if chosen is None:
         return None
     return Source(chosen["file"], int(chosen["line"]), chosen["function"], chosen["code"].strip())

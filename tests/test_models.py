@@ -356,3 +356,67 @@ def test_generated_code_that_fails_to_run_names_its_line(
     err = capsys.readouterr().err.strip()
     assert "failed to run: AttributeError" in err and "torch.no_such_function(" in err, err
     assert ", at line " in err and "kept in " in err
+
+
+LIBRARY = """
+    import torch
+    from torch import nn
+
+
+    def _passed_on(fn):
+        def wrapper(*args, **kwargs):  # plumbing: never cited
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(32, 32)
+
+        @_passed_on
+        def forward(self, x, scale=1.0):
+            h = self.proj(x)
+            scores = (h @ h.transpose(-1, -2)).softmax(-1) * scale  # LIBRARY LINE
+            return scores @ h
+"""
+
+WRAPPER = """
+    import torch
+    from zoo_library import Block
+
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x, scale=0.5)  # only delegates
+
+
+    def make_model():
+        torch.manual_seed(0)
+        return Wrapped()
+
+
+    def make_inputs():
+        return (torch.randn(1, 256, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_model_file_that_only_delegates_cites_the_librarys_lines(tmp_path, monkeypatch) -> None:
+    """The wrapper's one line makes nothing: citations name the library line that made each
+    value, past the decorator's wrapper."""
+    (tmp_path / "zoo_library.py").write_text(textwrap.dedent(LIBRARY))
+    path = tmp_path / "wrapped.py"
+    path.write_text(textwrap.dedent(WRAPPER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from analysis.capture import capture
+
+    graph = capture(load_model_file(path))
+    softmax = next(n for n in graph.nodes if n.target is torch.ops.aten.softmax.int)
+    assert softmax.source.file.endswith("zoo_library.py"), softmax.source
+    assert softmax.source.code.endswith("# LIBRARY LINE") and softmax.source.function == "forward"
+    assert not any(n.source.function == "wrapper" for n in graph.nodes if n.source)
