@@ -92,6 +92,15 @@ class ChunkPlan:
         }
 
 
+def format_bytes(n: float) -> str:
+    """Return a byte count in the largest binary unit that keeps it at or above 1."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def region_dim(region: Region, graph: Graph) -> tuple[str, int]:
     """Return the (input name, axis) a region chunks: its first sliced input."""
     if region.slices:
@@ -196,6 +205,7 @@ __all__ = [
     "Region",
     "describe_lines",
     "dim_words",
+    "format_bytes",
     "in_dim_names",
     "region_dim",
     "symbol_name",

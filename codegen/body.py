@@ -17,7 +17,7 @@ import sympy
 import torch
 
 from analysis.ir import Graph, Ref, Size, Source, TensorMeta, evaluate, out_meta, value_bytes
-from analysis.plan import ChunkPlan, describe_lines, symbol_name
+from analysis.plan import ChunkPlan, describe_lines, format_bytes, symbol_name
 from analysis.program import (
     CHUNK,
     COPY,
@@ -80,15 +80,6 @@ def _plain_size(expr: Any, names: Any) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def format_bytes(n: float) -> str:
-    """Return a byte count in the largest binary unit that keeps it at or above 1."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def short_dtype(dtype: torch.dtype) -> str:

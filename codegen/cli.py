@@ -15,6 +15,7 @@ import torch
 
 from analysis.errors import InternalError, UserError
 from analysis.ir import Node
+from analysis.shortfall import shortfall
 from analysis.dump import format_pass
 from analysis.pipeline import PASSES, plan_model
 from analysis.plan import in_dim_names
@@ -142,6 +143,7 @@ def _emit(args: argparse.Namespace) -> int:
         " (met)"
         if plan.met
         else f", missing the target by {format_bytes(plan.planned_peak_bytes - plan.budget_bytes)}"
+        f" ({shortfall(planned.graph, plan)})"
     )
     print(
         f"wrote {destination}: {len(plan.regions)} chunk loop(s), estimated peak "
@@ -203,7 +205,7 @@ def _plan(args: argparse.Namespace) -> int:
     )
     print(
         f"target {format_bytes(plan.budget_bytes)}; planned peak {format_bytes(plan.planned_peak_bytes)}"
-        + ("" if plan.met else " (target missed)")
+        + ("" if plan.met else f" (target missed: {shortfall(graph, plan)})")
     )
     for index, region in enumerate(plan.to_json(graph)["regions"], 1):
         dim = region["dim"]

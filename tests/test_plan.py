@@ -193,3 +193,48 @@ def test_a_loop_over_a_layers_features_is_named_after_the_layer(tmp_path: Path, 
     assert "for a target of" in line and "(met)" in line, line
     header = (tmp_path / "out" / "mlp.py").read_text().split('"""', 2)[1]
     assert "fc1's output features" in header, header
+
+
+SORTED = """
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(64, 256)
+
+        def forward(self, x):
+            y = self.proj(x)
+            return y.sort(dim=1).values.sum(1)  # sorts over every token: no loop cuts it
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model()
+
+    def make_inputs():
+        return (torch.randn(1, 4096, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+@pytest.mark.parametrize(
+    "ratio, says",
+    [
+        (0.00005, "the model's floor: its outputs alone are 1.0 KiB"),
+        (0.1, "the tool's limit: the peak is at model.py:12 in forward:"),
+    ],
+    ids=["floor", "tool"],
+)
+def test_a_missed_target_says_whose_limit_it_is(tmp_path: Path, capsys, ratio, says) -> None:
+    """NOTE [Whose limit]: below the outputs' own size it is the model's floor; above it, the
+    sort at the peak, which no loop cuts through, is the tool's limit, named with its line."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(SORTED))
+    assert main(["plan", str(path), "--memory-ratio", str(ratio)]) == 0
+    out = capsys.readouterr().out
+    assert f"(target missed: {says}" in out, out
+    assert (
+        main(["emit", str(path), "--out", str(tmp_path / "out"), "--memory-ratio", str(ratio)]) == 0
+    )
+    line = capsys.readouterr().out
+    assert "missing the target by" in line and says in line, line
