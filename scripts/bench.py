@@ -35,6 +35,7 @@ from codegen.body import format_bytes  # noqa: E402
 from codegen.generate import generate  # noqa: E402
 from codegen.verify import checked_inputs, compare, float_reference, verify  # noqa: E402
 from codegen.cli import parse_size  # noqa: E402
+from analysis.shortfall import shortfall  # noqa: E402
 from scripts.baselines import EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
@@ -98,9 +99,11 @@ def bench_model(
     device: str,
     tune: bool = False,
     budget: int | None = None,
+    after: Any = None,
 ) -> dict[str, Any]:
     """Return one row: estimates, measured memory, time ratio and planning time; planned for
-    `budget` bytes when given, else for `ratio` of the original's estimated peak."""
+    `budget` bytes when given, else for `ratio` of the original's estimated peak. `after`, given
+    the planned model and the verified module, adds entries of its own (the zoo's checks)."""
     started = time.perf_counter()
     if budget is not None:
         target, flags = Target(budget_bytes=budget), f"--memory-budget {budget}"
@@ -154,6 +157,9 @@ def bench_model(
         "estimate_error_chunked": plan.planned_peak_bytes / chunked_bytes - 1,
         "regions": len(plan.regions),
         "plan_seconds": plan_seconds,
+        "met": plan.met,
+        "why": shortfall(planned.graph, plan) or "",
+        **(after(planned, chunked) if after is not None else {}),
     }
 
 

@@ -329,3 +329,33 @@ def test_widths_a_sharded_layer_changes_are_read_from_tensors(tmp_path: Path) ->
         model.o = shard
     with torch.no_grad():
         assert compare(loaded.module(*loaded.inputs), chunked(*loaded.inputs)) is None
+
+
+NAMED_SEQUENTIAL = """
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    def make_model():
+        torch.manual_seed(0)
+        layers = OrderedDict(up=nn.Linear(32, 256), act=nn.GELU(), down=nn.Linear(256, 32))
+        return nn.Sequential(layers).eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_sequential_with_named_layers_keeps_their_names(tmp_path: Path) -> None:
+    """torchvision names its encoder layers (`encoder_layer_0`): the generated tree adds them
+    by name, so every path and the state dict stay as they were."""
+    path = tmp_path / "named.py"
+    path.write_text(textwrap.dedent(NAMED_SEQUENTIAL))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
+    loaded = load_model_file(path)
+    module, _ = import_source((tmp_path / "out" / "named.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    assert isinstance(chunked.up, torch.nn.Linear) and list(chunked.state_dict()) == list(
+        loaded.module.state_dict()
+    )

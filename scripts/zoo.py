@@ -1,0 +1,160 @@
+"""Run the model zoo: emit, verify, measure and time each model in `examples/zoo/`, one at a time.
+
+    python scripts/zoo.py [MODEL.py ...] [--memory-ratio 0.2] [--timeout 600] [--write]
+
+Each model runs in a subprocess of its own, under a timeout, so a hang or a crash costs one row.
+A row gives the original's and the generated module's measured activation peaks, the reduction,
+the median time ratio, the loops, and whether the module was verified at a second size of its
+dynamic dims (half the example's), or why not. A model short of the target says why in a few
+words (NOTE [Whose limit]). `--write` puts the table, with the library versions it ran with,
+in `BENCHMARKS.md` between the zoo markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ZOO = ROOT / "examples" / "zoo"
+BEGIN, END = "<!-- zoo: begin -->", "<!-- zoo: end -->"
+LIBRARIES = ("torch", "transformers", "diffusers", "torchvision", "timm")
+
+
+def run_one(path: Path, ratio: float, repeats: int) -> dict[str, Any]:
+    """One zoo row, in this process."""
+    import torch
+
+    from scripts.bench import bench_model
+
+    torch.set_grad_enabled(False)
+    return bench_model(path, ratio, repeats, "cpu", after=_second_size)
+
+
+def _second_size(planned: Any, generated: Any) -> dict[str, str]:
+    """Verify at half the example's size along every dynamic dim; say what stops it."""
+    import inspect
+
+    import torch
+
+    from codegen.verify import compare
+
+    spec = planned.loaded.dynamic_shapes
+    if not planned.graph.symbols:
+        found = (
+            "static (no dynamic dims declared)" if spec is None else "static (export fixed them)"
+        )
+        return {"dynamic": found}
+    inputs = planned.loaded.inputs
+    names = list(inspect.signature(planned.loaded.module.forward).parameters)[: len(inputs)]
+    per_input = [spec.get(n) for n in names] if isinstance(spec, dict) else list(spec)
+    smaller = []
+    for x, dims in zip(inputs, per_input):
+        axes = dims if isinstance(dims, dict) else dict(enumerate(dims or ()))
+        for axis, dim in axes.items():
+            if isinstance(x, torch.Tensor) and dim is not None:
+                x = x.narrow(axis, 0, max(x.shape[axis] // 2, 2))
+        smaller.append(x)
+    try:
+        expected = planned.loaded.module(*smaller)
+    except Exception as exc:  # noqa: BLE001 - the original itself refuses that size
+        return {"dynamic": f"the original fails at half size: {type(exc).__name__}"}
+    problem = compare(expected, generated(*smaller))
+    return {"dynamic": f"differs at half size: {problem}" if problem else "verified at 2 sizes"}
+
+
+def versions() -> str:
+    found = []
+    for name in LIBRARIES:
+        try:
+            found.append(f"{name} {importlib.import_module(name).__version__}")
+        except Exception:  # noqa: BLE001 - not installed
+            found.append(f"{name} not installed")
+    return ", ".join(found)
+
+
+def _fmt(n: float) -> str:
+    from analysis.plan import format_bytes
+
+    return format_bytes(n)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | original | generated | reduction | time ratio | loops | dynamic | short of the target because |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | - | - | - | - | - | - | {row['error']} |")
+            continue
+        lines.append(
+            f"| {row['model']} | {_fmt(row['original'])} | {_fmt(row['chunked'])} | "
+            f"{row['reduction']:.1%} | {row['time_ratio']:.2f}x | {row['regions']} | "
+            f"{row['dynamic']} | {'' if row['met'] else row['why']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", type=Path)
+    parser.add_argument("--memory-ratio", type=float, default=0.2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # the subprocess's model
+    args = parser.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(run_one(args.one, args.memory_ratio, args.repeats)))
+        return 0
+    rows = []
+    for path in args.models or sorted(ZOO.glob("*.py")):
+        started = time.perf_counter()
+        command = [sys.executable, __file__, "--one", str(path)]
+        command += ["--memory-ratio", str(args.memory_ratio), "--repeats", str(args.repeats)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            rows.append({"model": path.stem, "error": f"timed out after {args.timeout:g} s"})
+        else:
+            if done.returncode == 0:
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            else:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                rows.append({"model": path.stem, "error": last.replace("|", "/")})
+        print(
+            table(rows[-1:]).splitlines()[-1],
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    text = f"Ran with {versions()}; `--memory-ratio {args.memory_ratio:g}`.\n\n{table(rows)}\n"
+    print(text)
+    if args.write:
+        bench = ROOT / "BENCHMARKS.md"
+        current = bench.read_text()
+        block = f"{BEGIN}\n{text}{END}"
+        if BEGIN in current:
+            head, rest = current.split(BEGIN, 1)
+            current = head + block + rest.split(END, 1)[1]
+        else:
+            current = (
+                current.rstrip()
+                + "\n\n## Model zoo (`python scripts/zoo.py --write`)\n\n"
+                + block
+                + "\n"
+            )
+        bench.write_text(current)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

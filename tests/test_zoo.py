@@ -1,0 +1,43 @@
+"""A fast handful of the model zoo (`scripts/zoo.py`); the full zoo is a benchmark command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "examples" / "zoo"
+
+
+def test_every_zoo_file_defines_the_model_contract() -> None:
+    """Contract 1: every zoo file makes a model and its inputs; at least one runs a batch."""
+    texts = {path.name: path.read_text() for path in sorted(ZOO.glob("*.py"))}
+    assert texts
+    for name, text in texts.items():
+        assert "def make_model(" in text and "def make_inputs(" in text, name
+    assert any("batch" in name for name in texts)
+
+
+@pytest.mark.parametrize("model", ["hf_bert_batch2", "torchvision_vit"])
+def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("torchvision")
+    command = [sys.executable, str(ROOT / "scripts" / "zoo.py"), str(ZOO / f"{model}.py")]
+    done = subprocess.run(
+        [*command, "--repeats", "1", "--timeout", "300"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith(f"| {model} |")][:1]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1].endswith("MiB") and cells[3].endswith("%"), row
+    if model == "hf_bert_batch2":
+        assert cells[6] == "verified at 2 sizes", row
+    else:
+        assert cells[6].startswith("static"), row
+    assert "Ran with torch" in done.stdout
