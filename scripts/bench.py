@@ -110,12 +110,7 @@ def bench_model(
     else:
         target, flags = Target(ratio=ratio), f"--memory-ratio {ratio:g}"
     planned, emitted = generate(path, target, flags, tune=tune)
-    chunked = verify(
-        emitted.source,
-        planned.loaded.module,
-        planned.loaded.inputs,
-        checked_inputs(planned.graph, planned.loaded.inputs),
-    ).to(device)
+    chunked = verified(planned, emitted.source).to(device)
     plan_seconds = time.perf_counter() - started
     original = planned.loaded.module.to(device)
     inputs = _to(planned.loaded.inputs, device)
@@ -163,16 +158,18 @@ def bench_model(
     }
 
 
+def verified(planned: Any, source: str) -> torch.nn.Module:
+    """The generated module, verified on the example inputs and on every path a run-time check
+    picks (NOTE [Padding checked at run time])."""
+    inputs = planned.loaded.inputs
+    return verify(source, planned.loaded.module, inputs, checked_inputs(planned.graph, inputs))
+
+
 def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any]]:
     """Emit `path` once with a budget; measure it and the original at lengths up to the Dim's
     bound (NOTE [Run-time chunk sizes])."""
     planned, emitted = generate(path, Target(budget_bytes=budget), f"--memory-budget {budget}")
-    chunked = verify(
-        emitted.source,
-        planned.loaded.module,
-        planned.loaded.inputs,
-        checked_inputs(planned.graph, planned.loaded.inputs),
-    ).to(device)
+    chunked = verified(planned, emitted.source).to(device)
     original = planned.loaded.module.to(device)
     symbol = planned.graph.symbols[0]
     (formula, region), *_ = [

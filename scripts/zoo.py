@@ -24,6 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from analysis.plan import format_bytes  # noqa: E402
+
 ZOO = ROOT / "examples" / "zoo"
 BEGIN, END = "<!-- zoo: begin -->", "<!-- zoo: end -->"
 LIBRARIES = ("torch", "transformers", "diffusers", "torchvision", "timm")
@@ -81,15 +83,10 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def _fmt(n: float) -> str:
-    from analysis.plan import format_bytes
-
-    return format_bytes(n)
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | original | generated | reduction | time ratio | loops | dynamic | short of the target because |",
+        "| model | original | generated | reduction | time ratio | loops | dynamic "
+        "| short of the target because |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -97,7 +94,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {row['model']} | - | - | - | - | - | - | {row['error']} |")
             continue
         lines.append(
-            f"| {row['model']} | {_fmt(row['original'])} | {_fmt(row['chunked'])} | "
+            f"| {row['model']} | {format_bytes(row['original'])} | {format_bytes(row['chunked'])} | "
             f"{row['reduction']:.1%} | {row['time_ratio']:.2f}x | {row['regions']} | "
             f"{row['dynamic']} | {'' if row['met'] else row['why']} |"
         )
