@@ -60,6 +60,15 @@ class GeneratedClass:
         return [i.path for i in self.instances]
 
     @property
+    def base(self) -> str:
+        """The torch.nn class it derives from: the container its original is (a `Sequential`
+        subclass indexes its layers, `self[0]`), else Module."""
+        for container in (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict):
+            if issubclass(self.original, container):
+                return f"torch.nn.{container.__name__}"
+        return "torch.nn.Module"
+
+    @property
     def loops(self) -> bool:
         return self.instances[0].loops
 

@@ -152,7 +152,7 @@ class _Builder:
             child_path = f"{path}.{name}" if path else name
             child_relative = f"{relative}.{name}" if relative else name
             value = self.built(child_path, child)
-            if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)) and name.isdigit():
+            if type(module) in (torch.nn.Sequential, torch.nn.ModuleList) and name.isdigit():
                 out.append(f"{here}.append({value})")  # a named Sequential keeps its names
             elif isinstance(module, torch.nn.ModuleDict):
                 out.append(f"{here}[{name!r}] = {value}")

@@ -359,3 +359,44 @@ def test_a_sequential_with_named_layers_keeps_their_names(tmp_path: Path) -> Non
     assert isinstance(chunked.up, torch.nn.Linear) and list(chunked.state_dict()) == list(
         loaded.module.state_dict()
     )
+
+
+SEQUENTIAL_SUBCLASS = """
+    import torch
+    from torch import nn
+
+    class Stage(nn.Sequential):  # as torchvision's Conv2dNormActivation
+        def __init__(self):
+            super().__init__(nn.Linear(32, 256), nn.GELU(), nn.Linear(256, 32))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = nn.ModuleList(Stage() for _ in range(2))
+            self.head = nn.Linear(32, 8)
+
+        def forward(self, x):
+            for stage in self.stages:
+                x = x + stage(x)
+            return self.head(x)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_sequential_subclass_is_generated_as_a_sequential(tmp_path: Path) -> None:
+    """Its generated class derives from `torch.nn.Sequential`, so its forward indexes its
+    layers (`self[0]`) and builds them by name, as torchvision's EfficientNet needs."""
+    path = tmp_path / "stages.py"
+    path.write_text(textwrap.dedent(SEQUENTIAL_SUBCLASS))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
+    loaded = load_model_file(path)
+    module, _ = import_source((tmp_path / "out" / "stages.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    assert isinstance(chunked.stages[0], torch.nn.Sequential)
+    assert isinstance(chunked.stages[1][0], torch.nn.Linear)

@@ -1,0 +1,17 @@
+"""transformers Swin (windowed attention), a 512-px image, small widths, random weights."""
+
+import torch
+from transformers import SwinConfig, SwinModel
+
+
+def make_model():
+    torch.manual_seed(0)
+    config = SwinConfig(
+        image_size=512, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+        window_size=8,
+    )  # fmt: skip
+    return SwinModel(config, add_pooling_layer=False).eval()
+
+
+def make_inputs():
+    return (torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)),)
