@@ -52,7 +52,7 @@ import torch
 
 from analysis.causal import band, band_if_nonzero, exact
 from analysis.dimflow import same_size, schema_arg
-from analysis.ir import Graph, Node, Ref, TensorMeta, renamed_refs
+from analysis.ir import Graph, Node, Ref, TensorMeta, common_calls, in_call, renamed_refs
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -125,49 +125,22 @@ def _padding_checked(graph: Graph) -> Graph:
                 break
     if not calls:
         return graph
-    scope = _common(graph[name].calls for name in calls)
+    scope = common_calls(graph[name].calls for name in calls)
     made = next(n for n in graph.nodes if n.kind == "op" and n.calls[: len(scope)] == scope)
     nodes: list[Node] = []
     for node in graph.nodes:
         if node is made:  # first in the module call that runs every checked attention
             for name, check in checks.items():
                 meta = TensorMeta((), torch.bool)
-                place = {"module_path": made.module_path, "module_type": made.module_type}
-                if made.calls != scope:  # made runs in a submodule: the check is the caller's
-                    path = scope[-1].partition("@")[0] if scope else ""
-                    owner = next((n for n in graph.nodes if n.module_path == path), None)
-                    place = {"module_path": path, "module_type": owner.module_type if owner else ""}
-                check_node = Node(
-                    check, "op", aten.all.default, (Ref(name),), meta=meta, calls=scope, **place
-                )
-                nodes.append(check_node)
+                check_node = Node(check, "op", aten.all.default, (Ref(name),), meta=meta)
+                nodes.append(in_call(graph, check_node, scope))
         if node.name in calls:  # q, k, v, mask; its options; the check
-            options = (
-                ("scale", schema_arg(node, "scale")),
-                ("enable_gqa", schema_arg(node, "enable_gqa", False)),
-            )
-            kwargs = tuple((k, v) for k, v in options if v is not None and v is not False)
+            options = _options(False, schema_arg(node, "scale"), schema_arg(node, "enable_gqa"))
+            check = (NO_PADDING, Ref(checks[calls[node.name]]))
             args = (*node.args[:3], schema_arg(node, "attn_mask"))
-            node = replace(
-                node, args=args, kwargs=(*kwargs, (NO_PADDING, Ref(checks[calls[node.name]])))
-            )
+            node = replace(node, args=args, kwargs=(*options, check))
         nodes.append(node)
     return replace(graph, nodes=tuple(nodes), memo={})
-
-
-def _common(calls: Any) -> tuple[str, ...]:
-    """The module calls every one of `calls` runs in, outermost first."""
-    common: tuple[str, ...] | None = None
-    for each in calls:
-        each = tuple(each)
-        if common is None:
-            common = each
-            continue
-        size = 0
-        while size < min(len(common), len(each)) and common[size] == each[size]:
-            size += 1
-        common = common[:size]
-    return common or ()
 
 
 def _padding_inputs(graph: Graph, mask: str) -> list[str]:
@@ -218,9 +191,13 @@ def _fast_call(graph: Graph, node: Node) -> Node | None:
     args: tuple[Any, ...] = (Ref(query), Ref(key), Ref(value))
     if mask is not None:  # a mask kept (a window, padding) stays where readers look for it
         args = (*args, mask)
+    return replace(node, args=args, kwargs=_options(causal, scale, gqa))
+
+
+def _options(causal: bool, scale: Any, gqa: Any) -> tuple[tuple[str, Any], ...]:
+    """An SDPA call's keywords, those left at their defaults left out."""
     options = (("is_causal", causal), ("scale", scale), ("enable_gqa", gqa))
-    kwargs = tuple((k, v) for k, v in options if v is not None and v is not False)
-    return replace(node, args=args, kwargs=kwargs)
+    return tuple((k, v) for k, v in options if v is not None and v is not False)
 
 
 def _exactly_causal(graph: Graph, node: Node, mask: str, assumed: str | None = None) -> bool:

@@ -7,7 +7,7 @@ source line, and whether it aliases (views) or mutates (in-place ops) another va
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Union
 
 import sympy
@@ -316,6 +316,30 @@ def out_meta(node: Node) -> TensorMeta | None:
     return None
 
 
+def common_calls(calls: Iterator[tuple[str, ...]]) -> tuple[str, ...]:
+    """The module calls every one of `calls` runs in, outermost first."""
+    common: tuple[str, ...] | None = None
+    for each in calls:
+        each = tuple(each)
+        size = 0
+        while common is not None and size < min(len(common), len(each)):
+            if common[size] != each[size]:
+                break
+            size += 1
+        common = each if common is None else common[:size]
+    return common or ()
+
+
+def in_call(graph: Graph, node: Node, calls: tuple[str, ...]) -> Node:
+    """`node` placed in the module call `calls`: a rewrite's new op that belongs to the caller
+    of what it serves (a norm copied for the queries belongs to the decoder layer), with the
+    module path and class of an op that runs right in that call."""
+    owner = next((n for n in graph.nodes if tuple(n.calls) == tuple(calls)), None)
+    path = owner.module_path if owner else (calls[-1].partition("@")[0] if calls else "")
+    kind = owner.module_type if owner else ""
+    return replace(node, calls=tuple(calls), module_path=path, module_type=kind)
+
+
 __all__ = [
     "Graph",
     "Meta",
@@ -325,7 +349,9 @@ __all__ = [
     "Source",
     "Symbol",
     "TensorMeta",
+    "common_calls",
     "evaluate",
+    "in_call",
     "out_meta",
     "refs_in",
     "renamed_refs",

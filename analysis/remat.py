@@ -35,11 +35,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from analysis.ir import Graph, Node, Ref, TensorMeta, renamed_refs, storage_roots, value_bytes
+from analysis.ir import (
+    Graph,
+    Node,
+    Ref,
+    TensorMeta,
+    common_calls,
+    in_call,
+    renamed_refs,
+    storage_roots,
+    value_bytes,
+)
 import torch
 
 from analysis.ops import CONTRACTION, info
 
+#: the attention op whose query chain `queries_last` moves
+_SDPA = torch.ops.aten.scaled_dot_product_attention.default
 #: a value is worth recomputing when the values it is made from take at most this share of it
 LEAF_SHARE = 1 / 8
 #: cheap ops whose results are at least this share of the value are recomputed with it; smaller
@@ -235,29 +247,14 @@ def _queries_moved(graph: Graph, attention: str, taken: set[str]) -> list[Node] 
         if chain is None:
             continue
         for name in sorted(chain, key=graph.position):
-            scope = _common_scope(graph, graph[name], graph[own[0]])
-            clone = _clone(graph[name], renamed, taken, scope)
+            scope = common_calls([graph[name].calls, graph[own[0]].calls])
+            clone = _clone(graph[name], renamed, taken, in_call(graph, graph[own[0]], scope))
             renamed[name] = clone.name
             clones.append(clone)
     moved = [_reading(graph[name], renamed) for name in own]
     rest = [n for n in graph.nodes if n.name not in mine]
     index = next(i for i, n in enumerate(rest) if n.name == attention)
     return rest[:index] + clones + moved + rest[index:]
-
-
-def _common_scope(graph: Graph, made: Node, reader: Node) -> Node:
-    """A node standing for the innermost module call both `made` and `reader` run in: a copy of
-    a layer's norm for the queries belongs to the decoder layer that calls both the norm and
-    the attention, not to either."""
-    common: list[str] = []
-    for mine, theirs in zip(made.calls, reader.calls):
-        if mine != theirs:
-            break
-        common.append(mine)
-    for node in graph.nodes:
-        if tuple(node.calls) == tuple(common):
-            return node
-    return replace(reader, calls=tuple(common), module_path="", module_type="")
 
 
 def _row_chain(graph: Graph, name: str, small: float, alive_after: set[str]) -> set[str] | None:
@@ -285,6 +282,3 @@ def _row_chain(graph: Graph, name: str, small: float, alive_after: set[str]) -> 
                 continue
             pending.append(ref)
     return chain
-
-
-_SDPA = torch.ops.aten.scaled_dot_product_attention.default
