@@ -346,13 +346,20 @@ class _Lowering:
         live = needed(graph)
         outputs = graph.output_names()
         called: set[str] = set()
+        waiting: list[str] = []  # children met before all their inputs were made
         for node in graph.nodes:
+            for child in [c for c in waiting if self._can_call(c)]:
+                waiting.remove(child)
+                body.append(self._module_call(child))
             if self.scopes is not None and node.kind in ("op", "constant"):
                 if self.scopes.scope_of.get(node.name) != self.call:
                     child = self.scopes.child_holding(self.call, node.name)
                     if child is not None and child not in called:
                         called.add(child)
-                        body.append(self._module_call(child))
+                        if self._can_call(child):
+                            body.append(self._module_call(child))
+                        else:
+                            waiting.append(child)
                     continue
             if node.name in starts:
                 index, region = starts[node.name]
@@ -364,6 +371,7 @@ class _Lowering:
                     body.append(statement)
             elif node.kind == "constant" and (graph.users(node.name) or node.name in outputs):
                 body.append(self._constant(node))
+        body.extend(self._module_call(child) for child in waiting)
         if self.call:
             returned = tuple(Ref(name) for name in self.scope.outputs)
             body.append(Statement(None, Return(None, returned), self.reads(returned)))
@@ -391,6 +399,13 @@ class _Lowering:
             call=self.call,
             path=path_of(self.call),
         )
+
+    def _can_call(self, child: str) -> bool:
+        """Whether every input of a child module's call is made. A child's first node may
+        come before its inputs: a constant it holds (a lifted tensor), or an op that reads
+        no input; its call then waits for them."""
+        assert self.scopes is not None
+        return all(name in self.names for name in self.scopes.scopes[child].inputs)
 
     def _module_call(self, child: str) -> Statement:
         """`x = self.blocks[0](x)`: a child module's forward, binding what it returns."""

@@ -400,3 +400,41 @@ def test_a_sequential_subclass_is_generated_as_a_sequential(tmp_path: Path) -> N
     chunked = instantiate(module, loaded.module)
     assert isinstance(chunked.stages[0], torch.nn.Sequential)
     assert isinstance(chunked.stages[1][0], torch.nn.Linear)
+
+
+CONSTANT_FIRST = """
+    import torch
+    from torch import nn
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            # a tensor made in forward is lifted into a constant the graph lists first
+            return x * torch.tensor([0.5, 2.0]).repeat(16)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(32, 512), nn.Linear(512, 32)
+            self.scale = Scale()
+
+        def forward(self, x):
+            h = x + self.down(torch.relu(self.up(x)))
+            return self.scale(h)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 32, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_call_waits_for_its_inputs_when_its_constant_comes_first(tmp_path: Path) -> None:
+    """torchvision's Swin: a child's lifted constant precedes the value the child reads; the
+    call is written once its inputs are made, not at its first node."""
+    path = tmp_path / "scaled.py"
+    path.write_text(textwrap.dedent(CONSTANT_FIRST))
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
+    text = (tmp_path / "out" / "scaled.py").read_text()
+    assert "self.scale(" in text
