@@ -23,6 +23,8 @@ from analysis.select import Target
 from codegen.body import format_bytes
 from codegen.generate import Status, generate
 from codegen.plot import plot_plan
+
+_ROOT = Path(__file__).resolve().parent.parent
 from codegen.verify import checked_inputs, measure_pair, verify
 
 _UNITS = {
@@ -258,8 +260,12 @@ def _in_flight(exc: BaseException) -> str:
     """Where an unexpected error struck: the graph node the innermost frame holding one was
     working on (a local `node`, else any), with its module path and model line; "" if none."""
     found: Node | None = None
+    ours = ""  # the innermost frame of this tool's own code: where to look first
     trace = exc.__traceback__
     while trace is not None:
+        code = Path(trace.tb_frame.f_code.co_filename)
+        if code.is_relative_to(_ROOT) and code.parts[len(_ROOT.parts)] in ("analysis", "codegen"):
+            ours = f"{code.relative_to(_ROOT)}:{trace.tb_lineno} in {trace.tb_frame.f_code.co_name}"
         local = trace.tb_frame.f_locals
         named = local.get("node")
         nodes = (
@@ -269,14 +275,15 @@ def _in_flight(exc: BaseException) -> str:
         )
         found = nodes[0] if nodes else found
         trace = trace.tb_next
+    raised = f", raised at {ours}" if ours else ""
     if found is None:
-        return ""
+        return raised
     where = f", at graph node {found.name}"
     if found.module_path:
         where += f" in {found.module_path}"
     if found.source is not None:
         where += f" ({found.source.cite()})"
-    return where
+    return where + raised
 
 
 __all__ = ["main"]

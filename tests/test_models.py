@@ -339,6 +339,7 @@ def test_an_unexpected_error_names_the_graph_node_and_model_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("INTERNAL ERROR: TypeError")
     assert ", at graph node softmax" in err and "self_attention.py:" in err, err
+    assert ", raised at analysis/" in err, err  # where in the tool to look first
 
 
 def test_generated_code_that_fails_to_run_names_its_line(
