@@ -12,6 +12,7 @@ the saving `is_causal=True` brings to the fused kernels, and an explicit mask ne
 The proof is an abstract interpretation of the ops that build the mask, over the last two dims
 (rows = queries, cols = keys). It knows:
 - index values: `arange(n) + c`, moved onto an axis by `unsqueeze`: value = position + c;
+- comparisons of positions with a number: `arange(n) >= 0` is True everywhere;
 - comparisons of a column index with a row index (`kv_idx <= q_idx`), `tril(diagonal=k)`:
   hidden (False or 0) above the diagonal k; `triu` of a constant (`torch.full((n, n), -inf)
   .triu(1)`, nn.Transformer's square subsequent mask): that constant above its diagonal;
@@ -113,6 +114,17 @@ def band_if_nonzero(graph: Graph, name: str, assumed: str) -> tuple[int | None, 
     """`band` of the mask `name` if the input `assumed` is nonzero everywhere (an attention
     mask that pads nothing)."""
     return band(replace(graph, memo={_ASSUMED: assumed}), name)
+
+
+def hides_nothing(graph: Graph, name: str) -> bool:
+    """Whether the attention mask `name` hides no key: a bool mask True everywhere, or an
+    additive one zero everywhere; SDPA with it equals SDPA without it."""
+    fact = _fact(graph, name)
+    if not isinstance(fact, _Const):
+        return False
+    if out_meta(graph[name]).dtype == torch.bool:
+        return fact.value is True
+    return fact.value == 0 and type(fact.value) is not bool
 
 
 def exact(graph: Graph, name: str) -> Any:
@@ -343,7 +355,7 @@ def _derive(node: Node, graph: Graph) -> _Fact:
     if packet in (aten.to, aten._to_copy):
         return _converted(_arg(graph, args[0]), meta.dtype)
     if packet in (aten.le, aten.ge, aten.lt, aten.gt) and len(args) == 2:
-        return _compared(packet, _arg(graph, args[0]), _arg(graph, args[1]))
+        return _compared(packet, _arg(graph, args[0]), _value(graph, args[1]))
     if packet in (aten.eq, aten.ne) and len(args) == 2:
         return _equal(packet, _arg(graph, args[0]), _value(graph, args[1]))
     if packet is aten.diff:
@@ -611,6 +623,8 @@ def _compared(packet: Any, left: _Fact, right: _Fact) -> _Fact:
     """Comparing a key position (a column index, j + a) with a query position (a row index,
     i + b) bounds `j - i`: `col <= row` is `j - i <= b - a`, `col > row - w` is `j - i >= 1 - w`
     (a sliding window), and so on; the mirror images (`row >= col`) read the same."""
+    if isinstance(left, _Index) and isinstance(right, _Const) and type(right.value) is int:
+        return _bounded(packet, left.offset, right.value)
     if not (isinstance(left, _Index) and isinstance(right, _Index)):
         return None
     if (left.axis, right.axis) == (-2, -1):  # row op col: col (mirrored op) row
@@ -628,6 +642,17 @@ def _compared(packet: Any, left: _Fact, right: _Fact) -> _Fact:
     return _Band(gap + 1, None)  # gt
 
 
+def _bounded(packet: Any, least: int, bound: int) -> _Fact:
+    """Positions plus an offset compared with a number: every position is at least the
+    offset, so `>=` and `>` a number at or below it are True everywhere (`arange(n) >= 0`,
+    how transformers builds a bidirectional mask with no padding), `<` and `<=` False."""
+    holds = {aten.ge: least >= bound, aten.gt: least > bound}
+    fails = {aten.lt: least >= bound, aten.le: least > bound}
+    if holds.get(packet):
+        return _Const(True)
+    return _Const(False) if fails.get(packet) else None
+
+
 def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
     """Return an operand's fact when its columns are not broadcast: a size-1 column dim would
     spread one column's value along the whole row."""
@@ -641,4 +666,12 @@ def _full_width(graph: Graph, node: Node, value: Any) -> _Fact:
     return fact
 
 
-__all__ = ["band", "band_if_nonzero", "causal_rows", "exact", "hidden_above", "truncated_keys"]
+__all__ = [
+    "band",
+    "band_if_nonzero",
+    "causal_rows",
+    "exact",
+    "hidden_above",
+    "hides_nothing",
+    "truncated_keys",
+]

@@ -10,6 +10,9 @@ that path holds the mask, its float copy inside the kernel, and keys and values 
 their size, and the masked kernel is slower.
 
 This pass gives each such SDPA call back the eager form, where it is proven equal:
+- a mask that hides nothing (`arange(n) >= 0` expanded to every query and key: how
+  transformers builds an encoder's bidirectional mask when no padding mask is given, which
+  eager skips) goes, and the call runs unmasked;
 - a mask that `analysis.causal.band` proves exactly causal (True exactly where the key is at or
   before the query: `_Band(None, 0)`), whose last two dims are the queries and keys it masks,
   with as many queries as keys, becomes `is_causal=True` and no mask. Any other mask (padding,
@@ -50,7 +53,7 @@ from typing import Any
 
 import torch
 
-from analysis.causal import band, band_if_nonzero, exact
+from analysis.causal import band, band_if_nonzero, exact, hides_nothing
 from analysis.dimflow import same_size, schema_arg
 from analysis.ir import Graph, Node, Ref, TensorMeta, common_calls, in_call, renamed_refs
 
@@ -183,6 +186,8 @@ def _fast_call(graph: Graph, node: Node) -> Node | None:
     masked = isinstance(mask, Ref)
     if masked and not causal and _exactly_causal(graph, node, mask.name):
         mask, causal = None, True
+    elif masked and hides_nothing(graph, mask.name):
+        mask = None
     grouped = _grouped(graph, key), _grouped(graph, value)
     if grouped[0] is not None and grouped[1] is not None and grouped[0][1] == grouped[1][1]:
         key, value, gqa = grouped[0][0], grouped[1][0], True

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from analysis.dimflow import schema_arg
 from analysis.ir import Graph, Node, Ref, evaluate, storage_roots, value_bytes
 from analysis.lower import lower_region
 from analysis.plan import Region
@@ -112,7 +113,7 @@ def _node_stmt(node: Node, graph: Graph) -> Stmt:
         shares=node.mutates or node.aliases,
         uses=tuple(dict.fromkeys(node.refs())),
         label=node.name,
-        scratch=_mask_scratch(node, graph, mask) if mask else 0,
+        scratch=(_mask_scratch(node, graph, mask) if mask else 0) + _math_scratch(node, graph),
     )
 
 
@@ -131,6 +132,27 @@ def _mask_scratch(node: Node, graph: Graph, mask: str, fraction: float = 1.0) ->
     query = graph[node.args[0].name].tensor
     elements = graph[mask].tensor.numel(graph.hints)
     return math.ceil(elements * query.dtype.itemsize * fraction)
+
+
+def _math_scratch(node: Node, graph: Graph, fraction: float = 1.0) -> int:
+    """SDPA on CPU with fewer key heads than query heads, broadcast rather than `enable_gqa`
+    (Falcon's multi-query attention), takes the unfused math path: it holds the scaled scores
+    and their softmax, both queries x keys per head, and with `is_causal` a float mask of
+    queries x keys. `fraction`: the share of the queries a chunk runs."""
+    if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
+        return 0
+    query, key = (graph[a.name].tensor for a in node.args[:2])
+    if query.rank < 3 or key.rank != query.rank or schema_arg(node, "enable_gqa", False):
+        return 0
+    heads = [evaluate(size, graph.hints) for size in query.shape[:-2]]
+    if heads == [evaluate(size, graph.hints) for size in key.shape[:-2]]:
+        return 0  # the fused kernel
+    rows = evaluate(query.shape[-2], graph.hints) * fraction
+    keys = evaluate(key.shape[-2], graph.hints)
+    itemsize = query.dtype.itemsize
+    scores = math.prod(heads) * rows * keys * itemsize
+    causal = rows * keys * itemsize if schema_arg(node, "is_causal", False) else 0
+    return math.ceil(2 * scores + causal)
 
 
 def _causal_rows_scratch(node: Node, graph: Graph, rows: int) -> int:
@@ -288,8 +310,12 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             read = step.operand(3)
             chunked = read is not None and (read.source == CHUNK or read.rows is not None)
             scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
-        elif any(isinstance(value, CausalRows) for value in step.args):
+        if any(isinstance(value, CausalRows) for value in step.args):
             scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
+        else:
+            read = step.operand(0)
+            chunked = read is not None and (read.source == CHUNK or read.rows is not None)
+            scratch += _math_scratch(node, graph, fraction if chunked else 1.0)
         stmts.append(
             Stmt(
                 key=chunk_key(name),

@@ -3,17 +3,33 @@
 NOTE [Whose limit]
 A plan that misses its target says why, so the user can tell a model that cannot go lower from
 a tool that could not take it there:
-- **the model's floor**: what every plan holds at once is above the target. The outputs are
-  allocated by the forward and alive at its end, so they alone bound every plan from below
-  ("its outputs alone are 8.0 MiB").
+- **the model's floor**: what every plan holds at once is above the target (`floor`). PyTorch
+  frees a tensor whole, never row by row, and the planner keeps the model's ops; within that,
+  three things bound every plan from below:
+  - the outputs: allocated by the forward and alive at its end ("its outputs alone are
+    8.0 MiB");
+  - an output with what it is made from: while its last rows are written it is whole, and so
+    is a value every path to it passes through, unless the rows are remade through an
+    attention, which holds all its keys and values (the logits with the hidden states under
+    them);
+  - an attention with no mask (or `is_causal`): while its last queries run, all its keys and
+    values are whole, and so are the rows it has made, in the smallest form they take on the
+    way to an output.
+  An attention with a mask is left out: a window needs only some keys at a time.
 - **the tool's limit**: the peak is at an op no loop cut through (one that mixes every dim,
   named with its model line), or inside a loop already at its smallest useful chunk.
 """
 
 from __future__ import annotations
 
-from analysis.ir import Graph, TensorMeta, refs_in, value_bytes
-from analysis.memory import SETUP, estimate_plan, region_label
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from analysis.dimflow import schema_arg
+from analysis.ir import Graph, Ref, TensorMeta, refs_in, storage_roots, value_bytes
+from analysis.memory import SETUP, estimate_graph, estimate_plan, region_label
 from analysis.ops import dim_rule
 from analysis.plan import ChunkPlan, describe_lines, format_bytes
 
@@ -28,14 +44,198 @@ def output_bytes(graph: Graph) -> int:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """A bound under every plan's peak (NOTE [Whose limit]), and what makes it, in words."""
+
+    bytes: int
+    words: str
+
+
+SDPA = torch.ops.aten.scaled_dot_product_attention.default
+
+
+def floor(graph: Graph) -> Floor:
+    """The highest of the model's floors (NOTE [Whose limit])."""
+    outputs = output_bytes(graph)
+    found = [Floor(outputs, f"its outputs alone are {format_bytes(outputs)}")]
+    if "floor" in graph.memo:
+        return graph.memo["floor"]
+    facts = _Facts(graph)
+    for name in dict.fromkeys(n for value in graph.outputs for n in refs_in(value)):
+        if graph[name].kind != "op" or not isinstance(graph[name].meta, TensorMeta):
+            continue
+        made_from = facts.cut(name)
+        if made_from:
+            size = facts.size(name)
+            total = size + made_from
+            found.append(
+                Floor(
+                    total,
+                    f"its output, {_called(graph, name)} ({format_bytes(size)}), with the "
+                    f"{format_bytes(made_from)} it is made from is {format_bytes(total)}",
+                )
+            )
+    for node in graph.nodes:
+        if facts.attends_all(node):
+            keys, rows = facts.keys_and_values(node), facts.rows(node.name)
+            total = keys + rows
+            where = node.source.cite().split(" in ")[0] if node.source else node.name
+            found.append(
+                Floor(
+                    total,
+                    f"the attention at {where} holds all its keys and values "
+                    f"({format_bytes(keys)}) with the rows it has made ({format_bytes(rows)}): "
+                    f"{format_bytes(total)}",
+                )
+            )
+    graph.memo["floor"] = best = max(found, key=lambda f: f.bytes)
+    return best
+
+
+def _called(graph: Graph, name: str) -> str:
+    """A value in the model's terms: the module that made it ("lm_head's output"), else the
+    value's name."""
+    path = graph[name].module_path
+    return f"{path}'s result" if path else name
+
+
+class _Facts:
+    """Dominators over the values the inputs flow into, and storage sizes, for `floor`."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.roots, _ = storage_roots(graph)
+        #: immediate dominator of each value the inputs reach (None: the inputs themselves)
+        self.idom: dict[str, str | None] = {}
+        self.depth: dict[str, int] = {}
+        self.attentions: dict[str, set[str]] = {}  # an attention -> its ancestors
+        self.cuts: dict[str, int] = {}
+        ancestors: dict[str, set[str]] = {}
+        for node in graph.nodes:
+            if node.kind == "input":
+                self.idom[node.name], self.depth[node.name] = None, 1
+                continue
+            preds = [r for r in dict.fromkeys(node.refs()) if r in self.idom]
+            if not preds:
+                continue  # made from parameters and sizes alone
+            meet = preds[0]
+            for other in preds[1:]:
+                meet = self._meet(meet, other)
+            self.idom[node.name] = meet
+            self.depth[node.name] = self.depth[meet] + 1 if meet is not None else 1
+            if node.target is SDPA:
+                self.attentions[node.name] = set()
+        if self.attentions:  # ancestors, for the attentions only: few of them
+            for node in graph.nodes:
+                mine = set()
+                for ref in node.refs():
+                    mine |= ancestors.get(ref, set()) | {ref}
+                ancestors[node.name] = mine
+            for name in self.attentions:
+                self.attentions[name] = ancestors[name]
+            self.ancestors = ancestors
+
+    def _meet(self, a: str | None, b: str | None) -> str | None:
+        """The deepest value dominating both (a value dominates itself)."""
+        while a != b:
+            if a is None or b is None:
+                return None
+            if self.depth[a] >= self.depth[b]:
+                a = self.idom[a]
+            else:
+                b = self.idom[b]
+        return a
+
+    def size(self, name: str) -> int:
+        """The bytes a value surely holds: its own, at most its storage's (a slice of a fused
+        projection holds no more than itself, a broadcast no more than its source)."""
+        node = self.graph[name]
+        if node.kind != "op":
+            return 0  # held by the caller or the module, not an activation
+        root = self.graph[self.roots.get(name, name)]
+        hints = self.graph.hints
+        return min(value_bytes(node.meta, hints), value_bytes(root.meta, hints))
+
+    def _after(self, name: str, ancestor: str) -> list[str]:
+        """The attentions on a path from `ancestor` to `name`."""
+        mine = self.ancestors.get(name, set()) if self.attentions else set()
+        return [a for a, before in self.attentions.items() if a in mine and ancestor in before] + (
+            [name] if name in self.attentions and ancestor != name else []
+        )
+
+    def cut(self, name: str) -> int:
+        """The fewest bytes that the last rows of `name` are surely made from: a value every
+        path to it passes through, after every attention on the way; or, remade through the
+        last attentions, their keys and values with their queries or what those are made
+        from. 0 when it is made from the inputs with no attention on the way."""
+        if name in self.cuts:
+            return self.cuts[name]
+        best: int | None = None
+        through: list[str] = []
+        d = self.idom.get(name)
+        while d is not None:
+            through = self._after(name, d)
+            if through:
+                break
+            best = self.size(d) if best is None else min(best, self.size(d))
+            d = self.idom[d]
+        if not through:
+            found = 0  # the inputs alone
+        else:
+            last = [a for a in through if not any(a in self.attentions[b] for b in through)]
+            remade = max(self._remade(self.graph[a]) for a in last)
+            found = remade if best is None else min(best, remade)
+        self.cuts[name] = found
+        return found
+
+    def _remade(self, node) -> int:
+        """What running an attention's last queries surely holds: all its keys and values,
+        with its queries or what they are made from; 0 for a masked one (a window needs some
+        keys at a time)."""
+        if not self.attends_all(node):
+            return 0
+        query = node.args[0].name
+        return self.keys_and_values(node) + min(self.size(query), self.cut(query))
+
+    def attends_all(self, node) -> bool:
+        """An attention whose last queries read every key: no mask, or causal."""
+        return (
+            node.target is SDPA
+            and schema_arg(node, "attn_mask") is None
+            and len(node.args) >= 3
+            and all(isinstance(a, Ref) for a in node.args[:3])
+        )
+
+    def keys_and_values(self, node) -> int:
+        key, value = node.args[1].name, node.args[2].name
+        if self.roots.get(key, key) == self.roots.get(value, value):
+            return min(self.size(key) + self.size(value), self.size(self.roots.get(key, key)))
+        return self.size(key) + self.size(value)
+
+    def rows(self, name: str) -> int:
+        """The smallest form an attention's made rows take on the way to the outputs: its
+        result, or a value after it that an output it reaches is made through."""
+        best = self.size(name)
+        for out in dict.fromkeys(n for value in self.graph.outputs for n in refs_in(value)):
+            if out not in self.ancestors or name not in self.ancestors[out] | {out}:
+                continue
+            d: str | None = out
+            while d is not None and d != name and name in self.ancestors.get(d, set()):
+                best = min(best, self.size(d))
+                d = self.idom.get(d)
+        return best
+
+
 def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
     """One line on why the plan misses its target and whose limit that is (NOTE [Whose
     limit]); None when it meets it."""
     if plan.met:
         return None
-    outputs = output_bytes(graph)
-    if outputs >= plan.budget_bytes:
-        return f"the model's floor: its outputs alone are {format_bytes(outputs)}"
+    bound = floor(graph)
+    if bound.bytes >= plan.budget_bytes:
+        above = format_bytes(bound.bytes - plan.budget_bytes)
+        return f"the model's floor: {bound.words}, {above} above the target"
     profile = estimate_plan(graph, plan.regions)
     label = profile.labels[profile.peak_index]
     for index, region in enumerate(plan.regions):
@@ -54,4 +254,32 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
     return f"the tool's limit: no loop through the peak at {where} lowered it"
 
 
-__all__ = ["output_bytes", "shortfall"]
+def estimate_gap(graph: Graph, estimated: int, measured: int, eager_stack: str) -> str | None:
+    """Why the original's measured peak differs from its estimate, in one line, or None when
+    they agree (within 1% or 64 KiB). The estimate is the captured graph's, each value freed at
+    its last use: eager above it holds values longer (a Python name keeps them until it is
+    rebound) or takes another path; eager below it skips what export builds (masks transformers
+    builds only while exporting) or runs it in place. Both peaks are cited by their lines."""
+    from analysis.capture import _source  # the citation rule of the graph's own nodes
+
+    gap = measured - estimated
+    if abs(gap) <= max(estimated // 100, 64 << 10):
+        return None
+    eager = _source(eager_stack, Path(graph.model_file).resolve())
+    at = eager.cite() if eager is not None else "a line outside the model"
+    if gap > 0:
+        return (
+            f"the original measured {format_bytes(gap)} above its estimate: eager peaks at {at}, "
+            "holding values longer than the graph does, or taking another path there"
+        )
+    profile = estimate_graph(graph)
+    label = profile.labels[profile.peak_index]
+    node = graph[label] if label in graph else None
+    ours = node.source.cite() if node is not None and node.source is not None else label
+    return (
+        f"the original measured {format_bytes(-gap)} below its estimate: the graph export "
+        f"captured peaks at {ours}, which eager skips or runs in place; eager peaks at {at}"
+    )
+
+
+__all__ = ["Floor", "estimate_gap", "floor", "output_bytes", "shortfall"]

@@ -7,6 +7,8 @@ the outputs are. A view shares its base's storage and an in-place op allocates n
 
 from __future__ import annotations
 
+import linecache
+import sys
 from typing import Any, Callable
 
 import torch
@@ -18,8 +20,11 @@ from torch.utils._pytree import tree_leaves
 class LiveStorageTracker(TorchDispatchMode):
     """Count the bytes of storages created under this mode that are still alive, and the peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, sites: bool = False) -> None:
         super().__init__()
+        #: with `sites`, the Python frames (file, line, function) running when the peak was set
+        self.sites = sites
+        self.peak_frames: list[tuple[str, int, str]] = []
         #: storages created under the mode and not yet freed, with their sizes
         self.live: dict[StorageWeakRef, int] = {}
         #: storages that existed before the mode: never counted
@@ -43,13 +48,40 @@ class LiveStorageTracker(TorchDispatchMode):
             nbytes = t.untyped_storage().nbytes()
             self.live[ref] = nbytes
             self.live_bytes += nbytes
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        if self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+            if self.sites:
+                self.peak_frames = _frames()
         return out
 
     def _sweep(self) -> None:
         dead = [ref for ref in self.live if ref.expired()]
         for ref in dead:
             self.live_bytes -= self.live.pop(ref)
+
+
+def _frames() -> list[tuple[str, int, str]]:
+    """The Python frames running now, outermost first (cheap: no source lines read)."""
+    found = []
+    frame = sys._getframe(2)
+    while frame is not None:
+        found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return found[::-1]
+
+
+def peak_stack(fn: Callable[..., Any], inputs: tuple[Any, ...]) -> tuple[int, str]:
+    """The activation peak of `fn(*inputs)` on CPU and the Python stack that set it, written as
+    a traceback (`File "f.py", line 3, in forward` and the line), outermost first."""
+    tracker = LiveStorageTracker(sites=True)
+    with tracker:
+        out = _call(fn, inputs)
+    del out
+    lines = []
+    for file, line, function in tracker.peak_frames:
+        code = linecache.getline(file, line).strip()
+        lines.append(f'  File "{file}", line {line}, in {function}\n    {code}\n')
+    return tracker.peak_bytes, "".join(lines)
 
 
 def _call(fn: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
@@ -76,4 +108,4 @@ def measure_peak(fn: Callable[..., Any], inputs: tuple[Any, ...]) -> int:
     return tracker.peak_bytes
 
 
-__all__ = ["LiveStorageTracker", "measure_peak"]
+__all__ = ["LiveStorageTracker", "measure_peak", "peak_stack"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.causal import band, band_if_nonzero, hidden_above, truncated_keys
+from analysis.causal import band, band_if_nonzero, hidden_above, hides_nothing, truncated_keys
 from analysis.ir import Graph
 from codegen.generate import generate
 from analysis.errors import InternalError
@@ -127,6 +127,29 @@ def test_proven_masks_hide_every_key_above_their_diagonal(case: str) -> None:
 def test_masks_the_proof_cannot_show_causal_are_left_alone(case: str) -> None:
     graph, name, _ = _mask(NOT_CAUSAL[case])
     assert hidden_above(graph, name) is None
+
+
+#: masks over T keys (for T queries), and whether each hides no key at all
+VISIBLE = {
+    "positions at least 0": (lambda x: (torch.arange(T) >= 0)[None, :].expand(T, T), True),
+    "positions shifted past 0": (lambda x: (torch.arange(T) + 2 > 1)[None, :].expand(T, T), True),
+    "positions at least 1": (lambda x: (torch.arange(T) >= 1)[None, :].expand(T, T), False),
+    "positions below 5": (lambda x: (torch.arange(T) < 5)[None, :].expand(T, T), False),
+    "additive zeros": (lambda x: torch.zeros(T, T), True),
+    "data": (lambda x: (x > -10.0)[:, None, :], False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VISIBLE))
+def test_a_mask_that_hides_no_key_is_proven_so(case: str) -> None:
+    """transformers builds an encoder's mask with no padding as `arange(n) >= 0`: SDPA with it
+    equals SDPA without it, which eager runs; the proof claims nothing of a mask that hides a
+    key, or of data."""
+    fn, claimed = VISIBLE[case]
+    graph, name, value = _mask(fn)
+    assert hides_nothing(graph, name) is claimed
+    if claimed:
+        assert bool((value if value.dtype == torch.bool else value == 0).all())
 
 
 ATTENTION = """

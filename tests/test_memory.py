@@ -75,3 +75,49 @@ def test_sdpa_float_copy_of_a_bool_mask_is_estimated(tmp_path) -> None:
     measured = measure_peak(loaded.module, loaded.inputs)
     assert _within(estimate, measured, 0.05), (estimate, measured)
     assert measured > 4 * 256 * 256  # the float copy of the mask dominates: it is really there
+
+
+BROADCAST_HEADS = """
+    import torch
+
+    class MultiQuery(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.kv = torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)
+
+        def forward(self, x):
+            q = self.q(x).view(1, -1, 4, 16).transpose(1, 2)
+            k, v = self.kv(x).view(1, -1, 1, 32).transpose(1, 2).split(16, dim=-1)
+            # one key head broadcast over four query heads, as Falcon's multi-query does
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return a.transpose(1, 2).reshape(1, -1, 64)
+
+    def make_model():
+        torch.manual_seed(0)
+        return MultiQuery().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 1024, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_sdpa_on_broadcast_key_heads_takes_the_math_path_and_is_estimated(tmp_path) -> None:
+    """Key heads broadcast over query heads send CPU SDPA down its math path (the scores and
+    their softmax, and a float causal mask): estimated for the original, and the chunked
+    module's fused causal chunks hold none of it."""
+    import textwrap
+
+    from codegen.generate import generate
+    from analysis.select import Target
+
+    path = tmp_path / "multi_query.py"
+    path.write_text(textwrap.dedent(BROADCAST_HEADS))
+    planned, emitted = generate(path, Target(ratio=0.1), "--memory-ratio 0.1")
+    loaded = planned.loaded
+    original = measure_peak(loaded.module, loaded.inputs)
+    assert original > 2 * 4 * 1024 * 1024 * 4  # the scores and their softmax are there
+    assert _within(planned.plan.original_peak_bytes, original, 0.02)
+    module, _ = import_source(emitted.source)
+    chunked = measure_peak(instantiate(module, loaded.module), loaded.inputs)
+    assert _within(planned.plan.planned_peak_bytes, chunked, 0.02), (planned.plan, chunked)
+    assert chunked < original / 5

@@ -238,3 +238,110 @@ def test_a_missed_target_says_whose_limit_it_is(tmp_path: Path, capsys, ratio, s
     )
     line = capsys.readouterr().out
     assert "missing the target by" in line and says in line, line
+
+
+ENCODER = """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Model(nn.Module):
+        def __init__(self, vocab):
+            super().__init__()
+            self.qkv = nn.Linear(64, 192)
+            self.out = nn.Linear(64, 64)
+            self.up, self.down = nn.Linear(64, 512), nn.Linear(512, 64)
+            self.head = nn.Linear(64, vocab) if vocab else nn.Identity()
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
+            # arange >= 0: how transformers builds an encoder's mask when none is given
+            keep = (torch.arange(x.shape[1]) >= 0)[None, None, None, :]
+            a = F.scaled_dot_product_attention(q, k, v, keep.expand(1, 1, x.shape[1], -1))
+            h = x + self.out(a.transpose(1, 2).reshape(1, -1, 64))
+            h = h + self.down(torch.relu(self.up(h)))
+            return self.head(h)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model(VOCAB).eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+@pytest.mark.parametrize(
+    "vocab, says",
+    [
+        (0, "the attention at model.py:18 holds all its keys and values (1.0 MiB) with the rows "
+         "it has made (512.0 KiB): 1.5 MiB"),
+        (1024, "its output, head's result (8.0 MiB), with the 512.0 KiB it is made from is "
+         "8.5 MiB"),
+    ],
+    ids=["attention", "output"],
+)  # fmt: skip
+def test_the_models_floor_counts_keys_values_and_what_an_output_is_made_from(
+    tmp_path: Path, capsys, vocab: int, says: str
+) -> None:
+    """NOTE [Whose limit]: an encoder's floor is its attention's keys and values with the rows
+    it has made; a language-model head's, its logits with the hidden states under them. No
+    plan goes under it, however small the target."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(ENCODER).replace("VOCAB", str(vocab)))
+    assert main(["plan", str(path), "--memory-ratio", "0.01", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert main(["plan", str(path), "--memory-ratio", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert f"(target missed: the model's floor: {says}, " in out, out
+    floor = float(says.rsplit(" ", 2)[-2]) * 2**20
+    assert planned["planned_peak_bytes"] >= floor, planned
+
+
+HELD_LONGER = """
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.gate = nn.Linear(64, 1024), nn.Linear(64, 1024)
+            self.down = nn.Linear(1024, 64)
+
+        def forward(self, x):
+            a = self.up(x)
+            scale = a.sum(-1, keepdim=True)  # the graph frees `a` here; eager holds it on
+            if EXPORT_ONLY and torch.compiler.is_exporting():  # a mask only export builds
+                scale = scale * torch.ones(1024, 8192).amax(-1, keepdim=True)
+                del a
+            return self.down(self.gate(x) * scale)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 1024, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+@pytest.mark.parametrize(
+    "export_only, says",
+    [
+        (False, "the original measured 4.0 MiB above its estimate: eager peaks at model.py:17 "
+         "in forward: return self.down(self.gate(x) * scale), holding values longer"),
+        (True, "below its estimate: the graph export captured peaks at model.py:15 in forward: "
+         "scale = scale * torch.ones(1024, 8192)"),
+    ],
+    ids=["held longer", "export only"],
+)  # fmt: skip
+def test_an_original_measured_off_its_estimate_says_why(
+    tmp_path: Path, capsys, export_only: bool, says: str
+) -> None:
+    """The emit line explains an original that measures off its estimate, citing eager's peak
+    or the graph's (`estimate_gap`)."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(HELD_LONGER).replace("EXPORT_ONLY", str(export_only)))
+    assert main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0
+    line = capsys.readouterr().out
+    assert says in line, line
