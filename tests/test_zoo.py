@@ -36,6 +36,7 @@ def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -
     (row,) = [line for line in done.stdout.splitlines() if line.startswith(f"| {model} |")][:1]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1].endswith("MiB") and cells[3].endswith("%"), row
+    assert cells[7] == "exact", row  # the planned estimate is the generated module's peak
     if model == "hf_bert_batch2":
         assert cells[6] == "verified at 2 sizes", row
     else:
