@@ -448,12 +448,14 @@ class _Lowering:
         assert formulas is not None
         share = plan.budget_bytes / max(plan.original_peak_bytes, 1)
         self.budget = self.ns.create("budget") if own_loops else None
-        floors = tuple(dict.fromkeys(f.fixed + f.per_row for f in formulas.regions if f))
+        from analysis.symbolic import floor_terms  # symbolic estimates through lowering
+
+        floors = floor_terms(plan, formulas)
         statements = []
         floor = None
-        if len(floors) > 1:
+        if len(floors) > 1 or (floors and not plan.met):
             floor = self.ns.create("floor")
-            statements.append(Statement(floor, Floor(floors), self.reads(floors)))
+            statements.append(Statement(floor, Floor(floors, not plan.met), self.reads(floors)))
         shared = self.scopes is not None and any(
             scope.regions for call, scope in self.scopes.scopes.items() if call
         )

@@ -20,7 +20,7 @@ from analysis.program import Program
 from analysis.remat import rematerialized
 from analysis.fastpath import eager_attention, padding_check_of, unpadded
 from analysis.select import Progress, Target, inline_held, plan_for_range, unpadded_sizes
-from analysis.symbolic import Formulas, plan_formulas
+from analysis.symbolic import Formulas, plan_formulas, sized_as_run
 
 #: The passes, in order; `Planned.passes` records each one's result under these names.
 PASSES = ("capture", "recompute", "select", "lower")
@@ -94,6 +94,7 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
             graph, plan, kept = recomputing, other, recomputing
     graph, plan = inline_held(graph, plan, target)
     plan = unpadded_sizes(graph, plan)  # NOTE [Padding checked at run time]
+    plan = sized_as_run(graph, plan, plan_formulas(graph, plan))
     program = lower_plan(graph, plan, standard_layers(loaded.module), loaded.module)
     passes = tuple(zip(PASSES, (captured, kept, plan, program), strict=True))
     return Planned(loaded, graph, plan, program, passes)

@@ -147,9 +147,11 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class Floor:
-    """The most any loop holds at one row per chunk, plus 5%."""
+    """The most any loop holds at one row per chunk, plus 5%; with `planned`, at its planned
+    chunk (a plan that misses its target keeps the chunks it chose)."""
 
     terms: tuple[sympy.Expr, ...]
+    planned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,58 @@ def plan_formulas(graph: Graph, plan: ChunkPlan) -> Formulas | None:
     return Formulas(symbols, original, regions)
 
 
+def run_time_rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
+    """The rows per chunk the generated `_rows` picks (the same rule): the most, up to `most`,
+    that keep `fixed + per_row * rows` within the budget, or within 5% over one row where even
+    that is over it; at least 1, and a power of two."""
+    if budget is None:
+        return 1 << (most.bit_length() - 1)
+    limit = max(budget, (fixed + per_row) * 21 // 20)
+    rows = (limit - fixed) // per_row if per_row > 0 else most
+    rows = max(1, min(most, rows))
+    return 1 << (rows.bit_length() - 1)
+
+
+def floor_terms(plan: ChunkPlan, formulas: Formulas) -> tuple[sympy.Expr, ...]:
+    """What each run-time-sized loop holds at one row per chunk; for a plan that misses its
+    target, at its planned chunk. The generated budget is never below the most of these plus
+    5%: where that is over the target the peak is there anyway, and every loop may use as
+    much. A plan that misses its target so keeps the chunks it chose, rather than cutting
+    every loop to a few rows for a peak that stays where it is."""
+    rows = [1 if plan.met else r.chunk_size for r in plan.regions]
+    return tuple(
+        dict.fromkeys(f.fixed + f.per_row * n for f, n in zip(formulas.regions, rows) if f)
+    )
+
+
+def sized_as_run(graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> ChunkPlan:
+    """The plan with each run-time-sized loop at the chunk the generated module picks at the
+    example's size on a CPU (NOTE [Run-time chunk sizes]), and its peak estimated again: the
+    module's budget is never below the most any loop holds at one row, plus 5%, and its rows
+    are a power of two, so a plan that misses its target may run smaller chunks than it chose."""
+    if formulas is None or not any(formulas.regions):
+        return plan
+    at = {s.symbol: s.hint for s in graph.symbols}
+    sized = [
+        (int(f.fixed.xreplace(at)), int(f.per_row.xreplace(at))) if f else None
+        for f in formulas.regions
+    ]
+    floors = floor_terms(plan, formulas)
+    most = max(int(term.xreplace(at)) for term in floors)
+    held = len(floors) > 1 or not plan.met
+    budget = max(plan.budget_bytes, most * 21 // 20 if held else 0)
+    regions = list(plan.regions)
+    for index, found in enumerate(sized):
+        if found is not None:
+            fixed, per_row = found
+            rows = run_time_rows(budget, fixed, per_row, regions[index].chunk_size)
+            regions[index] = regions[index].with_chunk_size(rows)
+    if tuple(regions) == plan.regions:
+        return plan
+    peak = estimate_plan(graph, tuple(regions)).peak
+    return replace(plan, regions=tuple(regions), planned_peak_bytes=peak)
+
+
 def _region_formula(
     graph: Graph,
     graphs: dict[Point, Graph],
@@ -145,4 +197,11 @@ def _close(predicted: float, actual: int) -> bool:
     return abs(predicted - actual) <= TOLERANCE * max(actual, 1) + 64
 
 
-__all__ = ["Formulas", "plan_formulas", "rehinted"]
+__all__ = [
+    "Formulas",
+    "floor_terms",
+    "plan_formulas",
+    "rehinted",
+    "run_time_rows",
+    "sized_as_run",
+]

@@ -337,11 +337,19 @@ class ForwardPrinter:
 
     def _print_floor(self, statement: Statement, block: Block | None) -> Line:
         terms = ", ".join(self.sym(t) for t in statement.expr.terms)
-        why = [
-            "The most a loop holds at one row per chunk, plus 5%. Where that is over the",
-            "budget the peak is there anyway, and the other loops may use as much.",
-        ]
-        return Line(f"{statement.var} = max({terms}) * 21 // 20", why)
+        why = (
+            [
+                "The most a loop holds at its planned chunk, plus 5%: the plan misses its",
+                "target, and the peak is there anyway, so every loop may use as much.",
+            ]
+            if statement.expr.planned
+            else [
+                "The most a loop holds at one row per chunk, plus 5%. Where that is over the",
+                "budget the peak is there anyway, and the other loops may use as much.",
+            ]
+        )
+        most = f"max({terms})" if len(statement.expr.terms) > 1 else f"({terms})"
+        return Line(f"{statement.var} = {most} * 21 // 20", why)
 
     def _print_tensorconstant(self, statement: Statement, block: Block | None) -> Line:
         meta = statement.expr.meta

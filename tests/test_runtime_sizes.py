@@ -256,3 +256,58 @@ def test_loops_over_fixed_dims_keep_the_chunk_the_longest_input_needs(tmp_path: 
     chunked = instantiate(module, loaded.module)
     ids = torch.randint(0, 512, (1, 4096), generator=torch.Generator().manual_seed(0))
     assert measure_peak(chunked, (ids,)) <= 1.05 * budget
+
+
+ENCODER = """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(64, 192), nn.Linear(64, 64)
+            self.up, self.down = nn.Linear(64, 512), nn.Linear(512, 64)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v)
+            h = x + self.out(a.transpose(1, 2).reshape(1, -1, 64))
+            return h + self.down(torch.relu(self.up(h)))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 64, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        return {"x": {1: torch.export.Dim("seq", min=16, max=4096)}}
+"""
+
+
+def test_a_plan_that_misses_its_target_runs_the_chunks_it_chose(tmp_path: Path) -> None:
+    """Below the encoder's floor (its keys and values) the target is missed: the module's
+    budget is then the most a loop holds at its planned chunk, so its loops run the planned
+    rows, not a few rows each for no lower peak, and the estimate is the measured peak. The
+    planner's `run_time_rows` and the module's `_rows` are one rule."""
+    from analysis.pipeline import plan_model
+    from analysis.symbolic import run_time_rows
+
+    path = tmp_path / "encoder.py"
+    path.write_text(textwrap.dedent(ENCODER))
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(path), "--out", str(out), "--memory-ratio", "0.02"]) == 0
+    planned = plan_model(path, Target(ratio=0.02))
+    assert not planned.plan.met and all(r.chunk_size >= 64 for r in planned.plan.regions)
+    text = (out / "encoder.py").read_text()
+    assert "The most a loop holds at its planned chunk" in text
+    loaded = load_model_file(path)
+    module, _ = import_source(text)
+    chunked = instantiate(module, loaded.module)
+    measured = measure_peak(chunked, loaded.inputs)
+    assert abs(planned.plan.planned_peak_bytes - measured) <= 64 << 10, (planned.plan, measured)
+    rows = module._rows
+    for case in [(None, 0, 8, 100), (5000, 1000, 10, 256), (100, 1000, 10, 64), (10**6, 0, 0, 7)]:
+        assert rows(*case) == run_time_rows(*case), case
