@@ -55,7 +55,16 @@ import torch
 
 from analysis.causal import band, band_if_nonzero, exact, hides_nothing
 from analysis.dimflow import same_size, schema_arg
-from analysis.ir import Graph, Node, Ref, TensorMeta, common_calls, in_call, renamed_refs
+from analysis.ir import (
+    Graph,
+    Node,
+    Ref,
+    TensorMeta,
+    common_calls,
+    in_call,
+    renamed_refs,
+    without_dead,
+)
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -74,7 +83,7 @@ def eager_attention(graph: Graph) -> Graph:
                 rewritten[node.name] = fast
     if rewritten:
         nodes = tuple(rewritten.get(node.name, node) for node in graph.nodes)
-        graph = _without_dead(replace(graph, nodes=nodes, memo={}))
+        graph = without_dead(replace(graph, nodes=nodes, memo={}))
     return _padding_checked(graph)
 
 
@@ -301,7 +310,7 @@ def _merged(graph: Graph) -> Graph:
         )
         for node in graph.nodes
     )
-    return _without_dead(replace(graph, nodes=nodes, memo={}))
+    return without_dead(replace(graph, nodes=nodes, memo={}))
 
 
 def _exact_sources(graph: Graph, name: str) -> set[str]:
@@ -318,20 +327,6 @@ def _exact_sources(graph: Graph, name: str) -> set[str]:
 
 def _ref(value: Any) -> str | None:
     return value.name if isinstance(value, Ref) else None
-
-
-def _without_dead(graph: Graph) -> Graph:
-    """Drop the ops nothing reads any more. An in-place write stays, and keeps what it writes
-    (remat's `_without` drops only the chains it copied, in-place ones included)."""
-    live = set(graph.output_names())
-    keep: list[Node] = []
-    for node in reversed(graph.nodes):
-        if node.kind != "op" or node.name in live or node.mutates is not None:
-            keep.append(node)
-            live.update(node.refs())
-            if node.mutates is not None:
-                live.add(node.mutates)
-    return replace(graph, nodes=tuple(reversed(keep)), memo={})
 
 
 __all__ = ["NO_PADDING", "eager_attention", "is_padding_check", "padding_check_of", "unpadded"]

@@ -340,6 +340,20 @@ def in_call(graph: Graph, node: Node, calls: tuple[str, ...]) -> Node:
     return replace(node, calls=tuple(calls), module_path=path, module_type=kind)
 
 
+def without_dead(graph: Graph) -> Graph:
+    """Drop the ops nothing reads any more. An in-place write stays, and keeps what it writes
+    (remat's `_without` drops only the chains it copied, in-place ones included)."""
+    live = set(graph.output_names())
+    keep: list[Node] = []
+    for node in reversed(graph.nodes):
+        if node.kind != "op" or node.name in live or node.mutates is not None:
+            keep.append(node)
+            live.update(node.refs())
+            if node.mutates is not None:
+                live.add(node.mutates)
+    return replace(graph, nodes=tuple(reversed(keep)), memo={})
+
+
 __all__ = [
     "Graph",
     "Meta",
@@ -358,4 +372,5 @@ __all__ = [
     "storage_roots",
     "tensor_inputs",
     "value_bytes",
+    "without_dead",
 ]

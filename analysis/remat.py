@@ -23,7 +23,7 @@ moves each attention's query chain (the ops only the queries need) to right befo
 attention, after the keys and values, and (2) recomputes for it the large value it shares with
 them, when that value is made row by row through no matrix product from values alive after the
 attention anyway (the residual stream) and small ones (the norm's per-row scale): the norm's
-last multiplications, copied. Then one loop can make the keys and values row by row, and a
+last multiplications, copied, or a whole `layer_norm` op, which normalises each row alone. Then one loop can make the keys and values row by row, and a
 second run the queries' norm, projection, rotary embedding, attention, output projection and
 residual add, holding only the residual stream, the keys, the values and the output; the
 normalised input is gone once the values are made. The copies belong to the innermost module
@@ -49,9 +49,13 @@ from analysis.ir import (
 import torch
 
 from analysis.ops import CONTRACTION, info
+from analysis.packed import split_packed
 
 #: the attention op whose query chain `queries_last` moves
 _SDPA = torch.ops.aten.scaled_dot_product_attention.default
+#: norms over the last dims, each row from its own row: a query chain may recompute one
+#: (NOTE [Keys before queries]: torchvision's ViT normalises with one `layer_norm` op)
+_NORMS = {torch.ops.aten.layer_norm.default, torch.ops.aten.rms_norm.default}
 #: a value is worth recomputing when the values it is made from take at most this share of it
 LEAF_SHARE = 1 / 8
 #: cheap ops whose results are at least this share of the value are recomputed with it; smaller
@@ -63,7 +67,12 @@ def rematerialized(graph: Graph) -> Graph | None:
     """Return the graph with each large, cheaply made value recomputed in front of every reader
     (NOTE [Recomputed values]), or None when no value qualifies."""
     captured = graph.captured
+    split = split_packed(graph)  # NOTE [Packed projections]
+    if split is not None:
+        graph = split
     reordered = queries_last(graph)
+    if reordered is None and split is not None:
+        reordered = split
     if reordered is not None:
         graph = replace(reordered, before=None)
     chains = _chains(graph)
@@ -271,7 +280,9 @@ def _row_chain(graph: Graph, name: str, small: float, alive_after: set[str]) -> 
         known = info(node.target)
         if node.kind != "op" or not isinstance(node.meta, TensorMeta) or node.mutates:
             return None
-        if not (known.cheap or known.elementwise) or known.cost == CONTRACTION:
+        if not (known.cheap or known.elementwise or node.aliases or node.target in _NORMS):
+            return None
+        if known.cost == CONTRACTION:
             return None
         chain.add(current)
         for ref in node.refs():

@@ -23,6 +23,7 @@ from analysis.pipeline import plan_model
 from analysis.remat import queries_last, rematerialized
 from analysis.select import Target, plan_for_range
 from analysis.lower import lower
+from codegen import cli
 from codegen.emit import emit_module
 from codegen.generate import generate
 from codegen.verify import verify
@@ -373,3 +374,56 @@ def test_neighbouring_loops_run_as_one_where_that_is_faster(tmp_path: Path) -> N
     # one buffer, the residual add after the feed-forward: not the attention's output as well
     assert [name for name, _ in merged.outputs] == ["add_3"]
     assert estimate_plan(graph, (merged,)).peak <= bound
+
+
+MULTIHEAD = """
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(64), nn.LayerNorm(64)
+            self.attention = nn.MultiheadAttention(64, 4, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+
+        def forward(self, x):
+            y = self.ln_1(x)
+            y, _ = self.attention(y, y, y, need_weights=False)
+            x = x + y
+            return x + self.mlp(self.ln_2(x))
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(Block(), Block()).eval()
+
+    def make_inputs():
+        return (torch.randn(1, 1024, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_packed_projection_is_split_and_its_queries_made_in_the_loop(tmp_path: Path) -> None:
+    """NOTE [Packed projections]: nn.MultiheadAttention's packed in-projection becomes three
+    linears over blocks of its weight, with no contiguous copy of the packed result; the
+    queries' norm is recomputed for them (a `layer_norm` op), and the module verifies with a
+    lower peak than the packed graph's plan."""
+    from analysis.packed import split_packed
+
+    path = tmp_path / "multihead.py"
+    path.write_text(textwrap.dedent(MULTIHEAD))
+    graph = eager_attention(capture(load_model_file(path)))
+    split = split_packed(graph)
+    assert split is not None
+    targets = [n.target for n in split.nodes]
+    assert torch.ops.aten.contiguous.default not in targets
+    assert targets.count(torch.ops.aten.linear.default) == 2 * (3 + 1 + 2)
+    sliced = [n for n in split.nodes if n.target is torch.ops.aten.slice.Tensor]
+    assert {n.args[2:] for n in sliced} == {(0, 64), (64, 128), (128, 192)}
+    rewritten = rematerialized(graph)
+    norms = [n for n in rewritten.nodes if n.target is torch.ops.aten.layer_norm.default]
+    assert len(norms) == 2 * 3  # each block's ln_1 once more, for the queries
+    packed = plan_for_range(graph, Target(ratio=0.2))
+    planned = plan_model(path, Target(ratio=0.2))
+    assert planned.plan.planned_peak_bytes < packed.planned_peak_bytes
+    assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
+    assert "in_proj_weight[64:128]" in (tmp_path / "out" / "multihead.py").read_text()
