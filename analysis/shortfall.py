@@ -215,14 +215,17 @@ class _Facts:
 
     def rows(self, name: str) -> int:
         """The smallest form an attention's made rows take on the way to the outputs: its
-        result, or a value after it that an output it reaches is made through."""
+        result, or a value after it, before any later attention, that an output it reaches is
+        made through. (A later attention reads every row: the rows must be kept until it has
+        them, in a form made before it.)"""
         best = self.size(name)
         for out in dict.fromkeys(n for value in self.graph.outputs for n in refs_in(value)):
             if out not in self.ancestors or name not in self.ancestors[out] | {out}:
                 continue
             d: str | None = out
             while d is not None and d != name and name in self.ancestors.get(d, set()):
-                best = min(best, self.size(d))
+                if not [a for a in self._after(d, name) if a != name]:
+                    best = min(best, self.size(d))
                 d = self.idom.get(d)
         return best
 

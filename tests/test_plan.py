@@ -345,3 +345,49 @@ def test_an_original_measured_off_its_estimate_says_why(
     assert main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0
     line = capsys.readouterr().out
     assert says in line, line
+
+
+CLASSIFIER = """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(64, 192), nn.Linear(64, 64)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v)
+            return x + self.out(a.transpose(1, 2).reshape(1, -1, 64))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(Block(), Block())
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(self.blocks(x)[:, 0])  # the first token alone is classified
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 2048, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(tmp_path: Path) -> None:
+    """The classifier reads one token of the last block, so the last attention's made rows may
+    be one row; the first attention's rows are read by the second, which reads every row, so
+    they count whole (512 KiB), and the floor is the first one's."""
+    from analysis.shortfall import floor
+
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(CLASSIFIER))
+    found = floor(capture(load_model_file(path)))
+    assert found.words.startswith("the attention at model.py:13 holds"), found
+    assert "with the rows it has made (512.0 KiB): 1.5 MiB" in found.words, found
