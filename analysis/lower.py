@@ -277,6 +277,8 @@ class _Lowering:
             return users & inside <= self.emitted | running
         if held in graph.output_names():
             return False
+        if self.call and held in self.scope.outputs:
+            return False  # this forward returns it: its name must still hold it there
         if not users <= self.emitted | running:
             return False
         roots, _ = storage_roots(graph)

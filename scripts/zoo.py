@@ -13,6 +13,7 @@ in `BENCHMARKS.md` between the zoo markers.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import subprocess
@@ -63,9 +64,11 @@ def _second_size(planned: Any, generated: Any) -> dict[str, str]:
 
     spec = planned.loaded.dynamic_shapes
     if not planned.graph.symbols:
-        found = (
-            "static (no dynamic dims declared)" if spec is None else "static (export fixed them)"
-        )
+        fixed = _fixed_size(planned.loaded.path)
+        if spec is None:
+            found = f"static: {fixed}" if fixed else "static (no dynamic dims declared)"
+        else:
+            found = "static (export fixed them)"
         return {"dynamic": found}
     inputs = planned.loaded.inputs
     names = list(inspect.signature(planned.loaded.module.forward).parameters)[: len(inputs)]
@@ -83,6 +86,16 @@ def _second_size(planned: Any, generated: Any) -> dict[str, str]:
         return {"dynamic": f"the original fails at half size: {type(exc).__name__}"}
     problem = compare(expected, generated(*smaller))
     return {"dynamic": f"differs at half size: {problem}" if problem else "verified at 2 sizes"}
+
+
+def _fixed_size(path: Path) -> str | None:
+    """The model file's `FIXED_SIZE`: why the model takes one size only."""
+    for statement in ast.parse(path.read_text()).body:
+        if isinstance(statement, ast.Assign) and [
+            getattr(t, "id", None) for t in statement.targets
+        ] == ["FIXED_SIZE"]:
+            return ast.literal_eval(statement.value)
+    return None
 
 
 def versions() -> str:

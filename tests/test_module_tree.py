@@ -438,3 +438,57 @@ def test_a_call_waits_for_its_inputs_when_its_constant_comes_first(tmp_path: Pat
     assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
     text = (tmp_path / "out" / "scaled.py").read_text()
     assert "self.scale(" in text
+
+
+REBOUND = """
+    import torch
+
+    class Embed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(3, 16, 4, stride=4)
+            self.norm = torch.nn.LayerNorm(16)
+
+        def forward(self, x):
+            e = self.proj(x)
+            _, _, h, w = e.shape
+            e = e.flatten(2).transpose(1, 2)  # the source binds `e` again
+            return self.norm(e), (h, w)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = Embed()
+            self.fc = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            t, (h, w) = self.embed(x)
+            return self.fc(t).transpose(1, 2).reshape(1, 16, h, w)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        h, w = torch.export.Dim("h4", min=2, max=64), torch.export.Dim("w4", min=2, max=64)
+        return {"x": {2: 4 * h, 3: 4 * w}}
+"""
+
+
+def test_a_value_a_call_returns_keeps_its_name_when_the_source_rebinds_it(tmp_path: Path) -> None:
+    """The caller reads the conv output's height and width, so the embedding returns it; the
+    source's second `e = ...` takes a new name rather than the returned one's (HF Swin and
+    SegFormer's patch embeddings returned the tokens twice, and the caller failed on them)."""
+    path = tmp_path / "rebound.py"
+    path.write_text(textwrap.dedent(REBOUND))
+    out = str(tmp_path / "out")
+    assert cli.main(["emit", str(path), "--out", out, "--memory-ratio", "1"]) == 0  # verified
+    text = (tmp_path / "out" / "rebound.py").read_text()
+    forward = text[text.index("class Embed") :].split("def forward", 1)[1].split("\nclass ")[0]
+    forward = "\n".join(line for line in forward.splitlines() if not line.strip().startswith("#"))
+    returned = forward.rsplit("return ", 1)[1].split(",")[0].strip()
+    assert f'{returned}: "f32[1, 16, h4, w4]" = self.proj(x)' in forward, forward
+    assert forward.count(f"{returned}: ") + forward.count(f"{returned} = ") == 1, forward

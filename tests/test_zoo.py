@@ -19,6 +19,9 @@ def test_every_zoo_file_defines_the_model_contract() -> None:
     for name, text in texts.items():
         assert "def make_model(" in text and "def make_inputs(" in text, name
     assert any("batch" in name for name in texts)
+    for name, text in texts.items():  # dynamic where the model allows, else why not
+        assert "def dynamic_shapes(" in text or "\nFIXED_SIZE = " in text, name
+    assert len(texts) >= 30
 
 
 @pytest.mark.parametrize("model", ["hf_bert_batch2", "torchvision_vit"])

@@ -24,3 +24,9 @@ def make_model():
 
 def make_inputs():
     return (torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)),)
+
+
+def dynamic_shapes():
+    # one downsampling block: the total stride is 2 px
+    h, w = torch.export.Dim("h2", min=4, max=64), torch.export.Dim("w2", min=4, max=64)
+    return {"sample": {2: 2 * h, 3: 2 * w}}

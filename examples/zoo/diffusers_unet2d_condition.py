@@ -30,3 +30,14 @@ def make_inputs():
         torch.randn(1, 4, 64, 64, generator=g), torch.tensor([10]),
         torch.randn(1, 77, 32, generator=g),
     )  # fmt: skip
+
+
+def dynamic_shapes():
+    # one downsampling block: the total stride is 2 latent px; the context length varies too
+    h, w = torch.export.Dim("h2", min=4, max=32), torch.export.Dim("w2", min=4, max=32)
+    tokens = torch.export.Dim("tokens", min=2, max=77)
+    return {
+        "sample": {2: 2 * h, 3: 2 * w},
+        "timestep": None,
+        "encoder_hidden_states": {1: tokens},
+    }

@@ -25,3 +25,10 @@ def make_model():
 
 def make_inputs():
     return (torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+def dynamic_shapes():
+    # the decoder only upsamples: any latent height and width
+    height = torch.export.Dim("height", min=2, max=32)
+    width = torch.export.Dim("width", min=2, max=32)
+    return {"latent": {2: height, 3: width}}

@@ -3,6 +3,8 @@
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+FIXED_SIZE = "CLIP's position table fixes the image at 448 px (modeling_clip.py:205)"
+
 
 def make_model():
     torch.manual_seed(0)

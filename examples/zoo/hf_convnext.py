@@ -12,3 +12,9 @@ def make_model():
 
 def make_inputs():
     return (torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)),)
+
+
+def dynamic_shapes():
+    # two stages: the total stride is 8 px
+    h, w = torch.export.Dim("h8", min=4, max=64), torch.export.Dim("w8", min=4, max=64)
+    return {"pixel_values": {2: 8 * h, 3: 8 * w}}

@@ -15,3 +15,9 @@ def make_model():
 
 def make_inputs():
     return (torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)),)
+
+
+def dynamic_shapes():
+    # patch strides 4 and 2, then a spatial reduction by 8 and 4: 32 px in all
+    h, w = torch.export.Dim("h32", min=4, max=16), torch.export.Dim("w32", min=4, max=16)
+    return {"pixel_values": {2: 32 * h, 3: 32 * w}}

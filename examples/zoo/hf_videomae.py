@@ -5,6 +5,8 @@ make_model registers it as a buffer, which the generated module needs."""
 import torch
 from transformers import VideoMAEConfig, VideoMAEModel
 
+FIXED_SIZE = "VideoMAE's position table fixes 16 frames of 112 px (modeling_videomae.py:114, 171)"
+
 
 def make_model():
     torch.manual_seed(0)

@@ -3,6 +3,8 @@
 import torch
 from transformers import ViTConfig, ViTModel
 
+FIXED_SIZE = "ViT's position table fixes the image at 512 px (modeling_vit.py:153)"
+
 
 def make_model():
     torch.manual_seed(0)

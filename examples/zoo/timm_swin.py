@@ -3,6 +3,8 @@
 import timm
 import torch
 
+FIXED_SIZE = "timm's PatchEmbed asserts the image is 256 px (patch_embed.py:124, strict_img_size)"
+
 
 def make_model():
     torch.manual_seed(0)

@@ -14,3 +14,9 @@ def make_model():
 
 def make_inputs():
     return (torch.randn(1, 3, 384, 384, generator=torch.Generator().manual_seed(0)),)
+
+
+def dynamic_shapes():
+    # 8-px patches after the merge, 8-patch windows: a multiple of 64 px
+    h, w = torch.export.Dim("h64", min=2, max=6), torch.export.Dim("w64", min=2, max=6)
+    return {"x": {2: 64 * h, 3: 64 * w}}

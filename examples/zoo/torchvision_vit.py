@@ -3,6 +3,8 @@
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
+FIXED_SIZE = "torchvision ViT asserts the image is 512 px (vision_transformer.py:271)"
+
 
 def make_model():
     torch.manual_seed(0)
