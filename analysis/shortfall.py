@@ -109,9 +109,10 @@ class _Facts:
         #: immediate dominator of each value the inputs reach (None: the inputs themselves)
         self.idom: dict[str, str | None] = {}
         self.depth: dict[str, int] = {}
-        self.attentions: dict[str, set[str]] = {}  # an attention -> its ancestors
+        #: an attention -> its ancestors, as a bit set over graph positions
+        self.attentions: dict[str, int] = {}
         self.cuts: dict[str, int] = {}
-        ancestors: dict[str, set[str]] = {}
+        self.ancestors: dict[str, int] = {}
         for node in graph.nodes:
             if node.kind == "input":
                 self.idom[node.name], self.depth[node.name] = None, 1
@@ -125,16 +126,20 @@ class _Facts:
             self.idom[node.name] = meet
             self.depth[node.name] = self.depth[meet] + 1 if meet is not None else 1
             if node.target is SDPA:
-                self.attentions[node.name] = set()
-        if self.attentions:  # ancestors, for the attentions only: few of them
+                self.attentions[node.name] = 0
+        if self.attentions:  # ancestors, needed only where there are attentions
+            ancestors = self.ancestors
             for node in graph.nodes:
-                mine = set()
+                mine = 0
                 for ref in node.refs():
-                    mine |= ancestors.get(ref, set()) | {ref}
+                    mine |= ancestors.get(ref, 0) | 1 << graph.position(ref)
                 ancestors[node.name] = mine
             for name in self.attentions:
                 self.attentions[name] = ancestors[name]
-            self.ancestors = ancestors
+
+    def _before(self, ancestor: str, mask: int) -> bool:
+        """Whether `ancestor` is in the ancestor set `mask`."""
+        return bool(mask >> self.graph.position(ancestor) & 1)
 
     def _meet(self, a: str | None, b: str | None) -> str | None:
         """The deepest value dominating both (a value dominates itself)."""
@@ -159,10 +164,12 @@ class _Facts:
 
     def _after(self, name: str, ancestor: str) -> list[str]:
         """The attentions on a path from `ancestor` to `name`."""
-        mine = self.ancestors.get(name, set()) if self.attentions else set()
-        return [a for a, before in self.attentions.items() if a in mine and ancestor in before] + (
-            [name] if name in self.attentions and ancestor != name else []
-        )
+        mine = self.ancestors.get(name, 0)
+        return [
+            a
+            for a, before in self.attentions.items()
+            if self._before(a, mine) and self._before(ancestor, before)
+        ] + ([name] if name in self.attentions and ancestor != name else [])
 
     def cut(self, name: str) -> int:
         """The fewest bytes that the last rows of `name` are surely made from: a value every
@@ -183,7 +190,9 @@ class _Facts:
         if not through:
             found = 0  # the inputs alone
         else:
-            last = [a for a in through if not any(a in self.attentions[b] for b in through)]
+            last = [
+                a for a in through if not any(self._before(a, self.attentions[b]) for b in through)
+            ]
             remade = max(self._remade(self.graph[a]) for a in last)
             found = remade if best is None else min(best, remade)
         self.cuts[name] = found
@@ -220,10 +229,12 @@ class _Facts:
         them, in a form made before it.)"""
         best = self.size(name)
         for out in dict.fromkeys(n for value in self.graph.outputs for n in refs_in(value)):
-            if out not in self.ancestors or name not in self.ancestors[out] | {out}:
+            if out not in self.ancestors or not (
+                out == name or self._before(name, self.ancestors[out])
+            ):
                 continue
             d: str | None = out
-            while d is not None and d != name and name in self.ancestors.get(d, set()):
+            while d is not None and d != name and self._before(name, self.ancestors.get(d, 0)):
                 if not [a for a in self._after(d, name) if a != name]:
                     best = min(best, self.size(d))
                 d = self.idom.get(d)
