@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import sympy
 import torch
 
 from analysis.causal import band, band_if_nonzero, exact, hides_nothing
@@ -74,7 +75,7 @@ def eager_attention(graph: Graph) -> Graph:
     """Return the graph with each proven-causal SDPA call written as eager runs it (NOTE
     [Attention as eager runs it]), and each mask value read as the earliest one equal to it;
     the graph itself when nothing changes."""
-    graph = _merged(graph)
+    graph = _merged(_without_empty_pads(graph))
     rewritten: dict[str, Node] = {}
     for node in graph.nodes:
         if node.target is SDPA:
@@ -307,6 +308,39 @@ def _merged(graph: Graph) -> Graph:
             kwargs=renamed_refs(node.kwargs, renamed),
             aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
             mutates=renamed.get(node.mutates, node.mutates) if node.mutates else None,
+        )
+        for node in graph.nodes
+    )
+    return without_dead(replace(graph, nodes=nodes, memo={}))
+
+
+#: padding ops: a copy of their input when every amount is 0
+_PADS = (aten.pad.default, aten.constant_pad_nd.default)
+
+
+def _without_empty_pads(graph: Graph) -> Graph:
+    """Read each pad whose amounts are all 0 as its input. HF Swin pads its feature map up to
+    a multiple of its window (`maybe_pad`); with a dynamic size that is a multiple already,
+    the amounts are sizes export proves 0 (`(16*w) % 8`), but the pad stays in the graph, a
+    whole copy eager never makes (it pads only when the amounts are nonzero)."""
+    renamed: dict[str, str] = {}
+    written = {node.mutates for node in graph.nodes if node.mutates}
+    for node in graph.nodes:
+        if node.target not in _PADS or node.name in written or not isinstance(node.args[0], Ref):
+            continue
+        amounts = node.args[1] if len(node.args) > 1 else node.kwarg("pad")
+        values = [graph[a.name].meta if isinstance(a, Ref) else a for a in amounts or ()]
+        if values and all(isinstance(v, (int, sympy.Integer)) and v == 0 for v in values):
+            source = node.args[0].name
+            renamed[node.name] = renamed.get(source, source)
+    if not renamed:
+        return graph
+    nodes = tuple(
+        replace(
+            node,
+            args=renamed_refs(node.args, renamed),
+            kwargs=renamed_refs(node.kwargs, renamed),
+            aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
         )
         for node in graph.nodes
     )

@@ -616,3 +616,43 @@ def test_a_padding_mask_is_checked_at_run_time_and_both_paths_are_verified(
     verify(wrong, planned.loaded.module, inputs)  # the example alone takes the masked path
     with pytest.raises(InternalError, match="does not match"):
         verify(wrong, planned.loaded.module, inputs, [other])
+
+
+PADDED_TO_WINDOW = """
+    import torch
+    import torch.nn.functional as F
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            # HF Swin's maybe_pad: up to a multiple of the window, 8
+            pad = (8 - x.shape[1] % 8) % 8
+            if EXTRA:
+                pad = pad + 8
+            return F.pad(x.relu(), (0, 0, 0, pad)) * 2
+
+    def make_model():
+        return Model()
+
+    def make_inputs():
+        return (torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        return {"x": {1: 8 * torch.export.Dim("eighths", min=2, max=64)}}
+"""
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_pad_export_proves_empty_is_read_as_its_input(tmp_path: Path, extra: bool) -> None:
+    """At a dynamic size that is a multiple of the window the pad's amounts are sizes export
+    proves 0: the pad, a whole copy eager never makes, goes; a pad of 8 more rows stays."""
+    from analysis.capture import capture as capture_file
+    from analysis.fastpath import eager_attention
+    from analysis.loader import load_model_file
+
+    path = tmp_path / "padded.py"
+    path.write_text(textwrap.dedent(PADDED_TO_WINDOW).replace("EXTRA", str(extra)))
+    graph = capture_file(load_model_file(path))
+    pads = [n for n in graph.nodes if "pad" in str(n.target)]
+    assert pads, "export keeps the pad with its symbolic amounts"
+    kept = [n for n in eager_attention(graph).nodes if "pad" in str(n.target)]
+    assert bool(kept) is extra
