@@ -299,6 +299,12 @@ def _merged(graph: Graph) -> Graph:
         if found:
             earliest = min(found, key=graph.position)
             renamed[node.name] = renamed.get(earliest, earliest)
+    return _read_as(graph, renamed)
+
+
+def _read_as(graph: Graph, renamed: dict[str, str]) -> Graph:
+    """The graph with each value in `renamed` read as the value it maps to, and what nothing
+    reads any more dropped; the graph itself when `renamed` is empty."""
     if not renamed:
         return graph
     nodes = tuple(
@@ -333,18 +339,7 @@ def _without_empty_pads(graph: Graph) -> Graph:
         if values and all(isinstance(v, (int, sympy.Integer)) and v == 0 for v in values):
             source = node.args[0].name
             renamed[node.name] = renamed.get(source, source)
-    if not renamed:
-        return graph
-    nodes = tuple(
-        replace(
-            node,
-            args=renamed_refs(node.args, renamed),
-            kwargs=renamed_refs(node.kwargs, renamed),
-            aliases=renamed.get(node.aliases, node.aliases) if node.aliases else None,
-        )
-        for node in graph.nodes
-    )
-    return without_dead(replace(graph, nodes=nodes, memo={}))
+    return _read_as(graph, renamed)
 
 
 def _exact_sources(graph: Graph, name: str) -> set[str]:
