@@ -267,7 +267,7 @@ def _constant_values(ep: ExportedProgram, fx: torch.fx.Node, target: str, path: 
     """
     value = ep.constants.get(target)
     users = [user for user in fx.users if user.meta.get("stack_trace")]
-    where = _source(users[0].meta["stack_trace"], path) if users else None
+    where = source_of(users[0].meta["stack_trace"], path) if users else None
     cite = f"{where.file.rsplit('/', 1)[-1]}:{where.line}: " if where else ""
     if not isinstance(value, torch.Tensor):
         raise UserError(f"{cite}graph constant {target} is not a tensor ({type(value).__name__})")
@@ -302,7 +302,7 @@ def _op_node(fx: torch.fx.Node, path: Path) -> Node:
         args=args,
         kwargs=kwargs,
         meta=_meta(fx.meta.get("val")),
-        source=_source(fx.meta.get("stack_trace"), path),
+        source=source_of(fx.meta.get("stack_trace"), path),
         module_path=module_path if isinstance(module_path, str) else "",
         module_type=module_type,
         calls=_calls(stack),
@@ -399,7 +399,7 @@ _INTERNAL = (str(Path(torch.__file__).parent) + "/", str(Path(__file__).parent) 
 _PLUMBING = {"wrapper", "inner", "wrapped", "decorate_context", "__call__", "_call_impl"}
 
 
-def _source(stack: str | None, path: Path) -> Source | None:
+def source_of(stack: str | None, path: Path) -> Source | None:
     """Return the deepest stack frame outside torch that is not plumbing: the model file's own
     line, or, where the model file only delegates (a wrapper passing `use_cache=False` to a
     library model), the library's line that made the value."""
@@ -435,4 +435,4 @@ def _dim_names(loaded: LoadedModel) -> dict[tuple[int, int], str]:
     return names
 
 
-__all__ = ["build_graph", "capture", "export"]
+__all__ = ["build_graph", "capture", "export", "source_of"]

@@ -62,6 +62,7 @@ from analysis.ir import (
     Ref,
     TensorMeta,
     common_calls,
+    fresh_name,
     in_call,
     renamed_refs,
     without_dead,
@@ -125,6 +126,7 @@ def _padding_checked(graph: Graph) -> Graph:
     checked at run time]); the graph itself when there is none."""
     checks: dict[str, str] = {}  # input -> the name of its check
     calls: dict[str, str] = {}  # SDPA call -> the input it checks
+    taken = {node.name for node in graph.nodes}
     for node in graph.nodes:
         mask = schema_arg(node, "attn_mask") if node.target is SDPA else None
         if not isinstance(mask, Ref) or schema_arg(node, "is_causal", False):
@@ -134,7 +136,8 @@ def _padding_checked(graph: Graph) -> Graph:
         for name in _padding_inputs(graph, mask.name):
             if _exactly_causal(graph, node, mask.name, assumed=name):
                 calls[node.name] = name
-                checks.setdefault(name, _fresh(graph, NO_PADDING, checks.values()))
+                if name not in checks:
+                    checks[name] = fresh_name(NO_PADDING, taken)
                 break
     if not calls:
         return graph
@@ -171,16 +174,6 @@ def _padding_inputs(graph: Graph, mask: str) -> list[str]:
                 seen.add(ref)
                 pending.append(ref)
     return sorted(found, key=graph.position)
-
-
-def _fresh(graph: Graph, name: str, taken: Any) -> str:
-    """`name`, or `name_<n>`, unused in the graph and in `taken`."""
-    used = set(taken)
-    candidate, count = name, 1
-    while candidate in graph or candidate in used:
-        count += 1
-        candidate = f"{name}_{count}"
-    return candidate
 
 
 def _fast_call(graph: Graph, node: Node) -> Node | None:

@@ -340,6 +340,16 @@ def in_call(graph: Graph, node: Node, calls: tuple[str, ...]) -> Node:
     return replace(node, calls=tuple(calls), module_path=path, module_type=kind)
 
 
+def fresh_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_<n>`, not in `taken`; added to it."""
+    candidate, count = name, 1
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    taken.add(candidate)
+    return candidate
+
+
 def without_dead(graph: Graph) -> Graph:
     """Drop the ops nothing reads any more. An in-place write stays, and keeps what it writes
     (remat's `_without` drops only the chains it copied, in-place ones included)."""
@@ -365,6 +375,7 @@ __all__ = [
     "TensorMeta",
     "common_calls",
     "evaluate",
+    "fresh_name",
     "in_call",
     "out_meta",
     "refs_in",

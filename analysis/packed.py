@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from analysis.ir import Graph, Node, Ref, TensorMeta, without_dead
+from analysis.ir import Graph, Node, Ref, TensorMeta, fresh_name, without_dead
 
 aten = torch.ops.aten
 
@@ -57,7 +57,7 @@ def split_packed(graph: Graph) -> Graph | None:
             if operand is None:
                 sliced.append(None)
                 continue
-            name = _fresh(f"{operand.name}_{'qkv'[j]}", taken)
+            name = fresh_name(f"{operand.name}_{'qkv'[j]}", taken)
             meta = graph[operand.name].tensor
             shape = (width, *meta.shape[1:])
             sliced.append(Ref(name))
@@ -124,15 +124,6 @@ def _producer(graph: Graph, value: Any) -> Node | None:
     if not isinstance(value, Ref) or graph[value.name].kind != "op":
         return None
     return graph[value.name]
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, count = name, 1
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}_{count}"
-    taken.add(candidate)
-    return candidate
 
 
 __all__ = ["split_packed"]

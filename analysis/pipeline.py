@@ -50,13 +50,17 @@ class Planned:
 
 
 def lower_plan(
-    graph: Graph, plan: ChunkPlan, layers: dict[str, Layer], module: torch.nn.Module
+    graph: Graph,
+    plan: ChunkPlan,
+    layers: dict[str, Layer],
+    module: torch.nn.Module,
+    formulas: Formulas | None = None,
 ) -> Program:
-    """Return the loop program of a plan, with its run-time chunk-size formulas, one forward
-    per module call it keeps (NOTE [Module scopes])."""
-    return lower(
-        graph, plan, _with_unpadded(graph, plan, plan_formulas(graph, plan)), layers, module
-    )
+    """Return the loop program of a plan, with its run-time chunk-size formulas (fitted here
+    unless given), one forward per module call it keeps (NOTE [Module scopes])."""
+    if formulas is None:
+        formulas = plan_formulas(graph, plan)
+    return lower(graph, plan, _with_unpadded(graph, plan, formulas), layers, module)
 
 
 def _with_unpadded(graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> Formulas | None:
@@ -94,8 +98,11 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
             graph, plan, kept = recomputing, other, recomputing
     graph, plan = inline_held(graph, plan, target)
     plan = unpadded_sizes(graph, plan)  # NOTE [Padding checked at run time]
-    plan = sized_as_run(graph, plan, plan_formulas(graph, plan))
-    program = lower_plan(graph, plan, standard_layers(loaded.module), loaded.module)
+    # The formulas do not depend on the chunks the plan runs, only on its loops: fitted once,
+    # they size the loops as the module will (NOTE [Run-time chunk sizes]) and are written out.
+    formulas = plan_formulas(graph, plan)
+    plan = sized_as_run(graph, plan, formulas)
+    program = lower_plan(graph, plan, standard_layers(loaded.module), loaded.module, formulas)
     passes = tuple(zip(PASSES, (captured, kept, plan, program), strict=True))
     return Planned(loaded, graph, plan, program, passes)
 

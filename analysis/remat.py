@@ -68,11 +68,7 @@ def rematerialized(graph: Graph) -> Graph | None:
     (NOTE [Recomputed values]), or None when no value qualifies."""
     captured = graph.captured
     split = split_packed(graph)  # NOTE [Packed projections]
-    if split is not None:
-        graph = split
-    reordered = queries_last(graph)
-    if reordered is None and split is not None:
-        reordered = split
+    reordered = queries_last(split or graph) or split
     if reordered is not None:
         graph = replace(reordered, before=None)
     chains = _chains(graph)

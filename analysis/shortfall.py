@@ -45,7 +45,7 @@ def output_bytes(graph: Graph) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Floor:
+class ModelFloor:
     """A bound under every plan's peak (NOTE [Whose limit]), and what makes it, in words."""
 
     bytes: int
@@ -55,12 +55,12 @@ class Floor:
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 
 
-def floor(graph: Graph) -> Floor:
+def floor(graph: Graph) -> ModelFloor:
     """The highest of the model's floors (NOTE [Whose limit])."""
-    outputs = output_bytes(graph)
-    found = [Floor(outputs, f"its outputs alone are {format_bytes(outputs)}")]
     if "floor" in graph.memo:
         return graph.memo["floor"]
+    outputs = output_bytes(graph)
+    found = [ModelFloor(outputs, f"its outputs alone are {format_bytes(outputs)}")]
     facts = _Facts(graph)
     for name in dict.fromkeys(n for value in graph.outputs for n in refs_in(value)):
         if graph[name].kind != "op" or not isinstance(graph[name].meta, TensorMeta):
@@ -70,7 +70,7 @@ def floor(graph: Graph) -> Floor:
             size = facts.size(name)
             total = size + made_from
             found.append(
-                Floor(
+                ModelFloor(
                     total,
                     f"its output, {_called(graph, name)} ({format_bytes(size)}), with the "
                     f"{format_bytes(made_from)} it is made from is {format_bytes(total)}",
@@ -82,7 +82,7 @@ def floor(graph: Graph) -> Floor:
             total = keys + rows
             where = node.source.cite().split(" in ")[0] if node.source else node.name
             found.append(
-                Floor(
+                ModelFloor(
                     total,
                     f"the attention at {where} holds all its keys and values "
                     f"({format_bytes(keys)}) with the rows it has made ({format_bytes(rows)}): "
@@ -268,18 +268,23 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
     return f"the tool's limit: no loop through the peak at {where} lowered it"
 
 
+def estimate_agrees(estimated: int, measured: int) -> bool:
+    """Whether an estimate is the measured peak: within 1% of it, or 64 KiB."""
+    return abs(measured - estimated) <= max(measured // 100, 64 << 10)
+
+
 def estimate_gap(graph: Graph, estimated: int, measured: int, eager_stack: str) -> str | None:
     """Why the original's measured peak differs from its estimate, in one line, or None when
     they agree (within 1% or 64 KiB). The estimate is the captured graph's, each value freed at
     its last use: eager above it holds values longer (a Python name keeps them until it is
     rebound) or takes another path; eager below it skips what export builds (masks transformers
     builds only while exporting) or runs it in place. Both peaks are cited by their lines."""
-    from analysis.capture import _source  # the citation rule of the graph's own nodes
+    from analysis.capture import source_of  # the citation rule of the graph's own nodes
 
-    gap = measured - estimated
-    if abs(gap) <= max(estimated // 100, 64 << 10):
+    if estimate_agrees(estimated, measured):
         return None
-    eager = _source(eager_stack, Path(graph.model_file).resolve())
+    gap = measured - estimated
+    eager = source_of(eager_stack, Path(graph.model_file).resolve())
     at = eager.cite() if eager is not None else "a line outside the model"
     if gap > 0:
         return (
@@ -296,4 +301,4 @@ def estimate_gap(graph: Graph, estimated: int, measured: int, eager_stack: str) 
     )
 
 
-__all__ = ["Floor", "estimate_gap", "floor", "output_bytes", "shortfall"]
+__all__ = ["ModelFloor", "estimate_agrees", "estimate_gap", "floor", "output_bytes", "shortfall"]

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from analysis.plan import format_bytes  # noqa: E402
+from analysis.shortfall import estimate_agrees  # noqa: E402
 
 ZOO = ROOT / "examples" / "zoo"
 BEGIN, END = "<!-- zoo: begin -->", "<!-- zoo: end -->"
@@ -119,10 +120,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "error" in row:
             lines.append(f"| {row['model']} | - | - | - | - | - | - | - | {row['error']} |")
             continue
-        off = row["estimate_error_chunked"] * row["chunked"]
+        planned = round((1 + row["estimate_error_chunked"]) * row["chunked"])
         estimate = (
             "exact"
-            if abs(off) <= max(row["chunked"] / 100, 64 << 10)
+            if estimate_agrees(planned, row["chunked"])
             else f"{row['estimate_error_chunked']:+.1%}"
         )
         lines.append(
