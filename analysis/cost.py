@@ -182,7 +182,8 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
         causal = any(isinstance(value, CausalRows) for value in step.args)
         if causal:  # `_causal_attention` skips the hidden half of its own square of keys too
             keys = 0.5
-        body += node_time(node, graph, machine, fraction, whole, step.dim) * keys
+        made = step.computed.rows(size, extent) / extent  # with halos (NOTE [Halos])
+        body += node_time(node, graph, machine, made, whole, step.dim) * keys
         if causal:  # `_causal_attention`: a second kernel call, and its output weighted and added
             nbytes = 3 * value_bytes(node.meta, graph.hints) * fraction
             body += nbytes / machine.bytes_per_s(int(nbytes) or 1) + 6 * machine.op_overhead_s

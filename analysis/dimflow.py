@@ -9,6 +9,15 @@ chunk loop can never cut through it. Broadcast dims (size 1 against a larger out
 group either: that input is used whole. An op with no rule mixes every dim. That is never an
 error: it only means no loop passes through that op. Slots number the op's tensor inputs in
 argument order, as `tensor_inputs` lists them.
+
+NOTE [Halos]
+A convolution with stride 1 whose output is as long as its input (`padding = dilation *
+(kernel - 1) / 2`) moves its spatial dims with the input's, but output rows [a, b) read input
+rows [a - p, b + p): a halo of p rows on each side (`DimRule.halo`). A loop through it computes
+its input over the wider rows, runs the op on them with its own padding (still `self.conv(x)`),
+and keeps the rows whose window lay inside the slice or on the tensor's real edge: exact for
+every padding mode, since the rows that read made-up padding are the ones cropped
+(`analysis.search` gives each loop value the rows it must make, `analysis.lower` the crops).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ class DimRule:
     #: per output dim: (argument index, sign, default) of an offset that moves with the chunk's
     #: start (tril's diagonal: row r of a chunk is row start + r of the whole)
     offset: tuple[tuple[tuple[int, int, int], ...], ...] = ()
+    #: per output dim: (slot, rows before, rows after) of an input read wider than the output's
+    #: rows (NOTE [Halos])
+    halo: tuple[tuple[tuple[int, int, int], ...], ...] = ()
 
     def group_of(self, slot: int, dim: int) -> int | None:
         """Return the output dim that input `slot`'s dim `dim` moves with, or None if mixed."""
@@ -57,6 +69,13 @@ class DimRule:
 
     def offsets(self, out_dim: int) -> tuple[tuple[int, int, int], ...]:
         return self.offset[out_dim] if self.offset else ()
+
+    def halo_of(self, out_dim: int, slot: int) -> tuple[int, int]:
+        """Return the rows before and after the output's that input `slot` is read over."""
+        for s, before, after in self.halo[out_dim] if self.halo else ():
+            if s == slot:
+                return before, after
+        return 0, 0
 
     def produces(self, out_dim: int) -> bool:
         """Return whether the op can compute one chunk of that output dim by itself: its
@@ -436,8 +455,9 @@ def group_norm_rule(node: Node, graph: Graph) -> DimRule | None:
 
 
 def conv_rule(node: Node, graph: Graph) -> DimRule | None:
-    """Batch is free, output channels follow the weight's rows; a spatial dim only moves with the
-    input's when the kernel is 1 wide with stride 1 and no padding (no halo crosses a chunk)."""
+    """Batch is free, output channels follow the weight's rows; a spatial dim moves with the
+    input's when the stride is 1 and the output is as long as the input, reading a halo of
+    `padding` rows on each side (NOTE [Halos]); none with a kernel 1 wide."""
     shapes = _shapes(node, graph)
     x, weight = shapes[0], shapes[1]
     has_bias = len(shapes) > 2
@@ -449,26 +469,40 @@ def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     stride = schema_arg(node, "stride", [1])
     padding = schema_arg(node, "padding", [0])
     dilation = schema_arg(node, "dilation", [1])
-    if isinstance(padding, str):
-        padding = [0] if padding == "valid" else [None]
     rank = out_meta(node).rank
     groups: list[tuple[tuple[int, int], ...]] = [((0, 0),)]
+    halos: list[tuple[tuple[int, int, int], ...]] = [(), ()]
     channels = [(1, 0)] + ([(2, 0)] if has_bias else [])
     groups.append(tuple(channels) if groups_arg == 1 else ())
     for axis in range(2, rank):
         i = axis - 2
-        pointwise = (
-            evaluate(weight[axis], graph.hints) == 1
-            and _pick(stride, i) == 1
-            and _pick(padding, i) == 0
-            and _pick(dilation, i) in (1, None)
+        reach = (_pick(dilation, i) or 1) * (evaluate(weight[axis], graph.hints) - 1)
+        pad = _pick(padding, i) if not isinstance(padding, str) else _named_padding(padding, reach)
+        moves = (
+            _pick(stride, i) == 1
+            and pad is not None
+            and 2 * pad == reach
+            and same_size(x[axis], out_meta(node).shape[axis], graph)
         )
-        groups.append(
-            ((0, axis),)
-            if pointwise and same_size(x[axis], out_meta(node).shape[axis], graph)
-            else ()
-        )
-    return DimRule(tuple(groups))
+        groups.append(((0, axis),) if moves else ())
+        halos.append(((0, pad, pad),) if moves and pad else ())
+    return DimRule(tuple(groups), halo=tuple(halos))
+
+
+def _named_padding(padding: str, reach: int) -> int | None:
+    """Rows of padding on each side for `padding="valid"` or `"same"` (None when uneven)."""
+    if padding == "valid":
+        return 0
+    return reach // 2 if padding == "same" and reach % 2 == 0 else None
+
+
+def batch_norm_rule(node: Node, graph: Graph) -> DimRule | None:
+    """In inference a batch norm scales each channel by its running statistics: every
+    position moves with the input's; the channels are left whole (the statistics and the
+    affine weights would have to be sliced with them)."""
+    if schema_arg(node, "training", True) is not False:
+        return None
+    return _identity_except(node, graph, {1})
 
 
 def _pick(values: Any, index: int) -> Any:

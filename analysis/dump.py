@@ -36,6 +36,7 @@ from analysis.program import (
     Rows,
     SizeValue,
     Statement,
+    Bound,
     Stop,
     TensorConstant,
     UpdateBuffer,
@@ -234,6 +235,10 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         )
     if isinstance(expr, Stop):
         return f"min(start + {expr.rows}, {_arg(expr.extent, graph)})"
+    if isinstance(expr, Bound):
+        if expr.before:
+            return f"max(start - {expr.rows}, 0)"
+        return f"min(stop + {expr.rows}, {_arg(expr.extent, graph)})"
     if isinstance(expr, WriteChunk):
         return f"write({expr.buffer}@{expr.dim}, {expr.chunk})"
     if isinstance(expr, UpdateBuffer):

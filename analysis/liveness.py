@@ -56,7 +56,10 @@ def with_frees(items: list[Any], keep: set[str]) -> list[Any]:
             item = replace(
                 item,
                 body=tuple(
-                    with_frees(list(item.body), (inner_keep - _loop_locals(item)) | {"stop"})
+                    with_frees(
+                        list(item.body),
+                        (inner_keep - _loop_locals(item)) | {"stop", *item.bounds.values()},
+                    )
                 ),
             )
         dead = tuple(sorted(n for n in bound if last.get(n) == index and n not in keep))

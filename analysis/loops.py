@@ -18,6 +18,7 @@ from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import Region
 from analysis.program import (
     CHUNK,
+    CHUNK_ROWS,
     COPY,
     OUTER,
     CausalRows,
@@ -26,6 +27,7 @@ from analysis.program import (
     LoopRegion,
     LoopStep,
     Operand,
+    Span,
 )
 
 
@@ -47,11 +49,20 @@ def lower_region(
         cut = cuts.get(name)
         keys = dict(cut.slots) if cut is not None else {}
 
+        span = Span(*region.halo(name))
+        computed = span
+
         def operand(slot: int, ref: str, rule: DimRule = rule, dim: int = dim) -> Operand:
+            nonlocal computed
+            axis = rule.input_dim(dim, slot)
+            read = span + rule.halo_of(dim, slot) if axis is not None else CHUNK_ROWS
+            computed = Span(max(computed.before, read.before), max(computed.after, read.after))
             if ref in loop:
-                return Operand(ref, slot, CHUNK, keys=keys.get(slot))
+                made = Span(*region.halo(ref))
+                crop = (loop[ref], made) if made != read else None
+                return Operand(ref, slot, CHUNK, keys=keys.get(slot), span=read, crop=crop)
             source = COPY if ref in copies else OUTER
-            return Operand(ref, slot, source, rule.input_dim(dim, slot), keys.get(slot))
+            return Operand(ref, slot, source, axis, keys.get(slot), span=read)
 
         args, kwargs = _resized(node, rule, dim)
         args = inferred_width(node, graph, args)
@@ -80,6 +91,8 @@ def lower_region(
                 keys=cut.diagonal if cut is not None else None,
                 window=cut.lower if cut is not None else None,
                 layer=called,
+                span=span,
+                computed=computed,
             )
         )
     return LoopRegion(region, tuple(steps))

@@ -28,6 +28,7 @@ from analysis.program import (
     Attr,
     CausalRows,
     Block,
+    Bound,
     Budget,
     Call,
     ChunkLength,
@@ -122,6 +123,8 @@ class _Lowering:
         #: the current loop's chunk names and contiguous copies, by graph value
         self.chunks: dict[str, str] = {}
         self.copies: dict[str, str] = {}
+        #: the names of the halos' row bounds, shared by the forward's loops
+        self.bound_names: dict[tuple[bool, int], str] = {}
 
     # -------------------------------------------------------------- reads
     def reads(self, *values: Any) -> frozenset[str]:
@@ -543,7 +546,13 @@ class _Lowering:
         head = self.reads(region.extent)
         if formula is not None:
             rows = self.ns.create("chunk")
-            sizes = Rows(formula.fixed, formula.per_row, region.chunk_size, region.extent)
+            sizes = Rows(
+                formula.fixed,
+                formula.per_row,
+                region.chunk_size,
+                region.extent,
+                capped=not region.halos,
+            )
             reads = self.reads(formula.fixed, formula.per_row, region.extent)
             path = self.runtime.fast[index] if self.runtime.fast else None
             if path is not None:
@@ -556,6 +565,9 @@ class _Lowering:
             head |= {rows}
         self.chunks, self.copies = {}, copies
         body = [Statement("stop", Stop(rows, region.extent))]
+        bounds = self._bounds(lowered)
+        for (before, count), var in bounds.items():
+            body.append(Statement(var, Bound(before, count, region.extent), head))
         outputs = dict(region.outputs)
         for step in lowered.steps:
             base = self.base(graph[step.node])
@@ -564,7 +576,7 @@ class _Lowering:
             self.chunks[step.node] = var
             body.append(Statement(var, step, reads, graph[step.node].source))
             if step.node in outputs:
-                write = WriteChunk(buffers[step.node], outputs[step.node], var)
+                write = WriteChunk(buffers[step.node], outputs[step.node], var, step.span)
                 body.append(Statement(None, write, frozenset({var, buffers[step.node]})))
         block = Block(
             index=index,
@@ -575,9 +587,27 @@ class _Lowering:
             reads=head,
             chunks=dict(self.chunks),
             copies=copies,
+            bounds=bounds,
         )
         self.chunks, self.copies = {}, {}
         return [*setup, block]
+
+    def _bounds(self, lowered: LoopRegion) -> dict[tuple[bool, int], str]:
+        """Name each end of the rows the loop's halos widen the chunk to: `lo_2` for two rows
+        before the chunk, `hi_2` for two after (NOTE [Halos])."""
+        spans = set()
+        for step in lowered.steps:
+            spans |= {step.span, step.computed}
+            for read in step.operands:
+                spans |= {read.span} | ({read.crop[1]} if read.crop else set())
+        ends = {(True, s.before) for s in spans if s.before} | {
+            (False, s.after) for s in spans if s.after
+        }
+        for end in sorted(ends, key=lambda e: (not e[0], e[1])):
+            if end not in self.bound_names:
+                word = "lo" if end[0] else "hi"
+                self.bound_names[end] = self.ns.create(f"{word}_{end[1]}")
+        return {end: self.bound_names[end] for end in sorted(ends, key=lambda e: (not e[0], e[1]))}
 
     def _dtype_of(self, region: Region, dtype: torch.dtype) -> str | None:
         """A value sliced into the loop with the buffer's dtype: the buffer follows its dtype

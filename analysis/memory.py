@@ -304,6 +304,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         if step.inplace is not None:
             base = step.operands[step.inplace].value
         owned = base is None
+        made = step.computed.rows(region.chunk_size, extent) / extent  # with halos (NOTE [Halos])
         mask = _bool_mask(node, graph)
         scratch = 0
         if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
@@ -319,7 +320,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         stmts.append(
             Stmt(
                 key=chunk_key(name),
-                alloc=(math.ceil(value_bytes(node.meta, hints) * fraction) if owned else 0),
+                alloc=(math.ceil(value_bytes(node.meta, hints) * made) if owned else 0),
                 shares=None if owned else (chunk_key(base) if base in loop else base),
                 uses=tuple(uses),
                 label=label,

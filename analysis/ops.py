@@ -250,7 +250,8 @@ _define(
 _define(aten.baddbmm, rule=flow.baddbmm_rule)
 _define(aten.einsum, rule=flow.einsum_rule)
 _define(aten.group_norm, aten.native_group_norm, rule=flow.group_norm_rule)
-_define(aten.conv2d, aten.conv1d, aten.convolution, rule=flow.conv_rule)
+_define(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, rule=flow.conv_rule)
+_define(aten.batch_norm, rule=flow.batch_norm_rule)
 _define(
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_nearest1d,
     rule=flow.upsample_rule,
@@ -304,7 +305,7 @@ _define(
 _define(
     aten.linear.default, aten.matmul.default, aten.mm.default, aten.bmm.default,
     aten.addmm.default, aten.baddbmm.default, aten.einsum.default, aten.conv2d.default,
-    aten.conv1d.default, aten.scaled_dot_product_attention.default,
+    aten.conv1d.default, aten.conv3d.default, aten.scaled_dot_product_attention.default,
     cost=CONTRACTION,
 )  # fmt: skip
 _define(
@@ -429,6 +430,7 @@ for _op, _written in (
     (aten.cat.default, _function("torch.cat")),
     (aten.conv2d.default, _function("torch.nn.functional.conv2d")),
     (aten.conv1d.default, _function("torch.nn.functional.conv1d")),
+    (aten.conv3d.default, _function("torch.nn.functional.conv3d")),
     (aten.group_norm.default, _special("group_norm")),
     (
         aten.scaled_dot_product_attention.default,

@@ -26,6 +26,32 @@ CHUNK, OUTER, COPY = "chunk", "outer", "copy"
 
 
 @dataclass(frozen=True, slots=True)
+class Span:
+    """Rows of a loop value along the loop's dim, around the chunk's: `start - before` to
+    `stop + after`, clipped to the dim (NOTE [Halos])."""
+
+    #: rows before the chunk's first
+    before: int = 0
+    #: rows after its last
+    after: int = 0
+
+    def __post_init__(self) -> None:
+        if self.before < 0 or self.after < 0:
+            raise ValueError(f"a span reaches outside the chunk's rows, not inside: {self}")
+
+    def __add__(self, other: tuple[int, int]) -> Span:
+        return Span(self.before + other[0], self.after + other[1])
+
+    def rows(self, chunk: int, extent: int) -> int:
+        """Return the most rows the span covers with chunks of `chunk` rows."""
+        return min(chunk + self.before + self.after, extent)
+
+
+#: the chunk's own rows
+CHUNK_ROWS = Span()
+
+
+@dataclass(frozen=True, slots=True)
 class Operand:
     """One tensor operand of a loop statement, as each chunk reads it."""
 
@@ -40,12 +66,18 @@ class Operand:
     rows: int | None = None
     #: the dim cut to the keys the chunk can see (NOTE [Causal key truncation])
     keys: int | None = None
+    #: the rows read, along `rows` (or, for a chunk, `crop`) (NOTE [Halos])
+    span: Span = CHUNK_ROWS
+    #: for a chunk made over more rows than read: its dim, and the rows it was made over
+    crop: tuple[int, Span] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in (CHUNK, OUTER, COPY):
             raise ValueError(f"operand {self.value}: unknown source {self.source!r}")
         if self.source == CHUNK and self.rows is not None:
             raise ValueError(f"operand {self.value}: a chunk is never sliced again")
+        if self.crop is not None and (self.source != CHUNK or self.crop[1] == self.span):
+            raise ValueError(f"operand {self.value}: only a chunk made over other rows is cropped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +128,10 @@ class LoopStep:
     window: int | None = None
     #: the path of the `torch.nn` layer that runs the step, called as a module
     layer: str | None = None
+    #: the rows of its result that later steps read (NOTE [Halos])
+    span: Span = CHUNK_ROWS
+    #: the rows the op computes, reading its inputs' halos: cropped to `span` when wider
+    computed: Span = CHUNK_ROWS
 
     def operand(self, slot: int) -> Operand | None:
         return next((o for o in self.operands if o.slot == slot), None)
@@ -234,6 +270,9 @@ class Rows:
     #: run time]); None: one size for both
     fast: "Rows | None" = None
     check: str | None = None
+    #: whether a CPU runs at most `planned` rows (cache-friendly); not for loops with halos,
+    #: whose every chunk recomputes its halo rows (NOTE [Halos])
+    capped: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +284,25 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Bound:
+    """One end of the rows a halo widens the chunk to (NOTE [Halos]): `max(start - rows, 0)`
+    before it, `min(stop + rows, extent)` after it."""
+
+    #: True for the first row, False for the end
+    before: bool
+    rows: int
+    extent: Any
+
+
+@dataclass(frozen=True, slots=True)
 class WriteChunk:
     """Copy a chunk into its rows of the loop's output buffer."""
 
     buffer: str
     dim: int
     chunk: str
+    #: the rows the chunk was made over (NOTE [Halos])
+    span: Span = CHUNK_ROWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +322,7 @@ class Return:
 
 
 Expr = Union[
-    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, Stop, WriteChunk,
+    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, Stop, Bound, WriteChunk,
     UpdateBuffer, Return, LoopStep, ModuleCall, SizeValue,
 ]  # fmt: skip
 
@@ -316,6 +368,8 @@ class Block:
     chunks: dict[str, str] = field(default_factory=dict)
     #: graph value -> the name of its contiguous copy
     copies: dict[str, str] = field(default_factory=dict)
+    #: (before, rows) -> the name bound to that end of a halo's rows (NOTE [Halos])
+    bounds: dict[tuple[bool, int], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -359,10 +413,12 @@ class Program:
 
 __all__ = [
     "CHUNK",
+    "CHUNK_ROWS",
     "COPY",
     "OUTER",
     "Attr",
     "Block",
+    "Bound",
     "Budget",
     "Call",
     "CausalRows",
@@ -380,6 +436,7 @@ __all__ = [
     "Return",
     "Rows",
     "SizeValue",
+    "Span",
     "Statement",
     "Stop",
     "TensorConstant",

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analysis.dimflow import DimRule, out_meta, tensor_inputs
-from analysis.ir import Graph, TensorMeta, evaluate
+import torch
+
+from analysis.causal import truncated_keys
+from analysis.dimflow import DimRule, out_meta, same_size, tensor_inputs
+from analysis.ir import Graph, Size, TensorMeta, evaluate
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
 
@@ -42,6 +45,10 @@ class Conflict:
     end_before: tuple[str, ...]
     reason: str
 
+
+#: ops whose chunk is placed by its first row (causal attention cuts keys from it): they
+#: cannot make rows before the chunk's (NOTE [Halos])
+_FROM_THE_START = (torch.ops.aten.scaled_dot_product_attention.default,)
 
 #: how many values one stretch may make whole before its loop to get past conflicts
 HOIST_RETRIES = 8
@@ -256,13 +263,16 @@ def _region(
     if not outputs:
         return None
     extent = out_meta(graph[seed]).shape[seed_dim]
+    halos = _halos(graph, span, loop, sliced, outputs, extent)
+    if halos is None:
+        return None
     materialized = [
         name
         for name in _order(graph, _read_whole_by_matmul(graph, loop, sliced))
         if isinstance(graph[name].meta, TensorMeta) and not graph[name].tensor.contiguous
     ]
     ordered_slices = [(name, sliced[name]) for name in _order(graph, sliced)]
-    return Region(
+    region = Region(
         span=span,
         loop=tuple((name, loop[name]) for name in span if name in loop),
         hoisted=tuple(name for name in span if name not in loop),
@@ -270,7 +280,52 @@ def _region(
         outputs=tuple(outputs),
         extent=extent,
         materialized=tuple(materialized),
+        halos=halos,
     )
+    if halos and set(truncated_keys(graph, region)) & {name for name, _, _ in halos}:
+        return None  # keys cut from the chunk's first row cannot serve rows before it
+    return region
+
+
+def _halos(
+    graph: Graph,
+    span: tuple[str, ...],
+    loop: dict[str, int],
+    sliced: dict[str, int],
+    outputs: list[tuple[str, int]],
+    extent: Size,
+) -> tuple[tuple[str, int, int], ...] | None:
+    """Return the rows, around the chunk's, that each loop value must be made over and each
+    sliced value read over, for the halos of the ops that read them (NOTE [Halos]); None
+    when an op would have to make wider rows it cannot (a causal attention, tril's
+    diagonal), or a value's dim is not the loop's length.
+
+    Walking the loop backwards, a value's rows are the union of what its readers need: the
+    reader's own rows, widened by the reader's halo on that input. Region outputs need the
+    chunk's rows, as their buffers take exactly those."""
+    want: dict[str, tuple[int, int]] = {name: (0, 0) for name, _ in outputs}
+    for name in reversed(span):
+        if name not in loop:
+            continue
+        before, after = want.setdefault(name, (0, 0))
+        node, dim = graph[name], loop[name]
+        rule = dim_rule(node, graph)
+        assert rule is not None
+        if (before or after) and (rule.offsets(dim) or node.target in _FROM_THE_START):
+            return None
+        for slot, source in enumerate(tensor_inputs(node, graph)):
+            axis = rule.input_dim(dim, slot)
+            if axis is None:
+                continue
+            wide_before, wide_after = rule.halo_of(dim, slot)
+            if not (before or after or wide_before or wide_after):
+                want.setdefault(source, (0, 0))
+                continue
+            if not same_size(out_meta(graph[source]).shape[axis], extent, graph):
+                return None
+            had = want.get(source, (0, 0))
+            want[source] = (max(had[0], before + wide_before), max(had[1], after + wide_after))
+    return tuple((name, *rows) for name, rows in want.items() if rows != (0, 0))
 
 
 def _read_whole_by_matmul(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict:

@@ -140,7 +140,9 @@ def sized_as_run(graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> Ch
     for index, found in enumerate(sized):
         if found is not None:
             fixed, per_row = found
-            rows = run_time_rows(budget, fixed, per_row, regions[index].chunk_size)
+            region = regions[index]
+            most = region.chunk_size if not region.halos else evaluate(region.extent, at)
+            rows = run_time_rows(budget, fixed, per_row, most)
             regions[index] = regions[index].with_chunk_size(rows)
     if tuple(regions) == plan.regions:
         return plan

@@ -8,6 +8,7 @@ name is freed; nothing here decides that again.
 
 from __future__ import annotations
 
+import ast
 import collections
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,10 +21,12 @@ from analysis.ir import Graph, Ref, Size, Source, TensorMeta, evaluate, out_meta
 from analysis.plan import ChunkPlan, describe_lines, format_bytes, symbol_name
 from analysis.program import (
     CHUNK,
+    CHUNK_ROWS,
     COPY,
     Attr,
     CausalRows,
     Block,
+    Bound,
     Budget,
     Call,
     ChunkLength,
@@ -39,6 +42,7 @@ from analysis.program import (
     Return,
     Rows,
     SizeValue,
+    Span,
     Statement,
     Stop,
     TensorConstant,
@@ -115,6 +119,7 @@ class ForwardPrinter:
             Empty: self._print_empty,
             Rows: self._print_rows,
             Stop: self._print_stop,
+            Bound: self._print_bound,
             WriteChunk: self._print_writechunk,
             UpdateBuffer: self._print_updatebuffer,
             Return: self._print_return,
@@ -199,7 +204,7 @@ class ForwardPrinter:
         if isinstance(value, Operand):
             return self.operand(value, step, block)
         if isinstance(value, ChunkLength):
-            return "stop - start"
+            return f"{self.end(step.computed, block)} - {self.first(step.computed, block)}"
         if isinstance(value, CausalRows):  # `_causal_attention`'s first row
             return "start"
         if isinstance(value, ChunkStart):
@@ -222,12 +227,30 @@ class ForwardPrinter:
             code = block.copies[read.value]
         else:
             code = self.value(read.value)
-        cuts = {} if read.rows is None else {read.rows: "start:stop"}
+        cuts = {}
+        if read.rows is not None:
+            cuts[read.rows] = f"{self.first(read.span, block)}:{self.end(read.span, block)}"
+        if read.crop is not None:
+            cuts[read.crop[0]] = self.crop(read.span, read.crop[1], block)
         if read.keys is not None:
             end = f"stop + {self.num(step.keys)}" if step.keys else "stop"
             begin = "" if step.window is None else f"max(start - {self.num(-step.window)}, 0)"
             cuts[read.keys] = f"{begin}:{end}"
         return _index_expr(code, cuts)
+
+    def first(self, span: Span, block: Block) -> str:
+        """The first row of a span (NOTE [Halos])."""
+        return block.bounds[(True, span.before)] if span.before else "start"
+
+    def end(self, span: Span, block: Block) -> str:
+        """The end of a span's rows."""
+        return block.bounds[(False, span.after)] if span.after else "stop"
+
+    def crop(self, span: Span, made: Span, block: Block) -> str:
+        """The slice of a value made over `made`'s rows that holds `span`'s."""
+        origin = self.first(made, block)
+        first, end = self.first(span, block), self.end(span, block)
+        return f"{first} - {origin}:{end} - {origin}" if origin != first else f":{end} - {origin}"
 
     def _cite(self, source: Source | None) -> list[str]:
         if source is None:
@@ -320,6 +343,8 @@ class ForwardPrinter:
             code = _padding_checked_call(expr, arg, chunked_rows=expr.keys is not None)
         else:
             code = self._layer_call(expr, arg) or render_call(expr, arg)
+        if expr.computed != expr.span:  # rows that read made-up padding go (NOTE [Halos])
+            code = _index_expr(_atom(code), {expr.dim: self.crop(expr.span, expr.computed, block)})
         return Line(f"{statement.var} = {code}", self._cite(statement.source))
 
     def _print_inputsize(self, statement: Statement, block: Block | None) -> Line:
@@ -386,6 +411,12 @@ class ForwardPrinter:
             "row, below) within the budget. On a CPU at most the planned rows (cache-friendly);",
             "on a GPU, where a chunk costs kernel launches, all that fit.",
         ]
+        if not expr.capped:
+            comments = [
+                "Rows per chunk: the most that keep the loop's bytes (the fixed part, then per",
+                "row, below) within the budget; every chunk recomputes its halo rows, so the",
+                "fewer chunks the better.",
+            ]
         code = f"{statement.var} = {self._rows_call(expr)}"
         if expr.fast is not None:
             check = self.value(expr.check)
@@ -399,6 +430,8 @@ class ForwardPrinter:
         fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
         extent = self.arg_plain(expr.extent)
         most = f"{self.num(expr.planned)} if {self.device}.type == 'cpu' else {extent}"
+        if not expr.capped:
+            most = extent
         return f"_rows({self.program.budget}, {fixed}, {per_row}, {most})"
 
     def _print_stop(self, statement: Statement, block: Block | None) -> Line:
@@ -407,7 +440,21 @@ class ForwardPrinter:
 
     def _print_writechunk(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        return Line(f"{_index_expr(expr.buffer, {expr.dim: 'start:stop'})} = {expr.chunk}")
+        chunk = expr.chunk
+        if expr.span != CHUNK_ROWS:
+            assert block is not None, "a buffer write outside its loop"
+            chunk = _index_expr(chunk, {expr.dim: self.crop(CHUNK_ROWS, expr.span, block)})
+        return Line(f"{_index_expr(expr.buffer, {expr.dim: 'start:stop'})} = {chunk}")
+
+    def _print_bound(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        assert block is not None, "a halo's bound outside its loop"
+        first = next(s for s in block.body if isinstance(s.expr, Bound))
+        comments = _HALO_COMMENT if statement is first else []
+        if expr.before:
+            return Line(f"{statement.var} = max(start - {self.num(expr.rows)}, 0)", comments)
+        extent = self.arg_plain(expr.extent)
+        return Line(f"{statement.var} = min(stop + {self.num(expr.rows)}, {extent})", comments)
 
     def _print_updatebuffer(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -574,6 +621,21 @@ def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:
 
 def _arg_names(statement: Statement) -> tuple[str, ...]:
     return tuple(sorted(statement.reads))
+
+
+#: above a loop's halo bounds
+_HALO_COMMENT = [
+    "Halos: a kernel wider than one row reads rows beyond its output's, so each value is",
+    "made over the rows its readers reach (lo_k: k rows before the chunk, hi_k: k after),",
+    "and a convolution's rows that read padding inside the image are cropped away.",
+]
+
+
+def _atom(code: str) -> str:
+    """Return an expression as one that can be indexed: parenthesized unless it is a call,
+    name, attribute or subscript."""
+    kind = type(ast.parse(code, mode="eval").body)
+    return code if kind in (ast.Call, ast.Name, ast.Attribute, ast.Subscript) else f"({code})"
 
 
 def _index_expr(var: str, cuts: dict[int, str]) -> str:
