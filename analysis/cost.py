@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from analysis.causal import causal_rows
-from analysis.dimflow import out_meta, tensor_inputs
+from analysis.dimflow import out_meta, schema_arg, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.ops import ALL_BUT_LAST, CONTRACTION, SECOND_TO_LAST, TRANSCENDENTAL, dim_rule, info
 from analysis.program import CHUNK, COPY, CausalRows, LoopRegion
@@ -86,7 +86,7 @@ def node_flops(node: Node, graph: Graph) -> float:
     if info(node.target).cost != CONTRACTION:
         return float(out)
     inputs = tensor_inputs(node, graph)
-    if node.target in (aten.conv2d.default, aten.conv1d.default):
+    if node.target in _CONVS:
         weight = out_meta(graph[inputs[1]])
         return (
             2.0 * out * weight.numel(graph.hints) / max(evaluate(weight.shape[0], graph.hints), 1)
@@ -104,6 +104,34 @@ def node_flops(node: Node, graph: Graph) -> float:
         evaluate(size, graph.hints) for dim, size in enumerate(source.shape) if dim not in grouped
     )
     return 2.0 * out * contracted
+
+
+_CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
+
+#: how much slower ATen's own CPU convolution runs than oneDNN's (measured here: 7.4x to 12x
+#: on 3x3x3 convolutions of 64 channels)
+NATIVE_CONV_SLOWDOWN = 8.0
+
+
+def _native_conv(node: Node, graph: Graph, dim: int | None, fraction: float) -> bool:
+    """Whether a CPU float32 convolution, its output chunked along `dim` to `fraction`, runs
+    on ATen's native kernel rather than oneDNN's. ATen picks native for one small image with a
+    kernel at most 3 wide on one of its last two axes and one group (`ConvParams::use_mkldnn`: `N * C * d2 * d3 <= 20480`),
+    so a chunk of a few rows of a 3-D convolution falls off oneDNN, and runs many times
+    slower."""
+    if node.target not in _CONVS or node.kind != "op":
+        return False
+    inputs = tensor_inputs(node, graph)
+    x, weight = out_meta(graph[inputs[0]]), out_meta(graph[inputs[1]])
+    if x is None or weight is None or x.rank < 4 or x.dtype != torch.float32:
+        return False
+    if schema_arg(node, "groups", 1) != 1:
+        return False
+    shape = [evaluate(size, graph.hints) for size in x.shape]
+    if dim is not None and dim in (2, 3):
+        shape[dim] = max(1, math.ceil(shape[dim] * fraction))
+    kernel = [evaluate(size, graph.hints) for size in weight.shape[-2:]]
+    return shape[0] == 1 and any(k <= 3 for k in kernel) and math.prod(shape[:4]) <= 20480
 
 
 def _numel(graph: Graph, name: str) -> int:
@@ -156,6 +184,8 @@ def node_time(
     rows = gemm_rows(node, graph, dim, fraction)
     if rows > 0 and machine.gemm_half_rows > 0:
         compute *= 1 + machine.gemm_half_rows / max(rows, 1.0)
+    if _native_conv(node, graph, dim, fraction):
+        compute *= NATIVE_CONV_SLOWDOWN
     memory = moved / machine.bytes_per_s(working, info(node.target).cost == TRANSCENDENTAL)
     return max(compute, memory) + machine.op_overhead_s
 

@@ -16,6 +16,7 @@ import torch
 from analysis.ir import Graph, Node, Ref, TensorMeta
 from analysis.plan import ChunkPlan, describe_lines, in_dim_names
 from analysis.program import (
+    CHUNK_ROWS,
     CHUNK,
     COPY,
     Attr,
@@ -85,7 +86,9 @@ def _arg(value: Any, graph: Graph, names: dict[str, Any] | None = None, block: A
 
 def _operand(read: Operand, names: dict[str, Any] | None, block: Block | None) -> str:
     """`chunk(x)`: the loop's own chunk; `copy(x)`: the contiguous copy; `[rows@d]`: the
-    chunk's rows along dim d; `[keys@d]`: only the keys the chunk can see along dim d."""
+    chunk's rows along dim d, `[rows@d-2+2]` with two more on each side (NOTE [Halos]), and
+    `of -4+4` where a chunk made over more rows is cropped; `[keys@d]`: only the keys the
+    chunk can see along dim d."""
     name: Any = read.value
     if block is not None and read.source == CHUNK:
         name = block.chunks.get(name, name)
@@ -96,8 +99,12 @@ def _operand(read: Operand, names: dict[str, Any] | None, block: Block | None) -
         name = f"self.{found.fqn}" if isinstance(found, Attr) else found
     text = {CHUNK: f"chunk({name})", COPY: f"copy({name})"}.get(read.source, name)
     cuts = []
+    halo = f"-{read.span.before}+{read.span.after}" if read.span != CHUNK_ROWS else ""
     if read.rows is not None:
-        cuts.append(f"rows@{read.rows}")
+        cuts.append(f"rows@{read.rows}{halo}")
+    if read.crop is not None:
+        made = read.crop[1]
+        cuts.append(f"rows@{read.crop[0]}{halo or '-0+0'} of -{made.before}+{made.after}")
     if read.keys is not None:
         cuts.append(f"keys@{read.keys}")
     return f"{text}[{', '.join(cuts)}]" if cuts else text
@@ -187,6 +194,9 @@ def _statement(
     if isinstance(expr, LoopStep):
         text = _call(expr.target, expr.args, expr.kwargs, graph, names, block)
         notes = [f"{expr.node}, chunked along dim {expr.dim}"]
+        if expr.computed != expr.span:
+            made, kept = expr.computed, expr.span
+            notes.append(f"rows -{made.before}+{made.after} cropped to -{kept.before}+{kept.after}")
         if expr.inplace is not None:
             notes.append(f"in place on slot {expr.inplace}")
         if expr.keys is not None:

@@ -7,8 +7,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import sympy
+import torch
 
 from analysis.ir import Graph, Size, evaluate
+
+#: the convolutions, whose spatial axes have names (`spatial_words`)
+_CONVS = (
+    torch.ops.aten.conv1d,
+    torch.ops.aten.conv2d,
+    torch.ops.aten.conv3d,
+    torch.ops.aten.convolution,
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,9 @@ def dim_words(region: Region, graph: Graph) -> str:
     ("input_ids axis 1")."""
     name, axis = region_dim(region, graph)
     node = graph[name]
+    spatial = spatial_words(region, graph)
+    if spatial is not None:
+        return f"{spatial}, {name} axis {axis}"
     if node.kind in ("param", "buffer") and isinstance(node.target, str):
         path, _, leaf = node.target.rpartition(".")
         kind = graph.module_types.get(path, "").rsplit(".", 1)[-1]
@@ -143,6 +155,28 @@ def dim_words(region: Region, graph: Graph) -> str:
             return f"{layer}'s {roles[0]}"
         return f"{node.target} axis {axis}"
     return f"{name} axis {axis}"
+
+
+#: what a convolution's spatial axes hold, by its input's rank (batch and channels first)
+_SPATIAL_AXES = {
+    3: ("frames (length)",),
+    4: ("image rows (height)", "image columns (width)"),
+    5: ("frames (time)", "image rows (height)", "image columns (width)"),
+}
+
+
+def spatial_words(region: Region, graph: Graph) -> str | None:
+    """What a loop through convolutions walks: the spatial axis of the first one's input
+    ("image rows (height)"), or None for a loop through none."""
+    for name, dim in region.loop:
+        node = graph[name]
+        if node.kind != "op" or getattr(node.target, "overloadpacket", None) not in _CONVS:
+            continue
+        rank = len(node.meta.shape) if hasattr(node.meta, "shape") else 0
+        words = _SPATIAL_AXES.get(rank, ())
+        if 2 <= dim < 2 + len(words):
+            return words[dim - 2]
+    return None
 
 
 def symbol_name(size: Size, graph: Graph) -> str | None:
@@ -215,5 +249,6 @@ __all__ = [
     "format_bytes",
     "in_dim_names",
     "region_dim",
+    "spatial_words",
     "symbol_name",
 ]

@@ -18,7 +18,7 @@ import sympy
 import torch
 
 from analysis.ir import Graph, Ref, Size, Source, TensorMeta, evaluate, out_meta, value_bytes
-from analysis.plan import ChunkPlan, describe_lines, format_bytes, symbol_name
+from analysis.plan import ChunkPlan, describe_lines, format_bytes, spatial_words, symbol_name
 from analysis.program import (
     CHUNK,
     CHUNK_ROWS,
@@ -525,6 +525,9 @@ class ForwardPrinter:
         where = describe_lines(region, graph)
         dim_name = symbol_name(region.extent, graph)
         over = f"`{dim_name}`" if dim_name else f"a dim of length {self.arg_plain(region.extent)}"
+        spatial = spatial_words(region, graph)
+        if spatial is not None:
+            over = f"{spatial.partition(' (')[0]}, {over}"
         biggest = max(region.loop, key=lambda p: value_bytes(graph[p[0]].meta, graph.hints))
         full = value_bytes(graph[biggest[0]].meta, graph.hints)
         n = max(evaluate(region.extent, graph.hints), 1)

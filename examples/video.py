@@ -60,4 +60,4 @@ def make_inputs() -> tuple[torch.Tensor, ...]:
 
 
 def dynamic_shapes() -> dict:
-    return {"frames": {2: torch.export.Dim("frames", min=4, max=1024)}}
+    return {"frames": {2: torch.export.Dim("time", min=4, max=1024)}}

@@ -1,0 +1,197 @@
+"""Convolutions in chunk loops: halos (NOTE [Halos]), random chains verified at odd sizes, the
+estimate against measurement, and what the header calls the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from analysis.capture import build_graph, export
+from analysis.cost import load_machine, node_time
+from analysis.ir import Graph
+from analysis.loader import LoadedModel
+from analysis.layers import standard_layers
+from analysis.pipeline import lower_plan
+from analysis.plan import ChunkPlan
+from analysis.select import Target, make_plan
+from analysis.shortfall import estimate_agrees
+from codegen.emit import emit_module
+from codegen.measure import measure_peak
+from codegen.verify import verify
+
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+#: op codes; each keeps the channels and every spatial size
+OPS = ("conv", "wide_conv", "norm", "silu", "residual", "pointwise")
+
+
+class ConvChain(nn.Module):
+    """A chain of same-size convolutions of random kernels and dilations, batch norms,
+    activations and residuals."""
+
+    def __init__(self, ops: list[str], rank: int, channels: int, kernels: list[tuple]) -> None:
+        super().__init__()
+        self.ops = ops
+        layers: list[nn.Module] = []
+        for op, (kernel, dilation) in zip(ops, kernels):
+            padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+            if op in ("conv", "residual"):
+                layers.append(
+                    CONV[rank](channels, channels, kernel, padding=padding, dilation=dilation)
+                )
+            elif op == "wide_conv":  # out and back: the wide value is the peak
+                layers.append(
+                    nn.Sequential(
+                        CONV[rank](
+                            channels, 4 * channels, kernel, padding=padding, dilation=dilation
+                        ),
+                        nn.SiLU(),
+                        CONV[rank](4 * channels, channels, 1),
+                    )
+                )
+            elif op == "norm":
+                norm = NORM[rank](channels).eval()
+                norm.running_mean.normal_(0.0, 0.2)
+                norm.running_var.uniform_(0.5, 2.0)
+                layers.append(norm)
+            elif op == "pointwise":
+                layers.append(CONV[rank](channels, channels, 1))
+            else:
+                layers.append(nn.SiLU())
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for op, layer in zip(self.ops, self.layers):
+            x = x + layer(x) if op == "residual" else layer(x)
+        return x
+
+
+def _odd_kernel(rank: int) -> st.SearchStrategy:
+    sizes = st.tuples(*(st.sampled_from([1, 3, 5]) for _ in range(rank)))
+    dilations = st.tuples(*(st.sampled_from([1, 2]) for _ in range(rank)))
+    return st.tuples(sizes, dilations)
+
+
+@st.composite
+def chains(draw: st.DrawFn) -> tuple[list[str], int, list[tuple], tuple[int, ...], int]:
+    rank = draw(st.sampled_from([1, 2, 3]))
+    ops = draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=5)) + ["wide_conv"]
+    position = draw(st.integers(0, len(ops) - 1))
+    ops.insert(position, ops.pop())  # the peak anywhere in the chain
+    kernels = [draw(_odd_kernel(rank)) for _ in ops]
+    spatial = {1: (st.sampled_from([97, 123]),), 2: (st.sampled_from([37, 45]), st.just(11)),
+               3: (st.just(5), st.sampled_from([19, 23]), st.just(6))}[rank]  # fmt: skip
+    size = tuple(draw(s) for s in spatial)
+    return ops, rank, kernels, size, position
+
+
+def _plan(model: nn.Module, inputs: tuple, ratio: float) -> tuple[Graph, ChunkPlan]:
+    loaded = LoadedModel(Path(__file__), model, inputs, None)
+    graph = build_graph(export(loaded), loaded)
+    return graph, make_plan(graph, Target(ratio=ratio))
+
+
+@settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain=chains())
+def test_random_conv_chains_chunk_exactly_with_halos(chain: tuple) -> None:
+    ops, rank, kernels, size, index = chain
+    torch.manual_seed(0)
+    model = ConvChain(ops, rank, 4, kernels).eval()
+    inputs = (torch.randn(1, 4, *size),)
+    graph, plan = _plan(model, inputs, 0.3)
+    # the wide convolution's value is the peak: a loop makes it, whatever its kernel, reading
+    # its input with a halo where the kernel is wider than one row along the loop's dim
+    wide = next(n.name for n in graph.nodes if n.module_path == f"layers.{index}.0")
+    region = next((r for r in plan.regions if wide in dict(r.loop)), None)
+    assert region is not None, (ops, kernels)
+    kernel = kernels[index][0][dict(region.loop)[wide] - 2]
+    assert kernel == 1 or region.halos, (ops, kernels)
+    emitted = emit_module(
+        graph, plan, model, "test", "test", lower_plan(graph, plan, standard_layers(model), model)
+    )
+    chunked = verify(emitted.source, model, inputs)  # raises unless chunked equals unchunked
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (ops, kernels, measured)
+
+
+def test_a_strided_convolution_stops_the_loop() -> None:
+    """Output rows of a stride-2 convolution are not its input's rows: no loop passes it
+    (yet), and what is chunked around it stays exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 4, 3, stride=2, padding=1)
+    ).eval()
+    inputs = (torch.randn(1, 4, 40, 24),)
+    graph, plan = _plan(model, inputs, 0.3)
+    strided = next(n.name for n in graph.nodes if n.kind == "op" and "conv" in str(n.target)
+                   and n.args[3] == [2, 2])  # fmt: skip
+    assert all(strided not in dict(region.loop) for region in plan.regions)
+    emitted = emit_module(
+        graph, plan, model, "test", "test", lower_plan(graph, plan, standard_layers(model), model)
+    )
+    verify(emitted.source, model, inputs)
+
+
+class TwoConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv_2 = nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv_1(image))
+        return self.conv_2(h)
+
+
+def test_the_generated_loop_calls_each_conv_on_its_rows_and_crops_the_halo() -> None:
+    torch.manual_seed(0)
+    model = TwoConvs().eval()
+    inputs = (torch.randn(1, 3, 64, 16),)
+    graph, plan = _plan(model, inputs, 0.25)
+    layers = standard_layers(model)
+    source = emit_module(
+        graph, plan, model, "t", "t", lower_plan(graph, plan, layers, model)
+    ).source
+    assert "lo_2 = max(start - 2, 0)" in source and "hi_2 = min(stop + 2, 64)" in source
+    assert "over image rows" in source
+    # the layer stays a module call, on the rows its output needs, and its halo is cropped
+    code = "".join(source.split())  # as black wraps it
+    assert "self.conv_1(image[:,:,lo_2:hi_2])[:,:,lo_1-lo_2:hi_1-lo_2]" in code
+    assert "self.conv_2(h)[:,:,start-lo_1:stop-lo_1]" in code
+
+
+def test_a_few_rows_of_a_3d_convolution_cost_aten_native_kernel_time() -> None:
+    """ATen runs one small 3-D input on its own kernel, many times slower than oneDNN's: the
+    cost model knows, so the planner keeps such chunks wide."""
+    model = nn.Conv3d(64, 16, 3, padding=1).eval()
+    inputs = (torch.randn(1, 64, 16, 128, 128),)
+    loaded = LoadedModel(Path(__file__), model, inputs, None)
+    graph = build_graph(export(loaded), loaded)
+    conv = next(n for n in graph.nodes if n.kind == "op" and "conv3d" in str(n.target))
+    machine = load_machine()
+    per_row = [node_time(conv, graph, machine, rows / 128, dim=3) / rows for rows in (8, 32)]
+    assert per_row[0] > 4 * per_row[1]
+    frames = [node_time(conv, graph, machine, n / 16, dim=2) / n for n in (4, 8)]
+    assert frames[0] < 1.5 * frames[1]  # 4 frames of 128 rows stay on oneDNN
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate"])
+def test_padding_by_reflection_is_left_whole_and_exact(padding_mode: str) -> None:
+    """A conv that pads by reflection runs a pad, then an unpadded conv that shortens the rows:
+    no loop cuts through the pad, and the module stays exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 24, 3, padding=1, padding_mode=padding_mode), nn.SiLU(), nn.Conv2d(24, 3, 1)
+    ).eval()
+    inputs = (torch.randn(1, 3, 33, 20),)
+    graph, plan = _plan(model, inputs, 0.3)
+    emitted = emit_module(
+        graph, plan, model, "test", "test", lower_plan(graph, plan, standard_layers(model), model)
+    )
+    verify(emitted.source, model, inputs)
