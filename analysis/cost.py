@@ -24,6 +24,7 @@ import torch
 from analysis.causal import causal_rows
 from analysis.dimflow import out_meta, schema_arg, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
+from analysis.memory import made_fraction
 from analysis.ops import ALL_BUT_LAST, CONTRACTION, SECOND_TO_LAST, TRANSCENDENTAL, dim_rule, info
 from analysis.program import CHUNK, COPY, CausalRows, LoopRegion
 
@@ -212,7 +213,7 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
         causal = any(isinstance(value, CausalRows) for value in step.args)
         if causal:  # `_causal_attention` skips the hidden half of its own square of keys too
             keys = 0.5
-        made = step.computed.rows(size, extent) / extent  # with halos (NOTE [Halos])
+        made = made_fraction(graph, step, size)  # with halos (NOTE [Halos])
         body += node_time(node, graph, machine, made, whole, step.dim) * keys
         if causal:  # `_causal_attention`: a second kernel call, and its output weighted and added
             nbytes = 3 * value_bytes(node.meta, graph.hints) * fraction

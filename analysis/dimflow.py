@@ -11,13 +11,17 @@ error: it only means no loop passes through that op. Slots number the op's tenso
 argument order, as `tensor_inputs` lists them.
 
 NOTE [Halos]
-A convolution with stride 1 whose output is as long as its input (`padding = dilation *
+A convolution or pool with stride 1 whose output is as long as its input (`padding = dilation *
 (kernel - 1) / 2`) moves its spatial dims with the input's, but output rows [a, b) read input
-rows [a - p, b + p): a halo of p rows on each side (`DimRule.halo`). A loop through it computes
-its input over the wider rows, runs the op on them with its own padding (still `self.conv(x)`),
-and keeps the rows whose window lay inside the slice or on the tensor's real edge: exact for
-every padding mode, since the rows that read made-up padding are the ones cropped
-(`analysis.search` gives each loop value the rows it must make, `analysis.lower` the crops).
+rows [a - p, b + p): a halo of p rows on each side (`DimRule.halo`). With stride s > 1 they read
+rows [s*a - p, (b - 1)*s - p + d*(k - 1) + 1): the loop runs over the coarsest value's rows,
+and a value s times finer is made over s times as many (its `scale`). A loop through such ops
+computes each input over the wider rows, runs the op on them with its own padding (still
+`self.conv(x)`), and keeps the rows whose window lay inside the slice or on the tensor's real
+edge: exact for every padding, `ceil_mode` and `count_include_pad`, since the rows that read
+made-up padding are the ones cropped. The slice starts at a multiple of the stride, so the
+op's outputs fall where the whole run puts them. `analysis.search` gives each loop value the
+rows it must make, `analysis.lower` the crops.
 """
 
 from __future__ import annotations
@@ -46,9 +50,9 @@ class DimRule:
     #: per output dim: (argument index, sign, default) of an offset that moves with the chunk's
     #: start (tril's diagonal: row r of a chunk is row start + r of the whole)
     offset: tuple[tuple[tuple[int, int, int], ...], ...] = ()
-    #: per output dim: (slot, rows before, rows after) of an input read wider than the output's
-    #: rows (NOTE [Halos])
-    halo: tuple[tuple[tuple[int, int, int], ...], ...] = ()
+    #: per output dim: (slot, rows before, rows after, stride) of an input read wider than the
+    #: output's rows, or `stride` input rows to each output row (NOTE [Halos])
+    halo: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
 
     def group_of(self, slot: int, dim: int) -> int | None:
         """Return the output dim that input `slot`'s dim `dim` moves with, or None if mixed."""
@@ -70,12 +74,13 @@ class DimRule:
     def offsets(self, out_dim: int) -> tuple[tuple[int, int, int], ...]:
         return self.offset[out_dim] if self.offset else ()
 
-    def halo_of(self, out_dim: int, slot: int) -> tuple[int, int]:
-        """Return the rows before and after the output's that input `slot` is read over."""
-        for s, before, after in self.halo[out_dim] if self.halo else ():
+    def halo_of(self, out_dim: int, slot: int) -> tuple[int, int, int]:
+        """Return how input `slot` is read for output rows [a, b): rows [stride * a - before,
+        stride * b + after)."""
+        for s, before, after, stride in self.halo[out_dim] if self.halo else ():
             if s == slot:
-                return before, after
-        return 0, 0
+                return before, after, stride
+        return 0, 0, 1
 
     def produces(self, out_dim: int) -> bool:
         """Return whether the op can compute one chunk of that output dim by itself: its
@@ -456,8 +461,8 @@ def group_norm_rule(node: Node, graph: Graph) -> DimRule | None:
 
 def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     """Batch is free, output channels follow the weight's rows; a spatial dim moves with the
-    input's when the stride is 1 and the output is as long as the input, reading a halo of
-    `padding` rows on each side (NOTE [Halos]); none with a kernel 1 wide."""
+    input's, reading a halo (NOTE [Halos]), when the stride is 1 and the output is as long as
+    the input, or when the stride is larger (each output row then reads `stride` input rows)."""
     shapes = _shapes(node, graph)
     x, weight = shapes[0], shapes[1]
     has_bias = len(shapes) > 2
@@ -469,23 +474,63 @@ def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     stride = schema_arg(node, "stride", [1])
     padding = schema_arg(node, "padding", [0])
     dilation = schema_arg(node, "dilation", [1])
-    rank = out_meta(node).rank
-    groups: list[tuple[tuple[int, int], ...]] = [((0, 0),)]
-    halos: list[tuple[tuple[int, int, int], ...]] = [(), ()]
-    channels = [(1, 0)] + ([(2, 0)] if has_bias else [])
-    groups.append(tuple(channels) if groups_arg == 1 else ())
-    for axis in range(2, rank):
-        i = axis - 2
-        reach = (_pick(dilation, i) or 1) * (evaluate(weight[axis], graph.hints) - 1)
+    kernel = [evaluate(size, graph.hints) for size in weight[2:]]
+    channels = ((1, 0), (2, 0)) if has_bias else ((1, 0),)
+    return _windowed(
+        node, graph, kernel, stride, padding, dilation, channels if groups_arg == 1 else ()
+    )
+
+
+def pool_rule(node: Node, graph: Graph) -> DimRule | None:
+    """A max or average pool: batch and channels move; each spatial dim moves with the
+    input's, through a window as a convolution's (NOTE [Halos])."""
+    (x,) = _shapes(node, graph)
+    kernel = list(schema_arg(node, "kernel_size"))
+    if len(x) < len(kernel) + 2:
+        return None  # an unbatched input
+    stride = list(schema_arg(node, "stride", []) or kernel)
+    padding = schema_arg(node, "padding", [0])
+    dilation = schema_arg(node, "dilation", [1])
+    return _windowed(node, graph, kernel, stride, padding, dilation, ((0, 1),))
+
+
+def _windowed(
+    node: Node,
+    graph: Graph,
+    kernel: list[int],
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    channels: tuple[tuple[int, int], ...],
+) -> DimRule:
+    """The rule of an op sliding a window over its spatial dims (the last len(kernel)):
+    output rows [a, b) read input rows [s*a - p, (b - 1)*s - p + d*(k - 1) + 1). The first is
+    taken down to a multiple of the stride, so that the op run on the slice puts its outputs
+    where the whole run does (NOTE [Halos]). A stride-1 dim moves only when the output is as
+    long as the input."""
+    x = _shapes(node, graph)[0]
+    out = out_meta(node).shape
+    rank = len(out)
+    groups: list[tuple[tuple[int, int], ...]] = [((0, 0),), channels]
+    halos: list[tuple[tuple[int, int, int, int], ...]] = [(), ()]
+    first = rank - len(kernel)
+    for axis in range(first, rank):
+        i = axis - first
+        reach = (_pick(dilation, i) or 1) * (kernel[i] - 1)
+        step = _pick(stride, i)
         pad = _pick(padding, i) if not isinstance(padding, str) else _named_padding(padding, reach)
-        moves = (
-            _pick(stride, i) == 1
-            and pad is not None
-            and 2 * pad == reach
-            and same_size(x[axis], out_meta(node).shape[axis], graph)
-        )
+        if not isinstance(step, int) or step < 1 or pad is None:
+            moves = False
+        elif step == 1:
+            moves = 2 * pad == reach and same_size(x[axis], out[axis], graph)
+        else:
+            moves = True
         groups.append(((0, axis),) if moves else ())
-        halos.append(((0, pad, pad),) if moves and pad else ())
+        if moves and (pad or reach or step > 1):
+            before = step * -(-pad // step)
+            halos.append(((0, before, max(0, reach - pad + 1 - step), step),))
+        else:
+            halos.append(())
     return DimRule(tuple(groups), halo=tuple(halos))
 
 

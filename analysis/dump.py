@@ -99,15 +99,21 @@ def _operand(read: Operand, names: dict[str, Any] | None, block: Block | None) -
         name = f"self.{found.fqn}" if isinstance(found, Attr) else found
     text = {CHUNK: f"chunk({name})", COPY: f"copy({name})"}.get(read.source, name)
     cuts = []
-    halo = f"-{read.span.before}+{read.span.after}" if read.span != CHUNK_ROWS else ""
+    halo = _rows(read.span) if read.span != CHUNK_ROWS else ""
     if read.rows is not None:
         cuts.append(f"rows@{read.rows}{halo}")
     if read.crop is not None:
         made = read.crop[1]
-        cuts.append(f"rows@{read.crop[0]}{halo or '-0+0'} of -{made.before}+{made.after}")
+        cuts.append(f"rows@{read.crop[0]}{halo or '-0+0'} of {_rows(made)}")
     if read.keys is not None:
         cuts.append(f"keys@{read.keys}")
     return f"{text}[{', '.join(cuts)}]" if cuts else text
+
+
+def _rows(span: Any) -> str:
+    """A span as `-2+2` (rows before and after the chunk's), `x2-1+0` at twice its rows."""
+    scale = f"x{span.scale}" if span.scale > 1 else ""
+    return f"{scale}-{span.before}+{span.after}"
 
 
 def _call(
@@ -196,7 +202,7 @@ def _statement(
         notes = [f"{expr.node}, chunked along dim {expr.dim}"]
         if expr.computed != expr.span:
             made, kept = expr.computed, expr.span
-            notes.append(f"rows -{made.before}+{made.after} cropped to -{kept.before}+{kept.after}")
+            notes.append(f"rows {_rows(made)} cropped to {_rows(kept)}")
         if expr.inplace is not None:
             notes.append(f"in place on slot {expr.inplace}")
         if expr.keys is not None:
@@ -247,8 +253,9 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         return f"min(start + {expr.rows}, {_arg(expr.extent, graph)})"
     if isinstance(expr, Bound):
         if expr.before:
-            return f"max(start - {expr.rows}, 0)"
-        return f"min(stop + {expr.rows}, {_arg(expr.extent, graph)})"
+            return f"max({expr.scale} * start - {expr.rows}, 0)"
+        size = _arg(expr.size if expr.scale > 1 else expr.extent, graph)
+        return f"min({expr.scale} * stop + {expr.rows}, {size}), {size} on the last chunk"
     if isinstance(expr, WriteChunk):
         return f"write({expr.buffer}@{expr.dim}, {expr.chunk})"
     if isinstance(expr, UpdateBuffer):

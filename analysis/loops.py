@@ -4,6 +4,7 @@ program])."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -49,16 +50,21 @@ def lower_region(
         cut = cuts.get(name)
         keys = dict(cut.slots) if cut is not None else {}
 
-        span = Span(*region.halo(name))
+        span = made_over(graph, region, name, dim)
         computed = span
 
         def operand(slot: int, ref: str, rule: DimRule = rule, dim: int = dim) -> Operand:
             nonlocal computed
             axis = rule.input_dim(dim, slot)
-            read = span + rule.halo_of(dim, slot) if axis is not None else CHUNK_ROWS
-            computed = Span(max(computed.before, read.before), max(computed.after, read.after))
+            if axis is None:
+                read = CHUNK_ROWS
+            else:
+                halo = rule.halo_of(dim, slot)
+                fine = span.scale * halo[2] > 1
+                read = span.read(halo, graph[ref].tensor.shape[axis] if fine else None)
+                computed = _computed(computed, span, halo)
             if ref in loop:
-                made = Span(*region.halo(ref))
+                made = made_over(graph, region, ref, loop[ref])
                 crop = (loop[ref], made) if made != read else None
                 return Operand(ref, slot, CHUNK, keys=keys.get(slot), span=read, crop=crop)
             source = COPY if ref in copies else OUTER
@@ -96,6 +102,27 @@ def lower_region(
             )
         )
     return LoopRegion(region, tuple(steps))
+
+
+def made_over(graph: Graph, region: Region, name: str, dim: int) -> Span:
+    """Return the rows a loop value is made over, or a sliced value read over (NOTE
+    [Halos])."""
+    before, after, scale = region.halo(name)
+    return Span(before, after, scale, graph[name].tensor.shape[dim] if scale > 1 else None)
+
+
+def _computed(computed: Span, span: Span, halo: tuple[int, int, int]) -> Span:
+    """Return the rows an op makes when run on an input read through its window: its own
+    rows and those its window reaches past them (the first exactly: where its output rows
+    start; the last at least as many)."""
+    before, after, stride = halo
+    if before % stride:
+        raise InternalError(f"a window's slice starts off its stride: {halo}")
+    return replace(
+        computed,
+        before=max(computed.before, span.before + before // stride),
+        after=max(computed.after, span.after + -(-after // stride)),
+    )
 
 
 def layer_call(

@@ -43,6 +43,7 @@ from analysis.program import (
     Return,
     Rows,
     SizeValue,
+    Span,
     Statement,
     Stop,
     TensorConstant,
@@ -124,7 +125,7 @@ class _Lowering:
         self.chunks: dict[str, str] = {}
         self.copies: dict[str, str] = {}
         #: the names of the halos' row bounds, shared by the forward's loops
-        self.bound_names: dict[tuple[bool, int], str] = {}
+        self.bound_names: dict[tuple[bool, int, int], str] = {}
 
     # -------------------------------------------------------------- reads
     def reads(self, *values: Any) -> frozenset[str]:
@@ -565,9 +566,11 @@ class _Lowering:
             head |= {rows}
         self.chunks, self.copies = {}, copies
         body = [Statement("stop", Stop(rows, region.extent))]
-        bounds = self._bounds(lowered)
-        for (before, count), var in bounds.items():
-            body.append(Statement(var, Bound(before, count, region.extent), head))
+        named = self._bounds(lowered)
+        bounds = {end: var for end, (var, _) in named.items()}
+        for (before, count, scale), (var, size) in named.items():
+            bound = Bound(before, count, region.extent, scale, size)
+            body.append(Statement(var, bound, head | self.reads(size)))
         outputs = dict(region.outputs)
         for step in lowered.steps:
             base = self.base(graph[step.node])
@@ -592,22 +595,32 @@ class _Lowering:
         self.chunks, self.copies = {}, {}
         return [*setup, block]
 
-    def _bounds(self, lowered: LoopRegion) -> dict[tuple[bool, int], str]:
-        """Name each end of the rows the loop's halos widen the chunk to: `lo_2` for two rows
-        before the chunk, `hi_2` for two after (NOTE [Halos])."""
+    def _bounds(self, lowered: LoopRegion) -> dict[tuple[bool, int, int], str]:
+        """Name each end of the rows the loop's spans reach: `lo_2` for two rows before the
+        chunk, `hi_2` for two after, `lo_1_x2` for one before at twice the loop's rows (NOTE
+        [Halos])."""
         spans = set()
+        outputs = dict(lowered.region.outputs)
         for step in lowered.steps:
             spans |= {step.span, step.computed}
+            if step.node in outputs and step.span.scale > 1:  # its buffer's rows
+                spans.add(Span(0, 0, step.span.scale, step.span.size))
             for read in step.operands:
                 spans |= {read.span} | ({read.crop[1]} if read.crop else set())
-        ends = {(True, s.before) for s in spans if s.before} | {
-            (False, s.after) for s in spans if s.after
-        }
-        for end in sorted(ends, key=lambda e: (not e[0], e[1])):
+        ends: dict[tuple[bool, int, int], Any] = {}
+        for span in spans:
+            if span.before or span.scale > 1:
+                ends[(True, span.before, span.scale)] = span.size
+            if span.after or span.scale > 1:
+                ends[(False, span.after, span.scale)] = span.size
+        named = {}
+        for end in sorted(ends, key=lambda e: (e[2], not e[0], e[1])):
             if end not in self.bound_names:
                 word = "lo" if end[0] else "hi"
-                self.bound_names[end] = self.ns.create(f"{word}_{end[1]}")
-        return {end: self.bound_names[end] for end in sorted(ends, key=lambda e: (not e[0], e[1]))}
+                suffix = f"_x{end[2]}" if end[2] > 1 else ""
+                self.bound_names[end] = self.ns.create(f"{word}_{end[1]}{suffix}")
+            named[end] = (self.bound_names[end], ends[end])
+        return named
 
     def _dtype_of(self, region: Region, dtype: torch.dtype) -> str | None:
         """A value sliced into the loop with the buffer's dtype: the buffer follows its dtype

@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from analysis.dimflow import schema_arg
+from analysis.dimflow import out_meta, schema_arg
 from analysis.ir import Graph, Node, Ref, evaluate, storage_roots, value_bytes
 from analysis.lower import lower_region
 from analysis.plan import Region
-from analysis.program import CHUNK, CausalRows, LoopRegion
+from analysis.program import CHUNK, CausalRows, LoopRegion, LoopStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +304,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         if step.inplace is not None:
             base = step.operands[step.inplace].value
         owned = base is None
-        made = step.computed.rows(region.chunk_size, extent) / extent  # with halos (NOTE [Halos])
+        made = made_fraction(graph, step, region.chunk_size)
         mask = _bool_mask(node, graph)
         scratch = 0
         if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
@@ -331,6 +331,13 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             stmts.append(Stmt(key=None, uses=(chunk_key(name), name), label=label))
     stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     return stmts
+
+
+def made_fraction(graph: Graph, step: LoopStep, chunk: int) -> float:
+    """Return the share of its value a loop step makes per chunk: its chunk's rows, with any
+    halo, at its scale (NOTE [Halos])."""
+    size = max(evaluate(out_meta(graph[step.node]).shape[step.dim], graph.hints), 1)
+    return step.computed.rows(chunk, size) / size
 
 
 def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:

@@ -252,6 +252,11 @@ _define(aten.einsum, rule=flow.einsum_rule)
 _define(aten.group_norm, aten.native_group_norm, rule=flow.group_norm_rule)
 _define(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, rule=flow.conv_rule)
 _define(aten.batch_norm, rule=flow.batch_norm_rule)
+# not avg_pool3d: it refuses a slice shorter than its kernel even where padding covers it
+_define(
+    aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.avg_pool1d, aten.avg_pool2d,
+    rule=flow.pool_rule,
+)  # fmt: skip
 _define(
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_nearest1d,
     rule=flow.upsample_rule,

@@ -48,9 +48,9 @@ class Region:
     #: rows per chunk when the run-time padding check finds no padding (NOTE [Padding checked
     #: at run time]); 0: `chunk_size` either way
     fast_chunk_size: int = 0
-    #: loop values, and values sliced from outside, made or read over more rows than the
-    #: chunk's: (name, rows before, rows after) (NOTE [Halos])
-    halos: tuple[tuple[str, int, int], ...] = ()
+    #: loop values, and values sliced from outside, made or read over other rows than the
+    #: chunk's: (name, rows before, rows after, rows per row of the loop) (NOTE [Halos])
+    halos: tuple[tuple[str, int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         loop = {name for name, _ in self.loop}
@@ -63,9 +63,10 @@ class Region:
     def loop_dims(self) -> dict[str, int]:
         return dict(self.loop)
 
-    def halo(self, name: str) -> tuple[int, int]:
-        """Return the rows before and after the chunk's that a value is made or read over."""
-        return next(((b, a) for n, b, a in self.halos if n == name), (0, 0))
+    def halo(self, name: str) -> tuple[int, int, int]:
+        """Return how a value is made or read: rows [scale * start - before, scale * stop +
+        after) as (before, after, scale)."""
+        return next(((b, a, s) for n, b, a, s in self.halos if n == name), (0, 0, 1))
 
     def n_chunks(self, graph: Graph) -> int:
         return math.ceil(evaluate(self.extent, graph.hints) / max(self.chunk_size, 1))

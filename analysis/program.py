@@ -27,24 +27,39 @@ CHUNK, OUTER, COPY = "chunk", "outer", "copy"
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Rows of a loop value along the loop's dim, around the chunk's: `start - before` to
-    `stop + after`, clipped to the dim (NOTE [Halos])."""
+    """Rows of a loop value along the loop's dim: `scale * start - before` to `scale * stop +
+    after`, clipped to the value's length, and to its end on the last chunk (NOTE [Halos])."""
 
-    #: rows before the chunk's first
+    #: rows before the chunk's first (at the value's scale)
     before: int = 0
     #: rows after its last
     after: int = 0
+    #: the value's rows per row of the loop (a value before a stride-2 conv has 2)
+    scale: int = 1
+    #: the value's length along the dim, where the scale is above 1 (its end on the last chunk)
+    size: Any = None
 
     def __post_init__(self) -> None:
-        if self.before < 0 or self.after < 0:
+        if self.before < 0 or self.after < 0 or self.scale < 1:
             raise ValueError(f"a span reaches outside the chunk's rows, not inside: {self}")
+        if (self.scale > 1) != (self.size is not None):
+            raise ValueError(f"a span at scale {self.scale} needs the value's length: {self}")
 
-    def __add__(self, other: tuple[int, int]) -> Span:
-        return Span(self.before + other[0], self.after + other[1])
+    def read(self, halo: tuple[int, int, int], size: Any) -> Span:
+        """Return the rows an op making these rows reads of an input, through its window
+        `(before, after, stride)`; `size` is the input's length."""
+        before, after, stride = halo
+        scale = self.scale * stride
+        return Span(
+            stride * self.before + before,
+            stride * self.after + after,
+            scale,
+            size if scale > 1 else None,
+        )
 
-    def rows(self, chunk: int, extent: int) -> int:
-        """Return the most rows the span covers with chunks of `chunk` rows."""
-        return min(chunk + self.before + self.after, extent)
+    def rows(self, chunk: int, size: int) -> int:
+        """Return the most rows the span covers with chunks of `chunk` rows, of `size`."""
+        return min(self.scale * chunk + self.before + self.after, size)
 
 
 #: the chunk's own rows
@@ -285,13 +300,17 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Bound:
-    """One end of the rows a halo widens the chunk to (NOTE [Halos]): `max(start - rows, 0)`
-    before it, `min(stop + rows, extent)` after it."""
+    """One end of the rows a halo widens the chunk to (NOTE [Halos]): `max(scale * start -
+    rows, 0)` before it, `min(scale * stop + rows, size)` after it (the whole `size` on the last
+    chunk)."""
 
     #: True for the first row, False for the end
     before: bool
     rows: int
     extent: Any
+    #: the value's rows per row of the loop, and its length where that is above 1
+    scale: int = 1
+    size: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,8 +387,8 @@ class Block:
     chunks: dict[str, str] = field(default_factory=dict)
     #: graph value -> the name of its contiguous copy
     copies: dict[str, str] = field(default_factory=dict)
-    #: (before, rows) -> the name bound to that end of a halo's rows (NOTE [Halos])
-    bounds: dict[tuple[bool, int], str] = field(default_factory=dict)
+    #: (before, rows, scale) -> the name bound to that end of a span's rows (NOTE [Halos])
+    bounds: dict[tuple[bool, int, int], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ outputs, written into preallocated buffers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -262,10 +263,10 @@ def _region(
             outputs.append((name, loop[name]))
     if not outputs:
         return None
-    extent = out_meta(graph[seed]).shape[seed_dim]
-    halos = _halos(graph, span, loop, sliced, outputs, extent)
-    if halos is None:
+    found = _halos(graph, span, loop, sliced, outputs)
+    if found is None:
         return None
+    halos, extent = found
     materialized = [
         name
         for name in _order(graph, _read_whole_by_matmul(graph, loop, sliced))
@@ -282,7 +283,7 @@ def _region(
         materialized=tuple(materialized),
         halos=halos,
     )
-    if halos and set(truncated_keys(graph, region)) & {name for name, _, _ in halos}:
+    if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
     return region
 
@@ -293,16 +294,20 @@ def _halos(
     loop: dict[str, int],
     sliced: dict[str, int],
     outputs: list[tuple[str, int]],
-    extent: Size,
-) -> tuple[tuple[str, int, int], ...] | None:
+) -> tuple[tuple[tuple[str, int, int, int], ...], Size] | None:
     """Return the rows, around the chunk's, that each loop value must be made over and each
-    sliced value read over, for the halos of the ops that read them (NOTE [Halos]); None
-    when an op would have to make wider rows it cannot (a causal attention, tril's
-    diagonal), or a value's dim is not the loop's length.
+    sliced value read over (NOTE [Halos]), with the loop's length: that of the coarsest values,
+    one row of which the loop walks per row. None when an op would have to make rows it cannot
+    (a causal attention, tril's diagonal), or the coarsest values differ in length.
 
-    Walking the loop backwards, a value's rows are the union of what its readers need: the
-    reader's own rows, widened by the reader's halo on that input. Region outputs need the
-    chunk's rows, as their buffers take exactly those."""
+    First each value's scale: its rows per row of the loop (an op reading an input with
+    stride 2 makes the input twice as fine). Then, walking the loop backwards, a value's rows
+    are the union of what its readers need: the reader's own rows, widened through the
+    reader's window on that input. Region outputs need the chunk's rows at their scale, as
+    their buffers take exactly those."""
+    scales = _scales(graph, loop, sliced)
+    if scales is None:
+        return None
     want: dict[str, tuple[int, int]] = {name: (0, 0) for name, _ in outputs}
     for name in reversed(span):
         if name not in loop:
@@ -311,21 +316,60 @@ def _halos(
         node, dim = graph[name], loop[name]
         rule = dim_rule(node, graph)
         assert rule is not None
-        if (before or after) and (rule.offsets(dim) or node.target in _FROM_THE_START):
+        moved = before or after or scales[name] != 1
+        if moved and (rule.offsets(dim) or node.target in _FROM_THE_START):
             return None
         for slot, source in enumerate(tensor_inputs(node, graph)):
-            axis = rule.input_dim(dim, slot)
-            if axis is None:
+            if rule.input_dim(dim, slot) is None:
                 continue
-            wide_before, wide_after = rule.halo_of(dim, slot)
-            if not (before or after or wide_before or wide_after):
-                want.setdefault(source, (0, 0))
-                continue
-            if not same_size(out_meta(graph[source]).shape[axis], extent, graph):
-                return None
+            wide_before, wide_after, stride = rule.halo_of(dim, slot)
             had = want.get(source, (0, 0))
-            want[source] = (max(had[0], before + wide_before), max(had[1], after + wide_after))
-    return tuple((name, *rows) for name, rows in want.items() if rows != (0, 0))
+            need = (stride * before + wide_before, stride * after + wide_after)
+            want[source] = (max(had[0], need[0]), max(had[1], need[1]))
+    coarsest = {out_meta(graph[n]).shape[d] for n, d in loop.items() if scales[n] == 1}
+    extent = next(iter(coarsest))
+    if any(not same_size(size, extent, graph) for size in coarsest):
+        return None
+    halos = tuple(
+        (name, *want[name], scales[name])
+        for name in [*span, *sorted(set(sliced) - set(span), key=graph.position)]
+        if name in want and (want[name] != (0, 0) or scales[name] != 1)
+    )
+    return halos, extent
+
+
+def _scales(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict[str, int] | None:
+    """Return each loop and sliced value's rows per row of the loop, the coarsest at 1; None
+    when two paths disagree or a value would take a fraction of a row."""
+    edges: dict[str, list[tuple[str, Fraction]]] = {}
+    for name, dim in loop.items():
+        rule = dim_rule(graph[name], graph)
+        assert rule is not None
+        for slot, source in enumerate(tensor_inputs(graph[name], graph)):
+            if rule.input_dim(dim, slot) is not None:
+                stride = Fraction(rule.halo_of(dim, slot)[2])
+                edges.setdefault(name, []).append((source, stride))
+                edges.setdefault(source, []).append((name, 1 / stride))
+    scale: dict[str, Fraction] = {}
+    for root in loop:
+        if root in scale:
+            continue
+        scale[root] = Fraction(1)
+        pending = [root]
+        while pending:
+            name = pending.pop()
+            for other, factor in edges.get(name, ()):
+                found = scale[name] * factor
+                if other not in scale:
+                    scale[other] = found
+                    pending.append(other)
+                elif scale[other] != found:
+                    return None
+    least = min(scale.values())
+    relative = {name: value / least for name, value in scale.items()}
+    if any(value.denominator != 1 for value in relative.values()):
+        return None
+    return {name: int(value) for name, value in relative.items()}
 
 
 def _read_whole_by_matmul(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict:

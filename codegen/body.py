@@ -240,11 +240,15 @@ class ForwardPrinter:
 
     def first(self, span: Span, block: Block) -> str:
         """The first row of a span (NOTE [Halos])."""
-        return block.bounds[(True, span.before)] if span.before else "start"
+        if not span.before and span.scale == 1:
+            return "start"
+        return block.bounds[(True, span.before, span.scale)]
 
     def end(self, span: Span, block: Block) -> str:
         """The end of a span's rows."""
-        return block.bounds[(False, span.after)] if span.after else "stop"
+        if not span.after and span.scale == 1:
+            return "stop"
+        return block.bounds[(False, span.after, span.scale)]
 
     def crop(self, span: Span, made: Span, block: Block) -> str:
         """The slice of a value made over `made`'s rows that holds `span`'s."""
@@ -440,21 +444,39 @@ class ForwardPrinter:
 
     def _print_writechunk(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        chunk = expr.chunk
+        chunk, rows = expr.chunk, "start:stop"
         if expr.span != CHUNK_ROWS:
             assert block is not None, "a buffer write outside its loop"
-            chunk = _index_expr(chunk, {expr.dim: self.crop(CHUNK_ROWS, expr.span, block)})
-        return Line(f"{_index_expr(expr.buffer, {expr.dim: 'start:stop'})} = {chunk}")
+            own = Span(0, 0, expr.span.scale, expr.span.size)
+            rows = f"{self.first(own, block)}:{self.end(own, block)}"
+            if own != expr.span:
+                chunk = _index_expr(chunk, {expr.dim: self.crop(own, expr.span, block)})
+        return Line(f"{_index_expr(expr.buffer, {expr.dim: rows})} = {chunk}")
 
     def _print_bound(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
         assert block is not None, "a halo's bound outside its loop"
         first = next(s for s in block.body if isinstance(s.expr, Bound))
-        comments = _HALO_COMMENT if statement is first else []
-        if expr.before:
-            return Line(f"{statement.var} = max(start - {self.num(expr.rows)}, 0)", comments)
+        comments = []
+        if statement is first:
+            scaled = any(isinstance(s.expr, Bound) and s.expr.scale > 1 for s in block.body)
+            comments = _HALO_COMMENT + (_SCALE_COMMENT if scaled else [])
         extent = self.arg_plain(expr.extent)
-        return Line(f"{statement.var} = min(stop + {self.num(expr.rows)}, {extent})", comments)
+        if expr.scale == 1:
+            if expr.before:
+                return Line(f"{statement.var} = max(start - {self.num(expr.rows)}, 0)", comments)
+            return Line(f"{statement.var} = min(stop + {self.num(expr.rows)}, {extent})", comments)
+        scale, size = self.num(expr.scale), self.arg_plain(expr.size)
+        if expr.before:
+            code = (
+                f"max({scale} * start - {self.num(expr.rows)}, 0)"
+                if expr.rows
+                else f"{scale} * start"
+            )
+        else:
+            more = f" + {self.num(expr.rows)}" if expr.rows else ""
+            code = f"min({scale} * stop{more}, {size}) if stop < {extent} else {size}"
+        return Line(f"{statement.var} = {code}", comments)
 
     def _print_updatebuffer(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -631,6 +653,10 @@ _HALO_COMMENT = [
     "Halos: a kernel wider than one row reads rows beyond its output's, so each value is",
     "made over the rows its readers reach (lo_k: k rows before the chunk, hi_k: k after),",
     "and a convolution's rows that read padding inside the image are cropped away.",
+]
+#: and where some values are finer than the loop's rows
+_SCALE_COMMENT = [
+    "A value read by a stride-2 op has two rows per row of the loop (`_x2`), and so on.",
 ]
 
 

@@ -160,20 +160,25 @@ def check_chunk(
 ) -> None:
     """Assert the op on inputs cut to one chunk of output dim `j` gives that chunk of `full`.
 
-    An input read with a halo (NOTE [Halos]) is cut wider, clipped to its length, and the
-    result cropped back to the chunk, as a loop runs it."""
-    size = out_meta(node).shape[j]
-    extent = evaluate(size, graph.hints)
+    An input read through a window (NOTE [Halos]) is cut to the rows the chunk's outputs read,
+    from a multiple of the stride, clipped to its length; the op's result on it is cropped back
+    to the chunk, as a loop runs it."""
     halos = {slot: rule.halo_of(j, slot) for slot, _ in rule.groups[j]}
-    low = min((max(start - before, 0) for before, _ in halos.values()), default=start)
-    assert len({before for before, _ in halos.values()} | {0}) <= 2, "one halo per dim"
+    windows = {slot: halo for slot, halo in halos.items() if halo != (0, 0, 1)}
+    assert len(windows) <= 1, f"{node.name}: one input read through a window per dim"
+    origin = start  # the output row the op's first result row is
 
     def cut(slot: int, value: Any) -> Any:
+        nonlocal origin
         dim = rule.input_dim(j, slot)
         if dim is None:
             return value
-        before, after = halos[slot]
-        first, stop = max(start - before, 0), min(start + length + after, extent)
+        before, after, stride = halos[slot]
+        first = max(stride * start - before, 0)
+        stop = min(stride * (start + length) + after, input_shapes(node, graph)[slot][dim])
+        if slot in windows:
+            assert first % stride == 0, f"{node.name}: a window's slice starts off the stride"
+            origin = first // stride
         return narrow(value, dim, first, stop - first)
 
     where = f"{node.name} ({node.target}) out dim {j} [{start}:{start + length}]"
@@ -190,8 +195,8 @@ def check_chunk(
             got = node.target(*args, **kwargs)
     except (IndexError, RuntimeError) as exc:
         raise AssertionError(f"{where}: cannot cut the inputs to this chunk: {exc}") from None
-    if low < start:
-        got = narrow(got, j, start - low, length)
+    if origin < start:
+        got = narrow(got, j, start - origin, length)
     assert_same(got, narrow(full, j, start, length), where)
 
 
