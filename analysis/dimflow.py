@@ -22,11 +22,22 @@ edge: exact for every padding, `ceil_mode` and `count_include_pad`, since the ro
 made-up padding are the ones cropped. The slice starts at a multiple of the stride, so the
 op's outputs fall where the whole run puts them. `analysis.search` gives each loop value the
 rows it must make, `analysis.lower` the crops.
+
+NOTE [Statistics before the loop]
+A group norm's output row is its input row, less its group's mean, over its group's standard
+deviation: the statistics span every row. A loop may still run it row by row when the input is
+whole before the loop: the statistics are taken first, by a chunked reduction over the whole
+input (`_group_stats` in the generated module: per-chunk counts, means and squared deviations
+in float32, combined as Chan et al. do), then each chunk is normalized with them (`_group_norm`,
+the affine form ATen's kernel computes). The rule marks such an input `whole`; the search then
+never makes it inside the loop. Contract 3 lists the exception: the norm is written out, not
+called as `self.norm(chunk)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -51,8 +62,12 @@ class DimRule:
     #: start (tril's diagonal: row r of a chunk is row start + r of the whole)
     offset: tuple[tuple[tuple[int, int, int], ...], ...] = ()
     #: per output dim: (slot, rows before, rows after, stride) of an input read wider than the
-    #: output's rows, or `stride` input rows to each output row (NOTE [Halos])
-    halo: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
+    #: output's rows, or `stride` input rows to each output row, a fraction for upsampling
+    #: (NOTE [Halos])
+    halo: tuple[tuple[tuple[int, int, int, Any], ...], ...] = ()
+    #: per output dim: input slots whose statistics span that dim: read by chunk, but made
+    #: whole before any loop along it through the op (NOTE [Statistics before the loop])
+    whole: tuple[tuple[int, ...], ...] = ()
 
     def group_of(self, slot: int, dim: int) -> int | None:
         """Return the output dim that input `slot`'s dim `dim` moves with, or None if mixed."""
@@ -74,13 +89,17 @@ class DimRule:
     def offsets(self, out_dim: int) -> tuple[tuple[int, int, int], ...]:
         return self.offset[out_dim] if self.offset else ()
 
-    def halo_of(self, out_dim: int, slot: int) -> tuple[int, int, int]:
-        """Return how input `slot` is read for output rows [a, b): rows [stride * a - before,
-        stride * b + after)."""
+    def halo_of(self, out_dim: int, slot: int) -> tuple[int, int, Any]:
+        """Return how input `slot` is read for output rows [a, b): rows [floor(stride * a) -
+        before, ceil(stride * b) + after)."""
         for s, before, after, stride in self.halo[out_dim] if self.halo else ():
             if s == slot:
                 return before, after, stride
         return 0, 0, 1
+
+    def whole_of(self, out_dim: int) -> tuple[int, ...]:
+        """Return the input slots a loop along `out_dim` needs whole before it."""
+        return self.whole[out_dim] if self.whole else ()
 
     def produces(self, out_dim: int) -> bool:
         """Return whether the op can compute one chunk of that output dim by itself: its
@@ -452,11 +471,14 @@ def einsum_rule(node: Node, graph: Graph) -> DimRule | None:
 
 
 def group_norm_rule(node: Node, graph: Graph) -> DimRule | None:
-    """Statistics span a group's channels and every spatial position: only the batch is free."""
+    """Statistics span a group's channels and every spatial position: the batch is free, and
+    the spatial dims move once the statistics are taken from the whole input before the loop
+    (NOTE [Statistics before the loop])."""
     if node.target.overloadpacket is aten.native_group_norm:
         return None  # its batch size is an argument (N), and a resize only reaches list items
     rank = out_meta(node).rank
-    return _identity_except(node, graph, set(range(1, rank)))
+    whole = tuple(() if axis < 2 else (0,) for axis in range(rank))
+    return DimRule(_identity_except(node, graph, {1}).groups, whole=whole)
 
 
 def conv_rule(node: Node, graph: Graph) -> DimRule | None:
@@ -558,9 +580,31 @@ def _pick(values: Any, index: int) -> Any:
 
 
 def upsample_rule(node: Node, graph: Graph) -> DimRule:
-    """Batch and channels move; resized spatial dims change length, so they are mixed."""
+    """Batch and channels move. Nearest upsampling by a whole factor f moves a spatial dim too:
+    output rows [a, b) repeat input rows [a // f, ceil(b / f)), a window of stride 1/f (NOTE
+    [Halos]). Other resizing (to a given size, bilinear) mixes the spatial dims."""
     rank = out_meta(node).rank
-    return _identity_except(node, graph, set(range(2, rank)))
+    groups = list(_identity_except(node, graph, set(range(2, rank))).groups)
+    halos: list[tuple[tuple[int, int, int, Any], ...]] = [() for _ in range(rank)]
+    factors = schema_arg(node, "scale_factors") if node.target in _NEAREST else None
+    if factors is not None and schema_arg(node, "output_size") is None:
+        (x,) = _shapes(node, graph)
+        out = out_meta(node).shape
+        for axis in range(2, rank):
+            factor = _pick(factors, axis - 2)
+            whole = isinstance(factor, (int, float)) and factor >= 1 and float(factor).is_integer()
+            if whole and same_size(out[axis], int(factor) * x[axis], graph):
+                groups[axis] = ((0, axis),)
+                halos[axis] = ((0, 0, 0, Fraction(1, int(factor))),)
+    return DimRule(tuple(groups), halo=tuple(halos))
+
+
+#: the nearest upsamplings by scale factors
+_NEAREST = (
+    aten.upsample_nearest1d.vec,
+    aten.upsample_nearest2d.vec,
+    aten.upsample_nearest3d.vec,
+)
 
 
 def cat_rule(node: Node, graph: Graph) -> DimRule | None:

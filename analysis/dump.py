@@ -38,6 +38,7 @@ from analysis.program import (
     SizeValue,
     Statement,
     Bound,
+    GroupStats,
     Stop,
     TensorConstant,
     UpdateBuffer,
@@ -251,6 +252,11 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         )
     if isinstance(expr, Stop):
         return f"min(start + {expr.rows}, {_arg(expr.extent, graph)})"
+    if isinstance(expr, GroupStats):
+        return (
+            f"group_stats({_arg(Ref(expr.value), graph, names)}, groups={expr.groups}, "
+            f"eps={expr.eps}, dim={expr.dim}, rows={expr.rows})"
+        )
     if isinstance(expr, Bound):
         if expr.before:
             return f"max({expr.scale} * start - {expr.rows}, 0)"

@@ -4,7 +4,9 @@ program])."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from fractions import Fraction
 from typing import Any, Callable, Mapping
 
 import torch
@@ -62,7 +64,7 @@ def lower_region(
                 halo = rule.halo_of(dim, slot)
                 fine = span.scale * halo[2] > 1
                 read = span.read(halo, graph[ref].tensor.shape[axis] if fine else None)
-                computed = _computed(computed, span, halo)
+                computed = _computed(computed, read, halo[2])
             if ref in loop:
                 made = made_over(graph, region, ref, loop[ref])
                 crop = (loop[ref], made) if made != read else None
@@ -111,17 +113,17 @@ def made_over(graph: Graph, region: Region, name: str, dim: int) -> Span:
     return Span(before, after, scale, graph[name].tensor.shape[dim] if scale > 1 else None)
 
 
-def _computed(computed: Span, span: Span, halo: tuple[int, int, int]) -> Span:
-    """Return the rows an op makes when run on an input read through its window: its own
-    rows and those its window reaches past them (the first exactly: where its output rows
-    start; the last at least as many)."""
-    before, after, stride = halo
-    if before % stride:
-        raise InternalError(f"a window's slice starts off its stride: {halo}")
+def _computed(computed: Span, read: Span, stride: Any) -> Span:
+    """Return the rows an op makes when run on an input read over `read` through a window of
+    `stride`: the first exactly where its output rows start (the input's first over the
+    stride), the last at least as many (NOTE [Halos])."""
+    before = Fraction(read.before) / Fraction(stride)
+    if before.denominator != 1:
+        raise InternalError(f"a window's slice starts off its stride: {read}, stride {stride}")
     return replace(
         computed,
-        before=max(computed.before, span.before + before // stride),
-        after=max(computed.after, span.after + -(-after // stride)),
+        before=max(computed.before, int(before)),
+        after=max(computed.after, math.ceil(Fraction(read.after) / Fraction(stride))),
     )
 
 

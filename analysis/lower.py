@@ -21,6 +21,7 @@ from analysis.layers import Layer
 from analysis.liveness import check_output_classes, needed, output_classes, read_sizes, with_frees
 from analysis.loops import inferred_width, layer_call, lower_region
 from analysis.names import Namespace, size_names, source_names, value_name
+from analysis.ops import dim_rule
 from analysis.plan import ChunkPlan, Region
 from analysis.program import (
     CHUNK,
@@ -36,6 +37,7 @@ from analysis.program import (
     Contiguous,
     Empty,
     Floor,
+    GroupStats,
     InputSize,
     ModuleCall,
     Operand,
@@ -564,6 +566,20 @@ class _Lowering:
             reads |= {self.budget, rows} | ({self.device_of} if self.device_of else set())
             setup.append(Statement(rows, sizes, frozenset(reads), region=index))
             head |= {rows}
+        stats: dict[str, str] = {}
+        for step in lowered.steps:  # NOTE [Statistics before the loop]
+            node = graph[step.node]
+            rule = dim_rule(node, graph)
+            if rule is None or not rule.whole_of(step.dim):
+                continue
+            read = step.operand(0)
+            assert read is not None and read.source != CHUNK and read.rows is not None
+            var = self.ns.create(f"{self.base(node)}_stats")
+            groups, eps = node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
+            expr = GroupStats(read.value, groups, eps, read.rows, rows)
+            reads = self.reads(Ref(read.value)) | ({rows} if isinstance(rows, str) else set())
+            setup.append(Statement(var, expr, reads, node.source, region=index))
+            stats[step.node] = var
         self.chunks, self.copies = {}, copies
         body = [Statement("stop", Stop(rows, region.extent))]
         named = self._bounds(lowered)
@@ -576,6 +592,7 @@ class _Lowering:
             base = self.base(graph[step.node])
             var = self.ns.create(f"{base}_chunk" if step.node in outputs else base)
             reads = self.reads(step.args, [v for _, v in step.kwargs])
+            reads |= {stats[step.node]} if step.node in stats else set()
             self.chunks[step.node] = var
             body.append(Statement(var, step, reads, graph[step.node].source))
             if step.node in outputs:
@@ -591,6 +608,7 @@ class _Lowering:
             chunks=dict(self.chunks),
             copies=copies,
             bounds=bounds,
+            stats=stats,
         )
         self.chunks, self.copies = {}, {}
         return [*setup, block]

@@ -21,6 +21,7 @@ import torch
 from analysis.dimflow import out_meta, schema_arg
 from analysis.ir import Graph, Node, Ref, evaluate, storage_roots, value_bytes
 from analysis.lower import lower_region
+from analysis.ops import dim_rule
 from analysis.plan import Region
 from analysis.program import CHUNK, CausalRows, LoopRegion, LoopStep
 
@@ -311,6 +312,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             read = step.operand(3)
             chunked = read is not None and (read.source == CHUNK or read.rows is not None)
             scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
+        scratch += _group_norm_scratch(graph, step, region.chunk_size)
         if any(isinstance(value, CausalRows) for value in step.args):
             scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
         else:
@@ -331,6 +333,20 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             stmts.append(Stmt(key=None, uses=(chunk_key(name), name), label=label))
     stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     return stmts
+
+
+def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int) -> int:
+    """A group norm run by chunks in half precision (NOTE [Statistics before the loop]): the
+    statistics pass holds one chunk of its input in float32, the normalization two."""
+    node = graph[step.node]
+    rule = dim_rule(node, graph)
+    if rule is None or not rule.whole_of(step.dim):
+        return 0
+    meta = out_meta(node)
+    if meta is None or meta.dtype == torch.float32:
+        return 0
+    widen = 4 / meta.dtype.itemsize
+    return math.ceil(2 * widen * value_bytes(meta, graph.hints) * made_fraction(graph, step, chunk))
 
 
 def made_fraction(graph: Graph, step: LoopStep, chunk: int) -> float:

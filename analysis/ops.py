@@ -259,7 +259,7 @@ _define(
 )  # fmt: skip
 _define(
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_nearest1d,
-    rule=flow.upsample_rule,
+    aten.upsample_nearest3d, rule=flow.upsample_rule,
 )  # fmt: skip
 _define(aten.cat, rule=flow.cat_rule)
 _define(aten.scaled_dot_product_attention, rule=flow.sdpa_rule)

@@ -13,6 +13,7 @@ markers (`Operand`, `ChunkLength`, `ChunkStart`), never source text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
@@ -50,10 +51,12 @@ class Span:
         `(before, after, stride)`; `size` is the input's length."""
         before, after, stride = halo
         scale = self.scale * stride
+        if scale != int(scale):
+            raise ValueError(f"a span at {self.scale} rows per row read with stride {stride}")
         return Span(
-            stride * self.before + before,
-            stride * self.after + after,
-            scale,
+            math.ceil(stride * self.before) + before,
+            math.ceil(stride * self.after) + after,
+            int(scale),
             size if scale > 1 else None,
         )
 
@@ -291,6 +294,19 @@ class Rows:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupStats:
+    """A group norm's statistics over its whole input, taken before the loop that normalizes
+    it chunk by chunk (NOTE [Statistics before the loop]): the template's `_group_stats`."""
+
+    #: the graph value normalized, and the dim the reduction walks in chunks of `rows`
+    value: str
+    groups: int
+    eps: float
+    dim: int
+    rows: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """The chunk's end: `min(start + rows, extent)`."""
 
@@ -341,7 +357,8 @@ class Return:
 
 
 Expr = Union[
-    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, Stop, Bound, WriteChunk,
+    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, GroupStats, Stop,
+    Bound, WriteChunk,
     UpdateBuffer, Return, LoopStep, ModuleCall, SizeValue,
 ]  # fmt: skip
 
@@ -387,6 +404,8 @@ class Block:
     chunks: dict[str, str] = field(default_factory=dict)
     #: graph value -> the name of its contiguous copy
     copies: dict[str, str] = field(default_factory=dict)
+    #: loop node -> the name of its input's statistics (NOTE [Statistics before the loop])
+    stats: dict[str, str] = field(default_factory=dict)
     #: (before, rows, scale) -> the name bound to that end of a span's rows (NOTE [Halos])
     bounds: dict[tuple[bool, int, int], str] = field(default_factory=dict)
 
@@ -446,6 +465,7 @@ __all__ = [
     "Contiguous",
     "Empty",
     "Floor",
+    "GroupStats",
     "InputSize",
     "LoopRegion",
     "LoopStep",

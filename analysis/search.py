@@ -15,6 +15,7 @@ outputs, written into preallocated buffers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -148,7 +149,9 @@ def _propagate(
             dim = loop[name]
             for slot, source in enumerate(tensor_inputs(node, graph)):
                 want = found.input_dim(dim, slot)
-                if want is not None:
+                if want is not None and slot in found.whole_of(dim):  # statistics span it
+                    need_slice(source, want, name, forward=False)
+                elif want is not None:
                     chunk(source, want, name, forward=False)
                 elif source in loop:
                     raise _Reject(f"{name} reads chunked {source} whole", name, source, True)
@@ -161,7 +164,7 @@ def _propagate(
                 user_rule = rule_of(user)
                 slots = [s for s, v in enumerate(tensor_inputs(graph[user], graph)) if v == name]
                 out_dims = (
-                    {user_rule.group_of(slot, dim) for slot in slots} if user_rule else {None}
+                    {_moving(user_rule, slot, dim) for slot in slots} if user_rule else {None}
                 )
                 if None in out_dims or len(out_dims) != 1:
                     raise _Reject(f"{user} mixes the chunked dim of {name}", user, name, True)
@@ -172,6 +175,13 @@ def _propagate(
             fork = None  # starting the stretch after it does the same, with less made whole
         return _blame(reject, parent, graph, inside, seed), fork
     return _region(graph, span, loop, sliced, seed, seed_dim)
+
+
+def _moving(rule: DimRule, slot: int, dim: int) -> int | None:
+    """The output dim that input `slot`'s dim `dim` moves with, where the input may be
+    chunked; None where it is mixed or must be whole before the loop."""
+    out_dim = rule.group_of(slot, dim)
+    return None if out_dim is None or slot in rule.whole_of(out_dim) else out_dim
 
 
 def _needed_before(graph: Graph, span: tuple[str, ...], seed: str, fork: str) -> bool:
@@ -324,9 +334,13 @@ def _halos(
                 continue
             wide_before, wide_after, stride = rule.halo_of(dim, slot)
             had = want.get(source, (0, 0))
-            need = (stride * before + wide_before, stride * after + wide_after)
+            need = (
+                math.ceil(stride * before) + wide_before,
+                math.ceil(stride * after) + wide_after,
+            )
             want[source] = (max(had[0], need[0]), max(had[1], need[1]))
-    coarsest = {out_meta(graph[n]).shape[d] for n, d in loop.items() if scales[n] == 1}
+    dims = {**sliced, **loop}
+    coarsest = {out_meta(graph[n]).shape[d] for n, d in dims.items() if scales.get(n) == 1}
     extent = next(iter(coarsest))
     if any(not same_size(size, extent, graph) for size in coarsest):
         return None

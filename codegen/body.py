@@ -34,6 +34,7 @@ from analysis.program import (
     Contiguous,
     Empty,
     Floor,
+    GroupStats,
     InputSize,
     LoopStep,
     ModuleCall,
@@ -119,6 +120,7 @@ class ForwardPrinter:
             Empty: self._print_empty,
             Rows: self._print_rows,
             Stop: self._print_stop,
+            GroupStats: self._print_groupstats,
             Bound: self._print_bound,
             WriteChunk: self._print_writechunk,
             UpdateBuffer: self._print_updatebuffer,
@@ -341,7 +343,9 @@ class ForwardPrinter:
         expr = statement.expr
         assert block is not None, "a loop step outside its loop"
         arg = lambda value: self.arg_chunk(value, expr, block)  # noqa: E731
-        if any(isinstance(value, CausalRows) for value in expr.args):
+        if expr.node in block.stats:  # NOTE [Statistics before the loop]
+            code = _group_norm_call(expr, arg, block.stats[expr.node])
+        elif any(isinstance(value, CausalRows) for value in expr.args):
             code = _causal_call(expr, arg)
         elif NO_PADDING in dict(expr.kwargs):
             code = _padding_checked_call(expr, arg, chunked_rows=expr.keys is not None)
@@ -437,6 +441,20 @@ class ForwardPrinter:
         if not expr.capped:
             most = extent
         return f"_rows({self.program.budget}, {fixed}, {per_row}, {most})"
+
+    def _print_groupstats(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        rows = self.int_or(expr.rows)
+        code = (
+            f"_group_stats({self.value(expr.value)}, {self.num(expr.groups)}, "
+            f"{self.num(expr.eps)}, {self.num(expr.dim)}, {rows})"
+        )
+        comments = [
+            "Statistics of the whole input first: the group norm in the loop below",
+            "normalizes each chunk with them (two passes, not `self.norm(chunk)`).",
+            *self._cite(statement.source),
+        ]
+        return Line(f"{statement.var} = {code}", comments)
 
     def _print_stop(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -597,6 +615,13 @@ def _causal_call(step: LoopStep, arg: Callable[[Any], str]) -> str:
     rendered = [arg(value) for value in step.args]
     rendered += [f"{key}={arg(value)}" for key, value in step.kwargs]
     return f"_causal_attention({', '.join(rendered)})"
+
+
+def _group_norm_call(step: LoopStep, arg: Callable[[Any], str], stats: str) -> str:
+    """A chunk of a group norm, normalized with the statistics of its whole input (the
+    template's `_group_norm`)."""
+    x, groups, weight, bias = (list(step.args) + [None] * 4)[:4]
+    return f"_group_norm({arg(x)}, {arg(groups)}, {stats}, {arg(weight)}, {arg(bias)})"
 
 
 def _padding_checked_call(op: Any, arg: Callable[[Any], str], chunked_rows: bool) -> str:

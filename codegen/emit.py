@@ -352,6 +352,7 @@ def emit_module(
             for step in block.lowered.steps
             for value in step.args
         ),
+        group_norms=any(block.stats for block in program.blocks),
         padding_checks=any(
             node.kind == "op" and NO_PADDING in dict(node.kwargs) for node in graph.nodes
         ),

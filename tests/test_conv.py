@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from analysis.capture import build_graph, export
 from analysis.cost import load_machine, node_time
@@ -29,13 +30,15 @@ NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 #: op codes; each keeps the channels, and all but the last three every spatial size
-OPS = ("conv", "wide_conv", "norm", "silu", "residual", "pointwise", "strided", "max_pool",
-       "avg_pool")  # fmt: skip
+OPS = ("conv", "wide_conv", "norm", "silu", "residual", "pointwise", "group_norm", "strided",
+       "max_pool", "avg_pool", "upsample")  # fmt: skip
+#: those that change the spatial sizes: at most one per chain
+RESIZING = ("strided", "max_pool", "avg_pool", "upsample")
 
 
 class ConvChain(nn.Module):
-    """A chain of convolutions of random kernels and dilations, batch norms, activations and
-    residuals, and at most one strided convolution or pool."""
+    """A chain of convolutions of random kernels and dilations, batch and group norms,
+    activations and residuals, and at most one strided convolution, pool or upsampling."""
 
     def __init__(self, ops: list[str], rank: int, channels: int, kernels: list[tuple]) -> None:
         super().__init__()
@@ -62,6 +65,10 @@ class ConvChain(nn.Module):
                 norm.running_mean.normal_(0.0, 0.2)
                 norm.running_var.uniform_(0.5, 2.0)
                 layers.append(norm)
+            elif op == "group_norm":
+                layers.append(nn.GroupNorm(2, channels))
+            elif op == "upsample":
+                layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
             elif op == "pointwise":
                 layers.append(CONV[rank](channels, channels, 1))
             elif op == "strided":
@@ -91,12 +98,16 @@ def _odd_kernel(rank: int) -> st.SearchStrategy:
 def chains(draw: st.DrawFn) -> tuple[list[str], int, list[tuple], tuple[int, ...], int]:
     rank = draw(st.sampled_from([1, 2, 3]))
     ops = draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=5))
-    downs = [i for i, op in enumerate(ops) if op in ("strided", "max_pool", "avg_pool")]
+    downs = [i for i, op in enumerate(ops) if op in RESIZING]
     ops = [op for i, op in enumerate(ops) if i not in downs[1:]] + ["wide_conv"]  # one down
     if rank == 3:  # avg_pool3d refuses slices shorter than its kernel: it has no rule
         ops = ["max_pool" if op == "avg_pool" else op for op in ops]
     position = draw(st.integers(0, len(ops) - 1))
     ops.insert(position, ops.pop())  # the peak anywhere in the chain
+    if "upsample" in ops[position:]:  # an upsampling after it would make the peak
+        ops.remove("upsample")
+        ops.insert(0, "upsample")
+        position += 1
     kernels = [draw(_odd_kernel(rank)) for _ in ops]
     spatial = {1: (st.sampled_from([97, 123]),), 2: (st.sampled_from([37, 45]), st.just(11)),
                3: (st.just(5), st.sampled_from([19, 23]), st.just(6))}[rank]  # fmt: skip
@@ -215,3 +226,90 @@ def test_padding_by_reflection_is_left_whole_and_exact(padding_mode: str) -> Non
         graph, plan, model, "test", "test", lower_plan(graph, plan, standard_layers(model), model)
     )
     verify(emitted.source, model, inputs)
+
+
+class NormThenConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(4, 16)
+        self.conv = nn.Conv2d(16, 64, 3, padding=1)
+        self.proj = nn.Conv2d(64, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.conv(F.silu(self.norm(x)))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_group_norm_in_a_loop_takes_the_whole_inputs_statistics_first(dtype) -> None:
+    """NOTE [Statistics before the loop]: the statistics of the whole input, then each chunk
+    normalized with them, written out (not `self.norm(chunk)`); exact, and in half precision
+    within its tolerance."""
+    torch.manual_seed(0)
+    model = NormThenConv().eval().to(dtype)
+    model.norm.weight.data.uniform_(0.5, 1.5)
+    model.norm.bias.data.normal_()
+    inputs = ((torch.randn(1, 16, 45, 24) * 3 + 2).to(dtype),)
+    graph, plan = _plan(model, inputs, 0.3)
+    (region,) = plan.regions
+    norm = next(n.name for n in graph.nodes if "group_norm" in str(n.target))
+    assert norm in dict(region.loop)
+    layers = standard_layers(model)
+    source = emit_module(
+        graph, plan, model, "t", "t", lower_plan(graph, plan, layers, model)
+    ).source
+    code = "".join(source.split())  # as black wraps it
+    assert "_group_stats(x,4,1e-05,2," in code and "_group_norm(x[:,:,lo_1:hi_1],4," in code
+    chunked = verify(source, model, inputs)
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
+
+
+def test_group_statistics_combine_chunks_as_one_pass_would() -> None:
+    """`_group_stats` over chunks of 3 rows equals the statistics of the whole, where
+    E[x^2] - E[x]^2 in float32 would lose them (a large mean, a small spread)."""
+    torch.manual_seed(0)
+    model = NormThenConv().eval()
+    inputs = (torch.randn(1, 16, 20, 8),)
+    graph, plan = _plan(model, inputs, 0.3)
+    layers = standard_layers(model)
+    source = emit_module(
+        graph, plan, model, "t", "t", lower_plan(graph, plan, layers, model)
+    ).source
+    scope: dict = {}
+    exec(compile(source, "generated", "exec"), scope)  # noqa: S102 - our own output
+    x = torch.randn(2, 16, 37, 5, dtype=torch.float64).float() * 0.01 + 1000.0
+    mean, rstd = scope["_group_stats"](x, 4, 1e-5, 2, 3)
+    var, want = torch.var_mean(x.double().unflatten(1, (4, -1)), dim=(2, 3, 4), correction=0)
+    torch.testing.assert_close(mean.double(), want, rtol=1e-7, atol=0)
+    # float32 rounding of deviations from 1000 costs some 1e-4; E[x^2] - E[x]^2 would be off
+    # by more than the variance itself
+    torch.testing.assert_close(rstd.double(), (var + 1e-5).rsqrt(), rtol=1e-3, atol=0)
+
+
+class Upsampler(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 32, 3, padding=1)
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.out(F.silu(self.conv(x)))
+
+
+@pytest.mark.parametrize("rows", [20, 23])
+def test_a_nearest_upsampling_is_chunked_over_its_input_rows(rows: int) -> None:
+    """The loop walks the coarse input's rows; the upsampled values are made over twice as
+    many, and the convolutions after them read their halos: exact at odd sizes."""
+    torch.manual_seed(0)
+    model = Upsampler().eval()
+    inputs = (torch.randn(1, 8, rows, 12),)
+    graph, plan = _plan(model, inputs, 0.3)
+    (region,) = plan.regions
+    assert region.extent == rows
+    assert {scale for *_, scale in region.halos} == {1, 2}  # the input's halo, the upsampled
+    chunked = _emit_and_verify(graph, plan, model, inputs)
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)

@@ -14,6 +14,7 @@ import math
 import operator
 import sys
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -174,11 +175,13 @@ def check_chunk(
         if dim is None:
             return value
         before, after, stride = halos[slot]
-        first = max(stride * start - before, 0)
-        stop = min(stride * (start + length) + after, input_shapes(node, graph)[slot][dim])
+        first = max(math.floor(stride * start) - before, 0)
+        end = math.ceil(stride * (start + length)) + after
+        stop = min(end, input_shapes(node, graph)[slot][dim])
         if slot in windows:
-            assert first % stride == 0, f"{node.name}: a window's slice starts off the stride"
-            origin = first // stride
+            at = Fraction(first) / Fraction(stride)
+            assert at.denominator == 1, f"{node.name}: a window's slice starts off the stride"
+            origin = int(at)
         return narrow(value, dim, first, stop - first)
 
     where = f"{node.name} ({node.target}) out dim {j} [{start}:{start + length}]"
@@ -192,12 +195,32 @@ def check_chunk(
                 args.append(default)
             args[arg] = args[arg] + sign * start
         with torch.no_grad():
-            got = node.target(*args, **kwargs)
+            if rule.whole_of(j):  # NOTE [Statistics before the loop]: the whole's statistics
+                whole, _ = bind(node, graph, env, lambda slot, value: value)
+                got = with_whole_statistics(node, args, whole)
+            else:
+                got = node.target(*args, **kwargs)
     except (IndexError, RuntimeError) as exc:
         raise AssertionError(f"{where}: cannot cut the inputs to this chunk: {exc}") from None
     if origin < start:
         got = narrow(got, j, start - origin, length)
     assert_same(got, narrow(full, j, start, length), where)
+
+
+def with_whole_statistics(node: Node, args: list[Any], whole: list[Any]) -> torch.Tensor:
+    """A group norm of a chunk, normalized by the whole input's statistics, computed here
+    from the definition: (x - mean) / sqrt(var + eps) * weight + bias per group."""
+    assert node.target is torch.ops.aten.group_norm.default, f"no reference for {node.target}"
+    x, groups, weight, bias, eps = (list(args) + [None, None, 1e-5])[:5]
+    source = whole[0].unflatten(1, (groups, -1)).double()
+    dims = tuple(range(2, source.dim()))
+    var, mean = torch.var_mean(source, dim=dims, correction=0, keepdim=True)
+    y = (x.unflatten(1, (groups, -1)).double() - mean) / (var + eps).sqrt()
+    y = y.flatten(1, 2).to(x.dtype)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.view(shape)
+    return y + bias.view(shape) if bias is not None else y
 
 
 def input_shapes(node: Node, graph: Graph) -> list[list[int]]:

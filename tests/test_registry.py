@@ -551,8 +551,8 @@ with torch.random.fork_rng():  # seeded inputs; the global RNG is left as it was
             f(4),
             1e-5,
             False,
-            mixed={(0, 1), (0, 2), (0, 3), (1, 0), (2, 0)},
-            uncut={1, 2, 3},
+            mixed={(0, 1), (1, 0), (2, 0)},  # the rows move, with the whole input's statistics
+            uncut={1},
         ),
         # the batch size is an argument (N) no resize reaches: a chunk of the batch fails
         direct(
@@ -575,13 +575,22 @@ with torch.random.fork_rng():  # seeded inputs; the global RNG is left as it was
             mixed={(0, 2), (0, 3)},
             uncut={2, 3},
         ),
-        direct(
+        direct(  # by 2 along the rows: they move, each input row made twice; 1.5: mixed
             aten.upsample_nearest2d.vec,
-            f(2, 3, 4, 4),
+            f(2, 3, 5, 4),
             None,
             [2.0, 1.5],
-            mixed={(0, 2), (0, 3)},
-            uncut={2, 3},
+            mixed={(0, 3)},
+            uncut={3},
+        ),
+        direct(aten.upsample_nearest1d.vec, f(2, 3, 5), None, [3.0], id="upsample_nearest1d_by3"),
+        direct(aten.upsample_nearest3d.vec, f(1, 2, 3, 4, 2), None, [2.0, 2.0, 1.0]),
+        direct(  # to a given size: mixed
+            aten.upsample_nearest3d.default,
+            f(1, 2, 3, 4, 2),
+            [6, 8, 2],
+            mixed={(0, 2), (0, 3), (0, 4)},
+            uncut={2, 3, 4},
         ),
         direct(
             aten.upsample_bilinear2d.default,
