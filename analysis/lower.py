@@ -618,18 +618,21 @@ class _Lowering:
         chunk, `hi_2` for two after, `lo_1_x2` for one before at twice the loop's rows (NOTE
         [Halos])."""
         spans = set()
+        firsts = set()  # a crop of an op's result reads only where its rows start
         outputs = dict(lowered.region.outputs)
         for step in lowered.steps:
-            spans |= {step.span, step.computed}
+            spans.add(step.span)
+            if step.computed != step.span:
+                firsts.add(step.computed)
             if step.node in outputs and step.span.scale > 1:  # its buffer's rows
                 spans.add(Span(0, 0, step.span.scale, step.span.size))
             for read in step.operands:
                 spans |= {read.span} | ({read.crop[1]} if read.crop else set())
         ends: dict[tuple[bool, int, int], Any] = {}
-        for span in spans:
+        for span in spans | firsts:
             if span.before or span.scale > 1:
                 ends[(True, span.before, span.scale)] = span.size
-            if span.after or span.scale > 1:
+            if span in spans and (span.after or span.scale > 1):
                 ends[(False, span.after, span.scale)] = span.size
         named = {}
         for end in sorted(ends, key=lambda e: (e[2], not e[0], e[1])):

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch.utils._pytree import tree_map  # noqa: E402
+from torch.utils._pytree import tree_leaves, tree_map  # noqa: E402
 
 from codegen.measure import measure_peak  # noqa: E402
 from analysis.select import Target  # noqa: E402
@@ -36,7 +36,7 @@ from codegen.generate import generate  # noqa: E402
 from codegen.verify import checked_inputs, compare, float_reference, verify  # noqa: E402
 from codegen.cli import parse_size  # noqa: E402
 from analysis.shortfall import shortfall  # noqa: E402
-from scripts.baselines import EXPERTS  # noqa: E402
+from scripts.baselines import APPROXIMATE, EXPERTS  # noqa: E402
 from scripts.sweep import FAMILIES, TOKENS, depth_timing, longest, plot, sweep  # noqa: E402
 
 #: BENCHMARKS.md keeps what follows this line when `--write` rewrites the tables above it
@@ -120,8 +120,13 @@ def bench_model(
     with torch.no_grad():
         reference = original(*inputs)
         wide = float_reference(original, inputs, reference)  # half precision: float32 outputs
-        for variant in variants[1:]:
-            problem = compare(reference, variant(*inputs), wide)
+        expert_difference = None
+        for index, variant in enumerate(variants[1:], start=1):
+            result = variant(*inputs)
+            if index == 2 and path.stem in APPROXIMATE:  # reported, not required
+                expert_difference = _largest_difference(reference, result)
+                continue
+            problem = compare(reference, result, wide)
             if problem:
                 raise SystemExit(f"{path.name}: {problem}")
         del reference, wide
@@ -148,6 +153,7 @@ def bench_model(
         "time_ratio": statistics.median(ratios[0]),
         "expert": peaks[2] if expert is not None else None,
         "expert_time_ratio": statistics.median(ratios[1]) if expert is not None else None,
+        "expert_difference": expert_difference,
         "estimate_error_original": plan.original_peak_bytes / original_bytes - 1,
         "estimate_error_chunked": plan.planned_peak_bytes / chunked_bytes - 1,
         "regions": len(plan.regions),
@@ -206,6 +212,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             if r["expert"] is not None
             else "- | - | -"
         )
+        if r.get("expert_difference") is not None:  # an approximate baseline: how far off
+            expert += f" (differs by up to {r['expert_difference']:.2g})"
         lines.append(
             f"| {r['model']} | {format_bytes(r['original'])} | {format_bytes(r['chunked'])} "
             f"| {r['reduction']:.1%} | {r['time_ratio']:.2f}x | {expert} "
@@ -213,6 +221,19 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['regions']} | {r['plan_seconds']:.1f} s |"
         )
     return "\n".join(lines)
+
+
+def _largest_difference(want: Any, got: Any) -> float:
+    """The largest absolute difference between two outputs' tensors."""
+    pairs = zip(tree_leaves(want), tree_leaves(got))
+    return max(
+        (
+            float((a.float() - b.float()).abs().max())
+            for a, b in pairs
+            if isinstance(a, torch.Tensor)
+        ),
+        default=0.0,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

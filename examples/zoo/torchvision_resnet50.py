@@ -14,6 +14,6 @@ def make_inputs():
 
 
 def dynamic_shapes():
-    # the total stride is 32 px
-    h, w = torch.export.Dim("h32", min=4, max=16), torch.export.Dim("w32", min=4, max=16)
-    return {"x": {2: 32 * h, 3: 32 * w}}
+    # any size: odd ones round down at each stride
+    h, w = torch.export.Dim("height", min=64, max=1024), torch.export.Dim("width", min=64, max=1024)
+    return {"x": {2: h, 3: w}}
