@@ -118,20 +118,23 @@ def _native_conv(node: Node, graph: Graph, dim: int | None, fraction: float) -> 
     """Whether a CPU float32 convolution, its output chunked along `dim` to `fraction`, runs
     on ATen's native kernel rather than oneDNN's. ATen picks native for one small image with a
     kernel at most 3 wide on one of its last two axes and one group (`ConvParams::use_mkldnn`: `N * C * d2 * d3 <= 20480`),
-    so a chunk of a few rows of a 3-D convolution falls off oneDNN, and runs many times
-    slower."""
+    so a chunk of a few rows of a 3-D convolution, or a short chunk of a 1-D one's frames,
+    falls off oneDNN, and runs many times slower."""
     if node.target not in _CONVS or node.kind != "op":
         return False
     inputs = tensor_inputs(node, graph)
     x, weight = out_meta(graph[inputs[0]]), out_meta(graph[inputs[1]])
-    if x is None or weight is None or x.rank < 4 or x.dtype != torch.float32:
+    if x is None or weight is None or x.rank < 3 or x.dtype != torch.float32:
         return False
     if schema_arg(node, "groups", 1) != 1:
         return False
     shape = [evaluate(size, graph.hints) for size in x.shape]
-    if dim is not None and dim in (2, 3):
+    if dim is not None and dim >= 2:
         shape[dim] = max(1, math.ceil(shape[dim] * fraction))
     kernel = [evaluate(size, graph.hints) for size in weight.shape[-2:]]
+    if x.rank == 3:  # ATen runs a 1-D convolution as a 2-D one of height 1
+        shape.insert(2, 1)
+        kernel = [1, kernel[-1]]
     return shape[0] == 1 and any(k <= 3 for k in kernel) and math.prod(shape[:4]) <= 20480
 
 

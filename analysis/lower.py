@@ -576,7 +576,7 @@ class _Lowering:
             assert read is not None and read.source != CHUNK and read.rows is not None
             var = self.ns.create(f"{self.base(node)}_stats")
             groups, eps = node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
-            expr = GroupStats(read.value, groups, eps, read.rows, rows)
+            expr = GroupStats(read.value, groups, eps, read.rows, rows, read.span.scale)
             reads = self.reads(Ref(read.value)) | ({rows} if isinstance(rows, str) else set())
             setup.append(Statement(var, expr, reads, node.source, region=index))
             stats[step.node] = var

@@ -304,6 +304,8 @@ class GroupStats:
     eps: float
     dim: int
     rows: Any
+    #: the value's rows per row of the loop (NOTE [Halos])
+    scale: int = 1
 
 
 @dataclass(frozen=True, slots=True)

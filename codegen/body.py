@@ -445,6 +445,8 @@ class ForwardPrinter:
     def _print_groupstats(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
         rows = self.int_or(expr.rows)
+        if expr.scale > 1:
+            rows = f"{self.num(expr.scale)} * {rows}"
         code = (
             f"_group_stats({self.value(expr.value)}, {self.num(expr.groups)}, "
             f"{self.num(expr.eps)}, {self.num(expr.dim)}, {rows})"

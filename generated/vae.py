@@ -1376,8 +1376,11 @@ def _group_stats(
     """Mean and 1/std of each sample's channel groups over every position, as GroupNorm takes
     them, in float32: a reduction over `x` in chunks of `rows` along `dim`, whose counts, means
     and squared deviations are combined as Chan et al. combine them (never E[x^2] - E[x]^2).
-    Half precision is read one chunk at a time in float32."""
+    Half precision is read one chunk at a time in float32; float32 in one pass, which
+    allocates nothing the size of `x`."""
     n = x.shape[0]
+    if x.dtype == torch.float32:
+        rows = x.shape[dim]
     count, mean, squares = 0, None, None
     for start in range(0, x.shape[dim], rows):
         part = x.narrow(dim, start, min(rows, x.shape[dim] - start)).unflatten(
