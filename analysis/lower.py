@@ -39,6 +39,7 @@ from analysis.program import (
     Floor,
     GroupStats,
     InputSize,
+    LoopRegion,
     ModuleCall,
     Operand,
     Program,
@@ -613,7 +614,7 @@ class _Lowering:
         self.chunks, self.copies = {}, {}
         return [*setup, block]
 
-    def _bounds(self, lowered: LoopRegion) -> dict[tuple[bool, int, int], str]:
+    def _bounds(self, lowered: LoopRegion) -> dict[tuple[bool, int, int], tuple[str, Any]]:
         """Name each end of the rows the loop's spans reach: `lo_2` for two rows before the
         chunk, `hi_2` for two after, `lo_1_x2` for one before at twice the loop's rows (NOTE
         [Halos])."""
