@@ -564,7 +564,9 @@ class _Lowering:
                 faster = Rows(fast.fixed, fast.per_row, region.fast_chunk_size, region.extent)
                 sizes = replace(sizes, fast=faster, check=check)
                 reads |= self.reads(fast.fixed, fast.per_row) | {self.name_of(check)}
-            reads |= {self.budget, rows} | ({self.device_of} if self.device_of else set())
+            # a CPU's cap reads the device; a loop with halos has none (NOTE [Halos])
+            device = {self.device_of} if self.device_of and sizes.capped else set()
+            reads |= {self.budget, rows} | device
             setup.append(Statement(rows, sizes, frozenset(reads), region=index))
             head |= {rows}
         stats: dict[str, str] = {}
