@@ -142,10 +142,7 @@ def test_random_conv_chains_chunk_exactly_with_halos(chain: tuple) -> None:
     assert region is not None, (ops, kernels)
     kernel = kernels[index][0][dict(region.loop)[wide] - 2]
     assert kernel == 1 or region.halos, (ops, kernels)
-    emitted = emit_module(
-        graph, plan, model, "test", "test", lower_plan(graph, plan, standard_layers(model), model)
-    )
-    chunked = verify(emitted.source, model, inputs)  # raises unless chunked equals unchunked
+    chunked = _emit_and_verify(graph, plan, model, inputs)  # raises unless chunked is exact
     with torch.no_grad():
         measured = measure_peak(chunked, inputs)
     assert estimate_agrees(plan.planned_peak_bytes, measured), (ops, kernels, measured)
@@ -170,9 +167,14 @@ def test_a_strided_convolution_is_chunked_over_its_output_rows(rows: int) -> Non
     assert estimate_agrees(plan.planned_peak_bytes, measured)
 
 
-def _emit_and_verify(graph: Graph, plan: ChunkPlan, model: nn.Module, inputs: tuple) -> nn.Module:
+def _source(graph: Graph, plan: ChunkPlan, model: nn.Module) -> str:
+    """The generated module's source, lowered as the CLI lowers it."""
     program = lower_plan(graph, plan, standard_layers(model), model)
-    return verify(emit_module(graph, plan, model, "t", "t", program).source, model, inputs)
+    return emit_module(graph, plan, model, "t", "t", program).source
+
+
+def _emit_and_verify(graph: Graph, plan: ChunkPlan, model: nn.Module, inputs: tuple) -> nn.Module:
+    return verify(_source(graph, plan, model), model, inputs)
 
 
 class TwoConvs(nn.Module):
@@ -191,10 +193,7 @@ def test_the_generated_loop_calls_each_conv_on_its_rows_and_crops_the_halo() -> 
     model = TwoConvs().eval()
     inputs = (torch.randn(1, 3, 64, 16),)
     graph, plan = _plan(model, inputs, 0.25)
-    layers = standard_layers(model)
-    source = emit_module(
-        graph, plan, model, "t", "t", lower_plan(graph, plan, layers, model)
-    ).source
+    source = _source(graph, plan, model)
     assert "lo_2 = max(start - 2, 0)" in source and "hi_2 = min(stop + 2, 64)" in source
     assert "over image rows" in source
     # the layer stays a module call, on the rows its output needs, and its halo is cropped
@@ -228,10 +227,7 @@ def test_padding_by_reflection_is_left_whole_and_exact(padding_mode: str) -> Non
     ).eval()
     inputs = (torch.randn(1, 3, 33, 20),)
     graph, plan = _plan(model, inputs, 0.3)
-    emitted = emit_module(
-        graph, plan, model, "test", "test", lower_plan(graph, plan, standard_layers(model), model)
-    )
-    verify(emitted.source, model, inputs)
+    _emit_and_verify(graph, plan, model, inputs)
 
 
 class NormThenConv(nn.Module):
@@ -259,10 +255,7 @@ def test_a_group_norm_in_a_loop_takes_the_whole_inputs_statistics_first(dtype) -
     (region,) = plan.regions
     norm = next(n.name for n in graph.nodes if "group_norm" in str(n.target))
     assert norm in dict(region.loop)
-    layers = standard_layers(model)
-    source = emit_module(
-        graph, plan, model, "t", "t", lower_plan(graph, plan, layers, model)
-    ).source
+    source = _source(graph, plan, model)
     code = "".join(source.split())  # as black wraps it
     assert "_group_stats(x,4,1e-05,2," in code and "_group_norm(x[:,:,lo_1:hi_1],4," in code
     chunked = verify(source, model, inputs)
@@ -278,10 +271,7 @@ def test_group_statistics_combine_chunks_as_one_pass_would() -> None:
     model = NormThenConv().eval()
     inputs = (torch.randn(1, 16, 20, 8),)
     graph, plan = _plan(model, inputs, 0.3)
-    layers = standard_layers(model)
-    source = emit_module(
-        graph, plan, model, "t", "t", lower_plan(graph, plan, layers, model)
-    ).source
+    source = _source(graph, plan, model)
     scope: dict = {}
     exec(compile(source, "generated", "exec"), scope)  # noqa: S102 - our own output
     x = torch.randn(2, 16, 37, 5, dtype=torch.float64).float() * 0.01 + 1000.0
@@ -319,7 +309,6 @@ def test_a_nearest_upsampling_is_chunked_over_its_input_rows(rows: int) -> None:
     with torch.no_grad():
         measured = measure_peak(chunked, inputs)
     assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
-
 
 
 def test_a_loop_with_halos_reads_no_device_for_its_chunk_size() -> None:
