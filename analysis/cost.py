@@ -25,7 +25,15 @@ from analysis.causal import causal_rows
 from analysis.dimflow import out_meta, schema_arg, tensor_inputs
 from analysis.ir import Graph, Node, evaluate, value_bytes
 from analysis.memory import made_fraction
-from analysis.ops import ALL_BUT_LAST, CONTRACTION, SECOND_TO_LAST, TRANSCENDENTAL, dim_rule, info
+from analysis.ops import (
+    ALL_BUT_LAST,
+    CONTRACTION,
+    SECOND_TO_LAST,
+    TRANSCENDENTAL,
+    dim_rule,
+    info,
+    is_convolution,
+)
 from analysis.program import CHUNK, COPY, CausalRows, LoopRegion
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
@@ -87,7 +95,7 @@ def node_flops(node: Node, graph: Graph) -> float:
     if info(node.target).cost != CONTRACTION:
         return float(out)
     inputs = tensor_inputs(node, graph)
-    if node.target in _CONVS:
+    if is_convolution(node) and node.target is not aten.convolution.default:
         weight = out_meta(graph[inputs[1]])
         return (
             2.0 * out * weight.numel(graph.hints) / max(evaluate(weight.shape[0], graph.hints), 1)
@@ -107,8 +115,6 @@ def node_flops(node: Node, graph: Graph) -> float:
     return 2.0 * out * contracted
 
 
-_CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
-
 #: how much slower ATen's own CPU convolution runs than oneDNN's (measured here: 7.4x to 12x
 #: on 3x3x3 convolutions of 64 channels)
 NATIVE_CONV_SLOWDOWN = 8.0
@@ -120,7 +126,7 @@ def _native_conv(node: Node, graph: Graph, dim: int | None, fraction: float) -> 
     kernel at most 3 wide on one of its last two axes and one group (`ConvParams::use_mkldnn`: `N * C * d2 * d3 <= 20480`),
     so a chunk of a few rows of a 3-D convolution, or a short chunk of a 1-D one's frames,
     falls off oneDNN, and runs many times slower."""
-    if node.target not in _CONVS or node.kind != "op":
+    if not is_convolution(node) or node.target is aten.convolution.default:
         return False
     inputs = tensor_inputs(node, graph)
     x, weight = out_meta(graph[inputs[0]]), out_meta(graph[inputs[1]])

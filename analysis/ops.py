@@ -105,6 +105,15 @@ class OpInfo:
     layer: tuple[tuple[str, ...], int] | None = None
 
 
+#: the convolutions, whose spatial dims have names ("image rows") and cost rules of their own
+CONVOLUTIONS = (aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution)
+
+
+def is_convolution(node: Node) -> bool:
+    """Return whether a graph node runs a convolution."""
+    return node.kind == "op" and getattr(node.target, "overloadpacket", None) in CONVOLUTIONS
+
+
 REGISTRY: dict[Any, OpInfo] = {}
 _UNKNOWN = OpInfo()
 

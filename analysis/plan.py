@@ -7,17 +7,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import sympy
-import torch
 
 from analysis.ir import Graph, Size, evaluate
-
-#: the convolutions, whose spatial axes have names (`spatial_words`)
-_CONVS = (
-    torch.ops.aten.conv1d,
-    torch.ops.aten.conv2d,
-    torch.ops.aten.conv3d,
-    torch.ops.aten.convolution,
-)
+from analysis.ops import is_convolution
 
 
 @dataclass(frozen=True)
@@ -171,7 +163,7 @@ def spatial_words(region: Region, graph: Graph) -> str | None:
     ("image rows (height)"), or None for a loop through none."""
     for name, dim in region.loop:
         node = graph[name]
-        if node.kind != "op" or getattr(node.target, "overloadpacket", None) not in _CONVS:
+        if not is_convolution(node):
             continue
         rank = len(node.meta.shape) if hasattr(node.meta, "shape") else 0
         words = _SPATIAL_AXES.get(rank, ())
