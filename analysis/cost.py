@@ -34,7 +34,8 @@ from analysis.ops import (
     info,
     is_convolution,
 )
-from analysis.program import CHUNK, COPY, CausalRows, LoopRegion
+from analysis.plan import Region
+from analysis.program import CHUNK, COPY, CausalRows, LoopRegion, LoopStep
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
 
@@ -210,44 +211,57 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
     total = sum(node_time(graph[name], graph, machine) for name in region.hoisted)
     for name in region.materialized:
         total += 2 * value_bytes(graph[name].meta, graph.hints) / machine.bytes_per_s(1 << 30)
-    body = 0.0
-    for step in lowered.steps:
-        node = graph[step.node]
-        whole = {o.value for o in step.operands if o.rows is None and o.source != CHUNK}
-        keys = 1.0
-        if step.keys is not None:  # on average a chunk reads the keys up to its middle
-            keys = min(1.0, (extent + size + 2 * step.keys) / (2 * extent))
-        if step.window is not None:  # or only its window's
-            keys = min(keys, (size + step.keys - step.window) / extent)
-        causal = any(isinstance(value, CausalRows) for value in step.args)
-        if causal:  # `_causal_attention` skips the hidden half of its own square of keys too
-            keys = 0.5
-        made = made_fraction(graph, step, size)  # with halos (NOTE [Halos])
-        body += node_time(node, graph, machine, made, whole, step.dim) * keys
-        if causal:  # `_causal_attention`: a second kernel call, and its output weighted and added
-            nbytes = 3 * value_bytes(node.meta, graph.hints) * fraction
-            body += nbytes / machine.bytes_per_s(int(nbytes) or 1) + 6 * machine.op_overhead_s
-        for read in step.operands:
-            copied = read.source == COPY
-            if (
-                read.rows is not None
-                and read.source != CHUNK
-                and not _outer(graph, read.value, read.rows, copied)
-            ):
-                # a slice along an inner dim is strided: the op copies it first, every chunk
-                nbytes = 2 * value_bytes(graph[read.value].meta, graph.hints) * fraction
-                body += nbytes / machine.bytes_per_s(int(nbytes) or 1)
-        if info(node.target).batched:
-            for source in whole - set(region.materialized):  # copied contiguous every chunk
-                meta = out_meta(graph[source])
-                if meta is not None and not meta.contiguous:
-                    nbytes = 2 * value_bytes(meta, graph.hints)
-                    body += nbytes / machine.bytes_per_s(nbytes) + machine.op_overhead_s
+    body = sum(_step_time(graph, region, step, machine) for step in lowered.steps)
+    for done in lowered.passes:  # NOTE [Statistics passes]: the steps again, and a reduction
+        body += sum(_step_time(graph, region, step, machine) for step in done.steps)
+        nbytes = value_bytes(graph[done.value].meta, graph.hints) * fraction
+        body += nbytes / machine.bytes_per_s(int(nbytes) or 1) + 8 * machine.op_overhead_s
+        body += machine.op_overhead_s * (2 + len(region.slices))
     for name, _ in region.outputs:  # the copy into the buffer
         nbytes = value_bytes(graph[name].meta, graph.hints) * fraction
         body += 2 * nbytes / machine.bytes_per_s(int(2 * nbytes) or 1) + machine.op_overhead_s
     body += machine.op_overhead_s * (2 + len(region.slices))  # the loop head and the slicing
     return total + chunks * body
+
+
+def _step_time(graph: Graph, region: Region, step: LoopStep, machine: Machine) -> float:
+    """Return one loop step's estimated time per chunk: the op on its chunk's rows (with
+    halos), the keys it reads, and the strided slices and contiguous copies it makes."""
+    extent = max(evaluate(region.extent, graph.hints), 1)
+    size = min(max(region.chunk_size, 1), extent)
+    fraction = size / extent
+    node = graph[step.node]
+    whole = {o.value for o in step.operands if o.rows is None and o.source != CHUNK}
+    keys = 1.0
+    if step.keys is not None:  # on average a chunk reads the keys up to its middle
+        keys = min(1.0, (extent + size + 2 * step.keys) / (2 * extent))
+    if step.window is not None:  # or only its window's
+        keys = min(keys, (size + step.keys - step.window) / extent)
+    causal = any(isinstance(value, CausalRows) for value in step.args)
+    if causal:  # `_causal_attention` skips the hidden half of its own square of keys too
+        keys = 0.5
+    made = made_fraction(graph, step, size)  # with halos (NOTE [Halos])
+    time = node_time(node, graph, machine, made, whole, step.dim) * keys
+    if causal:  # `_causal_attention`: a second kernel call, and its output weighted and added
+        nbytes = 3 * value_bytes(node.meta, graph.hints) * fraction
+        time += nbytes / machine.bytes_per_s(int(nbytes) or 1) + 6 * machine.op_overhead_s
+    for read in step.operands:
+        copied = read.source == COPY
+        if (
+            read.rows is not None
+            and read.source != CHUNK
+            and not _outer(graph, read.value, read.rows, copied)
+        ):
+            # a slice along an inner dim is strided: the op copies it first, every chunk
+            nbytes = 2 * value_bytes(graph[read.value].meta, graph.hints) * fraction
+            time += nbytes / machine.bytes_per_s(int(nbytes) or 1)
+    if info(node.target).batched:
+        for source in whole - set(region.materialized):  # copied contiguous every chunk
+            meta = out_meta(graph[source])
+            if meta is not None and not meta.contiguous:
+                nbytes = 2 * value_bytes(meta, graph.hints)
+                time += nbytes / machine.bytes_per_s(nbytes) + machine.op_overhead_s
+    return time
 
 
 def _outer(graph: Graph, name: str, dim: int, copied: bool = False) -> bool:

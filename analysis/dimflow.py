@@ -32,6 +32,20 @@ in float32, combined as Chan et al. do), then each chunk is normalized with them
 the affine form ATen's kernel computes). The rule marks such an input `whole`; the search then
 never makes it inside the loop. Contract 3 lists the exception: the norm is written out, not
 called as `self.norm(chunk)`.
+
+NOTE [Statistics passes]
+When the loop itself makes the norm's input (a resnet block's second norm reads its first
+conv), holding that input whole may cost more than making it twice. The search may then chunk
+the input too (`propagate(recompute=True)`), and the region lists the norm in `recomputed`.
+Its loop runs a first pass before the main one: each chunk makes the norm's input over the
+chunk's rows, by the same statements as the main loop up to it, and adds those rows to the
+statistics (`_GroupStats.add`, the same Chan combination); the main loop then normalizes with
+them. A norm whose input another recomputed norm's output feeds gets its pass after that
+one's, which it reads; no pass repeats another's work (the loop then ends before the
+later norm, or starts after the earlier), so the passes cost at most the loop once more. The
+estimate counts each pass's chunk values, the cost model its
+recomputation; selection keeps the pass only where it is worth its time (it meets the target
+faster, or lowers the peak more, than holding the input).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from analysis.program import (
     CHUNK_ROWS,
     CHUNK,
     COPY,
+    AddStats,
     Attr,
     Block,
     Budget,
@@ -33,6 +34,7 @@ from analysis.program import (
     Operand,
     Program,
     ModuleCall,
+    NewStats,
     Return,
     Rows,
     SizeValue,
@@ -189,6 +191,8 @@ def format_program(program: Program, graph: Graph) -> str:
 def _block(block: Block, program: Program, graph: Graph) -> list[str]:
     extent = _arg(block.extent, graph)
     head = f"  for start in range(0, {extent}, {block.rows}):  # region {block.index + 1}"
+    if block.statistics:  # NOTE [Statistics passes]
+        head += f", statistics pass for {block.statistics}"
     body = ["    " + _statement(s, program, graph, block) for s in block.body]
     frees = [f"  del {', '.join(block.frees)}"] if block.frees else []
     return [head, *body, *frees]
@@ -257,6 +261,10 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
             f"group_stats({_arg(Ref(expr.value), graph, names)}, groups={expr.groups}, "
             f"eps={expr.eps}, dim={expr.dim}, rows={expr.rows})"
         )
+    if isinstance(expr, NewStats):
+        return f"group_stats(groups={expr.groups}, eps={expr.eps})"
+    if isinstance(expr, AddStats):
+        return f"{expr.stats}.add({expr.value}, rows {_rows(expr.rows)} of {_rows(expr.made)})"
     if isinstance(expr, Bound):
         if expr.before:
             return f"max({expr.scale} * start - {expr.rows}, 0)"

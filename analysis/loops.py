@@ -15,7 +15,7 @@ from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta
+from analysis.ir import Graph, Node, Ref, TensorMeta, tensor_inputs
 from analysis.layers import Layer
 from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import Region
@@ -31,6 +31,7 @@ from analysis.program import (
     LoopStep,
     Operand,
     Span,
+    StatisticsPass,
 )
 
 
@@ -103,7 +104,56 @@ def lower_region(
                 computed=computed,
             )
         )
-    return LoopRegion(region, tuple(steps))
+    passes = tuple(_statistics_pass(graph, region, norm, layers) for norm in region.recomputed)
+    return LoopRegion(region, tuple(steps), passes)
+
+
+def _statistics_pass(
+    graph: Graph, region: Region, norm: str, layers: Mapping[str, Layer] | None
+) -> StatisticsPass:
+    """The first pass a recomputed group norm's statistics take (NOTE [Statistics passes]): the
+    loop's values that make its input, each over the rows that input's own rows need (fewer
+    than the main loop's, whose later convolutions read halos), lowered as a loop of its own
+    with the input as its one output."""
+    from analysis.search import rows_wanted  # the search lowers candidate loops
+
+    loop = region.loop_dims
+    rule = dim_rule(graph[norm], graph)
+    assert rule is not None
+    sources = tensor_inputs(graph[norm], graph)
+    value = next(sources[slot] for slot in rule.whole_of(loop[norm]) if sources[slot] in loop)
+    needed, pending = {value}, [value]
+    while pending:
+        for ref in graph[pending.pop()].refs():
+            if ref in loop and ref not in needed:
+                needed.add(ref)
+                pending.append(ref)
+    span = tuple(name for name in region.span if name in needed)
+    made = {name: loop[name] for name in span}
+    scales = {name: scale for name, _, _, scale in region.halos}
+    want = rows_wanted(graph, span, made, scales, [(value, loop[value])])
+    if want is None:
+        raise InternalError(f"the statistics pass for {norm} cannot make its input's rows")
+    halos = tuple(
+        (name, *want[name], scales.get(name, 1))
+        for name in [*span, *sorted(set(want) - set(span), key=graph.position)]
+        if want[name] != (0, 0) or scales.get(name, 1) != 1
+    )
+    read = {ref for name in span for ref in graph[name].refs()}
+    first = Region(
+        span=span,
+        loop=tuple((name, made[name]) for name in span),
+        hoisted=(),
+        slices=tuple((name, dim) for name, dim in region.slices if name in read),
+        outputs=((value, loop[value]),),
+        extent=region.extent,
+        chunk_size=region.chunk_size,
+        materialized=tuple(name for name in region.materialized if name in read),
+        halos=halos,
+    )
+    steps = lower_region(graph, first, layers).steps
+    own = made_over(graph, first, value, loop[value])
+    return StatisticsPass(norm, value, steps, own)
 
 
 def made_over(graph: Graph, region: Region, name: str, dim: int) -> Span:

@@ -25,6 +25,7 @@ from analysis.ops import dim_rule
 from analysis.plan import ChunkPlan, Region
 from analysis.program import (
     CHUNK,
+    AddStats,
     COPY,
     Attr,
     CausalRows,
@@ -40,7 +41,9 @@ from analysis.program import (
     GroupStats,
     InputSize,
     LoopRegion,
+    LoopStep,
     ModuleCall,
+    NewStats,
     Operand,
     Program,
     Return,
@@ -48,6 +51,7 @@ from analysis.program import (
     SizeValue,
     Span,
     Statement,
+    StatisticsPass,
     Stop,
     TensorConstant,
     UpdateBuffer,
@@ -530,21 +534,6 @@ class _Lowering:
             copies[name] = var
             reads = frozenset({self.name_of(name)} - {None})
             setup.append(Statement(var, Contiguous(name, name in sliced), reads, region=index))
-        buffers: dict[str, str] = {}
-        device_of = region.slices[0][0] if region.slices else None
-        for name, _ in region.outputs:
-            node = graph[name]
-            var = self.bind(node)
-            buffers[name] = var
-            dtype_of = self._dtype_of(region, node.tensor.dtype)
-            reads = set(self.reads(list(node.tensor.shape))) | {var}
-            for value in (dtype_of, device_of):  # a value copied: its copy, so it can go
-                if value is not None:
-                    reads |= {copies[value]} if value in copies else {self.name_of(value)} - {None}
-            if device_of is None and self.device_of:
-                reads.add(self.device_of)
-            empty = Empty(node.tensor, dtype_of, device_of)
-            setup.append(Statement(var, empty, frozenset(reads), region=index))
         formula = self.runtime.regions[index] if self.runtime is not None else None
         rows: Any = region.chunk_size
         head = self.reads(region.extent)
@@ -575,32 +564,44 @@ class _Lowering:
             rule = dim_rule(node, graph)
             if rule is None or not rule.whole_of(step.dim):
                 continue
+            stats[step.node] = var = self.ns.create(f"{self.base(node)}_stats")
+            if step.node in region.recomputed:
+                continue  # a statistics pass takes them (NOTE [Statistics passes])
             read = step.operand(0)
             assert read is not None and read.source != CHUNK and read.rows is not None
-            var = self.ns.create(f"{self.base(node)}_stats")
             groups, eps = node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
             expr = GroupStats(read.value, groups, eps, read.rows, rows, read.span.scale)
             reads = self.reads(Ref(read.value)) | ({rows} if isinstance(rows, str) else set())
             setup.append(Statement(var, expr, reads, node.source, region=index))
-            stats[step.node] = var
-        self.chunks, self.copies = {}, copies
-        body = [Statement("stop", Stop(rows, region.extent))]
-        named = self._bounds(lowered)
-        bounds = {end: var for end, (var, _) in named.items()}
-        for (before, count, scale), (var, size) in named.items():
-            bound = Bound(before, count, region.extent, scale, size)
-            body.append(Statement(var, bound, head | self.reads(size)))
+        self.copies = copies
+        buffers = {name: self.bind(graph[name]) for name, _ in region.outputs}
+        names = {}
         outputs = dict(region.outputs)
         for step in lowered.steps:
             base = self.base(graph[step.node])
-            var = self.ns.create(f"{base}_chunk" if step.node in outputs else base)
-            reads = self.reads(step.args, [v for _, v in step.kwargs])
-            reads |= {stats[step.node]} if step.node in stats else set()
-            self.chunks[step.node] = var
-            body.append(Statement(var, step, reads, graph[step.node].source))
-            if step.node in outputs:
-                write = WriteChunk(buffers[step.node], outputs[step.node], var, step.span)
-                body.append(Statement(None, write, frozenset({var, buffers[step.node]})))
+            names[step.node] = self.ns.create(f"{base}_chunk" if step.node in outputs else base)
+        for done in lowered.passes:
+            node = graph[done.norm]
+            groups, eps = node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
+            var = stats[done.norm]
+            new = NewStats(groups, eps)
+            setup.append(Statement(var, new, frozenset(), node.source, region=index))
+            setup.append(self._pass(index, lowered, done, rows, head, names, stats))
+        device_of = region.slices[0][0] if region.slices else None
+        for name, _ in region.outputs:
+            node = graph[name]
+            var = buffers[name]
+            dtype_of = self._dtype_of(region, node.tensor.dtype)
+            reads = set(self.reads(list(node.tensor.shape))) | {var}
+            for value in (dtype_of, device_of):  # a value copied: its copy, so it can go
+                if value is not None:
+                    reads |= {copies[value]} if value in copies else {self.name_of(value)} - {None}
+            if device_of is None and self.device_of:
+                reads.add(self.device_of)
+            empty = Empty(node.tensor, dtype_of, device_of)
+            setup.append(Statement(var, empty, frozenset(reads), region=index))
+        self.chunks = {}
+        body, bounds = self._body(lowered, lowered.steps, rows, head, names, stats, buffers)
         block = Block(
             index=index,
             lowered=lowered,
@@ -616,14 +617,80 @@ class _Lowering:
         self.chunks, self.copies = {}, {}
         return [*setup, block]
 
-    def _bounds(self, lowered: LoopRegion) -> dict[tuple[bool, int, int], tuple[str, Any]]:
+    def _pass(
+        self,
+        index: int,
+        lowered: LoopRegion,
+        done: StatisticsPass,
+        rows: Any,
+        head: frozenset[str],
+        names: dict[str, str],
+        stats: dict[str, str],
+    ) -> Block:
+        """A statistics pass: the loop's steps that make a group norm's input, and the
+        chunk's own rows of it added to the statistics (NOTE [Statistics passes])."""
+        self.chunks = {}
+        made = done.steps[-1].span
+        body, bounds = self._body(lowered, done.steps, rows, head, names, stats, {}, done.rows)
+        var = stats[done.norm]
+        add = AddStats(var, done.value, done.steps[-1].dim, made, done.rows)
+        body.append(Statement(None, add, frozenset({var, self.chunks[done.value]})))
+        block = Block(
+            index=index,
+            lowered=lowered,
+            extent=lowered.region.extent,
+            rows=rows,
+            body=tuple(body),
+            reads=head,
+            chunks=dict(self.chunks),
+            copies=self.copies,
+            bounds=bounds,
+            stats=stats,
+            statistics=done.norm,
+        )
+        self.chunks = {}
+        return block
+
+    def _body(
+        self,
+        lowered: LoopRegion,
+        steps: tuple[LoopStep, ...],
+        rows: Any,
+        head: frozenset[str],
+        names: dict[str, str],
+        stats: dict[str, str],
+        buffers: dict[str, str],
+        extra: Span | None = None,
+    ) -> tuple[list[Statement], dict[tuple[bool, int, int], str]]:
+        """A loop's body: its stop, the ends of its spans, its steps, and each output's write
+        into its buffer; with the names bound to the spans' ends."""
+        region = lowered.region
+        body = [Statement("stop", Stop(rows, region.extent))]
+        named = self._bounds(steps, {n: d for n, d in region.outputs if n in buffers}, extra)
+        for (before, count, scale), (var, size) in named.items():
+            bound = Bound(before, count, region.extent, scale, size)
+            body.append(Statement(var, bound, head | self.reads(size)))
+        outputs = dict(region.outputs)
+        for step in steps:
+            var = names[step.node]
+            reads = self.reads(step.args, [v for _, v in step.kwargs])
+            reads |= {stats[step.node]} if step.node in stats else set()
+            self.chunks[step.node] = var
+            body.append(Statement(var, step, reads, self.graph[step.node].source))
+            if step.node in buffers:
+                write = WriteChunk(buffers[step.node], outputs[step.node], var, step.span)
+                body.append(Statement(None, write, frozenset({var, buffers[step.node]})))
+        return body, {end: var for end, (var, _) in named.items()}
+
+    def _bounds(
+        self, steps: tuple[LoopStep, ...], outputs: dict[str, int], extra: Span | None = None
+    ) -> dict[tuple[bool, int, int], tuple[str, Any]]:
         """Name each end of the rows the loop's spans reach: `lo_2` for two rows before the
         chunk, `hi_2` for two after, `lo_1_x2` for one before at twice the loop's rows (NOTE
-        [Halos])."""
-        spans = set()
+        [Halos]); `extra`, the rows a statistics pass adds, too."""
+        spans = {extra} if extra is not None else set()
         firsts = set()  # a crop of an op's result reads only where its rows start
-        outputs = dict(lowered.region.outputs)
-        for step in lowered.steps:
+        for step in steps:
             spans.add(step.span)
             if step.computed != step.span:
                 firsts.add(step.computed)

@@ -261,9 +261,13 @@ def estimate_graph(graph: Graph) -> Profile:
     return simulate(graph_program(graph), graph.output_names())
 
 
+#: the suffix of a per-chunk value's program key
+CHUNK_KEY = "@chunk"
+
+
 def chunk_key(name: str) -> str:
     """Return the program key of one chunk of a per-chunk value."""
-    return f"{name}@chunk"
+    return name + CHUNK_KEY
 
 
 #: label suffix of the statements a region runs before its loop
@@ -279,8 +283,6 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
     region = lowered.region
     label = region_label(index)
     hints = graph.hints
-    extent = max(evaluate(region.extent, hints), 1)
-    fraction = min(region.chunk_size, extent) / extent
     loop = region.loop_dims
     setup = f"{label}{SETUP}"  # before the loop: the hoisted values, copies and buffers
     stmts = [replace(node_stmt(graph[name], graph), label=setup) for name in region.hoisted]
@@ -289,50 +291,79 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         nbytes = value_bytes(graph[name].meta, hints)
         stmts.append(Stmt(key=key, alloc=nbytes, uses=(name,), label=setup))
     outputs = {name for name, _ in region.outputs}
+    outer: set[str] = set(outputs)
+    for number, done in enumerate(lowered.passes):  # NOTE [Statistics passes]
+        key = f"@pass{number}"
+        for step in done.steps:
+            stmts.append(_step_stmt(graph, region, step, copies, outer, key, label))
+        scratch = 0
+        meta = out_meta(graph[done.value])
+        if meta.dtype != torch.float32:  # the chunk's rows read in float32
+            size = max(evaluate(meta.shape[loop[done.value]], hints), 1)
+            widen = 4 / meta.dtype.itemsize
+            nbytes = value_bytes(meta, hints) * done.rows.rows(region.chunk_size, size) / size
+            scratch = math.ceil(widen * nbytes)
+        stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
+        stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     for name in outputs:
         stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=setup))
-    outer: set[str] = set(outputs)
     for step in lowered.steps:
-        name = step.node
-        node = graph[name]
-        uses = []
-        for ref in dict.fromkeys(node.refs()):
-            key = chunk_key(ref) if ref in loop else copies.get(ref, ref)
-            uses.append(key)
-            if ref not in loop:
-                outer.add(key)
-        base = node.mutates or node.aliases
-        if step.inplace is not None:
-            base = step.operands[step.inplace].value
-        owned = base is None
-        made = made_fraction(graph, step, region.chunk_size)
-        mask = _bool_mask(node, graph)
-        scratch = 0
-        if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
-            read = step.operand(3)
-            chunked = read is not None and (read.source == CHUNK or read.rows is not None)
-            scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
-        scratch += _group_norm_scratch(graph, step, region.chunk_size)
-        if any(isinstance(value, CausalRows) for value in step.args):
-            scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
-        else:
-            read = step.operand(0)
-            chunked = read is not None and (read.source == CHUNK or read.rows is not None)
-            scratch += _math_scratch(node, graph, fraction if chunked else 1.0)
-        stmts.append(
-            Stmt(
-                key=chunk_key(name),
-                alloc=(math.ceil(value_bytes(node.meta, hints) * made) if owned else 0),
-                shares=None if owned else (chunk_key(base) if base in loop else base),
-                uses=tuple(uses),
-                label=label,
-                scratch=scratch,
-            )
-        )
-        if name in outputs:
-            stmts.append(Stmt(key=None, uses=(chunk_key(name), name), label=label))
+        stmts.append(_step_stmt(graph, region, step, copies, outer, CHUNK_KEY, label))
+        if step.node in outputs:
+            stmts.append(Stmt(key=None, uses=(chunk_key(step.node), step.node), label=label))
     stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     return stmts
+
+
+def _step_stmt(
+    graph: Graph,
+    region: Region,
+    step: LoopStep,
+    copies: dict[str, str],
+    outer: set[str],
+    key: str,
+    label: str,
+) -> Stmt:
+    """One loop step as a statement: its chunk (keyed `name + key`) and what it reads, adding
+    the values from outside the loop to `outer`."""
+    hints = graph.hints
+    extent = max(evaluate(region.extent, hints), 1)
+    fraction = min(region.chunk_size, extent) / extent
+    loop = region.loop_dims
+    name = step.node
+    node = graph[name]
+    uses = []
+    for ref in dict.fromkeys(node.refs()):
+        used = ref + key if ref in loop else copies.get(ref, ref)
+        uses.append(used)
+        if ref not in loop:
+            outer.add(used)
+    base = node.mutates or node.aliases
+    if step.inplace is not None:
+        base = step.operands[step.inplace].value
+    owned = base is None
+    made = made_fraction(graph, step, region.chunk_size)
+    mask = _bool_mask(node, graph)
+    scratch = 0
+    if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
+        read = step.operand(3)
+        chunked = read is not None and (read.source == CHUNK or read.rows is not None)
+        scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
+    scratch += _group_norm_scratch(graph, step, region.chunk_size)
+    if any(isinstance(value, CausalRows) for value in step.args):
+        scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
+    else:
+        read = step.operand(0)
+        chunked = read is not None and (read.source == CHUNK or read.rows is not None)
+        scratch += _math_scratch(node, graph, fraction if chunked else 1.0)
+    return Stmt(
+        key=name + key,
+        alloc=(math.ceil(value_bytes(node.meta, hints) * made) if owned else 0),
+        shares=None if owned else (base + key if base in loop else base),
+        uses=tuple(uses),
+        label=label,
+        scratch=scratch,
+    )
 
 
 def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int) -> int:

@@ -43,6 +43,9 @@ class Region:
     #: loop values, and values sliced from outside, made or read over other rows than the
     #: chunk's: (name, rows before, rows after, rows per row of the loop) (NOTE [Halos])
     halos: tuple[tuple[str, int, int, int], ...] = ()
+    #: group norms in the loop whose input the loop makes: a first pass of the loop recomputes
+    #: the input to take their statistics (NOTE [Statistics passes])
+    recomputed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         loop = {name for name, _ in self.loop}
@@ -50,6 +53,8 @@ class Region:
             raise ValueError("region: loop and hoisted nodes must partition the span")
         if not {name for name, _ in self.outputs} <= loop:
             raise ValueError("region: outputs must be loop nodes")
+        if not set(self.recomputed) <= loop:
+            raise ValueError("region: recomputed statistics must be of loop nodes")
 
     @property
     def loop_dims(self) -> dict[str, int]:
@@ -231,7 +236,17 @@ def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
         "source_lines": region_lines(region, graph),
         "where": describe_lines(region, graph),
         "estimated_peak_bytes": peak,
+        # NOTE [Statistics passes]: the group norms whose input a first pass recomputes
+        "statistics_passes": [
+            {"node": name, "module": graph[name].module_path, "line": _line_of(graph, name)}
+            for name in region.recomputed
+        ],
     }
+
+
+def _line_of(graph: Graph, name: str) -> str | None:
+    source = graph[name].source
+    return None if source is None else f"{source.file.rsplit('/', 1)[-1]}:{source.line}"
 
 
 __all__ = [

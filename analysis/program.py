@@ -155,6 +155,20 @@ class LoopStep:
         return next((o for o in self.operands if o.slot == slot), None)
 
 
+@dataclass(frozen=True, slots=True)
+class StatisticsPass:
+    """A first pass of the loop that makes a group norm's input chunk by chunk and reduces its
+    statistics, before the main loop normalizes with them (NOTE [Statistics passes])."""
+
+    #: the group norm, and the loop value it normalizes
+    norm: str
+    value: str
+    #: the main loop's steps that make the value, in order (the value's last)
+    steps: tuple[LoopStep, ...]
+    #: the rows the pass reduces: the chunk's own, at the value's scale
+    rows: Span = CHUNK_ROWS
+
+
 @dataclass(frozen=True)
 class LoopRegion:
     """A region with its loop lowered: what the estimate, the cost model and the emitter read."""
@@ -163,6 +177,8 @@ class LoopRegion:
     region: Region
     #: the loop body, one step per loop node, in order
     steps: tuple[LoopStep, ...]
+    #: the statistics passes run before the loop, in order (NOTE [Statistics passes])
+    passes: tuple[StatisticsPass, ...] = ()
 
     def with_chunk_size(self, chunk_size: int) -> LoopRegion:
         return replace(self, region=self.region.with_chunk_size(chunk_size))
@@ -309,6 +325,28 @@ class GroupStats:
 
 
 @dataclass(frozen=True, slots=True)
+class NewStats:
+    """Empty group statistics that a statistics pass fills (NOTE [Statistics passes]): the
+    template's `_GroupStats(groups, eps)`."""
+
+    groups: int
+    eps: float
+
+
+@dataclass(frozen=True, slots=True)
+class AddStats:
+    """A statistics pass adding its chunk's rows of the value (`stats.add(chunk)`)."""
+
+    #: the name of the statistics, and the graph value whose chunk is added
+    stats: str
+    value: str
+    dim: int
+    #: the rows the chunk was made over, and the rows added
+    made: Span
+    rows: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """The chunk's end: `min(start + rows, extent)`."""
 
@@ -359,7 +397,8 @@ class Return:
 
 
 Expr = Union[
-    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, GroupStats, Stop,
+    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, GroupStats, NewStats,
+    AddStats, Stop,
     Bound, WriteChunk,
     UpdateBuffer, Return, LoopStep, ModuleCall, SizeValue,
 ]  # fmt: skip
@@ -410,6 +449,9 @@ class Block:
     stats: dict[str, str] = field(default_factory=dict)
     #: (before, rows, scale) -> the name bound to that end of a span's rows (NOTE [Halos])
     bounds: dict[tuple[bool, int, int], str] = field(default_factory=dict)
+    #: for a statistics pass: the group norm whose statistics it takes (NOTE [Statistics
+    #: passes]); None for the region's loop
+    statistics: str | None = None
 
 
 @dataclass(frozen=True)
@@ -445,13 +487,15 @@ class Program:
 
     @property
     def blocks(self) -> tuple[Block, ...]:
-        """The chunk loops of this forward and, on the root, of every module's, by region."""
-        own = [item for item in self.body if isinstance(item, Block)]
+        """The chunk loops of this forward and, on the root, of every module's, by region
+        (statistics passes aside)."""
+        own = [item for item in self.body if isinstance(item, Block) and not item.statistics]
         own += [block for program in self.scopes.values() for block in program.blocks]
         return tuple(sorted(own, key=lambda block: block.index))
 
 
 __all__ = [
+    "AddStats",
     "CHUNK",
     "CHUNK_ROWS",
     "COPY",
@@ -472,6 +516,7 @@ __all__ = [
     "LoopRegion",
     "LoopStep",
     "ModuleCall",
+    "NewStats",
     "Operand",
     "Program",
     "Return",
@@ -479,6 +524,7 @@ __all__ = [
     "SizeValue",
     "Span",
     "Statement",
+    "StatisticsPass",
     "Stop",
     "TensorConstant",
     "UpdateBuffer",

@@ -57,7 +57,7 @@ HOIST_RETRIES = 8
 
 
 def propagate(
-    graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int
+    graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int, recompute: bool = False
 ) -> Region | Conflict | None:
     """Return the region a stretch forms when chunked along `seed_dim` of `seed`.
 
@@ -68,10 +68,13 @@ def propagate(
     the per-chunk reader, and the walk tried again; only where starting the stretch after it
     would lose ops before it that the seed needs (the query projection), so otherwise the
     boundary moves as before.
+
+    With `recompute`, a group norm may read an input the loop itself makes: a first pass of
+    the loop recomputes the input to take its statistics (NOTE [Statistics passes]).
     """
     hoisted: set[str] = set()
     for _ in range(HOIST_RETRIES + 1):
-        result = _propagate(graph, span, seed, seed_dim, hoisted)
+        result = _propagate(graph, span, seed, seed_dim, hoisted, recompute)
         if not isinstance(result, tuple):
             return result
         conflict, fork = result
@@ -82,7 +85,12 @@ def propagate(
 
 
 def _propagate(
-    graph: Graph, span: tuple[str, ...], seed: str, seed_dim: int, forced: set[str]
+    graph: Graph,
+    span: tuple[str, ...],
+    seed: str,
+    seed_dim: int,
+    forced: set[str],
+    recompute: bool = False,
 ) -> Region | tuple[Conflict, str | None] | None:
     """One walk of `propagate`, with the values in `forced` made whole before the loop; a
     failed walk returns its Conflict and the value where it turned from producers to other
@@ -149,7 +157,8 @@ def _propagate(
             dim = loop[name]
             for slot, source in enumerate(tensor_inputs(node, graph)):
                 want = found.input_dim(dim, slot)
-                if want is not None and slot in found.whole_of(dim):  # statistics span it
+                whole = slot in found.whole_of(dim)  # statistics span it
+                if want is not None and whole and not (recompute and source in inside):
                     need_slice(source, want, name, forward=False)
                 elif want is not None:
                     chunk(source, want, name, forward=False)
@@ -164,7 +173,9 @@ def _propagate(
                 user_rule = rule_of(user)
                 slots = [s for s, v in enumerate(tensor_inputs(graph[user], graph)) if v == name]
                 out_dims = (
-                    {_moving(user_rule, slot, dim) for slot in slots} if user_rule else {None}
+                    {_moving(user_rule, slot, dim, recompute) for slot in slots}
+                    if user_rule
+                    else {None}
                 )
                 if None in out_dims or len(out_dims) != 1:
                     raise _Reject(f"{user} mixes the chunked dim of {name}", user, name, True)
@@ -177,11 +188,14 @@ def _propagate(
     return _region(graph, span, loop, sliced, seed, seed_dim)
 
 
-def _moving(rule: DimRule, slot: int, dim: int) -> int | None:
+def _moving(rule: DimRule, slot: int, dim: int, recompute: bool = False) -> int | None:
     """The output dim that input `slot`'s dim `dim` moves with, where the input may be
-    chunked; None where it is mixed or must be whole before the loop."""
+    chunked; None where it is mixed, or must be whole before the loop and is not recomputed
+    for its statistics."""
     out_dim = rule.group_of(slot, dim)
-    return None if out_dim is None or slot in rule.whole_of(out_dim) else out_dim
+    if out_dim is None or (slot in rule.whole_of(out_dim) and not recompute):
+        return None
+    return out_dim
 
 
 def _needed_before(graph: Graph, span: tuple[str, ...], seed: str, fork: str) -> bool:
@@ -283,6 +297,16 @@ def _region(
         if isinstance(graph[name].meta, TensorMeta) and not graph[name].tensor.contiguous
     ]
     ordered_slices = [(name, sliced[name]) for name in _order(graph, sliced)]
+    recomputed = []  # NOTE [Statistics passes]
+    for name, dim in loop.items():
+        rule = dim_rule(graph[name], graph)
+        sources = tensor_inputs(graph[name], graph)
+        if rule is not None and any(sources[slot] in loop for slot in rule.whole_of(dim)):
+            recomputed.append(name)
+    recomputed = _order(graph, dict.fromkeys(recomputed))
+    twice = _recomputed_twice(graph, loop, recomputed)
+    if twice is not None:
+        return Conflict((twice[0],), (twice[1],), f"{twice[1]} would recompute {twice[0]}'s input")
     region = Region(
         span=span,
         loop=tuple((name, loop[name]) for name in span if name in loop),
@@ -292,10 +316,38 @@ def _region(
         extent=extent,
         materialized=tuple(materialized),
         halos=halos,
+        recomputed=tuple(recomputed),
     )
     if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
     return region
+
+
+def _recomputed_twice(
+    graph: Graph, loop: dict[str, int], recomputed: list[str]
+) -> tuple[str, str] | None:
+    """Two recomputed group norms, in order, whose statistics passes would both make one loop
+    value, or None. Each pass makes the norm's input from the loop's start: a later norm's pass
+    repeating an earlier one's would make the passes' cost grow with the square of the loop's
+    length, so the loop ends before the later norm, or starts after the earlier one (NOTE
+    [Statistics passes])."""
+    made: dict[str, str] = {}
+    for norm in recomputed:
+        rule = dim_rule(graph[norm], graph)
+        assert rule is not None
+        sources = tensor_inputs(graph[norm], graph)
+        pending = [sources[slot] for slot in rule.whole_of(loop[norm]) if sources[slot] in loop]
+        seen = set(pending)
+        while pending:
+            name = pending.pop()
+            if name in made:
+                return made[name], norm
+            for ref in graph[name].refs():
+                if ref in loop and ref not in seen:
+                    seen.add(ref)
+                    pending.append(ref)
+        made.update(dict.fromkeys(seen, norm))
+    return None
 
 
 def _halos(
@@ -318,6 +370,33 @@ def _halos(
     scales = _scales(graph, loop, sliced)
     if scales is None:
         return None
+    want = rows_wanted(graph, span, loop, scales, outputs)
+    if want is None:
+        return None
+    dims = {**sliced, **loop}
+    coarsest = {out_meta(graph[n]).shape[d] for n, d in dims.items() if scales.get(n) == 1}
+    extent = next(iter(coarsest))
+    if any(not same_size(size, extent, graph) for size in coarsest):
+        return None
+    halos = tuple(
+        (name, *want[name], scales[name])
+        for name in [*span, *sorted(set(sliced) - set(span), key=graph.position)]
+        if name in want and (want[name] != (0, 0) or scales[name] != 1)
+    )
+    return halos, extent
+
+
+def rows_wanted(
+    graph: Graph,
+    span: tuple[str, ...],
+    loop: dict[str, int],
+    scales: dict[str, int],
+    outputs: list[tuple[str, int]],
+) -> dict[str, tuple[int, int]] | None:
+    """Return the rows before and after the chunk's that each loop value, and each value the
+    loop reads, must be made or read over for the `outputs` to get the chunk's own rows (NOTE
+    [Halos]); None when an op would have to make rows it cannot (a causal attention, tril's
+    diagonal)."""
     want: dict[str, tuple[int, int]] = {name: (0, 0) for name, _ in outputs}
     for name in reversed(span):
         if name not in loop:
@@ -326,7 +405,7 @@ def _halos(
         node, dim = graph[name], loop[name]
         rule = dim_rule(node, graph)
         assert rule is not None
-        moved = before or after or scales[name] != 1
+        moved = before or after or scales.get(name, 1) != 1
         if moved and (rule.offsets(dim) or node.target in _FROM_THE_START):
             return None
         for slot, source in enumerate(tensor_inputs(node, graph)):
@@ -339,17 +418,7 @@ def _halos(
                 math.ceil(stride * after) + wide_after,
             )
             want[source] = (max(had[0], need[0]), max(had[1], need[1]))
-    dims = {**sliced, **loop}
-    coarsest = {out_meta(graph[n]).shape[d] for n, d in dims.items() if scales.get(n) == 1}
-    extent = next(iter(coarsest))
-    if any(not same_size(size, extent, graph) for size in coarsest):
-        return None
-    halos = tuple(
-        (name, *want[name], scales[name])
-        for name in [*span, *sorted(set(sliced) - set(span), key=graph.position)]
-        if name in want and (want[name] != (0, 0) or scales[name] != 1)
-    )
-    return halos, extent
+    return want
 
 
 def _scales(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict[str, int] | None:
@@ -402,6 +471,16 @@ def _order(graph: Graph, names: dict[str, int]) -> list[str]:
     return sorted(names, key=graph.position)
 
 
+def takes_statistics(graph: Graph, name: str) -> bool:
+    """Whether an op needs statistics over its whole input before a loop along some dim (a
+    group norm, NOTE [Statistics before the loop])."""
+    meta = out_meta(graph[name])
+    if graph[name].kind != "op" or meta is None:
+        return False
+    rule = dim_rule(graph[name], graph)
+    return rule is not None and any(rule.whole_of(dim) for dim in range(meta.rank))
+
+
 def chunkable_dims(graph: Graph, name: str, minimum: int = 2) -> list[int]:
     """Return the dims of a node's result long enough to chunk, longest first."""
     meta = out_meta(graph[name])
@@ -412,13 +491,21 @@ def chunkable_dims(graph: Graph, name: str, minimum: int = 2) -> list[int]:
 
 
 def grow(
-    graph: Graph, names: list[str], first: int, last: int, seed: str, dim: int, budget: int = 24
+    graph: Graph,
+    names: list[str],
+    first: int,
+    last: int,
+    seed: str,
+    dim: int,
+    budget: int = 24,
+    recompute: bool = False,
 ) -> list[Region]:
     """Return the regions around the seed inside names[first:last+1].
 
     Starting from the whole window, each conflict offers boundary moves (the cut nearest the
     conflict and the one nearest the seed, on either side); the stretches they give are tried
-    breadth-first, at most `budget` of them.
+    breadth-first, at most `budget` of them. With `recompute`, group norms may take their
+    statistics in a pass of their own (NOTE [Statistics passes]).
     """
     position = {name: index for index, name in enumerate(names)}
     at = position[seed]
@@ -428,7 +515,7 @@ def grow(
     while queue and budget > 0:
         first, last = queue.pop(0)
         budget -= 1
-        result = propagate(graph, tuple(names[first : last + 1]), seed, dim)
+        result = propagate(graph, tuple(names[first : last + 1]), seed, dim, recompute)
         if result is None:
             return found
         if isinstance(result, Region):
@@ -446,4 +533,4 @@ def grow(
     return found
 
 
-__all__ = ["chunkable_dims", "grow"]
+__all__ = ["chunkable_dims", "grow", "rows_wanted", "takes_statistics"]

@@ -29,7 +29,7 @@ from analysis.memory import (
 )
 from analysis.fastpath import padding_check_of, unpadded
 from analysis.plan import ChunkPlan, Region
-from analysis.search import chunkable_dims, grow, propagate
+from analysis.search import chunkable_dims, grow, propagate, takes_statistics
 from analysis.symbolic import rehinted
 
 #: how far (in graph nodes) a stretch may reach before and after the peak
@@ -473,17 +473,20 @@ def _candidates(
         lo, hi = _stretch(graph, calls[-1])
         windows = [(max(first, lo), min(last, hi))]
     footprint = dict(zip(profile.labels, profile.footprint))
-    found: dict[tuple[tuple[str, int], ...], Region] = {}
+    found: dict[tuple[tuple[tuple[str, int], ...], tuple[str, ...]], Region] = {}
     for start, stop in dict.fromkeys(windows):
         ends = sorted(range(position, stop + 1), key=lambda i: (footprint.get(names[i], 0), i))
         ends = sorted({stop, *ends[:BOUNDARIES]})
         seeds = _seeds(graph, names, start, position, peak_node)
+        # group norms may recompute their input for their statistics (NOTE [Statistics passes])
+        statistics = any(takes_statistics(graph, n) for n in names[start : stop + 1])
         for end in ends:
             for seed in seeds:
                 for dim in chunkable_dims(graph, seed):
-                    for region in grow(graph, names, start, end, seed, dim):
-                        if peak_node in region.loop_dims:
-                            found.setdefault(region.loop, region)
+                    for recompute in (False, True) if statistics else (False,):
+                        for region in grow(graph, names, start, end, seed, dim, recompute=recompute):
+                            if peak_node in region.loop_dims:
+                                found.setdefault((region.loop, region.recomputed), region)
     trimmed = [_trimmed(region) for region in found.values()]
     return [*found.values(), *(region for region in trimmed if region is not None)]
 

@@ -23,6 +23,7 @@ from analysis.program import (
     CHUNK,
     CHUNK_ROWS,
     COPY,
+    AddStats,
     Attr,
     CausalRows,
     Block,
@@ -38,6 +39,7 @@ from analysis.program import (
     InputSize,
     LoopStep,
     ModuleCall,
+    NewStats,
     Operand,
     Program,
     Return,
@@ -108,6 +110,8 @@ class ForwardPrinter:
         self.num = numbering or Numbering()
         self.device = f"{program.device_of}.device" if program.device_of else "None"
         self._cited: tuple[str, int] | None = None
+        #: the regions whose loops said what their halos are (a statistics pass's loop says it)
+        self._halos_said: set[int] = set()
         #: how each kind of statement prints
         self._printers: dict[type, Any] = {
             Call: self._print_call,
@@ -121,6 +125,8 @@ class ForwardPrinter:
             Rows: self._print_rows,
             Stop: self._print_stop,
             GroupStats: self._print_groupstats,
+            NewStats: self._print_newstats,
+            AddStats: self._print_addstats,
             Bound: self._print_bound,
             WriteChunk: self._print_writechunk,
             UpdateBuffer: self._print_updatebuffer,
@@ -458,6 +464,26 @@ class ForwardPrinter:
         ]
         return Line(f"{statement.var} = {code}", comments)
 
+    def _print_newstats(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        code = f"{statement.var} = _GroupStats({self.num(expr.groups)}, {self.num(expr.eps)})"
+        comments = [
+            "Statistics first: the group norm in the loop below normalizes every row of its",
+            "input with them, and that loop makes the input. This pass makes each chunk's rows",
+            "of it and adds them up, so it is never held whole (two passes, not",
+            "`self.norm(chunk)`).",
+            *self._cite(statement.source),
+        ]
+        return Line(code, comments)
+
+    def _print_addstats(self, statement: Statement, block: Block | None) -> Line:
+        expr = statement.expr
+        assert block is not None, "a statistics pass's sum outside its loop"
+        chunk = block.chunks[expr.value]
+        if expr.made != expr.rows:
+            chunk = _index_expr(chunk, {expr.dim: self.crop(expr.rows, expr.made, block)})
+        return Line(f"{expr.stats}.add({chunk})")
+
     def _print_stop(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
         return Line(f"stop = min(start + {self.int_or(expr.rows)}, {self.arg_plain(expr.extent)})")
@@ -478,7 +504,8 @@ class ForwardPrinter:
         assert block is not None, "a halo's bound outside its loop"
         first = next(s for s in block.body if isinstance(s.expr, Bound))
         comments = []
-        if statement is first:
+        if statement is first and block.index not in self._halos_said:
+            self._halos_said.add(block.index)
             scaled = any(isinstance(s.expr, Bound) and s.expr.scale > 1 for s in block.body)
             comments = _HALO_COMMENT + (_SCALE_COMMENT if scaled else [])
         extent = self.arg_plain(expr.extent)

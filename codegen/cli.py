@@ -231,6 +231,16 @@ def _plan(args: argparse.Namespace) -> int:
             f"({dim['words']}), chunk {region['chunk_size']} x{region['n_chunks']}, "
             f"peak {format_bytes(region['estimated_peak_bytes'])}, {len(region['nodes'])} nodes in the loop"
         )
+        passes = region["statistics_passes"]
+        if passes:
+            norms = ", ".join(
+                f"{p['module'] or p['node']}" + (f" ({p['line']})" if p["line"] else "")
+                for p in passes
+            )
+            print(
+                f"    a first pass recomputes the input of {norms} for its statistics, "
+                "so the input is never held whole"
+            )
         formula = formula_of(index - 1)
         if formula is not None:
             print(

@@ -378,7 +378,6 @@ class OuterProductMean(torch.nn.Module):
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
         b: "f32[32, res, 16]" = self.b(m)
         del m
-        out = torch.empty((res, res**2 // res, 32), dtype=a.dtype, device=a.device)
         # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
         # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
         # on a GPU, where a chunk costs kernel launches, all that fit.
@@ -388,6 +387,7 @@ class OuterProductMean(torch.nn.Module):
             2048 * res,
             8 if msa.device.type == "cpu" else res,
         )
+        out = torch.empty((res, res**2 // res, 32), dtype=a.dtype, device=a.device)
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
@@ -542,7 +542,6 @@ class GatedAttention3(torch.nn.Module):
         # Chunk loop (evoformer.py:62-72), over `res`.
         # f32[res, 4, bias_res, bias_res] 171.5 MiB -> 3.1 MiB per chunk of 4.
         # In place, on chunks nothing else reads: `add_`.
-        matmul = torch.empty((res, 4, bias_res, 8), dtype=x.dtype, device=x.device)
         # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
         # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
         # on a GPU, where a chunk costs kernel launches, all that fit.
@@ -552,6 +551,7 @@ class GatedAttention3(torch.nn.Module):
             32 * res**2 + 128 * res,
             4 if x.device.type == "cpu" else res,
         )
+        matmul = torch.empty((res, 4, bias_res, 8), dtype=x.dtype, device=x.device)
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)

@@ -154,7 +154,6 @@ class Attention(torch.nn.Module):
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         transpose_contiguous = transpose.contiguous()
         del transpose
-        matmul = torch.empty((1, 8, seq, 32), dtype=q.dtype, device=q.device)
         # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
         # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
         # on a GPU, where a chunk costs kernel launches, all that fit.
@@ -164,6 +163,7 @@ class Attention(torch.nn.Module):
             64 * seq,
             128 if x.device.type == "cpu" else seq,
         )
+        matmul = torch.empty((1, 8, seq, 32), dtype=q.dtype, device=q.device)
         for start in range(0, seq, chunk):
             stop = min(start + chunk, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()

@@ -419,7 +419,6 @@ class Attention(torch.nn.Module):
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         transpose_contiguous = transpose.contiguous()
         del transpose
-        matmul = torch.empty((1, 2, x_size, 32), dtype=x.dtype, device=x.device)
         # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
         # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
         # on a GPU, where a chunk costs kernel launches, all that fit.
@@ -429,6 +428,7 @@ class Attention(torch.nn.Module):
             16 * x_size,
             256 if x.device.type == "cpu" else x_size,
         )
+        matmul = torch.empty((1, 2, x_size, 32), dtype=x.dtype, device=x.device)
         for start in range(0, x_size, chunk):
             stop = min(start + chunk, x_size)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
@@ -906,7 +906,6 @@ class Attention5(torch.nn.Module):
         # Copied contiguous once: a matmul in the loop would copy it every chunk.
         transpose_contiguous = transpose.contiguous()
         del transpose
-        matmul = torch.empty((1, 2, x_size, 32), dtype=x.dtype, device=x.device)
         # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
         # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
         # on a GPU, where a chunk costs kernel launches, all that fit.
@@ -916,6 +915,7 @@ class Attention5(torch.nn.Module):
             16 * x_size,
             256 if x.device.type == "cpu" else x_size,
         )
+        matmul = torch.empty((1, 2, x_size, 32), dtype=x.dtype, device=x.device)
         for start in range(0, x_size, chunk):
             stop = min(start + chunk, x_size)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)

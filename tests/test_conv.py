@@ -3,6 +3,7 @@ estimate against measurement, and what the header calls the loop."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ from analysis.capture import build_graph, export
 from analysis.cost import load_machine, node_time
 from analysis.ir import Graph
 from analysis.loader import LoadedModel
+from analysis.loops import lower_region
 from analysis.layers import standard_layers
 from analysis.pipeline import lower_plan
 from analysis.plan import ChunkPlan
 from analysis.program import Rows, Statement
+from analysis.search import Conflict, grow, propagate
 from analysis.select import Target, make_plan
 from analysis.shortfall import estimate_agrees
 from codegen.emit import emit_module
@@ -275,12 +278,82 @@ def test_group_statistics_combine_chunks_as_one_pass_would() -> None:
     scope: dict = {}
     exec(compile(source, "generated", "exec"), scope)  # noqa: S102 - our own output
     x = torch.randn(2, 16, 37, 5, dtype=torch.float64).float() * 0.01 + 1000.0
-    mean, rstd = scope["_group_stats"](x, 4, 1e-5, 2, 3)
+    stats = scope["_group_stats"](x, 4, 1e-5, 2, 3)
+    mean, rstd = stats.mean, stats.rstd
     var, want = torch.var_mean(x.double().unflatten(1, (4, -1)), dim=(2, 3, 4), correction=0)
     torch.testing.assert_close(mean.double(), want, rtol=1e-7, atol=0)
     # float32 rounding of deviations from 1000 costs some 1e-4; E[x^2] - E[x]^2 would be off
     # by more than the variance itself
     torch.testing.assert_close(rstd.double(), (var + 1e-5).rsqrt(), rtol=1e-3, atol=0)
+
+
+class ResnetBlock(nn.Module):
+    """A resnet block as diffusers writes it: its second norm reads its first conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(4, 16, 3, padding=1)
+        self.norm1 = nn.GroupNorm(4, 16)
+        self.conv1 = nn.Conv2d(16, 48, 3, padding=1)
+        self.norm2 = nn.GroupNorm(4, 48)
+        self.conv2 = nn.Conv2d(48, 16, 3, padding=1)
+        self.norm3 = nn.GroupNorm(2, 16)
+        self.out = nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = x + self.conv2(F.silu(self.norm2(h)))
+        return self.out(F.silu(self.norm3(h)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_group_norm_whose_input_the_loop_makes_takes_its_statistics_in_a_first_pass(
+    dtype: torch.dtype,
+) -> None:
+    """NOTE [Statistics passes]: the loop makes norm2's input chunk by chunk twice, first to
+    add up its statistics, then to normalize it; exact at odd sizes, its estimate measured."""
+    torch.manual_seed(0)
+    model = ResnetBlock().eval().to(dtype)
+    for norm in (model.norm1, model.norm2, model.norm3):
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_()
+    inputs = ((torch.randn(1, 4, 61, 23) * 2 + 1).to(dtype),)
+    graph, plan = _plan(model, inputs, 0.25)
+    recomputed = [name for region in plan.regions for name in region.recomputed]
+    assert recomputed, plan.regions
+    source = _source(graph, plan, model)
+    assert "_GroupStats(4, 1e-05)" in source and "_stats.add(" in source
+    chunked = verify(source, model, inputs)
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
+
+
+def test_no_statistics_pass_makes_what_another_pass_makes() -> None:
+    """Two passes making the same values would cost the square of the loop's length: a
+    stretch over both norms is refused, and the loops found stop before the second norm, each
+    value made by one pass at most."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(8, 32, 3, padding=1), nn.GroupNorm(2, 32), nn.SiLU()]
+    layers += [nn.Conv2d(32, 8, 3, padding=1), nn.GroupNorm(2, 8)]
+    model = nn.Sequential(*layers, *[copy.deepcopy(layer) for layer in layers]).eval()
+    inputs = (torch.randn(1, 8, 64, 16),)
+    graph, plan = _plan(model, inputs, 0.1)
+    names = [node.name for node in graph.nodes if node.kind == "op"]
+    first, last = graph.position(names[0]), graph.position(names[-1])
+    everything = [node.name for node in graph.nodes]
+    whole = propagate(graph, tuple(everything[first : last + 1]), names[0], 2, recompute=True)
+    assert isinstance(whole, Conflict) and "recompute" in whole.reason, whole
+    regions = grow(graph, everything, first, last, names[0], 2, recompute=True)
+    passes = [r for r in regions if r.recomputed]
+    assert passes, regions
+    for region in passes:
+        made = [{step.node for step in done.steps} for done in lower_region(graph, region).passes]
+        for index, values in enumerate(made):
+            for other in made[index + 1 :]:
+                assert not values & other, (values, other)
+    _emit_and_verify(graph, plan, model, inputs)
 
 
 class Upsampler(nn.Module):
