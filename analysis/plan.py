@@ -86,6 +86,12 @@ class ChunkPlan:
     budget_bytes: int
     #: estimated peak while each region runs, parallel to regions
     region_peaks: tuple[int, ...] = ()
+    #: the planned forward's estimated time over the original's (the cost model's)
+    time_ratio: float = 1.0
+    #: the time limit the plan kept to (NOTE [Time limit]), and whether it kept the plan from
+    #: a lower peak
+    max_slowdown: float | None = None
+    time_limited: bool = False
 
     @property
     def met(self) -> bool:
@@ -99,6 +105,8 @@ class ChunkPlan:
             "planned_peak_bytes": self.planned_peak_bytes,
             "budget_bytes": self.budget_bytes,
             "target_met": self.met,
+            "estimated_time_ratio": round(self.time_ratio, 3),
+            "max_slowdown": self.max_slowdown,
             "regions": [
                 region_json(region, peak, graph)
                 for region, peak in zip(self.regions, self.region_peaks, strict=True)

@@ -5,13 +5,29 @@ each candidate's chunk by bisection on the estimate (memory only falls as chunks
 keeps the candidate that meets the target with the fewest iterations; when none can, the one
 that lowers the peak most. Stages repeat on the re-estimated program until the target is met or
 no candidate lowers the peak.
+
+NOTE [Time limit]
+Memory comes first, but not at any price: a loop whose halos or statistics passes recompute
+more than it saves (a deep strided chain, a group norm's input made twice) can make a model
+several times slower for a few more MiB. The target may carry a time limit, `max_slowdown`:
+the cost model's estimate of the planned forward stays within that multiple of the
+original's. Each stage only takes candidates, at chunk sizes, whose extra time fits in what
+the loops chosen so far left (loops that run faster than the ops they replace, as attention
+loops often do, leave more). A plan that misses its target because of the limit says so.
+
+There is no limit unless the user sets one (`--max-slowdown 1.05`): the cost model is close on
+matrix products and attention, but convolutions run faster per row on a few rows than on a
+whole large image (a 3-D convolution over 8 of 128 columns: 0.68 ms a column against 1.15 ms
+whole, measured here), which it does not model; a default limit would turn away loops that
+measure no slower (the conv3d video example: 84% less at 0.97x, estimated 1.42x).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
@@ -44,12 +60,16 @@ MAX_STAGES = 256
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What the plan must stay under: a byte budget, or a fraction of the original peak."""
+    """What the plan must stay under: a byte budget, or a fraction of the original peak; and
+    the most its estimated time may grow (NOTE [Time limit])."""
 
     #: absolute budget in bytes, if given
     budget_bytes: int | None = None
     #: fraction of the original estimated peak, used when no budget is given
     ratio: float = 0.2
+    #: the most the planned forward's estimated time may be, as a multiple of the original's;
+    #: None: no limit
+    max_slowdown: float | None = None
 
     def bytes_for(self, original_peak: int) -> int:
         if self.budget_bytes is not None:
@@ -62,10 +82,12 @@ Progress = Callable[[int, int, int], None]
 
 
 def make_plan(graph: Graph, target: Target, progress: Progress | None = None) -> ChunkPlan:
-    """Plan chunk loops for a graph so its estimated peak stays under the target."""
+    """Plan chunk loops for a graph so its estimated peak stays under the target, within its
+    time limit (NOTE [Time limit])."""
     profile = estimate_graph(graph)
     original_peak = estimate_graph(graph.captured).peak if graph.before else profile.peak
     budget = target.bytes_for(original_peak)
+    limit = Limit.of(graph, target.max_slowdown)
     regions: tuple[Region, ...] = ()
     for stage in range(MAX_STAGES):
         if progress is not None:
@@ -75,15 +97,50 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
         label = profile.labels[profile.peak_index]
         if label.startswith("region "):
             break  # the peak is inside a loop already sized as small as it helps
-        found = _lowered(graph, regions, profile, label, budget)
+        limit.binding = False
+        found = _lowered(graph, regions, profile, label, budget, limit)
         if found is None:
-            found = _replanned(graph, regions, profile, label, budget)
+            found = _replanned(graph, regions, profile, label, budget, limit)
         if found is None:
             break
         regions, profile = found
     regions = _pruned(graph, regions, profile.peak)
-    regions = _relaxed(graph, _merged(graph, regions, max(budget, profile.peak)), budget)
-    return finish_plan(graph, regions, original_peak, budget)
+    regions = _relaxed(graph, _merged(graph, regions, max(budget, profile.peak)), budget, limit)
+    return finish_plan(graph, regions, original_peak, budget, limit)
+
+
+@dataclass
+class Limit:
+    """A plan's time limit as extra seconds the cost model allows its loops, and whether it
+    turned away a loop that would have lowered the peak (NOTE [Time limit])."""
+
+    #: the most the loops may add to the original's estimated time; None: no limit
+    seconds: float | None
+    #: the limit as a multiple of the original's time
+    slowdown: float | None = None
+    #: whether a candidate lowering the peak further was turned away for its time
+    binding: bool = False
+
+    @staticmethod
+    def of(graph: Graph, slowdown: float | None) -> Limit:
+        if slowdown is None:
+            return Limit(None)
+        names = tuple(node.name for node in graph.nodes)
+        return Limit((slowdown - 1) * span_time(graph, names, load_machine()), slowdown)
+
+    def room(self, graph: Graph, regions: tuple[Region, ...]) -> float:
+        """The extra time left to a new loop beside `regions`."""
+        if self.seconds is None:
+            return math.inf
+        return self.seconds - sum(extra_time(graph, region) for region in regions)
+
+
+def extra_time(graph: Graph, region: Region) -> float:
+    """A loop's estimated time less that of the ops it runs, unchunked."""
+    machine = load_machine()
+    return region_time(graph, lower_region(graph, region), machine) - span_time(
+        graph, region.span, machine
+    )
 
 
 def unpadded_sizes(graph: Graph, plan: ChunkPlan) -> ChunkPlan:
@@ -192,11 +249,16 @@ def _joined(graph: Graph, names: list[str], first: Region, second: Region) -> Re
 
 
 def _lowered(
-    graph: Graph, regions: tuple[Region, ...], profile: Profile, label: str, budget: int
+    graph: Graph,
+    regions: tuple[Region, ...],
+    profile: Profile,
+    label: str,
+    budget: int,
+    limit: Limit,
 ) -> tuple[tuple[Region, ...], Profile] | None:
     """The regions with the best new loop through the peak at `label`, and their profile; None
     when no loop lowers the footprint where the peak was."""
-    best = _best_candidate(graph, regions, profile, label, budget)
+    best = _best_candidate(graph, regions, profile, label, budget, limit)
     if best is None:
         return None
     candidate = _insert(regions, best, graph)
@@ -208,7 +270,12 @@ def _lowered(
 
 
 def _replanned(
-    graph: Graph, regions: tuple[Region, ...], profile: Profile, label: str, budget: int
+    graph: Graph,
+    regions: tuple[Region, ...],
+    profile: Profile,
+    label: str,
+    budget: int,
+    limit: Limit,
 ) -> tuple[tuple[Region, ...], Profile] | None:
     """When no new loop gets past the peak at `label`, give up a loop an earlier stage chose
     near it, nearest first, and look again: a loop over the queries' projection alone, chosen
@@ -222,13 +289,15 @@ def _replanned(
     ]
     for dropped in sorted(near, key=lambda r: abs(graph.position(r.span[-1]) - at)):
         fewer = tuple(r for r in regions if r is not dropped)
-        found = _lowered(graph, fewer, estimate_plan(graph, fewer), label, budget)
+        found = _lowered(graph, fewer, estimate_plan(graph, fewer), label, budget, limit)
         if found is not None and found[1].peak < profile.peak:
             return found
     return None
 
 
-def _relaxed(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Region, ...]:
+def _relaxed(
+    graph: Graph, regions: tuple[Region, ...], budget: int, limit: Limit | None = None
+) -> tuple[Region, ...]:
     """Return the regions resized for speed under the plan's peak, when that is above the
     budget: a loop sized for a budget the plan misses elsewhere would run small chunks for
     nothing."""
@@ -236,7 +305,11 @@ def _relaxed(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Re
     if peak <= budget:
         return regions
     resized = _each_sized(graph, regions, peak)
-    return regions if estimate_plan(graph, resized).peak > peak else resized
+    if estimate_plan(graph, resized).peak > peak:
+        return regions
+    if limit is not None and limit.room(graph, resized) < min(0.0, limit.room(graph, regions)):
+        return regions  # never slower than the limit allowed
+    return resized
 
 
 def _each_sized(graph: Graph, regions: tuple[Region, ...], budget: int) -> tuple[Region, ...]:
@@ -294,12 +367,20 @@ def plan_for_range(graph: Graph, target: Target, progress: Progress | None = Non
     if {r.span for r in far.regions} == {r.span for r in here.regions}:
         if capped(here.regions) == here.regions:
             return here
-        return finish_plan(graph, capped(here.regions), here.original_peak_bytes, here.budget_bytes)
+        limit = Limit(None, here.max_slowdown, here.time_limited)
+        regions = capped(here.regions)
+        return finish_plan(graph, regions, here.original_peak_bytes, here.budget_bytes, limit)
+    limit = Limit.of(graph, target.max_slowdown)
     regions = _each_sized(graph, far.regions, here.budget_bytes)
-    regions = capped(_relaxed(graph, regions, here.budget_bytes))
-    ranged = finish_plan(graph, regions, here.original_peak_bytes, here.budget_bytes)
+    regions = capped(_relaxed(graph, regions, here.budget_bytes, limit))
+    limit.binding = far.time_limited
+    ranged = finish_plan(graph, regions, here.original_peak_bytes, here.budget_bytes, limit)
     if ranged.planned_peak_bytes > max(here.planned_peak_bytes, here.budget_bytes):
         return here
+    if limit.seconds is not None and limit.room(graph, regions) < 0 <= limit.room(
+        graph, here.regions
+    ):
+        return here  # sized at the example, its loops run slower than the limit allows
     return ranged
 
 
@@ -338,12 +419,29 @@ def _symbolic(size: Size) -> bool:
 
 
 def finish_plan(
-    graph: Graph, regions: tuple[Region, ...], original_peak: int, budget: int
+    graph: Graph,
+    regions: tuple[Region, ...],
+    original_peak: int,
+    budget: int,
+    limit: Limit | None = None,
 ) -> ChunkPlan:
     """Return the plan value for a set of regions, with its estimates."""
     profile = estimate_plan(graph, regions)
     peaks = tuple(region_peak(profile, index) for index in range(len(regions)))
-    return ChunkPlan(regions, original_peak, profile.peak, budget, peaks)
+    names = tuple(node.name for node in graph.nodes)
+    original = span_time(graph, names, load_machine())
+    ratio = 1 + sum(extra_time(graph, r) for r in regions) / original if original > 0 else 1.0
+    limited = limit is not None and limit.binding and profile.peak > budget
+    return ChunkPlan(
+        regions,
+        original_peak,
+        profile.peak,
+        budget,
+        peaks,
+        time_ratio=ratio,
+        max_slowdown=limit.slowdown if limit is not None else None,
+        time_limited=limited,
+    )
 
 
 def rescaled(graph: Graph, plan: ChunkPlan, factor: float) -> ChunkPlan | None:
@@ -355,7 +453,8 @@ def rescaled(graph: Graph, plan: ChunkPlan, factor: float) -> ChunkPlan | None:
         size = max(1, min(int(region.chunk_size * factor), extent))
         size = 1 << (size.bit_length() - 1)
         regions.append(region.with_chunk_size(size))
-    scaled = finish_plan(graph, tuple(regions), plan.original_peak_bytes, plan.budget_bytes)
+    limit = Limit(None, plan.max_slowdown, plan.time_limited)
+    scaled = finish_plan(graph, tuple(regions), plan.original_peak_bytes, plan.budget_bytes, limit)
     if plan.met and not scaled.met:
         return None
     return scaled
@@ -366,24 +465,38 @@ def _insert(regions: tuple[Region, ...], region: Region, graph: Graph) -> tuple[
 
 
 def _best_candidate(
-    graph: Graph, regions: tuple[Region, ...], profile: Profile, peak_node: str, budget: int
+    graph: Graph,
+    regions: tuple[Region, ...],
+    profile: Profile,
+    peak_node: str,
+    budget: int,
+    limit: Limit | None = None,
 ) -> Region | None:
     """Return the candidate that meets the budget fastest; failing that, the lowest peak.
 
     Peaks are compared at 1% of the current peak, so near-ties fall to the faster region. The
     stretches within the innermost module call running the peak go first: only when none of
     them meets the budget do stretches across module boundaries compete (NOTE [Module
-    scopes]), at a cost for the module they write inline.
+    scopes]), at a cost for the module they write inline. Candidates, and chunk sizes, whose
+    extra time the limit has no room for are left out (NOTE [Time limit]).
     """
     machine = load_machine()
     unit = max(profile.peak // 100, 1)
+    room = limit.room(graph, regions) if limit is not None else math.inf
     best: tuple[tuple[float, ...], Region] | None = None
+    turned_away: int | None = None  # the lowest peak left out for its time
     for inner in (True, False):
         if not inner and best is not None and best[0][0] == 0:
             break  # a loop inside the module meets the budget
         for candidate in _candidates(graph, regions, profile, peak_node, inner):
             for region in (candidate, *_with_copies(graph, candidate)):
-                sized, peak = _size_chunks(graph, profile, region, budget, machine)
+                found = _size_chunks(graph, profile, region, budget, machine, room)
+                if found is None or found[2]:
+                    low = _size_chunks(graph, profile, region, budget, machine)[1]
+                    turned_away = low if turned_away is None else min(turned_away, low)
+                if found is None:
+                    continue
+                sized, peak, _ = found
                 extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
                     graph, sized.span, machine
                 )
@@ -395,6 +508,10 @@ def _best_candidate(
                     key = (1, peak // unit, round(extra, 5), len(sized.loop))
                 if best is None or key < best[0]:
                     best = (key, sized)
+    if limit is not None and turned_away is not None:
+        missed = best is not None and best[0][0] == 1
+        if best is None or (missed and turned_away // unit < best[0][1]):
+            limit.binding = True
     return None if best is None else best[1]
 
 
@@ -417,17 +534,38 @@ def _with_copies(graph: Graph, region: Region) -> list[Region]:
 
 
 def _size_chunks(
-    graph: Graph, profile: Profile, region: Region, budget: int, machine: Machine
-) -> tuple[Region, int]:
+    graph: Graph,
+    profile: Profile,
+    region: Region,
+    budget: int,
+    machine: Machine,
+    room: float | None = None,
+) -> Any:
     """Return the region at its fastest power-of-two chunk that meets the budget, and its peak.
 
     Memory only grows with the chunk, so bisection finds the largest chunk that fits; every
     smaller power of two fits too, and the cost model picks the fastest of them. When no chunk
     fits, the budget becomes the lowest peak plus 5% of the current one.
+
+    Given the `room` a time limit leaves (NOTE [Time limit]), only chunks whose extra time
+    fits in it are tried: the result is then (region, peak, whether smaller chunks were left
+    out), or None when no chunk fits in it.
     """
     extent = evaluate(region.extent, graph.hints)
     sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
     lowered = lower_region(graph, region)
+    limited = False
+    if room is not None:
+        base = span_time(graph, region.span, machine)
+        fits = [
+            size
+            for size in sizes
+            if region_time(graph, lowered.with_chunk_size(size), machine) - base <= room
+        ]
+        if not fits:
+            return None
+        limited = fits[0] != sizes[0]
+        sizes = fits
 
     def peak(size: int) -> int:
         return local_region_peak(graph, profile, lowered.with_chunk_size(size))
@@ -448,6 +586,8 @@ def _size_chunks(
         sizes[: low + 1],
         key=lambda size: (region_time(graph, lowered.with_chunk_size(size), machine), -size),
     )
+    if room is not None:
+        return region.with_chunk_size(fastest), peak(fastest), limited
     return region.with_chunk_size(fastest), peak(fastest)
 
 
@@ -484,7 +624,9 @@ def _candidates(
             for seed in seeds:
                 for dim in chunkable_dims(graph, seed):
                     for recompute in (False, True) if statistics else (False,):
-                        for region in grow(graph, names, start, end, seed, dim, recompute=recompute):
+                        for region in grow(
+                            graph, names, start, end, seed, dim, recompute=recompute
+                        ):
                             if peak_node in region.loop_dims:
                                 found.setdefault((region.loop, region.recomputed), region)
     trimmed = [_trimmed(region) for region in found.values()]

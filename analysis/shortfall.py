@@ -16,6 +16,8 @@ a tool that could not take it there:
     values are whole, and so are the rows it has made, in the smallest form they take on the
     way to an output.
   An attention with a mask is left out: a window needs only some keys at a time.
+- **the time limit** the user set, or the default's (NOTE [Time limit]): a loop would have
+  lowered the peak, at more time than the limit leaves.
 - **the tool's limit**: the peak is at an op no loop cut through (one that mixes every dim,
   named with its model line), or inside a loop already at its smallest useful chunk.
 """
@@ -250,6 +252,11 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
     if bound.bytes >= plan.budget_bytes:
         above = format_bytes(bound.bytes - plan.budget_bytes)
         return f"the model's floor: {bound.words}, {above} above the target"
+    if plan.time_limited:
+        return (
+            f"the time limit: loops that lower the peak further would make the forward slower "
+            f"than {plan.max_slowdown:g}x the original (estimated; --max-slowdown)"
+        )
     profile = estimate_plan(graph, plan.regions)
     label = profile.labels[profile.peak_index]
     for index, region in enumerate(plan.regions):

@@ -93,18 +93,38 @@ def _parser() -> argparse.ArgumentParser:
         group = command.add_mutually_exclusive_group()
         group.add_argument("--memory-budget", type=parse_size, metavar="SIZE")
         group.add_argument("--memory-ratio", type=parse_ratio, metavar="R")
+        command.add_argument(
+            "--max-slowdown",
+            type=parse_slowdown,
+            metavar="X",
+            help="keep the planned forward's estimated time within X times the original's "
+            "(default: no limit)",
+        )
     return parser
+
+
+def parse_slowdown(text: str) -> float:
+    """`--max-slowdown`: a multiple of the original's time, at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 1.0:
+        raise argparse.ArgumentTypeError(f"a slowdown is at least 1: {text!r}")
+    return value
 
 
 def target_of(args: argparse.Namespace) -> tuple[Target, str]:
     """Return the target and its description for generated headers."""
+    slowdown = getattr(args, "max_slowdown", None)
+    flag = f" --max-slowdown {slowdown:g}" if slowdown is not None else ""
     if args.memory_budget is not None:
         return (
-            Target(budget_bytes=args.memory_budget),
-            f"--memory-budget {args.memory_budget}",
+            Target(budget_bytes=args.memory_budget, max_slowdown=slowdown),
+            f"--memory-budget {args.memory_budget}{flag}",
         )
     ratio = args.memory_ratio if args.memory_ratio is not None else 0.2
-    return Target(ratio=ratio), f"--memory-ratio {ratio:g}"
+    return Target(ratio=ratio, max_slowdown=slowdown), f"--memory-ratio {ratio:g}{flag}"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -223,6 +243,10 @@ def _plan(args: argparse.Namespace) -> int:
         f"target {format_bytes(plan.budget_bytes)}; planned peak {format_bytes(plan.planned_peak_bytes)}"
         + ("" if plan.met else f" (target missed: {shortfall(graph, plan)})")
     )
+    limit = (
+        f", within {plan.max_slowdown:g}x" if plan.max_slowdown is not None else ", no time limit"
+    )
+    print(f"estimated time {plan.time_ratio:.2f}x the original's (cost model){limit}")
     for index, region in enumerate(plan.to_json(graph)["regions"], 1):
         dim = region["dim"]
         where = region["where"]

@@ -234,6 +234,11 @@ def _inline_notes(graph: Graph, program: Program, module: torch.nn.Module) -> li
             layer = info(graph[step.node].target).layer
             if step.layer is None and path in program.layers and layer:
                 reason = f"chunk loop {block.index + 1} slices its weights or runs it in place"
+                if step.node in block.stats:  # Contract 3's one exception
+                    reason = (
+                        f"chunk loop {block.index + 1} normalizes it chunk by chunk with the "
+                        "statistics of its whole input, taken first (two passes)"
+                    )
                 notes.append(f"{path}: {reason}")
     return list(dict.fromkeys(notes))
 

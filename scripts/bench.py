@@ -15,6 +15,7 @@ half-precision rule (NOTE [Half-precision tolerance] in codegen/verify.py).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import platform
 import tempfile
 import statistics
@@ -100,6 +101,7 @@ def bench_model(
     tune: bool = False,
     budget: int | None = None,
     after: Any = None,
+    max_slowdown: float | None = None,
 ) -> dict[str, Any]:
     """Return one row: estimates, measured memory, time ratio and planning time; planned for
     `budget` bytes when given, else for `ratio` of the original's estimated peak. `after`, given
@@ -109,6 +111,11 @@ def bench_model(
         target, flags = Target(budget_bytes=budget), f"--memory-budget {budget}"
     else:
         target, flags = Target(ratio=ratio), f"--memory-ratio {ratio:g}"
+    if max_slowdown is not None:  # NOTE [Time limit]
+        target, flags = (
+            replace(target, max_slowdown=max_slowdown),
+            f"{flags} --max-slowdown {max_slowdown:g}",
+        )
     planned, emitted = generate(path, target, flags, tune=tune)
     chunked = verified(planned, emitted.source).to(device)
     plan_seconds = time.perf_counter() - started
@@ -246,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a budget in bytes (or 13.2MiB) in place of the ratio",
     )
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument(
+        "--max-slowdown", type=float, help="plan within this multiple of the original's time"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
     parser.add_argument(
@@ -269,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in models:
         row = bench_model(
-            path, args.memory_ratio, args.repeats, args.device, args.tune, args.memory_budget
+            path,
+            args.memory_ratio,
+            args.repeats,
+            args.device,
+            args.tune,
+            args.memory_budget,
+            max_slowdown=args.max_slowdown,
         )
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)

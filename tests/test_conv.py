@@ -4,6 +4,7 @@ estimate against measurement, and what the header calls the loop."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 from analysis.capture import build_graph, export
 from analysis.cost import load_machine, node_time
 from analysis.ir import Graph
-from analysis.loader import LoadedModel
+from analysis.loader import LoadedModel, load_model_file
 from analysis.loops import lower_region
 from analysis.layers import standard_layers
 from analysis.pipeline import lower_plan
@@ -397,3 +398,59 @@ def test_a_loop_with_halos_reads_no_device_for_its_chunk_size() -> None:
     program = lower_plan(graph, plan, standard_layers(model), model)
     sizing = [s for s in program.body if isinstance(s, Statement) and isinstance(s.expr, Rows)]
     assert sizing and all(not s.expr.capped and "image" not in s.reads for s in sizing)
+
+
+DEEP = """
+import torch
+from torch import nn
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(8))
+        self.wide = nn.Conv2d(8, 64, 3, padding=1)
+        self.back = nn.Conv2d(64, 8, 3, padding=1)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return self.back(torch.relu(self.wide(x)))
+
+
+def make_model():
+    torch.manual_seed(0)
+    return Deep().eval()
+
+
+def make_inputs():
+    return (torch.randn(1, 8, 96, 64),)
+"""
+
+
+def test_a_time_limit_keeps_the_plans_estimated_time_within_it(tmp_path: Path, capsys) -> None:
+    """NOTE [Time limit]: halos of eight convolutions recomputed by small chunks make the
+    lowest-memory plan many times slower; with `--max-slowdown` the plan stays within it, and
+    says the limit is why it misses its target."""
+    from codegen.cli import main
+    from analysis.shortfall import shortfall
+
+    path = tmp_path / "deep.py"
+    path.write_text(DEEP)
+    loaded = load_model_file(path)
+    graph = build_graph(export(loaded), loaded)
+    free = make_plan(graph, Target(ratio=0.1))
+    assert free.time_ratio > 2 and free.max_slowdown is None
+    limited = make_plan(graph, Target(ratio=0.1, max_slowdown=1.5))
+    assert limited.time_ratio <= 1.5 and limited.max_slowdown == 1.5
+    assert free.planned_peak_bytes < limited.planned_peak_bytes < limited.original_peak_bytes
+    assert limited.time_limited and shortfall(graph, limited).startswith("the time limit")
+    assert main(["plan", str(path), "--memory-ratio", "0.1", "--max-slowdown", "1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "target missed: the time limit" in out and "within 1.5x" in out
+    assert main(["plan", str(path), "--json", "--max-slowdown", "1.5"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["max_slowdown"] == 1.5 and data["estimated_time_ratio"] <= 1.5
+    with pytest.raises(SystemExit) as raised:
+        main(["plan", str(path), "--max-slowdown", "0.5"])
+    assert raised.value.code == 2
