@@ -490,7 +490,10 @@ def _best_candidate(
             break  # a loop inside the module meets the budget
         for candidate in _candidates(graph, regions, profile, peak_node, inner):
             for region in (candidate, *_with_copies(graph, candidate)):
-                found = _size_chunks(graph, profile, region, budget, machine, room)
+                if room == math.inf:
+                    found = (*_size_chunks(graph, profile, region, budget, machine), False)
+                else:
+                    found = _size_chunks(graph, profile, region, budget, machine, room)
                 if found is None or found[2]:
                     low = _size_chunks(graph, profile, region, budget, machine)[1]
                     turned_away = low if turned_away is None else min(turned_away, low)
@@ -619,11 +622,12 @@ def _candidates(
         ends = sorted({stop, *ends[:BOUNDARIES]})
         seeds = _seeds(graph, names, start, position, peak_node)
         # group norms may recompute their input for their statistics (NOTE [Statistics passes])
+        # (from the widest stretch only: its conflicts move its ends inwards anyway)
         statistics = any(takes_statistics(graph, n) for n in names[start : stop + 1])
         for end in ends:
             for seed in seeds:
                 for dim in chunkable_dims(graph, seed):
-                    for recompute in (False, True) if statistics else (False,):
+                    for recompute in (False, True) if statistics and end == stop else (False,):
                         for region in grow(
                             graph, names, start, end, seed, dim, recompute=recompute
                         ):
