@@ -232,7 +232,8 @@ def _inline_notes(graph: Graph, program: Program, module: torch.nn.Module) -> li
         for step in block.lowered.steps:
             path = graph[step.node].module_path
             layer = info(graph[step.node].target).layer
-            if step.layer is None and path in program.layers and layer:
+            written = step.layer is None or step.node in block.stats
+            if written and path in program.layers and layer:
                 reason = f"chunk loop {block.index + 1} slices its weights or runs it in place"
                 if step.node in block.stats:  # Contract 3's one exception
                     reason = (

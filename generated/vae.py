@@ -12,6 +12,8 @@ Chunk sizes above are at the example inputs' size. Loops over the dynamic dims s
 chunks at run time, from `memory_budget` and the input's shape.
 Written out in their parent's forward, not called as modules:
   vae.decoder: as a call, its caller would hold its arguments over the target
+  vae.decoder.up_blocks.3.resnets.0.norm1: chunk loop 2 normalizes it chunk by chunk with the statistics of its whole input, taken first (two passes)
+  vae.decoder.up_blocks.3.resnets.0.norm2: chunk loop 2 normalizes it chunk by chunk with the statistics of its whole input, taken first (two passes)
 """
 
 import torch

@@ -325,6 +325,8 @@ def test_a_group_norm_whose_input_the_loop_makes_takes_its_statistics_in_a_first
     assert recomputed, plan.regions
     source = _source(graph, plan, model)
     assert "_GroupStats(4, 1e-05)" in source and "_stats.add(" in source
+    header = " ".join(source.split('"""')[1].split())
+    assert "norm2: chunk loop 1 normalizes it chunk by chunk with the statistics" in header
     chunked = verify(source, model, inputs)
     with torch.no_grad():
         measured = measure_peak(chunked, inputs)
