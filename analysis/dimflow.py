@@ -596,11 +596,20 @@ def _pick(values: Any, index: int) -> Any:
 def upsample_rule(node: Node, graph: Graph) -> DimRule:
     """Batch and channels move. Nearest upsampling by a whole factor f moves a spatial dim too:
     output rows [a, b) repeat input rows [a // f, ceil(b / f)), a window of stride 1/f (NOTE
-    [Halos]). Other resizing (to a given size, bilinear) mixes the spatial dims."""
+    [Halos]). Bilinear upsampling by a whole factor (`align_corners=False`) blends input rows
+    `floor((o + 0.5) / f - 0.5)` and the one after, clamped at the edges: output rows [a, b)
+    read input rows [a // f - 1, ceil(b / f) + 1), one more on each side. A slice's own
+    clamping at its cut edges changes only the rows within f / 2 of them, inside the halo's,
+    and those are cropped. Other resizing (to a given size, corners aligned) mixes the
+    spatial dims."""
     rank = out_meta(node).rank
     groups = list(_identity_except(node, graph, set(range(2, rank))).groups)
     halos: list[tuple[tuple[int, int, int, Any], ...]] = [() for _ in range(rank)]
-    factors = schema_arg(node, "scale_factors") if node.target in _NEAREST else None
+    factors = None
+    if node.target in _NEAREST:
+        factors, wide = schema_arg(node, "scale_factors"), 0
+    elif node.target in _LINEAR and not schema_arg(node, "align_corners", True):
+        factors, wide = schema_arg(node, "scale_factors"), 1
     if factors is not None and schema_arg(node, "output_size") is None:
         (x,) = _shapes(node, graph)
         out = out_meta(node).shape
@@ -609,7 +618,7 @@ def upsample_rule(node: Node, graph: Graph) -> DimRule:
             whole = isinstance(factor, (int, float)) and factor >= 1 and float(factor).is_integer()
             if whole and same_size(out[axis], int(factor) * x[axis], graph):
                 groups[axis] = ((0, axis),)
-                halos[axis] = ((0, 0, 0, Fraction(1, int(factor))),)
+                halos[axis] = ((0, wide, wide, Fraction(1, int(factor))),)
     return DimRule(tuple(groups), halo=tuple(halos))
 
 
@@ -618,6 +627,12 @@ _NEAREST = (
     aten.upsample_nearest1d.vec,
     aten.upsample_nearest2d.vec,
     aten.upsample_nearest3d.vec,
+)
+#: the linear ones (each output row blends two input rows per dim)
+_LINEAR = (
+    aten.upsample_linear1d.vec,
+    aten.upsample_bilinear2d.vec,
+    aten.upsample_trilinear3d.vec,
 )
 
 

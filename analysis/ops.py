@@ -268,7 +268,8 @@ _define(
 )  # fmt: skip
 _define(
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_nearest1d,
-    aten.upsample_nearest3d, rule=flow.upsample_rule,
+    aten.upsample_nearest3d, aten.upsample_linear1d, aten.upsample_trilinear3d,
+    rule=flow.upsample_rule,
 )  # fmt: skip
 _define(aten.cat, rule=flow.cat_rule)
 _define(aten.scaled_dot_product_attention, rule=flow.sdpa_rule)
@@ -425,6 +426,7 @@ for _op, _written in (
     (aten.cos.default, _function("torch.cos")),
     (aten.sin.default, _function("torch.sin")),
     (aten.upsample_nearest2d.vec, _special("upsample_nearest")),
+    (aten.upsample_bilinear2d.vec, _special("upsample_bilinear")),
     (aten.rsqrt.default, _function("torch.rsqrt")),
     (aten.sqrt.default, _function("torch.sqrt")),
     (aten.tril.default, _function("torch.tril")),

@@ -120,6 +120,16 @@ def _upsample_nearest(node: Any, a: list[str], arg: ArgFn) -> str:
     return f'torch.nn.functional.interpolate({a[0]}, {keyword}, mode="nearest")'
 
 
+def _upsample_bilinear(node: Any, a: list[str], arg: ArgFn) -> str:
+    """`F.interpolate(mode="bilinear")` by scale factors dispatches to this very overload."""
+    size = node.args[1] if len(node.args) > 1 else None
+    scales = node.args[3] if len(node.args) > 3 else None
+    if size is not None or scales is None:
+        return _fallback(node, a, arg)
+    corners = ", align_corners=True" if node.args[2] else ""
+    return f'torch.nn.functional.interpolate({a[0]}, scale_factor={a[3]}, mode="bilinear"{corners})'
+
+
 def _embedding(node: Any, a: list[str], arg: ArgFn) -> str:
     return f"torch.nn.functional.embedding({a[1]}, {a[0]})"
 
@@ -195,6 +205,7 @@ _SPECIAL: dict[str, Callable[[Any, list[str], ArgFn], str]] = {
     "select": _select,
     "gelu": _gelu,
     "upsample_nearest": _upsample_nearest,
+    "upsample_bilinear": _upsample_bilinear,
     "dropout": _dropout,
     "ones": _factory("ones"),
     "zeros": _factory("zeros"),

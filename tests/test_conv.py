@@ -36,9 +36,13 @@ MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 #: op codes; each keeps the channels, and all but the last three every spatial size
 OPS = ("conv", "wide_conv", "norm", "silu", "residual", "pointwise", "group_norm", "strided",
-       "max_pool", "avg_pool", "upsample")  # fmt: skip
+       "max_pool", "avg_pool", "upsample", "linear_upsample")  # fmt: skip
 #: those that change the spatial sizes: at most one per chain
-RESIZING = ("strided", "max_pool", "avg_pool", "upsample")
+RESIZING = ("strided", "max_pool", "avg_pool", "upsample", "linear_upsample")
+#: those that make the spatial sizes larger
+UPSAMPLING = ("upsample", "linear_upsample")
+#: the linear interpolation of each rank
+LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 class ConvChain(nn.Module):
@@ -74,6 +78,8 @@ class ConvChain(nn.Module):
                 layers.append(nn.GroupNorm(2, channels))
             elif op == "upsample":
                 layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
+            elif op == "linear_upsample":
+                layers.append(nn.Upsample(scale_factor=2.0, mode=LINEAR[rank]))
             elif op == "pointwise":
                 layers.append(CONV[rank](channels, channels, 1))
             elif op == "strided":
@@ -111,9 +117,9 @@ def chains(draw: st.DrawFn) -> tuple[list[str], int, list[tuple], tuple[int, ...
     ops.insert(position, ops.pop())  # the peak anywhere in the chain
     # the wide value stays the peak: an upsampling goes before it, a strided op or pool after
     for op in RESIZING:
-        if op in ops and (op == "upsample") == (ops.index(op) > position):
+        if op in ops and (op in UPSAMPLING) == (ops.index(op) > position):
             ops.remove(op)
-            if op == "upsample":
+            if op in UPSAMPLING:
                 ops.insert(0, op)
             else:
                 ops.append(op)
@@ -368,6 +374,40 @@ class Upsampler(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return self.out(F.silu(self.conv(x)))
+
+
+class LinearUpsampler(nn.Module):
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = nn.Conv2d(8, 32, 3, padding=1)
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=float(self.factor), mode="bilinear")
+        return self.out(F.silu(self.conv(x)))
+
+
+@pytest.mark.parametrize(("rows", "factor"), [(20, 2), (23, 2), (17, 3)])
+def test_a_bilinear_upsampling_is_chunked_with_a_row_of_halo(rows: int, factor: int) -> None:
+    """Each output row blends two input rows: a chunk reads one more input row on each side,
+    and the rows its slice clamps at the cut are cropped; exact at odd sizes, and still a
+    call of `F.interpolate`."""
+    torch.manual_seed(0)
+    model = LinearUpsampler(factor).eval()
+    inputs = (torch.randn(1, 8, rows, 9),)
+    graph, plan = _plan(model, inputs, 0.2)
+    upsample = next(n.name for n in graph.nodes if "upsample_bilinear2d" in str(n.target))
+    region = next(r for r in plan.regions if upsample in dict(r.loop))
+    made = region.halo(upsample)  # rows before and after the chunk's, at the fine scale
+    read = region.halo(graph[upsample].args[0].name)  # one more input row each side
+    assert read[:2] == (-(-made[0] // factor) + 1, -(-made[1] // factor) + 1), region.halos
+    source = _source(graph, plan, model)
+    assert 'mode="bilinear"' in source
+    chunked = verify(source, model, inputs)
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
 
 
 @pytest.mark.parametrize("rows", [20, 23])

@@ -600,14 +600,39 @@ with torch.random.fork_rng():  # seeded inputs; the global RNG is left as it was
             mixed={(0, 2), (0, 3)},
             uncut={2, 3},
         ),
-        direct(
+        direct(  # by 2 along the rows, with a row of halo each side; 1.5: mixed
+            aten.upsample_bilinear2d.vec,
+            f(2, 3, 5, 4),
+            None,
+            False,
+            [2.0, 1.5],
+            mixed={(0, 3)},
+            uncut={3},
+        ),
+        direct(  # corners aligned: each row's source depends on the whole length
             aten.upsample_bilinear2d.vec,
             f(2, 3, 4, 4),
             None,
-            False,
+            True,
             [2.0, 2.0],
             mixed={(0, 2), (0, 3)},
             uncut={2, 3},
+            id="upsample_bilinear2d_aligned",
+        ),
+        direct(
+            aten.upsample_linear1d.vec, f(2, 3, 5), None, False, [3.0], id="upsample_linear1d_by3"
+        ),
+        direct(aten.upsample_trilinear3d.vec, f(1, 2, 3, 4, 2), None, False, [2.0, 2.0, 1.0]),
+        direct(  # to a given size: mixed
+            aten.upsample_linear1d.default, f(2, 3, 5), [10], False, mixed={(0, 2)}, uncut={2}
+        ),
+        direct(
+            aten.upsample_trilinear3d.default,
+            f(1, 2, 3, 4, 2),
+            [6, 8, 2],
+            False,
+            mixed={(0, 2), (0, 3), (0, 4)},
+            uncut={2, 3, 4},
         ),
         direct(aten.upsample_nearest1d.default, f(2, 3, 5), [10], mixed={(0, 2)}, uncut={2}),
         direct(aten.upsample_nearest1d.vec, f(2, 3, 5), [7], None, mixed={(0, 2)}, uncut={2}),
