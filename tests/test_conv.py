@@ -496,3 +496,55 @@ def test_a_time_limit_keeps_the_plans_estimated_time_within_it(tmp_path: Path, c
     with pytest.raises(SystemExit) as raised:
         main(["plan", str(path), "--max-slowdown", "0.5"])
     assert raised.value.code == 2
+
+
+RESNET = """
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_in = nn.Conv2d(4, 16, 3, padding=1)
+        self.norm1 = nn.GroupNorm(4, 16)
+        self.conv1 = nn.Conv2d(16, 48, 3, padding=1)
+        self.norm2 = nn.GroupNorm(4, 48)
+        self.conv2 = nn.Conv2d(48, 16, 3, padding=1)
+        self.norm3 = nn.GroupNorm(2, 16)
+        self.out = nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv_in(x)
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = x + self.conv2(F.silu(self.norm2(h)))
+        return self.out(F.silu(self.norm3(h)))
+
+
+def make_model():
+    torch.manual_seed(0)
+    return Block().eval()
+
+
+def make_inputs():
+    return (torch.randn(1, 4, 61, 23),)
+"""
+
+
+def test_plan_names_the_norms_a_statistics_pass_serves(tmp_path: Path, capsys) -> None:
+    """`plan` says which norm's input a first pass recomputes, `--json` lists it per region,
+    and `--dump lower` marks the pass's loop."""
+    from codegen.cli import main
+
+    path = tmp_path / "block.py"
+    path.write_text(RESNET)
+    assert main(["plan", str(path), "--memory-ratio", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "a first pass recomputes the input of norm2 (block.py:" in out
+    assert main(["plan", str(path), "--memory-ratio", "0.25", "--json"]) == 0
+    regions = json.loads(capsys.readouterr().out)["regions"]
+    passes = [p for region in regions for p in region["statistics_passes"]]
+    assert [p["module"] for p in passes] == ["norm2"], passes
+    assert main(["plan", str(path), "--memory-ratio", "0.25", "--dump", "lower"]) == 0
+    assert ", statistics pass for group_norm_1" in capsys.readouterr().out
