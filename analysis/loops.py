@@ -15,7 +15,7 @@ from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta, tensor_inputs
+from analysis.ir import Graph, Node, Ref, TensorMeta
 from analysis.layers import Layer
 from analysis.ops import dim_rule, info, inplace_form
 from analysis.plan import Region
@@ -115,19 +115,11 @@ def _statistics_pass(
     loop's values that make its input, each over the rows that input's own rows need (fewer
     than the main loop's, whose later convolutions read halos), lowered as a loop of its own
     with the input as its one output."""
-    from analysis.search import rows_wanted  # the search lowers candidate loops
+    from analysis.search import made_for, rows_wanted, statistics_input  # the search lowers
 
     loop = region.loop_dims
-    rule = dim_rule(graph[norm], graph)
-    assert rule is not None
-    sources = tensor_inputs(graph[norm], graph)
-    value = next(sources[slot] for slot in rule.whole_of(loop[norm]) if sources[slot] in loop)
-    needed, pending = {value}, [value]
-    while pending:
-        for ref in graph[pending.pop()].refs():
-            if ref in loop and ref not in needed:
-                needed.add(ref)
-                pending.append(ref)
+    value = statistics_input(graph, loop, norm)
+    needed = made_for(graph, loop, value)
     span = tuple(name for name in region.span if name in needed)
     made = {name: loop[name] for name in span}
     scales = {name: scale for name, _, _, scale in region.halos}

@@ -569,8 +569,7 @@ class _Lowering:
                 continue  # a statistics pass takes them (NOTE [Statistics passes])
             read = step.operand(0)
             assert read is not None and read.source != CHUNK and read.rows is not None
-            groups, eps = node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
-            expr = GroupStats(read.value, groups, eps, read.rows, rows, read.span.scale)
+            expr = GroupStats(read.value, *_groups_and_eps(node), read.rows, rows, read.span.scale)
             reads = self.reads(Ref(read.value)) | ({rows} if isinstance(rows, str) else set())
             setup.append(Statement(var, expr, reads, node.source, region=index))
         self.copies = copies
@@ -582,9 +581,8 @@ class _Lowering:
             names[step.node] = self.ns.create(f"{base}_chunk" if step.node in outputs else base)
         for done in lowered.passes:
             node = graph[done.norm]
-            groups, eps = node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
             var = stats[done.norm]
-            new = NewStats(groups, eps)
+            new = NewStats(*_groups_and_eps(node))
             setup.append(Statement(var, new, frozenset(), node.source, region=index))
             setup.append(self._pass(index, lowered, done, rows, head, names, stats))
         device_of = region.slices[0][0] if region.slices else None
@@ -721,6 +719,11 @@ class _Lowering:
             if meta is not None and meta.dtype == dtype:
                 return name
         return None
+
+
+def _groups_and_eps(node: Node) -> tuple[int, float]:
+    """A group norm's `group_norm(x, groups, weight, bias, eps)` groups and epsilon."""
+    return node.args[1], node.args[4] if len(node.args) > 4 else 1e-5
 
 
 def _within(base: str, call: str) -> str:

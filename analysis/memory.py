@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from analysis.dimflow import out_meta, schema_arg
-from analysis.ir import Graph, Node, Ref, evaluate, storage_roots, value_bytes
+from analysis.ir import Graph, Node, Ref, TensorMeta, evaluate, storage_roots, value_bytes
 from analysis.lower import lower_region
 from analysis.ops import dim_rule
 from analysis.plan import Region
@@ -296,13 +297,10 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         key = f"@pass{number}"
         for step in done.steps:
             stmts.append(_step_stmt(graph, region, step, copies, outer, key, label))
-        scratch = 0
         meta = out_meta(graph[done.value])
-        if meta.dtype != torch.float32:  # the chunk's rows read in float32
-            size = max(evaluate(meta.shape[loop[done.value]], hints), 1)
-            widen = 4 / meta.dtype.itemsize
-            nbytes = value_bytes(meta, hints) * done.rows.rows(region.chunk_size, size) / size
-            scratch = math.ceil(widen * nbytes)
+        size = max(evaluate(meta.shape[loop[done.value]], hints), 1)
+        share = done.rows.rows(region.chunk_size, size) / size
+        scratch = _float32_copies(meta, hints, share, 1)  # the chunk's rows read in float32
         stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
         stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     for name in outputs:
@@ -374,10 +372,16 @@ def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int) -> int:
     if rule is None or not rule.whole_of(step.dim):
         return 0
     meta = out_meta(node)
-    if meta is None or meta.dtype == torch.float32:
+    if meta is None:
         return 0
-    widen = 4 / meta.dtype.itemsize
-    return math.ceil(2 * widen * value_bytes(meta, graph.hints) * made_fraction(graph, step, chunk))
+    return _float32_copies(meta, graph.hints, made_fraction(graph, step, chunk), 2)
+
+
+def _float32_copies(meta: TensorMeta, hints: Any, share: float, copies: int) -> int:
+    """Bytes of `copies` float32 copies of `share` of a half-precision value (0 in float32)."""
+    if meta.dtype == torch.float32:
+        return 0
+    return math.ceil(copies * 4 / meta.dtype.itemsize * value_bytes(meta, hints) * share)
 
 
 def made_fraction(graph: Graph, step: LoopStep, chunk: int) -> float:

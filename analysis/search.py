@@ -333,21 +333,32 @@ def _recomputed_twice(
     [Statistics passes])."""
     made: dict[str, str] = {}
     for norm in recomputed:
-        rule = dim_rule(graph[norm], graph)
-        assert rule is not None
-        sources = tensor_inputs(graph[norm], graph)
-        pending = [sources[slot] for slot in rule.whole_of(loop[norm]) if sources[slot] in loop]
-        seen = set(pending)
-        while pending:
-            name = pending.pop()
-            if name in made:
-                return made[name], norm
-            for ref in graph[name].refs():
-                if ref in loop and ref not in seen:
-                    seen.add(ref)
-                    pending.append(ref)
-        made.update(dict.fromkeys(seen, norm))
+        values = made_for(graph, loop, statistics_input(graph, loop, norm))
+        twice = next((made[name] for name in values if name in made), None)
+        if twice is not None:
+            return twice, norm
+        made.update(dict.fromkeys(values, norm))
     return None
+
+
+def statistics_input(graph: Graph, loop: dict[str, int], norm: str) -> str:
+    """The loop value a recomputed group norm normalizes (NOTE [Statistics passes])."""
+    rule = dim_rule(graph[norm], graph)
+    assert rule is not None
+    sources = tensor_inputs(graph[norm], graph)
+    return next(sources[slot] for slot in rule.whole_of(loop[norm]) if sources[slot] in loop)
+
+
+def made_for(graph: Graph, loop: dict[str, int], value: str) -> set[str]:
+    """The loop values a statistics pass makes to make `value`: it and its producers in the
+    loop."""
+    needed, pending = {value}, [value]
+    while pending:
+        for ref in graph[pending.pop()].refs():
+            if ref in loop and ref not in needed:
+                needed.add(ref)
+                pending.append(ref)
+    return needed
 
 
 def _halos(
@@ -533,4 +544,11 @@ def grow(
     return found
 
 
-__all__ = ["chunkable_dims", "grow", "rows_wanted", "takes_statistics"]
+__all__ = [
+    "chunkable_dims",
+    "grow",
+    "made_for",
+    "rows_wanted",
+    "statistics_input",
+    "takes_statistics",
+]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
@@ -45,6 +45,7 @@ from analysis.memory import (
 )
 from analysis.fastpath import padding_check_of, unpadded
 from analysis.plan import ChunkPlan, Region
+from analysis.program import LoopRegion
 from analysis.search import chunkable_dims, grow, propagate, takes_statistics
 from analysis.symbolic import rehinted
 
@@ -491,15 +492,16 @@ def _best_candidate(
         for candidate in _candidates(graph, regions, profile, peak_node, inner):
             for region in (candidate, *_with_copies(graph, candidate)):
                 if room == math.inf:
-                    found = (*_size_chunks(graph, profile, region, budget, machine), False)
+                    sized, peak = _size_chunks(graph, profile, region, budget, machine)
                 else:
-                    found = _size_chunks(graph, profile, region, budget, machine, room)
-                if found is None or found[2]:
-                    low = _size_chunks(graph, profile, region, budget, machine)[1]
-                    turned_away = low if turned_away is None else min(turned_away, low)
-                if found is None:
-                    continue
-                sized, peak, _ = found
+                    found = _size_chunks_within(graph, profile, region, budget, machine, room)
+                    sized, peak, left_out = found
+                    if left_out is not None:
+                        turned_away = (
+                            left_out if turned_away is None else min(turned_away, left_out)
+                        )
+                    if sized is None:
+                        continue
                 extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
                     graph, sized.span, machine
                 )
@@ -537,38 +539,56 @@ def _with_copies(graph: Graph, region: Region) -> list[Region]:
 
 
 def _size_chunks(
-    graph: Graph,
-    profile: Profile,
-    region: Region,
-    budget: int,
-    machine: Machine,
-    room: float | None = None,
-) -> Any:
+    graph: Graph, profile: Profile, region: Region, budget: int, machine: Machine
+) -> tuple[Region, int]:
     """Return the region at its fastest power-of-two chunk that meets the budget, and its peak.
 
     Memory only grows with the chunk, so bisection finds the largest chunk that fits; every
     smaller power of two fits too, and the cost model picks the fastest of them. When no chunk
     fits, the budget becomes the lowest peak plus 5% of the current one.
-
-    Given the `room` a time limit leaves (NOTE [Time limit]), only chunks whose extra time
-    fits in it are tried: the result is then (region, peak, whether smaller chunks were left
-    out), or None when no chunk fits in it.
     """
-    extent = evaluate(region.extent, graph.hints)
-    sizes = [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
     lowered = lower_region(graph, region)
-    limited = False
-    if room is not None:
-        base = span_time(graph, region.span, machine)
-        fits = [
-            size
-            for size in sizes
-            if region_time(graph, lowered.with_chunk_size(size), machine) - base <= room
-        ]
-        if not fits:
-            return None
-        limited = fits[0] != sizes[0]
-        sizes = fits
+    return _fastest(graph, profile, lowered, _chunk_sizes(graph, region), budget, machine)
+
+
+def _size_chunks_within(
+    graph: Graph, profile: Profile, region: Region, budget: int, machine: Machine, room: float
+) -> tuple[Region | None, int, int | None]:
+    """`_size_chunks` over the chunks whose extra time fits in the `room` a time limit leaves
+    (NOTE [Time limit]): the region and its peak (None when no chunk fits), and the peak the
+    smallest chunk left out would have had (None when none was)."""
+    sizes = _chunk_sizes(graph, region)
+    lowered = lower_region(graph, region)
+    base = span_time(graph, region.span, machine)
+    fits = [
+        size
+        for size in sizes
+        if region_time(graph, lowered.with_chunk_size(size), machine) - base <= room
+    ]
+    left_out = None
+    if fits[:1] != sizes[:1]:
+        left_out = local_region_peak(graph, profile, lowered.with_chunk_size(sizes[0]))
+    if not fits:
+        return None, 0, left_out
+    sized, peak = _fastest(graph, profile, lowered, fits, budget, machine)
+    return sized, peak, left_out
+
+
+def _chunk_sizes(graph: Graph, region: Region) -> list[int]:
+    """The powers of two below the loop's length (1 for a loop of one row)."""
+    extent = evaluate(region.extent, graph.hints)
+    return [1 << k for k in range(extent.bit_length()) if (1 << k) < extent] or [1]
+
+
+def _fastest(
+    graph: Graph,
+    profile: Profile,
+    lowered: LoopRegion,
+    sizes: list[int],
+    budget: int,
+    machine: Machine,
+) -> tuple[Region, int]:
+    """The fastest of `sizes` (increasing) whose peak meets the budget (`_size_chunks`)."""
 
     def peak(size: int) -> int:
         return local_region_peak(graph, profile, lowered.with_chunk_size(size))
@@ -589,9 +609,7 @@ def _size_chunks(
         sizes[: low + 1],
         key=lambda size: (region_time(graph, lowered.with_chunk_size(size), machine), -size),
     )
-    if room is not None:
-        return region.with_chunk_size(fastest), peak(fastest), limited
-    return region.with_chunk_size(fastest), peak(fastest)
+    return lowered.region.with_chunk_size(fastest), peak(fastest)
 
 
 def _candidates(

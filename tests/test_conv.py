@@ -4,6 +4,7 @@ estimate against measurement, and what the header calls the loop."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 
@@ -498,33 +499,18 @@ def test_a_time_limit_keeps_the_plans_estimated_time_within_it(tmp_path: Path, c
     assert raised.value.code == 2
 
 
-RESNET = """
+#: a model file around `ResnetBlock`, written out from this file's own class
+RESNET = f"""
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv_in = nn.Conv2d(4, 16, 3, padding=1)
-        self.norm1 = nn.GroupNorm(4, 16)
-        self.conv1 = nn.Conv2d(16, 48, 3, padding=1)
-        self.norm2 = nn.GroupNorm(4, 48)
-        self.conv2 = nn.Conv2d(48, 16, 3, padding=1)
-        self.norm3 = nn.GroupNorm(2, 16)
-        self.out = nn.Conv2d(16, 3, 3, padding=1)
-
-    def forward(self, x):
-        x = self.conv_in(x)
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = x + self.conv2(F.silu(self.norm2(h)))
-        return self.out(F.silu(self.norm3(h)))
-
+{inspect.getsource(ResnetBlock)}
 
 def make_model():
     torch.manual_seed(0)
-    return Block().eval()
+    return ResnetBlock().eval()
 
 
 def make_inputs():
