@@ -28,6 +28,7 @@ from analysis.memory import made_fraction
 from analysis.ops import (
     ALL_BUT_LAST,
     CONTRACTION,
+    CONV_TRANSPOSES,
     SECOND_TO_LAST,
     TRANSCENDENTAL,
     dim_rule,
@@ -98,9 +99,10 @@ def node_flops(node: Node, graph: Graph) -> float:
     inputs = tensor_inputs(node, graph)
     if is_convolution(node) and node.target is not aten.convolution.default:
         weight = out_meta(graph[inputs[1]])
-        return (
-            2.0 * out * weight.numel(graph.hints) / max(evaluate(weight.shape[0], graph.hints), 1)
-        )
+        per = weight.numel(graph.hints) / max(evaluate(weight.shape[0], graph.hints), 1)
+        if node.target.overloadpacket in CONV_TRANSPOSES:
+            return 2.0 * _numel(graph, inputs[0]) * per  # each input element meets its taps
+        return 2.0 * out * per  # each output element reads its window
     if node.target == aten.scaled_dot_product_attention.default:
         keys = evaluate(out_meta(graph[inputs[1]]).shape[-2], graph.hints)
         return 4.0 * _numel(graph, inputs[0]) * keys

@@ -20,8 +20,11 @@ computes each input over the wider rows, runs the op on them with its own paddin
 `self.conv(x)`), and keeps the rows whose window lay inside the slice or on the tensor's real
 edge: exact for every padding, `ceil_mode` and `count_include_pad`, since the rows that read
 made-up padding are the ones cropped. The slice starts at a multiple of the stride, so the
-op's outputs fall where the whole run puts them. `analysis.search` gives each loop value the
-rows it must make, `analysis.lower` the crops.
+op's outputs fall where the whole run puts them. Upsampling runs the other way (stride 1/f):
+a nearest or linear upsampling, or a transposed convolution whose output is exactly f times
+its input, run on input rows [r, r') makes output rows [f*r, f*r'), of which the ones next to
+the cuts, missing taps from outside the slice, are cropped. `analysis.search` gives each loop
+value the rows it must make, `analysis.lower` the crops.
 
 NOTE [Statistics before the loop]
 A group norm's output row is its input row, less its group's mean, over its group's standard
@@ -515,6 +518,49 @@ def conv_rule(node: Node, graph: Graph) -> DimRule | None:
     return _windowed(
         node, graph, kernel, stride, padding, dilation, channels if groups_arg == 1 else ()
     )
+
+
+def conv_transpose_rule(node: Node, graph: Graph) -> DimRule | None:
+    """A transposed convolution (stride s, padding p, dilation d, kernel k): batch is free,
+    output channels follow the weight's second dim. Input row i reaches output rows
+    i*s - p + j*d for taps j < k, so output rows [a, b) read input rows
+    [a//s - floor((d(k-1) - p)/s), ceil(b/s) + floor((p - 1)/s) + 1): a window of stride 1/s
+    (NOTE [Halos]). A spatial dim moves when the output is exactly s times the input
+    (d(k-1) + output_padding + 1 - 2p == s: the usual 4-wide, stride-2, padding-1 upsampler).
+    The op run on a slice from input row r puts its outputs from row s*r, as the whole run
+    does; the rows next to the slice's cuts miss taps from outside it, and are cropped."""
+    shapes = _shapes(node, graph)
+    x, weight = shapes[0], shapes[1]
+    if len(x) < len(weight):
+        return None  # an unbatched input: its first dim is the channels
+    out = out_meta(node).shape
+    rank = len(out)
+    stride = schema_arg(node, "stride", [1])
+    padding = schema_arg(node, "padding", [0])
+    extra = schema_arg(node, "output_padding", [0])
+    dilation = schema_arg(node, "dilation", [1])
+    single = schema_arg(node, "groups", 1) == 1
+    channels = ((1, 1), (2, 0)) if len(shapes) > 2 else ((1, 1),)
+    groups: list[tuple[tuple[int, int], ...]] = [((0, 0),), channels if single else ()]
+    halos: list[tuple[tuple[int, int, int, Any], ...]] = [(), ()]
+    first = rank - (len(weight) - 2)
+    for axis in range(first, rank):
+        i = axis - first
+        reach = (_pick(dilation, i) or 1) * (evaluate(weight[axis], graph.hints) - 1)
+        step, pad, more = _pick(stride, i), _pick(padding, i), _pick(extra, i) or 0
+        moves = (
+            isinstance(step, int)
+            and isinstance(pad, int)
+            and reach + more + 1 - 2 * pad == step
+            and same_size(out[axis], step * x[axis], graph)
+        )
+        groups.append(((0, axis),) if moves else ())
+        halos.append(
+            ((0, max(0, (reach - pad) // step), (pad - 1) // step + 1, Fraction(1, step)),)
+            if moves
+            else ()
+        )
+    return DimRule(tuple(groups), halo=tuple(halos))
 
 
 def pool_rule(node: Node, graph: Graph) -> DimRule | None:

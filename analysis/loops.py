@@ -12,12 +12,12 @@ from typing import Any, Callable, Mapping
 import torch
 
 from analysis.causal import causal_rows, truncated_keys
-from analysis.dimflow import DimRule
+from analysis.dimflow import DimRule, schema_arg
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
 from analysis.ir import Graph, Node, Ref, TensorMeta
 from analysis.layers import Layer
-from analysis.ops import dim_rule, info, inplace_form
+from analysis.ops import CONV_TRANSPOSES, dim_rule, info, inplace_form
 from analysis.plan import Region
 from analysis.program import (
     CHUNK,
@@ -185,6 +185,13 @@ def layer_call(
     data = node.args[expected[1]] if expected[1] < len(node.args) else None
     if not isinstance(data, Ref) or graph[data.name].module_path == path:
         return None
+    if node.target.overloadpacket in CONV_TRANSPOSES:
+        # called with `output_size=`, the layer worked out an output padding of its own
+        kept = dict(layers[path].kwargs).get("output_padding", 0)
+        given = schema_arg(node, "output_padding", 0)
+        rank = len(node.meta.shape) - 2 if isinstance(node.meta, TensorMeta) else 1
+        if _each(kept, rank) != _each(given, rank):
+            return None
     if any(graph[user].module_path == path for user in graph.users(node.name)):
         return None
     for name in node.refs():
@@ -195,6 +202,11 @@ def layer_call(
         if not inside or name not in whole:
             return None
     return path
+
+
+def _each(value: Any, rank: int) -> tuple[int, ...]:
+    """A per-dim layer argument (an int or a list) as one int per spatial dim."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,) * rank
 
 
 #: ops whose second argument is the result's shape, where one size may be -1

@@ -105,8 +105,10 @@ class OpInfo:
     layer: tuple[tuple[str, ...], int] | None = None
 
 
+#: the transposed convolutions (upsampling by their stride)
+CONV_TRANSPOSES = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
 #: the convolutions, whose spatial dims have names ("image rows") and cost rules of their own
-CONVOLUTIONS = (aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution)
+CONVOLUTIONS = (aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, *CONV_TRANSPOSES)
 
 
 def is_convolution(node: Node) -> bool:
@@ -260,6 +262,7 @@ _define(aten.baddbmm, rule=flow.baddbmm_rule)
 _define(aten.einsum, rule=flow.einsum_rule)
 _define(aten.group_norm, aten.native_group_norm, rule=flow.group_norm_rule)
 _define(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, rule=flow.conv_rule)
+_define(*CONV_TRANSPOSES, rule=flow.conv_transpose_rule)
 _define(aten.batch_norm, rule=flow.batch_norm_rule)
 # not avg_pool3d: it refuses a slice shorter than its kernel even where padding covers it
 _define(
@@ -321,6 +324,7 @@ _define(
     aten.linear.default, aten.matmul.default, aten.mm.default, aten.bmm.default,
     aten.addmm.default, aten.baddbmm.default, aten.einsum.default, aten.conv2d.default,
     aten.conv1d.default, aten.conv3d.default, aten.scaled_dot_product_attention.default,
+    aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
     cost=CONTRACTION,
 )  # fmt: skip
 _define(
@@ -333,6 +337,7 @@ _define(aten.matmul.default, aten.bmm.default, aten.baddbmm.default, gemm_rows=S
 _define(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.baddbmm.default, batched=True)
 _define(
     aten.linear, aten.embedding, aten.layer_norm, aten.conv2d, aten.group_norm, aten.conv1d,
+    aten.conv3d, *CONV_TRANSPOSES,
     names_module=True,
 )  # fmt: skip
 
@@ -352,6 +357,9 @@ for _op, _layer in (
     (aten.conv1d.default, (("Conv1d",), 0)),
     (aten.conv2d.default, (("Conv2d",), 0)),
     (aten.conv3d.default, (("Conv3d",), 0)),
+    (aten.conv_transpose1d.default, (("ConvTranspose1d",), 0)),
+    (aten.conv_transpose2d.input, (("ConvTranspose2d",), 0)),
+    (aten.conv_transpose3d.input, (("ConvTranspose3d",), 0)),
     (aten.max_pool1d.default, (("MaxPool1d",), 0)),
     (aten.max_pool2d.default, (("MaxPool2d",), 0)),
     (aten.avg_pool1d.default, (("AvgPool1d",), 0)),
@@ -447,6 +455,9 @@ for _op, _written in (
     (aten.conv2d.default, _function("torch.nn.functional.conv2d")),
     (aten.conv1d.default, _function("torch.nn.functional.conv1d")),
     (aten.conv3d.default, _function("torch.nn.functional.conv3d")),
+    (aten.conv_transpose1d.default, _function("torch.nn.functional.conv_transpose1d")),
+    (aten.conv_transpose2d.input, _function("torch.nn.functional.conv_transpose2d")),
+    (aten.conv_transpose3d.input, _function("torch.nn.functional.conv_transpose3d")),
     (aten.group_norm.default, _special("group_norm")),
     (
         aten.scaled_dot_product_attention.default,

@@ -710,7 +710,8 @@ _HALO_COMMENT = [
 ]
 #: and where some values are finer than the loop's rows
 _SCALE_COMMENT = [
-    "A value read by a stride-2 op has two rows per row of the loop (`_x2`), and so on.",
+    "A value read by a stride-2 op, or made by a 2x upsampling, has two rows per row of",
+    "the loop (`_x2`), and so on.",
 ]
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from analysis.capture import build_graph, export
-from analysis.cost import load_machine, node_time
+from analysis.cost import load_machine, node_flops, node_time
 from analysis.ir import Graph
 from analysis.loader import LoadedModel, load_model_file
 from analysis.loops import lower_region
@@ -33,22 +33,24 @@ from codegen.verify import verify
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+TRANSPOSED = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 #: op codes; each keeps the channels, and all but the last three every spatial size
 OPS = ("conv", "wide_conv", "norm", "silu", "residual", "pointwise", "group_norm", "strided",
-       "max_pool", "avg_pool", "upsample", "linear_upsample")  # fmt: skip
+       "max_pool", "avg_pool", "upsample", "linear_upsample", "transposed")  # fmt: skip
 #: those that change the spatial sizes: at most one per chain
-RESIZING = ("strided", "max_pool", "avg_pool", "upsample", "linear_upsample")
+RESIZING = ("strided", "max_pool", "avg_pool", "upsample", "linear_upsample", "transposed")
 #: those that make the spatial sizes larger
-UPSAMPLING = ("upsample", "linear_upsample")
+UPSAMPLING = ("upsample", "linear_upsample", "transposed")
 #: the linear interpolation of each rank
 LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 class ConvChain(nn.Module):
     """A chain of convolutions of random kernels and dilations, batch and group norms,
-    activations and residuals, and at most one strided convolution, pool or upsampling."""
+    activations and residuals, and at most one strided convolution, pool or upsampling (by
+    nearest or linear interpolation, or a transposed convolution)."""
 
     def __init__(self, ops: list[str], rank: int, channels: int, kernels: list[tuple]) -> None:
         super().__init__()
@@ -81,6 +83,13 @@ class ConvChain(nn.Module):
                 layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
             elif op == "linear_upsample":
                 layers.append(nn.Upsample(scale_factor=2.0, mode=LINEAR[rank]))
+            elif op == "transposed":  # stride 2, twice as many rows: d(k - 1) + 1 + 1 - 2p = 2
+                layers.append(
+                    TRANSPOSED[rank](
+                        channels, channels, kernel, stride=2, padding=padding,
+                        output_padding=1, dilation=dilation,
+                    )  # fmt: skip
+                )
             elif op == "pointwise":
                 layers.append(CONV[rank](channels, channels, 1))
             elif op == "strided":
@@ -426,6 +435,79 @@ def test_a_nearest_upsampling_is_chunked_over_its_input_rows(rows: int) -> None:
     with torch.no_grad():
         measured = measure_peak(chunked, inputs)
     assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
+
+
+class TransposedUpsampler(nn.Module):
+    """A decoder's upsampling path: 4-wide stride-2 and 2-wide stride-2 transposed convs."""
+
+    def __init__(self, sized: bool = False) -> None:
+        super().__init__()
+        self.sized = sized  # 3 wide, called with `output_size=`: an output padding of 1
+        self.conv_in = nn.Conv2d(4, 16, 3, padding=1)
+        self.up = nn.ConvTranspose2d(16, 16, 3 if sized else 4, stride=2, padding=1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.up_2 = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.out = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.conv_in(x))
+        if self.sized:
+            x = F.silu(self.up(x, output_size=[2 * x.shape[2], 2 * x.shape[3]]))
+        else:
+            x = F.silu(self.up(x))
+        x = F.silu(self.conv(x))
+        return self.out(F.silu(self.up_2(x)))
+
+
+@pytest.mark.parametrize("rows", [16, 23])
+def test_transposed_convolutions_upsample_rows_in_a_loop(rows: int) -> None:
+    """Each input row of a transposed conv reaches `stride` output rows and the taps next to
+    them: the loop walks the coarse rows, each transposed conv runs on its input's rows with
+    the halo its taps reach (one row for the 4-wide upsampler, none for the 2-wide) and is
+    still a call of its layer; exact at odd sizes, the estimate equal to the measurement."""
+    torch.manual_seed(0)
+    model = TransposedUpsampler().eval()
+    inputs = (torch.randn(1, 4, rows, 9),)
+    graph, plan = _plan(model, inputs, 0.2)
+    (region,) = plan.regions
+    assert region.extent == rows  # the coarsest rows: the input's
+    ups = [n.name for n in graph.nodes if "conv_transpose2d" in str(n.target)]
+    assert set(ups) <= set(dict(region.loop))
+    assert region.halo(graph[ups[0]].args[0].name)[2] == 1  # read at the coarse scale
+    assert region.halo(graph[ups[1]].args[0].name)[2] == 2
+    source = _source(graph, plan, model)
+    code = "".join(source.split())
+    assert "=self.up(x_1)[" in code and "=self.up_2(" in code, source
+    chunked = verify(source, model, inputs)
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
+
+
+def test_a_transposed_conv_sized_by_its_call_is_written_out() -> None:
+    """`self.up(x, output_size=...)` works out an output padding the layer does not keep:
+    called on a chunk it would make 2n - 1 rows, not 2n. The loop writes the op out with the
+    call's arguments instead."""
+    torch.manual_seed(0)
+    model = TransposedUpsampler(sized=True).eval()
+    inputs = (torch.randn(1, 4, 15, 9),)
+    graph, plan = _plan(model, inputs, 0.2)
+    up = next(n.name for n in graph.nodes if "conv_transpose2d" in str(n.target))
+    assert any(dict(r.loop).get(up) == 2 for r in plan.regions)
+    source = _source(graph, plan, model)
+    assert "functional.conv_transpose2d(" in source and "= self.up(" not in source, source
+    verify(source, model, inputs)
+
+
+def test_a_transposed_conv_costs_its_inputs_times_its_taps() -> None:
+    """Each input element meets out_channels x kernel taps: 2 flops each, a quarter of what
+    counting by the (4x larger) output would give."""
+    model = nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1).eval()
+    inputs = (torch.randn(1, 16, 32, 32),)
+    loaded = LoadedModel(Path(__file__), model, inputs, None)
+    graph = build_graph(export(loaded), loaded)
+    up = next(n for n in graph.nodes if n.kind == "op" and "conv_transpose2d" in str(n.target))
+    assert node_flops(up, graph) == 2 * (16 * 32 * 32) * (8 * 4 * 4)
 
 
 def test_a_loop_with_halos_reads_no_device_for_its_chunk_size() -> None:
