@@ -299,7 +299,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             stmts.append(_step_stmt(graph, region, step, copies, outer, key, label))
         meta = out_meta(graph[done.value])
         size = max(evaluate(meta.shape[loop[done.value]], hints), 1)
-        share = done.rows.rows(region.chunk_size, size) / size
+        share = done.rows.rows(region.chunk_size, size, evaluate(region.extent, hints)) / size
         scratch = _float32_copies(meta, hints, share, 1)  # the chunk's rows read in float32
         stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
         stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
@@ -340,14 +340,15 @@ def _step_stmt(
     if step.inplace is not None:
         base = step.operands[step.inplace].value
     owned = base is None
-    made = made_fraction(graph, step, region.chunk_size)
+    extent = evaluate(region.extent, graph.hints)
+    made = made_fraction(graph, step, region.chunk_size, extent)
     mask = _bool_mask(node, graph)
     scratch = 0
     if mask is not None:  # the float copy is of the mask's chunk when the mask is chunked
         read = step.operand(3)
         chunked = read is not None and (read.source == CHUNK or read.rows is not None)
         scratch = _mask_scratch(node, graph, mask, fraction if chunked else 1.0)
-    scratch += _group_norm_scratch(graph, step, region.chunk_size)
+    scratch += _group_norm_scratch(graph, step, region.chunk_size, extent)
     if any(isinstance(value, CausalRows) for value in step.args):
         scratch = _causal_rows_scratch(node, graph, min(region.chunk_size, extent))
     else:
@@ -364,7 +365,7 @@ def _step_stmt(
     )
 
 
-def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int) -> int:
+def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int, extent: int) -> int:
     """A group norm run by chunks in half precision (NOTE [Statistics before the loop]): the
     statistics pass holds one chunk of its input in float32, the normalization two."""
     node = graph[step.node]
@@ -374,7 +375,7 @@ def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int) -> int:
     meta = out_meta(node)
     if meta is None:
         return 0
-    return _float32_copies(meta, graph.hints, made_fraction(graph, step, chunk), 2)
+    return _float32_copies(meta, graph.hints, made_fraction(graph, step, chunk, extent), 2)
 
 
 def _float32_copies(meta: TensorMeta, hints: Any, share: float, copies: int) -> int:
@@ -384,11 +385,11 @@ def _float32_copies(meta: TensorMeta, hints: Any, share: float, copies: int) -> 
     return math.ceil(copies * 4 / meta.dtype.itemsize * value_bytes(meta, hints) * share)
 
 
-def made_fraction(graph: Graph, step: LoopStep, chunk: int) -> float:
+def made_fraction(graph: Graph, step: LoopStep, chunk: int, extent: int | None = None) -> float:
     """Return the share of its value a loop step makes per chunk: its chunk's rows, with any
-    halo, at its scale (NOTE [Halos])."""
+    halo, at its scale (NOTE [Halos]); the most any chunk makes, given the loop's `extent`."""
     size = max(evaluate(out_meta(graph[step.node]).shape[step.dim], graph.hints), 1)
-    return step.computed.rows(chunk, size) / size
+    return step.computed.rows(chunk, size, extent) / size
 
 
 def plan_program(graph: Graph, regions: tuple[Region, ...]) -> list[Stmt]:

@@ -60,9 +60,16 @@ class Span:
             size if scale > 1 else None,
         )
 
-    def rows(self, chunk: int, size: int) -> int:
-        """Return the most rows the span covers with chunks of `chunk` rows, of `size`."""
-        return min(self.scale * chunk + self.before + self.after, size)
+    def rows(self, chunk: int, size: int, extent: int | None = None) -> int:
+        """Return the most rows the span covers with chunks of `chunk` rows, of `size`. Given
+        the loop's `extent`, a loop of two chunks counts each one's halo on its inner side
+        only: the first chunk starts at the value's edge, the last ends at it."""
+        most = min(self.scale * chunk + self.before + self.after, size)
+        if extent is None or not chunk < extent <= 2 * chunk:
+            return most
+        first = min(self.scale * chunk + self.after, size)
+        last = min(size - self.scale * chunk + self.before, size)
+        return max(first, last)
 
 
 #: the chunk's own rows

@@ -59,6 +59,10 @@ class Formulas:
     #: with the check it reads; None for a region without one (NOTE [Padding checked at run
     #: time])
     fast: tuple[tuple[Formula, str] | None, ...] = ()
+    #: the chunk each loop had in the plan the formulas were fitted for: a plan that misses
+    #: its target floors its budget at what its loops hold there (`floor_terms`), also once
+    #: `sized_as_run` has resized them
+    planned_rows: tuple[int, ...] = ()
 
 
 def rehinted(graph: Graph, values: dict[sympy.Symbol, int]) -> Graph:
@@ -93,7 +97,9 @@ def plan_formulas(graph: Graph, plan: ChunkPlan) -> Formulas | None:
         _region_formula(graph, graphs, plan, index, symbols, points, check)
         for index in range(len(plan.regions))
     )
-    return Formulas(symbols, original, regions)
+    return Formulas(
+        symbols, original, regions, planned_rows=tuple(r.chunk_size for r in plan.regions)
+    )
 
 
 def run_time_rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
@@ -113,8 +119,12 @@ def floor_terms(plan: ChunkPlan, formulas: Formulas) -> tuple[sympy.Expr, ...]:
     target, at its planned chunk. The generated budget is never below the most of these plus
     5%: where that is over the target the peak is there anyway, and every loop may use as
     much. A plan that misses its target so keeps the chunks it chose, rather than cutting
-    every loop to a few rows for a peak that stays where it is."""
-    rows = [1 if plan.met else r.chunk_size for r in plan.regions]
+    every loop to a few rows for a peak that stays where it is. The chunks are those the
+    formulas were fitted for: were they the resized ones, a loop resized up to the floor
+    would raise the floor the module computes, and let the other loops grow past the
+    estimate."""
+    chosen = formulas.planned_rows or tuple(r.chunk_size for r in plan.regions)
+    rows = [1 if plan.met else n for n in chosen]
     return tuple(
         dict.fromkeys(f.fixed + f.per_row * n for f, n in zip(formulas.regions, rows) if f)
     )

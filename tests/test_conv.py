@@ -23,7 +23,7 @@ from analysis.loops import lower_region
 from analysis.layers import standard_layers
 from analysis.pipeline import lower_plan
 from analysis.plan import ChunkPlan
-from analysis.program import Rows, Statement
+from analysis.program import Rows, Span, Statement
 from analysis.search import Conflict, grow, propagate
 from analysis.select import Target, make_plan
 from analysis.shortfall import estimate_agrees
@@ -508,6 +508,18 @@ def test_a_transposed_conv_costs_its_inputs_times_its_taps() -> None:
     graph = build_graph(export(loaded), loaded)
     up = next(n for n in graph.nodes if n.kind == "op" and "conv_transpose2d" in str(n.target))
     assert node_flops(up, graph) == 2 * (16 * 32 * 32) * (8 * 4 * 4)
+
+
+def test_a_loop_of_two_chunks_makes_each_chunks_halo_on_its_inner_side_only() -> None:
+    """The first chunk starts at the value's edge and the last ends at it: with two chunks no
+    chunk has a halo on both sides, and the estimate counts the larger of the two."""
+    span = Span(2, 1)  # two rows before the chunk, one after
+    assert span.rows(128, 192) == 131  # the extent unknown: a middle chunk's
+    assert span.rows(128, 192, extent=192) == 129  # [0, 128) and one row after it
+    assert span.rows(64, 192, extent=192) == 67  # three chunks: the middle one has both
+    assert span.rows(256, 192, extent=192) == 192  # one chunk: the whole
+    fine = Span(2, 1, 2, size=97)  # two rows per row of a loop of 49
+    assert fine.rows(32, 97, extent=49) == 65  # [0, 64) and one after, against 97 - 64 + 2
 
 
 def test_a_loop_with_halos_reads_no_device_for_its_chunk_size() -> None:

@@ -24,7 +24,9 @@ def test_every_zoo_file_defines_the_model_contract() -> None:
     assert len(texts) >= 30
 
 
-@pytest.mark.parametrize("model", ["hf_bert_batch2", "torchvision_vit"])
+# torchvision's EfficientNet: four loops with halos that miss the target, one resized up to
+# the module's floor at run time; the estimate still equals the measured peak
+@pytest.mark.parametrize("model", ["hf_bert_batch2", "torchvision_vit", "torchvision_efficientnet"])
 def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("torchvision")
@@ -40,7 +42,7 @@ def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1].endswith("MiB") and cells[3].endswith("%"), row
     assert cells[7] == "exact", row  # the planned estimate is the generated module's peak
-    if model == "hf_bert_batch2":
+    if model != "torchvision_vit":
         assert cells[6] == "verified at 2 sizes", row
     else:
         assert cells[6].startswith("static"), row
