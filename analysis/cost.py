@@ -9,6 +9,16 @@ chunk: the body's chunked values shrink with the chunk, but values read whole (a
 say) are read again every time, and every iteration pays the dispatch cost of every op. So
 small chunks pay overhead and re-reads, large ones fall out of cache; selection picks the
 cheapest chunk size that meets the memory target.
+
+NOTE [Fresh pages]
+A tensor of 32 MiB or more is its own mapping from the operating system (glibc serves
+allocations that large with mmap, and returns them when freed), so every forward pays a page
+fault for each of its pages when the op first writes them: measured here, 0.34 ms per MiB,
+more than the op's own traffic (dividing a 64 MiB tensor by a number takes 30 ms into a new
+tensor, 8 ms into one already written). An op making a value that large pays it, as does a
+loop's output buffer, once; a loop's chunks are small, and reuse freed storage. Without it the
+model held an unchunked VAE decode to half its measured time, and every loop through it
+looked several percent slower than it measures.
 """
 
 from __future__ import annotations
@@ -58,6 +68,14 @@ class Machine:
     #: a matrix product of m rows runs at m / (m + this) of the full rate: small chunks feed
     #: the kernel's tiles poorly
     gemm_half_rows: float = 0.0
+    #: seconds per byte the first writes to a fresh allocation of at least `fresh_bytes` cost
+    #: (NOTE [Fresh pages])
+    fault_s_per_byte: float = 0.0
+    fresh_bytes: int = 32 << 20
+
+    def fresh(self, nbytes: float) -> float:
+        """The time a new tensor of `nbytes` costs in page faults (NOTE [Fresh pages])."""
+        return nbytes * self.fault_s_per_byte if nbytes >= self.fresh_bytes else 0.0
 
     def bytes_per_s(self, working_set: int, transcendental: bool = False) -> float:
         """Return the bandwidth at a working set, interpolated between measured points."""
@@ -84,6 +102,8 @@ def load_machine(path: Path = CALIBRATION) -> Machine:
         data["op_overhead_s"],
         tuple((int(s), float(b)) for s, b in data.get("transcendental_bandwidth", ())),
         data.get("gemm_half_rows", 0.0),
+        data.get("page_fault_s_per_byte", 0.0),
+        int(data.get("fresh_allocation_bytes", 32 << 20)),
     )
 
 
@@ -200,7 +220,10 @@ def node_time(
     if _native_conv(node, graph, dim, fraction):
         compute *= NATIVE_CONV_SLOWDOWN
     memory = moved / machine.bytes_per_s(working, info(node.target).cost == TRANSCENDENTAL)
-    return max(compute, memory) + machine.op_overhead_s
+    fresh = 0.0
+    if node.aliases is None and node.mutates is None:
+        fresh = machine.fresh(value_bytes(node.meta, graph.hints) * fraction)
+    return max(compute, memory) + fresh + machine.op_overhead_s
 
 
 def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
@@ -212,7 +235,10 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
     fraction = size / extent
     total = sum(node_time(graph[name], graph, machine) for name in region.hoisted)
     for name in region.materialized:
-        total += 2 * value_bytes(graph[name].meta, graph.hints) / machine.bytes_per_s(1 << 30)
+        nbytes = value_bytes(graph[name].meta, graph.hints)
+        total += 2 * nbytes / machine.bytes_per_s(1 << 30) + machine.fresh(nbytes)
+    for name, _ in region.outputs:  # the output buffers, written once
+        total += machine.fresh(value_bytes(graph[name].meta, graph.hints))
     body = sum(_step_time(graph, region, step, machine) for step in lowered.steps)
     for done in lowered.passes:  # NOTE [Statistics passes]: the steps again, and a reduction
         body += sum(_step_time(graph, region, step, machine) for step in done.steps)

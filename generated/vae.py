@@ -232,201 +232,30 @@ class ChunkedDecode(torch.nn.Module):
         self.vae.decoder.up_blocks = torch.nn.ModuleList()
         self.vae.decoder.up_blocks.append(torch.nn.Module())
         self.vae.decoder.up_blocks[0].resnets = torch.nn.ModuleList()
-        self.vae.decoder.up_blocks[0].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[0].resnets[0].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[0].resnets[0].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[0].resnets[0].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[0].resnets[0].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[0].resnets[0].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[0].resnets[0].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[0].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[0].resnets[1].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[0].resnets[1].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[0].resnets[1].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[0].resnets[1].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[0].resnets[1].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[0].resnets[1].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[0].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[0].resnets[2].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[0].resnets[2].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[0].resnets[2].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[0].resnets[2].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[0].resnets[2].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[0].resnets[2].nonlinearity = torch.nn.SiLU()
+        self.vae.decoder.up_blocks[0].resnets.append(ResnetBlock2D2(in_channels=64))
+        self.vae.decoder.up_blocks[0].resnets.append(ResnetBlock2D2(in_channels=64))
+        self.vae.decoder.up_blocks[0].resnets.append(ResnetBlock2D2(in_channels=64))
         self.vae.decoder.up_blocks[0].upsamplers = torch.nn.ModuleList()
         self.vae.decoder.up_blocks[0].upsamplers.append(Upsample2D())
         self.vae.decoder.up_blocks.append(torch.nn.Module())
         self.vae.decoder.up_blocks[1].resnets = torch.nn.ModuleList()
-        self.vae.decoder.up_blocks[1].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[1].resnets[0].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[1].resnets[0].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[1].resnets[0].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[1].resnets[0].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[1].resnets[0].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[1].resnets[0].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[1].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[1].resnets[1].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[1].resnets[1].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[1].resnets[1].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[1].resnets[1].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[1].resnets[1].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[1].resnets[1].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[1].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[1].resnets[2].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[1].resnets[2].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[1].resnets[2].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[1].resnets[2].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[1].resnets[2].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[1].resnets[2].nonlinearity = torch.nn.SiLU()
+        self.vae.decoder.up_blocks[1].resnets.append(ResnetBlock2D2(in_channels=64))
+        self.vae.decoder.up_blocks[1].resnets.append(ResnetBlock2D2(in_channels=64))
+        self.vae.decoder.up_blocks[1].resnets.append(ResnetBlock2D2(in_channels=64))
         self.vae.decoder.up_blocks[1].upsamplers = torch.nn.ModuleList()
         self.vae.decoder.up_blocks[1].upsamplers.append(Upsample2D())
         self.vae.decoder.up_blocks.append(torch.nn.Module())
         self.vae.decoder.up_blocks[2].resnets = torch.nn.ModuleList()
-        self.vae.decoder.up_blocks[2].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[2].resnets[0].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[2].resnets[0].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[2].resnets[0].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[2].resnets[0].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[2].resnets[0].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[2].resnets[0].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[2].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[2].resnets[1].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[2].resnets[1].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[2].resnets[1].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[2].resnets[1].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[2].resnets[1].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[2].resnets[1].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[2].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[2].resnets[2].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[2].resnets[2].conv1 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[2].resnets[2].norm2 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[2].resnets[2].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[2].resnets[2].conv2 = torch.nn.Conv2d(
-            64, 64, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[2].resnets[2].nonlinearity = torch.nn.SiLU()
+        self.vae.decoder.up_blocks[2].resnets.append(ResnetBlock2D2(in_channels=64))
+        self.vae.decoder.up_blocks[2].resnets.append(ResnetBlock2D2(in_channels=64))
+        self.vae.decoder.up_blocks[2].resnets.append(ResnetBlock2D2(in_channels=64))
         self.vae.decoder.up_blocks[2].upsamplers = torch.nn.ModuleList()
         self.vae.decoder.up_blocks[2].upsamplers.append(Upsample2D2())
         self.vae.decoder.up_blocks.append(torch.nn.Module())
         self.vae.decoder.up_blocks[3].resnets = torch.nn.ModuleList()
-        self.vae.decoder.up_blocks[3].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[3].resnets[0].norm1 = torch.nn.GroupNorm(
-            32, 64, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[3].resnets[0].conv1 = torch.nn.Conv2d(
-            64, 32, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets[0].norm2 = torch.nn.GroupNorm(
-            32, 32, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[3].resnets[0].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[3].resnets[0].conv2 = torch.nn.Conv2d(
-            32, 32, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets[0].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[3].resnets[0].conv_shortcut = torch.nn.Conv2d(
-            64, 32, (1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[3].resnets[1].norm1 = torch.nn.GroupNorm(
-            32, 32, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[3].resnets[1].conv1 = torch.nn.Conv2d(
-            32, 32, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets[1].norm2 = torch.nn.GroupNorm(
-            32, 32, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[3].resnets[1].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[3].resnets[1].conv2 = torch.nn.Conv2d(
-            32, 32, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets[1].nonlinearity = torch.nn.SiLU()
-        self.vae.decoder.up_blocks[3].resnets.append(torch.nn.Module())
-        self.vae.decoder.up_blocks[3].resnets[2].norm1 = torch.nn.GroupNorm(
-            32, 32, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[3].resnets[2].conv1 = torch.nn.Conv2d(
-            32, 32, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets[2].norm2 = torch.nn.GroupNorm(
-            32, 32, eps=1e-06
-        )
-        self.vae.decoder.up_blocks[3].resnets[2].dropout = torch.nn.Dropout(p=0.0)
-        self.vae.decoder.up_blocks[3].resnets[2].conv2 = torch.nn.Conv2d(
-            32, 32, (3, 3), padding=(1, 1)
-        )
-        self.vae.decoder.up_blocks[3].resnets[2].nonlinearity = torch.nn.SiLU()
+        self.vae.decoder.up_blocks[3].resnets.append(ResnetBlock2D3())
+        self.vae.decoder.up_blocks[3].resnets.append(ResnetBlock2D2(in_channels=32))
+        self.vae.decoder.up_blocks[3].resnets.append(ResnetBlock2D2(in_channels=32))
         self.vae.decoder.mid_block = UNetMidBlock2D()
         self.vae.decoder.conv_norm_out = torch.nn.GroupNorm(32, 32, eps=1e-06)
         self.vae.decoder.conv_act = torch.nn.SiLU()
@@ -469,7 +298,7 @@ class ChunkedDecode(torch.nn.Module):
         # Activation bytes for the chunk loops: the constructor's budget, else
         # 20% of the original's estimated peak at this input's size, and no less
         # than at the example size (38.4 MiB): short inputs run fast.
-        budget = self._chunking.budget = max(
+        self._chunking.budget = max(
             floor,
             (
                 self.memory_budget
@@ -484,742 +313,39 @@ class ChunkedDecode(torch.nn.Module):
         del vae_post_quant_conv
         resnets_1_output_tensor = self.vae.decoder.mid_block(vae_decoder_sample)
         del vae_decoder_sample
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[0].resnets[0].norm1(resnets_1_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[0]
-            .nonlinearity(vae_decoder_up_blocks_0_resnets_0_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[0]
-            .conv1(vae_decoder_up_blocks_0_resnets_0_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[0]
-            .norm2(vae_decoder_up_blocks_0_resnets_0_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[0]
-            .nonlinearity(vae_decoder_up_blocks_0_resnets_0_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_0_resnets_0_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_0_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[0]
-            .conv2(vae_decoder_up_blocks_0_resnets_0_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_0_resnets_0_add = (
-            resnets_1_output_tensor + vae_decoder_up_blocks_0_resnets_0_hidden_states
-        )
-        del resnets_1_output_tensor, vae_decoder_up_blocks_0_resnets_0_hidden_states
-        vae_decoder_up_blocks_0_resnets_0_output_tensor = (
-            vae_decoder_up_blocks_0_resnets_0_add / 1.0
-        )
-        del vae_decoder_up_blocks_0_resnets_0_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[1]
-            .norm1(vae_decoder_up_blocks_0_resnets_0_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_0_resnets_1_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[1]
-            .conv1(vae_decoder_up_blocks_0_resnets_1_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[1]
-            .norm2(vae_decoder_up_blocks_0_resnets_1_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_0_resnets_1_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_0_resnets_1_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_0_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[1]
-            .conv2(vae_decoder_up_blocks_0_resnets_1_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_0_resnets_1_add = (
-            vae_decoder_up_blocks_0_resnets_0_output_tensor
-            + vae_decoder_up_blocks_0_resnets_1_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_0_resnets_0_output_tensor,
-            vae_decoder_up_blocks_0_resnets_1_hidden_states,
-        )
-        vae_decoder_up_blocks_0_resnets_1_output_tensor = (
-            vae_decoder_up_blocks_0_resnets_1_add / 1.0
-        )
-        del vae_decoder_up_blocks_0_resnets_1_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[2]
-            .norm1(vae_decoder_up_blocks_0_resnets_1_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_0_resnets_2_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[2]
-            .conv1(vae_decoder_up_blocks_0_resnets_2_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[2]
-            .norm2(vae_decoder_up_blocks_0_resnets_2_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_0_resnets_2_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_0_resnets_2_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_0_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[0]
-            .resnets[2]
-            .conv2(vae_decoder_up_blocks_0_resnets_2_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_0_resnets_2_add = (
-            vae_decoder_up_blocks_0_resnets_1_output_tensor
-            + vae_decoder_up_blocks_0_resnets_2_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_0_resnets_1_output_tensor,
-            vae_decoder_up_blocks_0_resnets_2_hidden_states,
-        )
-        vae_decoder_up_blocks_0_resnets_2_output_tensor = (
-            vae_decoder_up_blocks_0_resnets_2_add / 1.0
-        )
-        del vae_decoder_up_blocks_0_resnets_2_add
-        hidden_states = self.vae.decoder.up_blocks[0].upsamplers[0](
-            vae_decoder_up_blocks_0_resnets_2_output_tensor
-        )
-        del vae_decoder_up_blocks_0_resnets_2_output_tensor
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[1].resnets[0].norm1(hidden_states)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[0]
-            .nonlinearity(vae_decoder_up_blocks_1_resnets_0_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[0]
-            .conv1(vae_decoder_up_blocks_1_resnets_0_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[0]
-            .norm2(vae_decoder_up_blocks_1_resnets_0_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[0]
-            .nonlinearity(vae_decoder_up_blocks_1_resnets_0_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_1_resnets_0_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_1_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[0]
-            .conv2(vae_decoder_up_blocks_1_resnets_0_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_1_resnets_0_add = (
-            hidden_states + vae_decoder_up_blocks_1_resnets_0_hidden_states
-        )
-        del hidden_states, vae_decoder_up_blocks_1_resnets_0_hidden_states
-        vae_decoder_up_blocks_1_resnets_0_output_tensor = (
-            vae_decoder_up_blocks_1_resnets_0_add / 1.0
-        )
-        del vae_decoder_up_blocks_1_resnets_0_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[1]
-            .norm1(vae_decoder_up_blocks_1_resnets_0_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_1_resnets_1_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[1]
-            .conv1(vae_decoder_up_blocks_1_resnets_1_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[1]
-            .norm2(vae_decoder_up_blocks_1_resnets_1_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_1_resnets_1_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_1_resnets_1_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_1_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[1]
-            .conv2(vae_decoder_up_blocks_1_resnets_1_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_1_resnets_1_add = (
-            vae_decoder_up_blocks_1_resnets_0_output_tensor
-            + vae_decoder_up_blocks_1_resnets_1_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_1_resnets_0_output_tensor,
-            vae_decoder_up_blocks_1_resnets_1_hidden_states,
-        )
-        vae_decoder_up_blocks_1_resnets_1_output_tensor = (
-            vae_decoder_up_blocks_1_resnets_1_add / 1.0
-        )
-        del vae_decoder_up_blocks_1_resnets_1_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[2]
-            .norm1(vae_decoder_up_blocks_1_resnets_1_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_1_resnets_2_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[2]
-            .conv1(vae_decoder_up_blocks_1_resnets_2_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[2]
-            .norm2(vae_decoder_up_blocks_1_resnets_2_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_1_resnets_2_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_1_resnets_2_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_1_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[1]
-            .resnets[2]
-            .conv2(vae_decoder_up_blocks_1_resnets_2_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_1_resnets_2_add = (
-            vae_decoder_up_blocks_1_resnets_1_output_tensor
-            + vae_decoder_up_blocks_1_resnets_2_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_1_resnets_1_output_tensor,
-            vae_decoder_up_blocks_1_resnets_2_hidden_states,
-        )
-        vae_decoder_up_blocks_1_resnets_2_output_tensor = (
-            vae_decoder_up_blocks_1_resnets_2_add / 1.0
-        )
-        del vae_decoder_up_blocks_1_resnets_2_add
-        hidden_states_1 = self.vae.decoder.up_blocks[1].upsamplers[0](
-            vae_decoder_up_blocks_1_resnets_2_output_tensor
-        )
-        del vae_decoder_up_blocks_1_resnets_2_output_tensor
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[2].resnets[0].norm1(hidden_states_1)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[0]
-            .nonlinearity(vae_decoder_up_blocks_2_resnets_0_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[0]
-            .conv1(vae_decoder_up_blocks_2_resnets_0_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[0]
-            .norm2(vae_decoder_up_blocks_2_resnets_0_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[0]
-            .nonlinearity(vae_decoder_up_blocks_2_resnets_0_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_2_resnets_0_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_2_resnets_0_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[0]
-            .conv2(vae_decoder_up_blocks_2_resnets_0_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_2_resnets_0_add = (
-            hidden_states_1 + vae_decoder_up_blocks_2_resnets_0_hidden_states
-        )
-        del hidden_states_1, vae_decoder_up_blocks_2_resnets_0_hidden_states
-        vae_decoder_up_blocks_2_resnets_0_output_tensor = (
-            vae_decoder_up_blocks_2_resnets_0_add / 1.0
-        )
-        del vae_decoder_up_blocks_2_resnets_0_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[1]
-            .norm1(vae_decoder_up_blocks_2_resnets_0_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_2_resnets_1_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[1]
-            .conv1(vae_decoder_up_blocks_2_resnets_1_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[1]
-            .norm2(vae_decoder_up_blocks_2_resnets_1_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_2_resnets_1_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_2_resnets_1_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_2_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[1]
-            .conv2(vae_decoder_up_blocks_2_resnets_1_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_2_resnets_1_add = (
-            vae_decoder_up_blocks_2_resnets_0_output_tensor
-            + vae_decoder_up_blocks_2_resnets_1_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_2_resnets_0_output_tensor,
-            vae_decoder_up_blocks_2_resnets_1_hidden_states,
-        )
-        vae_decoder_up_blocks_2_resnets_1_output_tensor = (
-            vae_decoder_up_blocks_2_resnets_1_add / 1.0
-        )
-        del vae_decoder_up_blocks_2_resnets_1_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[2]
-            .norm1(vae_decoder_up_blocks_2_resnets_1_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_2_resnets_2_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[2]
-            .conv1(vae_decoder_up_blocks_2_resnets_2_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[2]
-            .norm2(vae_decoder_up_blocks_2_resnets_2_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_2_resnets_2_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_2_resnets_2_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_2_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[2]
-            .resnets[2]
-            .conv2(vae_decoder_up_blocks_2_resnets_2_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_2_resnets_2_add = (
-            vae_decoder_up_blocks_2_resnets_1_output_tensor
-            + vae_decoder_up_blocks_2_resnets_2_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_2_resnets_1_output_tensor,
-            vae_decoder_up_blocks_2_resnets_2_hidden_states,
-        )
-        vae_decoder_up_blocks_2_resnets_2_output_tensor = (
-            vae_decoder_up_blocks_2_resnets_2_add / 1.0
-        )
-        del vae_decoder_up_blocks_2_resnets_2_add
-        hidden_states_2 = self.vae.decoder.up_blocks[2].upsamplers[0](
-            vae_decoder_up_blocks_2_resnets_2_output_tensor
-        )
-        del vae_decoder_up_blocks_2_resnets_2_output_tensor
-        # Chunk loop (resnet.py:326-327, 340, 360-365, 373-375), over image rows, `8*height`.
-        # f32[1, 64, 8 * height, 8 * width] 64.0 MiB -> 4.0 MiB per chunk of 32.
-        # In place, on chunks nothing else reads: `div_`.
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget; every chunk recomputes its halo rows, so the
-        # fewer chunks the better.
-        chunk = _rows(
-            budget, 16384 * width + 24576 * width * height, 4096 * width, 8 * height
-        )
-        # Statistics of the whole input first: the group norm in the loop below
-        # normalizes each chunk with them (two passes, not `self.norm(chunk)`).
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_3_resnets_0_hidden_states_stats = _group_stats(
-            hidden_states_2, 32, 1e-06, 2, chunk
-        )
-        # Statistics first: the group norm in the loop below normalizes every row of its
-        # input with them, and that loop makes the input. This pass makes each chunk's rows
-        # of it and adds them up, so it is never held whole (two passes, not
-        # `self.norm(chunk)`).
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_3_resnets_0_hidden_states_stats_1 = _GroupStats(32, 1e-06)
-        for start in range(0, 8 * height, chunk):
-            stop = min(start + chunk, 8 * height)
-            # Halos: a kernel wider than one row reads rows beyond its output's, so each value is
-            # made over the rows its readers reach (lo_k: k rows before the chunk, hi_k: k after),
-            # and a convolution's rows that read padding inside the image are cropped away.
-            lo_1 = max(start - 1, 0)
-            hi_1 = min(stop + 1, 8 * height)
-            # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states = _group_norm(
-                hidden_states_2[:, :, lo_1:hi_1],
-                32,
-                vae_decoder_up_blocks_3_resnets_0_hidden_states_stats,
-                self.vae.decoder.up_blocks[3].resnets[0].norm1.weight,
-                self.vae.decoder.up_blocks[3].resnets[0].norm1.bias,
-            )
-            # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_1 = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .nonlinearity(vae_decoder_up_blocks_3_resnets_0_hidden_states)
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states
-            # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_2 = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .conv1(vae_decoder_up_blocks_3_resnets_0_hidden_states_1)[
-                    :, :, start - lo_1 : stop - lo_1
-                ]
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_1
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_stats_1.add(
-                vae_decoder_up_blocks_3_resnets_0_hidden_states_2
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_2
-        vae_decoder_up_blocks_3_resnets_0_output_tensor = torch.empty(
-            (1, 32, 8 * height, 8 * width),
-            dtype=hidden_states_2.dtype,
-            device=hidden_states_2.device,
-        )
-        for start in range(0, 8 * height, chunk):
-            stop = min(start + chunk, 8 * height)
-            lo_1 = max(start - 1, 0)
-            lo_2 = max(start - 2, 0)
-            hi_1 = min(stop + 1, 8 * height)
-            hi_2 = min(stop + 2, 8 * height)
-            # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states = _group_norm(
-                hidden_states_2[:, :, lo_2:hi_2],
-                32,
-                vae_decoder_up_blocks_3_resnets_0_hidden_states_stats,
-                self.vae.decoder.up_blocks[3].resnets[0].norm1.weight,
-                self.vae.decoder.up_blocks[3].resnets[0].norm1.bias,
-            )
-            # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_1 = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .nonlinearity(vae_decoder_up_blocks_3_resnets_0_hidden_states)
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states
-            # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_2 = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .conv1(vae_decoder_up_blocks_3_resnets_0_hidden_states_1)[
-                    :, :, lo_1 - lo_2 : hi_1 - lo_2
-                ]
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_1
-            # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_3 = _group_norm(
-                vae_decoder_up_blocks_3_resnets_0_hidden_states_2,
-                32,
-                vae_decoder_up_blocks_3_resnets_0_hidden_states_stats_1,
-                self.vae.decoder.up_blocks[3].resnets[0].norm2.weight,
-                self.vae.decoder.up_blocks[3].resnets[0].norm2.bias,
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_2
-            # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_4 = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .nonlinearity(vae_decoder_up_blocks_3_resnets_0_hidden_states_3)
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_3
-            # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_5 = (
-                torch.nn.functional.dropout(
-                    vae_decoder_up_blocks_3_resnets_0_hidden_states_4,
-                    0.0,
-                    training=False,
-                )
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_4
-            # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_6 = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .conv2(vae_decoder_up_blocks_3_resnets_0_hidden_states_5)[
-                    :, :, start - lo_1 : stop - lo_1
-                ]
-            )
-            del vae_decoder_up_blocks_3_resnets_0_hidden_states_5
-            # resnet.py:373 in forward: input_tensor = self.conv_shortcut(input_tensor)
-            vae_decoder_up_blocks_3_resnets_0_input_tensor = (
-                self.vae.decoder.up_blocks[3]
-                .resnets[0]
-                .conv_shortcut(hidden_states_2[:, :, start:stop])
-            )
-            # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-            vae_decoder_up_blocks_3_resnets_0_add = (
-                vae_decoder_up_blocks_3_resnets_0_input_tensor
-                + vae_decoder_up_blocks_3_resnets_0_hidden_states_6
-            )
-            del (
-                vae_decoder_up_blocks_3_resnets_0_hidden_states_6,
-                vae_decoder_up_blocks_3_resnets_0_input_tensor,
-            )
-            vae_decoder_up_blocks_3_resnets_0_output_tensor_chunk = (
-                vae_decoder_up_blocks_3_resnets_0_add.div_(1.0)
-            )
-            del vae_decoder_up_blocks_3_resnets_0_add
-            vae_decoder_up_blocks_3_resnets_0_output_tensor[:, :, start:stop] = (
-                vae_decoder_up_blocks_3_resnets_0_output_tensor_chunk
-            )
-            del vae_decoder_up_blocks_3_resnets_0_output_tensor_chunk
-        del (
-            chunk,
-            hidden_states_2,
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_stats,
-            vae_decoder_up_blocks_3_resnets_0_hidden_states_stats_1,
-        )
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[1]
-            .norm1(vae_decoder_up_blocks_3_resnets_0_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_3_resnets_1_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[1]
-            .conv1(vae_decoder_up_blocks_3_resnets_1_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[1]
-            .norm2(vae_decoder_up_blocks_3_resnets_1_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[1]
-            .nonlinearity(vae_decoder_up_blocks_3_resnets_1_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_3_resnets_1_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_3_resnets_1_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[1]
-            .conv2(vae_decoder_up_blocks_3_resnets_1_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_3_resnets_1_add = (
-            vae_decoder_up_blocks_3_resnets_0_output_tensor
-            + vae_decoder_up_blocks_3_resnets_1_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_3_resnets_0_output_tensor,
-            vae_decoder_up_blocks_3_resnets_1_hidden_states,
-        )
-        vae_decoder_up_blocks_3_resnets_1_output_tensor = (
-            vae_decoder_up_blocks_3_resnets_1_add / 1.0
-        )
-        del vae_decoder_up_blocks_3_resnets_1_add
-        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[2]
-            .norm1(vae_decoder_up_blocks_3_resnets_1_output_tensor)
-        )
-        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_3_resnets_2_hidden_states)
-        )
-        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[2]
-            .conv1(vae_decoder_up_blocks_3_resnets_2_hidden_states)
-        )
-        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[2]
-            .norm2(vae_decoder_up_blocks_3_resnets_2_hidden_states)
-        )
-        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[2]
-            .nonlinearity(vae_decoder_up_blocks_3_resnets_2_hidden_states)
-        )
-        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = torch.nn.functional.dropout(
-            vae_decoder_up_blocks_3_resnets_2_hidden_states, 0.0, training=False
-        )
-        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
-        vae_decoder_up_blocks_3_resnets_2_hidden_states = (
-            self.vae.decoder.up_blocks[3]
-            .resnets[2]
-            .conv2(vae_decoder_up_blocks_3_resnets_2_hidden_states)
-        )
-        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
-        vae_decoder_up_blocks_3_resnets_2_add = (
-            vae_decoder_up_blocks_3_resnets_1_output_tensor
-            + vae_decoder_up_blocks_3_resnets_2_hidden_states
-        )
-        del (
-            vae_decoder_up_blocks_3_resnets_1_output_tensor,
-            vae_decoder_up_blocks_3_resnets_2_hidden_states,
-        )
-        vae_decoder_up_blocks_3_resnets_2_output_tensor = (
-            vae_decoder_up_blocks_3_resnets_2_add / 1.0
-        )
-        del vae_decoder_up_blocks_3_resnets_2_add
+        output_tensor = self.vae.decoder.up_blocks[0].resnets[0](
+            resnets_1_output_tensor
+        )
+        del resnets_1_output_tensor
+        output_tensor = self.vae.decoder.up_blocks[0].resnets[1](output_tensor)
+        output_tensor = self.vae.decoder.up_blocks[0].resnets[2](output_tensor)
+        hidden_states = self.vae.decoder.up_blocks[0].upsamplers[0](output_tensor)
+        del output_tensor
+        output_tensor_1 = self.vae.decoder.up_blocks[1].resnets[0](hidden_states)
+        del hidden_states
+        output_tensor_2 = self.vae.decoder.up_blocks[1].resnets[1](output_tensor_1)
+        del output_tensor_1
+        output_tensor_3 = self.vae.decoder.up_blocks[1].resnets[2](output_tensor_2)
+        del output_tensor_2
+        hidden_states_1 = self.vae.decoder.up_blocks[1].upsamplers[0](output_tensor_3)
+        del output_tensor_3
+        output_tensor_4 = self.vae.decoder.up_blocks[2].resnets[0](hidden_states_1)
+        del hidden_states_1
+        output_tensor_5 = self.vae.decoder.up_blocks[2].resnets[1](output_tensor_4)
+        del output_tensor_4
+        output_tensor_6 = self.vae.decoder.up_blocks[2].resnets[2](output_tensor_5)
+        del output_tensor_5
+        hidden_states_2 = self.vae.decoder.up_blocks[2].upsamplers[0](output_tensor_6)
+        del output_tensor_6
+        output_tensor_7 = self.vae.decoder.up_blocks[3].resnets[0](hidden_states_2)
+        del hidden_states_2
+        output_tensor_8 = self.vae.decoder.up_blocks[3].resnets[1](output_tensor_7)
+        del output_tensor_7
+        output_tensor_9 = self.vae.decoder.up_blocks[3].resnets[2](output_tensor_8)
+        del output_tensor_8
         # vae.py:308 in forward: sample = self.conv_norm_out(sample)
-        vae_decoder_sample_1 = self.vae.decoder.conv_norm_out(
-            vae_decoder_up_blocks_3_resnets_2_output_tensor
-        )
-        del vae_decoder_up_blocks_3_resnets_2_output_tensor
+        vae_decoder_sample_1 = self.vae.decoder.conv_norm_out(output_tensor_9)
+        del output_tensor_9
         # vae.py:311 in forward: sample = self.conv_act(sample)
         vae_decoder_sample_2 = self.vae.decoder.conv_act(vae_decoder_sample_1)
         del vae_decoder_sample_1
@@ -1348,6 +474,50 @@ class Attention(torch.nn.Module):
         return div
 
 
+class ResnetBlock2D2(torch.nn.Module):
+    """ResnetBlock2D of diffusers.models.resnet: vae.decoder.up_blocks.0.resnets.0,
+    vae.decoder.up_blocks.0.resnets.1, vae.decoder.up_blocks.0.resnets.2,
+    vae.decoder.up_blocks.1.resnets.0, vae.decoder.up_blocks.1.resnets.1,
+    vae.decoder.up_blocks.1.resnets.2, vae.decoder.up_blocks.2.resnets.0,
+    vae.decoder.up_blocks.2.resnets.1, vae.decoder.up_blocks.2.resnets.2,
+    vae.decoder.up_blocks.3.resnets.1, vae.decoder.up_blocks.3.resnets.2."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.norm1 = torch.nn.GroupNorm(32, self.in_channels, eps=1e-06)
+        self.conv1 = torch.nn.Conv2d(
+            self.in_channels, self.in_channels, (3, 3), padding=(1, 1)
+        )
+        self.norm2 = torch.nn.GroupNorm(32, self.in_channels, eps=1e-06)
+        self.dropout = torch.nn.Dropout(p=0.0)
+        self.conv2 = torch.nn.Conv2d(
+            self.in_channels, self.in_channels, (3, 3), padding=(1, 1)
+        )
+        self.nonlinearity = torch.nn.SiLU()
+
+    def forward(self, input_tensor):
+        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
+        hidden_states = self.norm1(input_tensor)
+        # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
+        hidden_states = self.nonlinearity(hidden_states)
+        # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
+        hidden_states = self.conv1(hidden_states)
+        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
+        hidden_states = self.norm2(hidden_states)
+        # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
+        hidden_states = self.nonlinearity(hidden_states)
+        # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
+        hidden_states = torch.nn.functional.dropout(hidden_states, 0.0, training=False)
+        # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
+        hidden_states = self.conv2(hidden_states)
+        # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
+        add = input_tensor + hidden_states
+        del hidden_states
+        output_tensor = add / 1.0
+        return output_tensor
+
+
 class Upsample2D(torch.nn.Module):
     """Upsample2D of diffusers.models.upsampling: vae.decoder.up_blocks.0.upsamplers.0,
     vae.decoder.up_blocks.1.upsamplers.0."""
@@ -1420,6 +590,132 @@ class Upsample2D2(torch.nn.Module):
             hidden_states_1[:, :, lo_0_x2:hi_0_x2] = hidden_states_chunk
             del hidden_states_chunk
         return hidden_states_1
+
+
+class ResnetBlock2D3(torch.nn.Module):
+    """ResnetBlock2D of diffusers.models.resnet, with its chunk loops:
+    vae.decoder.up_blocks.3.resnets.0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunking = _Chunking()
+        self.norm1 = torch.nn.GroupNorm(32, 64, eps=1e-06)
+        self.conv1 = torch.nn.Conv2d(64, 32, (3, 3), padding=(1, 1))
+        self.norm2 = torch.nn.GroupNorm(32, 32, eps=1e-06)
+        self.dropout = torch.nn.Dropout(p=0.0)
+        self.conv2 = torch.nn.Conv2d(32, 32, (3, 3), padding=(1, 1))
+        self.nonlinearity = torch.nn.SiLU()
+        self.conv_shortcut = torch.nn.Conv2d(64, 32, (1, 1))
+
+    def forward(self, input_tensor):
+        height = input_tensor.shape[2] // 8
+        width = input_tensor.shape[3] // 8
+        # Chunk loop (resnet.py:326-327, 340, 360-365, 373-375), over image rows, `8*height`.
+        # f32[1, 64, 8 * height, 8 * width] 64.0 MiB -> 4.0 MiB per chunk of 32.
+        # In place, on chunks nothing else reads: `div_`.
+        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
+        # row, below) within the budget; every chunk recomputes its halo rows, so the
+        # fewer chunks the better.
+        chunk = _rows(
+            self._chunking.budget,
+            16384 * width + 24576 * width * height,
+            4096 * width,
+            8 * height,
+        )
+        # Statistics of the whole input first: the group norm in the loop below
+        # normalizes each chunk with them (two passes, not `self.norm(chunk)`).
+        # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
+        hidden_states_stats = _group_stats(input_tensor, 32, 1e-06, 2, chunk)
+        # Statistics first: the group norm in the loop below normalizes every row of its
+        # input with them, and that loop makes the input. This pass makes each chunk's rows
+        # of it and adds them up, so it is never held whole (two passes, not
+        # `self.norm(chunk)`).
+        # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
+        hidden_states_stats_1 = _GroupStats(32, 1e-06)
+        for start in range(0, 8 * height, chunk):
+            stop = min(start + chunk, 8 * height)
+            # Halos: a kernel wider than one row reads rows beyond its output's, so each value is
+            # made over the rows its readers reach (lo_k: k rows before the chunk, hi_k: k after),
+            # and a convolution's rows that read padding inside the image are cropped away.
+            lo_1 = max(start - 1, 0)
+            hi_1 = min(stop + 1, 8 * height)
+            # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
+            hidden_states = _group_norm(
+                input_tensor[:, :, lo_1:hi_1],
+                32,
+                hidden_states_stats,
+                self.norm1.weight,
+                self.norm1.bias,
+            )
+            # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
+            hidden_states_1 = self.nonlinearity(hidden_states)
+            del hidden_states
+            # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
+            hidden_states_2 = self.conv1(hidden_states_1)[
+                :, :, start - lo_1 : stop - lo_1
+            ]
+            del hidden_states_1
+            hidden_states_stats_1.add(hidden_states_2)
+            del hidden_states_2
+        output_tensor = torch.empty(
+            (1, 32, 8 * height, 8 * width),
+            dtype=input_tensor.dtype,
+            device=input_tensor.device,
+        )
+        for start in range(0, 8 * height, chunk):
+            stop = min(start + chunk, 8 * height)
+            lo_1 = max(start - 1, 0)
+            lo_2 = max(start - 2, 0)
+            hi_1 = min(stop + 1, 8 * height)
+            hi_2 = min(stop + 2, 8 * height)
+            # resnet.py:326 in forward: hidden_states = self.norm1(hidden_states)
+            hidden_states = _group_norm(
+                input_tensor[:, :, lo_2:hi_2],
+                32,
+                hidden_states_stats,
+                self.norm1.weight,
+                self.norm1.bias,
+            )
+            # resnet.py:327 in forward: hidden_states = self.nonlinearity(hidden_states)
+            hidden_states_1 = self.nonlinearity(hidden_states)
+            del hidden_states
+            # resnet.py:340 in forward: hidden_states = self.conv1(hidden_states)
+            hidden_states_2 = self.conv1(hidden_states_1)[
+                :, :, lo_1 - lo_2 : hi_1 - lo_2
+            ]
+            del hidden_states_1
+            # resnet.py:360 in forward: hidden_states = self.norm2(hidden_states)
+            hidden_states_3 = _group_norm(
+                hidden_states_2,
+                32,
+                hidden_states_stats_1,
+                self.norm2.weight,
+                self.norm2.bias,
+            )
+            del hidden_states_2
+            # resnet.py:362 in forward: hidden_states = self.nonlinearity(hidden_states)
+            hidden_states_4 = self.nonlinearity(hidden_states_3)
+            del hidden_states_3
+            # resnet.py:364 in forward: hidden_states = self.dropout(hidden_states)
+            hidden_states_5 = torch.nn.functional.dropout(
+                hidden_states_4, 0.0, training=False
+            )
+            del hidden_states_4
+            # resnet.py:365 in forward: hidden_states = self.conv2(hidden_states)
+            hidden_states_6 = self.conv2(hidden_states_5)[
+                :, :, start - lo_1 : stop - lo_1
+            ]
+            del hidden_states_5
+            # resnet.py:373 in forward: input_tensor = self.conv_shortcut(input_tensor)
+            input_tensor_1 = self.conv_shortcut(input_tensor[:, :, start:stop])
+            # resnet.py:375 in forward: output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
+            add = input_tensor_1 + hidden_states_6
+            del hidden_states_6, input_tensor_1
+            output_tensor_chunk = add.div_(1.0)
+            del add
+            output_tensor[:, :, start:stop] = output_tensor_chunk
+            del output_tensor_chunk
+        return output_tensor
 
 
 class _Chunking:

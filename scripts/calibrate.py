@@ -4,7 +4,8 @@
 
 Measures the float32 matmul rate, the bandwidth of an elementwise op (and of a softmax, whose
 exponentials make it slower and more cache-sensitive) at working sets from in-cache to far beyond
-it, and the fixed cost of dispatching one small op.
+it, the page faults of writing a fresh large tensor, and the fixed cost of dispatching one small
+op.
 """
 
 from __future__ import annotations
@@ -37,18 +38,28 @@ def main() -> int:
     a = torch.randn(1024, 1024)
     b = torch.randn(1024, 1024)
     flops = 2 * 1024**3 / _median_time(lambda: a @ b)
+    # Into an output written before: the page faults of a fresh large tensor are measured on
+    # their own below (NOTE [Fresh pages] in analysis/cost.py).
     bandwidth = []
     for mib in (0.25, 1, 4, 16, 64, 256):
         n = int(mib * 2**20 / 4)
-        x, y = torch.randn(n), torch.randn(n)
-        seconds = _median_time(lambda: torch.add(x, y), repeats=9)
+        x, y, out = torch.randn(n), torch.randn(n), torch.empty(n)
+        seconds = _median_time(lambda: torch.add(x, y, out=out), repeats=9)
         bandwidth.append([int(3 * n * 4), 3 * n * 4 / seconds])  # two reads, one write
     transcendental = []  # softmax, exp, gelu: arithmetic-heavy and cache-sensitive
     for mib in (0.25, 1, 4, 16, 64, 256):
         n = int(mib * 2**20 / 4)
         x = torch.randn(n // 1024, 1024)  # attention rows are long
-        seconds = _median_time(lambda: torch.softmax(x, dim=-1), repeats=9)
+        out = torch.empty_like(x)
+        seconds = _median_time(lambda: torch.softmax(x, dim=-1, out=out), repeats=9)
         transcendental.append([int(2 * n * 4), 2 * n * 4 / seconds])  # one read, one write
+    # A fresh tensor of 64 MiB is mapped from the system: writing it faults in every page.
+    n = 64 * 2**20 // 4
+    written = torch.empty(n)
+    fresh = _median_time(lambda: torch.empty(n).fill_(1.0)) - _median_time(
+        lambda: written.fill_(1.0)
+    )
+    fault = max(fresh, 0.0) / (4 * n)
     # A matrix product of m rows runs at m / (m + m0) of the full rate: t(m) = a * (m + m0),
     # so m0 is the intercept of time against rows over the slope.
     weight = torch.randn(512, 512)
@@ -73,6 +84,8 @@ def main() -> int:
         "transcendental_bandwidth": transcendental,
         "op_overhead_s": overhead,
         "gemm_half_rows": half_rows,
+        "page_fault_s_per_byte": fault,
+        "fresh_allocation_bytes": 32 << 20,  # glibc's largest mmap threshold on 64-bit
     }
     OUT.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
