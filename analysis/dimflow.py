@@ -85,6 +85,12 @@ class DimRule:
     #: per output dim: input slots whose statistics span that dim: read by chunk, but made
     #: whole before any loop along it through the op (NOTE [Statistics before the loop])
     whole: tuple[tuple[int, ...], ...] = ()
+    #: per output dim: (argument index, value) to pass instead when the op runs on a chunk
+    #: along that dim (a resampling to a given size, by its whole factor: NOTE [Halos])
+    swap: tuple[tuple[tuple[int, Any], ...], ...] = ()
+
+    def swapped(self, out_dim: int) -> tuple[tuple[int, Any], ...]:
+        return self.swap[out_dim] if self.swap else ()
 
     def group_of(self, slot: int, dim: int) -> int | None:
         """Return the output dim that input `slot`'s dim `dim` moves with, or None if mixed."""
@@ -647,25 +653,43 @@ def upsample_rule(node: Node, graph: Graph) -> DimRule:
     read input rows [a // f - 1, ceil(b / f) + 1), one more on each side. A slice's own
     clamping at its cut edges changes only the rows within f / 2 of them, inside the halo's,
     and those are cropped. Other resizing (to a given size, corners aligned) mixes the
-    spatial dims."""
+    spatial dims. A resampling to a given size that is a whole factor of the input's in every
+    spatial dim (`F.interpolate(x, size=skip.shape[2:])`) indexes its input exactly as the
+    resampling by those factors does (the kernel's scale is the input's size over the
+    output's, 1/f either way): a chunk runs by the factors, its size left to follow the slice."""
     rank = out_meta(node).rank
     groups = list(_identity_except(node, graph, set(range(2, rank))).groups)
     halos: list[tuple[tuple[int, int, int, Any], ...]] = [() for _ in range(rank)]
-    factors = None
+    swap: list[tuple[tuple[int, Any], ...]] = [() for _ in range(rank)]
     if node.target in _NEAREST:
-        factors, wide = schema_arg(node, "scale_factors"), 0
+        wide = 0
     elif node.target in _LINEAR and not schema_arg(node, "align_corners", True):
-        factors, wide = schema_arg(node, "scale_factors"), 1
-    if factors is not None and schema_arg(node, "output_size") is None:
-        (x,) = _shapes(node, graph)
-        out = out_meta(node).shape
-        for axis in range(2, rank):
-            factor = _pick(factors, axis - 2)
-            whole = isinstance(factor, (int, float)) and factor >= 1 and float(factor).is_integer()
-            if whole and same_size(out[axis], int(factor) * x[axis], graph):
-                groups[axis] = ((0, axis),)
-                halos[axis] = ((0, wide, wide, Fraction(1, int(factor))),)
-    return DimRule(tuple(groups), halo=tuple(halos))
+        wide = 1
+    else:
+        return DimRule(tuple(groups))
+    (x,) = _shapes(node, graph)
+    out = out_meta(node).shape
+    factors = schema_arg(node, "scale_factors")
+    if schema_arg(node, "output_size") is not None:
+        sized = [
+            evaluate(o, graph.hints) / max(evaluate(i, graph.hints), 1)
+            for o, i in zip(out[2:], x[2:])
+        ]
+        if not all(float(f).is_integer() and f >= 1 for f in sized):
+            return DimRule(tuple(groups))
+        factors = [float(f) for f in sized]
+        names = [a.name for a in node.target._schema.arguments]
+        replaced = ((names.index("output_size"), None), (names.index("scale_factors"), factors))
+        swap = [() if axis < 2 else replaced for axis in range(rank)]
+    if factors is None:
+        return DimRule(tuple(groups))
+    for axis in range(2, rank):
+        factor = _pick(factors, axis - 2)
+        whole = isinstance(factor, (int, float)) and factor >= 1 and float(factor).is_integer()
+        if whole and same_size(out[axis], int(factor) * x[axis], graph):
+            groups[axis] = ((0, axis),)
+            halos[axis] = ((0, wide, wide, Fraction(1, int(factor))),)
+    return DimRule(tuple(groups), halo=tuple(halos), swap=tuple(swap))
 
 
 #: the nearest upsamplings by scale factors

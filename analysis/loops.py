@@ -258,6 +258,10 @@ def _resized(node: Node, rule: DimRule, dim: int) -> tuple[tuple[Any, ...], tupl
     offsets that follow the chunk's start."""
     paths, offsets = rule.resized(dim), rule.offsets(dim)
     args = list(node.args)
+    for position, value in rule.swapped(dim):
+        while len(args) <= position:
+            args.append(None)
+        args[position] = value
     for position, sign, default in offsets:
         while len(args) <= position:
             args.append(default)

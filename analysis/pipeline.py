@@ -4,6 +4,7 @@ chunk loops, lower the plan into the loop program. Each pass's result is kept, s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ from analysis.plan import ChunkPlan
 from analysis.program import Program
 from analysis.remat import rematerialized
 from analysis.fastpath import eager_attention, padding_check_of, unpadded
-from analysis.select import Progress, Target, inline_held, plan_for_range, unpadded_sizes
+from analysis.select import (
+    OUT_OF_REACH_SLOWDOWN,
+    Progress,
+    Target,
+    inline_held,
+    plan_for_range,
+    unpadded_sizes,
+)
 from analysis.symbolic import Formulas, plan_formulas, sized_as_run
 
 #: The passes, in order; `Planned.passes` records each one's result under these names.
@@ -38,6 +46,13 @@ class Planned:
     program: Program
     #: (pass name, its result) in order; "recompute" holds None when no rewrite was kept
     passes: tuple[tuple[str, Any], ...] = ()
+
+    def relabelled(self, **changes: Any) -> Planned:
+        """Return the same plan and program with fields of the plan that do not change its
+        loops replaced (how its time limit came about)."""
+        plan = replace(self.plan, **changes)
+        passes = tuple((name, plan if name == "select" else v) for name, v in self.passes)
+        return replace(self, plan=plan, passes=passes)
 
     def with_plan(self, plan: ChunkPlan) -> Planned:
         """Return the same model with another plan of its graph (a tuned variant), lowered."""
@@ -84,9 +99,31 @@ def _with_unpadded(graph: Graph, plan: ChunkPlan, formulas: Formulas | None) -> 
 
 
 def plan_model(path: str | Path, target: Target, progress: Progress | None = None) -> Planned:
-    """Run the analysis pipeline on a model file."""
+    """Run the analysis pipeline on a model file.
+
+    With no time limit given, a target out of reach is not chased past
+    `OUT_OF_REACH_SLOWDOWN` (NOTE [Time limit]): the plan is made within that limit first, and
+    again without one only when the limit turned loops away; that plan is kept if it meets the
+    target."""
     loaded = load_model_file(path)
     graph = eager_attention(capture(loaded))  # NOTE [Attention as eager runs it]
+    if target.max_slowdown is not None:
+        return _planned(loaded, graph, target, progress)
+    limited = _planned(loaded, graph, replace(target, max_slowdown=OUT_OF_REACH_SLOWDOWN), progress)
+    if not limited.plan.time_limited:  # the limit changed nothing: the plan has none
+        return limited.relabelled(max_slowdown=None)
+    free = _planned(loaded, graph, replace(target, max_slowdown=math.inf), progress)
+    if free.plan.met:
+        return free
+    if free.plan.planned_peak_bytes >= limited.plan.planned_peak_bytes:
+        return limited.relabelled(max_slowdown=None, time_limited=False)  # it cost nothing
+    return limited.relabelled(by_default=True, unlimited_peak_bytes=free.plan.planned_peak_bytes)
+
+
+def _planned(
+    loaded: LoadedModel, graph: Graph, target: Target, progress: Progress | None
+) -> Planned:
+    """The pipeline after capture, for one target."""
     captured = graph
     plan = plan_for_range(graph, target, progress)
     recomputing = rematerialized(graph)

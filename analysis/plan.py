@@ -92,6 +92,10 @@ class ChunkPlan:
     #: a lower peak
     max_slowdown: float | None = None
     time_limited: bool = False
+    #: whether the limit is the default one for a target out of reach (NOTE [Time limit]),
+    #: and the peak planned without it
+    by_default: bool = False
+    unlimited_peak_bytes: int | None = None
 
     @property
     def met(self) -> bool:
@@ -107,6 +111,7 @@ class ChunkPlan:
             "target_met": self.met,
             "estimated_time_ratio": round(self.time_ratio, 3),
             "max_slowdown": self.max_slowdown,
+            "max_slowdown_by_default": self.by_default,
             "regions": [
                 region_json(region, peak, graph)
                 for region, peak in zip(self.regions, self.region_peaks, strict=True)

@@ -253,9 +253,15 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
         above = format_bytes(bound.bytes - plan.budget_bytes)
         return f"the model's floor: {bound.words}, {above} above the target"
     if plan.time_limited:
+        further = "further"
+        if plan.unlimited_peak_bytes is not None:
+            further = f"to {format_bytes(plan.unlimited_peak_bytes)}"
+        flag = "--max-slowdown"
+        if plan.by_default:
+            flag = "the default for a target out of reach; --max-slowdown to allow more"
         return (
-            f"the time limit: loops that lower the peak further would make the forward slower "
-            f"than {plan.max_slowdown:g}x the original (estimated; --max-slowdown)"
+            f"the time limit: loops that lower the peak {further} would make the forward "
+            f"slower than {plan.max_slowdown:g}x the original (estimated; {flag})"
         )
     profile = estimate_plan(graph, plan.regions)
     label = profile.labels[profile.peak_index]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -97,14 +98,16 @@ def _parser() -> argparse.ArgumentParser:
             "--max-slowdown",
             type=parse_slowdown,
             metavar="X",
-            help="keep the planned forward's estimated time within X times the original's "
-            "(default: no limit)",
+            help="keep the planned forward's estimated time within X times the original's, "
+            "or 'none' (default: none while the target is within reach; 1.05 when it is not)",
         )
     return parser
 
 
 def parse_slowdown(text: str) -> float:
-    """`--max-slowdown`: a multiple of the original's time, at least 1."""
+    """`--max-slowdown`: a multiple of the original's time, at least 1, or "none"."""
+    if text.strip().lower() in ("none", "inf"):
+        return math.inf
     try:
         value = float(text)
     except ValueError:
@@ -117,7 +120,9 @@ def parse_slowdown(text: str) -> float:
 def target_of(args: argparse.Namespace) -> tuple[Target, str]:
     """Return the target and its description for generated headers."""
     slowdown = getattr(args, "max_slowdown", None)
-    flag = f" --max-slowdown {slowdown:g}" if slowdown is not None else ""
+    flag = ""
+    if slowdown is not None:
+        flag = f" --max-slowdown {slowdown:g}" if slowdown != math.inf else " --max-slowdown none"
     if args.memory_budget is not None:
         return (
             Target(budget_bytes=args.memory_budget, max_slowdown=slowdown),
@@ -243,9 +248,10 @@ def _plan(args: argparse.Namespace) -> int:
         f"target {format_bytes(plan.budget_bytes)}; planned peak {format_bytes(plan.planned_peak_bytes)}"
         + ("" if plan.met else f" (target missed: {shortfall(graph, plan)})")
     )
-    limit = (
-        f", within {plan.max_slowdown:g}x" if plan.max_slowdown is not None else ", no time limit"
-    )
+    limit = ", no time limit"
+    if plan.max_slowdown is not None:
+        limit = f", within {plan.max_slowdown:g}x"
+        limit += " (the default for a target out of reach)" if plan.by_default else ""
     print(f"estimated time {plan.time_ratio:.2f}x the original's (cost model){limit}")
     for index, region in enumerate(plan.to_json(graph)["regions"], 1):
         dim = region["dim"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from analysis.loader import LoadedModel, load_model_file
 from analysis.loops import lower_region
 from analysis.layers import standard_layers
 from analysis.pipeline import lower_plan
-from analysis.plan import ChunkPlan
+from analysis.plan import ChunkPlan, format_bytes
 from analysis.program import Rows, Span, Statement
 from analysis.search import Conflict, grow, propagate
 from analysis.select import Target, make_plan
@@ -437,6 +438,39 @@ def test_a_nearest_upsampling_is_chunked_over_its_input_rows(rows: int) -> None:
     assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
 
 
+class SizedUpsampler(nn.Module):
+    """A decoder resampling to its skip connection's size, as U-Nets do."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(8, 32, 3, padding=1)
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode=self.mode)
+        return self.out(F.silu(self.conv(x + skip)))
+
+
+@pytest.mark.parametrize(("mode", "rows"), [("nearest", 21), ("bilinear", 16)])
+def test_a_resampling_to_a_whole_multiple_of_its_size_is_chunked(mode: str, rows: int) -> None:
+    """`F.interpolate(x, size=skip.shape[-2:])` with the skip twice the input: a chunk
+    resamples its rows by the factor, the size left to follow the slice; exact at odd
+    sizes."""
+    torch.manual_seed(0)
+    model = SizedUpsampler(mode).eval()
+    inputs = (torch.randn(1, 8, rows, 9), torch.randn(1, 8, 2 * rows, 18))
+    graph, plan = _plan(model, inputs, 0.2)
+    upsample = next(n.name for n in graph.nodes if "upsample" in str(n.target))
+    assert any(dict(r.loop).get(upsample) == 2 for r in plan.regions), plan.regions
+    source = _source(graph, plan, model)
+    assert "scale_factor=[2.0, 2.0]" in source, source
+    chunked = verify(source, model, inputs)
+    with torch.no_grad():
+        measured = measure_peak(chunked, inputs)
+    assert estimate_agrees(plan.planned_peak_bytes, measured), (plan.planned_peak_bytes, measured)
+
+
 class TransposedUpsampler(nn.Module):
     """A decoder's upsampling path: 4-wide stride-2 and 2-wide stride-2 transposed convs."""
 
@@ -591,6 +625,38 @@ def test_a_time_limit_keeps_the_plans_estimated_time_within_it(tmp_path: Path, c
     with pytest.raises(SystemExit) as raised:
         main(["plan", str(path), "--max-slowdown", "0.5"])
     assert raised.value.code == 2
+
+
+@pytest.mark.default_time_limit
+def test_a_target_out_of_reach_is_not_chased_past_the_default_limit(tmp_path: Path, capsys) -> None:
+    """NOTE [Time limit]: with no `--max-slowdown`, a target no plan meets is planned within
+    1.05x, and the line says so, with the peak the plan would reach without the limit; a
+    target that is met is met whatever it costs; `--max-slowdown none` lifts the limit."""
+    from codegen.cli import main
+    from analysis.pipeline import plan_model
+    from analysis.shortfall import shortfall
+
+    path = tmp_path / "deep.py"
+    path.write_text(DEEP)
+    default = plan_model(path, Target(ratio=0.1)).plan
+    free = plan_model(path, Target(ratio=0.1, max_slowdown=math.inf)).plan
+    assert not default.met and default.by_default and default.max_slowdown == 1.05
+    assert default.time_ratio <= 1.05 < free.time_ratio and free.max_slowdown is None
+    assert default.unlimited_peak_bytes == free.planned_peak_bytes < default.planned_peak_bytes
+    planned = plan_model(path, Target(ratio=0.1))
+    line = shortfall(planned.graph, planned.plan)
+    assert "the default for a target out of reach" in line
+    assert format_bytes(free.planned_peak_bytes) in line, line
+    # a target only the slow plan meets: met, however slow
+    reachable = plan_model(path, Target(budget_bytes=free.planned_peak_bytes)).plan
+    assert reachable.met and reachable.time_ratio > 1.05 and reachable.max_slowdown is None
+    assert main(["plan", str(path), "--memory-ratio", "0.1"]) == 0
+    assert "within 1.05x (the default for a target out of reach)" in capsys.readouterr().out
+    assert main(["plan", str(path), "--memory-ratio", "0.1", "--max-slowdown", "none"]) == 0
+    assert "no time limit" in capsys.readouterr().out
+    assert main(["plan", str(path), "--memory-ratio", "0.1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["max_slowdown"] == 1.05 and data["max_slowdown_by_default"] is True
 
 
 #: a model file around `ResnetBlock`, written out from this file's own class

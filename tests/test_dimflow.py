@@ -190,6 +190,10 @@ def check_chunk(
         for arg, item in rule.resized(j):
             args[arg] = list(args[arg])
             args[arg][item] = length
+        for arg, value in rule.swapped(j):  # a resampling to a size, by its factors instead
+            while len(args) <= arg:
+                args.append(None)
+            args[arg] = value
         for arg, sign, default in rule.offsets(j):  # tril's diagonal follows the chunk start
             while len(args) <= arg:
                 args.append(default)

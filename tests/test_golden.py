@@ -14,6 +14,8 @@ from tests.conftest import EXAMPLES, GENERATED
 
 REFRESH = "python scripts/regenerate.py"
 
+pytestmark = pytest.mark.default_time_limit  # as `scripts/regenerate.py` plans
+
 
 def _examples() -> list[Path]:
     return sorted(EXAMPLES.glob("*.py"))
