@@ -46,6 +46,9 @@ class Planned:
     program: Program
     #: (pass name, its result) in order; "recompute" holds None when no rewrite was kept
     passes: tuple[tuple[str, Any], ...] = ()
+    #: where the default time limit for a target out of reach turned loops away: the plan
+    #: made without it, which `emit` keeps if it measures within the limit (NOTE [Time limit])
+    unlimited: Planned | None = None
 
     def relabelled(self, **changes: Any) -> Planned:
         """Return the same plan and program with fields of the plan that do not change its
@@ -117,7 +120,8 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
         return free
     if free.plan.planned_peak_bytes >= limited.plan.planned_peak_bytes:
         return limited.relabelled(max_slowdown=None, time_limited=False)  # it cost nothing
-    return limited.relabelled(by_default=True, unlimited_peak_bytes=free.plan.planned_peak_bytes)
+    limited = limited.relabelled(by_default=True, unlimited_peak_bytes=free.plan.planned_peak_bytes)
+    return replace(limited, unlimited=free)
 
 
 def _planned(

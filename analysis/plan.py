@@ -96,6 +96,9 @@ class ChunkPlan:
     #: and the peak planned without it
     by_default: bool = False
     unlimited_peak_bytes: int | None = None
+    #: what `emit` measured of the plan made without the default limit: kept within the
+    #: limit, turned away above it (NOTE [Time limit]); None: not measured
+    measured_ratio: float | None = None
 
     @property
     def met(self) -> bool:

@@ -259,9 +259,12 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
         flag = "--max-slowdown"
         if plan.by_default:
             flag = "the default for a target out of reach; --max-slowdown to allow more"
+        how = "estimated"
+        if plan.measured_ratio is not None:
+            how = f"measured {plan.measured_ratio:.2f}x"
         return (
             f"the time limit: loops that lower the peak {further} would make the forward "
-            f"slower than {plan.max_slowdown:g}x the original (estimated; {flag})"
+            f"slower than {plan.max_slowdown:g}x the original ({how}; {flag})"
         )
     profile = estimate_plan(graph, plan.regions)
     label = profile.labels[profile.peak_index]

@@ -659,6 +659,31 @@ def test_a_target_out_of_reach_is_not_chased_past_the_default_limit(tmp_path: Pa
     assert data["max_slowdown"] == 1.05 and data["max_slowdown_by_default"] is True
 
 
+@pytest.mark.default_time_limit
+@pytest.mark.parametrize("measured", [0.9, 1.5])
+def test_emit_keeps_the_plan_without_the_default_limit_when_it_measures_within_it(
+    tmp_path: Path, monkeypatch, measured: float
+) -> None:
+    """The estimate is not the last word: `emit` times the module planned without the default
+    limit and keeps it when it measures within 1.05x (timing stubbed here, to be exact)."""
+    import codegen.generate as generation
+    from analysis.shortfall import shortfall
+
+    path = tmp_path / "deep.py"
+    path.write_text(DEEP)
+    timed = []
+    monkeypatch.setattr(generation, "measured_ratio", lambda *args: timed.append(args) or measured)
+    planned, _ = generation.generate(path, Target(ratio=0.1), "--memory-ratio 0.1")
+    assert len(timed) == 1 and planned.plan.measured_ratio == measured
+    if measured <= 1.05:  # kept: the loops the estimate turned away
+        assert planned.plan.max_slowdown is None and not planned.plan.by_default
+        assert planned.plan.planned_peak_bytes < planned.plan.original_peak_bytes // 2
+    else:
+        assert planned.plan.by_default and planned.plan.max_slowdown == 1.05
+        line = shortfall(planned.graph, planned.plan)
+        assert "(measured 1.50x; the default for a target out of reach" in line, line
+
+
 #: a model file around `ResnetBlock`, written out from this file's own class
 RESNET = f"""
 import torch
