@@ -22,9 +22,9 @@ again without one, and that plan is kept if it meets the target (or is made as i
 gets no lower). So the last few MiB of a target that stays missed (a ResNet-50's halos at two
 rows a chunk: 65% less at 1.27x, against 53% at 0.90x) cost no time unless the user allows it
 (`--max-slowdown 1.5`, or `none`). The estimate is not the last word: it errs towards turning
-loops away (convolutions on a few rows run faster per row than it says; Swin's windows were
-estimated above 1.05x and measure 0.83x), so `emit` times the module planned without the limit
-on the example inputs (`codegen.generate.measured_ratio`, the median of three runs against the
+loops away (convolutions on a few rows run faster per row than it says; HF Swin's window
+loops, estimated above 1.05x, measure 0.98x), so `emit` times the module planned without
+the limit on the example inputs (`codegen.generate.measured_ratio`, the median of three runs against the
 original's, in turn) and keeps it when it measures within the limit. The line that reports
 the missed target says which: with the peak the plan would reach without the limit, and the
 time it measured.
