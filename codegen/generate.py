@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,8 @@ def generate(
         status.show("timing the plan made without the default time limit")
         free = planned.unlimited
         ratio = measured_ratio(free.loaded.module, emit(free).source, free.loaded.inputs)
-        if ratio <= planned.plan.max_slowdown:
-            planned = replace(free, plan=replace(free.plan, measured_ratio=ratio))
-        else:
-            planned = replace(planned, plan=replace(planned.plan, measured_ratio=ratio))
+        kept = free if ratio <= planned.plan.max_slowdown else planned
+        planned = kept.relabelled(measured_ratio=ratio)
     if tune:
         planned, emitted = tune_plan(
             planned, emit, report=lambda line: status.show(f"tuning: {line}")
