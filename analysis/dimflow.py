@@ -26,6 +26,22 @@ its input, run on input rows [r, r') makes output rows [f*r, f*r'), of which the
 the cuts, missing taps from outside the slice, are cropped. `analysis.search` gives each loop
 value the rows it must make, `analysis.lower` the crops.
 
+NOTE [Rows of tokens]
+Vision transformers keep an image as tokens, `(batch, height * width, channels)`, and view them
+as rows and columns where a convolution or a window needs them (SegFormer's depthwise conv,
+Swin's windows): `x.transpose(1, 2).view(b, c, height, width)`, then `.flatten(2)` back. A view
+that splits a dim moves the output's outermost part with it: output rows [a, b) are input
+tokens [a * width, b * width), a stride of `width` (a size of the input, or a whole number);
+a view that merges dims moves the output with the input's outermost, each token `1 / width`
+of a row. A loop over image rows then runs through both: a chunk of rows is a whole number of
+rows of tokens, `start * width : stop * width`, and a convolution's halo rows are halo tokens,
+`width` to a row. Where `width` is a size of the input, a value's rows per row of the loop is
+not a number but that size (its `unit`, `analysis.program.Span`): the search takes scales as
+sizes, and keeps a loop only where every scale is a whole polynomial in the dynamic dims and
+a value's length is its unit times the loop's. The same rule moves a head's features with the
+head (`q.view(b, n, heads, dim)`), so a loop over heads may make each head's projections
+itself, from the rows of the weight that make them.
+
 NOTE [Statistics before the loop]
 A group norm's output row is its input row, less its group's mean, over its group's standard
 deviation: the statistics span every row. A loop may still run it row by row when the input is
@@ -57,6 +73,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import sympy
 import torch
 
 from analysis.ir import Graph, Node, Ref, Size, TensorMeta, evaluate, out_meta, tensor_inputs
@@ -281,20 +298,38 @@ def factory_rule(node: Node, graph: Graph) -> DimRule:
 
 
 def view_rule(node: Node, graph: Graph) -> DimRule:
+    """A dim the reshape keeps moves with itself. A dim it splits (tokens into image rows and
+    columns) moves with its outermost part, `inner` rows of the input to each output row; a
+    run of dims it merges moves with the outermost, each output row `1 / inner` of an input
+    row (NOTE [Rows of tokens])."""
     (source,) = _shapes(node, graph)
     target = out_meta(node).shape
     groups: list[tuple[tuple[int, int], ...]] = [() for _ in target]
     resize: list[tuple[ArgPath, ...]] = [() for _ in target]
+    halos: list[tuple[tuple[int, int, int, Any], ...]] = [() for _ in target]
     for ins, outs in _factor(source, target, graph):
         big_in = [k for k in ins if evaluate(source[k], graph.hints) != 1]
         big_out = [j for j in outs if evaluate(target[j], graph.hints) != 1]
-        if len(big_in) == 1 and len(big_out) == 1:
-            j = big_out[0]
-            groups[j] = ((0, big_in[0]),)
-            resize[j] = ((1, j),)
-    if node.target.overloadpacket is aten.flatten:
-        return DimRule(tuple(groups))  # its arguments name dims, not sizes: nothing to resize
-    return DimRule(tuple(groups), tuple(resize))
+        if not big_in or not big_out or (len(big_in) > 1 and len(big_out) > 1):
+            continue
+        j = big_out[0]
+        groups[j] = ((0, big_in[0]),)
+        resize[j] = ((1, j),)
+        if len(big_out) > 1:  # split: output row r is input rows [r * inner, (r + 1) * inner)
+            halos[j] = ((0, 0, 0, _product(target[k] for k in big_out[1:])),)
+        elif len(big_in) > 1:  # merged: output rows [r * inner, (r + 1) * inner) are row r
+            inner = _product(source[k] for k in big_in[1:])
+            halos[j] = ((0, 0, 0, Fraction(1, inner) if isinstance(inner, int) else 1 / inner),)
+    if node.target.overloadpacket is aten.flatten:  # its arguments name dims, not sizes
+        return DimRule(tuple(groups), halo=tuple(halos))
+    return DimRule(tuple(groups), tuple(resize), halo=tuple(halos))
+
+
+def _product(sizes: Any) -> Size:
+    total: Any = 1
+    for size in sizes:
+        total = total * size
+    return total if isinstance(total, int) else sympy.expand(total)
 
 
 def _factor(

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from fractions import Fraction
 from typing import Any, Callable, Mapping
 
+import sympy
 import torch
 
 from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule, schema_arg
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta
+from analysis.ir import Graph, Node, Ref, TensorMeta, out_meta
 from analysis.layers import Layer
 from analysis.ops import CONV_TRANSPOSES, dim_rule, info, inplace_form
 from analysis.plan import Region
@@ -32,6 +32,8 @@ from analysis.program import (
     Operand,
     Span,
     StatisticsPass,
+    ratio,
+    span_at,
 )
 
 
@@ -63,8 +65,7 @@ def lower_region(
                 read = CHUNK_ROWS
             else:
                 halo = rule.halo_of(dim, slot)
-                fine = span.scale * halo[2] > 1
-                read = span.read(halo, graph[ref].tensor.shape[axis] if fine else None)
+                read = span.read(halo, lambda: out_meta(graph[ref]).shape[axis])
                 computed = _computed(computed, read, halo[2])
             if ref in loop:
                 made = made_over(graph, region, ref, loop[ref])
@@ -152,20 +153,21 @@ def made_over(graph: Graph, region: Region, name: str, dim: int) -> Span:
     """Return the rows a loop value is made over, or a sliced value read over (NOTE
     [Halos])."""
     before, after, scale = region.halo(name)
-    return Span(before, after, scale, graph[name].tensor.shape[dim] if scale > 1 else None)
+    return span_at(before, after, scale, lambda: out_meta(graph[name]).shape[dim])
 
 
 def _computed(computed: Span, read: Span, stride: Any) -> Span:
     """Return the rows an op makes when run on an input read over `read` through a window of
     `stride`: the first exactly where its output rows start (the input's first over the
     stride), the last at least as many (NOTE [Halos])."""
-    before = Fraction(read.before) / Fraction(stride)
-    if before.denominator != 1:
+    step = ratio(read.unit, sympy.sympify(stride) * computed.unit)
+    before = None if step is None else step * read.before
+    if before is None or before.denominator != 1:
         raise InternalError(f"a window's slice starts off its stride: {read}, stride {stride}")
     return replace(
         computed,
         before=max(computed.before, int(before)),
-        after=max(computed.after, math.ceil(Fraction(read.after) / Fraction(stride))),
+        after=max(computed.after, math.ceil(step * read.after)),
     )
 
 

@@ -25,6 +25,7 @@ from analysis.ops import dim_rule
 from analysis.plan import ChunkPlan, Region
 from analysis.program import (
     CHUNK,
+    CHUNK_ROWS,
     AddStats,
     COPY,
     Attr,
@@ -569,7 +570,7 @@ class _Lowering:
                 continue  # a statistics pass takes them (NOTE [Statistics passes])
             read = step.operand(0)
             assert read is not None and read.source != CHUNK and read.rows is not None
-            expr = GroupStats(read.value, *_groups_and_eps(node), read.rows, rows, read.span.scale)
+            expr = GroupStats(read.value, *_groups_and_eps(node), read.rows, rows, read.span.total_scale)
             reads = self.reads(Ref(read.value)) | ({rows} if isinstance(rows, str) else set())
             setup.append(Statement(var, expr, reads, node.source, region=index))
         self.copies = copies
@@ -692,16 +693,17 @@ class _Lowering:
             spans.add(step.span)
             if step.computed != step.span:
                 firsts.add(step.computed)
-            if step.node in outputs and step.span.scale > 1:  # its buffer's rows
-                spans.add(Span(0, 0, step.span.scale, step.span.size))
+            if step.node in outputs and step.span.own != CHUNK_ROWS:  # its buffer's rows
+                spans.add(step.span.own)
             for read in step.operands:
                 spans |= {read.span} | ({read.crop[1]} if read.crop else set())
         ends: dict[tuple[bool, int, int], Any] = {}
         for span in spans | firsts:
+            size = span.size if span.scale > 1 else None  # a unit's rows are the loop's
             if span.before or span.scale > 1:
-                ends[(True, span.before, span.scale)] = span.size
+                ends[(True, span.before, span.scale)] = size
             if span in spans and (span.after or span.scale > 1):
-                ends[(False, span.after, span.scale)] = span.size
+                ends[(False, span.after, span.scale)] = size
         named = {}
         for end in sorted(ends, key=lambda e: (e[2], not e[0], e[1])):
             if end not in self.bound_names:

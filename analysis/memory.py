@@ -301,7 +301,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         for step in done.steps:
             stmts.append(_step_stmt(graph, region, step, copies, outer, key, label))
         meta = out_meta(graph[done.value])
-        size = max(evaluate(meta.shape[loop[done.value]], hints), 1)
+        size = max(evaluate(done.rows.units(meta.shape[loop[done.value]]), hints), 1)
         share = done.rows.rows(region.chunk_size, size, evaluate(region.extent, hints)) / size
         scratch = _float32_copies(meta, hints, share, 1)  # the chunk's rows read in float32
         stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
@@ -391,7 +391,8 @@ def _float32_copies(meta: TensorMeta, hints: Any, share: float, copies: int) -> 
 def made_fraction(graph: Graph, step: LoopStep, chunk: int, extent: int | None = None) -> float:
     """Return the share of its value a loop step makes per chunk: its chunk's rows, with any
     halo, at its scale (NOTE [Halos]); the most any chunk makes, given the loop's `extent`."""
-    size = max(evaluate(out_meta(graph[step.node]).shape[step.dim], graph.hints), 1)
+    length = out_meta(graph[step.node]).shape[step.dim]
+    size = max(evaluate(step.computed.units(length), graph.hints), 1)
     return step.computed.rows(chunk, size, extent) / size
 
 

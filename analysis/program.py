@@ -13,9 +13,11 @@ markers (`Operand`, `ChunkLength`, `ChunkStart`), never source text.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from fractions import Fraction
+from typing import Any, Callable, Union
 
 import sympy
 
@@ -26,50 +28,137 @@ from analysis.plan import Region
 CHUNK, OUTER, COPY = "chunk", "outer", "copy"
 
 
+def split_scale(scale: Any) -> tuple[int, Any]:
+    """A value's rows per row of the loop as (a whole factor, a unit): `(2, 1)` for a value
+    before a stride-2 conv, `(1, 8*w)` for tokens that are image rows of `8*w` each (NOTE
+    [Rows of tokens])."""
+    if isinstance(scale, (int, Fraction)):
+        if scale != int(scale):
+            raise ValueError(f"a value at {scale} rows per row of the loop")
+        return int(scale), 1
+    value = sympy.sympify(scale)
+    if value.is_Integer:
+        return int(value), 1
+    if value.is_Rational:
+        raise ValueError(f"a value at {value} rows per row of the loop")
+    return 1, value
+
+
+@functools.lru_cache(maxsize=4096)
+def divided(a: Any, b: Any) -> Any:
+    """`a / b`, simplified: sizes in tokens over tokens per row (NOTE [Rows of tokens])."""
+    return sympy.cancel(sympy.sympify(a) / sympy.sympify(b))
+
+
+def ratio(a: Any, b: Any) -> Fraction | None:
+    """`a / b` as a fraction, or None when it depends on the sizes."""
+    value = divided(a, b)
+    return Fraction(int(value.p), int(value.q)) if value.is_Rational else None
+
+
+def in_units(rows: int, unit: Any) -> int:
+    """Whole units that cover `rows` rows: a symbolic unit is at least one row, so `rows`
+    units always do (more than needed, cropped like any halo)."""
+    if unit == 1 or not rows:
+        return rows
+    return -(-rows // unit) if isinstance(unit, int) else rows
+
+
+def widened(
+    before: int, after: int, scale: Any, halo: tuple[int, int, Any]
+) -> tuple[int, int, Any]:
+    """The rows an op making rows [scale * start - before, scale * stop + after) of its output
+    reads of an input through its window `halo` (before, after, stride): as (before, after,
+    scale) of the input, in the input's units (NOTE [Halos])."""
+    wide_before, wide_after, stride = halo
+    if isinstance(scale, int) and isinstance(stride, (int, Fraction)):  # no unit: as numbers
+        total = scale * Fraction(stride)
+        if total.denominator != 1:
+            raise ValueError(f"a span at scale {scale} read with stride {stride}")
+        return (
+            math.ceil(stride * before) + wide_before,
+            math.ceil(stride * after) + wide_after,
+            int(total),
+        )
+    c, unit = split_scale(scale)
+    total = sympy.sympify(scale) * sympy.sympify(stride)
+    new_c, new_unit = split_scale(total)
+    step = ratio(sympy.sympify(stride) * unit, new_unit)
+    if step is None:
+        raise ValueError(f"a span at scale {scale} read with stride {stride}")
+    return (
+        math.ceil(step * before) + in_units(wide_before, new_unit),
+        math.ceil(step * after) + in_units(wide_after, new_unit),
+        new_c if new_unit == 1 else total,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """Rows of a loop value along the loop's dim: `scale * start - before` to `scale * stop +
-    after`, clipped to the value's length, and to its end on the last chunk (NOTE [Halos])."""
+    after`, clipped to the value's length, and to its end on the last chunk (NOTE [Halos]);
+    all of it times `unit`, for a value whose rows are tokens (NOTE [Rows of tokens])."""
 
-    #: rows before the chunk's first (at the value's scale)
+    #: rows before the chunk's first (at the value's scale, in its units)
     before: int = 0
     #: rows after its last
     after: int = 0
     #: the value's rows per row of the loop (a value before a stride-2 conv has 2)
     scale: int = 1
-    #: the value's length along the dim, where the scale is above 1 (its end on the last chunk)
+    #: the value's length along the dim, where the scale or the unit is above 1 (its end on
+    #: the last chunk)
     size: Any = None
+    #: the value's rows per unit: tokens per image row (`8*w`), for a value whose rows a view
+    #: makes into image rows; then the scale is 1, and the value's length `unit` times the
+    #: loop's
+    unit: Any = 1
 
     def __post_init__(self) -> None:
         if self.before < 0 or self.after < 0 or self.scale < 1:
             raise ValueError(f"a span reaches outside the chunk's rows, not inside: {self}")
-        if (self.scale > 1) != (self.size is not None):
+        if (self.scale > 1 or self.unit != 1) != (self.size is not None):
             raise ValueError(f"a span at scale {self.scale} needs the value's length: {self}")
+        if self.unit != 1 and self.scale != 1:
+            raise ValueError(f"a span of units at a scale: {self}")
 
-    def read(self, halo: tuple[int, int, int], size: Any) -> Span:
+    @property
+    def total_scale(self) -> Any:
+        """The value's rows per row of the loop."""
+        return self.scale if self.unit == 1 else self.unit
+
+    def read(self, halo: tuple[int, int, Any], size: Callable[[], Any]) -> Span:
         """Return the rows an op making these rows reads of an input, through its window
-        `(before, after, stride)`; `size` is the input's length."""
-        before, after, stride = halo
-        scale = self.scale * stride
-        if scale != int(scale):
-            raise ValueError(f"a span at {self.scale} rows per row read with stride {stride}")
-        return Span(
-            math.ceil(stride * self.before) + before,
-            math.ceil(stride * self.after) + after,
-            int(scale),
-            size if scale > 1 else None,
-        )
+        `(before, after, stride)`; `size()` is the input's length."""
+        before, after, scale = widened(self.before, self.after, self.total_scale, halo)
+        return span_at(before, after, scale, size)
 
     def rows(self, chunk: int, size: int, extent: int | None = None) -> int:
-        """Return the most rows the span covers with chunks of `chunk` rows, of `size`. Given
-        the loop's `extent`, a loop of two chunks counts each one's halo on its inner side
-        only: the first chunk starts at the value's edge, the last ends at it."""
+        """Return the most rows (units) the span covers with chunks of `chunk` rows, of `size`
+        rows (units). Given the loop's `extent`, a loop of two chunks counts each one's halo on
+        its inner side only: the first chunk starts at the value's edge, the last ends at
+        it."""
         most = min(self.scale * chunk + self.before + self.after, size)
         if extent is None or not chunk < extent <= 2 * chunk:
             return most
         first = min(self.scale * chunk + self.after, size)
         last = min(size - self.scale * chunk + self.before, size)
         return max(first, last)
+
+    def units(self, size: Any) -> Any:
+        """The value's length `size` in its units."""
+        return size if self.unit == 1 else divided(size, self.unit)
+
+    @property
+    def own(self) -> Span:
+        """The chunk's own rows at this span's scale and unit."""
+        return replace(self, before=0, after=0)
+
+
+def span_at(before: int, after: int, scale: Any, size: Callable[[], Any]) -> Span:
+    """The span of a value at `scale` rows per row of the loop (a whole factor, or a unit of
+    tokens per image row), of length `size()` (asked only at a scale or unit)."""
+    c, unit = split_scale(scale)
+    return Span(before, after, c, size() if c > 1 or unit != 1 else None, unit)
 
 
 #: the chunk's own rows

@@ -15,17 +15,20 @@ outputs, written into preallocated buffers.
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
+import sympy
 import torch
 
-from analysis.causal import truncated_keys
-from analysis.dimflow import DimRule, out_meta, same_size, tensor_inputs
-from analysis.ir import Graph, Size, TensorMeta, evaluate
+from analysis.causal import causal_rows, truncated_keys
+from analysis.dimflow import DimRule, out_meta, same_size, schema_arg, tensor_inputs
+from analysis.ir import Graph, Node, Size, TensorMeta, evaluate
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
+from analysis.program import divided, widened
 
 
 class _Reject(Exception):
@@ -48,9 +51,13 @@ class Conflict:
     reason: str
 
 
-#: ops whose chunk is placed by its first row (causal attention cuts keys from it): they
-#: cannot make rows before the chunk's (NOTE [Halos])
-_FROM_THE_START = (torch.ops.aten.scaled_dot_product_attention.default,)
+def _from_the_start(node: Node) -> bool:
+    """Whether an op's chunk is placed by its first row (an attention with a causal flag or a
+    mask may cut keys from it): it cannot make rows before the chunk's, or at a scale (NOTE
+    [Halos])."""
+    if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
+        return False
+    return causal_rows(node) or schema_arg(node, "attn_mask") is not None
 
 #: how many values one stretch may make whole before its loop to get past conflicts
 HOIST_RETRIES = 8
@@ -389,6 +396,12 @@ def _halos(
     extent = next(iter(coarsest))
     if any(not same_size(size, extent, graph) for size in coarsest):
         return None
+    for name, dim in dims.items():  # tokens: as many rows of units as the loop has rows
+        scale = scales.get(name, 1)
+        if not isinstance(scale, int):
+            units = divided(out_meta(graph[name]).shape[dim], scale)
+            if not same_size(units, extent, graph):
+                return None
     halos = tuple(
         (name, *want[name], scales[name])
         for name in [*span, *sorted(set(sliced) - set(span), key=graph.position)]
@@ -417,34 +430,35 @@ def rows_wanted(
         rule = dim_rule(node, graph)
         assert rule is not None
         moved = before or after or scales.get(name, 1) != 1
-        if moved and (rule.offsets(dim) or node.target in _FROM_THE_START):
+        if moved and (rule.offsets(dim) or _from_the_start(node)):
             return None
         for slot, source in enumerate(tensor_inputs(node, graph)):
             if rule.input_dim(dim, slot) is None:
                 continue
-            wide_before, wide_after, stride = rule.halo_of(dim, slot)
+            try:
+                need = widened(before, after, scales.get(name, 1), rule.halo_of(dim, slot))[:2]
+            except ValueError:
+                return None
             had = want.get(source, (0, 0))
-            need = (
-                math.ceil(stride * before) + wide_before,
-                math.ceil(stride * after) + wide_after,
-            )
             want[source] = (max(had[0], need[0]), max(had[1], need[1]))
     return want
 
 
-def _scales(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict[str, int] | None:
-    """Return each loop and sliced value's rows per row of the loop, the coarsest at 1; None
-    when two paths disagree or a value would take a fraction of a row."""
-    edges: dict[str, list[tuple[str, Fraction]]] = {}
+def _scales(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict[str, Any] | None:
+    """Return each loop and sliced value's rows per row of the loop, the coarsest at 1: a
+    whole number, or tokens per image row (`8*w`, NOTE [Rows of tokens]); None when two paths
+    disagree, or a value would take a fraction of a row at some size."""
+    edges: dict[str, list[tuple[str, Any]]] = {}
     for name, dim in loop.items():
         rule = dim_rule(graph[name], graph)
         assert rule is not None
         for slot, source in enumerate(tensor_inputs(graph[name], graph)):
             if rule.input_dim(dim, slot) is not None:
-                stride = Fraction(rule.halo_of(dim, slot)[2])
+                stride = rule.halo_of(dim, slot)[2]
+                stride = Fraction(stride) if isinstance(stride, (int, Fraction)) else stride
                 edges.setdefault(name, []).append((source, stride))
                 edges.setdefault(source, []).append((name, 1 / stride))
-    scale: dict[str, Fraction] = {}
+    scale: dict[str, Any] = {}
     for root in loop:
         if root in scale:
             continue
@@ -453,17 +467,65 @@ def _scales(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict[
         while pending:
             name = pending.pop()
             for other, factor in edges.get(name, ()):
-                found = scale[name] * factor
+                found = _times(scale[name], factor)
                 if other not in scale:
                     scale[other] = found
                     pending.append(other)
-                elif scale[other] != found:
+                elif not _equal(scale[other], found):
                     return None
-    least = min(scale.values())
-    relative = {name: value / least for name, value in scale.items()}
-    if any(value.denominator != 1 for value in relative.values()):
+    least = min(scale.values(), key=lambda value: float(_at(value, graph)))
+    relative = {name: _times(value, 1 / least) for name, value in scale.items()}
+    if not all(_whole(value) for value in relative.values()):
         return None
-    return {name: int(value) for name, value in relative.items()}
+    return {
+        name: int(value) if isinstance(value, Fraction) else value
+        for name, value in relative.items()
+    }
+
+
+def _times(a: Any, b: Any) -> Any:
+    """A scale times a stride: numbers as fractions, sizes as sympy (NOTE [Rows of tokens])."""
+    if isinstance(a, Fraction) and isinstance(b, Fraction):
+        return a * b
+    return _sized_product(_sym(a), _sym(b))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sized_product(a: Any, b: Any) -> Any:
+    value = sympy.cancel(a * b)
+    return Fraction(int(value.p), int(value.q)) if value.is_Rational else value
+
+
+def _sym(value: Any) -> Any:
+    if isinstance(value, Fraction):
+        return sympy.Rational(value.numerator, value.denominator)
+    return value
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, Fraction) and isinstance(b, Fraction):
+        return a == b
+    return _sym(a) == _sym(b) or _sized_product(_sym(a), 1 / _sym(b)) == 1
+
+
+def _at(value: Any, graph: Graph) -> Any:
+    return value if isinstance(value, Fraction) else value.xreplace(graph.hints)
+
+
+def _whole(value: Any) -> bool:
+    """Whether a scale is a whole number of rows at every size: a polynomial in the dynamic
+    dims with whole coefficients."""
+    if isinstance(value, Fraction):
+        return value.denominator == 1 and value >= 1
+    return _whole_polynomial(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_polynomial(value: sympy.Expr) -> bool:
+    symbols = sorted(value.free_symbols, key=str)
+    if not symbols or not value.is_polynomial(*symbols):
+        return False
+    return all(c.is_Integer and c >= 0 for c in sympy.Poly(value, *symbols).coeffs())
 
 
 def _read_whole_by_matmul(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ast
 import collections
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import libcst as cst
@@ -212,6 +213,10 @@ class ForwardPrinter:
         if isinstance(value, Operand):
             return self.operand(value, step, block)
         if isinstance(value, ChunkLength):
+            rows = replace(step.computed, unit=1, size=None) if step.computed.unit != 1 else None
+            if rows is not None:  # rows of tokens (NOTE [Rows of tokens])
+                length = f"{self.end(rows, block)} - {self.first(rows, block)}"
+                return self._units(f"({length})", step.computed)
             return f"{self.end(step.computed, block)} - {self.first(step.computed, block)}"
         if isinstance(value, CausalRows):  # `_causal_attention`'s first row
             return "start"
@@ -247,19 +252,28 @@ class ForwardPrinter:
         return _index_expr(code, cuts)
 
     def first(self, span: Span, block: Block) -> str:
-        """The first row of a span (NOTE [Halos])."""
+        """The first row of a span (NOTE [Halos]), in rows of tokens where it has a unit (NOTE
+        [Rows of tokens])."""
         if not span.before and span.scale == 1:
-            return "start"
-        return block.bounds[(True, span.before, span.scale)]
+            return self._units("start", span)
+        return self._units(block.bounds[(True, span.before, span.scale)], span)
 
     def end(self, span: Span, block: Block) -> str:
         """The end of a span's rows."""
         if not span.after and span.scale == 1:
-            return "stop"
-        return block.bounds[(False, span.after, span.scale)]
+            return self._units("stop", span)
+        return self._units(block.bounds[(False, span.after, span.scale)], span)
+
+    def _units(self, row: str, span: Span) -> str:
+        return row if span.unit == 1 else f"{row} * {self.int_or(span.unit)}"
 
     def crop(self, span: Span, made: Span, block: Block) -> str:
         """The slice of a value made over `made`'s rows that holds `span`'s."""
+        if span.unit != 1 and span.unit == made.unit:  # (lo_1 - lo_2) * width
+            rows = replace(span, unit=1, size=None), replace(made, unit=1, size=None)
+            cuts = self.crop(*rows, block).split(":")
+            first, end = (f"({cut})" if "-" in cut else cut for cut in cuts)
+            return f"{self._units(first, span) if first else ''}:{self._units(end, span)}"
         origin = self.first(made, block)
         first, end = self.first(span, block), self.end(span, block)
         return f"{first} - {origin}:{end} - {origin}" if origin != first else f":{end} - {origin}"
@@ -451,8 +465,8 @@ class ForwardPrinter:
     def _print_groupstats(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
         rows = self.int_or(expr.rows)
-        if expr.scale > 1:
-            rows = f"{self.num(expr.scale)} * {rows}"
+        if expr.scale != 1:
+            rows = f"{self.int_or(expr.scale)} * {rows}"
         code = (
             f"_group_stats({self.value(expr.value)}, {self.num(expr.groups)}, "
             f"{self.num(expr.eps)}, {self.num(expr.dim)}, {rows})"
@@ -493,7 +507,7 @@ class ForwardPrinter:
         chunk, rows = expr.chunk, "start:stop"
         if expr.span != CHUNK_ROWS:
             assert block is not None, "a buffer write outside its loop"
-            own = Span(0, 0, expr.span.scale, expr.span.size)
+            own = expr.span.own
             rows = f"{self.first(own, block)}:{self.end(own, block)}"
             if own != expr.span:
                 chunk = _index_expr(chunk, {expr.dim: self.crop(own, expr.span, block)})
@@ -506,8 +520,9 @@ class ForwardPrinter:
         comments = []
         if statement is first and block.index not in self._halos_said:
             self._halos_said.add(block.index)
-            scaled = any(isinstance(s.expr, Bound) and s.expr.scale > 1 for s in block.body)
-            comments = _HALO_COMMENT + (_SCALE_COMMENT if scaled else [])
+            bounds = [s.expr for s in block.body if isinstance(s.expr, Bound)]
+            halos = _HALO_COMMENT if any(bound.rows for bound in bounds) else []
+            comments = halos + (_SCALE_COMMENT if any(b.scale > 1 for b in bounds) else [])
         extent = self.arg_plain(expr.extent)
         if expr.scale == 1:
             if expr.before:
@@ -584,7 +599,25 @@ class ForwardPrinter:
         body: list[Any] = []
         for statement in block.body:
             body.extend(self._item(statement, block))
-        return Loop(f"for start in range(0, {extent}, {self.int_or(block.rows)}):", body)
+        head = f"for start in range(0, {extent}, {self.int_or(block.rows)}):"
+        return Loop(head, body, self._tokens_comment(block))
+
+    def _tokens_comment(self, block: Block) -> list[str]:
+        """What a loop over image rows does with tokens (NOTE [Rows of tokens])."""
+        units = []
+        for statement in block.body:
+            if isinstance(statement.expr, LoopStep):
+                spans = [statement.expr.span, *(o.span for o in statement.expr.operands)]
+                units += [self.int_or(span.unit) for span in spans if span.unit != 1]
+        if not units:
+            return []
+        each = " or ".join(f"`{unit}`" for unit in dict.fromkeys(units))
+        text = (
+            f"Tokens are read and made by whole rows of the image, {each} to a row (the "
+            f"model views them as rows and columns, or windows): rows `start:stop` are "
+            f"tokens `start * {units[0]} : stop * {units[0]}`."
+        )
+        return textwrap.wrap(text, 88)
 
     def _header(self, index: int) -> list[str]:
         """The comments that open a region: where it comes from, what it saves, what it skips."""
@@ -710,8 +743,8 @@ _HALO_COMMENT = [
 ]
 #: and where some values are finer than the loop's rows
 _SCALE_COMMENT = [
-    "A value read by a stride-2 op, or made by a 2x upsampling, has two rows per row of",
-    "the loop (`_x2`), and so on.",
+    "A value read by a stride-2 op, made by a 2x upsampling, or viewed in pairs of rows",
+    "(a head of two features) has two rows per row of the loop (`_x2`), and so on.",
 ]
 
 

@@ -569,8 +569,8 @@ class Upsample2D2(torch.nn.Module):
             # Halos: a kernel wider than one row reads rows beyond its output's, so each value is
             # made over the rows its readers reach (lo_k: k rows before the chunk, hi_k: k after),
             # and a convolution's rows that read padding inside the image are cropped away.
-            # A value read by a stride-2 op, or made by a 2x upsampling, has two rows per row of
-            # the loop (`_x2`), and so on.
+            # A value read by a stride-2 op, made by a 2x upsampling, or viewed in pairs of rows
+            # (a head of two features) has two rows per row of the loop (`_x2`), and so on.
             lo_1 = max(start - 1, 0)
             hi_1 = min(stop + 1, 4 * height)
             lo_0_x2 = 2 * start

@@ -168,9 +168,10 @@ def check_chunk(
     windows = {slot: halo for slot, halo in halos.items() if halo != (0, 0, 1)}
     assert len(windows) <= 1, f"{node.name}: one input read through a window per dim"
     origin = start  # the output row the op's first result row is
+    made = None  # the rows it makes, where that is not the chunk's
 
     def cut(slot: int, value: Any) -> Any:
-        nonlocal origin
+        nonlocal origin, made
         dim = rule.input_dim(j, slot)
         if dim is None:
             return value
@@ -182,14 +183,16 @@ def check_chunk(
             at = Fraction(first) / Fraction(stride)
             assert at.denominator == 1, f"{node.name}: a window's slice starts off the stride"
             origin = int(at)
+            if not before and not after:  # a reshape's split or merge: whole rows of it
+                made = math.ceil((stop - first) / Fraction(stride))
         return narrow(value, dim, first, stop - first)
 
     where = f"{node.name} ({node.target}) out dim {j} [{start}:{start + length}]"
     try:
         args, kwargs = bind(node, graph, env, cut)
-        for arg, item in rule.resized(j):
+        for arg, item in rule.resized(j):  # the rows the op makes of what it reads
             args[arg] = list(args[arg])
-            args[arg][item] = length
+            args[arg][item] = made if made is not None else length
         for arg, value in rule.swapped(j):  # a resampling to a size, by its factors instead
             while len(args) <= arg:
                 args.append(None)
@@ -447,32 +450,33 @@ with torch.random.fork_rng():  # seeded inputs and parameters; the global RNG is
         # position-dependent, but a chunk of rows is the triangle with its diagonal moved
         case("tril", torch.tril, (rand(2, T, T),), aten.tril.default, set(), set()),
         case("triu", lambda x: x.triu(1), (rand(2, T, T),), aten.triu.default, set(), set()),
-        # reshapes: a dim moves only where it maps 1-1; the size argument is resized with it
+        # reshapes: a dim moves where it maps 1-1, and a split or merged run of dims with its
+        # outermost part (NOTE [Rows of tokens]); the size argument is resized with it
         case(
             "view_split",
             lambda x: x.view(2, T, 2, 2),
             (rand(2, T, 4),),
             aten.view.default,
-            {(0, 2)},
-            {2, 3},
-            resize=(((1, 0),), ((1, 1),), (), ()),
+            set(),
+            {3},
+            resize=(((1, 0),), ((1, 1),), ((1, 2),), ()),
         ),
         case(
             "reshape_merge_heads",
             lambda x: x.reshape(1, T, 6),
             (rand(1, T, 2, 3),),
             aten.reshape.default,
-            {(0, 2), (0, 3)},
-            {2},
-            resize=((), ((1, 1),), ()),
+            {(0, 3)},
+            set(),
+            resize=((), ((1, 1),), ((1, 2),)),
         ),
         case(
             "view_inferred",
             lambda x: x.view(2, -1, 2, 2),
             (rand(2, T, 4),),
             aten.view.default,
-            {(0, 2)},
-            {2, 3},
+            set(),
+            {3},
         ),
         case(
             "view_not_1to1",
@@ -668,9 +672,9 @@ with torch.random.fork_rng():  # seeded inputs and parameters; the global RNG is
             lambda x: x.reshape(1, x.shape[1], 6),
             (rand(1, T, 2, 3),),
             aten.reshape.default,
-            {(0, 2), (0, 3)},
-            {2},
-            resize=((), ((1, 1),), ()),
+            {(0, 3)},
+            set(),
+            resize=((), ((1, 1),), ((1, 2),)),
             dynamic=({1: seq},),
         ),
     ]
