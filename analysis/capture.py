@@ -20,6 +20,8 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from analysis.errors import UserError
 from analysis.ir import Graph, Meta, Node, Ref, Size, Source, Symbol, TensorMeta
@@ -308,7 +310,104 @@ def _op_node(fx: torch.fx.Node, path: Path) -> Node:
         calls=_calls(stack),
         aliases=aliases,
         mutates=mutates,
+        copies=_hidden_copies(fx),
     )
+
+
+#: composite ops whose decomposition may copy an operand it cannot view into the shape a
+#: kernel takes: `matmul` folds batch dims with `reshape`, `linear` runs `matmul`, `einsum`
+#: permutes and reshapes
+_COPYING = {
+    torch.ops.aten.matmul.default,
+    torch.ops.aten.linear.default,
+    torch.ops.aten.einsum.default,
+    torch.ops.aten.tensordot.default,
+}
+
+
+def _hidden_copies(fx: torch.fx.Node) -> tuple[tuple[int, float], ...]:
+    """The copies a composite op makes of its operands on the way to its kernel and frees
+    before it returns, found by running its decomposition on meta tensors with the traced
+    sizes and strides (at their example values): (tensor input slot, copy bytes / operand
+    bytes)."""
+    if fx.target not in _COPYING:
+        return ()
+    try:
+        args = [_on_meta(a) for a in fx.args]
+        kwargs = {k: _on_meta(v) for k, v in fx.kwargs.items()}
+    except _NoHint:
+        return ()
+    operands = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    slots = {StorageWeakRef(t.untyped_storage()): slot for slot, t in enumerate(operands)}
+    counter = _CopyCounter(dict(slots))
+    with counter:
+        out = fx.target(*args, **kwargs)
+    made = counter.made
+    for ref in _storages(out):
+        made.pop(ref, None)
+    copied: dict[int, int] = {}
+    for slot, nbytes in made.values():
+        copied[slot] = copied.get(slot, 0) + nbytes
+    return tuple(
+        (slot, nbytes / max(operands[slot].numel() * operands[slot].element_size(), 1))
+        for slot, nbytes in sorted(copied.items())
+    )
+
+
+class _NoHint(Exception):
+    """A size without an example value."""
+
+
+def _hint(value: Any) -> int:
+    if isinstance(value, torch.SymInt):
+        try:
+            return int(value.node.shape_env.guarding_hint_or_throw(value.node.expr))
+        except Exception as exc:  # an unbacked size
+            raise _NoHint from exc
+    return int(value)
+
+
+def _on_meta(value: Any) -> Any:
+    """A graph argument with its fake tensors as meta tensors of the same layout."""
+    if isinstance(value, torch.fx.Node):
+        value = value.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise _NoHint
+        size = [_hint(s) for s in value.shape]
+        stride = [_hint(s) for s in value.stride()]
+        return torch.empty_strided(size, stride, dtype=value.dtype, device="meta")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_meta(v) for v in value)
+    if isinstance(value, torch.SymInt):
+        return _hint(value)
+    return value
+
+
+class _CopyCounter(TorchDispatchMode):
+    """Under it, each new storage an op makes, with the operand slot whose data it holds."""
+
+    def __init__(self, slots: dict[StorageWeakRef, int]) -> None:
+        super().__init__()
+        self.slots = slots
+        self.made: dict[StorageWeakRef, tuple[int, int]] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        read = [
+            StorageWeakRef(t.untyped_storage())
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        ]
+        slot = next((self.slots[ref] for ref in read if ref in self.slots), None)
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            ref = StorageWeakRef(t.untyped_storage())
+            if ref in read or ref in self.slots or slot is None:
+                continue
+            self.slots[ref] = slot
+            self.made[ref] = (slot, t.untyped_storage().nbytes())
+        return out
 
 
 def _calls(stack: dict[str, Any]) -> tuple[str, ...]:

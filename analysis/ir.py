@@ -101,6 +101,10 @@ class Node:
     aliases: str | None = None
     #: name of the node whose storage this op writes in place, if any
     mutates: str | None = None
+    #: copies a composite op makes of its operands and drops before it returns (`matmul` folds
+    #: the batch dims of a permuted operand with a reshape): (positional slot, the copy's bytes
+    #: over the operand's)
+    copies: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("input", "param", "buffer", "constant", "op"):

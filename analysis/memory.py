@@ -20,11 +20,20 @@ from typing import Any
 import torch
 
 from analysis.dimflow import out_meta, schema_arg
-from analysis.ir import Graph, Node, Ref, TensorMeta, evaluate, storage_roots, value_bytes
+from analysis.ir import (
+    Graph,
+    Node,
+    Ref,
+    TensorMeta,
+    evaluate,
+    storage_roots,
+    tensor_inputs,
+    value_bytes,
+)
 from analysis.lower import lower_region
 from analysis.ops import dim_rule
 from analysis.plan import Region
-from analysis.program import CHUNK, CausalRows, LoopRegion, LoopStep
+from analysis.program import CHUNK, COPY, CausalRows, LoopRegion, LoopStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +124,28 @@ def _node_stmt(node: Node, graph: Graph) -> Stmt:
         shares=node.mutates or node.aliases,
         uses=tuple(dict.fromkeys(node.refs())),
         label=node.name,
-        scratch=(_mask_scratch(node, graph, mask) if mask else 0) + _math_scratch(node, graph),
+        scratch=(_mask_scratch(node, graph, mask) if mask else 0)
+        + _math_scratch(node, graph)
+        + _copies_scratch(node, graph),
     )
+
+
+def _copies_scratch(
+    node: Node, graph: Graph, step: LoopStep | None = None, share: float = 1.0
+) -> int:
+    """The copies a composite op makes of its operands before its kernel and frees after
+    (`Node.copies`): each operand's copy is of the chunk's share when the loop reads the operand
+    by chunks (`step`), none when the loop copied it contiguous before it, else of the whole."""
+    total = 0
+    names = tensor_inputs(node, graph) if node.copies else ()
+    for slot, ratio in node.copies:
+        read = step.operand(slot) if step is not None else None
+        if read is not None and read.source == COPY:
+            continue  # copied contiguous before the loop
+        chunked = read is not None and (read.source == CHUNK or read.rows is not None)
+        nbytes = value_bytes(graph[names[slot]].meta, graph.hints)
+        total += math.ceil(nbytes * ratio * (share if chunked else 1.0))
+    return total
 
 
 def _bool_mask(node: Node, graph: Graph) -> str | None:
@@ -358,6 +387,7 @@ def _step_stmt(
         read = step.operand(0)
         chunked = read is not None and (read.source == CHUNK or read.rows is not None)
         scratch += _math_scratch(node, graph, fraction if chunked else 1.0)
+    scratch += _copies_scratch(node, graph, step, fraction)
     return Stmt(
         key=name + key,
         alloc=(math.ceil(value_bytes(node.meta, hints) * made) if owned else 0),

@@ -224,8 +224,22 @@ def _merged(graph: Graph, regions: tuple[Region, ...], bound: int) -> tuple[Regi
     return regions
 
 
-#: how far apart (in graph nodes) two loops may be to be merged into one
+#: how far apart two loops may be to be merged into one: the ops between them that make a
+#: tensor of their own (views, in-place writes and scalars, a mask's plumbing, do not count)
 MERGE_GAP = 24
+
+
+def _gap(graph: Graph, names: list[str], after: str, before: str) -> int:
+    """The ops strictly between two nodes that make a tensor of more than one element."""
+    count = 0
+    for name in names[graph.position(after) + 1 : graph.position(before)]:
+        node = graph[name]
+        if node.kind != "op" or node.aliases is not None or node.mutates is not None:
+            continue
+        meta = out_meta(node)
+        if meta is not None and meta.numel(graph.hints) > 1:
+            count += 1
+    return count
 
 
 def _joined(graph: Graph, names: list[str], first: Region, second: Region) -> Region | None:
@@ -233,9 +247,7 @@ def _joined(graph: Graph, names: list[str], first: Region, second: Region) -> Re
     ops that read its results, where they are near (the residual add after a feed-forward),
     when that leaves it fewer results to write whole."""
     start, end = graph.position(first.span[0]), graph.position(second.span[-1])
-    if graph.position(second.span[0]) - graph.position(first.span[-1]) > MERGE_GAP:
-        return None
-    if evaluate(first.extent, graph.hints) != evaluate(second.extent, graph.hints):
+    if _gap(graph, names, first.span[-1], second.span[0]) > MERGE_GAP:
         return None
     best: Region | None = None
     while True:

@@ -121,3 +121,83 @@ def test_sdpa_on_broadcast_key_heads_takes_the_math_path_and_is_estimated(tmp_pa
     chunked = measure_peak(instantiate(module, loaded.module), loaded.inputs)
     assert _within(planned.plan.planned_peak_bytes, chunked, 0.02), (planned.plan, chunked)
     assert chunked < original / 5
+
+
+WINDOWS = """
+    import torch
+
+    class WindowScores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(128, 3 * 128)
+
+        def forward(self, x):
+            # Swin's windows: the projection viewed as (windows, tokens, 3, heads, features)
+            # and permuted, so q and k fold their (windows, heads) dims only through a copy
+            windows, tokens = x.shape[0], x.shape[1]
+            qkv = self.qkv(x).reshape(windows, tokens, 3, 2, 64).permute(2, 0, 3, 1, 4)
+            q, k = qkv[0] * 0.125, qkv[1]
+            return torch.matmul(q, k.transpose(-2, -1)).softmax(-1).sum(-1)
+
+    def make_model():
+        torch.manual_seed(0)
+        return WindowScores().eval()
+
+    def make_inputs():
+        return (torch.randn(256, 16, 128, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_matmul_copies_of_operands_it_cannot_fold_are_estimated(tmp_path) -> None:
+    """`matmul` folds its batch dims with `reshape`, which copies a permuted query and key
+    (NOTE: `Node.copies`, found from the traced strides): the estimate counts both copies in
+    the original and per chunk in the loop, so each matches its measured peak."""
+    import textwrap
+
+    from analysis.capture import capture
+    from analysis.loader import load_model_file
+    from analysis.select import Target
+    from codegen.generate import generate
+
+    path = tmp_path / "windows.py"
+    path.write_text(textwrap.dedent(WINDOWS))
+    loaded = load_model_file(path)
+    graph = capture(loaded)
+    matmul = next(n for n in graph.nodes if n.target is torch.ops.aten.matmul.default)
+    assert [slot for slot, _ in matmul.copies] == [0, 1]  # both q and k are copied
+    assert all(ratio == 1.0 for _, ratio in matmul.copies)
+    planned, emitted = generate(path, Target(ratio=0.2), "--memory-ratio 0.2")
+    original = measure_peak(loaded.module, loaded.inputs)
+    q_and_k = 2 * 256 * 2 * 16 * 64 * 4
+    assert original > 2 * q_and_k  # the projection and the two copies are there
+    assert _within(planned.plan.original_peak_bytes, original, 0.01)
+    module, _ = import_source(emitted.source)
+    chunked = measure_peak(instantiate(module, planned.loaded.module), loaded.inputs)
+    assert planned.plan.regions
+    assert _within(planned.plan.planned_peak_bytes, chunked, 0.01), (planned.plan, chunked)
+
+
+def test_a_contiguous_operand_needs_no_copy(tmp_path) -> None:
+    """Queries in (batch, heads, tokens, features) order fold their batch dims as a view."""
+    import textwrap
+
+    from analysis.capture import capture
+    from analysis.loader import load_model_file
+
+    path = tmp_path / "plain.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+
+        class Plain(torch.nn.Module):
+            def forward(self, q, k):
+                return torch.matmul(q, k.transpose(-2, -1))
+
+        def make_model():
+            return Plain()
+
+        def make_inputs():
+            return (torch.randn(2, 4, 32, 16), torch.randn(2, 4, 32, 16))
+        """))
+    graph = capture(load_model_file(path))
+    matmul = next(n for n in graph.nodes if n.target is torch.ops.aten.matmul.default)
+    assert matmul.copies == ()  # k transposed is (b, h, d, n) with foldable batch strides

@@ -427,3 +427,44 @@ def test_a_packed_projection_is_split_and_its_queries_made_in_the_loop(tmp_path:
     assert planned.plan.planned_peak_bytes < packed.planned_peak_bytes
     assert cli.main(["emit", str(path), "--out", str(tmp_path / "out")]) == 0  # verified
     assert "in_proj_weight[64:128]" in (tmp_path / "out" / "multihead.py").read_text()
+
+
+PLUMBING = """
+    import torch
+
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+
+        def forward(self, x):
+            h = self.a(x)
+            # a shifted-window mask: written region by region into zeros, as Swin builds it
+            mask = h.new_zeros(8, 8)
+            for count, (r, c) in enumerate((r, c) for r in range(3) for c in range(3)):
+                mask[r * 3 : r * 3 + 3, c * 3 : c * 3 + 3] = count
+            return self.b(h + mask.view(64))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Masked().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 512, 16),)
+"""
+
+
+def test_a_masks_plumbing_does_not_keep_two_loops_apart(tmp_path: Path) -> None:
+    """Loops are merged when few ops that make tensors lie between them (`MERGE_GAP`): the
+    slices, in-place writes and scalars of a mask built region by region do not count, so
+    torchvision Swin's window scores and its masked softmax can still run as one loop."""
+    from analysis.select import MERGE_GAP, _gap
+
+    path = tmp_path / "masked.py"
+    path.write_text(textwrap.dedent(PLUMBING))
+    graph = capture(load_model_file(path))
+    names = [node.name for node in graph.nodes]
+    first = next(n.name for n in graph.nodes if n.module_path == "a")
+    last = next(n.name for n in graph.nodes if n.module_path == "b")
+    assert names.index(last) - names.index(first) > MERGE_GAP + 1  # far apart in nodes
+    assert _gap(graph, names, first, last) == 2  # the zeros and the add
