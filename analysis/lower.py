@@ -570,7 +570,9 @@ class _Lowering:
                 continue  # a statistics pass takes them (NOTE [Statistics passes])
             read = step.operand(0)
             assert read is not None and read.source != CHUNK and read.rows is not None
-            expr = GroupStats(read.value, *_groups_and_eps(node), read.rows, rows, read.span.total_scale)
+            expr = GroupStats(
+                read.value, *_groups_and_eps(node), read.rows, rows, read.span.total_scale
+            )
             reads = self.reads(Ref(read.value)) | ({rows} if isinstance(rows, str) else set())
             setup.append(Statement(var, expr, reads, node.source, region=index))
         self.copies = copies

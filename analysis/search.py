@@ -59,6 +59,7 @@ def _from_the_start(node: Node) -> bool:
         return False
     return causal_rows(node) or schema_arg(node, "attn_mask") is not None
 
+
 #: how many values one stretch may make whole before its loop to get past conflicts
 HOIST_RETRIES = 8
 

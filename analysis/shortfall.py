@@ -13,8 +13,9 @@ a tool that could not take it there:
     attention, which holds all its keys and values (the logits with the hidden states under
     them);
   - an attention with no mask (or `is_causal`): while its last queries run, all its keys and
-    values are whole, and so are the rows it has made, in the smallest form they take on the
-    way to an output.
+    values are whole, or a value they are both made from (a loop over heads makes each head's
+    keys and values from the hidden states), and so are the rows it has made, in the smallest
+    form they take on the way to an output.
   An attention with a mask is left out: a window needs only some keys at a time.
 - **the time limit** the user set, or the default's (NOTE [Time limit]): a loop would have
   lowered the peak, at more time than the limit leaves.
@@ -86,8 +87,9 @@ def floor(graph: Graph) -> ModelFloor:
             found.append(
                 ModelFloor(
                     total,
-                    f"the attention at {where} holds all its keys and values "
-                    f"({format_bytes(keys)}) with the rows it has made ({format_bytes(rows)}): "
+                    f"the attention at {where} holds its keys and values, or what they are made "
+                    f"from ({format_bytes(keys)}), with the rows it has made "
+                    f"({format_bytes(rows)}): "
                     f"{format_bytes(total)}",
                 )
             )
@@ -219,10 +221,26 @@ class _Facts:
         )
 
     def keys_and_values(self, node) -> int:
+        """What its last queries surely hold of the keys and values: all of them, or a value
+        both are made from since the attention before (a loop over heads makes each head's
+        keys and values from the hidden states, holding those whole instead; nothing, when
+        they are made from the inputs), whichever is less."""
         key, value = node.args[1].name, node.args[2].name
         if self.roots.get(key, key) == self.roots.get(value, value):
-            return min(self.size(key) + self.size(value), self.size(self.roots.get(key, key)))
-        return self.size(key) + self.size(value)
+            held = min(self.size(key) + self.size(value), self.size(self.roots.get(key, key)))
+        else:
+            held = self.size(key) + self.size(value)
+        if key not in self.idom or value not in self.idom:
+            return held  # made from parameters alone
+        source = self._meet(key, value)
+        best = 0 if source is None else self.size(source)
+        d = self.idom.get(source) if source is not None else None
+        while d is not None and not self._after(source, d):
+            best = min(best, self.size(d))
+            d = self.idom[d]
+        if d is None:
+            best = 0  # remade from the inputs, with no attention on the way
+        return min(held, best)
 
     def rows(self, name: str) -> int:
         """The smallest form an attention's made rows take on the way to the outputs: its

@@ -248,12 +248,14 @@ ENCODER = """
     class Model(nn.Module):
         def __init__(self, vocab):
             super().__init__()
-            self.qkv = nn.Linear(64, 192)
+            self.first, self.qkv = nn.Linear(64, 192), nn.Linear(64, 192)
             self.out = nn.Linear(64, 64)
             self.up, self.down = nn.Linear(64, 512), nn.Linear(512, 64)
             self.head = nn.Linear(64, vocab) if vocab else nn.Identity()
 
         def forward(self, x):
+            q, k, v = self.first(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
+            x = x + F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, -1, 64)
             q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
             # arange >= 0: how transformers builds an encoder's mask when none is given
             keep = (torch.arange(x.shape[1]) >= 0)[None, None, None, :]
@@ -274,19 +276,18 @@ ENCODER = """
 @pytest.mark.parametrize(
     "vocab, says",
     [
-        (0, "the attention at model.py:18 holds all its keys and values (1.0 MiB) with the rows "
-         "it has made (512.0 KiB): 1.5 MiB"),
+        (0, "its output, add_2 (512.0 KiB), with the 512.0 KiB it is made from is 1.0 MiB"),
         (1024, "its output, head's result (8.0 MiB), with the 512.0 KiB it is made from is "
          "8.5 MiB"),
     ],
-    ids=["attention", "output"],
+    ids=["encoder", "head"],
 )  # fmt: skip
 def test_the_models_floor_counts_keys_values_and_what_an_output_is_made_from(
     tmp_path: Path, capsys, vocab: int, says: str
 ) -> None:
-    """NOTE [Whose limit]: an encoder's floor is its attention's keys and values with the rows
-    it has made; a language-model head's, its logits with the hidden states under them. No
-    plan goes under it, however small the target."""
+    """NOTE [Whose limit]: an encoder's floor is its output with the hidden states under it (or
+    its last attention's, as much); a language-model head's, its logits with the hidden states
+    under them. No plan goes under it, however small the target."""
     path = tmp_path / "model.py"
     path.write_text(textwrap.dedent(ENCODER).replace("VOCAB", str(vocab)))
     assert main(["plan", str(path), "--memory-ratio", "0.01", "--json"]) == 0
@@ -383,11 +384,21 @@ CLASSIFIER = """
 def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(tmp_path: Path) -> None:
     """The classifier reads one token of the last block, so the last attention's made rows may
     be one row; the first attention's rows are read by the second, which reads every row, so
-    they count whole (512 KiB), and the floor is the first one's."""
-    from analysis.shortfall import floor
+    they count whole (512 KiB). Keys and values count as the least a plan holds of them: the
+    second block's hidden states (512 KiB), from which a loop over heads makes each head's, not
+    the 1 MiB of both; none for the first block's, made from the input itself."""
+    from analysis.shortfall import _Facts, floor
 
     path = tmp_path / "model.py"
     path.write_text(textwrap.dedent(CLASSIFIER))
-    found = floor(capture(load_model_file(path)))
-    assert found.words.startswith("the attention at model.py:13 holds"), found
-    assert "with the rows it has made (512.0 KiB): 1.5 MiB" in found.words, found
+    graph = capture(load_model_file(path))
+    facts = _Facts(graph)
+    first, second = (node for node in graph.nodes if facts.attends_all(node))
+    assert facts.rows(first.name) == 512 * 1024 and facts.rows(second.name) == 40
+    assert facts.keys_and_values(first) == 0
+    assert facts.keys_and_values(second) == 512 * 1024
+    found = floor(graph)
+    assert found.words == (
+        "the attention at model.py:13 holds its keys and values, or what they are made from "
+        "(512.0 KiB), with the rows it has made (40 B): 512.0 KiB"
+    ), found

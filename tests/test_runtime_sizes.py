@@ -291,7 +291,7 @@ ENCODER = """
 
 
 def test_a_plan_that_misses_its_target_runs_the_chunks_it_chose(tmp_path: Path) -> None:
-    """Below the encoder's floor (its keys and values) the target is missed: the module's
+    """Below the encoder's floor (its output with what it is made from) the target is missed: the module's
     budget is then the most a loop holds at its planned chunk, so its loops run the planned
     rows, not a few rows each for no lower peak, and the estimate is the measured peak. The
     planner's `run_time_rows` and the module's `_rows` are one rule."""
