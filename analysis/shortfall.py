@@ -268,6 +268,8 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
         return None
     bound = floor(graph)
     if bound.bytes >= plan.budget_bytes:
+        if bound.bytes == plan.budget_bytes:
+            return f"the model's floor: {bound.words}, the target itself"
         above = format_bytes(bound.bytes - plan.budget_bytes)
         return f"the model's floor: {bound.words}, {above} above the target"
     if plan.time_limited:
