@@ -79,6 +79,9 @@ class Target:
     #: the most the planned forward's estimated time may be, as a multiple of the original's;
     #: None: no limit
     max_slowdown: float | None = None
+    #: the generated module's default `memory_budget` is "auto": on CUDA, the device's free
+    #: memory at each call; on CPU (and for planning), the `ratio`
+    auto: bool = False
 
     def bytes_for(self, original_peak: int) -> int:
         if self.budget_bytes is not None:

@@ -105,12 +105,15 @@ def plan_formulas(graph: Graph, plan: ChunkPlan) -> Formulas | None:
 def run_time_rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
     """The rows per chunk the generated `_rows` picks (the same rule): the most, up to `most`,
     that keep `fixed + per_row * rows` within the budget, or within 5% over one row where even
-    that is over it; at least 1, and a power of two."""
+    that is over it; at least 1, and a power of two, or `most` itself when all of them fit
+    (one chunk)."""
     if budget is None:
         return 1 << (most.bit_length() - 1)
     limit = max(budget, (fixed + per_row) * 21 // 20)
     rows = (limit - fixed) // per_row if per_row > 0 else most
-    rows = max(1, min(most, rows))
+    if rows >= most:
+        return most
+    rows = max(1, rows)
     return 1 << (rows.bit_length() - 1)
 
 

@@ -579,17 +579,19 @@ class ForwardPrinter:
         var, budget = statement.var, statement.expr
         original = self.sym(budget.original_peak)
         wanted = (
-            f"self.memory_budget if self.memory_budget is not None "
-            f"else max(int({budget.share:.4g} * ({original})), {budget.example})"
+            f"_budget(self.memory_budget, {self.device}, "
+            f"max(int({budget.share:.4g} * ({original})), {budget.example}))"
         )
         if budget.floor is not None:
             wanted = f"max({budget.floor}, {wanted})"
         if budget.shared:  # the submodules' loops read it from the holder they share
             var = f"{var} = self._chunking.budget" if var else "self._chunking.budget"
         comments = [
-            "Activation bytes for the chunk loops: the constructor's budget, else",
-            f"{budget.share:.0%} of the original's estimated peak at this input's size, and no less",
-            f"than at the example size ({format_bytes(budget.example)}): short inputs run fast.",
+            'Activation bytes for the chunk loops: the constructor\'s budget ("auto": the',
+            "device's free memory, on CUDA), else "
+            f"{budget.share:.0%} of the original's estimated peak at this",
+            "input's size, and no less than at the example size "
+            f"({format_bytes(budget.example)}): short inputs run fast.",
         ]
         return Line(f"{var} = {wanted}", comments)
 

@@ -36,8 +36,11 @@ _UNITS = {
 }  # fmt: skip
 
 
-def parse_size(text: str) -> int:
-    """Parse `512MB`, `2GiB` or plain bytes into bytes (KB/MB/GB are powers of 1000)."""
+def parse_size(text: str) -> int | str:
+    """Parse `512MB`, `2GiB` or plain bytes into bytes (KB/MB/GB are powers of 1000), or
+    `auto` (the generated module sizes its chunks from the device's free memory on CUDA)."""
+    if text.strip().lower() == "auto":
+        return "auto"
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match[2].lower() not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MB, 2GiB or bytes)")
@@ -92,7 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     for command in (emit, plan):
         group = command.add_mutually_exclusive_group()
-        group.add_argument("--memory-budget", type=parse_size, metavar="SIZE")
+        group.add_argument(
+            "--memory-budget",
+            type=parse_size,
+            metavar="SIZE",
+            help="activation bytes to stay within (512MB, 2GiB), or 'auto': the module sizes "
+            "its chunks from the device's free memory at each call on CUDA, and plans with the "
+            "default ratio (the sizes it keeps on CPU)",
+        )
         group.add_argument("--memory-ratio", type=parse_ratio, metavar="R")
         command.add_argument(
             "--max-slowdown",
@@ -123,6 +133,8 @@ def target_of(args: argparse.Namespace) -> tuple[Target, str]:
     flag = ""
     if slowdown is not None:
         flag = f" --max-slowdown {slowdown:g}" if slowdown != math.inf else " --max-slowdown none"
+    if args.memory_budget == "auto":
+        return Target(max_slowdown=slowdown, auto=True), f"--memory-budget auto{flag}"
     if args.memory_budget is not None:
         return (
             Target(budget_bytes=args.memory_budget, max_slowdown=slowdown),

@@ -288,13 +288,13 @@ def emit_module(
     command: str,
     target: str,
     program: Program,
-    budget: int | None = None,
+    budget: int | str | None = None,
 ) -> Emitted:
     """Return the formatted source of the generated module, printing its loop program.
 
     Loops over the dynamic dims that size their chunks at run time (NOTE [Run-time chunk
-    sizes]) stay within `budget` bytes by default, else a share of the original's estimated
-    peak at the input's size.
+    sizes]) stay within `budget` bytes by default ("auto": the device's free memory on CUDA),
+    else a share of the original's estimated peak at the input's size.
     """
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -362,7 +362,7 @@ def emit_module(
         padding_checks=any(
             node.kind == "op" and NO_PADDING in dict(node.kwargs) for node in graph.nodes
         ),
-        budget=budget,
+        budget=repr(budget),
     )
     return Emitted(format_source(source), class_name)
 

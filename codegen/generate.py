@@ -57,6 +57,8 @@ def generate(
         else f"{target.ratio:.0%} of the original estimated peak "
         f"({format_bytes(planned.plan.budget_bytes)})"
     )
+    if target.auto:
+        described += '; on CUDA, the device\'s free memory at each call (`memory_budget="auto"`)'
 
     def emit(variant: Planned) -> Emitted:
         return emit_module(
@@ -66,7 +68,7 @@ def generate(
             command=f"python -m codegen emit {name} {flag}",
             target=described,
             program=variant.program,
-            budget=target.budget_bytes,
+            budget="auto" if target.auto else target.budget_bytes,
         )
 
     if planned.unlimited is not None:  # NOTE [Time limit]: the estimate is not the last word

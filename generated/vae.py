@@ -24,10 +24,11 @@ __all__ = ["ChunkedDecode"]
 class ChunkedDecode(torch.nn.Module):
     """Decode with the same parameters and buffers, chunked as planned above."""
 
-    def __init__(self, memory_budget: int | None = None) -> None:
+    def __init__(self, memory_budget: int | str | None = None) -> None:
         """`memory_budget`: activation bytes the chunk loops size themselves to stay within
         (an attribute: change it any time); None follows the planned share of the original's
-        peak at each input's size."""
+        peak at each input's size; "auto", on CUDA, the memory free on the input's device at
+        each call (on CPU, as None)."""
         super().__init__()
         self.memory_budget = memory_budget
         self._chunking = _Chunking()
@@ -295,15 +296,15 @@ class ChunkedDecode(torch.nn.Module):
             * 21
             // 20
         )
-        # Activation bytes for the chunk loops: the constructor's budget, else
-        # 20% of the original's estimated peak at this input's size, and no less
-        # than at the example size (38.4 MiB): short inputs run fast.
+        # Activation bytes for the chunk loops: the constructor's budget ("auto": the
+        # device's free memory, on CUDA), else 20% of the original's estimated peak at this
+        # input's size, and no less than at the example size (38.4 MiB): short inputs run fast.
         self._chunking.budget = max(
             floor,
-            (
-                self.memory_budget
-                if self.memory_budget is not None
-                else max(int(0.2 * (49168 * width * height)), 40278425)
+            _budget(
+                self.memory_budget,
+                latent.device,
+                max(int(0.2 * (49168 * width * height)), 40278425),
             ),
         )
         # vae.py:30 in forward: return self.vae.decode(latent, return_dict=False)[0]
@@ -794,13 +795,32 @@ def _group_norm(
     return torch.addcmul(shift.view(shape), x.float(), scale.view(shape)).to(x.dtype)
 
 
+def _budget(memory_budget: int | str | None, device: torch.device, planned: int) -> int:
+    """The loops' activation bytes: `memory_budget`; for "auto" on CUDA, what the device has
+    free now (free memory, and what PyTorch's allocator has reserved and not handed out) less
+    a tenth for what the estimate does not see (fragmentation, other work); else `planned`.
+    """
+    if memory_budget is None or (memory_budget == "auto" and device.type != "cuda"):
+        return planned
+    if memory_budget == "auto":
+        free, _ = torch.cuda.mem_get_info(device)
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
+            device
+        )
+        return (free + unused) * 9 // 10
+    return memory_budget
+
+
 def _rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
     """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
     budget (or within 5% of the smallest loop, when even one row would not fit); at least 1,
-    and a power of two. No budget: `most`."""
+    and a power of two, or `most` itself when all of them fit (one chunk). No budget: `most`.
+    """
     if budget is None:
         return 1 << (most.bit_length() - 1)
     limit = max(budget, (fixed + per_row) * 21 // 20)
     rows = (limit - fixed) // per_row if per_row > 0 else most
-    rows = max(1, min(most, rows))
+    if rows >= most:
+        return most
+    rows = max(1, rows)
     return 1 << (rows.bit_length() - 1)

@@ -110,7 +110,7 @@ def test_the_budget_is_an_attribute_that_can_change_after_loading(emitted) -> No
 
 def test_the_generated_formula_reads_plainly(emitted) -> None:
     source = emitted[1].read_text()
-    assert "def __init__(self, memory_budget: int | None = 3145728)" in source
+    assert "def __init__(self, memory_budget: int | str | None = 3145728)" in source
     code = " ".join(source.split())
     assert "= _rows( self._chunking.budget, " in code  # the budget the model forward set
     assert "for start in range(0, seq, chunk" in code
@@ -314,3 +314,86 @@ def test_a_plan_that_misses_its_target_runs_the_chunks_it_chose(tmp_path: Path) 
     rows = module._rows
     for case in [(None, 0, 8, 100), (5000, 1000, 10, 256), (100, 1000, 10, 64), (10**6, 0, 0, 7)]:
         assert rows(*case) == run_time_rows(*case), case
+
+
+@pytest.fixture(scope="module")
+def automatic(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("auto")
+    path = root / "blocks.py"
+    path.write_text(textwrap.dedent(BLOCKS))
+    out = root / "out"
+    assert cli.main(["emit", str(path), "--out", str(out), "--memory-budget", "auto"]) == 0
+    return path, out / "blocks.py"
+
+
+def _rows_seen(monkeypatch, module) -> list[tuple]:
+    """Record each loop's `_rows(budget, fixed, per_row, most)` call and the rows it gave."""
+    seen = []
+    rows = module._rows
+
+    def spy(*args):
+        seen.append((*args, rows(*args)))
+        return seen[-1][-1]
+
+    monkeypatch.setattr(module, "_rows", spy)
+    return seen
+
+
+def test_auto_on_cpu_runs_the_planned_chunks(automatic, monkeypatch) -> None:
+    """`--memory-budget auto`: the module's default is "auto", planned at the default ratio;
+    on CPU it sizes each loop exactly as the planned share (`None`) does, at every length."""
+    path, generated = automatic
+    source = generated.read_text()
+    assert 'def __init__(self, memory_budget: int | str | None = "auto")' in source
+    assert "--memory-budget auto" in source and 'memory_budget="auto"' in source
+    loaded = load_model_file(path)
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    assert chunked.memory_budget == "auto"
+    seen = _rows_seen(monkeypatch, module)
+    for n in (64, 300, 1024):
+        x = torch.randn(1, n, 32, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            chunked.memory_budget = "auto"
+            automatic_out = chunked(x)
+            auto_calls, seen[:] = list(seen), []
+            chunked.memory_budget = None
+            planned_out = chunked(x)
+            assert compare(loaded.module(x), automatic_out) is None, n
+        assert auto_calls and auto_calls == seen, n  # same budgets, same rows
+        seen.clear()
+        assert torch.equal(automatic_out, planned_out)
+
+
+def test_auto_on_cuda_takes_the_devices_free_memory_less_a_tenth(automatic, monkeypatch) -> None:
+    """On CUDA, "auto" is what the device has free at the call: the free memory the driver
+    reports, and what PyTorch's allocator has reserved and not handed out, less a tenth;
+    numbers stand as given, None is the planned share. (The arithmetic, on CPU: the allocator
+    calls are replaced.)"""
+    module, _ = import_source(automatic[1].read_text())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000 * 2**20, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 300 * 2**20)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100 * 2**20)
+    cuda = torch.device("cuda", 0)
+    assert module._budget("auto", cuda, 5) == 1200 * 2**20 * 9 // 10
+    assert module._budget("auto", torch.device("cpu"), 5) == 5
+    assert module._budget(None, cuda, 5) == 5
+    assert module._budget(123, cuda, 5) == 123
+    # where every row fits, one chunk of all of them (300, not a power of two below it)
+    assert module._rows(10**12, 2**20, 4096, 300) == 300
+    assert module._rows(2**20 + 4096 * 100, 2**20, 4096, 300) == 64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_on_a_gpu_runs_one_chunk_where_everything_fits(automatic, monkeypatch) -> None:
+    """With the whole device free, each loop takes all its rows in one chunk."""
+    path, generated = automatic
+    loaded = load_model_file(path)
+    module, _ = import_source(generated.read_text())
+    original = loaded.module.cuda()
+    chunked = instantiate(module, original)
+    seen = _rows_seen(monkeypatch, module)
+    x = torch.randn(1, 512, 32, device="cuda")
+    with torch.no_grad():
+        assert compare(original(x), chunked(x)) is None
+    assert seen and all(rows == most for *_, most, rows in seen)
