@@ -77,6 +77,8 @@ class Loop:
     head: str
     body: list[Any]
     comments: list[str] = field(default_factory=list)
+    #: a chunk loop (not a loop over a container's modules)
+    chunk: bool = False
 
 
 def _plain_size(expr: Any, names: Any) -> str:
@@ -111,6 +113,8 @@ class ForwardPrinter:
         self.num = numbering or Numbering()
         self.device = f"{program.device_of}.device" if program.device_of else "None"
         self._cited: tuple[str, int] | None = None
+        #: the last contiguous copy printed, while copies follow one another
+        self._copied: Line | None = None
         #: the regions whose loops said what their halos are (a statistics pass's loop says it)
         self._halos_said: set[int] = set()
         #: how each kind of statement prints
@@ -328,6 +332,8 @@ class ForwardPrinter:
         return Loop(f"for {var} in {attribute_path(container)}:", [Line(code)])
 
     def _item(self, item: Any, block: Block | None = None) -> list[Any]:
+        if not (isinstance(item, Statement) and isinstance(item.expr, Contiguous)):
+            self._copied = None
         if isinstance(item, Block):
             out: list[Any] = [self._loop(item)]
         else:
@@ -421,7 +427,14 @@ class ForwardPrinter:
             if expr.sliced
             else "Copied contiguous once: a matmul in the loop would copy it every chunk."
         )
-        return Line(f"{statement.var} = {self.value(expr.value)}.contiguous()", [comment])
+        line = Line(f"{statement.var} = {self.value(expr.value)}.contiguous()", [comment])
+        before = self._copied
+        if before is not None and before.comments[-1:] in ([comment], [_plural(comment)]):
+            before.comments[-1] = _plural(comment)  # one comment for copies made together
+            line.comments = []
+        else:
+            self._copied = line
+        return line
 
     def _print_empty(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -435,15 +448,13 @@ class ForwardPrinter:
     def _print_rows(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
         comments = [
-            "Rows per chunk: the most that keep the loop's bytes (the fixed part, then per",
-            "row, below) within the budget. On a CPU at most the planned rows (cache-friendly);",
-            "on a GPU, where a chunk costs kernel launches, all that fit.",
+            "Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a",
+            "CPU at most the planned rows (cache-friendly), on a GPU all that fit.",
         ]
         if not expr.capped:
             comments = [
-                "Rows per chunk: the most that keep the loop's bytes (the fixed part, then per",
-                "row, below) within the budget; every chunk recomputes its halo rows, so the",
-                "fewer chunks the better.",
+                "Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; each",
+                "chunk recomputes its halo rows, so the fewer chunks the better.",
             ]
         code = f"{statement.var} = {self._rows_call(expr)}"
         if expr.fast is not None:
@@ -587,11 +598,10 @@ class ForwardPrinter:
         if budget.shared:  # the submodules' loops read it from the holder they share
             var = f"{var} = self._chunking.budget" if var else "self._chunking.budget"
         comments = [
-            'Activation bytes for the chunk loops: the constructor\'s budget ("auto": the',
-            "device's free memory, on CUDA), else "
-            f"{budget.share:.0%} of the original's estimated peak at this",
-            "input's size, and no less than at the example size "
-            f"({format_bytes(budget.example)}): short inputs run fast.",
+            "The loops' activation bytes: the constructor's budget, else "
+            f"{budget.share:.0%} of the original's",
+            "estimated peak at this size, never less than at the example's "
+            f"({format_bytes(budget.example)}).",
         ]
         return Line(f"{var} = {wanted}", comments)
 
@@ -602,7 +612,7 @@ class ForwardPrinter:
         for statement in block.body:
             body.extend(self._item(statement, block))
         head = f"for start in range(0, {extent}, {self.int_or(block.rows)}):"
-        return Loop(head, body, self._tokens_comment(block))
+        return Loop(head, body, self._tokens_comment(block), chunk=True)
 
     def _tokens_comment(self, block: Block) -> list[str]:
         """What a loop over image rows does with tokens (NOTE [Rows of tokens])."""
@@ -662,6 +672,15 @@ class ForwardPrinter:
 
 #: the longest statement, indented as a forward's, that keeps its shape annotation
 ANNOTATED_WIDTH = 88 - 8
+
+
+def _plural(comment: str) -> str:
+    """A contiguous copy's comment said once for the copies that follow it."""
+    return (
+        comment.replace("Copied contiguous once", "Each copied contiguous once")
+        .replace("the larger value it views", "the larger values they view")
+        .replace("would copy it", "would copy each")
+    )
 
 
 def _annotated(var: str, note: str, code: str, comments: list[str] | None = None) -> Line:

@@ -28,7 +28,7 @@ from codegen.classes import (
     group_classes,
 )
 from codegen.numbering import Numbering
-from codegen.body import ForwardPrinter, attribute_path, format_bytes, to_cst
+from codegen.body import ForwardPrinter, Loop, attribute_path, format_bytes, to_cst
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -49,12 +49,34 @@ def forward_source(graph: Graph, plan: ChunkPlan, program: Program) -> str:
 
 
 def _function(params: list[str], items: list[Any]) -> str:
-    """`def forward(self, ...)` with the printed items as its body."""
+    """`def forward(self, ...)` with the printed items as its body; one that runs a chunk loop
+    is left to run as written under torch.compile (NOTE [Loops under torch.compile])."""
     signature = ", ".join(["self", *params])
     func = cst.parse_statement(f"def forward({signature}):\n    pass\n")
     assert isinstance(func, cst.FunctionDef)
     func = func.with_changes(body=cst.IndentedBlock(body=to_cst(items)))
+    if any(isinstance(item, Loop) and item.chunk for item in items):
+        skip = cst.Decorator(
+            cst.parse_expression("torch.compiler.disable(recursive=False)"),
+            trailing_whitespace=cst.TrailingWhitespace(
+                whitespace=cst.SimpleWhitespace("  "),
+                comment=cst.Comment("# compile runs its loops as written"),
+            ),
+        )
+        func = func.with_changes(decorators=[skip])
     return cst.Module(body=[func]).code
+
+
+# NOTE [Loops under torch.compile]
+# Dynamo unrolls a `for` over `range(0, seq, chunk)` into the graph, so a compiled chunk loop
+# would be one graph per number of chunks, recompiled at every length, with its chunks free
+# to be fused back together. A forward that runs a chunk loop is therefore marked
+# `torch.compiler.disable(recursive=False)`: compile runs that frame as written, eagerly,
+# and still compiles the modules it calls (their forwards are frames of their own), and the
+# graphs around it. The helpers the loops call (`_rows`, `_budget`, the statistics pass, the
+# causal attention by rows) are disabled whole: they branch on Python ints that would
+# otherwise be guarded on. One compile then serves every length (`tests/test_compile.py`);
+# the loop holds what the plan says, as in eager mode.
 
 
 #: the containers whose class the generated module keeps (indexing depends on it)

@@ -14,8 +14,7 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   6. evoformer.py:133-134  res (linear_55 axis 1)  chunk 8  x28  20.1 MiB
   7. evoformer.py:62-72  res (layer_norm_21 axis 0)  chunk 4  x56  35.0 MiB
   8. evoformer.py:62-72  res (layer_norm_22 axis 0)  chunk 4  x56  35.0 MiB
-Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
-chunks at run time, from `memory_budget` and the input's shape.
+Chunk sizes above are at the example's size; loops resize them at run time (`memory_budget`).
 Written out in their parent's forward, not called as modules:
   blocks.0.msa_row_attn.attn.q: chunk loop 1 slices its weights or runs it in place
   blocks.0.msa_row_attn.attn.k: chunk loop 1 slices its weights or runs it in place
@@ -34,10 +33,9 @@ class ChunkedEvoformer(torch.nn.Module):
     """Evoformer with the same parameters and buffers, chunked as planned above."""
 
     def __init__(self, memory_budget: int | str | None = None) -> None:
-        """`memory_budget`: activation bytes the chunk loops size themselves to stay within
-        (an attribute: change it any time); None follows the planned share of the original's
-        peak at each input's size; "auto", on CUDA, the memory free on the input's device at
-        each call (on CPU, as None)."""
+        """`memory_budget`: activation bytes the chunk loops keep within (an attribute: change
+        it any time); None: the planned share of the original's peak at each input's size;
+        "auto": on CUDA, the memory free on the device at each call, else as None."""
         super().__init__()
         self.memory_budget = memory_budget
         self._chunking = _Chunking()
@@ -82,9 +80,8 @@ class ChunkedEvoformer(torch.nn.Module):
             * 21
             // 20
         )
-        # Activation bytes for the chunk loops: the constructor's budget ("auto": the
-        # device's free memory, on CUDA), else 20% of the original's estimated peak at this
-        # input's size, and no less than at the example size (74.4 MiB): short inputs run fast.
+        # The loops' activation bytes: the constructor's budget, else 20% of the original's
+        # estimated peak at this size, never less than at the example's (74.4 MiB).
         self._chunking.budget = max(
             floor,
             _budget(
@@ -195,6 +192,7 @@ class GatedAttention(torch.nn.Module):
         self.gate = torch.nn.Linear(64, 64)
         self.out = torch.nn.Linear(64, 64)
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, x, bias):
         res = x.shape[1]
         # Chunk loop (evoformer.py:62-72), over a dim of length 8.
@@ -376,6 +374,7 @@ class OuterProductMean(torch.nn.Module):
         self.b = torch.nn.Linear(64, 16)
         self.out = torch.nn.Linear(256, 32)
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, msa):
         res = msa.shape[1]
         # evoformer.py:130 in forward: m = self.norm(msa)
@@ -388,9 +387,8 @@ class OuterProductMean(torch.nn.Module):
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
         b: "f32[32, res, 16]" = self.b(m)
         del m
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
-        # on a GPU, where a chunk costs kernel launches, all that fit.
+        # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a
+        # CPU at most the planned rows (cache-friendly), on a GPU all that fit.
         chunk = _rows(
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,
@@ -546,15 +544,15 @@ class GatedAttention3(torch.nn.Module):
         self.gate = torch.nn.Linear(32, 32)
         self.out = torch.nn.Linear(32, 32)
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, x, bias):
         res = x.shape[0]
         bias_res = bias.shape[2]
         # Chunk loop (evoformer.py:62-72), over `res`.
         # f32[res, 4, bias_res, bias_res] 171.5 MiB -> 3.1 MiB per chunk of 4.
         # In place, on chunks nothing else reads: `add_`.
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
-        # on a GPU, where a chunk costs kernel launches, all that fit.
+        # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a
+        # CPU at most the planned rows (cache-friendly), on a GPU all that fit.
         chunk = _rows(
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,
@@ -652,26 +650,20 @@ class _Chunking:
     budget: int | None = None
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _budget(memory_budget: int | str | None, device: torch.device, planned: int) -> int:
-    """The loops' activation bytes: `memory_budget`; for "auto" on CUDA, what the device has
-    free now (free memory, and what PyTorch's allocator has reserved and not handed out) less
-    a tenth for what the estimate does not see (fragmentation, other work); else `planned`.
-    """
-    if memory_budget is None or (memory_budget == "auto" and device.type != "cuda"):
-        return planned
-    if memory_budget == "auto":
-        free, _ = torch.cuda.mem_get_info(device)
-        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
-            device
-        )
-        return (free + unused) * 9 // 10
-    return memory_budget
+    """`memory_budget`; "auto": on CUDA what the device has free (its free memory and the
+    allocator's unused reserve) less a tenth, elsewhere `planned`; None: `planned`."""
+    if memory_budget != "auto" or device.type != "cuda":
+        return planned if memory_budget in (None, "auto") else memory_budget
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return (torch.cuda.mem_get_info(device)[0] + unused) * 9 // 10
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
-    """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
-    budget (or within 5% of the smallest loop, when even one row would not fit); at least 1,
-    and a power of two, or `most` itself when all of them fit (one chunk). No budget: `most`.
+    """Rows per chunk: the most, up to `most`, with `fixed + per_row * rows` within the budget
+    (or 5% over one row); a power of two, or all `most` in one chunk. No budget: `most`.
     """
     if budget is None:
         return 1 << (most.bit_length() - 1)

@@ -9,8 +9,7 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   1. unet.py:79-84  height*width (layer_norm axis 1)  chunk 256  x16  23.0 MiB
   2. unet.py:79-84  height*width (layer_norm_15 axis 1)  chunk 256  x16  26.0 MiB
   3. unet.py:79-84  height*width (layer_norm_18 axis 1)  chunk 256  x16  24.0 MiB
-Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
-chunks at run time, from `memory_budget` and the input's shape.
+Chunk sizes above are at the example's size; loops resize them at run time (`memory_budget`).
 Written out in their parent's forward, not called as modules:
   upsample.0: it uses the size (((width - 1)//2)) + 1, no input's dim
   upsample.1: it uses the size width, no input's dim
@@ -25,10 +24,9 @@ class ChunkedUNet(torch.nn.Module):
     """UNet with the same parameters and buffers, chunked as planned above."""
 
     def __init__(self, memory_budget: int | str | None = None) -> None:
-        """`memory_budget`: activation bytes the chunk loops size themselves to stay within
-        (an attribute: change it any time); None follows the planned share of the original's
-        peak at each input's size; "auto", on CUDA, the memory free on the input's device at
-        each call (on CPU, as None)."""
+        """`memory_budget`: activation bytes the chunk loops keep within (an attribute: change
+        it any time); None: the planned share of the original's peak at each input's size;
+        "auto": on CUDA, the memory free on the device at each call, else as None."""
         super().__init__()
         self.memory_budget = memory_budget
         self._chunking = _Chunking()
@@ -167,9 +165,8 @@ class ChunkedUNet(torch.nn.Module):
             * 21
             // 20
         )
-        # Activation bytes for the chunk loops: the constructor's budget ("auto": the
-        # device's free memory, on CUDA), else 20% of the original's estimated peak at this
-        # input's size, and no less than at the example size (52.8 MiB): short inputs run fast.
+        # The loops' activation bytes: the constructor's budget, else 20% of the original's
+        # estimated peak at this size, never less than at the example's (52.8 MiB).
         self._chunking.budget = max(
             floor,
             _budget(
@@ -393,6 +390,7 @@ class Attention(torch.nn.Module):
         self.to_v = torch.nn.Linear(64, 64, bias=False)
         self.to_out = torch.nn.Linear(64, 64)
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, x):
         x_size = x.shape[1]
         # Chunk loop (unet.py:79-84), over `height*width`.
@@ -414,15 +412,13 @@ class Attention(torch.nn.Module):
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         transpose: "f32[1, 2, 32, x_size]" = k.transpose(-1, -2)
         del k
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        # Each copied contiguous once: a matmul in the loop would copy each every chunk.
         v_contiguous = v.contiguous()
         del v
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
         transpose_contiguous = transpose.contiguous()
         del transpose
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
-        # on a GPU, where a chunk costs kernel launches, all that fit.
+        # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a
+        # CPU at most the planned rows (cache-friendly), on a GPU all that fit.
         chunk = _rows(
             self._chunking.budget,
             1024 + 1792 * x_size,
@@ -880,6 +876,7 @@ class Attention5(torch.nn.Module):
         self.to_v = torch.nn.Linear(64, 64, bias=False)
         self.to_out = torch.nn.Linear(64, 64)
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, x):
         x_size = x.shape[1]
         # Chunk loop (unet.py:79-84), over `height*width`.
@@ -901,15 +898,13 @@ class Attention5(torch.nn.Module):
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         transpose: "f32[1, 2, 32, x_size]" = k.transpose(-1, -2)
         del k
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
+        # Each copied contiguous once: a matmul in the loop would copy each every chunk.
         v_contiguous = v.contiguous()
         del v
-        # Copied contiguous once: a matmul in the loop would copy it every chunk.
         transpose_contiguous = transpose.contiguous()
         del transpose
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget. On a CPU at most the planned rows (cache-friendly);
-        # on a GPU, where a chunk costs kernel launches, all that fit.
+        # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a
+        # CPU at most the planned rows (cache-friendly), on a GPU all that fit.
         chunk = _rows(
             self._chunking.budget,
             1024 + self.size_0 * x_size,
@@ -955,26 +950,20 @@ class _Chunking:
     budget: int | None = None
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _budget(memory_budget: int | str | None, device: torch.device, planned: int) -> int:
-    """The loops' activation bytes: `memory_budget`; for "auto" on CUDA, what the device has
-    free now (free memory, and what PyTorch's allocator has reserved and not handed out) less
-    a tenth for what the estimate does not see (fragmentation, other work); else `planned`.
-    """
-    if memory_budget is None or (memory_budget == "auto" and device.type != "cuda"):
-        return planned
-    if memory_budget == "auto":
-        free, _ = torch.cuda.mem_get_info(device)
-        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
-            device
-        )
-        return (free + unused) * 9 // 10
-    return memory_budget
+    """`memory_budget`; "auto": on CUDA what the device has free (its free memory and the
+    allocator's unused reserve) less a tenth, elsewhere `planned`; None: `planned`."""
+    if memory_budget != "auto" or device.type != "cuda":
+        return planned if memory_budget in (None, "auto") else memory_budget
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return (torch.cuda.mem_get_info(device)[0] + unused) * 9 // 10
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
-    """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
-    budget (or within 5% of the smallest loop, when even one row would not fit); at least 1,
-    and a power of two, or `most` itself when all of them fit (one chunk). No budget: `most`.
+    """Rows per chunk: the most, up to `most`, with `fixed + per_row * rows` within the budget
+    (or 5% over one row); a power of two, or all `most` in one chunk. No budget: `most`.
     """
     if budget is None:
         return 1 << (most.bit_length() - 1)

@@ -8,8 +8,7 @@ Estimated activation peak: 192.1 MiB before, 105.0 MiB after (misses the target 
 Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it runs):
   1. upsampling.py:175, 186  4*height (image rows (height), div_11 axis 2)  chunk 32  x8  96.8 MiB
   2. resnet.py:326-327, 340, 360-365, 373-375  8*height (image rows (height), conv2d_26 axis 2)  chunk 32  x16  105.0 MiB
-Chunk sizes above are at the example inputs' size. Loops over the dynamic dims size their
-chunks at run time, from `memory_budget` and the input's shape.
+Chunk sizes above are at the example's size; loops resize them at run time (`memory_budget`).
 Written out in their parent's forward, not called as modules:
   vae.decoder: as a call, its caller would hold its arguments over the target
   vae.decoder.up_blocks.3.resnets.0.norm1: chunk loop 2 normalizes it chunk by chunk with the statistics of its whole input, taken first (two passes)
@@ -25,10 +24,9 @@ class ChunkedDecode(torch.nn.Module):
     """Decode with the same parameters and buffers, chunked as planned above."""
 
     def __init__(self, memory_budget: int | str | None = None) -> None:
-        """`memory_budget`: activation bytes the chunk loops size themselves to stay within
-        (an attribute: change it any time); None follows the planned share of the original's
-        peak at each input's size; "auto", on CUDA, the memory free on the input's device at
-        each call (on CPU, as None)."""
+        """`memory_budget`: activation bytes the chunk loops keep within (an attribute: change
+        it any time); None: the planned share of the original's peak at each input's size;
+        "auto": on CUDA, the memory free on the device at each call, else as None."""
         super().__init__()
         self.memory_budget = memory_budget
         self._chunking = _Chunking()
@@ -296,9 +294,8 @@ class ChunkedDecode(torch.nn.Module):
             * 21
             // 20
         )
-        # Activation bytes for the chunk loops: the constructor's budget ("auto": the
-        # device's free memory, on CUDA), else 20% of the original's estimated peak at this
-        # input's size, and no less than at the example size (38.4 MiB): short inputs run fast.
+        # The loops' activation bytes: the constructor's budget, else 20% of the original's
+        # estimated peak at this size, never less than at the example's (38.4 MiB).
         self._chunking.budget = max(
             floor,
             _budget(
@@ -546,14 +543,14 @@ class Upsample2D2(torch.nn.Module):
         self._chunking = _Chunking()
         self.conv = torch.nn.Conv2d(64, 64, (3, 3), padding=(1, 1))
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, hidden_states):
         height = hidden_states.shape[2] // 4
         width = hidden_states.shape[3] // 4
         # Chunk loop (upsampling.py:175, 186), over image rows, `4*height`.
         # f32[1, 64, 8 * height, 8 * width] 64.0 MiB -> 8.0 MiB per chunk of 32.
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget; every chunk recomputes its halo rows, so the
-        # fewer chunks the better.
+        # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; each
+        # chunk recomputes its halo rows, so the fewer chunks the better.
         chunk = _rows(
             self._chunking.budget,
             12288 * width + 20480 * width * height,
@@ -608,15 +605,15 @@ class ResnetBlock2D3(torch.nn.Module):
         self.nonlinearity = torch.nn.SiLU()
         self.conv_shortcut = torch.nn.Conv2d(64, 32, (1, 1))
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, input_tensor):
         height = input_tensor.shape[2] // 8
         width = input_tensor.shape[3] // 8
         # Chunk loop (resnet.py:326-327, 340, 360-365, 373-375), over image rows, `8*height`.
         # f32[1, 64, 8 * height, 8 * width] 64.0 MiB -> 4.0 MiB per chunk of 32.
         # In place, on chunks nothing else reads: `div_`.
-        # Rows per chunk: the most that keep the loop's bytes (the fixed part, then per
-        # row, below) within the budget; every chunk recomputes its halo rows, so the
-        # fewer chunks the better.
+        # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; each
+        # chunk recomputes its halo rows, so the fewer chunks the better.
         chunk = _rows(
             self._chunking.budget,
             16384 * width + 24576 * width * height,
@@ -757,6 +754,7 @@ class _GroupStats:
         return (self.squares / self.count + self.eps).rsqrt()
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _group_stats(
     x: torch.Tensor, groups: int, eps: float, dim: int, rows: int
 ) -> _GroupStats:
@@ -795,26 +793,20 @@ def _group_norm(
     return torch.addcmul(shift.view(shape), x.float(), scale.view(shape)).to(x.dtype)
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _budget(memory_budget: int | str | None, device: torch.device, planned: int) -> int:
-    """The loops' activation bytes: `memory_budget`; for "auto" on CUDA, what the device has
-    free now (free memory, and what PyTorch's allocator has reserved and not handed out) less
-    a tenth for what the estimate does not see (fragmentation, other work); else `planned`.
-    """
-    if memory_budget is None or (memory_budget == "auto" and device.type != "cuda"):
-        return planned
-    if memory_budget == "auto":
-        free, _ = torch.cuda.mem_get_info(device)
-        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
-            device
-        )
-        return (free + unused) * 9 // 10
-    return memory_budget
+    """`memory_budget`; "auto": on CUDA what the device has free (its free memory and the
+    allocator's unused reserve) less a tenth, elsewhere `planned`; None: `planned`."""
+    if memory_budget != "auto" or device.type != "cuda":
+        return planned if memory_budget in (None, "auto") else memory_budget
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return (torch.cuda.mem_get_info(device)[0] + unused) * 9 // 10
 
 
+@torch.compiler.disable  # NOTE [Loops under torch.compile]
 def _rows(budget: int | None, fixed: int, per_row: int, most: int) -> int:
-    """Rows per chunk: the most, up to `most`, that keep `fixed + per_row * rows` within the
-    budget (or within 5% of the smallest loop, when even one row would not fit); at least 1,
-    and a power of two, or `most` itself when all of them fit (one chunk). No budget: `most`.
+    """Rows per chunk: the most, up to `most`, with `fixed + per_row * rows` within the budget
+    (or 5% over one row); a power of two, or all `most` in one chunk. No budget: `most`.
     """
     if budget is None:
         return 1 << (most.bit_length() - 1)

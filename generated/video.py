@@ -50,6 +50,7 @@ class ChunkedVideoEncoder(torch.nn.Module):
             setattr(module.get_submodule(owner), leaf, tensor)
         return module.eval()
 
+    @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, frames):
         time = frames.shape[2]
         # Chunk loop (video.py:33-34, 45), over image columns, a dim of length 128.

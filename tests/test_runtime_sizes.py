@@ -115,7 +115,7 @@ def test_the_generated_formula_reads_plainly(emitted) -> None:
     assert "= _rows( self._chunking.budget, " in code  # the budget the model forward set
     assert "for start in range(0, seq, chunk" in code
     assert 'if x.device.type == "cpu" else seq' in code  # GPUs take all the rows that fit
-    assert "# Rows per chunk: the most that keep the loop's bytes" in source
+    assert "# Rows per chunk: the most whose bytes (fixed, then per row) fit the budget" in source
 
 
 def test_without_a_budget_the_chunks_follow_the_length(tmp_path: Path) -> None:
