@@ -206,6 +206,56 @@ def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any
     return rows
 
 
+def compiled_by_length(path: Path, repeats: int, device: str) -> list[dict[str, Any]]:
+    """`examples/gpt.py` emitted at the default target, then the original and the module each
+    under `torch.compile(dynamic=True)`, run at lengths none equal to a fixed size of the model
+    (NOTE [Loops under torch.compile]): the graphs each compiles at each length, and the median
+    time of `repeats` interleaved rounds against the eager original. On CUDA, the peak of the
+    compiled module against the eager module's."""
+    from torch._dynamo.utils import counters
+
+    planned, emitted = generate(path, Target(ratio=0.2), "--memory-ratio 0.2")
+    chunked = verified(planned, emitted.source).to(device)
+    original = planned.loaded.module.to(device)
+    torch._dynamo.reset()
+    compiled = {
+        "original": torch.compile(original, dynamic=True),
+        "chunked": torch.compile(chunked, dynamic=True),
+    }
+    rows = []
+    for n in (1000, 1500, 2048, 3000):
+        ids = torch.randint(0, 512, (1, n)).to(device)
+        row: dict[str, Any] = {"n": n}
+        for name, module in compiled.items():
+            before = counters["stats"]["unique_graphs"]
+            problem = compare(original(ids), module(ids))
+            if problem:
+                raise SystemExit(f"{path.name} compiled at {n}: {problem}")
+            row[f"{name}_graphs"] = counters["stats"]["unique_graphs"] - before
+        variants = [original, compiled["original"], chunked, compiled["chunked"]]
+        seconds: list[list[float]] = [[] for _ in variants]
+        for round_ in range(repeats):
+            order = list(range(len(variants)))
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            for index in order:
+                seconds[index].append(_time(variants[index], (ids,), device))
+        ratios = [
+            statistics.median(t / o for t, o in zip(times, seconds[0])) for times in seconds[1:]
+        ]
+        row["original_compiled"], row["chunked"], row["chunked_compiled"] = ratios
+        if device == "cuda":
+            for name, module in (("eager_peak", chunked), ("compiled_peak", compiled["chunked"])):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                module(ids)
+                torch.cuda.synchronize()
+                row[name] = torch.cuda.max_memory_allocated() - base
+        rows.append(row)
+    torch._dynamo.reset()
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| model | original | chunked | reduction | time ratio | expert | expert reduction "
@@ -262,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", action="store_true", help="also the longest input under a fixed budget"
     )
     parser.add_argument("--depths", action="store_true", help="also planning time by depth")
+    parser.add_argument(
+        "--compile", action="store_true", help="also GPT under torch.compile at four lengths"
+    )
     parser.add_argument(
         "--lengths", action="store_true", help="also one GPT module with a budget at every length"
     )
@@ -344,6 +397,30 @@ def main(argv: list[str] | None = None) -> int:
             f"`examples/gpt.py` emitted once with `--memory-budget {budget}` "
             f"({format_bytes(budget)}), then run at each length; each loop computes its chunk "
             "size from the input's length and the budget. Both columns are measured.\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+        print("\n".join(lines))
+    if args.compile:
+        lines = [
+            "| tokens | graphs compiled: original / generated | original compiled | generated "
+            "| generated compiled |"
+            + (" generated peak: eager / compiled |" if args.device == "cuda" else ""),
+            "|---|---|---|---|---|" + ("---|" if args.device == "cuda" else ""),
+        ]
+        for r in compiled_by_length(ROOT / "examples" / "gpt.py", args.repeats, args.device):
+            peaks = ""
+            if args.device == "cuda":
+                peaks = f" {format_bytes(r['eager_peak'])} / {format_bytes(r['compiled_peak'])} |"
+            lines.append(
+                f"| {r['n']} | {r['original_graphs']} / {r['chunked_graphs']} "
+                f"| {r['original_compiled']:.2f}x | {r['chunked']:.2f}x "
+                f"| {r['chunked_compiled']:.2f}x |{peaks}"
+            )
+        sections += (
+            "\n## torch.compile\n\n`examples/gpt.py` at the default target; the original and "
+            "the generated module each under `torch.compile(dynamic=True)`. Times are medians of "
+            f"{args.repeats} interleaved rounds against the eager original.\n\n"
             + "\n".join(lines)
             + "\n"
         )
