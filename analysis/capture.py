@@ -340,8 +340,11 @@ def _hidden_copies(fx: torch.fx.Node) -> tuple[tuple[int, float], ...]:
     operands = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     slots = {StorageWeakRef(t.untyped_storage()): slot for slot, t in enumerate(operands)}
     counter = _CopyCounter(dict(slots))
-    with counter:
-        out = fx.target(*args, **kwargs)
+    try:
+        with counter:
+            out = fx.target(*args, **kwargs)
+    except Exception:  # no meta kernel on the way: the estimate goes without the copies
+        return ()
     made = counter.made
     for ref in _storages(out):
         made.pop(ref, None)

@@ -102,6 +102,7 @@ def bench_model(
     budget: int | None = None,
     after: Any = None,
     max_slowdown: float | None = None,
+    auto: bool = False,
 ) -> dict[str, Any]:
     """Return one row: estimates, measured memory, time ratio and planning time; planned for
     `budget` bytes when given, else for `ratio` of the original's estimated peak. `after`, given
@@ -118,6 +119,8 @@ def bench_model(
         )
     planned, emitted = generate(path, target, flags, tune=tune)
     chunked = verified(planned, emitted.source).to(device)
+    if auto:  # sized from the device's free memory at each call (on CPU, as planned)
+        chunked.memory_budget = "auto"
     plan_seconds = time.perf_counter() - started
     original = planned.loaded.module.to(device)
     inputs = _to(planned.loaded.inputs, device)
@@ -207,11 +210,12 @@ def budget_by_length(path: Path, budget: int, device: str) -> list[dict[str, Any
 
 
 def compiled_by_length(path: Path, repeats: int, device: str) -> list[dict[str, Any]]:
-    """`examples/gpt.py` emitted at the default target, then the original and the module each
-    under `torch.compile(dynamic=True)`, run at lengths none equal to a fixed size of the model
-    (NOTE [Loops under torch.compile]): the graphs each compiles at each length, and the median
-    time of `repeats` interleaved rounds against the eager original. On CUDA, the peak of the
-    compiled module against the eager module's."""
+    """A GPT-style model file (token ids in) emitted at the default target, then the original
+    and the module each under `torch.compile(dynamic=True)`, run at half, three quarters and
+    all of the example's length, none a fixed size of the model (NOTE [Loops under
+    torch.compile]): the graphs each compiles at each length, and the median time of `repeats`
+    interleaved rounds against the eager original. On CUDA, the peak of the compiled module
+    against the eager module's."""
     from torch._dynamo.utils import counters
 
     planned, emitted = generate(path, Target(ratio=0.2), "--memory-ratio 0.2")
@@ -223,8 +227,10 @@ def compiled_by_length(path: Path, repeats: int, device: str) -> list[dict[str, 
         "chunked": torch.compile(chunked, dynamic=True),
     }
     rows = []
-    for n in (1000, 1500, 2048, 3000):
-        ids = torch.randint(0, 512, (1, n)).to(device)
+    (example,) = planned.loaded.inputs
+    length, vocab = example.shape[1], int(example.max()) + 1
+    for n in (length // 2 + 3, 3 * length // 4 + 1, length):
+        ids = torch.randint(0, vocab, (1, n)).to(device)
         row: dict[str, Any] = {"n": n}
         for name, module in compiled.items():
             before = counters["stats"]["unique_graphs"]
@@ -313,7 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--depths", action="store_true", help="also planning time by depth")
     parser.add_argument(
-        "--compile", action="store_true", help="also GPT under torch.compile at four lengths"
+        "--compile",
+        nargs="?",
+        type=Path,
+        const=ROOT / "examples" / "gpt.py",
+        metavar="GPT.py",
+        help="also a GPT-style model (default examples/gpt.py) under torch.compile at 3 lengths",
+    )
+    parser.add_argument(
+        "--auto",
+        action="store_true",
+        help='run the generated modules with memory_budget="auto" (on CUDA: all that fits)',
     )
     parser.add_argument(
         "--lengths", action="store_true", help="also one GPT module with a budget at every length"
@@ -339,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tune,
             args.memory_budget,
             max_slowdown=args.max_slowdown,
+            auto=args.auto,
         )
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
@@ -408,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             + (" generated peak: eager / compiled |" if args.device == "cuda" else ""),
             "|---|---|---|---|---|" + ("---|" if args.device == "cuda" else ""),
         ]
-        for r in compiled_by_length(ROOT / "examples" / "gpt.py", args.repeats, args.device):
+        for r in compiled_by_length(args.compile, args.repeats, args.device):
             peaks = ""
             if args.device == "cuda":
                 peaks = f" {format_bytes(r['eager_peak'])} / {format_bytes(r['compiled_peak'])} |"
@@ -418,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['chunked_compiled']:.2f}x |{peaks}"
             )
         sections += (
-            "\n## torch.compile\n\n`examples/gpt.py` at the default target; the original and "
+            f"\n## torch.compile\n\n`{args.compile.name}` at the default target; the original and "
             "the generated module each under `torch.compile(dynamic=True)`. Times are medians of "
             f"{args.repeats} interleaved rounds against the eager original.\n\n"
             + "\n".join(lines)
