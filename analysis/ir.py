@@ -102,8 +102,8 @@ class Node:
     #: name of the node whose storage this op writes in place, if any
     mutates: str | None = None
     #: copies a composite op makes of its operands and drops before it returns (`matmul` folds
-    #: the batch dims of a permuted operand with a reshape): (positional slot, the copy's bytes
-    #: over the operand's)
+    #: the batch dims of a permuted operand with a reshape): (tensor input slot, the copy's
+    #: bytes over the operand's)
     copies: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:

@@ -182,15 +182,7 @@ class _Facts:
         from. 0 when it is made from the inputs with no attention on the way."""
         if name in self.cuts:
             return self.cuts[name]
-        best: int | None = None
-        through: list[str] = []
-        d = self.idom.get(name)
-        while d is not None:
-            through = self._after(name, d)
-            if through:
-                break
-            best = self.size(d) if best is None else min(best, self.size(d))
-            d = self.idom[d]
+        best, through = self._dominators(name)
         if not through:
             found = 0  # the inputs alone
         else:
@@ -201,6 +193,20 @@ class _Facts:
             found = remade if best is None else min(best, remade)
         self.cuts[name] = found
         return found
+
+    def _dominators(self, name: str) -> tuple[int | None, list[str]]:
+        """The fewest bytes of a value every path to `name` passes through, up to the first
+        dominator with an attention between it and `name` (None: no such value), and the
+        attentions there ([]: none up to the inputs)."""
+        best: int | None = None
+        d = self.idom.get(name)
+        while d is not None:
+            through = self._after(name, d)
+            if through:
+                return best, through
+            best = self.size(d) if best is None else min(best, self.size(d))
+            d = self.idom[d]
+        return best, []
 
     def _remade(self, node) -> int:
         """What running an attention's last queries surely holds: all its keys and values,
@@ -233,14 +239,12 @@ class _Facts:
         if key not in self.idom or value not in self.idom:
             return held  # made from parameters alone
         source = self._meet(key, value)
-        best = 0 if source is None else self.size(source)
-        d = self.idom.get(source) if source is not None else None
-        while d is not None and not self._after(source, d):
-            best = min(best, self.size(d))
-            d = self.idom[d]
-        if d is None:
-            best = 0  # remade from the inputs, with no attention on the way
-        return min(held, best)
+        if source is None:
+            return 0  # remade from the inputs
+        best, through = self._dominators(source)
+        if not through:
+            return 0  # remade from the inputs, with no attention on the way
+        return min(held, self.size(source), *([best] if best is not None else []))
 
     def rows(self, name: str) -> int:
         """The smallest form an attention's made rows take on the way to the outputs: its

@@ -422,15 +422,11 @@ class ForwardPrinter:
 
     def _print_contiguous(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        comment = (
-            "Copied contiguous once, so the larger value it views can be freed."
-            if expr.sliced
-            else "Copied contiguous once: a matmul in the loop would copy it every chunk."
-        )
-        line = Line(f"{statement.var} = {self.value(expr.value)}.contiguous()", [comment])
+        one, each = _COPY_COMMENTS[expr.sliced]
+        line = Line(f"{statement.var} = {self.value(expr.value)}.contiguous()", [one])
         before = self._copied
-        if before is not None and before.comments[-1:] in ([comment], [_plural(comment)]):
-            before.comments[-1] = _plural(comment)  # one comment for copies made together
+        if before is not None and before.comments[-1:] in ([one], [each]):
+            before.comments[-1] = each  # one comment for copies made together
             line.comments = []
         else:
             self._copied = line
@@ -674,13 +670,18 @@ class ForwardPrinter:
 ANNOTATED_WIDTH = 88 - 8
 
 
-def _plural(comment: str) -> str:
-    """A contiguous copy's comment said once for the copies that follow it."""
-    return (
-        comment.replace("Copied contiguous once", "Each copied contiguous once")
-        .replace("the larger value it views", "the larger values they view")
-        .replace("would copy it", "would copy each")
-    )
+#: a contiguous copy's comment, by whether the copy lets a larger value go: for one copy, and
+#: said once for copies made one after another
+_COPY_COMMENTS = {
+    True: (
+        "Copied contiguous once, so the larger value it views can be freed.",
+        "Each copied contiguous once, so the larger values they view can be freed.",
+    ),
+    False: (
+        "Copied contiguous once: a matmul in the loop would copy it every chunk.",
+        "Each copied contiguous once: a matmul in the loop would copy each every chunk.",
+    ),
+}
 
 
 def _annotated(var: str, note: str, code: str, comments: list[str] | None = None) -> Line:

@@ -45,7 +45,9 @@ def test_generated_gpt_compiles_once_for_every_length() -> None:
     graphs = []
     with torch.no_grad():
         for length in (200, 333, 520):
-            ids = torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(length))
+            ids = torch.randint(
+                0, 512, (1, length), generator=torch.Generator().manual_seed(length)
+            )
             before = len(loops)
             assert compare(loaded.module(ids), compiled(ids)) is None, length
             assert len(loops) - before == 4, length  # the four attention loops ran eagerly

@@ -62,17 +62,21 @@ BUDGET = 3 * 2**20
 LENGTHS = (40, 128, 300, 512, 1024)  # up to 8x the example's 128
 
 
-@pytest.fixture(scope="module")
-def emitted(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("runtime")
+def _emit_blocks(tmp_path_factory, *flags: str) -> tuple[Path, Path]:
+    """BLOCKS and the module `emit` writes for it with `flags`."""
+    root = tmp_path_factory.mktemp("blocks")
     path = root / "blocks.py"
     path.write_text(textwrap.dedent(BLOCKS))
     out = root / "out"
-    # out of reach at the example's length: its loops are chased, as the other tests' are
-    # (module-scoped, it runs before `chase_the_target`)
-    flags = ["--memory-budget", str(BUDGET), "--max-slowdown", "none"]
     assert cli.main(["emit", str(path), "--out", str(out), *flags]) == 0
     return path, out / "blocks.py"
+
+
+@pytest.fixture(scope="module")
+def emitted(tmp_path_factory) -> tuple[Path, Path]:
+    # out of reach at the example's length: its loops are chased, as the other tests' are
+    # (module-scoped, it runs before `chase_the_target`)
+    return _emit_blocks(tmp_path_factory, "--memory-budget", str(BUDGET), "--max-slowdown", "none")
 
 
 def _module(emitted, **kwargs):
@@ -318,12 +322,7 @@ def test_a_plan_that_misses_its_target_runs_the_chunks_it_chose(tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def automatic(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("auto")
-    path = root / "blocks.py"
-    path.write_text(textwrap.dedent(BLOCKS))
-    out = root / "out"
-    assert cli.main(["emit", str(path), "--out", str(out), "--memory-budget", "auto"]) == 0
-    return path, out / "blocks.py"
+    return _emit_blocks(tmp_path_factory, "--memory-budget", "auto")
 
 
 def _rows_seen(monkeypatch, module) -> list[tuple]:
