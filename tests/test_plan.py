@@ -402,3 +402,23 @@ def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(tmp_pa
         "the attention at model.py:13 holds its keys and values, or what they are made from "
         "(512.0 KiB), with the rows it has made (40 B): 512.0 KiB"
     ), found
+
+
+def test_a_time_limit_the_unlimited_plan_fits_costs_no_memory() -> None:
+    """NOTE [Aiming lower than reachable]: under a time limit, DistilBERT's feed-forward loops
+    sized for a target out of reach used to spend the limit's room, so the heads loops after
+    them were turned away (5.0 MiB, against 3.0 MiB without the limit). A limit the unlimited
+    plan's own estimated time fits must give a plan as low."""
+    pytest.importorskip("transformers")
+    from dataclasses import replace
+
+    from analysis.fastpath import eager_attention
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "zoo" / "hf_distilbert.py"
+    captured = eager_attention(capture(load_model_file(path)))
+    layers = frozenset({"transformer", "transformer.layer.0", "transformer.layer.1"})
+    graph = replace(captured, inline_calls=layers, memo={}, before=captured.captured)
+    free = make_plan(graph, Target(ratio=0.2))
+    limited = make_plan(graph, Target(ratio=0.2, max_slowdown=free.time_ratio + 0.01))
+    assert not free.met and limited.time_ratio <= free.time_ratio + 0.01
+    assert limited.planned_peak_bytes <= free.planned_peak_bytes < limited.original_peak_bytes // 3
