@@ -142,15 +142,16 @@ def _stages(
     graph: Graph, profile: Profile, budget: int, limit: Limit, progress: Progress | None
 ) -> tuple[tuple[Region, ...], bool]:
     """Loops through each peak in turn until the peak meets `budget` or no loop lowers it,
-    resized for speed under the peak they reach; and whether the time limit turned one away."""
+    resized for speed under the peak they reach; and whether the time limit turned one away
+    at any stage (the pipeline then plans without the limit, to see what it cost)."""
     regions: tuple[Region, ...] = ()
+    limit.binding = False
     for stage in range(MAX_STAGES):
         if progress is not None:
             progress(stage, profile.peak, budget)
         if profile.peak <= budget:
             break
         label = profile.labels[profile.peak_index]
-        limit.binding = False
         if label.startswith("region "):  # a loop sized when the limit left less room
             found = _shrunk(graph, regions, profile, int(label.split()[1]), budget, limit)
         else:
@@ -335,7 +336,8 @@ def _shrunk(
         sized, _ = _size_chunks(graph, base, regions[index], budget, machine)
     else:
         sized, _, left_out = _size_chunks_within(graph, base, regions[index], budget, machine, room)
-        if left_out is not None and left_out // 100 < profile.peak // 100:
+        unit = max(profile.peak // 100, 1)
+        if left_out is not None and left_out // unit < profile.peak // unit:
             limit.binding = True
     if sized is None or sized.chunk_size >= regions[index].chunk_size:
         return None
@@ -501,6 +503,8 @@ def inline_held(graph: Graph, plan: ChunkPlan, target: Target) -> tuple[Graph, C
                 graph, inline_calls=graph.inline_calls | alike, memo={}, before=graph.captured
             )
             planned = plan_for_range(trial, target)
+            if plan.time_limited and not planned.met:  # the pipeline plans without the limit
+                planned = replace(planned, time_limited=True)
             if planned.planned_peak_bytes < plan.planned_peak_bytes:
                 better = (trial, planned)
                 break
