@@ -17,6 +17,19 @@ a tool that could not take it there:
     keys and values from the hidden states), and so are the rows it has made, in the smallest
     form they take on the way to an output.
   An attention with a mask is left out: a window needs only some keys at a time.
+  The planner makes each projection once: it recomputes only cheap ops (NOTE [Recomputed
+  values]), never a matrix product. So a plan that keeps the value the keys and values are made
+  from, rather than the keys and values, also holds one head's keys and values for one batch
+  entry, whole, while that head runs: its queries read every key (NOTE [One head's keys]).
+
+NOTE [One head's keys]
+Below "the hidden states and the rows made" a plan must make some keys and values more than
+once. A loop over heads holds, beside the hidden states and the output it builds, the keys and
+values of the head it runs (2h/H for H heads of a width-h layer; 2.5h with four heads). Going
+lower needs keys and values for every chunk of queries, remade from the hidden states: each
+chunk repeats the key and value projections, at about 1.35x the time for a small encoder by
+the FLOP count, which is not a plan the tool makes. Keys and values that are views of the
+held value itself (no projection) add nothing.
 - **the time limit** the user set, or the default's (NOTE [Time limit]): a loop would have
   lowered the peak, at more time than the limit leaves.
 - **the tool's limit**: the peak is at an op no loop cut through (one that mixes every dim,
@@ -31,7 +44,16 @@ from pathlib import Path
 import torch
 
 from analysis.dimflow import schema_arg
-from analysis.ir import Graph, Ref, TensorMeta, refs_in, storage_roots, value_bytes
+from analysis.ir import (
+    Graph,
+    Ref,
+    TensorMeta,
+    dtype_size,
+    evaluate,
+    refs_in,
+    storage_roots,
+    value_bytes,
+)
 from analysis.memory import SETUP, estimate_graph, estimate_plan, region_label
 from analysis.ops import dim_rule
 from analysis.plan import ChunkPlan, describe_lines, format_bytes
@@ -121,7 +143,13 @@ class _Facts:
             if node.kind == "input":
                 self.idom[node.name], self.depth[node.name] = None, 1
                 continue
-            preds = [r for r in dict.fromkeys(node.refs()) if r in self.idom]
+            # sizes are not values a plan holds: a view's symbolic length read off the
+            # inputs does not make it depend on them
+            preds = [
+                r
+                for r in dict.fromkeys(node.refs())
+                if r in self.idom and isinstance(graph[r].meta, (TensorMeta, tuple))
+            ]
             if not preds:
                 continue  # made from parameters and sizes alone
             meet = preds[0]
@@ -182,7 +210,7 @@ class _Facts:
         from. 0 when it is made from the inputs with no attention on the way."""
         if name in self.cuts:
             return self.cuts[name]
-        best, through = self._dominators(name)
+        dominators, through = self._dominators(name)
         if not through:
             found = 0  # the inputs alone
         else:
@@ -190,23 +218,23 @@ class _Facts:
                 a for a in through if not any(self._before(a, self.attentions[b]) for b in through)
             ]
             remade = max(self._remade(self.graph[a]) for a in last)
-            found = remade if best is None else min(best, remade)
+            found = min(remade, *map(self.size, dominators))
         self.cuts[name] = found
         return found
 
-    def _dominators(self, name: str) -> tuple[int | None, list[str]]:
-        """The fewest bytes of a value every path to `name` passes through, up to the first
-        dominator with an attention between it and `name` (None: no such value), and the
-        attentions there ([]: none up to the inputs)."""
-        best: int | None = None
+    def _dominators(self, name: str) -> tuple[list[str], list[str]]:
+        """The values every path to `name` passes through, up to the first dominator with an
+        attention between it and `name`, and the attentions there ([]: none up to the
+        inputs)."""
+        found: list[str] = []
         d = self.idom.get(name)
         while d is not None:
             through = self._after(name, d)
             if through:
-                return best, through
-            best = self.size(d) if best is None else min(best, self.size(d))
+                return found, through
+            found.append(d)
             d = self.idom[d]
-        return best, []
+        return found, []
 
     def _remade(self, node) -> int:
         """What running an attention's last queries surely holds: all its keys and values,
@@ -239,12 +267,30 @@ class _Facts:
         if key not in self.idom or value not in self.idom:
             return held  # made from parameters alone
         source = self._meet(key, value)
-        if source is None:
-            return 0  # remade from the inputs
-        best, through = self._dominators(source)
-        if not through:
-            return 0  # remade from the inputs, with no attention on the way
-        return min(held, self.size(source), *([best] if best is not None else []))
+        if source is None:  # remade from the inputs
+            return min(held, self._one_head(node, None))
+        dominators, through = self._dominators(source)
+        if not through:  # remade from the inputs, with no attention on the way
+            return min(held, self._one_head(node, None))
+        kept = (self.size(d) + self._one_head(node, d) for d in [source, *dominators])
+        return min(held, *kept)
+
+    def _one_head(self, node, source: str | None) -> int:
+        """The keys and values of one head and batch entry (NOTE [One head's keys]): what a
+        plan holding `source` (None: the inputs) rather than them holds while that head runs;
+        nothing of an operand that is a view of `source` or of an input, made by no op."""
+        held = 0
+        for operand in node.args[1:3]:
+            root = self.roots.get(operand.name, operand.name)
+            if root == (self.roots.get(source, source) if source else None):
+                continue
+            if self.graph[root].kind != "op":
+                continue
+            meta, hints = self.graph[operand.name].meta, self.graph.hints
+            if isinstance(meta, TensorMeta) and meta.rank >= 2:
+                rows, width = (evaluate(size, hints) for size in meta.shape[-2:])
+                held += rows * width * dtype_size(meta.dtype)
+        return held
 
     def rows(self, name: str) -> int:
         """The smallest form an attention's made rows take on the way to the outputs: its
@@ -273,9 +319,20 @@ def shortfall(graph: Graph, plan: ChunkPlan) -> str | None:
     bound = floor(graph)
     if bound.bytes >= plan.budget_bytes:
         if bound.bytes == plan.budget_bytes:
-            return f"the model's floor: {bound.words}, the target itself"
-        above = format_bytes(bound.bytes - plan.budget_bytes)
-        return f"the model's floor: {bound.words}, {above} above the target"
+            said = f"the model's floor: {bound.words}, the target itself"
+        else:
+            said = f"the model's floor: {bound.words}, "
+            said += f"{format_bytes(bound.bytes - plan.budget_bytes)} above the target"
+        if estimate_agrees(plan.planned_peak_bytes, bound.bytes):
+            return said
+        # the plan is above the floor too: say whose limit holds the rest
+        more = format_bytes(plan.planned_peak_bytes - bound.bytes)
+        return f"{said}; the plan holds {more} more, {_above_floor(graph, plan)}"
+    return _above_floor(graph, plan)
+
+
+def _above_floor(graph: Graph, plan: ChunkPlan) -> str:
+    """Whose limit keeps a plan above the model's floor: the time limit, or the tool's."""
     if plan.time_limited:
         further = "further"
         if plan.unlimited_peak_bytes is not None:
