@@ -28,6 +28,7 @@ from analysis.program import (
     ChunkStart,
     Contiguous,
     Empty,
+    Overwrite,
     Floor,
     InputSize,
     LoopStep,
@@ -239,6 +240,8 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         return f"tensor({_meta(expr.meta, graph)})"
     if isinstance(expr, Contiguous):
         return f"contiguous({_arg(Ref(expr.value), graph, names)})"
+    if isinstance(expr, Overwrite):
+        return f"overwrite({_arg(Ref(expr.value), graph, names)})"
     if isinstance(expr, Empty):
         dtype = (
             f"dtype of {_arg(Ref(expr.dtype_of), graph, names)}" if expr.dtype_of else "fixed dtype"

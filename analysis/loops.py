@@ -15,7 +15,7 @@ from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule, schema_arg
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta, out_meta
+from analysis.ir import Graph, Node, Ref, TensorMeta, out_meta, storage_roots
 from analysis.layers import Layer
 from analysis.ops import CONV_TRANSPOSES, dim_rule, info, inplace_form
 from analysis.plan import Region
@@ -106,7 +106,97 @@ def lower_region(
             )
         )
     passes = tuple(_statistics_pass(graph, region, norm, layers) for norm in region.recomputed)
-    return LoopRegion(region, tuple(steps), passes)
+    return LoopRegion(region, tuple(steps), passes, _reuses(graph, region, steps))
+
+
+# NOTE [Outputs in place]
+# A loop's output is written chunk by chunk into a buffer allocated whole before the loop. When
+# the loop reads a value for the last time, each chunk only its own rows, and that value has
+# the output's shape and dtype, the output can be written into the value's storage instead:
+# chunk i reads rows i of the value and then overwrites them, and no later chunk reads them.
+# The buffer is not allocated, so the loop holds one full tensor less (a feed-forward loop
+# after a residual add: the add's result is the input, the block's output its rows overwritten).
+# The value must:
+# - be an op's own result (not a view, an input, a parameter or an output of the forward), made
+#   in the module that holds the loop and by no layer of it: a hook of a module sees the
+#   values passed to or returned by it, and a value overwritten later would change under it;
+# - be read nowhere after the loop (its storage's last reader is in the loop), and inside the
+#   loop only as the chunk's own rows (no halo, no cut keys, no copy, never written in place);
+# - be read, itself or through a view of its chunk, by no step after the one whose result is
+#   written into it.
+# Whether one class serves several calls is decided by the printed code, so a module whose calls
+# differ in this keep classes of their own (NOTE [One class per block]).
+
+
+def _reuses(graph: Graph, region: Region, steps: list[LoopStep]) -> tuple[tuple[str, str], ...]:
+    """The loop's outputs written into a value it reads for the last time (NOTE [Outputs in
+    place])."""
+    if not region.outputs:
+        return ()
+    roots, last_use = storage_roots(graph)
+    end = graph.position(region.span[-1])
+    calls = [graph[name].calls for name in region.span]
+    common = calls[0][: min(map(len, calls))]
+    while any(c[: len(common)] != common for c in calls):
+        common = common[:-1]
+    outputs = graph.output_names()
+    read_at: dict[str, list[int]] = {}  # value -> the steps reading it or a view of its chunk
+    aliases: dict[str, str] = {}  # a chunk that is a view of a value's rows -> that value
+    unfit: set[str] = set(region.materialized)
+    for index, step in enumerate(steps):
+        node = graph[step.node]
+        for operand in step.operands:
+            if operand.source == CHUNK:
+                value = aliases.get(operand.value)
+            else:
+                value = operand.value
+                if roots.get(value, value) != value:
+                    unfit.add(roots.get(value, value))  # a view of it is read
+                if operand.rows is None or operand.span != CHUNK_ROWS or operand.keys is not None:
+                    unfit.add(value)  # read whole, with a halo or cut to some keys
+            if value is None:
+                continue
+            read_at.setdefault(value, []).append(index)
+            if step.inplace is not None and step.operand(step.inplace) is operand:
+                unfit.add(value)
+            elif node.aliases is not None and operand.slot == 0:
+                aliases[step.node] = value
+    claimed: set[str] = set()
+    found = []
+    position = {step.node: index for index, step in enumerate(steps)}
+    for name, dim in region.outputs:
+        meta = graph[name].meta
+        for value, reads in read_at.items():
+            node = graph[value]
+            fits = (
+                value not in unfit
+                and value not in claimed
+                and value not in outputs
+                and node.kind == "op"
+                and roots.get(value, value) == value
+                and node.aliases is None
+                and node.mutates is None
+                and node.calls == common
+                and last_use.get(value, end + 1) <= end
+                and isinstance(node.meta, TensorMeta)
+                and isinstance(meta, TensorMeta)
+                and node.meta.contiguous
+                and (node.meta.shape, node.meta.dtype) == (meta.shape, meta.dtype)
+                and steps[position[name]].span == CHUNK_ROWS
+                and max(reads) <= position[name]
+                and aliases.get(name) != value
+                and all(
+                    o.rows == dim
+                    for s in steps
+                    for o in s.operands
+                    if o.value == value and o.source != CHUNK
+                )
+            )
+            if fits:
+                claimed.add(value)
+                found.append((name, value))
+                break
+    return tuple(found)
 
 
 def _statistics_pass(

@@ -46,6 +46,7 @@ from analysis.program import (
     ModuleCall,
     NewStats,
     Operand,
+    Overwrite,
     Program,
     Return,
     Rows,
@@ -589,9 +590,15 @@ class _Lowering:
             setup.append(Statement(var, new, frozenset(), node.source, region=index))
             setup.append(self._pass(index, lowered, done, rows, head, names, stats))
         device_of = region.slices[0][0] if region.slices else None
+        reuses = dict(lowered.reuses)
         for name, _ in region.outputs:
             node = graph[name]
             var = buffers[name]
+            if name in reuses:  # NOTE [Outputs in place]
+                over = Overwrite(reuses[name])
+                reads = self.reads(Ref(reuses[name])) | {var}
+                setup.append(Statement(var, over, frozenset(reads), region=index))
+                continue
             dtype_of = self._dtype_of(region, node.tensor.dtype)
             reads = set(self.reads(list(node.tensor.shape))) | {var}
             for value in (dtype_of, device_of):  # a value copied: its copy, so it can go

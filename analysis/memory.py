@@ -335,8 +335,12 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         scratch = _float32_copies(meta, hints, share, 1)  # the chunk's rows read in float32
         stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
         stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
+    reuses = dict(lowered.reuses)  # NOTE [Outputs in place]
     for name in outputs:
-        stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=setup))
+        if name in reuses:
+            stmts.append(Stmt(key=name, shares=reuses[name], uses=(reuses[name],), label=setup))
+        else:
+            stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=setup))
     for step in lowered.steps:
         stmts.append(_step_stmt(graph, region, step, copies, outer, CHUNK_KEY, label))
         if step.node in outputs:

@@ -275,6 +275,9 @@ class LoopRegion:
     steps: tuple[LoopStep, ...]
     #: the statistics passes run before the loop, in order (NOTE [Statistics passes])
     passes: tuple[StatisticsPass, ...] = ()
+    #: outputs written into the storage of a value the loop reads for the last time, row by
+    #: row, instead of a buffer of their own: (output, value) (NOTE [Outputs in place])
+    reuses: tuple[tuple[str, str], ...] = ()
 
     def with_chunk_size(self, chunk_size: int) -> LoopRegion:
         return replace(self, region=self.region.with_chunk_size(chunk_size))
@@ -389,6 +392,14 @@ class Empty:
 
 
 @dataclass(frozen=True, slots=True)
+class Overwrite:
+    """A loop output written into the storage of a value the loop reads for the last time, its
+    own rows in each chunk (NOTE [Outputs in place]): no buffer of its own."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rows:
     """Rows per chunk at run time: `fixed + per_row * rows` within the budget."""
 
@@ -493,7 +504,7 @@ class Return:
 
 
 Expr = Union[
-    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Rows, GroupStats, NewStats,
+    InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Overwrite, Rows, GroupStats, NewStats,
     AddStats, Stop,
     Bound, WriteChunk,
     UpdateBuffer, Return, LoopStep, ModuleCall, SizeValue,
@@ -606,6 +617,7 @@ __all__ = [
     "ChunkStart",
     "Contiguous",
     "Empty",
+    "Overwrite",
     "Floor",
     "GroupStats",
     "InputSize",

@@ -242,7 +242,8 @@ def _merged(graph: Graph, regions: tuple[Region, ...], bound: int) -> tuple[Regi
         merged = False
         for index in range(len(regions) - 1):
             first, second = regions[index], regions[index + 1]
-            found = _joined(graph, names, first, second)
+            after = regions[index + 2].span[0] if index + 2 < len(regions) else None
+            found = _joined(graph, names, first, second, after)
             if found is None:
                 continue
             others = regions[:index] + regions[index + 2 :]
@@ -286,10 +287,14 @@ def _gap(graph: Graph, names: list[str], after: str, before: str) -> int:
     return count
 
 
-def _joined(graph: Graph, names: list[str], first: Region, second: Region) -> Region | None:
+def _joined(
+    graph: Graph, names: list[str], first: Region, second: Region, after: str | None = None
+) -> Region | None:
     """One region over both loops' stretches and the ops between, or None; reaching on to the
     ops that read its results, where they are near (the residual add after a feed-forward),
-    when that leaves it fewer results to write whole."""
+    when that leaves it fewer results to write whole, but never into the next loop (`after`,
+    its first node)."""
+    stop = graph.position(after) if after is not None else len(names)
     start, end = graph.position(first.span[0]), graph.position(second.span[-1])
     if _gap(graph, names, first.span[-1], second.span[0]) > MERGE_GAP:
         return None
@@ -310,6 +315,7 @@ def _joined(graph: Graph, names: list[str], first: Region, second: Region) -> Re
         reach = max((p for p in readers if p > end), default=None)
         if (
             reach is None
+            or reach >= stop
             or reach - end > MERGE_GAP
             or any(graph[name].kind != "op" for name in names[end + 1 : reach + 1])
         ):

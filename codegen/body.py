@@ -35,6 +35,7 @@ from analysis.program import (
     ChunkStart,
     Contiguous,
     Empty,
+    Overwrite,
     Floor,
     GroupStats,
     InputSize,
@@ -127,6 +128,7 @@ class ForwardPrinter:
             TensorConstant: self._print_tensorconstant,
             Contiguous: self._print_contiguous,
             Empty: self._print_empty,
+            Overwrite: self._print_overwrite,
             Rows: self._print_rows,
             Stop: self._print_stop,
             GroupStats: self._print_groupstats,
@@ -440,6 +442,10 @@ class ForwardPrinter:
         device = f"{named(expr.device_of)}.device" if expr.device_of else self.device
         shape = self.shape(expr.meta.shape)
         return Line(f"{statement.var} = torch.empty({shape}, dtype={like}, device={device})")
+
+    def _print_overwrite(self, statement: Statement, block: Block | None) -> Line:
+        value = self.value(statement.expr.value)  # NOTE [Outputs in place]
+        return Line(f"{statement.var} = {value}  # overwritten: nothing reads {value} after")
 
     def _print_rows(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr

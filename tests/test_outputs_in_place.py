@@ -1,0 +1,80 @@
+"""NOTE [Outputs in place]: a loop's output takes the storage of a value the loop reads for the
+last time, row by row, instead of a buffer of its own; never a value read after the loop, nor
+one a module's hook could see."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import analysis.loops
+from codegen.cli import main
+
+MODEL = """
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Softmax(dim=1)
+            self.norm = nn.LayerNorm(64)
+            self.up, self.down = nn.Linear(64, 1024), nn.Linear(1024, 64)
+
+        def forward(self, x):
+            h = torch.softmax(x, dim=1)  # mixes the rows: made before the loop
+            BODY
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 4096, 64, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        return {"x": {1: torch.export.Dim("seq", min=2, max=4096)}}
+"""
+
+BODIES = {
+    # read for the last time by the loop, made in the module that holds it
+    "last read": "return h + self.down(torch.relu(self.up(self.norm(h))))",
+    # read after the loop: its rows must survive it
+    "read after": "y = h + self.down(torch.relu(self.up(self.norm(h))))\n"
+    "        return y + h.flip(1)",
+    # a layer's result: a hook of the layer may keep it
+    "a layer's": "h = self.mix(x)\n        return h + self.down(torch.relu(self.up(self.norm(h))))",
+}
+
+
+def _emit(tmp_path: Path, capsys, body: str) -> tuple[str, int, str]:
+    """The generated forward's source, its planned peak and the emit line."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(MODEL).replace("BODY", body))
+    assert main(["plan", str(path), "--json", "--memory-ratio", "0.02"]) == 0
+    planned = json.loads(capsys.readouterr().out)["planned_peak_bytes"]
+    assert (
+        main(["emit", str(path), "--out", str(tmp_path / "out"), "--memory-ratio", "0.02"]) == 0
+    )  # verified
+    line = capsys.readouterr().out
+    return (tmp_path / "out" / "model.py").read_text(), planned, line
+
+
+@pytest.mark.parametrize("case", list(BODIES))
+def test_a_loop_output_overwrites_only_a_value_nothing_else_reads(
+    tmp_path: Path, capsys, monkeypatch, case: str
+) -> None:
+    source, planned, line = _emit(tmp_path, capsys, BODIES[case])
+    overwrites = "  # overwritten: nothing reads h after" in source
+    assert overwrites == (case == "last read"), source
+    assert "1 chunk loop(s)" in line, line
+    if case != "last read":
+        return
+    # the same plan with a buffer of its own holds the buffer's 1 MiB more
+    monkeypatch.setattr(analysis.loops, "_reuses", lambda *args: ())
+    (tmp_path / "out" / "model.py").unlink()
+    _, buffered, _ = _emit(tmp_path, capsys, BODIES[case])
+    assert buffered - planned == 4096 * 64 * 4, (buffered, planned)
