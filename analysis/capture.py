@@ -288,7 +288,7 @@ def _op_node(fx: torch.fx.Node, path: Path) -> Node:
     target = fx.target
     args = tuple(_arg(a) for a in fx.args)
     kwargs = tuple((k, _arg(v)) for k, v in fx.kwargs.items())
-    aliases = _shared_storage(fx)
+    aliases = _shared_storage(fx) or _returned_input(target, fx)
     mutates = _mutated(target, fx) if isinstance(target, torch._ops.OpOverload) else None
     stack = fx.meta.get("nn_module_stack") or {}
     module_path, module_type = "", ""
@@ -446,6 +446,25 @@ def _shared_storage(fx: torch.fx.Node) -> str | None:
         if any(ref in produced for ref in _storages(arg.meta.get("val"))):
             return arg.name
     return None
+
+
+#: dropouts that return their input itself, not a copy, when not training or dropping nothing
+#: (ATen's `_dropout_impl`); fake tensors give them a storage of their own
+_IDENTITY_DROPOUTS = {
+    torch.ops.aten.dropout.default,
+    torch.ops.aten.feature_dropout.default,
+    torch.ops.aten.alpha_dropout.default,
+    torch.ops.aten.feature_alpha_dropout.default,
+}
+
+
+def _returned_input(target: Any, fx: torch.fx.Node) -> str | None:
+    """The input an op returns as itself: an eval-mode dropout's (NOTE [Memory model])."""
+    if target not in _IDENTITY_DROPOUTS or not isinstance(fx.args[0], torch.fx.Node):
+        return None
+    p = fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("p", 0.5)
+    train = fx.args[2] if len(fx.args) > 2 else fx.kwargs.get("train")
+    return fx.args[0].name if train is False or p == 0 else None
 
 
 def _mutated(op: torch._ops.OpOverload, fx: torch.fx.Node) -> str | None:

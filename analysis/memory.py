@@ -8,7 +8,10 @@ those values is an output. Model inputs, parameters, buffers and constants own z
 exist before the call. The live bytes right after a statement runs are that statement's
 footprint; the peak is the largest footprint. This is what the live-storage tracker in
 `codegen.measure` sees, op by op. A few ops allocate scratch while they run (SDPA turns a bool
-mask into a float copy of it); a statement's scratch counts in its own footprint only.
+mask into a float copy of it); a statement's scratch counts in its own footprint only. Which
+storage a value shares is read off the fake tensors at capture, except where fake tensors and
+eager differ: a dropout outside training returns its input itself in eager, where its fake
+tensor has a storage of its own (`analysis.capture._returned_input`).
 """
 
 from __future__ import annotations

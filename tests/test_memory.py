@@ -201,3 +201,46 @@ def test_a_contiguous_operand_needs_no_copy(tmp_path) -> None:
     graph = capture(load_model_file(path))
     matmul = next(n for n in graph.nodes if n.target is torch.ops.aten.matmul.default)
     assert matmul.copies == ()  # k transposed is (b, h, d, n) with foldable batch strides
+
+
+DROPOUT = """
+    import torch
+
+    class Dropped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.drop = torch.nn.Linear(64, 1024), torch.nn.Dropout(0.1)
+            self.down = torch.nn.Linear(1024, 64)
+
+        def forward(self, x):
+            h = self.up(x)
+            # outside training the dropout returns `h` itself; F.dropout and p=0 alike
+            return self.down(torch.nn.functional.dropout(self.drop(h), 0.0, training=True))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Dropped().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 1024, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+def test_a_dropout_outside_training_holds_nothing_of_its_own(tmp_path) -> None:
+    """NOTE [Memory model]: fake tensors give an eval-mode dropout (and one dropping nothing)
+    a storage of its own; eager returns the input itself, and so does the estimate."""
+    import textwrap
+
+    from analysis.capture import capture
+    from analysis.loader import load_model_file
+    from analysis.memory import estimate_graph
+
+    path = tmp_path / "dropped.py"
+    path.write_text(textwrap.dedent(DROPOUT))
+    loaded = load_model_file(path)
+    graph = capture(loaded)
+    dropouts = [n for n in graph.nodes if "dropout" in str(n.target)]
+    assert len(dropouts) == 2 and all(n.aliases is not None for n in dropouts), dropouts
+    estimate = estimate_graph(graph).peak
+    measured = measure_peak(loaded.module, loaded.inputs)
+    assert estimate == measured == 1024 * 1024 * 4 + 1024 * 64 * 4, (estimate, measured)
