@@ -241,7 +241,8 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
     if isinstance(expr, Contiguous):
         return f"contiguous({_arg(Ref(expr.value), graph, names)})"
     if isinstance(expr, Overwrite):
-        return f"overwrite({_arg(Ref(expr.value), graph, names)})"
+        unless = ", unless hooked" if expr.unless_hooked else ""
+        return f"overwrite({_arg(Ref(expr.value), graph, names)}{unless})"
     if isinstance(expr, Empty):
         dtype = (
             f"dtype of {_arg(Ref(expr.dtype_of), graph, names)}" if expr.dtype_of else "fixed dtype"

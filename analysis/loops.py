@@ -4,6 +4,8 @@ program])."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import replace
 from typing import Any, Callable, Mapping
@@ -117,21 +119,49 @@ def lower_region(
 # The buffer is not allocated, so the loop holds one full tensor less (a feed-forward loop
 # after a residual add: the add's result is the input, the block's output its rows overwritten).
 # The value must:
-# - be an op's own result (not a view, an input, a parameter or an output of the forward), made
-#   in the module that holds the loop and by no layer of it: a hook of a module sees the
-#   values passed to or returned by it, and a value overwritten later would change under it;
+# - be an op's own result (not a view, an input, a parameter or an output of the forward);
 # - be read nowhere after the loop (its storage's last reader is in the loop), and inside the
 #   loop only as the chunk's own rows (no halo, no cut keys, no copy, never written in place);
 # - be read, itself or through a view of its chunk, by no step after the one whose result is
-#   written into it.
+#   written into it;
+# - be made inside the module whose forward holds the loop (the module all the loop's ops are
+#   in), not passed to it: what made a module's argument is out of its sight (below).
+# A forward hook may keep a module's output or its arguments, and would see them change. A
+# value made by a plain op of the module holding the loop is no module's output or argument:
+# it is overwritten unconditionally. One a layer or a child module returned is overwritten only
+# when no module of the forward's own subtree has a forward hook or pre-hook, nor the model a
+# global one, checked at every call (`_hooked(self)`); else the loop takes a buffer, as before.
+# The estimate counts the unhooked path; verification runs both (a no-op hook for the other).
+# A loop that holds less changes what later stages of selection see, and a greedy choice made
+# on it is not always the better one (a queries loop taken for a layer that a heads loop would
+# have served, in BART). So selection chooses the loops without writing in place, then writes
+# in place in the loops it chose, which only lowers their peaks; and where that plan misses its
+# target, chooses them again with it and keeps the lower plan (`analysis.select.make_plan`).
 # Whether one class serves several calls is decided by the printed code, so a module whose calls
 # differ in this keep classes of their own (NOTE [One class per block]).
 
 
-def _reuses(graph: Graph, region: Region, steps: list[LoopStep]) -> tuple[tuple[str, str], ...]:
-    """The loop's outputs written into a value it reads for the last time (NOTE [Outputs in
-    place])."""
-    if not region.outputs:
+#: whether loops write outputs in place (NOTE [Outputs in place]); selection chooses loops
+#: without it too (`analysis.select.make_plan`)
+OVERWRITES = contextvars.ContextVar("overwrites", default=True)
+
+
+@contextlib.contextmanager
+def without_overwrites():
+    """Lower every loop with buffers of its own while the block runs."""
+    token = OVERWRITES.set(False)
+    try:
+        yield
+    finally:
+        OVERWRITES.reset(token)
+
+
+def _reuses(
+    graph: Graph, region: Region, steps: list[LoopStep]
+) -> tuple[tuple[str, str, bool], ...]:
+    """The loop's outputs written into a value it reads for the last time, and whether only
+    while no hook could keep that value (NOTE [Outputs in place])."""
+    if not region.outputs or not OVERWRITES.get():
         return ()
     roots, last_use = storage_roots(graph)
     end = graph.position(region.span[-1])
@@ -176,7 +206,7 @@ def _reuses(graph: Graph, region: Region, steps: list[LoopStep]) -> tuple[tuple[
                 and roots.get(value, value) == value
                 and node.aliases is None
                 and node.mutates is None
-                and node.calls == common
+                and node.calls[: len(common)] == common
                 and last_use.get(value, end + 1) <= end
                 and isinstance(node.meta, TensorMeta)
                 and isinstance(meta, TensorMeta)
@@ -194,7 +224,7 @@ def _reuses(graph: Graph, region: Region, steps: list[LoopStep]) -> tuple[tuple[
             )
             if fits:
                 claimed.add(value)
-                found.append((name, value))
+                found.append((name, value, node.calls != common))
                 break
     return tuple(found)
 

@@ -590,15 +590,10 @@ class _Lowering:
             setup.append(Statement(var, new, frozenset(), node.source, region=index))
             setup.append(self._pass(index, lowered, done, rows, head, names, stats))
         device_of = region.slices[0][0] if region.slices else None
-        reuses = dict(lowered.reuses)
+        reuses = {name: (value, hooked) for name, value, hooked in lowered.reuses}
         for name, _ in region.outputs:
             node = graph[name]
             var = buffers[name]
-            if name in reuses:  # NOTE [Outputs in place]
-                over = Overwrite(reuses[name])
-                reads = self.reads(Ref(reuses[name])) | {var}
-                setup.append(Statement(var, over, frozenset(reads), region=index))
-                continue
             dtype_of = self._dtype_of(region, node.tensor.dtype)
             reads = set(self.reads(list(node.tensor.shape))) | {var}
             for value in (dtype_of, device_of):  # a value copied: its copy, so it can go
@@ -606,8 +601,11 @@ class _Lowering:
                     reads |= {copies[value]} if value in copies else {self.name_of(value)} - {None}
             if device_of is None and self.device_of:
                 reads.add(self.device_of)
-            empty = Empty(node.tensor, dtype_of, device_of)
-            setup.append(Statement(var, empty, frozenset(reads), region=index))
+            expr: Empty | Overwrite = Empty(node.tensor, dtype_of, device_of)
+            if name in reuses:  # NOTE [Outputs in place]
+                expr = Overwrite(*reuses[name])
+                reads = self.reads(Ref(expr.value)) | {var}
+            setup.append(Statement(var, expr, frozenset(reads), region=index))
         self.chunks = {}
         body, bounds = self._body(lowered, lowered.steps, rows, head, names, stats, buffers)
         block = Block(

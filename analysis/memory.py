@@ -338,7 +338,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         scratch = _float32_copies(meta, hints, share, 1)  # the chunk's rows read in float32
         stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
         stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
-    reuses = dict(lowered.reuses)  # NOTE [Outputs in place]
+    reuses = {name: value for name, value, _ in lowered.reuses}  # NOTE [Outputs in place]
     for name in outputs:
         if name in reuses:
             stmts.append(Stmt(key=name, shares=reuses[name], uses=(reuses[name],), label=setup))

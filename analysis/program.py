@@ -276,8 +276,9 @@ class LoopRegion:
     #: the statistics passes run before the loop, in order (NOTE [Statistics passes])
     passes: tuple[StatisticsPass, ...] = ()
     #: outputs written into the storage of a value the loop reads for the last time, row by
-    #: row, instead of a buffer of their own: (output, value) (NOTE [Outputs in place])
-    reuses: tuple[tuple[str, str], ...] = ()
+    #: row, instead of a buffer of their own: (output, value, only while nothing is hooked)
+    #: (NOTE [Outputs in place])
+    reuses: tuple[tuple[str, str, bool], ...] = ()
 
     def with_chunk_size(self, chunk_size: int) -> LoopRegion:
         return replace(self, region=self.region.with_chunk_size(chunk_size))
@@ -394,9 +395,11 @@ class Empty:
 @dataclass(frozen=True, slots=True)
 class Overwrite:
     """A loop output written into the storage of a value the loop reads for the last time, its
-    own rows in each chunk (NOTE [Outputs in place]): no buffer of its own."""
+    own rows in each chunk (NOTE [Outputs in place]): no buffer of its own; `unless_hooked`:
+    only while no forward hook could keep the value (`_hooked(self)`), else a buffer like it."""
 
     value: str
+    unless_hooked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from typing import Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
+from analysis.loops import without_overwrites
 from analysis.lower import lower_region
 from analysis.ir import Graph, Node, Size, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
@@ -115,6 +116,24 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
     original_peak = estimate_graph(graph.captured).peak if graph.before else profile.peak
     budget = target.bytes_for(original_peak)
     limit = Limit.of(graph, target.max_slowdown)
+    with without_overwrites():  # NOTE [Outputs in place]: loops chosen as if with buffers
+        regions, binding = _aimed(graph, profile, budget, limit, progress)
+    peak = estimate_plan(graph, regions).peak  # lower in place: the same loops hold less
+    if peak > budget:
+        tried, tried_binding = _aimed(graph, profile, budget, limit, None)
+        tried_peak = estimate_plan(graph, tried).peak
+        if tried_peak < peak:
+            regions, binding = tried, tried_binding
+    limit.binding = binding
+    return finish_plan(graph, regions, original_peak, budget, limit)
+
+
+def _aimed(
+    graph: Graph, profile: Profile, budget: int, limit: Limit, progress: Progress | None
+) -> tuple[tuple[Region, ...], bool]:
+    """The stages' loops, and whether the limit turned one away; when it did and the target is
+    missed, the lowest of the plans aimed between the target and the peak reached (NOTE [Aiming
+    lower than reachable])."""
     regions, binding = _stages(graph, profile, budget, limit, progress)
     peak = estimate_plan(graph, regions).peak
     # NOTE [Aiming lower than reachable]: a target out of reach under a time limit
@@ -129,8 +148,7 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
             high = tried_peak
         else:
             low = aim
-    limit.binding = binding
-    return finish_plan(graph, regions, original_peak, budget, limit)
+    return regions, binding
 
 
 #: how many lower aims a plan missing its target under a time limit tries (NOTE [Aiming lower

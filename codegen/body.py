@@ -445,7 +445,12 @@ class ForwardPrinter:
 
     def _print_overwrite(self, statement: Statement, block: Block | None) -> Line:
         value = self.value(statement.expr.value)  # NOTE [Outputs in place]
-        return Line(f"{statement.var} = {value}  # overwritten: nothing reads {value} after")
+        if not statement.expr.unless_hooked:
+            return Line(f"{statement.var} = {value}  # overwritten: nothing reads {value} after")
+        return Line(
+            f"{statement.var} = {value} if not _hooked(self) else torch.empty_like({value})",
+            comments=[f"Overwrites {value}, which nothing reads after, unless a hook may keep it."],
+        )
 
     def _print_rows(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr

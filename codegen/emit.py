@@ -381,6 +381,7 @@ def emit_module(
             for value in step.args
         ),
         group_norms=any(block.stats for block in program.blocks),
+        hook_checks=any(hooked for block in program.blocks for *_, hooked in block.lowered.reuses),
         padding_checks=any(
             node.kind == "op" and NO_PADDING in dict(node.kwargs) for node in graph.nodes
         ),

@@ -133,6 +133,9 @@ def verify(
         problem = None
         for each in (inputs, *also):
             problem = problem or _mismatch(original, generated, each)
+        if problem is None and "_hooked(self)" in source:  # NOTE [Outputs in place]
+            with generated.register_forward_hook(lambda *args: None):  # the buffers' path
+                problem = _mismatch(original, generated, inputs)
     except Exception as exc:
         raise InternalError(
             f"generated module failed to run: {type(exc).__name__}: {exc}{_line_in(exc, path)}",

@@ -68,13 +68,37 @@ def test_a_loop_output_overwrites_only_a_value_nothing_else_reads(
     tmp_path: Path, capsys, monkeypatch, case: str
 ) -> None:
     source, planned, line = _emit(tmp_path, capsys, BODIES[case])
-    overwrites = "  # overwritten: nothing reads h after" in source
-    assert overwrites == (case == "last read"), source
+    plain = "add = h  # overwritten: nothing reads h after" in source
+    guarded = "add = h if not _hooked(self) else torch.empty_like(h)" in source
+    assert (plain, guarded) == (case == "last read", case == "a layer's"), source
     assert "1 chunk loop(s)" in line, line
-    if case != "last read":
+    estimated = line.split("estimated peak ", 1)[1].split(" for ", 1)[0]
+    assert estimated == line.split("measured ", 1)[1].split(";")[0].strip(), line
+    if case == "read after":
         return
     # the same plan with a buffer of its own holds the buffer's 1 MiB more
     monkeypatch.setattr(analysis.loops, "_reuses", lambda *args: ())
     (tmp_path / "out" / "model.py").unlink()
     _, buffered, _ = _emit(tmp_path, capsys, BODIES[case])
     assert buffered - planned == 4096 * 64 * 4, (buffered, planned)
+
+
+def test_a_hook_keeping_a_layers_result_sees_it_unchanged(tmp_path: Path, capsys) -> None:
+    """A layer's result a loop would write over is kept whole while any module has a forward
+    hook: a hook that keeps the layer's output (no copy) sees what the original's sees."""
+    import torch
+
+    from analysis.loader import load_model_file
+    from codegen.verify import import_source, instantiate
+
+    source, _, _ = _emit(tmp_path, capsys, BODIES["a layer's"])
+    loaded = load_model_file(tmp_path / "model.py")
+    module, _ = import_source(source)
+    chunked = instantiate(module, loaded.module)
+    kept: dict[str, torch.Tensor] = {}
+    for name, model in (("original", loaded.module), ("chunked", chunked)):
+        model.mix.register_forward_hook(lambda m, args, out, name=name: kept.__setitem__(name, out))
+    with torch.no_grad():
+        expected, actual = loaded.module(*loaded.inputs), chunked(*loaded.inputs)
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(kept["chunked"], kept["original"], rtol=0, atol=0)
