@@ -121,9 +121,9 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
     peak = estimate_plan(graph, regions).peak  # lower in place: the same loops hold less
     if peak > budget:
         tried, tried_binding = _aimed(graph, profile, budget, limit, None)
-        tried_peak = estimate_plan(graph, tried).peak
-        if tried_peak < peak:
-            regions, binding = tried, tried_binding
+        if estimate_plan(graph, tried).peak < peak:
+            regions = tried
+        binding = binding or tried_binding  # the limit turned a loop away on either path
     limit.binding = binding
     return finish_plan(graph, regions, original_peak, budget, limit)
 
