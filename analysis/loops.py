@@ -171,6 +171,7 @@ def _reuses(
         common = common[:-1]
     outputs = graph.output_names()
     read_at: dict[str, list[int]] = {}  # value -> the steps reading it or a view of its chunk
+    dims: dict[str, set[int | None]] = {}  # value -> the dims it is sliced along
     aliases: dict[str, str] = {}  # a chunk that is a view of a value's rows -> that value
     unfit: set[str] = set(region.materialized)
     for index, step in enumerate(steps):
@@ -184,6 +185,7 @@ def _reuses(
                     unfit.add(roots.get(value, value))  # a view of it is read
                 if operand.rows is None or operand.span != CHUNK_ROWS or operand.keys is not None:
                     unfit.add(value)  # read whole, with a halo or cut to some keys
+                dims.setdefault(value, set()).add(operand.rows)
             if value is None:
                 continue
             read_at.setdefault(value, []).append(index)
@@ -215,12 +217,7 @@ def _reuses(
                 and steps[position[name]].span == CHUNK_ROWS
                 and max(reads) <= position[name]
                 and aliases.get(name) != value
-                and all(
-                    o.rows == dim
-                    for s in steps
-                    for o in s.operands
-                    if o.value == value and o.source != CHUNK
-                )
+                and dims.get(value) == {dim}
             )
             if fits:
                 claimed.add(value)
