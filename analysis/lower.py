@@ -219,18 +219,36 @@ class _Lowering:
         """The base of a parameter of this module's forward: the original forward's own
         parameter, where the first line of this forward reading the value names exactly one
         of them (`h = self.conv_1(F.silu(self.norm_1(x)))` reads `x`), else the value's name
-        where it was made."""
+        where it was made. A line that reads sizes passed as numbers too (NOTE [Sizes passed
+        as numbers]) gives its tensors the parameters it names in order, and its sizes the
+        rest: `F.interpolate(x, size=size)` names `x` and `size`, sizes `size` and `size_1`."""
+        graph = self.graph
         params = self._signature()
         for reader in self.scope.nodes:
-            if name not in self.graph[reader].refs():
+            if name not in graph[reader].refs():
                 continue
-            source = self.graph[reader].source
+            source = graph[reader].source
             if source is None:
                 continue
             named = set(re.findall(r"[A-Za-z_]\w*", source.code))
             found = [p for p in params if p in named]
             if len(found) == 1:
                 return found[0]
+            line = {
+                ref
+                for n in self.scope.nodes
+                if graph[n].source is not None
+                and (graph[n].source.file, graph[n].source.line) == (source.file, source.line)
+                for ref in graph[n].refs()
+            }
+            read = [i for i in self.scope.inputs if i in line]
+            sizes = [i for i in read if is_size(graph, i)]
+            tensors = [i for i in read if i not in sizes]
+            rest = found[len(tensors) :]
+            if sizes and rest and name in tensors:
+                return found[tensors.index(name)]
+            if sizes and rest and len(rest) in (1, len(sizes)):
+                return rest[min(sizes.index(name), len(rest) - 1)]
         return self.maker_base(name)
 
     def maker_base(self, name: str) -> str:
@@ -325,6 +343,9 @@ class _Lowering:
             named = {s.symbol: s.name for s in graph.symbols}
             bound = bound_symbols(graph, self.scope.inputs)
             for symbol, (name, axis, offset, scale) in bound.items():
+                if axis is None and (offset, scale) == (0, 1):  # passed as this very number
+                    self.symbols[symbol] = self.names[name]
+                    continue
                 if symbol in named:
                     var = self.ns.create(named[symbol])
                 else:  # a size of this input: `x_height`, the height x has here
@@ -341,7 +362,10 @@ class _Lowering:
         if self.scopes is not None:  # sizes made elsewhere, written again here
             own = set(self.scope.nodes)
             readers = [n for n in self.scope.nodes if not is_size(graph, n)]
-            for name in dict.fromkeys(r for n in readers for r in graph[n].refs()):
+            wanted = [r for n in readers for r in graph[n].refs()]
+            for child in self.scope.children:  # NOTE [Sizes passed as numbers]
+                wanted += [n for n in self.scopes.scopes[child].inputs if is_size(graph, n)]
+            for name in dict.fromkeys(wanted):
                 if name in own or name in self.names or not is_size(graph, name):
                     continue
                 if graph[name].meta in self.symbols:  # a size bound already: its name
@@ -485,6 +509,8 @@ class _Lowering:
             self.names[node.name] = self.symbols[node.meta]  # the dim is already bound
             return None
         if self.scopes is not None and is_size(self.graph, node.name):
+            if node.name in self.params_held:  # passed in (NOTE [Sizes passed as numbers])
+                return None
             if node.meta in self.symbols:  # a size bound already: its name
                 self.names[node.name] = self.symbols[node.meta]
                 return None

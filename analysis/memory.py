@@ -36,6 +36,7 @@ from analysis.ir import (
 from analysis.lower import lower_region
 from analysis.ops import dim_rule
 from analysis.plan import Region
+from analysis.scopes import is_size
 from analysis.program import CHUNK, COPY, CausalRows, LoopRegion, LoopStep
 
 
@@ -125,7 +126,9 @@ def _node_stmt(node: Node, graph: Graph) -> Stmt:
         key=node.name,
         alloc=value_bytes(node.meta, hints) if owned else 0,
         shares=node.mutates or node.aliases,
-        uses=tuple(dict.fromkeys(node.refs())),
+        # a size holds no tensor: eager reads it where the model asks, the generated module
+        # writes it from the sizes it binds (NOTE [Sizes passed as numbers])
+        uses=() if is_size(graph, node.name) else tuple(dict.fromkeys(node.refs())),
         label=node.name,
         scratch=(_mask_scratch(node, graph, mask) if mask else 0)
         + _math_scratch(node, graph)
@@ -228,8 +231,9 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
             if len(names) < 2 or kind.startswith("torch.nn.") or call in graph.inline_calls:
                 continue
             inside = set(names)
+            readers = [n for n in names if not is_size(graph, n)]  # sizes pass as numbers
             inputs = tuple(
-                dict.fromkeys(r for n in names for r in graph[n].refs() if r not in inside)
+                dict.fromkeys(r for n in readers for r in graph[n].refs() if r not in inside)
             )
             found.setdefault(names[-1], []).append((call, inputs))
         graph.memo[key] = found

@@ -294,10 +294,11 @@ class Attr:
 
 @dataclass(frozen=True, slots=True)
 class InputSize:
-    """A dynamic dim read from an input: `(input.shape[axis] - offset) // scale`."""
+    """A dynamic dim read from an input: `(input.shape[axis] - offset) // scale`; with no axis,
+    from a size passed as a number (NOTE [Sizes passed as numbers])."""
 
     input: str
-    axis: int
+    axis: int | None
     offset: int = 0
     scale: int = 1
 

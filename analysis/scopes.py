@@ -224,22 +224,58 @@ def _common(scopes: Scopes, calls: list[str]) -> str:
 
 
 def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
-    """Fill in what a scope reads from outside and what it returns."""
+    """Fill in what a scope reads from outside and what it returns.
+
+    NOTE [Sizes passed as numbers]
+    A size read off a value made outside the scope (SegFormer's attention reshapes by the
+    `height` and `width` of the patch embedding's convolution) is passed in as a number, as the
+    model's own forward passes it (`self.attention(hidden_states, height, width)`), where no
+    tensor the scope reads anyway has it: passing the tensor for its shape would hold it, a
+    convolution's whole output, until the call returns. The caller writes the number from the
+    sizes it binds, and no size read anywhere keeps a tensor alive.
+    """
     scope = scopes.scopes[call]
     inside = scopes.nodes_under(call)
     prefix = f"{scope.path}."
+
+    def outside(node: str) -> list[str]:
+        found = []
+        for ref in graph[node].refs():
+            kind = graph[ref].kind
+            if ref in inside or is_size(graph, ref):
+                continue
+            if kind in ("param", "buffer") and str(graph[ref].target).startswith(prefix):
+                continue
+            found.append(ref)
+        return found
+
+    ordered = sorted(inside, key=graph.position)
+    tensors = [ref for name in ordered if not is_size(graph, name) for ref in outside(name)]
+    bound = {size: "n" for size in bound_symbols(graph, list(dict.fromkeys(tensors)))}
+
+    def passed(size: str) -> bool:  # NOTE [Sizes passed as numbers]
+        try:
+            size_code(graph[size].meta, bound)
+        except TypeError:
+            return True
+        return False
+
     inputs: dict[str, None] = {}
-    for name in sorted(inside, key=graph.position):
+    for name in ordered:
+        if is_size(graph, name):
+            if outside(name) and passed(name):
+                inputs[name] = None
+            continue
+        inputs.update(dict.fromkeys(outside(name)))
         for ref in graph[name].refs():
-            if ref in inside or ref in inputs:
-                continue
-            node = graph[ref]
-            if node.kind in ("param", "buffer") and str(node.target).startswith(prefix):
-                continue
-            if is_size(graph, ref):
-                continue
-            inputs[ref] = None
-    outside_reads = {ref for n in graph.nodes if n.name not in inside for ref in n.refs()}
+            if ref not in inside and is_size(graph, ref) and passed(ref):
+                inputs[ref] = None
+    outside_reads = {  # a size is written from the sizes bound where it is read
+        ref
+        for n in graph.nodes
+        if n.name not in inside and not is_size(graph, n.name)
+        for ref in n.refs()
+    }
     outside_reads |= graph.output_names() | {ref.name for _, ref in graph.mutations}
     scope.inputs = list(inputs)
     scope.outputs = [
@@ -256,12 +292,15 @@ def is_size(graph: Graph, name: str) -> bool:
     return isinstance(meta, sympy.Expr) and bool(meta.free_symbols)
 
 
-def bound_symbols(graph: Graph, inputs: list[str]) -> dict[sympy.Expr, tuple[str, int, int, int]]:
+def bound_symbols(
+    graph: Graph, inputs: list[str]
+) -> dict[sympy.Expr, tuple[str, int | None, int, int]]:
     """The sizes a module can bind from its inputs' shapes: each dynamic dim some input has as
     `scale * symbol + offset` (a whole dim preferred), and each other size expression an input
     has (`((height - 1) // 4) + 1` after a strided conv), with the first (input, axis, offset,
-    scale) that gives it."""
-    out: dict[sympy.Expr, tuple[str, int, int, int]] = {}
+    scale) that gives it; then those of the sizes passed as numbers (axis None: NOTE [Sizes
+    passed as numbers])."""
+    out: dict[sympy.Expr, tuple[str, int | None, int, int]] = {}
     dims = [
         (name, axis, size)
         for name in inputs
@@ -269,6 +308,7 @@ def bound_symbols(graph: Graph, inputs: list[str]) -> dict[sympy.Expr, tuple[str
         for axis, size in enumerate(graph[name].meta.shape)
         if isinstance(size, sympy.Expr) and size.free_symbols
     ]
+    dims += [(name, None, graph[name].meta) for name in inputs if is_size(graph, name)]
     for name, axis, size in dims:
         if isinstance(size, sympy.Symbol):
             out.setdefault(size, (name, axis, 0, 1))
@@ -321,6 +361,8 @@ def needed_sizes(
         visit(node.args)
         visit([v for _, v in node.kwargs])
         visit([graph[r].meta for r in node.refs() if is_size(graph, r)])
+    for child in scopes.scopes[call].children:  # NOTE [Sizes passed as numbers]
+        visit([graph[name].meta for name in scopes.scopes[child].inputs if is_size(graph, name)])
     for index in scopes.scopes[call].regions:  # the loops' lengths and output buffers
         visit(plan.regions[index].extent)
         visit([graph[name].meta for name, _ in plan.regions[index].outputs])

@@ -385,7 +385,7 @@ class ForwardPrinter:
 
     def _print_inputsize(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        size = f"{expr.input}.shape[{self.num(expr.axis)}]"
+        size = expr.input if expr.axis is None else f"{expr.input}.shape[{self.num(expr.axis)}]"
         if expr.offset:
             size = (
                 f"({size} - {self.num(expr.offset)})"

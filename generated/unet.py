@@ -10,9 +10,6 @@ Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it 
   2. unet.py:79-84  height*width (layer_norm_15 axis 1)  chunk 256  x16  26.0 MiB
   3. unet.py:79-84  height*width (layer_norm_18 axis 1)  chunk 256  x16  24.0 MiB
 Chunk sizes above are at the example's size; loops resize them at run time (`memory_budget`).
-Written out in their parent's forward, not called as modules:
-  upsample.0: it uses the size (((width - 1)//2)) + 1, no input's dim
-  upsample.1: it uses the size width, no input's dim
 """
 
 import torch
@@ -123,10 +120,8 @@ class ChunkedUNet(torch.nn.Module):
         self.up[5].attn.block.ff = GEGLU(size_0=64, size_1=512, size_2=256)
         self.up[5].attn.proj_out = torch.nn.Conv2d(64, 64, (1, 1))
         self.upsample = torch.nn.ModuleList()
-        self.upsample.append(torch.nn.Module())
-        self.upsample[0].conv = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
-        self.upsample.append(torch.nn.Module())
-        self.upsample[1].conv = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+        self.upsample.append(Upsample())
+        self.upsample.append(Upsample())
         self.norm_out = torch.nn.GroupNorm(32, 64, eps=1e-06)
         self.conv_out = torch.nn.Conv2d(64, 4, (3, 3), padding=(1, 1))
         for module in self.modules():  # one budget holder for every chunked submodule
@@ -227,32 +222,20 @@ class ChunkedUNet(torch.nn.Module):
         del downsample_1, up_0
         up_1 = self.up[1](cat_1, time_mlp_emb)
         del cat_1
-        # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
-        upsample_0_upsample_nearest2d = torch.nn.functional.interpolate(
-            up_1, size=[norm_add, norm_add_1], mode="nearest"
-        )
+        upsample_0 = self.upsample[0](up_1, norm_add, norm_add_1)
         del up_1
-        upsample_0_conv = self.upsample[0].conv(upsample_0_upsample_nearest2d)
-        del upsample_0_upsample_nearest2d
-        # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_2 = torch.cat([upsample_0_conv, down_1], 1)
-        del down_1, upsample_0_conv
+        cat_2 = torch.cat([upsample_0, down_1], 1)
+        del down_1, upsample_0
         up_2 = self.up[2](cat_2, time_mlp_emb, context)
         del cat_2
         cat_3 = torch.cat([up_2, downsample_0], 1)
         del downsample_0, up_2
         up_3 = self.up[3](cat_3, time_mlp_emb, context)
         del cat_3
-        # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
-        upsample_1_upsample_nearest2d = torch.nn.functional.interpolate(
-            up_3, size=[height, width], mode="nearest"
-        )
+        upsample_1: "f32[1, 128, height, width]" = self.upsample[1](up_3, height, width)
         del up_3
-        upsample_1_conv = self.upsample[1].conv(upsample_1_upsample_nearest2d)
-        del upsample_1_upsample_nearest2d
-        # unet.py:231 in forward: h = level(torch.cat([h, skips.pop()], dim=1), emb, context)
-        cat_4: "f32[1, 192, height, width]" = torch.cat([upsample_1_conv, down_0], 1)
-        del down_0, upsample_1_conv
+        cat_4: "f32[1, 192, height, width]" = torch.cat([upsample_1, down_0], 1)
+        del down_0, upsample_1
         up_4: "f32[1, 64, height, width]" = self.up[4](cat_4, time_mlp_emb, context)
         del cat_4
         h: "f32[1, 128, height, width]" = torch.cat([up_4, h], 1)
@@ -798,6 +781,22 @@ class Level4(torch.nn.Module):
     def forward(self, cat, time_mlp_emb):
         res: "f32[1, 128, cat_height, cat_width]" = self.res(cat, time_mlp_emb)
         return res
+
+
+class Upsample(torch.nn.Module):
+    """Upsample of the model file: upsample.0, upsample.1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(128, 128, (3, 3), padding=(1, 1))
+
+    def forward(self, x, size, size_1):
+        # unet.py:149 in forward: return self.conv(F.interpolate(x, size=size, mode="nearest"))
+        upsample_nearest2d = torch.nn.functional.interpolate(
+            x, size=[size, size_1], mode="nearest"
+        )
+        conv: "f32[1, 128, size, size_1]" = self.conv(upsample_nearest2d)
+        return conv
 
 
 class Level5(torch.nn.Module):
