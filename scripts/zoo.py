@@ -7,7 +7,8 @@ A row gives the original's and the generated module's measured activation peaks,
 the median time ratio, the loops, and whether the module was verified at a second size of its
 dynamic dims (half the example's), or why not. A model short of the target says why in a few
 words (NOTE [Whose limit]). `--write` puts the table, with the library versions it ran with,
-in `BENCHMARKS.md` between the zoo markers.
+in `BENCHMARKS.md` between the zoo markers; given models, it replaces only their rows and
+notes, and names them as re-run on their own.
 """
 
 from __future__ import annotations
@@ -138,6 +139,42 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merged(old: str, new: str) -> str:
+    """The table in `old` with the rows and notes of the models in `new` replaced by `new`'s,
+    and a line naming the rows re-run on their own."""
+
+    def parts(text: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
+        lines = text.strip().splitlines()
+        head = [line for line in lines if line.startswith("Ran with")]
+        rows = {
+            line.split("|")[1].strip(): line
+            for line in lines
+            if line.startswith("| ") and not line.startswith("| model ")
+        }
+        notes = {line[2:].split(":", 1)[0]: line for line in lines if line.startswith("- ")}
+        return head, rows, notes
+
+    old_head, old_rows, old_notes = parts(old)
+    new_head, new_rows, new_notes = parts(new)
+    said = "Re-run on their own, after the rest: "
+    before = [line for line in old.splitlines() if line.startswith(said)]
+    rerun = set(new_rows) | set(before[0][len(said) : -1].split(", ") if before else ())
+    rows = {**old_rows, **new_rows}
+    notes = {k: v for k, v in old_notes.items() if k not in new_rows}
+    notes.update(new_notes)
+    lines = [
+        (old_head or new_head)[0],
+        f"{said}{', '.join(sorted(rerun))}.",
+        "",
+        *table([]).splitlines(),
+        *(rows[name] for name in sorted(rows)),
+    ]
+    if notes:
+        lines += ["", "Originals measured off their estimates:", ""]
+        lines += [notes[name] for name in sorted(notes)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
@@ -175,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         bench = ROOT / "BENCHMARKS.md"
         current = bench.read_text()
+        if args.models and BEGIN in current:  # a few rows re-run: the others stay as they were
+            text = merged(current.split(BEGIN, 1)[1].split(END, 1)[0], text)
         block = f"{BEGIN}\n{text}{END}"
         if BEGIN in current:
             head, rest = current.split(BEGIN, 1)
