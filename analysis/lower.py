@@ -724,7 +724,10 @@ class _Lowering:
         firsts = set()  # a crop of an op's result reads only where its rows start
         for step in steps:
             spans.add(step.span)
-            if step.computed != step.span:
+            lengths = _reads_length([step.args, [v for _, v in step.kwargs]])
+            if step.computed != step.span and lengths:
+                spans.add(step.computed)  # its length, `hi_2_x2 - lo_2_x2`, is an argument
+            elif step.computed != step.span:
                 firsts.add(step.computed)
             if step.node in outputs and step.span.own != CHUNK_ROWS:  # its buffer's rows
                 spans.add(step.span.own)
@@ -754,6 +757,13 @@ class _Lowering:
             if meta is not None and meta.dtype == dtype:
                 return name
         return None
+
+
+def _reads_length(value: Any) -> bool:
+    """Whether a step's arguments pass the length of the rows it computes."""
+    if isinstance(value, (list, tuple)):
+        return any(_reads_length(v) for v in value)
+    return isinstance(value, ChunkLength)
 
 
 def _groups_and_eps(node: Node) -> tuple[int, float]:

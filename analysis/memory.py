@@ -485,7 +485,8 @@ def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> in
     seen: set[str] = set()
     held = 0
     end = graph.position(region.span[-1])
-    for name in dict.fromkeys(ref for n in region.span for ref in graph[n].refs()):
+    reads = (ref for n in region.span if not is_size(graph, n) for ref in graph[n].refs())
+    for name in dict.fromkeys(reads):  # a size reads no tensor (NOTE [Sizes passed as numbers])
         if name in inside:
             continue
         root = roots.get(name, name)

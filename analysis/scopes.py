@@ -227,12 +227,12 @@ def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
     """Fill in what a scope reads from outside and what it returns.
 
     NOTE [Sizes passed as numbers]
-    A size read off a value made outside the scope (SegFormer's attention reshapes by the
-    `height` and `width` of the patch embedding's convolution) is passed in as a number, as the
-    model's own forward passes it (`self.attention(hidden_states, height, width)`), where no
-    tensor the scope reads anyway has it: passing the tensor for its shape would hold it, a
-    convolution's whole output, until the call returns. The caller writes the number from the
-    sizes it binds, and no size read anywhere keeps a tensor alive.
+    A size the scope's ops read that no tensor it reads anyway gives (SegFormer's attention
+    reshapes by the `height` and `width` of the patch embedding's convolution) is passed in as
+    a number, as the model's own forward passes it (`self.attention(hidden_states, height,
+    width)`): passing the tensor for its shape would hold it, a convolution's whole output,
+    until the call returns. The caller writes the number from the sizes it binds, and no size
+    read anywhere keeps a tensor alive, in the generated module or in the estimates.
     """
     scope = scopes.scopes[call]
     inside = scopes.nodes_under(call)
@@ -267,8 +267,8 @@ def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
                 inputs[name] = None
             continue
         inputs.update(dict.fromkeys(outside(name)))
-        for ref in graph[name].refs():
-            if ref not in inside and is_size(graph, ref) and passed(ref):
+        for ref in graph[name].refs():  # made inside too: from sizes its tensors do not give
+            if is_size(graph, ref) and passed(ref):
                 inputs[ref] = None
     outside_reads = {  # a size is written from the sizes bound where it is read
         ref
