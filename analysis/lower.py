@@ -724,11 +724,9 @@ class _Lowering:
         firsts = set()  # a crop of an op's result reads only where its rows start
         for step in steps:
             spans.add(step.span)
-            lengths = _reads_length([step.args, [v for _, v in step.kwargs]])
-            if step.computed != step.span and lengths:
-                spans.add(step.computed)  # its length, `hi_2_x2 - lo_2_x2`, is an argument
-            elif step.computed != step.span:
-                firsts.add(step.computed)
+            if step.computed != step.span:  # its length, `hi_2_x2 - lo_2_x2`, an argument
+                lengths = _reads_length([step.args, [v for _, v in step.kwargs]])
+                (spans if lengths else firsts).add(step.computed)
             if step.node in outputs and step.span.own != CHUNK_ROWS:  # its buffer's rows
                 spans.add(step.span.own)
             for read in step.operands:

@@ -36,7 +36,7 @@ from analysis.ir import (
 from analysis.lower import lower_region
 from analysis.ops import dim_rule
 from analysis.plan import Region
-from analysis.scopes import is_size
+from analysis.scopes import is_size, tensor_refs
 from analysis.program import CHUNK, COPY, CausalRows, LoopRegion, LoopStep
 
 
@@ -231,9 +231,8 @@ def held_by_callers(graph: Graph) -> dict[str, list[tuple[str, tuple[str, ...]]]
             if len(names) < 2 or kind.startswith("torch.nn.") or call in graph.inline_calls:
                 continue
             inside = set(names)
-            readers = [n for n in names if not is_size(graph, n)]  # sizes pass as numbers
-            inputs = tuple(
-                dict.fromkeys(r for n in readers for r in graph[n].refs() if r not in inside)
+            inputs = tuple(  # sizes pass as numbers (NOTE [Sizes passed as numbers])
+                dict.fromkeys(r for r in tensor_refs(graph, names) if r not in inside)
             )
             found.setdefault(names[-1], []).append((call, inputs))
         graph.memo[key] = found
@@ -485,8 +484,7 @@ def local_region_peak(graph: Graph, profile: Profile, lowered: LoopRegion) -> in
     seen: set[str] = set()
     held = 0
     end = graph.position(region.span[-1])
-    reads = (ref for n in region.span if not is_size(graph, n) for ref in graph[n].refs())
-    for name in dict.fromkeys(reads):  # a size reads no tensor (NOTE [Sizes passed as numbers])
+    for name in dict.fromkeys(tensor_refs(graph, region.span)):
         if name in inside:
             continue
         root = roots.get(name, name)

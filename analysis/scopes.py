@@ -24,7 +24,7 @@ Standard layers are never scopes: a layer's op is a call of the layer (`analysis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import sympy
 import torch
@@ -238,20 +238,17 @@ def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
     inside = scopes.nodes_under(call)
     prefix = f"{scope.path}."
 
-    def outside(node: str) -> list[str]:
-        found = []
-        for ref in graph[node].refs():
-            kind = graph[ref].kind
-            if ref in inside or is_size(graph, ref):
-                continue
-            if kind in ("param", "buffer") and str(graph[ref].target).startswith(prefix):
-                continue
-            found.append(ref)
-        return found
+    def own(ref: str) -> bool:  # a parameter or buffer of the module itself
+        node = graph[ref]
+        return node.kind in ("param", "buffer") and str(node.target).startswith(prefix)
 
     ordered = sorted(inside, key=graph.position)
-    tensors = [ref for name in ordered if not is_size(graph, name) for ref in outside(name)]
-    bound = {size: "n" for size in bound_symbols(graph, list(dict.fromkeys(tensors)))}
+    tensors = [
+        ref
+        for ref in dict.fromkeys(tensor_refs(graph, ordered))
+        if ref not in inside and not is_size(graph, ref) and not own(ref)
+    ]
+    bound = {size: "n" for size in bound_symbols(graph, tensors)}
 
     def passed(size: str) -> bool:  # NOTE [Sizes passed as numbers]
         try:
@@ -261,28 +258,17 @@ def _signature(graph: Graph, scopes: Scopes, call: str) -> None:
         return False
 
     inputs: dict[str, None] = {}
-    for name in ordered:
-        if is_size(graph, name):
-            if outside(name) and passed(name):
-                inputs[name] = None
-            continue
-        inputs.update(dict.fromkeys(outside(name)))
-        for ref in graph[name].refs():  # made inside too: from sizes its tensors do not give
-            if is_size(graph, ref) and passed(ref):
+    for ref in tensor_refs(graph, ordered):  # in the order first read
+        if is_size(graph, ref):  # made inside too: from sizes its tensors do not give
+            if passed(ref):
                 inputs[ref] = None
-    outside_reads = {  # a size is written from the sizes bound where it is read
-        ref
-        for n in graph.nodes
-        if n.name not in inside and not is_size(graph, n.name)
-        for ref in n.refs()
-    }
+        elif ref not in inside and not own(ref):
+            inputs[ref] = None
+    # a size is written from the sizes bound where it is read
+    outside_reads = set(tensor_refs(graph, [n.name for n in graph.nodes if n.name not in inside]))
     outside_reads |= graph.output_names() | {ref.name for _, ref in graph.mutations}
     scope.inputs = list(inputs)
-    scope.outputs = [
-        n
-        for n in sorted(inside, key=graph.position)
-        if n in outside_reads and not is_size(graph, n)
-    ]
+    scope.outputs = [n for n in ordered if n in outside_reads and not is_size(graph, n)]
 
 
 def is_size(graph: Graph, name: str) -> bool:
@@ -290,6 +276,12 @@ def is_size(graph: Graph, name: str) -> bool:
     passes one to another; each writes its own from the sizes it binds."""
     meta = graph[name].meta
     return isinstance(meta, sympy.Expr) and bool(meta.free_symbols)
+
+
+def tensor_refs(graph: Graph, names: list[str]) -> Iterator[str]:
+    """What the ops among `names` read, sizes aside: a size reads no tensor where it runs (eager
+    reads it off a shape at once; the generated module writes it from the sizes it binds)."""
+    return (ref for name in names if not is_size(graph, name) for ref in graph[name].refs())
 
 
 def bound_symbols(
@@ -396,6 +388,7 @@ __all__ = [
     "Scopes",
     "bound_symbols",
     "is_size",
+    "tensor_refs",
     "module_scopes",
     "needed_sizes",
     "path_of",
