@@ -46,7 +46,7 @@ from analysis.ops import (
     is_convolution,
 )
 from analysis.plan import Region
-from analysis.program import CHUNK, COPY, CausalRows, LoopRegion, LoopStep
+from analysis.program import CHUNK, COPY, CausalRows, LoopRegion, LoopStep, SumStep
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
 
@@ -249,7 +249,31 @@ def region_time(graph: Graph, lowered: LoopRegion, machine: Machine) -> float:
         nbytes = value_bytes(graph[name].meta, graph.hints) * fraction
         body += 2 * nbytes / machine.bytes_per_s(int(2 * nbytes) or 1) + machine.op_overhead_s
     body += machine.op_overhead_s * (2 + len(region.slices))  # the loop head and the slicing
+    for done in lowered.sums:  # NOTE [Sums over the chunks]
+        total += _sum_start_time(graph, done, machine)
+        body += _sum_time(graph, done, fraction, machine)
     return total + chunks * body
+
+
+def _sum_start_time(graph: Graph, total: SumStep, machine: Machine) -> float:
+    """A sum's start: the value it adds and the bias, written once into the sum."""
+    nbytes = value_bytes(graph[total.value].meta, graph.hints)
+    moved = nbytes * (1 + (total.added is not None))
+    fresh = 0.0 if total.overwrites else machine.fresh(nbytes)
+    return moved / machine.bytes_per_s(int(moved) or 1) + fresh + machine.op_overhead_s
+
+
+def _sum_time(graph: Graph, total: SumStep, fraction: float, machine: Machine) -> float:
+    """One chunk's share of a sum: its product over the chunk's features, the sum read and
+    written whole (`addmm_`)."""
+    node = graph[total.node]
+    flops = node_flops(node, graph) * fraction
+    nbytes = value_bytes(graph[total.value].meta, graph.hints)
+    moved = 2 * nbytes + fraction * sum(
+        value_bytes(graph[name].meta, graph.hints) for name in tensor_inputs(node, graph)[:2]
+    )
+    memory = moved / machine.bytes_per_s(int(moved) or 1)
+    return max(flops / machine.flops_per_s, memory) + machine.op_overhead_s
 
 
 def _step_time(graph: Graph, region: Region, step: LoopStep, machine: Machine) -> float:

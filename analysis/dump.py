@@ -19,6 +19,7 @@ from analysis.program import (
     CHUNK_ROWS,
     CHUNK,
     COPY,
+    AddChunk,
     AddStats,
     Attr,
     Block,
@@ -43,6 +44,7 @@ from analysis.program import (
     Bound,
     GroupStats,
     Stop,
+    SumStart,
     TensorConstant,
     UpdateBuffer,
     WriteChunk,
@@ -164,6 +166,7 @@ def format_plan(plan: ChunkPlan, graph: Graph) -> str:
             ("hoisted", region.hoisted),
             ("sliced", [f"{n}@{d}" for n, d in region.slices]),
             ("buffers", [f"{n}@{d}" for n, d in region.outputs]),
+            ("sums", [f"{p} into {v}" for p, v in region.sum_values.items()]),
             ("copied contiguous", region.materialized),
         ):
             if values:
@@ -276,6 +279,16 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         return f"min({expr.scale} * stop + {expr.rows}, {size}), {size} on the last chunk"
     if isinstance(expr, WriteChunk):
         return f"write({expr.buffer}@{expr.dim}, {expr.chunk})"
+    if isinstance(expr, SumStart):  # NOTE [Sums over the chunks]
+        total = expr.total
+        starts = [_arg(Ref(v), graph, names) for v in (total.added, total.bias) if v]
+        place = " in place" if total.overwrites else ""
+        place += ", unless hooked" if total.unless_hooked else ""
+        return f"sum_start({' + '.join(starts) or 'zeros'}{place})"
+    if isinstance(expr, AddChunk):
+        total = expr.total
+        weight = f"{total.weight.value}[:, {_rows(total.weight.span)}]"
+        return f"add_linear({_arg(Ref(total.value), graph, names)}, {total.chunk.value}, {weight})"
     if isinstance(expr, UpdateBuffer):
         return f"update(self.{expr.fqn}, {_arg(Ref(expr.value), graph, names)})"
     if isinstance(expr, SizeValue):

@@ -17,7 +17,16 @@ from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule, schema_arg
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands
-from analysis.ir import Graph, Node, Ref, TensorMeta, out_meta, storage_roots
+from analysis.ir import (
+    Graph,
+    Node,
+    Ref,
+    TensorMeta,
+    common_calls,
+    out_meta,
+    storage_roots,
+    tensor_inputs,
+)
 from analysis.layers import Layer
 from analysis.ops import CONV_TRANSPOSES, dim_rule, info, inplace_form
 from analysis.plan import Region
@@ -34,9 +43,11 @@ from analysis.program import (
     Operand,
     Span,
     StatisticsPass,
+    SumStep,
     ratio,
     span_at,
 )
+from analysis.sums import contraction, folded_add
 
 
 def lower_region(
@@ -108,7 +119,66 @@ def lower_region(
             )
         )
     passes = tuple(_statistics_pass(graph, region, norm, layers) for norm in region.recomputed)
-    return LoopRegion(region, tuple(steps), passes, _reuses(graph, region, steps))
+    sums = tuple(_sum_step(graph, region, product, add) for product, add in region.sums)
+    return LoopRegion(region, tuple(steps), passes, _reuses(graph, region, steps), sums)
+
+
+def _sum_step(graph: Graph, region: Region, product: str, add: str | None) -> SumStep:
+    """A product run as a sum over the chunks (NOTE [Sums over the chunks]): its chunk, its
+    weight's slice, and what the sum starts from; in that value's storage where nothing reads
+    it after and no hook could keep it (NOTE [Outputs in place])."""
+    node = graph[product]
+    found = contraction(node, graph)
+    if found is None:
+        raise InternalError(f"sum {product} is no product over the chunked dim")
+    slot, _, weight_slot = found
+    sources = tensor_inputs(node, graph)
+    chunked, weight = sources[slot], sources[weight_slot]
+    span = made_over(graph, region, weight, 1)
+    chunk = Operand(
+        chunked, slot, CHUNK, span=made_over(graph, region, chunked, region.loop_dims[chunked])
+    )
+    sliced = Operand(weight, weight_slot, OUTER, 1, span=span)
+    bias = sources[2] if len(sources) > 2 else None
+    if add is None:
+        return SumStep(product, product, chunk, sliced, bias)
+    fold = folded_add(graph, product, set(region.span))
+    if fold is None or fold[0] != add:
+        raise InternalError(f"sum {product} starts from {add}, which is not its addition")
+    added = fold[1]
+    overwrites, hooked = _sum_in_place(graph, region, added), False
+    if overwrites is not None:
+        overwrites, hooked = True, overwrites
+    return SumStep(product, add, chunk, sliced, bias, added, bool(overwrites), hooked)
+
+
+def _sum_in_place(graph: Graph, region: Region, value: str) -> bool | None:
+    """Whether a sum may start in `value`'s own storage (NOTE [Sums over the chunks]): None
+    when not; else whether only while no hook could keep `value` (NOTE [Outputs in place])."""
+    if not OVERWRITES.get():
+        return None
+    node = graph[value]
+    roots, last_use = storage_roots(graph)
+    end = graph.position(region.span[-1])
+    loop = region.loop_dims  # hoisted readers run before the sum starts
+    if (
+        node.kind != "op"
+        or roots.get(value, value) != value
+        or node.aliases is not None
+        or node.mutates is not None
+        or value in graph.output_names()
+        or not isinstance(node.meta, TensorMeta)
+        or not node.meta.contiguous
+        or last_use.get(value, end + 1) > end
+        or any(user in loop for user in graph.users(value))
+    ):
+        return None
+    common = _common_calls(graph, region)
+    while common and common[-1] in graph.inline_calls:  # the loop is in its caller's forward
+        common = common[:-1]
+    if node.calls[: len(common)] != common:
+        return None
+    return node.calls != common
 
 
 # NOTE [Outputs in place]
@@ -165,10 +235,7 @@ def _reuses(
         return ()
     roots, last_use = storage_roots(graph)
     end = graph.position(region.span[-1])
-    calls = [graph[name].calls for name in region.span]
-    common = calls[0][: min(map(len, calls))]
-    while any(c[: len(common)] != common for c in calls):
-        common = common[:-1]
+    common = _common_calls(graph, region)
     outputs = graph.output_names()
     read_at: dict[str, list[int]] = {}  # value -> the steps reading it or a view of its chunk
     dims: dict[str, set[int | None]] = {}  # value -> the dims it is sliced along
@@ -224,6 +291,11 @@ def _reuses(
                 found.append((name, value, node.calls != common))
                 break
     return tuple(found)
+
+
+def _common_calls(graph: Graph, region: Region) -> tuple:
+    """The module calls every node of the region's stretch is in: the module holding it."""
+    return common_calls(graph[name].calls for name in region.span)
 
 
 def _statistics_pass(

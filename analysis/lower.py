@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import sympy
 import torch
 
-from analysis.dimflow import out_meta
+from analysis.dimflow import out_meta, same_size
 from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots
 from analysis.layers import Layer
 from analysis.liveness import check_output_classes, needed, output_classes, read_sizes, with_frees
@@ -26,6 +26,7 @@ from analysis.plan import ChunkPlan, Region
 from analysis.program import (
     CHUNK,
     CHUNK_ROWS,
+    AddChunk,
     AddStats,
     COPY,
     Attr,
@@ -55,6 +56,8 @@ from analysis.program import (
     Statement,
     StatisticsPass,
     Stop,
+    SumStart,
+    SumStep,
     TensorConstant,
     UpdateBuffer,
     WriteChunk,
@@ -632,6 +635,9 @@ class _Lowering:
                 expr = Overwrite(*reuses[name])
                 reads = self.reads(Ref(expr.value)) | {var}
             setup.append(Statement(var, expr, frozenset(reads), region=index))
+        for total in lowered.sums:  # NOTE [Sums over the chunks]
+            setup.append(self._sum_start(index, region, total))
+            buffers[total.node] = self.names[total.value]
         self.chunks = {}
         body, bounds = self._body(lowered, lowered.steps, rows, head, names, stats, buffers)
         block = Block(
@@ -648,6 +654,19 @@ class _Lowering:
         )
         self.chunks, self.copies = {}, {}
         return [*setup, block]
+
+    def _sum_start(self, index: int, region: Region, total: SumStep) -> Statement:
+        """A sum's start before its loop, bound to the name of the value it is after it
+        (NOTE [Sums over the chunks])."""
+        node = self.graph[total.value]
+        like = total.added or self._dtype_of(region, node.tensor.dtype)
+        reads = set(self.reads(Ref(total.added))) if total.added else set()
+        if total.added is None:
+            reads |= set(self.reads(list(node.tensor.shape)))
+            reads |= {self.name_of(like)} - {None} if like else {self.device_of} - {""}
+        var = self.bind(node)
+        start = SumStart(total, node.tensor, like)
+        return Statement(var, start, frozenset(reads), node.source, region=index)
 
     def _pass(
         self,
@@ -698,7 +717,9 @@ class _Lowering:
         into its buffer; with the names bound to the spans' ends."""
         region = lowered.region
         body = [Statement("stop", Stop(rows, region.extent))]
-        named = self._bounds(steps, {n: d for n, d in region.outputs if n in buffers}, extra)
+        summing = lowered.sums_after if buffers else lambda node: ()
+        outputs = {n: d for n, d in region.outputs if n in buffers}
+        named = self._bounds(steps, outputs, region.extent, extra, summing)
         for (before, count, scale), (var, size) in named.items():
             bound = Bound(before, count, region.extent, scale, size)
             body.append(Statement(var, bound, head | self.reads(size)))
@@ -712,10 +733,19 @@ class _Lowering:
             if step.node in buffers:
                 write = WriteChunk(buffers[step.node], outputs[step.node], var, step.span)
                 body.append(Statement(None, write, frozenset({var, buffers[step.node]})))
+            for total in lowered.sums_after(step.node) if buffers else ():
+                reads = {var, buffers[total.node]} | self.reads(total.weight)
+                node = self.graph[total.node]
+                body.append(Statement(None, AddChunk(total), frozenset(reads), node.source))
         return body, {end: var for end, (var, _) in named.items()}
 
     def _bounds(
-        self, steps: tuple[LoopStep, ...], outputs: dict[str, int], extra: Span | None = None
+        self,
+        steps: tuple[LoopStep, ...],
+        outputs: dict[str, int],
+        extent: Any,
+        extra: Span | None = None,
+        sums_after: Any = lambda node: (),
     ) -> dict[tuple[bool, int, int], tuple[str, Any]]:
         """Name each end of the rows the loop's spans reach: `lo_2` for two rows before the
         chunk, `hi_2` for two after, `lo_1_x2` for one before at twice the loop's rows (NOTE
@@ -729,10 +759,14 @@ class _Lowering:
                 (spans if lengths else firsts).add(step.computed)
             if step.node in outputs and step.span.own != CHUNK_ROWS:  # its buffer's rows
                 spans.add(step.span.own)
+            for total in sums_after(step.node):  # a weight's slice (NOTE [Sums over the chunks])
+                spans.add(total.weight.span)
             for read in step.operands:
                 spans |= {read.span} | ({read.crop[1]} if read.crop else set())
         ends: dict[tuple[bool, int, int], Any] = {}
         for span in spans | firsts:
+            if exactly_scaled(span, extent, self.graph):
+                continue  # `8 * start : 8 * stop`, written where it is read
             size = span.size if span.scale > 1 else None  # a unit's rows are the loop's
             if span.before or span.scale > 1:
                 ends[(True, span.before, span.scale)] = size
@@ -757,6 +791,15 @@ class _Lowering:
         return None
 
 
+def exactly_scaled(span: Span, extent: Any, graph: Graph) -> bool:
+    """Whether a span is the chunk's own rows at a whole scale of a value exactly that many
+    times the loop's length (a head's features): `scale * start : scale * stop`, with no ends
+    to name or clip."""
+    if span.unit != 1 or span.scale == 1 or span.before or span.after:
+        return False
+    return same_size(span.size, span.scale * extent, graph)
+
+
 def _reads_length(value: Any) -> bool:
     """Whether a step's arguments pass the length of the rows it computes."""
     if isinstance(value, (list, tuple)):
@@ -779,4 +822,4 @@ def _within(base: str, call: str) -> str:
     return base
 
 
-__all__ = ["layer_call", "lower", "lower_region"]
+__all__ = ["exactly_scaled", "layer_call", "lower", "lower_region"]

@@ -330,7 +330,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         nbytes = value_bytes(graph[name].meta, hints)
         stmts.append(Stmt(key=key, alloc=nbytes, uses=(name,), label=setup))
     outputs = {name for name, _ in region.outputs}
-    outer: set[str] = set(outputs)
+    outer: set[str] = outputs | {total.value for total in lowered.sums}
     for number, done in enumerate(lowered.passes):  # NOTE [Statistics passes]
         key = f"@pass{number}"
         for step in done.steps:
@@ -347,10 +347,21 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
             stmts.append(Stmt(key=name, shares=reuses[name], uses=(reuses[name],), label=setup))
         else:
             stmts.append(Stmt(key=name, alloc=value_bytes(graph[name].meta, hints), label=setup))
+    for total in lowered.sums:  # NOTE [Sums over the chunks]: each starts whole
+        starts = tuple(v for v in (total.added, total.bias) if v is not None)
+        if total.overwrites:
+            stmts.append(Stmt(key=total.value, shares=total.added, uses=starts, label=setup))
+        else:
+            nbytes = value_bytes(graph[total.value].meta, hints)
+            stmts.append(Stmt(key=total.value, alloc=nbytes, uses=starts, label=setup))
     for step in lowered.steps:
         stmts.append(_step_stmt(graph, region, step, copies, outer, CHUNK_KEY, label))
         if step.node in outputs:
             stmts.append(Stmt(key=None, uses=(chunk_key(step.node), step.node), label=label))
+        for total in lowered.sums_after(step.node):  # its chunk's share, added in place
+            uses = (chunk_key(step.node), total.weight.value, total.value)
+            scratch = _sum_scratch(graph, region, step)
+            stmts.append(Stmt(key=None, uses=uses, label=label, scratch=scratch))
     stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     return stmts
 
@@ -406,6 +417,17 @@ def _step_stmt(
         label=label,
         scratch=scratch,
     )
+
+
+def _sum_scratch(graph: Graph, region: Region, step: LoopStep) -> int:
+    """What adding a chunk into its sum takes beside it (NOTE [Sums over the chunks]): the
+    chunk's rows as a matrix, a copy where its layout is not one."""
+    meta = out_meta(graph[step.node])
+    if meta is None or meta.contiguous:
+        return 0
+    extent = evaluate(region.extent, graph.hints)
+    share = made_fraction(graph, step, region.chunk_size, extent)
+    return math.ceil(value_bytes(meta, graph.hints) * share)
 
 
 def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int, extent: int) -> int:

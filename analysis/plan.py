@@ -46,11 +46,16 @@ class Region:
     #: group norms in the loop whose input the loop makes: a first pass of the loop recomputes
     #: the input to take their statistics (NOTE [Statistics passes])
     recomputed: tuple[str, ...] = ()
+    #: products over the chunked dim run as sums over the chunks, each with the addition its
+    #: sum starts from, if any (NOTE [Sums over the chunks]): read after the loop, whole
+    sums: tuple[tuple[str, str | None], ...] = ()
 
     def __post_init__(self) -> None:
         loop = {name for name, _ in self.loop}
-        if loop & set(self.hoisted) or loop | set(self.hoisted) != set(self.span):
-            raise ValueError("region: loop and hoisted nodes must partition the span")
+        summed = self.summed
+        parts = (loop, set(self.hoisted), summed)
+        if sum(map(len, parts)) != len(set(self.span)) or set().union(*parts) != set(self.span):
+            raise ValueError("region: loop, hoisted and summed nodes must partition the span")
         if not {name for name, _ in self.outputs} <= loop:
             raise ValueError("region: outputs must be loop nodes")
         if not set(self.recomputed) <= loop:
@@ -59,6 +64,16 @@ class Region:
     @property
     def loop_dims(self) -> dict[str, int]:
         return dict(self.loop)
+
+    @property
+    def summed(self) -> set[str]:
+        """The nodes the sums over the chunks stand for: the products and their adds."""
+        return {name for pair in self.sums for name in pair if name is not None}
+
+    @property
+    def sum_values(self) -> dict[str, str]:
+        """Each sum's value after the loop (its add's, else its product's), by product."""
+        return {product: add or product for product, add in self.sums}
 
     def halo(self, name: str) -> tuple[int, int, int]:
         """Return how a value is made or read: rows [scale * start - before, scale * stop +
@@ -132,9 +147,12 @@ def format_bytes(n: float) -> str:
 
 
 def region_dim(region: Region, graph: Graph) -> tuple[str, int]:
-    """Return the (input name, axis) a region chunks: its first sliced input."""
+    """Return the (input name, axis) a region chunks: its first sliced input, a summed
+    product's weight last (NOTE [Sums over the chunks]: it is sliced along its input features,
+    not the dim the loop walks)."""
     if region.slices:
-        return region.slices[0]
+        summed = {ref for product, _ in region.sums for ref in graph[product].refs()}
+        return next((s for s in region.slices if s[0] not in summed), region.slices[0])
     name, dim = region.loop[0]
     return name, dim
 
@@ -248,7 +266,8 @@ def region_json(region: Region, peak: int, graph: Graph) -> dict[str, Any]:
         "n_chunks": region.n_chunks(graph),
         "nodes": [n for n, _ in region.loop],
         "hoisted": list(region.hoisted),
-        "outputs": [n for n, _ in region.outputs],
+        "outputs": [n for n, _ in region.outputs] + list(region.sum_values.values()),
+        "sums": [{"product": p, "value": v} for p, v in region.sum_values.items()],
         "source_lines": region_lines(region, graph),
         "where": describe_lines(region, graph),
         "estimated_peak_bytes": peak,

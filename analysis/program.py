@@ -252,6 +252,26 @@ class LoopStep:
 
 
 @dataclass(frozen=True, slots=True)
+class SumStep:
+    """A product over the chunked dim, added chunk by chunk into its sum (NOTE [Sums over the
+    chunks]): `_add_linear(total, chunk, weight[:, rows])` after the step making `chunk`."""
+
+    #: the product (a linear), and the graph value its sum is after the loop (its add's)
+    node: str
+    value: str
+    #: the chunk it reads, and its weight's slice along the input features
+    chunk: Operand
+    weight: Operand
+    #: the bias, and the value the sum starts from (a residual), added before the loop
+    bias: str | None = None
+    added: str | None = None
+    #: whether the sum takes `added`'s storage, which nothing reads after (NOTE [Outputs in
+    #: place]), and whether only while no hook could keep it
+    overwrites: bool = False
+    unless_hooked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StatisticsPass:
     """A first pass of the loop that makes a group norm's input chunk by chunk and reduces its
     statistics, before the main loop normalizes with them (NOTE [Statistics passes])."""
@@ -279,6 +299,12 @@ class LoopRegion:
     #: row, instead of a buffer of their own: (output, value, only while nothing is hooked)
     #: (NOTE [Outputs in place])
     reuses: tuple[tuple[str, str, bool], ...] = ()
+    #: the sums over the chunks, in order (NOTE [Sums over the chunks])
+    sums: tuple[SumStep, ...] = ()
+
+    def sums_after(self, node: str) -> tuple[SumStep, ...]:
+        """The sums that add a chunk into their total right after the step making `node`."""
+        return tuple(total for total in self.sums if total.chunk.value == node)
 
     def with_chunk_size(self, chunk_size: int) -> LoopRegion:
         return replace(self, region=self.region.with_chunk_size(chunk_size))
@@ -481,6 +507,25 @@ class Bound:
 
 
 @dataclass(frozen=True, slots=True)
+class SumStart:
+    """A sum's start, before its loop (NOTE [Sums over the chunks]): the value its add adds
+    plus the bias (in that value's own storage when `overwrites`), else the bias alone, or
+    zeros."""
+
+    total: SumStep
+    meta: TensorMeta
+    #: a value whose dtype and device a sum with no value to start from takes
+    like: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddChunk:
+    """A chunk's share of a sum, added into it (NOTE [Sums over the chunks])."""
+
+    total: SumStep
+
+
+@dataclass(frozen=True, slots=True)
 class WriteChunk:
     """Copy a chunk into its rows of the loop's output buffer."""
 
@@ -510,7 +555,7 @@ class Return:
 Expr = Union[
     InputSize, Budget, Floor, Call, TensorConstant, Contiguous, Empty, Overwrite, Rows, GroupStats, NewStats,
     AddStats, Stop,
-    Bound, WriteChunk,
+    Bound, WriteChunk, SumStart, AddChunk,
     UpdateBuffer, Return, LoopStep, ModuleCall, SizeValue,
 ]  # fmt: skip
 
@@ -606,6 +651,7 @@ class Program:
 
 
 __all__ = [
+    "AddChunk",
     "AddStats",
     "CHUNK",
     "CHUNK_ROWS",
@@ -637,6 +683,8 @@ __all__ = [
     "Span",
     "Statement",
     "StatisticsPass",
+    "SumStart",
+    "SumStep",
     "Stop",
     "TensorConstant",
     "UpdateBuffer",

@@ -358,6 +358,7 @@ def needed_sizes(
     for index in scopes.scopes[call].regions:  # the loops' lengths and output buffers
         visit(plan.regions[index].extent)
         visit([graph[name].meta for name, _ in plan.regions[index].outputs])
+        visit([graph[name].meta for name in plan.regions[index].sum_values.values()])
         formula = formulas.regions[index] if formulas is not None else None
         if formula is not None:
             visit([formula.fixed, formula.per_row])

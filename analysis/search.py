@@ -29,6 +29,7 @@ from analysis.ir import Graph, Node, Size, TensorMeta, evaluate
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
 from analysis.program import divided, widened
+from analysis.sums import contraction, folded_add
 
 
 class _Reject(Exception):
@@ -133,12 +134,33 @@ def _propagate(
             hoist.add(name)
 
     work: list[str] = []
+    #: products summed over the chunks, with the add each starts from, and what it adds
+    #: (NOTE [Sums over the chunks])
+    sums: dict[str, tuple[str | None, str | None]] = {}
+
+    def summed(user: str, name: str, slots: list[int], dim: int) -> bool:
+        """Whether `user`, reading chunked `name` in `slots` along `dim`, contracts that dim
+        and runs as a sum over the chunks; then its weight is sliced the same way."""
+        if user in sums or user in loop or user in sliced:
+            return False
+        found = contraction(graph[user], graph)
+        if found is None or slots != [found[0]] or dim != found[1]:
+            return False
+        sources = tensor_inputs(graph[user], graph)
+        if any(source in loop for slot, source in enumerate(sources) if slot != found[0]):
+            return False
+        need_slice(sources[found[2]], 1, user, forward=True)
+        fold = folded_add(graph, user, inside)
+        sums[user] = fold if fold is not None else (None, None)
+        return True
 
     def chunk(name: str, dim: int, via: str | None, forward: bool) -> None:
         if name in loop:
             if loop[name] != dim:
                 raise _Reject(f"{name} chunked along two dims", name, via, forward)
             return
+        if name in sums or any(add == name for add, _ in sums.values()):
+            raise _Reject(f"{name} is a sum over the chunks, read by chunk", name, via, forward)
         if name not in inside:
             need_slice(name, dim, via, forward)
             return
@@ -186,14 +208,23 @@ def _propagate(
                     else {None}
                 )
                 if None in out_dims or len(out_dims) != 1:
+                    if summed(user, name, slots, dim):
+                        continue
                     raise _Reject(f"{user} mixes the chunked dim of {name}", user, name, True)
                 chunk(user, out_dims.pop(), name, forward=True)
+        for product, (add, other) in sums.items():  # NOTE [Sums over the chunks]
+            last = add or product
+            if other is not None and (other in loop or other in sums):
+                raise _Reject(f"{add} adds a value the loop makes to a sum", add, product, True)
+            for user in graph.users(last):
+                if user in inside:
+                    raise _Reject(f"{user} reads the sum {last} in the loop", user, last, True)
     except _Reject as reject:
         fork = _fork(reject, parent)
         if fork is not None and not _needed_before(graph, span, seed, fork):
             fork = None  # starting the stretch after it does the same, with less made whole
         return _blame(reject, parent, graph, inside, seed), fork
-    return _region(graph, span, loop, sliced, seed, seed_dim)
+    return _region(graph, span, loop, sliced, seed, seed_dim, sums)
 
 
 def _moving(rule: DimRule, slot: int, dim: int, recompute: bool = False) -> int | None:
@@ -281,10 +312,12 @@ def _region(
     sliced: dict[str, int],
     seed: str,
     seed_dim: int,
+    sums: dict[str, tuple[str | None, str | None]],
 ) -> Region | Conflict | None:
     inside = set(span)
     graph_outputs = graph.output_names()
     outputs = []
+    summed = {name for product, (add, _) in sums.items() for name in (product, add) if name}
     for name in span:
         if name not in loop:
             continue
@@ -293,9 +326,18 @@ def _region(
                 # a tuple of chunks read after the loop has no buffer layout: start after it
                 return Conflict((name,), (), f"{name} is a tuple read after the loop")
             outputs.append((name, loop[name]))
-    if not outputs:
+    if not outputs and not sums:
         return None
-    found = _halos(graph, span, loop, sliced, outputs)
+    # a product's chunk and its weight's slice are the same features (NOTE [Sums over the
+    # chunks]): at the same scale, made and read over the chunk's own rows
+    ties, exact = {}, list(outputs)
+    for product in sums:
+        slot, _, weight_slot = contraction(graph[product], graph)
+        sources = tensor_inputs(graph[product], graph)
+        chunked, weight = sources[slot], sources[weight_slot]
+        ties[weight] = chunked
+        exact += [(chunked, loop[chunked]), (weight, 1)]
+    found = _halos(graph, span, loop, sliced, exact, ties)
     if found is None:
         return None
     halos, extent = found
@@ -318,13 +360,14 @@ def _region(
     region = Region(
         span=span,
         loop=tuple((name, loop[name]) for name in span if name in loop),
-        hoisted=tuple(name for name in span if name not in loop),
+        hoisted=tuple(name for name in span if name not in loop and name not in summed),
         slices=tuple(ordered_slices),
         outputs=tuple(outputs),
         extent=extent,
         materialized=tuple(materialized),
         halos=halos,
         recomputed=tuple(recomputed),
+        sums=tuple((product, add) for product, (add, _) in sums.items()),
     )
     if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
@@ -375,6 +418,7 @@ def _halos(
     loop: dict[str, int],
     sliced: dict[str, int],
     outputs: list[tuple[str, int]],
+    ties: dict[str, str] | None = None,
 ) -> tuple[tuple[tuple[str, int, int, int], ...], Size] | None:
     """Return the rows, around the chunk's, that each loop value must be made over and each
     sliced value read over (NOTE [Halos]), with the loop's length: that of the coarsest values,
@@ -386,7 +430,7 @@ def _halos(
     are the union of what its readers need: the reader's own rows, widened through the
     reader's window on that input. Region outputs need the chunk's rows at their scale, as
     their buffers take exactly those."""
-    scales = _scales(graph, loop, sliced)
+    scales = _scales(graph, loop, sliced, ties or {})
     if scales is None:
         return None
     want = rows_wanted(graph, span, loop, scales, outputs)
@@ -445,11 +489,18 @@ def rows_wanted(
     return want
 
 
-def _scales(graph: Graph, loop: dict[str, int], sliced: dict[str, int]) -> dict[str, Any] | None:
+def _scales(
+    graph: Graph, loop: dict[str, int], sliced: dict[str, int], ties: dict[str, str]
+) -> dict[str, Any] | None:
     """Return each loop and sliced value's rows per row of the loop, the coarsest at 1: a
     whole number, or tokens per image row (`8*w`, NOTE [Rows of tokens]); None when two paths
-    disagree, or a value would take a fraction of a row at some size."""
+    disagree, or a value would take a fraction of a row at some size. A value `ties` maps to
+    another takes its scale (a summed product's weight, its chunk's: NOTE [Sums over the
+    chunks])."""
     edges: dict[str, list[tuple[str, Any]]] = {}
+    for value, other in ties.items():
+        edges.setdefault(value, []).append((other, Fraction(1)))
+        edges.setdefault(other, []).append((value, Fraction(1)))
     for name, dim in loop.items():
         rule = dim_rule(graph[name], graph)
         assert rule is not None

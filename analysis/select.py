@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
@@ -628,7 +628,9 @@ def _best_candidate(
                 extra = region_time(graph, lower_region(graph, sized), machine) - span_time(
                     graph, sized.span, machine
                 )
-                if crosses_module(graph, sized.span):  # it costs a module: written inline
+                # it costs a module written inline, or a layer summed from its weight's slices
+                # (NOTE [Sums over the chunks]): their hooks and swaps are lost
+                if crosses_module(graph, sized.span) or sized.sums:
                     extra += CROSSING * span_time(graph, sized.span, machine)
                 if peak <= budget:
                     key: tuple[float, ...] = (0, round(extra, 5), peak // unit, len(sized.loop))
@@ -757,7 +759,7 @@ def _candidates(
         lo, hi = _stretch(graph, calls[-1])
         windows = [(max(first, lo), min(last, hi))]
     footprint = dict(zip(profile.labels, profile.footprint))
-    found: dict[tuple[tuple[tuple[str, int], ...], tuple[str, ...]], Region] = {}
+    found: dict[tuple[Any, ...], Region] = {}
     for start, stop in dict.fromkeys(windows):
         ends = sorted(range(position, stop + 1), key=lambda i: (footprint.get(names[i], 0), i))
         ends = sorted({stop, *ends[:BOUNDARIES]})
@@ -773,7 +775,8 @@ def _candidates(
                             graph, names, start, end, seed, dim, recompute=recompute
                         ):
                             if peak_node in region.loop_dims:
-                                found.setdefault((region.loop, region.recomputed), region)
+                                key = (region.loop, region.recomputed, region.sums)
+                                found.setdefault(key, region)
     trimmed = [_trimmed(region) for region in found.values()]
     return [*found.values(), *(region for region in trimmed if region is not None)]
 
@@ -792,7 +795,8 @@ def _trimmed(region: Region) -> Region | None:
 
 
 #: the share of a stretch's time a loop crossing a module boundary must save to be preferred
-#: to one inside a module: the module it crosses is written inline, losing its hooks
+#: to one inside a module: the module it crosses is written inline, losing its hooks; so must
+#: a loop summing a layer from its weight's slices (NOTE [Sums over the chunks])
 CROSSING = 0.05
 
 

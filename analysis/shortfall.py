@@ -15,7 +15,9 @@ a tool that could not take it there:
   - an attention with no mask (or `is_causal`): while its last queries run, all its keys and
     values are whole, or a value they are both made from (a loop over heads makes each head's
     keys and values from the hidden states), and so are the rows it has made, in the smallest
-    form they take on the way to an output.
+    form they take on the way to an output; or, when that is larger, a value made before it
+    and read again after it (the residual its block adds its output to, or what that is made
+    from), into which its rows can at best be summed (NOTE [Sums over the chunks]).
   An attention with a mask is left out: a window needs only some keys at a time.
   The planner makes each projection once: it recomputes only cheap ops (NOTE [Recomputed
   values]), never a matrix product. So a plan that keeps the value the keys and values are made
@@ -104,15 +106,17 @@ def floor(graph: Graph) -> ModelFloor:
     for node in graph.nodes:
         if facts.attends_all(node):
             keys, rows = facts.keys_and_values(node), facts.rows(node.name)
-            total = keys + rows
+            across = facts.read_across(node.name)
+            total = keys + max(rows, across)
             where = node.source.cite().split(" in ")[0] if node.source else node.name
+            made = f"the rows it has made ({format_bytes(rows)})"
+            if across > rows:
+                made = f"a value it is added to after, or what that is made from ({format_bytes(across)})"
             found.append(
                 ModelFloor(
                     total,
                     f"the attention at {where} holds its keys and values, or what they are made "
-                    f"from ({format_bytes(keys)}), with the rows it has made "
-                    f"({format_bytes(rows)}): "
-                    f"{format_bytes(total)}",
+                    f"from ({format_bytes(keys)}), with {made}: {format_bytes(total)}",
                 )
             )
     graph.memo["floor"] = best = max(found, key=lambda f: f.bytes)
@@ -218,7 +222,7 @@ class _Facts:
                 a for a in through if not any(self._before(a, self.attentions[b]) for b in through)
             ]
             remade = max(self._remade(self.graph[a]) for a in last)
-            found = min(remade, *map(self.size, dominators))
+            found = min([remade, *map(self.size, dominators)])
         self.cuts[name] = found
         return found
 
@@ -291,6 +295,28 @@ class _Facts:
                 rows, width = (evaluate(size, hints) for size in meta.shape[-2:])
                 held += rows * width * dtype_size(meta.dtype)
         return held
+
+    def read_across(self, name: str) -> int:
+        """The most an attention's last queries surely hold of one value made before it and
+        read again after it (the residual its block adds its output to): the value, or what
+        it is made from, and no more than the reader after the attention takes of it (a class
+        token's row). 0 when there is none. The attention's own rows may at best be summed
+        into it (a loop over heads adding each head's projected output into the residual), so
+        the floor counts the larger of the two, not both."""
+        graph, mine = self.graph, self.ancestors.get(name, 0)
+        best, position = 0, graph.position(name)
+        for value in graph.nodes[:position]:
+            if not self._before(value.name, mine) or not isinstance(value.meta, TensorMeta):
+                continue
+            for user in graph.users(value.name):
+                if graph.position(user) <= position or not self._before(
+                    name, self.ancestors.get(user, 0)
+                ):
+                    continue
+                held = min(self.size(value.name), self.size(user))
+                if held > best:
+                    best = max(best, min(held, self.cut(value.name)))
+        return best
 
     def rows(self, name: str) -> int:
         """The smallest form an attention's made rows take on the way to the outputs: its

@@ -24,6 +24,7 @@ from analysis.program import (
     CHUNK,
     CHUNK_ROWS,
     COPY,
+    AddChunk,
     AddStats,
     Attr,
     CausalRows,
@@ -50,10 +51,12 @@ from analysis.program import (
     Span,
     Statement,
     Stop,
+    SumStart,
     TensorConstant,
     UpdateBuffer,
     WriteChunk,
 )
+from analysis.lower import exactly_scaled
 from analysis.fastpath import NO_PADDING, is_padding_check
 from analysis.names import size_code
 from analysis.ops import info
@@ -129,6 +132,8 @@ class ForwardPrinter:
             Contiguous: self._print_contiguous,
             Empty: self._print_empty,
             Overwrite: self._print_overwrite,
+            SumStart: self._print_sumstart,
+            AddChunk: self._print_addchunk,
             Rows: self._print_rows,
             Stop: self._print_stop,
             GroupStats: self._print_groupstats,
@@ -223,6 +228,8 @@ class ForwardPrinter:
             if rows is not None:  # rows of tokens (NOTE [Rows of tokens])
                 length = f"{self.end(rows, block)} - {self.first(rows, block)}"
                 return self._units(f"({length})", step.computed)
+            if exactly_scaled(step.computed, block.extent, self.graph):  # a head's features
+                return f"{self.num(step.computed.scale)} * (stop - start)"
             return f"{self.end(step.computed, block)} - {self.first(step.computed, block)}"
         if isinstance(value, CausalRows):  # `_causal_attention`'s first row
             return "start"
@@ -262,12 +269,16 @@ class ForwardPrinter:
         [Rows of tokens])."""
         if not span.before and span.scale == 1:
             return self._units("start", span)
+        if exactly_scaled(span, block.extent, self.graph):  # a head's features
+            return f"{self.num(span.scale)} * start"
         return self._units(block.bounds[(True, span.before, span.scale)], span)
 
     def end(self, span: Span, block: Block) -> str:
         """The end of a span's rows."""
         if not span.after and span.scale == 1:
             return self._units("stop", span)
+        if exactly_scaled(span, block.extent, self.graph):
+            return f"{self.num(span.scale)} * stop"
         return self._units(block.bounds[(False, span.after, span.scale)], span)
 
     def _units(self, row: str, span: Span) -> str:
@@ -451,6 +462,51 @@ class ForwardPrinter:
             f"{statement.var} = {value} if not _hooked(self) else torch.empty_like({value})",
             comments=[f"Overwrites {value}, which nothing reads after, unless a hook may keep it."],
         )
+
+    def _print_sumstart(self, statement: Statement, block: Block | None) -> Line:
+        """A sum's start (NOTE [Sums over the chunks]): the value the block adds the product
+        to, plus its bias, in that value's own storage where nothing reads it after."""
+        expr, var = statement.expr, statement.var
+        total = expr.total
+        bias = self.value(total.bias) if total.bias is not None else None
+        said = f"A sum over the chunks: each adds its share of {self._layer_of(total.node)} into"
+        if total.added is None:
+            shape = self.shape(expr.meta.shape)
+            if bias is not None:
+                code = f"{bias}.expand({shape}).contiguous()"
+                return Line(f"{var} = {code}", _wrapped(f"{said} {var}, from the bias."))
+            like = self.value(expr.like) if expr.like else None
+            dtype = f"{like}.dtype" if like else str(expr.meta.dtype)
+            device = f"{like}.device" if like else self.device
+            code = f"torch.zeros({shape}, dtype={dtype}, device={device})"
+            return Line(f"{var} = {code}", _wrapped(f"{said} {var}, from zeros."))
+        added = self.value(total.added)
+        fresh = f"{added} + {bias}" if bias else f"{added}.clone()"
+        kept = f"{added}.add_({bias})" if bias else added
+        plus = " plus the bias" if bias else ""
+        if not total.overwrites:
+            return Line(f"{var} = {fresh}", _wrapped(f"{said} {var}, from {added}{plus}."))
+        said = f"{said} {var}, from {added}{plus}, in its place: nothing reads it after"
+        if total.unless_hooked:
+            code = f"{var} = {kept} if not _hooked(self) else {fresh}"
+            return Line(code, _wrapped(f"{said}, unless a hook may keep it."))
+        return Line(f"{var} = {kept}", _wrapped(f"{said}."))
+
+    def _layer_of(self, node: str) -> str:
+        """A product's layer in the forward's terms (`self.out_proj`), else its value."""
+        path = self.graph[node].module_path
+        prefix = f"{self.program.path}." if self.program.path else ""
+        if path and path.startswith(prefix):
+            return attribute_path(path[len(prefix) :])
+        return node
+
+    def _print_addchunk(self, statement: Statement, block: Block | None) -> Line:
+        total = statement.expr.total
+        assert block is not None, "a sum's chunk outside its loop"
+        chunk = block.chunks[total.chunk.value]
+        weight = self.operand(total.weight, None, block)  # type: ignore[arg-type]
+        target = self.value(total.value)
+        return Line(f"_add_linear({target}, {chunk}, {weight})", self._cite(statement.source))
 
     def _print_rows(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -776,9 +832,13 @@ _HALO_COMMENT = [
 ]
 #: and where some values are finer than the loop's rows
 _SCALE_COMMENT = [
-    "A value read by a stride-2 op, made by a 2x upsampling, or viewed in pairs of rows",
-    "(a head of two features) has two rows per row of the loop (`_x2`), and so on.",
+    "`_x2`: two rows per row of the loop (a stride-2 op's input, a 2x upsampling's output)."
 ]
+
+
+def _wrapped(text: str) -> list[str]:
+    """A comment's text in lines that fit beside the code (86 characters)."""
+    return textwrap.wrap(text, 86, break_long_words=False, break_on_hyphens=False)
 
 
 def _atom(code: str) -> str:

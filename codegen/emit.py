@@ -263,6 +263,13 @@ def _inline_notes(graph: Graph, program: Program, module: torch.nn.Module) -> li
                         "statistics of its whole input, taken first (two passes)"
                     )
                 notes.append(f"{path}: {reason}")
+        for total in block.lowered.sums:  # NOTE [Sums over the chunks]
+            path = graph[total.node].module_path
+            if path in program.layers:
+                notes.append(
+                    f"{path}: chunk loop {block.index + 1} adds it up over its input features, "
+                    "chunk by chunk, from slices of its weight"
+                )
     return list(dict.fromkeys(notes))
 
 
@@ -381,7 +388,13 @@ def emit_module(
             for value in step.args
         ),
         group_norms=any(block.stats for block in program.blocks),
-        hook_checks=any(hooked for block in program.blocks for *_, hooked in block.lowered.reuses),
+        hook_checks=any(
+            hooked
+            for block in program.blocks
+            for hooked in [h for *_, h in block.lowered.reuses]
+            + [total.unless_hooked for total in block.lowered.sums]
+        ),
+        sums=any(block.lowered.sums for block in program.blocks),
         padding_checks=any(
             node.kind == "op" and NO_PADDING in dict(node.kwargs) for node in graph.nodes
         ),

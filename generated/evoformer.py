@@ -203,12 +203,8 @@ class GatedAttention(torch.nn.Module):
         )
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
-            # A value read by a stride-2 op, made by a 2x upsampling, or viewed in pairs of rows
-            # (a head of two features) has two rows per row of the loop (`_x2`), and so on.
-            lo_0_x8 = 8 * start
-            hi_0_x8 = min(8 * stop, 64) if stop < 8 else 64
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            q = torch.nn.functional.linear(x, self.q.weight[lo_0_x8:hi_0_x8])
+            q = torch.nn.functional.linear(x, self.q.weight[8 * start : 8 * stop])
             view = q.view(32, res, stop - start, -1)
             del q
             q_1 = view.transpose(1, 2)
@@ -217,13 +213,13 @@ class GatedAttention(torch.nn.Module):
             q_2 = q_1 / 2.8284271247461903
             del q_1
             # evoformer.py:64 in forward: k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            k = torch.nn.functional.linear(x, self.k.weight[lo_0_x8:hi_0_x8])
+            k = torch.nn.functional.linear(x, self.k.weight[8 * start : 8 * stop])
             view_1 = k.view(32, res, stop - start, -1)
             del k
             k_1 = view_1.transpose(1, 2)
             del view_1
             # evoformer.py:65 in forward: v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            v = torch.nn.functional.linear(x, self.v.weight[lo_0_x8:hi_0_x8])
+            v = torch.nn.functional.linear(x, self.v.weight[8 * start : 8 * stop])
             view_2 = v.view(32, res, stop - start, -1)
             del v
             v_1 = view_2.transpose(1, 2)

@@ -567,14 +567,11 @@ class Upsample2D2(torch.nn.Module):
             # Halos: a kernel wider than one row reads rows beyond its output's, so each value is
             # made over the rows its readers reach (lo_k: k rows before the chunk, hi_k: k after),
             # and a convolution's rows that read padding inside the image are cropped away.
-            # A value read by a stride-2 op, made by a 2x upsampling, or viewed in pairs of rows
-            # (a head of two features) has two rows per row of the loop (`_x2`), and so on.
+            # `_x2`: two rows per row of the loop (a stride-2 op's input, a 2x upsampling's output).
             lo_1 = max(start - 1, 0)
             hi_1 = min(stop + 1, 4 * height)
-            lo_0_x2 = 2 * start
             lo_1_x2 = max(2 * start - 1, 0)
             lo_2_x2 = max(2 * start - 2, 0)
-            hi_0_x2 = min(2 * stop, 8 * height) if stop < 4 * height else 8 * height
             hi_1_x2 = min(2 * stop + 1, 8 * height) if stop < 4 * height else 8 * height
             # upsampling.py:175 in forward: hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
             hidden_states_2 = torch.nn.functional.interpolate(
@@ -582,10 +579,10 @@ class Upsample2D2(torch.nn.Module):
             )[:, :, lo_1_x2 - lo_2_x2 : hi_1_x2 - lo_2_x2]
             # upsampling.py:186 in forward: hidden_states = self.conv(hidden_states)
             hidden_states_chunk = self.conv(hidden_states_2)[
-                :, :, lo_0_x2 - lo_1_x2 : hi_0_x2 - lo_1_x2
+                :, :, 2 * start - lo_1_x2 : 2 * stop - lo_1_x2
             ]
             del hidden_states_2
-            hidden_states_1[:, :, lo_0_x2:hi_0_x2] = hidden_states_chunk
+            hidden_states_1[:, :, 2 * start : 2 * stop] = hidden_states_chunk
             del hidden_states_chunk
         return hidden_states_1
 

@@ -402,7 +402,10 @@ def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(
     second block's hidden states (512 KiB), from which a loop over heads makes each head's, not
     the 1 MiB of both, with the head it runs (256 KiB: NOTE [One head's keys]); for the first
     block's, made from the input itself, that head alone. With a dynamic length the views'
-    sizes are read off the input, which does not make the keys depend on it."""
+    sizes are read off the input, which does not make the keys depend on it. The second
+    attention's output is added to the first block's, which is held meanwhile (or what it is
+    made from: the first attention's head, remade, 256 KiB) and which the rows it makes can at
+    best be added into: that counts instead of its one row."""
     from analysis.shortfall import _Facts, floor
 
     path = tmp_path / "model.py"
@@ -416,7 +419,8 @@ def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(
     found = floor(graph)
     assert found.words == (
         "the attention at model.py:13 holds its keys and values, or what they are made from "
-        "(768.0 KiB), with the rows it has made (40 B): 768.0 KiB"
+        "(768.0 KiB), with a value it is added to after, or what that is made from (256.0 KiB): "
+        "1.0 MiB"
     ), found
 
 

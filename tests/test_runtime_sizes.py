@@ -280,7 +280,9 @@ ENCODER = """
             q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v)
             h = x + self.out(a.transpose(1, 2).reshape(1, -1, 64))
-            return h + self.down(torch.relu(self.up(h)))
+            # a softmax over the hidden features: no loop walks them (NOTE [Sums over the
+            # chunks]); the rows' loop, with its run-time sizes, is the one
+            return h + self.down(torch.softmax(self.up(h), dim=-1))
 
     def make_model():
         torch.manual_seed(0)

@@ -29,8 +29,18 @@ def test_every_zoo_file_defines_the_model_contract() -> None:
 # SegFormer: loops over image rows of tokens through a stride-2 patch embedding (a view's
 # length at twice the loop's rows), and module calls passed sizes as numbers; it meets its
 # target (80%), which it missed while selection counted a size's tensor as live
+# CLIP: its attention's output projection runs as a sum over the heads, added into the
+# residual in its place (NOTE [Sums over the chunks]); it meets its target (81%), which it
+# missed while the heads' outputs were held in a buffer beside the residual
 @pytest.mark.parametrize(
-    "model", ["hf_bert_batch2", "torchvision_vit", "torchvision_efficientnet", "hf_segformer"]
+    "model",
+    [
+        "hf_bert_batch2",
+        "torchvision_vit",
+        "torchvision_efficientnet",
+        "hf_segformer",
+        "hf_clip_vision",
+    ],
 )
 def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -> None:
     pytest.importorskip("transformers")
@@ -47,10 +57,10 @@ def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1].endswith("MiB") and cells[3].endswith("%"), row
     assert cells[7] == "exact", row  # the planned estimate is the generated module's peak
-    if model != "torchvision_vit":
+    if model not in ("torchvision_vit", "hf_clip_vision"):
         assert cells[6] == "verified at 2 sizes", row
     else:
         assert cells[6].startswith("static"), row
     assert "Ran with torch" in done.stdout
-    if model == "hf_segformer":
+    if model in ("hf_segformer", "hf_clip_vision"):
         assert cells[8] == "", row  # met
