@@ -47,7 +47,7 @@ from analysis.program import (
     ratio,
     span_at,
 )
-from analysis.sums import contraction, folded_add
+from analysis.sums import contraction, folded_add, sum_in_place
 
 
 def lower_region(
@@ -146,39 +146,10 @@ def _sum_step(graph: Graph, region: Region, product: str, add: str | None) -> Su
     if fold is None or fold[0] != add:
         raise InternalError(f"sum {product} starts from {add}, which is not its addition")
     added = fold[1]
-    overwrites, hooked = _sum_in_place(graph, region, added), False
+    overwrites, hooked = sum_in_place(graph, region, added, OVERWRITES.get()), False
     if overwrites is not None:
         overwrites, hooked = True, overwrites
     return SumStep(product, add, chunk, sliced, bias, added, bool(overwrites), hooked)
-
-
-def _sum_in_place(graph: Graph, region: Region, value: str) -> bool | None:
-    """Whether a sum may start in `value`'s own storage (NOTE [Sums over the chunks]): None
-    when not; else whether only while no hook could keep `value` (NOTE [Outputs in place])."""
-    if not OVERWRITES.get():
-        return None
-    node = graph[value]
-    roots, last_use = storage_roots(graph)
-    end = graph.position(region.span[-1])
-    loop = region.loop_dims  # hoisted readers run before the sum starts
-    if (
-        node.kind != "op"
-        or roots.get(value, value) != value
-        or node.aliases is not None
-        or node.mutates is not None
-        or value in graph.output_names()
-        or not isinstance(node.meta, TensorMeta)
-        or not node.meta.contiguous
-        or last_use.get(value, end + 1) > end
-        or any(user in loop for user in graph.users(value))
-    ):
-        return None
-    common = _common_calls(graph, region)
-    while common and common[-1] in graph.inline_calls:  # the loop is in its caller's forward
-        common = common[:-1]
-    if node.calls[: len(common)] != common:
-        return None
-    return node.calls != common
 
 
 # NOTE [Outputs in place]
@@ -235,7 +206,7 @@ def _reuses(
         return ()
     roots, last_use = storage_roots(graph)
     end = graph.position(region.span[-1])
-    common = _common_calls(graph, region)
+    common = common_calls(graph[name].calls for name in region.span)
     outputs = graph.output_names()
     read_at: dict[str, list[int]] = {}  # value -> the steps reading it or a view of its chunk
     dims: dict[str, set[int | None]] = {}  # value -> the dims it is sliced along
@@ -291,11 +262,6 @@ def _reuses(
                 found.append((name, value, node.calls != common))
                 break
     return tuple(found)
-
-
-def _common_calls(graph: Graph, region: Region) -> tuple:
-    """The module calls every node of the region's stretch is in: the module holding it."""
-    return common_calls(graph[name].calls for name in region.span)
 
 
 def _statistics_pass(

@@ -270,6 +270,16 @@ class SumStep:
     overwrites: bool = False
     unless_hooked: bool = False
 
+    def __post_init__(self) -> None:
+        if self.chunk.source != CHUNK or self.weight.source != OUTER or self.weight.rows != 1:
+            raise ValueError(f"sum {self.node}: a chunk times its slice of the weight's columns")
+        if self.overwrites and self.added is None:
+            raise ValueError(f"sum {self.node}: only a value it starts from can take the sum")
+        if self.unless_hooked and not self.overwrites:
+            raise ValueError(f"sum {self.node}: a hook guards only a sum taking a value's place")
+        if (self.added is None) != (self.value == self.node):
+            raise ValueError(f"sum {self.node}: its value is its add's exactly when it has one")
+
 
 @dataclass(frozen=True, slots=True)
 class StatisticsPass:

@@ -29,7 +29,8 @@ from analysis.ir import Graph, Node, Size, TensorMeta, evaluate
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
 from analysis.program import divided, widened
-from analysis.sums import contraction, folded_add
+from analysis.loops import OVERWRITES
+from analysis.sums import contraction, folded_add, sum_in_place
 
 
 class _Reject(Exception):
@@ -371,6 +372,9 @@ def _region(
     )
     if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
+    for product, (add, other) in sums.items():  # NOTE [Sums over the chunks]
+        if add is None or sum_in_place(graph, region, other, OVERWRITES.get()) is None:
+            return Conflict((), (product,), f"{product} would sum into a tensor of its own")
     return region
 
 

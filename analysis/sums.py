@@ -22,9 +22,15 @@ What a sum allows, kept narrow:
 - the op is `linear` with a 2-D weight, reading the chunk as its input, contracted over the
   input's last dim, which is the loop's dim (the heads' features, at their scale); the weight
   is sliced along its input features the same way, the bias (whole) goes into the start;
-- after it, at most one addition, its only reader, of a value of the same shape and dtype made
-  before the loop (the residual); nothing else in the loop reads the projection or the sum;
+- after it, one addition, its only reader, of a value of the same shape and dtype made before
+  the loop (the residual), whose storage the sum may take; nothing else in the loop reads the
+  projection or the sum;
 - the sum is read after the loop, whole, like any loop output.
+A sum in a tensor of its own holds no less than a buffer of the product's output would, and a
+loop ending with it cannot grow past it; a greedy choice of one (ConvNeXt's feed-forward, over
+its hidden features, where a loop over rows went on to meet the target) only stops there. So
+the search keeps a sum only where it takes the residual's place (`sum_in_place`), and ends the
+stretch before the product otherwise.
 Changing the order of the additions changes the rounding, within the verification tolerance
 as any matrix product split differently; the result is never approximated.
 """
@@ -33,7 +39,16 @@ from __future__ import annotations
 
 import torch
 
-from analysis.ir import Graph, Node, TensorMeta, out_meta, tensor_inputs
+from analysis.ir import (
+    Graph,
+    Node,
+    TensorMeta,
+    common_calls,
+    out_meta,
+    storage_roots,
+    tensor_inputs,
+)
+from analysis.plan import Region
 
 aten = torch.ops.aten
 
@@ -79,4 +94,34 @@ def folded_add(graph: Graph, name: str, inside: set[str]) -> tuple[str, str] | N
     return add.name, other
 
 
-__all__ = ["contraction", "folded_add"]
+def sum_in_place(graph: Graph, region: Region, value: str, overwrites: bool) -> bool | None:
+    """Whether a sum may start in `value`'s own storage (NOTE [Sums over the chunks]), where
+    loops write in place (`overwrites`): None when not; else whether only while no hook could
+    keep `value` (NOTE [Outputs in place])."""
+    if not overwrites:
+        return None
+    node = graph[value]
+    roots, last_use = storage_roots(graph)
+    end = graph.position(region.span[-1])
+    loop = region.loop_dims  # hoisted readers run before the sum starts
+    if (
+        node.kind != "op"
+        or roots.get(value, value) != value
+        or node.aliases is not None
+        or node.mutates is not None
+        or value in graph.output_names()
+        or not isinstance(node.meta, TensorMeta)
+        or not node.meta.contiguous
+        or last_use.get(value, end + 1) > end
+        or any(user in loop for user in graph.users(value))
+    ):
+        return None
+    common = common_calls(graph[name].calls for name in region.span)
+    while common and common[-1] in graph.inline_calls:  # the loop is in its caller's forward
+        common = common[:-1]
+    if node.calls[: len(common)] != common:
+        return None
+    return node.calls != common
+
+
+__all__ = ["contraction", "folded_add", "sum_in_place"]
