@@ -29,8 +29,7 @@ from analysis.ir import Graph, Node, Size, TensorMeta, evaluate
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
 from analysis.program import divided, widened
-from analysis.loops import OVERWRITES
-from analysis.sums import contraction, folded_add, sum_in_place
+from analysis.sums import SUMS, contraction, folded_add
 
 
 class _Reject(Exception):
@@ -142,7 +141,7 @@ def _propagate(
     def summed(user: str, name: str, slots: list[int], dim: int) -> bool:
         """Whether `user`, reading chunked `name` in `slots` along `dim`, contracts that dim
         and runs as a sum over the chunks; then its weight is sliced the same way."""
-        if user in sums or user in loop or user in sliced:
+        if not SUMS.get() or user in sums or user in loop or user in sliced:
             return False
         found = contraction(graph[user], graph)
         if found is None or slots != [found[0]] or dim != found[1]:
@@ -372,9 +371,6 @@ def _region(
     )
     if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
-    for product, (add, other) in sums.items():  # NOTE [Sums over the chunks]
-        if add is None or sum_in_place(graph, region, other, OVERWRITES.get()) is None:
-            return Conflict((), (product,), f"{product} would sum into a tensor of its own")
     return region
 
 

@@ -51,6 +51,7 @@ from typing import Any, Callable
 from analysis.cost import Machine, load_machine, region_time, span_time
 from analysis.dimflow import out_meta
 from analysis.loops import without_overwrites
+from analysis.sums import without_sums
 from analysis.lower import lower_region
 from analysis.ir import Graph, Node, Size, TensorMeta, evaluate, value_bytes
 from analysis.memory import (
@@ -116,7 +117,27 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
     original_peak = estimate_graph(graph.captured).peak if graph.before else profile.peak
     budget = target.bytes_for(original_peak)
     limit = Limit.of(graph, target.max_slowdown)
-    with without_overwrites():  # NOTE [Outputs in place]: loops chosen as if with buffers
+    regions, binding = _chosen(graph, profile, budget, limit, progress)
+    peak = estimate_plan(graph, regions).peak
+    if peak > budget and any(region.sums for region in regions):
+        # NOTE [Sums over the chunks]: a loop ending in a sum cannot grow past it, and one
+        # chosen greedily may stop a plan whose loops over rows would have gone further
+        with without_sums():
+            tried, tried_binding = _chosen(graph, profile, budget, limit, None)
+        if estimate_plan(graph, tried).peak < peak:
+            regions = tried
+        binding = binding or tried_binding
+    limit.binding = binding
+    return finish_plan(graph, regions, original_peak, budget, limit)
+
+
+def _chosen(
+    graph: Graph, profile: Profile, budget: int, limit: Limit, progress: Progress | None
+) -> tuple[tuple[Region, ...], bool]:
+    """The loops chosen as if with buffers of their own, then written in place; where that
+    misses the budget, those chosen writing in place if lower (NOTE [Outputs in place]); and
+    whether the limit turned a loop away on either path."""
+    with without_overwrites():  # loops chosen as if with buffers
         regions, binding = _aimed(graph, profile, budget, limit, progress)
     peak = estimate_plan(graph, regions).peak  # lower in place: the same loops hold less
     if peak > budget:
@@ -124,8 +145,7 @@ def make_plan(graph: Graph, target: Target, progress: Progress | None = None) ->
         if estimate_plan(graph, tried).peak < peak:
             regions = tried
         binding = binding or tried_binding  # the limit turned a loop away on either path
-    limit.binding = binding
-    return finish_plan(graph, regions, original_peak, budget, limit)
+    return regions, binding
 
 
 def _aimed(
