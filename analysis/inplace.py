@@ -16,7 +16,7 @@ numerics are unchanged. An operand qualifies only when:
 
 from __future__ import annotations
 
-from analysis.ir import Graph, Ref
+from analysis.ir import Graph, Ref, TensorMeta, storage_roots
 from analysis.ops import info
 from analysis.plan import Region
 
@@ -51,4 +51,23 @@ def inplace_operands(graph: Graph, region: Region) -> dict[str, int]:
     return found
 
 
-__all__ = ["inplace_operands"]
+def storage_ends_by(graph: Graph, value: str, end: int) -> bool:
+    """Whether a loop ending at position `end` may write into `value`'s storage as far as the
+    value itself goes (NOTE [Outputs in place], NOTE [Sums over the chunks]): an op's own
+    contiguous result, no view, no in-place write, no output of the forward, its storage last
+    read by position `end`."""
+    node = graph[value]
+    roots, last_use = storage_roots(graph)
+    return (
+        node.kind == "op"
+        and roots.get(value, value) == value
+        and node.aliases is None
+        and node.mutates is None
+        and value not in graph.output_names()
+        and isinstance(node.meta, TensorMeta)
+        and node.meta.contiguous
+        and last_use.get(value, end + 1) <= end
+    )
+
+
+__all__ = ["inplace_operands", "storage_ends_by"]

@@ -16,7 +16,7 @@ import torch
 from analysis.causal import causal_rows, truncated_keys
 from analysis.dimflow import DimRule, schema_arg
 from analysis.errors import InternalError
-from analysis.inplace import inplace_operands
+from analysis.inplace import inplace_operands, storage_ends_by
 from analysis.ir import (
     Graph,
     Node,
@@ -204,10 +204,9 @@ def _reuses(
     while no hook could keep that value (NOTE [Outputs in place])."""
     if not region.outputs or not OVERWRITES.get():
         return ()
-    roots, last_use = storage_roots(graph)
+    roots, _ = storage_roots(graph)
     end = graph.position(region.span[-1])
     common = common_calls(graph[name].calls for name in region.span)
-    outputs = graph.output_names()
     read_at: dict[str, list[int]] = {}  # value -> the steps reading it or a view of its chunk
     dims: dict[str, set[int | None]] = {}  # value -> the dims it is sliced along
     aliases: dict[str, str] = {}  # a chunk that is a view of a value's rows -> that value
@@ -241,16 +240,9 @@ def _reuses(
             fits = (
                 value not in unfit
                 and value not in claimed
-                and value not in outputs
-                and node.kind == "op"
-                and roots.get(value, value) == value
-                and node.aliases is None
-                and node.mutates is None
+                and storage_ends_by(graph, value, end)
                 and node.calls[: len(common)] == common
-                and last_use.get(value, end + 1) <= end
-                and isinstance(node.meta, TensorMeta)
                 and isinstance(meta, TensorMeta)
-                and node.meta.contiguous
                 and (node.meta.shape, node.meta.dtype) == (meta.shape, meta.dtype)
                 and steps[position[name]].span == CHUNK_ROWS
                 and max(reads) <= position[name]

@@ -717,6 +717,7 @@ class _Lowering:
         into its buffer; with the names bound to the spans' ends."""
         region = lowered.region
         body = [Statement("stop", Stop(rows, region.extent))]
+        # a statistics pass (no buffers) adds nothing to the sums (NOTE [Sums over the chunks])
         summing = lowered.sums_after if buffers else lambda node: ()
         outputs = {n: d for n, d in region.outputs if n in buffers}
         named = self._bounds(steps, outputs, region.extent, extra, summing)
@@ -733,7 +734,7 @@ class _Lowering:
             if step.node in buffers:
                 write = WriteChunk(buffers[step.node], outputs[step.node], var, step.span)
                 body.append(Statement(None, write, frozenset({var, buffers[step.node]})))
-            for total in lowered.sums_after(step.node) if buffers else ():
+            for total in summing(step.node):
                 reads = {var, buffers[total.node]} | self.reads(total.weight)
                 node = self.graph[total.node]
                 body.append(Statement(None, AddChunk(total), frozenset(reads), node.source))

@@ -50,9 +50,9 @@ from analysis.ir import (
     TensorMeta,
     common_calls,
     out_meta,
-    storage_roots,
     tensor_inputs,
 )
+from analysis.inplace import storage_ends_by
 from analysis.plan import Region
 
 aten = torch.ops.aten
@@ -118,24 +118,13 @@ def sum_in_place(graph: Graph, region: Region, value: str, overwrites: bool) -> 
     """Whether a sum may start in `value`'s own storage (NOTE [Sums over the chunks]), where
     loops write in place (`overwrites`): None when not; else whether only while no hook could
     keep `value` (NOTE [Outputs in place])."""
-    if not overwrites:
-        return None
-    node = graph[value]
-    roots, last_use = storage_roots(graph)
     end = graph.position(region.span[-1])
     loop = region.loop_dims  # hoisted readers run before the sum starts
-    if (
-        node.kind != "op"
-        or roots.get(value, value) != value
-        or node.aliases is not None
-        or node.mutates is not None
-        or value in graph.output_names()
-        or not isinstance(node.meta, TensorMeta)
-        or not node.meta.contiguous
-        or last_use.get(value, end + 1) > end
-        or any(user in loop for user in graph.users(value))
-    ):
+    if not overwrites or not storage_ends_by(graph, value, end):
         return None
+    if any(user in loop for user in graph.users(value)):
+        return None
+    node = graph[value]
     common = common_calls(graph[name].calls for name in region.span)
     while common and common[-1] in graph.inline_calls:  # the loop is in its caller's forward
         common = common[:-1]
