@@ -12,6 +12,7 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from analysis.errors import UserError
-from analysis.ir import Graph, Meta, Node, Ref, Size, Source, Symbol, TensorMeta
+from analysis.ir import Graph, Meta, Node, Ref, Size, Source, Symbol, TensorMeta, replaced_refs
 from analysis.loader import LoadedModel, describe, model_frame
 
 _FRAME = re.compile(
@@ -230,17 +231,42 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
                     )
         else:
             raise UserError(f"graph node {fx.name}: unsupported fx op {fx.op}")
-    return Graph(
-        nodes=tuple(nodes),
-        outputs=outputs,
-        mutations=mutations,
-        out_spec=ep.call_spec.out_spec,
-        inputs=tuple(inputs),
-        symbols=tuple(symbols.values()),
-        model_file=str(loaded.path),
-        model_class=type(loaded.module).__name__,
-        module_types=_module_types(ep),
+    return _static_sizes_folded(
+        Graph(
+            nodes=tuple(nodes),
+            outputs=outputs,
+            mutations=mutations,
+            out_spec=ep.call_spec.out_spec,
+            inputs=tuple(inputs),
+            symbols=tuple(symbols.values()),
+            model_file=str(loaded.path),
+            model_class=type(loaded.module).__name__,
+            module_types=_module_types(ep),
+        )
     )
+
+
+def _static_sizes_folded(graph: Graph) -> Graph:
+    """Read each size export read off a tensor but proved constant (`x.shape[1]` of a window's
+    64 tokens) as that number: it is the same at every size the graph allows, and a reader no
+    longer waits on the tensor (a loop over windows may make it chunk by chunk)."""
+    static = {
+        node.name: int(node.meta)
+        for node in graph.nodes
+        if node.target is torch.ops.aten.sym_size.int
+        and isinstance(node.meta, (int, sympy.Integer))
+        and node.name not in graph.output_names()
+    }
+    if not static:
+        return graph
+    nodes = tuple(
+        replace(
+            node, args=replaced_refs(node.args, static), kwargs=replaced_refs(node.kwargs, static)
+        )
+        for node in graph.nodes
+        if node.name not in static
+    )
+    return replace(graph, nodes=nodes, memo={})
 
 
 def _module_types(ep: ExportedProgram) -> dict[str, str]:

@@ -245,7 +245,10 @@ def _plain(expr: Any, program: Program, graph: Graph) -> str:
         return f"contiguous({_arg(Ref(expr.value), graph, names)})"
     if isinstance(expr, Overwrite):
         unless = ", unless hooked" if expr.unless_hooked else ""
-        return f"overwrite({_arg(Ref(expr.value), graph, names)}{unless})"
+        shape = (
+            f", viewed as [{', '.join(_size(d, graph) for d in expr.shape)}]" if expr.shape else ""
+        )
+        return f"overwrite({_arg(Ref(expr.value), graph, names)}{shape}{unless})"
     if isinstance(expr, Empty):
         dtype = (
             f"dtype of {_arg(Ref(expr.dtype_of), graph, names)}" if expr.dtype_of else "fixed dtype"

@@ -139,10 +139,16 @@ def refs_in(value: Any) -> Iterator[str]:
 
 def renamed_refs(value: Any, renamed: dict[str, str]) -> Any:
     """Return an argument with each reference to a key of `renamed` pointing at its value."""
+    return replaced_refs(value, {name: Ref(new) for name, new in renamed.items()})
+
+
+def replaced_refs(value: Any, replacements: dict[str, Any]) -> Any:
+    """Return an argument with each reference to a key of `replacements` replaced by its value
+    (another reference, or a constant)."""
     if isinstance(value, Ref):
-        return Ref(renamed.get(value.name, value.name))
+        return replacements.get(value.name, value)
     if isinstance(value, (tuple, list)):
-        return type(value)(renamed_refs(item, renamed) for item in value)
+        return type(value)(replaced_refs(item, replacements) for item in value)
     return value
 
 
@@ -384,6 +390,7 @@ __all__ = [
     "out_meta",
     "refs_in",
     "renamed_refs",
+    "replaced_refs",
     "storage_roots",
     "tensor_inputs",
     "value_bytes",

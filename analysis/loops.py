@@ -14,13 +14,14 @@ import sympy
 import torch
 
 from analysis.causal import causal_rows, truncated_keys
-from analysis.dimflow import DimRule, schema_arg
+from analysis.dimflow import DimRule, same_size, schema_arg
 from analysis.errors import InternalError
 from analysis.inplace import inplace_operands, storage_ends_by
 from analysis.ir import (
     Graph,
     Node,
     Ref,
+    Size,
     TensorMeta,
     common_calls,
     out_meta,
@@ -211,6 +212,7 @@ def _reuses(
     dims: dict[str, set[int | None]] = {}  # value -> the dims it is sliced along
     aliases: dict[str, str] = {}  # a chunk that is a view of a value's rows -> that value
     unfit: set[str] = set(region.materialized)
+    readers: dict[str, set[str]] = {}  # storage -> the values of it the loop slices
     for index, step in enumerate(steps):
         node = graph[step.node]
         for operand in step.operands:
@@ -218,9 +220,15 @@ def _reuses(
                 value = aliases.get(operand.value)
             else:
                 value = operand.value
-                if roots.get(value, value) != value:
-                    unfit.add(roots.get(value, value))  # a view of it is read
-                if operand.rows is None or operand.span != CHUNK_ROWS or operand.keys is not None:
+                root = roots.get(value, value)
+                readers.setdefault(root, set()).add(value)
+                if root != value and not _whole_view(graph, value, root):
+                    unfit.add(root)  # a view of some of it is read
+                if (
+                    operand.rows is None
+                    or not _own_rows(graph, operand.span, region.extent)
+                    or operand.keys is not None
+                ):
                     unfit.add(value)  # read whole, with a halo or cut to some keys
                 dims.setdefault(value, set()).add(operand.rows)
             if value is None:
@@ -236,24 +244,69 @@ def _reuses(
     for name, dim in region.outputs:
         meta = graph[name].meta
         for value, reads in read_at.items():
-            node = graph[value]
+            root = roots.get(value, value)  # itself, or a value it is all of, reshaped
+            node = graph[root]
             fits = (
                 value not in unfit
-                and value not in claimed
-                and storage_ends_by(graph, value, end)
+                and root not in unfit
+                and root not in claimed
+                and readers.get(root) == {value}
+                and storage_ends_by(graph, root, end)
                 and node.calls[: len(common)] == common
                 and isinstance(meta, TensorMeta)
-                and (node.meta.shape, node.meta.dtype) == (meta.shape, meta.dtype)
-                and steps[position[name]].span == CHUNK_ROWS
+                and _own_rows(graph, steps[position[name]].span, region.extent)
                 and max(reads) <= position[name]
                 and aliases.get(name) != value
-                and dims.get(value) == {dim}
+                and len(dims.get(value, ())) == 1
+                and _same_rows(graph, value, next(iter(dims[value])), name, dim)
             )
             if fits:
-                claimed.add(value)
+                claimed.add(root)
                 found.append((name, value, node.calls != common))
                 break
     return tuple(found)
+
+
+def _own_rows(graph: Graph, span: Span, extent: Any) -> bool:
+    """Whether a span is exactly its loop rows' share of its value: no halo, and the value's
+    length its scale (or unit) times the loop's, so chunk `i` holds the value's `i`-th share."""
+    if span.before or span.after:
+        return False
+    return span.unit != 1 or span.scale == 1 or same_size(span.size, span.scale * extent, graph)
+
+
+def _whole_view(graph: Graph, value: str, root: str) -> bool:
+    """Whether `value` is all of `root`'s storage, reshaped: both contiguous, the same size."""
+    a, b = graph[value].meta, graph[root].meta
+    return (
+        isinstance(a, TensorMeta)
+        and isinstance(b, TensorMeta)
+        and a.contiguous
+        and b.contiguous
+        and a.dtype == b.dtype
+        and same_size(sympy.Mul(*a.shape), sympy.Mul(*b.shape), graph)
+    )
+
+
+def _same_rows(graph: Graph, value: str, value_dim: int, output: str, out_dim: int) -> bool:
+    """Whether each row of the loop is the same bytes of `value`, chunked along `value_dim`, as
+    of the output buffer, chunked along `out_dim` (NOTE [Outputs in place]): the same shape
+    and dim; or the same dtype and size, each chunked along its outermost dim longer than one,
+    where the output's buffer is the value viewed in the output's shape (Swin's windows before
+    the attention, and the attention's output after it)."""
+    a, b = graph[value].tensor, graph[output].tensor
+    if (a.shape, a.dtype) == (b.shape, b.dtype):
+        return value_dim == out_dim
+
+    def outermost(shape: tuple[Size, ...], dim: int) -> bool:
+        return all(same_size(size, 1, graph) for size in shape[:dim])
+
+    return (
+        a.dtype == b.dtype
+        and same_size(sympy.Mul(*a.shape), sympy.Mul(*b.shape), graph)
+        and outermost(a.shape, value_dim)
+        and outermost(b.shape, out_dim)
+    )
 
 
 def _statistics_pass(

@@ -632,8 +632,10 @@ class _Lowering:
                 reads.add(self.device_of)
             expr: Empty | Overwrite = Empty(node.tensor, dtype_of, device_of)
             if name in reuses:  # NOTE [Outputs in place]
-                expr = Overwrite(*reuses[name])
-                reads = self.reads(Ref(expr.value)) | {var}
+                value, hooked = reuses[name]
+                viewed = graph[value].tensor.shape != node.tensor.shape
+                expr = Overwrite(value, hooked, tuple(node.tensor.shape) if viewed else None)
+                reads = self.reads([Ref(value), *(expr.shape or ())]) | {var}
             setup.append(Statement(var, expr, frozenset(reads), region=index))
         for total in lowered.sums:  # NOTE [Sums over the chunks]
             setup.append(self._sum_start(index, region, total))

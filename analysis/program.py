@@ -21,7 +21,7 @@ from typing import Any, Callable, Union
 
 import sympy
 
-from analysis.ir import Source, TensorMeta
+from analysis.ir import Size, Source, TensorMeta
 from analysis.plan import Region
 
 #: where a loop statement's operand comes from
@@ -437,6 +437,9 @@ class Overwrite:
 
     value: str
     unless_hooked: bool = False
+    #: the output's shape, where it differs from the value's: the buffer is the value viewed
+    #: in it (the same bytes per row of the loop), else None
+    shape: tuple[Size, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from analysis.ir import Graph, Node, Size, TensorMeta, evaluate
 from analysis.ops import dim_rule, info
 from analysis.plan import Region
 from analysis.program import divided, widened
+from analysis.scopes import is_size
 from analysis.sums import SUMS, contraction, folded_add
 
 
@@ -52,11 +53,13 @@ class Conflict:
     reason: str
 
 
-def _from_the_start(node: Node) -> bool:
-    """Whether an op's chunk is placed by its first row (an attention with a causal flag or a
-    mask may cut keys from it): it cannot make rows before the chunk's, or at a scale (NOTE
-    [Halos])."""
+def _from_the_start(node: Node, dim: int) -> bool:
+    """Whether an op's chunk along `dim` is placed by its first row (an attention over query
+    rows with a causal flag or a mask may cut keys from it): it cannot make rows before the
+    chunk's, or at a scale (NOTE [Halos]). A loop over a batch or heads dim cuts no keys."""
     if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
+        return False
+    if dim != len(out_meta(node).shape) - 2:
         return False
     return causal_rows(node) or schema_arg(node, "attn_mask") is not None
 
@@ -198,8 +201,8 @@ def _propagate(
             if node.mutates is not None and node.mutates not in loop:
                 raise _Reject(f"{name} writes into a value outside the loop", name, name, True)
             for user in graph.users(name):
-                if user not in inside:
-                    continue
+                if user not in inside or is_size(graph, user):
+                    continue  # a size is written from the sizes bound, not read off the chunk
                 user_rule = rule_of(user)
                 slots = [s for s, v in enumerate(tensor_inputs(graph[user], graph)) if v == name]
                 out_dims = (
@@ -475,7 +478,7 @@ def rows_wanted(
         rule = dim_rule(node, graph)
         assert rule is not None
         moved = before or after or scales.get(name, 1) != 1
-        if moved and (rule.offsets(dim) or _from_the_start(node)):
+        if moved and (rule.offsets(dim) or _from_the_start(node, dim)):
             return None
         for slot, source in enumerate(tensor_inputs(node, graph)):
             if rule.input_dim(dim, slot) is None:

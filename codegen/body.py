@@ -455,11 +455,16 @@ class ForwardPrinter:
         return Line(f"{statement.var} = torch.empty({shape}, dtype={like}, device={device})")
 
     def _print_overwrite(self, statement: Statement, block: Block | None) -> Line:
-        value = self.value(statement.expr.value)  # NOTE [Outputs in place]
-        if not statement.expr.unless_hooked:
-            return Line(f"{statement.var} = {value}  # overwritten: nothing reads {value} after")
+        expr = statement.expr
+        value = self.value(expr.value)  # NOTE [Outputs in place]
+        viewed = f"{value}.view{self.shape(expr.shape)}" if expr.shape else value
+        if not expr.unless_hooked:
+            return Line(f"{statement.var} = {viewed}  # overwritten: nothing reads {value} after")
+        other = f"torch.empty_like({value})" + (
+            f".view{self.shape(expr.shape)}" if expr.shape else ""
+        )
         return Line(
-            f"{statement.var} = {value} if not _hooked(self) else torch.empty_like({value})",
+            f"{statement.var} = {viewed} if not _hooked(self) else {other}",
             comments=[f"Overwrites {value}, which nothing reads after, unless a hook may keep it."],
         )
 

@@ -106,3 +106,25 @@ def test_a_hook_keeping_a_layers_result_sees_it_unchanged(tmp_path: Path, capsys
         expected, actual = loaded.module(*loaded.inputs), chunked(*loaded.inputs)
     torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(kept["chunked"], kept["original"], rtol=0, atol=0)
+
+
+def test_an_output_of_another_shape_overwrites_a_value_viewed_in_it(tmp_path: Path, capsys) -> None:
+    """A loop whose output has another shape than the value it reads for the last time, but the
+    same bytes to each row of the loop (Swin's windows before its attention, and the attention's
+    output after), writes into that value viewed in the output's shape; the estimate holds it
+    one full tensor lower than a buffer of its own, and the module verifies."""
+    body = (
+        "g = torch.softmax(h.view(1, -1, 8, 8), dim=1)  # made before the loop, in another shape\n"
+        "        return g.view(1, -1, 64) + self.down(torch.relu(self.up(self.norm(g.view(1, -1, 64)))))"
+    )
+    source, planned, line = _emit(tmp_path, capsys, body)
+    assert "add = g.view(1, seq, 64)  # overwritten: nothing reads g after" in source, source
+    planned_text = line.split("estimated peak ", 1)[1].split(" for ", 1)[0].split(" -> ")[1]
+    assert line.split("measured ", 1)[1].split(" -> ")[1].startswith(planned_text + " "), line
+    import analysis.loops
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analysis.loops, "_reuses", lambda *args: ())
+        (tmp_path / "out" / "model.py").unlink()
+        _, buffered, _ = _emit(tmp_path, capsys, body)
+    assert buffered - planned == 4096 * 64 * 4, (buffered, planned)
