@@ -160,8 +160,14 @@ def _sum_step(graph: Graph, region: Region, product: str, add: str | None) -> Su
 # chunk i reads rows i of the value and then overwrites them, and no later chunk reads them.
 # The buffer is not allocated, so the loop holds one full tensor less (a feed-forward loop
 # after a residual add: the add's result is the input, the block's output its rows overwritten).
+# The value may have another shape than the output where each row of the loop is the same bytes
+# of both: the same dtype and size, each chunked along its outermost dim longer than one, its
+# rows exactly the loop's share (Swin's windows, `(1, rows, columns, 8, 8, c)`, read by a loop
+# over rows of windows, and the attention's output, `(windows, heads, 64, d)`): the output is
+# then the value viewed in its shape (`out = windows.view(...)`).
 # The value must:
-# - be an op's own result (not a view, an input, a parameter or an output of the forward);
+# - be an op's own result (not a view, an input, a parameter or an output of the forward), or
+#   the whole of one, reshaped, that the loop reads through no other view;
 # - be read nowhere after the loop (its storage's last reader is in the loop), and inside the
 #   loop only as the chunk's own rows (no halo, no cut keys, no copy, never written in place);
 # - be read, itself or through a view of its chunk, by no step after the one whose result is
