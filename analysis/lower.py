@@ -16,7 +16,8 @@ import sympy
 import torch
 
 from analysis.dimflow import out_meta, same_size
-from analysis.ir import Graph, Node, Ref, TensorMeta, storage_roots
+from analysis.errors import InternalError
+from analysis.ir import Graph, Node, Ref, TensorMeta, replaced_refs, storage_roots
 from analysis.layers import Layer
 from analysis.liveness import check_output_classes, needed, output_classes, read_sizes, with_frees
 from analysis.loops import inferred_width, layer_call, lower_region
@@ -63,6 +64,7 @@ from analysis.program import (
     WriteChunk,
 )
 from analysis.scopes import Scopes, bound_symbols, is_size, module_scopes, path_of
+from analysis.search import NEW_FILLS, dtype_source
 
 if TYPE_CHECKING:
     from analysis.symbolic import Formulas
@@ -555,7 +557,15 @@ class _Lowering:
         setup: list[Statement] = []
         for name in region.hoisted:
             if name in live:
-                statement = self._call(graph[name], index)
+                node = graph[name]
+                chunked = [ref for ref in node.refs() if ref in region.loop_dims]
+                if chunked and not is_size(graph, name):  # a fill called on a chunk for its dtype: on a value before it
+                    source = dtype_source(graph, name, dict(region.slices))
+                    if node.target not in NEW_FILLS or source is None:
+                        raise InternalError(f"hoisted {name} reads {chunked[0]}, made in the loop")
+                    moved = {chunked[0]: Ref(source)}
+                    node = replace(node, args=replaced_refs(node.args, moved))
+                statement = self._call(node, index)
                 if statement is not None:
                     setup.append(statement)
         sliced = dict(region.slices)

@@ -137,6 +137,8 @@ def _propagate(
             hoist.add(name)
 
     work: list[str] = []
+    #: fills that read a loop value for its dtype and device only (`x.new_zeros(size)`)
+    fills: set[str] = set()
     #: products summed over the chunks, with the add each starts from, and what it adds
     #: (NOTE [Sums over the chunks])
     sums: dict[str, tuple[str | None, str | None]] = {}
@@ -203,6 +205,9 @@ def _propagate(
             for user in graph.users(name):
                 if user not in inside or is_size(graph, user):
                     continue  # a size is written from the sizes bound, not read off the chunk
+                if _reads_dtype_only(graph, user, name):
+                    fills.add(user)  # made before the loop, off a value of the same dtype
+                    continue
                 user_rule = rule_of(user)
                 slots = [s for s, v in enumerate(tensor_inputs(graph[user], graph)) if v == name]
                 out_dims = (
@@ -227,7 +232,42 @@ def _propagate(
         if fork is not None and not _needed_before(graph, span, seed, fork):
             fork = None  # starting the stretch after it does the same, with less made whole
         return _blame(reject, parent, graph, inside, seed), fork
+    for fill in sorted(fills, key=graph.position):
+        if fill in loop or dtype_source(graph, fill, sliced) is None:
+            chunked = tensor_inputs(graph[fill], graph)[0]
+            blame = _Reject(f"{fill} reads a chunk for its dtype", fill, chunked, True)
+            return _blame(blame, parent, graph, inside, seed), None
     return _region(graph, span, loop, sliced, seed, seed_dim, sums)
+
+
+#: fills that take their dtype and device from the tensor they are called on
+NEW_FILLS = (
+    torch.ops.aten.new_zeros.default,
+    torch.ops.aten.new_ones.default,
+    torch.ops.aten.new_empty.default,
+    torch.ops.aten.new_full.default,
+)
+
+
+def _reads_dtype_only(graph: Graph, user: str, value: str) -> bool:
+    """Whether `user` is a fill called on `value` (`x.new_zeros(size)`), reading nothing of it
+    but its dtype and device: no reader of the chunk."""
+    node = graph[user]
+    return node.target in NEW_FILLS and tuple(tensor_inputs(node, graph)) == (value,)
+
+
+def dtype_source(graph: Graph, fill: str, sliced: dict[str, int]) -> str | None:
+    """The value a fill that reads a loop value for its dtype is called on instead, before the
+    loop: the first value the loop slices with that dtype (all are on one device), or None."""
+    dtype = graph[tensor_inputs(graph[fill], graph)[0]].tensor.dtype
+    return next(
+        (
+            name
+            for name in sorted(sliced, key=graph.position)
+            if isinstance(graph[name].meta, TensorMeta) and graph[name].tensor.dtype == dtype
+        ),
+        None,
+    )
 
 
 def _moving(rule: DimRule, slot: int, dim: int, recompute: bool = False) -> int | None:

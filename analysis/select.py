@@ -70,8 +70,11 @@ from analysis.program import LoopRegion
 from analysis.search import chunkable_dims, grow, propagate, takes_statistics
 from analysis.symbolic import rehinted
 
-#: how far (in graph nodes) a stretch may reach before and after the peak
+#: how far (in graph nodes) a stretch may reach before and after the peak, counting only
+#: those whose values are above the peak's `1 / TINY_SHARE` (Swin builds its shifted-window
+#: mask, a few KiB, in forty slices and fills between the scores and the mask's add)
 WINDOW = 48
+TINY_SHARE = 4096
 #: how many low-memory boundary positions to try on each side of the peak
 BOUNDARIES = 8
 #: how many large values live at the peak to try as seeds
@@ -765,12 +768,20 @@ def _candidates(
     names = [node.name for node in graph.nodes]
     position = names.index(peak_node)
     covered = {name for region in regions for name in region.span}
-    first = position
-    while first > 0 and position - first < WINDOW and _free(graph, names[first - 1], covered):
+    tiny = profile.peak // TINY_SHARE
+
+    def counts(name: str) -> bool:  # a size, a scalar or a small mask's plumbing does not
+        meta = out_meta(graph[name])
+        return meta is not None and value_bytes(meta, graph.hints) > tiny
+
+    first, reach = position, 0
+    while first > 0 and reach < WINDOW and _free(graph, names[first - 1], covered):
         first -= 1
-    last = position
-    while last + 1 < len(names) and last - position < WINDOW and names[last + 1] not in covered:
+        reach += counts(names[first])
+    last, reach = position, 0
+    while last + 1 < len(names) and reach < WINDOW and names[last + 1] not in covered:
         last += 1
+        reach += counts(names[last])
     windows = [(first, last)]
     if inner:
         calls = _calls(graph, graph[peak_node])

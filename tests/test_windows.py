@@ -111,3 +111,107 @@ def test_the_windows_loop_makes_the_windows_itself_and_verifies(tmp_path: Path, 
     assert "attn_view = attn_q_proj.view((stop - start) * w4, 16, 2, -1)" in loop, source
     planned = line.split("estimated peak ", 1)[1].split(" for ", 1)[0].split(" -> ")[1]
     assert line.split("measured ", 1)[1].split(" -> ")[1].startswith(planned + " "), line
+
+
+SHIFTED = """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    WINDOW, SHIFT = 4, 2
+
+    class Block(nn.Module):
+        def __init__(self, width=32, heads=2):
+            super().__init__()
+            self.heads = heads
+            self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+        def forward(self, x):
+            b, height, width, c = x.shape
+            windows = x.view(b, height // WINDOW, WINDOW, width // WINDOW, WINDOW, c)
+            windows = windows.permute(0, 1, 3, 2, 4, 5).reshape(-1, WINDOW * WINDOW, c)
+            qkv = self.qkv(windows).reshape(windows.size(0), -1, 3, self.heads, c // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            scores = (q * 0.25) @ k.transpose(-2, -1)
+            # the shifted windows' mask as torchvision builds it: a small image of region
+            # numbers, filled slice by slice (25 regions here, 9 in Swin), called on the windows for its dtype and device
+            mask = windows.new_zeros((height, width))
+            count = 0
+            cuts = (0, -WINDOW, -3, -SHIFT, -1, None)
+            for h in [slice(a, b) for a, b in zip(cuts, cuts[1:])]:
+                for w in [slice(a, b) for a, b in zip(cuts, cuts[1:])]:
+                    mask[h, w] = count
+                    count += 1
+            mask = mask.view(height // WINDOW, WINDOW, width // WINDOW, WINDOW)
+            mask = mask.permute(0, 2, 1, 3).reshape(-1, WINDOW * WINDOW)
+            mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+            mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+            n = mask.size(0)
+            scores = scores.view(-1, n, self.heads, WINDOW**2, WINDOW**2)
+            scores = scores + mask.unsqueeze(1).unsqueeze(0)
+            attn = scores.view(-1, self.heads, WINDOW**2, WINDOW**2).softmax(-1)
+            out = (attn @ v).transpose(1, 2).reshape(-1, WINDOW * WINDOW, c)
+            return self.proj(out)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(3, 32)
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(self.embed(x))
+
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        h, w = torch.export.Dim("h4", min=2, max=64), torch.export.Dim("w4", min=2, max=64)
+        return {"x": {1: 4 * h, 2: 4 * w}}
+"""
+
+
+def test_a_mask_built_in_small_steps_between_scores_and_their_add_stays_in_one_loop(
+    tmp_path: Path, capsys
+) -> None:
+    """Swin's shifted-window mask, called on the windows for its dtype (`new_zeros`) and filled
+    in a hundred small steps between the scores and the mask's add: the loop over windows runs
+    from the projection in through the output projection (the small steps do not count
+    against how far a stretch reaches), the mask's image is made before the loop, off a value
+    of the windows' dtype, and the module verifies."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(SHIFTED))
+    out = tmp_path / "out"
+    args = ["emit", str(path), "--out", str(out), "--memory-ratio", "0.1", "--max-slowdown", "100"]
+    assert main(args) == 0  # verified
+    line = capsys.readouterr().out
+    source = (out / "model.py").read_text()
+    loops = source.split("for start in range(")
+    assert len(loops) == 2, source  # one loop
+    loop = loops[1]
+    assert "self.qkv(" in loop and "self.proj(" in loop and "softmax" in loop, source
+    before = loops[0].rsplit("def forward", 1)[1]
+    assert ".new_zeros(" in before, source
+    planned = line.split("estimated peak ", 1)[1].split(" for ", 1)[0].split(" -> ")[1]
+    assert line.split("measured ", 1)[1].split(" -> ")[1].startswith(planned + " "), line
+
+
+def test_a_stretch_reaches_past_small_steps_to_the_projection(tmp_path: Path) -> None:
+    """A stretch reaches as far from the peak as `WINDOW` nodes whose values are not tiny: from
+    the mask's add, a hundred small steps after the scores, back to the qkv projection."""
+    from analysis.memory import estimate_graph
+    from analysis.select import _candidates
+
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(SHIFTED))
+    graph = eager_attention(capture(load_model_file(path)))
+    names = [node.name for node in graph.nodes]
+    qkv = next(n for n in names if n.startswith("linear") and "qkv" in str(graph[n].args[1]))
+    add = next(n for n in names if n.startswith("add") and graph[n].tensor.rank == 5)
+    assert names.index(add) - names.index(qkv) > 100  # more than `WINDOW` nodes
+    candidates = _candidates(graph, (), estimate_graph(graph), add, False)
+    assert any(qkv in region.loop_dims for region in candidates)
