@@ -25,9 +25,13 @@ rows a chunk: 65% less at 1.27x, against 53% at 0.90x) cost no time unless the u
 loops away (convolutions on a few rows run faster per row than it says; HF Swin's window
 loops, estimated above 1.05x, measure 0.98x), so `emit` times the module planned without
 the limit on the example inputs (`codegen.generate.measured_ratio`, the median of three runs against the
-original's, in turn) and keeps it when it measures within the limit. The line that reports
-the missed target says which: with the peak the plan would reach without the limit, and the
-time it measured.
+original's, in turn) and keeps it when it measures within the limit. Planned without a limit
+for a target it misses, its chunks are the smallest that reach its lowest peak, and each costs
+its launches; where it measures above the limit, `emit` times the same loops with chunks two,
+then four times larger, and keeps the first within the limit that still holds less than the
+plan made within it (torchvision Swin: 3.5 MiB at 1.06x; its chunks doubled stay within 1.05x).
+The line that reports the missed target says which: with the peak the plan would reach without
+the limit, and the time it measured.
 
 NOTE [Aiming lower than reachable]
 Stages size each loop for the target, so under a time limit the first loops chosen spend the

@@ -660,28 +660,44 @@ def test_a_target_out_of_reach_is_not_chased_past_the_default_limit(tmp_path: Pa
 
 
 @pytest.mark.default_time_limit
-@pytest.mark.parametrize("measured", [0.9, 1.5])
+@pytest.mark.parametrize("measured", [(0.9,), (1.5, 1.5, 1.5), (1.5, 1.0)])
 def test_emit_keeps_the_plan_without_the_default_limit_when_it_measures_within_it(
-    tmp_path: Path, monkeypatch, measured: float
+    tmp_path: Path, monkeypatch, measured: tuple[float, ...]
 ) -> None:
     """The estimate is not the last word: `emit` times the module planned without the default
-    limit and keeps it when it measures within 1.05x (timing stubbed here, to be exact)."""
+    limit and keeps it when it measures within 1.05x; above it, the same loops with chunks
+    twice, then four times larger, keeping the first within the limit that holds less than the
+    plan made within it (timing stubbed here, to be exact)."""
     import codegen.generate as generation
+    from analysis.pipeline import plan_model
     from analysis.shortfall import shortfall
 
     path = tmp_path / "deep.py"
     path.write_text(DEEP)
-    timed = []
-    monkeypatch.setattr(generation, "measured_ratio", lambda *args: timed.append(args) or measured)
+    times, timed = iter(measured), []
+    monkeypatch.setattr(
+        generation, "measured_ratio", lambda *args: timed.append(args) or next(times)
+    )
     planned, _ = generation.generate(path, Target(ratio=0.1), "--memory-ratio 0.1")
-    assert len(timed) == 1 and planned.plan.measured_ratio == measured
-    if measured <= 1.05:  # kept: the loops the estimate turned away
-        assert planned.plan.max_slowdown is None and not planned.plan.by_default
-        assert planned.plan.planned_peak_bytes < planned.plan.original_peak_bytes // 2
+    plan = planned.plan
+    assert len(timed) == len(measured) and plan.measured_ratio == measured[0]
+    if measured[0] <= 1.05:  # kept: the loops the estimate turned away
+        assert plan.max_slowdown is None and not plan.by_default
+        assert plan.planned_peak_bytes < plan.original_peak_bytes // 2
+        return
+    line = shortfall(planned.graph, plan)
+    assert plan.by_default and plan.max_slowdown == 1.05
+    assert "(measured 1.50x; the default for a target out of reach" in line, line
+    free = plan_model(path, Target(ratio=0.1, max_slowdown=math.inf)).plan
+    limited = plan_model(path, Target(ratio=0.1)).plan
+    if len(measured) == 2:  # the loops planned without the limit, their chunks doubled
+        assert [r.span for r in plan.regions] == [r.span for r in free.regions]
+        assert [r.chunk_size for r in plan.regions] != [r.chunk_size for r in free.regions]
+        assert plan.unlimited_peak_bytes == free.planned_peak_bytes
+        assert free.planned_peak_bytes < plan.planned_peak_bytes < limited.planned_peak_bytes
+        assert format_bytes(free.planned_peak_bytes) in line, line
     else:
-        assert planned.plan.by_default and planned.plan.max_slowdown == 1.05
-        line = shortfall(planned.graph, planned.plan)
-        assert "(measured 1.50x; the default for a target out of reach" in line, line
+        assert plan.planned_peak_bytes == limited.planned_peak_bytes
 
 
 #: a model file around `ResnetBlock`, written out from this file's own class
