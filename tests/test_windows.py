@@ -18,6 +18,20 @@ from analysis.search import propagate
 from analysis.plan import Region
 from codegen.cli import main
 
+#: the model file's functions, shared by both models: a 64-px image, 4-px windows
+IMAGE = """
+    def make_model():
+        torch.manual_seed(0)
+        return Model().eval()
+
+    def make_inputs():
+        return (torch.randn(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)),)
+
+    def dynamic_shapes():
+        h, w = torch.export.Dim("h4", min=2, max=64), torch.export.Dim("w4", min=2, max=64)
+        return {"x": {1: 4 * h, 2: 4 * w}}
+"""
+
 MODEL = """
     import torch
     import torch.nn.functional as F
@@ -57,18 +71,7 @@ MODEL = """
             out = out.view(b, height // WINDOW, width // WINDOW, WINDOW, WINDOW, 32)
             out = out.transpose(2, 3).reshape(b, height * width, 32)
             return h + out
-
-    def make_model():
-        torch.manual_seed(0)
-        return Model().eval()
-
-    def make_inputs():
-        return (torch.randn(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)),)
-
-    def dynamic_shapes():
-        h, w = torch.export.Dim("h4", min=2, max=64), torch.export.Dim("w4", min=2, max=64)
-        return {"x": {1: 4 * h, 2: 4 * w}}
-"""
+""" + IMAGE
 
 
 def _model(tmp_path: Path) -> Path:
@@ -161,18 +164,7 @@ SHIFTED = """
 
         def forward(self, x):
             return self.block(self.embed(x))
-
-    def make_model():
-        torch.manual_seed(0)
-        return Model().eval()
-
-    def make_inputs():
-        return (torch.randn(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)),)
-
-    def dynamic_shapes():
-        h, w = torch.export.Dim("h4", min=2, max=64), torch.export.Dim("w4", min=2, max=64)
-        return {"x": {1: 4 * h, 2: 4 * w}}
-"""
+""" + IMAGE
 
 
 def test_a_mask_built_in_small_steps_between_scores_and_their_add_stays_in_one_loop(
