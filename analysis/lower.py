@@ -559,7 +559,8 @@ class _Lowering:
             if name in live:
                 node = graph[name]
                 chunked = [ref for ref in node.refs() if ref in region.loop_dims]
-                if chunked and not is_size(graph, name):  # a fill called on a chunk for its dtype: on a value before it
+                # a fill called on a chunk for its dtype is called on a value before the loop
+                if chunked and not is_size(graph, name):
                     source = dtype_source(graph, name, dict(region.slices))
                     if node.target not in NEW_FILLS or source is None:
                         raise InternalError(f"hoisted {name} reads {chunked[0]}, made in the loop")

@@ -59,7 +59,7 @@ def _from_the_start(node: Node, dim: int) -> bool:
     chunk's, or at a scale (NOTE [Halos]). A loop over a batch or heads dim cuts no keys."""
     if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
         return False
-    if dim != len(out_meta(node).shape) - 2:
+    if dim != out_meta(node).rank - 2:
         return False
     return causal_rows(node) or schema_arg(node, "attn_mask") is not None
 
