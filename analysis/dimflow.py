@@ -42,6 +42,23 @@ a value's length is its unit times the loop's. The same rule moves a head's feat
 head (`q.view(b, n, heads, dim)`), so a loop over heads may make each head's projections
 itself, from the rows of the weight that make them.
 
+NOTE [Cyclic shifts]
+Swin rolls its image by half a window before the shifted windows' attention, and back after
+it: `torch.roll(x, shifts=(-4, -4), dims=(1, 2))`. Along a rolled dim, output row r is input
+row r - k, round the dim's length (`DimRule.shift`). A loop over that dim runs straight through:
+each value's chunk is its rows `scale * start + shift` to `scale * stop + shift`, counted round
+its length, where `shift` is how far the rolls on the way moved it (`Region.shifts`; values
+before the first roll and after the roll back are 4 rows on from the windows between them).
+A roll inside the loop then runs only along its other dims (or by 0, a copy, where it rolled the
+chunked dim alone). A value read from outside the loop at shifted rows is read as a view, or,
+for the chunk whose rows wrap past the end, a copy of the two pieces (`_wrapped` in the
+generated module); an output at shifted rows is written in one or two pieces
+(`_write_wrapped`). The estimate counts the copy, as the wrapping chunk makes it. A shift must
+be a whole number of rows of every value it reaches (a view into windows of 8 rows takes shifts
+of multiples of 8), each shifted value exactly its scale times the loop's length, and a loop
+with shifts takes no halos, offsets, masked or causal query rows, sums over the chunks or
+statistics passes: those place rows by their first, which a shift moves.
+
 NOTE [Statistics before the loop]
 A group norm's output row is its input row, less its group's mean, over its group's standard
 deviation: the statistics span every row. A loop may still run it row by row when the input is
@@ -105,6 +122,12 @@ class DimRule:
     #: per output dim: (argument index, value) to pass instead when the op runs on a chunk
     #: along that dim (a resampling to a given size, by its whole factor: NOTE [Halos])
     swap: tuple[tuple[tuple[int, Any], ...], ...] = ()
+    #: per output dim: how far the op moves its input's rows along it, cyclically (a roll by
+    #: k: output row r is input row r - k, round the dim's length; NOTE [Cyclic shifts])
+    shift: tuple[int, ...] = ()
+
+    def shift_of(self, out_dim: int) -> int:
+        return self.shift[out_dim] if self.shift else 0
 
     def swapped(self, out_dim: int) -> tuple[tuple[int, Any], ...]:
         return self.swap[out_dim] if self.swap else ()
@@ -206,6 +229,31 @@ def schema_arg(node: Node, name: str, default: Any = None) -> Any:
     if name in names and names.index(name) < len(node.args):
         return node.args[names.index(name)]
     return node.kwarg(name, default)
+
+
+def roll_rule(node: Node, graph: Graph) -> DimRule | None:
+    """Every dim moves; a rolled dim moves its rows by the roll's shift, cyclically (NOTE
+    [Cyclic shifts]). A roll with no dims (of the flattened tensor) mixes every dim; a shift
+    that is a size of the input is not followed, and its dim mixes. Run on a chunk along a
+    rolled dim, the roll keeps its other dims (or rolls that one by 0)."""
+    dims, shifts = schema_arg(node, "dims", []), schema_arg(node, "shifts")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts or [])
+    if not dims or len(dims) != len(shifts):
+        return None
+    rank = out_meta(node).rank
+    dims = [_norm_dim(d, rank) for d in dims]
+    groups: list[tuple[tuple[int, int], ...]] = [((0, j),) for j in range(rank)]
+    shift, swap = [0] * rank, [()] * rank
+    for index, (dim, moved) in enumerate(zip(dims, shifts)):
+        if not isinstance(moved, int) or dims.count(dim) > 1:
+            groups[dim] = ()
+            continue
+        shift[dim] = moved
+        rest = [i for i in range(len(dims)) if i != index]
+        kept = ([shifts[i] for i in rest], [dims[i] for i in rest]) if rest else ([0], [dim])
+        swap[dim] = ((1, kept[0]), (2, kept[1]))
+    return DimRule(tuple(groups), swap=tuple(swap), shift=tuple(shift))
 
 
 def elementwise_rule(node: Node, graph: Graph) -> DimRule:
@@ -322,6 +370,13 @@ def view_rule(node: Node, graph: Graph) -> DimRule:
             halos[j] = ((0, 0, 0, Fraction(1, inner) if isinstance(inner, int) else 1 / inner),)
     if node.target.overloadpacket is aten.flatten:  # its arguments name dims, not sizes
         return DimRule(tuple(groups), halo=tuple(halos))
+    if node.target.overloadpacket is aten.unflatten:  # `sizes` gives the split dim's parts
+        first = _norm_dim(schema_arg(node, "dim"), len(source))
+        count = len(schema_arg(node, "sizes"))
+        resize = [
+            ((2, j - first),) if groups[j] and first <= j < first + count else ()
+            for j in range(len(target))
+        ]
     return DimRule(tuple(groups), tuple(resize), halo=tuple(halos))
 
 

@@ -79,7 +79,7 @@ def lower_region(
                 read = CHUNK_ROWS
             else:
                 halo = rule.halo_of(dim, slot)
-                read = span.read(halo, lambda: out_meta(graph[ref]).shape[axis])
+                read = span.read(halo, lambda: out_meta(graph[ref]).shape[axis], rule.shift_of(dim))
                 computed = _computed(computed, read, halo[2])
             if ref in loop:
                 made = made_over(graph, region, ref, loop[ref])
@@ -214,6 +214,7 @@ def _reuses(
     roots, _ = storage_roots(graph)
     end = graph.position(region.span[-1])
     common = common_calls(graph[name].calls for name in region.span)
+    moved: dict[str, set[int]] = {}  # value -> the shifts it is read at (NOTE [Cyclic shifts])
     read_at: dict[str, list[int]] = {}  # value -> the steps reading it or a view of its chunk
     dims: dict[str, set[int | None]] = {}  # value -> the dims it is sliced along
     aliases: dict[str, str] = {}  # a chunk that is a view of a value's rows -> that value
@@ -237,6 +238,7 @@ def _reuses(
                 ):
                     unfit.add(value)  # read whole, with a halo or cut to some keys
                 dims.setdefault(value, set()).add(operand.rows)
+                moved.setdefault(value, set()).add(operand.span.shift)
             if value is None:
                 continue
             read_at.setdefault(value, []).append(index)
@@ -265,12 +267,47 @@ def _reuses(
                 and aliases.get(name) != value
                 and len(dims.get(value, ())) == 1
                 and _same_rows(graph, value, next(iter(dims[value])), name, dim)
+                and _same_shift(
+                    graph,
+                    value,
+                    next(iter(dims[value])),
+                    moved[value],
+                    name,
+                    dim,
+                    steps[position[name]].span,
+                )
             )
             if fits:
                 claimed.add(root)
                 found.append((name, value, node.calls != common))
                 break
     return tuple(found)
+
+
+def _same_shift(
+    graph: Graph,
+    value: str,
+    value_dim: int,
+    shifts: set[int],
+    output: str,
+    out_dim: int,
+    span: Span,
+) -> bool:
+    """Whether a loop writing `output`'s chunks over `value` (the same bytes per row of the
+    loop, by `_same_rows`) writes each chunk where it read it (NOTE [Cyclic shifts]): neither
+    moved, or both by as many elements. An output moved on from the rows it read would
+    overwrite rows a later chunk still reads."""
+    if shifts == {0} and not span.shift:
+        return True
+    if len(shifts) != 1:
+        return False
+
+    def elements(shape: tuple[Size, ...], dim: int, rows: int) -> Any:
+        return sympy.Mul(rows, *shape[dim + 1 :])
+
+    a, b = graph[value].tensor, graph[output].tensor
+    moved_value = elements(a.shape, value_dim, next(iter(shifts)))
+    return same_size(moved_value, elements(b.shape, out_dim, span.shift), graph)
 
 
 def _own_rows(graph: Graph, span: Span, extent: Any) -> bool:
@@ -359,7 +396,8 @@ def made_over(graph: Graph, region: Region, name: str, dim: int) -> Span:
     """Return the rows a loop value is made over, or a sliced value read over (NOTE
     [Halos])."""
     before, after, scale = region.halo(name)
-    return span_at(before, after, scale, lambda: out_meta(graph[name]).shape[dim])
+    span = span_at(before, after, scale, lambda: out_meta(graph[name]).shape[dim])
+    return replace(span, shift=region.shift(name)) if region.shifts else span
 
 
 def _computed(computed: Span, read: Span, stride: Any) -> Span:

@@ -409,9 +409,18 @@ def _step_stmt(
         chunked = read is not None and (read.source == CHUNK or read.rows is not None)
         scratch += _math_scratch(node, graph, fraction if chunked else 1.0)
     scratch += _copies_scratch(node, graph, step, fraction)
+    alloc = math.ceil(value_bytes(node.meta, hints) * made) if owned else 0
+    for read in step.operands:  # NOTE [Cyclic shifts]: the chunk whose rows wrap copies them
+        if read.source == CHUNK or read.rows is None or not read.span.shift:
+            continue
+        copy = math.ceil(value_bytes(graph[read.value].meta, hints) * fraction)
+        if read.value == base:  # a view of the copy keeps it
+            owned, alloc = True, copy
+        else:
+            scratch += copy
     return Stmt(
         key=name + key,
-        alloc=(math.ceil(value_bytes(node.meta, hints) * made) if owned else 0),
+        alloc=alloc,
         shares=None if owned else (base + key if base in loop else base),
         uses=tuple(uses),
         label=label,

@@ -241,7 +241,9 @@ _define(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, rule=f
 _define(aten.layer_norm, rule=flow.layer_norm_rule)
 _define(aten.tril, aten.triu, rule=flow.triangle_rule)
 _define(aten.ones, aten.zeros, aten.empty, aten.full, rule=flow.factory_rule)
-_define(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, rule=flow.view_rule)
+_define(
+    aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, rule=flow.view_rule
+)
 _define(aten.transpose, rule=flow.transpose_rule)
 _define(aten.t, rule=flow.t_rule)
 _define(aten.permute, rule=flow.permute_rule)
@@ -275,6 +277,7 @@ _define(
     rule=flow.upsample_rule,
 )  # fmt: skip
 _define(aten.cat, rule=flow.cat_rule)
+_define(aten.roll, rule=flow.roll_rule)
 _define(aten.scaled_dot_product_attention, rule=flow.sdpa_rule)
 
 # ------------------------------------------------------------------ in place, fresh storage
@@ -452,6 +455,7 @@ for _op, _written in (
     (aten.einsum.default, _special("einsum")),
     (aten.baddbmm.default, _function("torch.baddbmm")),
     (aten.cat.default, _function("torch.cat")),
+    (aten.roll.default, _function("torch.roll")),
     (aten.conv2d.default, _function("torch.nn.functional.conv2d")),
     (aten.conv1d.default, _function("torch.nn.functional.conv1d")),
     (aten.conv3d.default, _function("torch.nn.functional.conv3d")),

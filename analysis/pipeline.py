@@ -20,6 +20,7 @@ from analysis.plan import ChunkPlan
 from analysis.program import Program
 from analysis.remat import rematerialized
 from analysis.fastpath import eager_attention, padding_check_of, unpadded
+from analysis.shortfall import floor
 from analysis.select import (
     OUT_OF_REACH_SLOWDOWN,
     Progress,
@@ -106,22 +107,37 @@ def plan_model(path: str | Path, target: Target, progress: Progress | None = Non
 
     With no time limit given, a target out of reach is not chased past
     `OUT_OF_REACH_SLOWDOWN` (NOTE [Time limit]): the plan is made within that limit first, and
-    again without one only when the limit turned loops away; that plan is kept if it meets the
-    target."""
+    again without one when the limit turned loops away or the plan stays above the model's
+    floor; that plan is kept if it meets the target."""
     loaded = load_model_file(path)
     graph = eager_attention(capture(loaded))  # NOTE [Attention as eager runs it]
     if target.max_slowdown is not None:
         return _planned(loaded, graph, target, progress)
     limited = _planned(loaded, graph, replace(target, max_slowdown=OUT_OF_REACH_SLOWDOWN), progress)
-    if not limited.plan.time_limited:  # the limit changed nothing: the plan has none
-        return limited.relabelled(max_slowdown=None)
+    if OUT_OF_REACH_SLOWDOWN == math.inf:
+        return limited.relabelled(max_slowdown=None)  # planned without a limit already
+    if not (limited.plan.time_limited or _above_floor(limited)):
+        return limited.relabelled(max_slowdown=None)  # the limit changed nothing: it has none
     free = _planned(loaded, graph, replace(target, max_slowdown=math.inf), progress)
     if free.plan.met:
         return free
     if free.plan.planned_peak_bytes >= limited.plan.planned_peak_bytes:
         return limited.relabelled(max_slowdown=None, time_limited=False)  # it cost nothing
-    limited = limited.relabelled(by_default=True, unlimited_peak_bytes=free.plan.planned_peak_bytes)
+    limited = limited.relabelled(
+        time_limited=True, by_default=True, unlimited_peak_bytes=free.plan.planned_peak_bytes
+    )
     return replace(limited, unlimited=free)
+
+
+def _above_floor(planned: Planned) -> bool:
+    """Whether a plan missing its target is above the model's floor (NOTE [Whose limit]) by
+    more than 1% of its peak: the plan without the time limit may then go lower, though the
+    limit turned no loop away (NOTE [Time limit])."""
+    plan = planned.plan
+    if plan.met:
+        return False
+    unit = max(plan.planned_peak_bytes // 100, 1)
+    return floor(planned.graph).bytes // unit < plan.planned_peak_bytes // unit
 
 
 def _planned(

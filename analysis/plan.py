@@ -49,6 +49,9 @@ class Region:
     #: products over the chunked dim run as sums over the chunks, each with the addition its
     #: sum starts from, if any (NOTE [Sums over the chunks]): read after the loop, whole
     sums: tuple[tuple[str, str | None], ...] = ()
+    #: loop values, and values sliced from outside, whose chunk is their rows moved on by a
+    #: number of rows, counted round their length: (name, rows) (NOTE [Cyclic shifts])
+    shifts: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         loop = {name for name, _ in self.loop}
@@ -79,6 +82,11 @@ class Region:
         """Return how a value is made or read: rows [scale * start - before, scale * stop +
         after) as (before, after, scale)."""
         return next(((b, a, s) for n, b, a, s in self.halos if n == name), (0, 0, 1))
+
+    def shift(self, name: str) -> int:
+        """Return how many rows on a value's chunk is from its scaled loop rows (NOTE [Cyclic
+        shifts])."""
+        return next((rows for n, rows in self.shifts if n == name), 0)
 
     def n_chunks(self, graph: Graph) -> int:
         return math.ceil(evaluate(self.extent, graph.hints) / max(self.chunk_size, 1))

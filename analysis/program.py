@@ -112,8 +112,12 @@ class Span:
     #: makes into image rows; then the scale is 1, and the value's length `unit` times the
     #: loop's
     unit: Any = 1
+    #: rows on from `scale * start`, counted round the value's length (NOTE [Cyclic shifts])
+    shift: int = 0
 
     def __post_init__(self) -> None:
+        if self.shift and (self.before or self.after or self.unit != 1):
+            raise ValueError(f"a shifted span with a halo or a unit: {self}")
         if self.before < 0 or self.after < 0 or self.scale < 1:
             raise ValueError(f"a span reaches outside the chunk's rows, not inside: {self}")
         if (self.scale > 1 or self.unit != 1) != (self.size is not None):
@@ -126,11 +130,18 @@ class Span:
         """The value's rows per row of the loop."""
         return self.scale if self.unit == 1 else self.unit
 
-    def read(self, halo: tuple[int, int, Any], size: Callable[[], Any]) -> Span:
+    def read(self, halo: tuple[int, int, Any], size: Callable[[], Any], moved: int = 0) -> Span:
         """Return the rows an op making these rows reads of an input, through its window
-        `(before, after, stride)`; `size()` is the input's length."""
+        `(before, after, stride)`, moving rows on by `moved` (a roll's; NOTE [Cyclic shifts]);
+        `size()` is the input's length."""
         before, after, scale = widened(self.before, self.after, self.total_scale, halo)
-        return span_at(before, after, scale, size)
+        span = span_at(before, after, scale, size)
+        if not (self.shift or moved):
+            return span
+        shift = self.shift * Fraction(halo[2]) - moved
+        if shift.denominator != 1:
+            raise ValueError(f"a shift of {self.shift} rows read with stride {halo[2]}")
+        return replace(span, shift=int(shift))
 
     def rows(self, chunk: int, size: int, extent: int | None = None) -> int:
         """Return the most rows (units) the span covers with chunks of `chunk` rows, of `size`

@@ -383,7 +383,7 @@ def _region(
     found = _halos(graph, span, loop, sliced, exact, ties)
     if found is None:
         return None
-    halos, extent = found
+    halos, extent, shifts = found
     materialized = [
         name
         for name in _order(graph, _read_whole_by_matmul(graph, loop, sliced))
@@ -397,6 +397,8 @@ def _region(
         if rule is not None and any(sources[slot] in loop for slot in rule.whole_of(dim)):
             recomputed.append(name)
     recomputed = _order(graph, dict.fromkeys(recomputed))
+    if shifts and (sums or recomputed):
+        return None  # NOTE [Cyclic shifts]: sums and passes start from the loop's first row
     twice = _recomputed_twice(graph, loop, recomputed)
     if twice is not None:
         return Conflict((twice[0],), (twice[1],), f"{twice[1]} would recompute {twice[0]}'s input")
@@ -411,7 +413,10 @@ def _region(
         halos=halos,
         recomputed=tuple(recomputed),
         sums=tuple((product, add) for product, (add, _) in sums.items()),
+        shifts=shifts,
     )
+    if shifts and truncated_keys(graph, region):
+        return None  # keys cut from the chunk's first row: a shift moves it
     if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
     return region
@@ -476,7 +481,11 @@ def _halos(
     scales = _scales(graph, loop, sliced, ties or {})
     if scales is None:
         return None
-    want = rows_wanted(graph, span, loop, scales, outputs)
+    names = [name for name, _ in outputs]
+    shifts = _shifts(graph, loop, sliced, scales, [*sliced, *names])
+    if shifts is None:
+        return None
+    want = rows_wanted(graph, span, loop, scales, outputs, shifts)
     if want is None:
         return None
     dims = {**sliced, **loop}
@@ -484,6 +493,12 @@ def _halos(
     extent = next(iter(coarsest))
     if any(not same_size(size, extent, graph) for size in coarsest):
         return None
+    for name in shifts:  # NOTE [Cyclic shifts]: whole rows, counted round the value's length
+        size = out_meta(graph[name]).shape[dims[name]]
+        if any(want[n] != (0, 0) for n in want) or not same_size(
+            size, scales[name] * extent, graph
+        ):
+            return None
     for name, dim in dims.items():  # tokens: as many rows of units as the loop has rows
         scale = scales.get(name, 1)
         if not isinstance(scale, int):
@@ -495,7 +510,8 @@ def _halos(
         for name in [*span, *sorted(set(sliced) - set(span), key=graph.position)]
         if name in want and (want[name] != (0, 0) or scales[name] != 1)
     )
-    return halos, extent
+    ordered = [*span, *sorted(set(sliced) - set(span), key=graph.position)]
+    return halos, extent, tuple((name, shifts[name]) for name in ordered if name in shifts)
 
 
 def rows_wanted(
@@ -504,11 +520,13 @@ def rows_wanted(
     loop: dict[str, int],
     scales: dict[str, int],
     outputs: list[tuple[str, int]],
+    shifts: dict[str, int] | None = None,
 ) -> dict[str, tuple[int, int]] | None:
     """Return the rows before and after the chunk's that each loop value, and each value the
     loop reads, must be made or read over for the `outputs` to get the chunk's own rows (NOTE
     [Halos]); None when an op would have to make rows it cannot (a causal attention, tril's
-    diagonal)."""
+    diagonal), or rows moved by a shift (NOTE [Cyclic shifts])."""
+    shifts = shifts or {}
     want: dict[str, tuple[int, int]] = {name: (0, 0) for name, _ in outputs}
     for name in reversed(span):
         if name not in loop:
@@ -517,7 +535,7 @@ def rows_wanted(
         node, dim = graph[name], loop[name]
         rule = dim_rule(node, graph)
         assert rule is not None
-        moved = before or after or scales.get(name, 1) != 1
+        moved = before or after or scales.get(name, 1) != 1 or shifts.get(name)
         if moved and (rule.offsets(dim) or _from_the_start(node, dim)):
             return None
         for slot, source in enumerate(tensor_inputs(node, graph)):
@@ -544,15 +562,9 @@ def _scales(
     for value, other in ties.items():
         edges.setdefault(value, []).append((other, Fraction(1)))
         edges.setdefault(other, []).append((value, Fraction(1)))
-    for name, dim in loop.items():
-        rule = dim_rule(graph[name], graph)
-        assert rule is not None
-        for slot, source in enumerate(tensor_inputs(graph[name], graph)):
-            if rule.input_dim(dim, slot) is not None:
-                stride = rule.halo_of(dim, slot)[2]
-                stride = Fraction(stride) if isinstance(stride, (int, Fraction)) else stride
-                edges.setdefault(name, []).append((source, stride))
-                edges.setdefault(source, []).append((name, 1 / stride))
+    for name, source, stride, _ in _row_edges(graph, loop):
+        edges.setdefault(name, []).append((source, stride))
+        edges.setdefault(source, []).append((name, 1 / stride))
     scale: dict[str, Any] = {}
     for root in loop:
         if root in scale:
@@ -576,6 +588,89 @@ def _scales(
         name: int(value) if isinstance(value, Fraction) else value
         for name, value in relative.items()
     }
+
+
+def _row_edges(graph: Graph, loop: dict[str, int]) -> list[tuple[str, Any, Any, Fraction]]:
+    """Each loop value with each input it reads along the chunked dim: (value, input, the
+    input's rows per row of the value (NOTE [Halos]), the rows a roll moves them by (NOTE
+    [Cyclic shifts]))."""
+    found = []
+    for name, dim in loop.items():
+        rule = dim_rule(graph[name], graph)
+        assert rule is not None
+        moved = Fraction(rule.shift_of(dim))
+        for slot, source in enumerate(tensor_inputs(graph[name], graph)):
+            if rule.input_dim(dim, slot) is not None:
+                stride = rule.halo_of(dim, slot)[2]
+                stride = Fraction(stride) if isinstance(stride, (int, Fraction)) else stride
+                found.append((name, source, stride, moved))
+    return found
+
+
+def _shifts(
+    graph: Graph,
+    loop: dict[str, int],
+    sliced: dict[str, int],
+    scales: dict[str, Any],
+    boundary: list[str],
+) -> dict[str, int] | None:
+    """Return how many rows on from its scaled loop rows each loop and sliced value's chunk is,
+    for the values rolls move (NOTE [Cyclic shifts]); {} when no roll moves the chunked dim,
+    None when paths disagree or a shift would be part of a row of some value. Of the loop's
+    possible origins, the one that leaves the fewest `boundary` values (read from outside,
+    or written out) shifted is kept."""
+    edges: dict[str, list[tuple[str, Any, Fraction]]] = {}
+    moved = False
+    for name, source, stride, k in _row_edges(graph, loop):
+        moved = moved or bool(k)
+        edges.setdefault(name, []).append((source, stride, -k))  # input row: s * r - k
+        edges.setdefault(source, []).append((name, None if k else 1 / stride, k))
+    if not moved:
+        return {}
+    shift: dict[str, Fraction] = {}
+    for root in loop:
+        if root in shift:
+            continue
+        shift[root] = Fraction(0)
+        pending = [root]
+        while pending:
+            name = pending.pop()
+            for other, factor, offset in edges.get(name, ()):
+                here = shift[name]
+                if factor is None:  # back through a roll (stride 1): output row r + k
+                    found = here + offset
+                elif here and not isinstance(factor, Fraction):
+                    return None  # a shift in rows of tokens (NOTE [Rows of tokens])
+                else:
+                    found = (here * factor if here else Fraction(0)) + offset
+                if other not in shift:
+                    shift[other] = found
+                    pending.append(other)
+                elif shift[other] != found:
+                    return None
+    best: tuple[tuple[int, bool, Fraction, Fraction], dict[str, int]] | None = None
+    for origin in {Fraction(0)} | {-v / scales[n] for n, v in shift.items() if _numeric(scales[n])}:
+        moved_by = {}
+        for name, value in shift.items():
+            scale = scales[name]
+            if not _numeric(scale):
+                if value or origin:
+                    break
+                continue
+            total = value + origin * scale
+            if total.denominator != 1:
+                break
+            if total:
+                moved_by[name] = int(total)
+        else:
+            key = (sum(name in moved_by for name in boundary), origin != 0, abs(origin), origin)
+            if best is None or key < best[0]:
+                best = (key, moved_by)
+    return None if best is None else best[1]
+
+
+def _numeric(scale: Any) -> bool:
+    return isinstance(scale, (int, Fraction))
 
 
 def _times(a: Any, b: Any) -> Any:

@@ -17,9 +17,12 @@ loops often do, leave more). A plan that misses its target because of the limit 
 
 A target within reach is met whatever it costs: the user asked for that memory. A target out
 of reach is not chased past 1.05x by default (`OUT_OF_REACH_SLOWDOWN`, `analysis.pipeline`):
-the plan is made within that limit first; only when the limit turned a loop away is it made
-again without one, and that plan is kept if it meets the target (or is made as it was, when it
-gets no lower). So the last few MiB of a target that stays missed (a ResNet-50's halos at two
+the plan is made within that limit first; when the limit turned a loop away, or the plan
+stays above the model's floor (NOTE [Whose limit]), it is made again without one, and that
+plan is kept if it meets the target (or is made as it was, when it gets no lower). The floor
+counts because stages chosen within the limit may go another way than those chosen without it:
+timm Swin's first stage takes a faster loop over the queries, the loop over its windows no
+longer fits beside it, and the limit turns nothing away, yet costs 2.8 MiB. So the last few MiB of a target that stays missed (a ResNet-50's halos at two
 rows a chunk: 65% less at 1.27x, against 53% at 0.90x) cost no time unless the user allows it
 (`--max-slowdown 1.5`, or `none`). The estimate is not the last word: it errs towards turning
 loops away (convolutions on a few rows run faster per row than it says; HF Swin's window

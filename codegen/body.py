@@ -254,7 +254,11 @@ class ForwardPrinter:
         else:
             code = self.value(read.value)
         cuts = {}
-        if read.rows is not None:
+        if read.rows is not None and read.span.shift:  # NOTE [Cyclic shifts]
+            first = _moved(self.first(read.span, block), read.span.shift)
+            end = _moved(self.end(read.span, block), read.span.shift)
+            code = f"_wrapped({code}, {read.rows}, {first}, {end})"
+        elif read.rows is not None:
             cuts[read.rows] = f"{self.first(read.span, block)}:{self.end(read.span, block)}"
         if read.crop is not None:
             cuts[read.crop[0]] = self.crop(read.span, read.crop[1], block)
@@ -584,6 +588,10 @@ class ForwardPrinter:
     def _print_writechunk(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
         chunk, rows = expr.chunk, "start:stop"
+        if expr.span.shift:  # NOTE [Cyclic shifts]
+            assert block is not None, "a buffer write outside its loop"
+            first = _moved(self.first(expr.span, block), expr.span.shift)
+            return Line(f"_write_wrapped({expr.buffer}, {expr.dim}, {first}, {chunk})")
         if expr.span != CHUNK_ROWS:
             assert block is not None, "a buffer write outside its loop"
             own = expr.span.own
@@ -851,6 +859,11 @@ def _atom(code: str) -> str:
     name, attribute or subscript."""
     kind = type(ast.parse(code, mode="eval").body)
     return code if kind in (ast.Call, ast.Name, ast.Attribute, ast.Subscript) else f"({code})"
+
+
+def _moved(row: str, shift: int) -> str:
+    """A row moved on by `shift` rows (NOTE [Cyclic shifts])."""
+    return f"{row} + {shift}" if shift > 0 else f"{row} - {-shift}"
 
 
 def _index_expr(var: str, cuts: dict[int, str]) -> str:

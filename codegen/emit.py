@@ -395,6 +395,7 @@ def emit_module(
             + [total.unless_hooked for total in block.lowered.sums]
         ),
         sums=any(block.lowered.sums for block in program.blocks),
+        wrapped=any(block.lowered.region.shifts for block in program.blocks),
         padding_checks=any(
             node.kind == "op" and NO_PADDING in dict(node.kwargs) for node in graph.nodes
         ),

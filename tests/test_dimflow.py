@@ -176,6 +176,10 @@ def check_chunk(
         if dim is None:
             return value
         before, after, stride = halos[slot]
+        if rule.shift_of(j):  # NOTE [Cyclic shifts]: rows moved by k, round the length
+            size = input_shapes(node, graph)[slot][dim]
+            rows = (torch.arange(start, start + length) - rule.shift_of(j)) % size
+            return value.index_select(dim, rows)
         first = max(math.floor(stride * start) - before, 0)
         end = math.ceil(stride * (start + length)) + after
         stop = min(end, input_shapes(node, graph)[slot][dim])
@@ -461,6 +465,23 @@ with torch.random.fork_rng():  # seeded inputs and parameters; the global RNG is
             {3},
             resize=(((1, 0),), ((1, 1),), ((1, 2),), ()),
         ),
+        # a roll moves every dim; along a rolled dim, rows by the shift, round the length
+        case(
+            "roll_two_dims",
+            lambda x: torch.roll(x, (-2, 1), (1, 2)),
+            (rand(2, T, 4),),
+            aten.roll.default,
+        ),
+        case("roll_one_dim", lambda x: torch.roll(x, 3, 1), (rand(2, T, 4),), aten.roll.default),
+        case(
+            "unflatten",
+            lambda x: x.unflatten(2, (2, 2)),
+            (rand(2, T, 4),),
+            aten.unflatten.int,
+            set(),
+            {3},
+            resize=((), (), ((2, 0),), ()),
+        ),
         case(
             "reshape_merge_heads",
             lambda x: x.reshape(1, T, 6),
@@ -694,6 +715,7 @@ def test_rule(c: Case) -> None:
 
 NO_RULE = [
     pytest.param(lambda x: torch.cumsum(x, 1), aten.cumsum.default, id="cumsum"),
+    pytest.param(lambda x: torch.roll(x, 3), aten.roll.default, id="roll_flattened"),
     pytest.param(lambda x: torch.sort(x, -1)[0], aten.sort.default, id="sort"),
     pytest.param(lambda x: x + torch.arange(4), aten.arange.default, id="arange"),
     pytest.param(lambda x: x.sum(), aten.sum.default, id="sum_all"),
