@@ -57,7 +57,10 @@ generated module); an output at shifted rows is written in one or two pieces
 be a whole number of rows of every value it reaches (a view into windows of 8 rows takes shifts
 of multiples of 8), each shifted value exactly its scale times the loop's length, and a loop
 with shifts takes no halos, offsets, masked or causal query rows, sums over the chunks or
-statistics passes: those place rows by their first, which a shift moves.
+statistics passes: those place rows by their first, which a shift moves. Where a loop through
+the rolls cannot run, the search moves the stretch's ends past them (`search._past_rolls`), as
+past any op that mixes the dim; where it can, the stretches past them are offered beside it,
+since reading the rolled value whole may hold less than wrapping each chunk's rows.
 
 NOTE [Statistics before the loop]
 A group norm's output row is its input row, less its group's mean, over its group's standard

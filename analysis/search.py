@@ -382,7 +382,7 @@ def _region(
         exact += [(chunked, loop[chunked]), (weight, 1)]
     found = _halos(graph, span, loop, sliced, exact, ties)
     if found is None:
-        return None
+        return _past_rolls(graph, loop, seed)
     halos, extent, shifts = found
     materialized = [
         name
@@ -398,7 +398,7 @@ def _region(
             recomputed.append(name)
     recomputed = _order(graph, dict.fromkeys(recomputed))
     if shifts and (sums or recomputed):
-        return None  # NOTE [Cyclic shifts]: sums and passes start from the loop's first row
+        return _past_rolls(graph, loop, seed)  # NOTE [Cyclic shifts]: they start at row 0
     twice = _recomputed_twice(graph, loop, recomputed)
     if twice is not None:
         return Conflict((twice[0],), (twice[1],), f"{twice[1]} would recompute {twice[0]}'s input")
@@ -416,10 +416,32 @@ def _region(
         shifts=shifts,
     )
     if shifts and truncated_keys(graph, region):
-        return None  # keys cut from the chunk's first row: a shift moves it
+        return _past_rolls(graph, loop, seed)  # keys cut from the chunk's first row move
     if halos and set(truncated_keys(graph, region)) & {name for name, *_ in halos}:
         return None  # keys cut from the chunk's first row cannot serve rows before it
     return region
+
+
+def _past_rolls(graph: Graph, loop: dict[str, int], seed: str) -> Conflict | None:
+    """The boundary moves that leave out the rolls moving the chunked dim, when a loop through
+    them cannot run (NOTE [Cyclic shifts]): a stretch starting after a roll reads its output
+    as any value made before the loop. None when no roll moves the loop."""
+    at = graph.position(seed)
+    rolls = [name for name, dim in loop.items() if _rule(graph, name).shift_of(dim)]
+    if not rolls:
+        return None
+    rolls.sort(key=lambda name: abs(graph.position(name) - at))
+    return Conflict(
+        tuple(name for name in rolls if graph.position(name) < at),
+        tuple(name for name in rolls if graph.position(name) > at),
+        f"a loop through {', '.join(rolls)} cannot shift its rows",
+    )
+
+
+def _rule(graph: Graph, name: str) -> DimRule:
+    rule = dim_rule(graph[name], graph)
+    assert rule is not None
+    return rule
 
 
 def _recomputed_twice(
@@ -596,8 +618,7 @@ def _row_edges(graph: Graph, loop: dict[str, int]) -> list[tuple[str, Any, Any, 
     [Cyclic shifts]))."""
     found = []
     for name, dim in loop.items():
-        rule = dim_rule(graph[name], graph)
-        assert rule is not None
+        rule = _rule(graph, name)
         moved = Fraction(rule.shift_of(dim))
         for slot, source in enumerate(tensor_inputs(graph[name], graph)):
             if rule.input_dim(dim, slot) is not None:
@@ -783,7 +804,10 @@ def grow(
             return found
         if isinstance(result, Region):
             found.append(result)
-            continue
+            # a loop through rolls may hold more than one starting after them: try both
+            result = _past_rolls(graph, dict(result.loop), seed) if result.shifts else None
+            if result is None:
+                continue
         moves = []
         for cut in dict.fromkeys(result.start_after[:1] + result.start_after[-1:]):
             moves.append((position[cut] + 1, last))

@@ -15,7 +15,7 @@ from analysis.capture import capture
 from analysis.fastpath import eager_attention
 from analysis.loader import load_model_file
 from analysis.plan import Region
-from analysis.search import propagate
+from analysis.search import Conflict, grow, propagate
 from codegen.cli import main
 
 MODEL = """
@@ -72,10 +72,38 @@ MODEL = """
 """
 
 
-def _model(tmp_path: Path) -> Path:
+#: the block on tokens, as HF Swin's: the image is a view of them for the attention alone
+TOKENS = MODEL.replace(
+    """
+        def forward(self, x):
+            x = x + self.attend(self.norm(x))
+""",
+    """
+        def forward(self, x):
+            b, height, width, c = x.shape
+            x = x.reshape(b, height * width, c)
+            image = self.norm(x).view(b, height, width, c)
+            x = x + self.attend(image).reshape(b, height * width, c)
+""",
+)
+
+
+def _model(tmp_path: Path, source: str = MODEL) -> Path:
+    assert source.count("def forward(self, x):") == 2
     path = tmp_path / "model.py"
-    path.write_text(textwrap.dedent(MODEL))
+    path.write_text(textwrap.dedent(source))
     return path
+
+
+def _stretch(graph) -> tuple[list[str], str, list[str], str, str]:
+    """The graph's names, the norm before the first roll, the rolls, the add after the roll
+    back, and the attention."""
+    names = [node.name for node in graph.nodes]
+    norm = next(n for n in names if n.startswith("layer_norm"))
+    rolls = [n for n in names if n.startswith("roll")]
+    add = next(n for n in names[names.index(rolls[1]) :] if n.startswith("add"))
+    attention = next(n for n in names if n.startswith("scaled_dot_product"))
+    return names, norm, rolls, add, attention
 
 
 def test_a_loop_over_rows_of_windows_runs_through_both_rolls(tmp_path: Path) -> None:
@@ -83,11 +111,7 @@ def test_a_loop_over_rows_of_windows_runs_through_both_rolls(tmp_path: Path) -> 
     windows at the loop's own rows, the norm and the add two image rows on (half a window),
     and no value the rolls did not move shifted."""
     graph = eager_attention(capture(load_model_file(_model(tmp_path))))
-    names = [node.name for node in graph.nodes]
-    norm = next(n for n in names if n.startswith("layer_norm"))
-    rolls = [n for n in names if n.startswith("roll")]
-    add = next(n for n in names[names.index(rolls[1]) :] if n.startswith("add"))
-    attention = next(n for n in names if n.startswith("scaled_dot_product"))
+    names, norm, rolls, add, attention = _stretch(graph)
     span = tuple(names[names.index(norm) : names.index(add) + 1])
     region = propagate(graph, span, attention, 0)
     assert isinstance(region, Region), region
@@ -95,6 +119,36 @@ def test_a_loop_over_rows_of_windows_runs_through_both_rolls(tmp_path: Path) -> 
     shifts = dict(region.shifts)
     assert shifts[norm] == shifts[add] == 2 and rolls[0] not in shifts, region.shifts
     assert attention not in shifts
+
+
+def test_a_loop_that_cannot_shift_its_rows_starts_after_the_roll(tmp_path: Path) -> None:
+    """On tokens, the norm before the first roll and the add after the roll back are rows of
+    tokens, which a shift cannot move by whole rows of the image: the loop through the rolls
+    fails, naming them as the boundaries to move, and the stretch between them still forms a
+    loop over rows of windows, reading the rolled image as any value made before it (HF Swin's
+    shifted blocks lost theirs when the failure ended the search)."""
+    graph = eager_attention(capture(load_model_file(_model(tmp_path, TOKENS))))
+    names, norm, rolls, add, attention = _stretch(graph)
+    span = tuple(names[names.index(norm) : names.index(add) + 1])
+    conflict = propagate(graph, span, attention, 0)
+    assert isinstance(conflict, Conflict), conflict
+    assert (conflict.start_after, conflict.end_before) == ((rolls[0],), (rolls[1],)), conflict
+    regions = grow(graph, names, names.index(norm), names.index(add), attention, 0)
+    assert regions and all(not region.shifts for region in regions), regions
+    assert all(not set(rolls) & set(region.span) for region in regions), regions
+    assert any(attention in region.loop_dims for region in regions), regions
+
+
+def test_a_loop_through_the_rolls_is_offered_beside_those_past_them(tmp_path: Path) -> None:
+    """Where the loop through the rolls forms, the stretches starting after the first roll or
+    ending before the roll back are offered too: one through the rolls may hold more (each
+    chunk reads its rows round the image's end), so selection weighs them all (torchvision
+    Swin's shifted blocks: 3.5 MiB past the first roll, 4.7 MiB through it)."""
+    graph = eager_attention(capture(load_model_file(_model(tmp_path))))
+    names, norm, rolls, add, attention = _stretch(graph)
+    regions = grow(graph, names, names.index(norm), names.index(add), attention, 0)
+    through = [set(rolls) & set(region.loop_dims) for region in regions]
+    assert set(rolls) in through and set() in through, [r.loop for r in regions]
 
 
 def test_a_roll_of_the_chunked_dim_alone_is_followed(tmp_path: Path) -> None:
