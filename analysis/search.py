@@ -16,9 +16,10 @@ outputs, written into preallocated buffers.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import sympy
 import torch
@@ -587,21 +588,9 @@ def _scales(
     for name, source, stride, _ in _row_edges(graph, loop):
         edges.setdefault(name, []).append((source, stride))
         edges.setdefault(source, []).append((name, 1 / stride))
-    scale: dict[str, Any] = {}
-    for root in loop:
-        if root in scale:
-            continue
-        scale[root] = Fraction(1)
-        pending = [root]
-        while pending:
-            name = pending.pop()
-            for other, factor in edges.get(name, ()):
-                found = _times(scale[name], factor)
-                if other not in scale:
-                    scale[other] = found
-                    pending.append(other)
-                elif not _equal(scale[other], found):
-                    return None
+    scale = _labelled(loop, Fraction(1), edges, _times, _equal)
+    if scale is None:
+        return None
     least = min(scale.values(), key=lambda value: float(_at(value, graph)))
     relative = {name: _times(value, 1 / least) for name, value in scale.items()}
     if not all(_whole(value) for value in relative.values()):
@@ -640,35 +629,26 @@ def _shifts(
     None when paths disagree or a shift would be part of a row of some value. Of the loop's
     possible origins, the one that leaves the fewest `boundary` values (read from outside,
     or written out) shifted is kept."""
-    edges: dict[str, list[tuple[str, Any, Fraction]]] = {}
+    edges: dict[str, list[tuple[str, tuple[Any, Fraction]]]] = {}
     moved = False
     for name, source, stride, k in _row_edges(graph, loop):
         moved = moved or bool(k)
-        edges.setdefault(name, []).append((source, stride, -k))  # input row: s * r - k
-        edges.setdefault(source, []).append((name, None if k else 1 / stride, k))
+        edges.setdefault(name, []).append((source, (stride, -k)))  # input row: s * r - k
+        edges.setdefault(source, []).append((name, (None if k else 1 / stride, k)))
     if not moved:
         return {}
-    shift: dict[str, Fraction] = {}
-    for root in loop:
-        if root in shift:
-            continue
-        shift[root] = Fraction(0)
-        pending = [root]
-        while pending:
-            name = pending.pop()
-            for other, factor, offset in edges.get(name, ()):
-                here = shift[name]
-                if factor is None:  # back through a roll (stride 1): output row r + k
-                    found = here + offset
-                elif here and not isinstance(factor, Fraction):
-                    return None  # a shift in rows of tokens (NOTE [Rows of tokens])
-                else:
-                    found = (here * factor if here else Fraction(0)) + offset
-                if other not in shift:
-                    shift[other] = found
-                    pending.append(other)
-                elif shift[other] != found:
-                    return None
+
+    def moved_on(here: Fraction, edge: tuple[Any, Fraction]) -> Fraction | None:
+        factor, offset = edge
+        if factor is None:  # back through a roll (stride 1): output row r + k
+            return here + offset
+        if here and not isinstance(factor, Fraction):
+            return None  # a shift in rows of tokens (NOTE [Rows of tokens])
+        return (here * factor if here else Fraction(0)) + offset
+
+    shift = _labelled(loop, Fraction(0), edges, moved_on, operator.eq)
+    if shift is None:
+        return None
     best: tuple[tuple[int, bool, Fraction, Fraction], dict[str, int]] | None = None
     for origin in {Fraction(0)} | {-v / scales[n] for n, v in shift.items() if _numeric(scales[n])}:
         moved_by = {}
@@ -688,6 +668,36 @@ def _shifts(
             if best is None or key < best[0]:
                 best = (key, moved_by)
     return None if best is None else best[1]
+
+
+def _labelled(
+    roots: Iterable[str],
+    start: Any,
+    edges: dict[str, list[tuple[str, Any]]],
+    label: Callable[[Any, Any], Any],
+    same: Callable[[Any, Any], bool],
+) -> dict[str, Any] | None:
+    """Label each value reached from `roots` along `edges`: a root not yet reached takes
+    `start`, any other value `label(its neighbour's label, the edge)`. None when two paths
+    give a value labels that are not the `same`, or `label` gives None."""
+    labels: dict[str, Any] = {}
+    for root in roots:
+        if root in labels:
+            continue
+        labels[root] = start
+        pending = [root]
+        while pending:
+            name = pending.pop()
+            for other, edge in edges.get(name, ()):
+                found = label(labels[name], edge)
+                if found is None:
+                    return None
+                if other not in labels:
+                    labels[other] = found
+                    pending.append(other)
+                elif not same(labels[other], found):
+                    return None
+    return labels
 
 
 def _numeric(scale: Any) -> bool:

@@ -4,6 +4,17 @@ Every statement of the program becomes a `Line` (or a `Loop` with a body), with 
 the model line it comes from where that changes, and what each region saves. They are then
 turned into libcst nodes. The program already says what each statement reads and where each
 name is freed; nothing here decides that again.
+
+NOTE [One chunk]
+A loop sized at run time runs as one chunk where every row fits its budget (on a GPU with
+memory to spare, or an input short enough). Its output buffers would then be a second copy of
+each output, allocated and written once: the original makes none. So a buffer is allocated
+only when the loop runs more than one chunk (`out = torch.empty(...) if chunk < seq else
+None`), and the one chunk's result becomes the output itself (`.contiguous()`, a no-op where it
+already is, gives the buffer's layout to the code after the loop). At one chunk every span is
+the whole length, so the chunk is exactly the output's rows. A buffer written at shifted rows
+(NOTE [Cyclic shifts]), or by a loop of a fixed length and chunk, is allocated as before. The
+planned estimate counts the buffer: at one chunk the module holds less than it says.
 """
 
 from __future__ import annotations
@@ -121,6 +132,8 @@ class ForwardPrinter:
         self._copied: Line | None = None
         #: the regions whose loops said what their halos are (a statistics pass's loop says it)
         self._halos_said: set[int] = set()
+        #: the regions whose loops said what one chunk does (NOTE [One chunk])
+        self._one_chunk_said: set[int] = set()
         #: how each kind of statement prints
         self._printers: dict[type, Any] = {
             Call: self._print_call,
@@ -456,7 +469,24 @@ class ForwardPrinter:
         like = f"{named(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
         device = f"{named(expr.device_of)}.device" if expr.device_of else self.device
         shape = self.shape(expr.meta.shape)
-        return Line(f"{statement.var} = torch.empty({shape}, dtype={like}, device={device})")
+        code = f"torch.empty({shape}, dtype={like}, device={device})"
+        if not self._one_chunk(statement.var, block):
+            return Line(f"{statement.var} = {code}")
+        rows, extent = self.int_or(block.rows), self.arg_plain(block.extent)
+        comments = [] if block.index in self._one_chunk_said else _ONE_CHUNK_COMMENT
+        self._one_chunk_said.add(block.index)
+        return Line(f"{statement.var} = {code} if {rows} < {extent} else None", comments)
+
+    def _one_chunk(self, buffer: str, block: Block) -> bool:
+        """Whether the loop's one chunk, where every row fits, is its output `buffer` itself
+        (NOTE [One chunk]): the loop's rows or its length are known at run time only, and the
+        buffer takes one write, at the chunk's own rows."""
+        if _is_int(block.rows) and isinstance(block.extent, (int, sympy.Integer)):
+            return False
+        writes = [
+            s.expr for s in block.body if isinstance(s.expr, WriteChunk) and s.expr.buffer == buffer
+        ]
+        return len(writes) == 1 and not writes[0].span.shift
 
     def _print_overwrite(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -598,7 +628,13 @@ class ForwardPrinter:
             rows = f"{self.first(own, block)}:{self.end(own, block)}"
             if own != expr.span:
                 chunk = _index_expr(chunk, {expr.dim: self.crop(own, expr.span, block)})
-        return Line(f"{_index_expr(expr.buffer, {expr.dim: rows})} = {chunk}")
+        write = f"{_index_expr(expr.buffer, {expr.dim: rows})} = {chunk}"
+        if block is None or not self._one_chunk(expr.buffer, block):
+            return Line(write)
+        buffer = expr.buffer  # NOTE [One chunk]
+        return Line(
+            f"if {buffer} is None:\n    {buffer} = {_atom(chunk)}.contiguous()\nelse:\n    {write}"
+        )
 
     def _print_bound(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
@@ -837,6 +873,11 @@ def _arg_names(statement: Statement) -> tuple[str, ...]:
     return tuple(sorted(statement.reads))
 
 
+#: above a loop's first buffer that one chunk skips
+_ONE_CHUNK_COMMENT = [
+    "Run as one chunk where every row fits: its result is then the output itself, with no",
+    "buffer (NOTE [One chunk]).",
+]
 #: above a loop's halo bounds
 _HALO_COMMENT = [
     "Halos: a kernel wider than one row reads rows beyond its output's, so each value is",

@@ -391,7 +391,13 @@ class OuterProductMean(torch.nn.Module):
             2048 * res,
             8 if msa.device.type == "cpu" else res,
         )
-        out = torch.empty((res, res**2 // res, 32), dtype=a.dtype, device=a.device)
+        # Run as one chunk where every row fits: its result is then the output itself, with no
+        # buffer (NOTE [One chunk]).
+        out = (
+            torch.empty((res, res**2 // res, 32), dtype=a.dtype, device=a.device)
+            if chunk < res
+            else None
+        )
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
@@ -403,7 +409,10 @@ class OuterProductMean(torch.nn.Module):
             del outer
             out_chunk = self.out(flatten)
             del flatten
-            out[start:stop] = out_chunk
+            if out is None:
+                out = out_chunk.contiguous()
+            else:
+                out[start:stop] = out_chunk
             del out_chunk
         return out
 
@@ -555,7 +564,13 @@ class GatedAttention3(torch.nn.Module):
             32 * res**2 + 128 * res,
             4 if x.device.type == "cpu" else res,
         )
-        matmul = torch.empty((res, 4, bias_res, 8), dtype=x.dtype, device=x.device)
+        # Run as one chunk where every row fits: its result is then the output itself, with no
+        # buffer (NOTE [One chunk]).
+        matmul = (
+            torch.empty((res, 4, bias_res, 8), dtype=x.dtype, device=x.device)
+            if chunk < res
+            else None
+        )
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
@@ -593,7 +608,10 @@ class GatedAttention3(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             matmul_chunk = torch.matmul(weights, v_1)
             del v_1, weights
-            matmul[start:stop] = matmul_chunk
+            if matmul is None:
+                matmul = matmul_chunk.contiguous()
+            else:
+                matmul[start:stop] = matmul_chunk
             del matmul_chunk
         del chunk
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)

@@ -160,7 +160,13 @@ class Attention(torch.nn.Module):
             64 * seq,
             128 if x.device.type == "cpu" else seq,
         )
-        matmul = torch.empty((1, 8, seq, 32), dtype=q.dtype, device=q.device)
+        # Run as one chunk where every row fits: its result is then the output itself, with no
+        # buffer (NOTE [One chunk]).
+        matmul = (
+            torch.empty((1, 8, seq, 32), dtype=q.dtype, device=q.device)
+            if chunk < seq
+            else None
+        )
         for start in range(0, seq, chunk):
             stop = min(start + chunk, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -184,7 +190,10 @@ class Attention(torch.nn.Module):
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             matmul_chunk = torch.matmul(att_2, v_contiguous[:, :, :stop])
             del att_2
-            matmul[:, :, start:stop] = matmul_chunk
+            if matmul is None:
+                matmul = matmul_chunk.contiguous()
+            else:
+                matmul[:, :, start:stop] = matmul_chunk
             del matmul_chunk
         del chunk, q, transpose_contiguous, v_contiguous
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from analysis.capture import capture
 from analysis.loader import load_model_file
@@ -398,3 +399,56 @@ def test_auto_on_a_gpu_runs_one_chunk_where_everything_fits(automatic, monkeypat
     with torch.no_grad():
         assert compare(original(x), chunked(x)) is None
     assert seen and all(rows == most for *_, most, rows in seen)
+
+
+class Empties(TorchDispatchMode):
+    """Records the shape of each tensor `torch.empty` allocates."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.empty:
+            self.shapes.append(tuple(args[0]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_loop_run_as_one_chunk_allocates_no_output_buffer(emitted, monkeypatch) -> None:
+    """Where every row fits (an input no longer than a loop's chunk), the loop's one chunk is
+    its output itself: no buffer is allocated and nothing copied into one (NOTE [One chunk]).
+    Longer, the buffers are allocated and written chunk by chunk, as before; both match the
+    original."""
+    path, generated = emitted
+    source = generated.read_text()
+    code = " ".join(source.split())
+    assert " if chunk < seq else None " in code and ".contiguous() else: " in code, source
+    assert "(NOTE [One chunk])" in source
+    original, chunked = _module(emitted, memory_budget=10**12)
+    module = type(chunked).__module__
+    seen = _rows_seen(monkeypatch, __import__("sys").modules[module])
+    for n, one_chunk in ((4, True), (1024, False)):
+        x = torch.randn(1, n, 32, generator=torch.Generator().manual_seed(n))
+        seen.clear()
+        with torch.no_grad(), Empties() as empties:
+            out = chunked(x)
+        assert compare(original(x), out) is None, n
+        assert seen and all((rows >= n) == one_chunk for *_, rows in seen), (n, seen)
+        assert (empties.shapes == []) == one_chunk, (n, empties.shapes)
+
+
+def test_the_vae_at_a_small_latent_runs_its_loops_as_one_chunk() -> None:
+    """The committed VAE decoder at an 8 x 8 latent: each loop's rows (its halos, its rows at
+    twice the loop's, its statistics pass) fit in one chunk, which is its output; the image
+    matches the original's and no output buffer is allocated."""
+    from tests.conftest import EXAMPLES, GENERATED
+
+    loaded = load_model_file(EXAMPLES / "vae.py")
+    module, _ = import_source((GENERATED / "vae.py").read_text())
+    chunked = instantiate(module, loaded.module)
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), Empties() as empties:
+        out = chunked(latent)
+    assert empties.shapes == [], empties.shapes
+    with torch.no_grad():
+        assert compare(loaded.module(latent), out) is None
