@@ -9,12 +9,17 @@ NOTE [One chunk]
 A loop sized at run time runs as one chunk where every row fits its budget (on a GPU with
 memory to spare, or an input short enough). Its output buffers would then be a second copy of
 each output, allocated and written once: the original makes none. So a buffer is allocated
+(or a value the loop reads for the last time taken to be overwritten, NOTE [Outputs in place])
 only when the loop runs more than one chunk (`out = torch.empty(...) if chunk < seq else
-None`), and the one chunk's result becomes the output itself (`.contiguous()`, a no-op where it
-already is, gives the buffer's layout to the code after the loop). At one chunk every span is
-the whole length, so the chunk is exactly the output's rows. A buffer written at shifted rows
-(NOTE [Cyclic shifts]), or by a loop of a fixed length and chunk, is allocated as before. The
-planned estimate counts the buffer: at one chunk the module holds less than it says.
+None`), and the one chunk's result becomes the output itself. The write into the buffer
+follows as at every chunk, and copies nothing there: `copy_` returns at once where its source
+is the very elements it would write (the chunk, or the same view of it). The output then has
+the layout the original's had, where the buffer's was contiguous: the one chunk is made by the
+original's ops over every row, from the same inputs or contiguous copies of them (a view the
+code after the loop takes of it, as the original does, stays valid). At one chunk every span is the whole length, so the chunk is exactly the
+output's rows. A buffer written at shifted rows (NOTE [Cyclic shifts]), or by a loop of a fixed
+length and chunk, is allocated as before. The planned estimate counts the buffer: at one chunk
+the module holds less than it says.
 """
 
 from __future__ import annotations
@@ -132,8 +137,6 @@ class ForwardPrinter:
         self._copied: Line | None = None
         #: the regions whose loops said what their halos are (a statistics pass's loop says it)
         self._halos_said: set[int] = set()
-        #: the regions whose loops said what one chunk does (NOTE [One chunk])
-        self._one_chunk_said: set[int] = set()
         #: how each kind of statement prints
         self._printers: dict[type, Any] = {
             Call: self._print_call,
@@ -470,12 +473,24 @@ class ForwardPrinter:
         device = f"{named(expr.device_of)}.device" if expr.device_of else self.device
         shape = self.shape(expr.meta.shape)
         code = f"torch.empty({shape}, dtype={like}, device={device})"
-        if not self._one_chunk(statement.var, block):
-            return Line(f"{statement.var} = {code}")
+        if expr.dtype_of and named(expr.dtype_of) == named(expr.device_of):
+            code = f"{named(expr.dtype_of)}.new_empty({shape})"  # its dtype, on its device
+        return self._allocated(statement.var, code, block)
+
+    def _allocated(
+        self, var: str, code: str, block: Block, comments: list[str] | None = None
+    ) -> Line:
+        """`var = code`, a loop's output buffer; where the loop may run as one chunk, made
+        only when it runs more (NOTE [One chunk])."""
+        comments = list(comments or [])
+        if not self._one_chunk(var, block):
+            return Line(f"{var} = {code}", comments)
         rows, extent = self.int_or(block.rows), self.arg_plain(block.extent)
-        comments = [] if block.index in self._one_chunk_said else _ONE_CHUNK_COMMENT
-        self._one_chunk_said.add(block.index)
-        return Line(f"{statement.var} = {code} if {rows} < {extent} else None", comments)
+        if isinstance(ast.parse(code, mode="eval").body, ast.IfExp):  # spelled out
+            return Line(
+                f"if {rows} < {extent}:\n    {var} = {code}\nelse:\n    {var} = None", comments
+            )
+        return Line(f"{var} = {code} if {rows} < {extent} else None", comments)
 
     def _one_chunk(self, buffer: str, block: Block) -> bool:
         """Whether the loop's one chunk, where every row fits, is its output `buffer` itself
@@ -492,14 +507,20 @@ class ForwardPrinter:
         expr = statement.expr
         value = self.value(expr.value)  # NOTE [Outputs in place]
         viewed = f"{value}.view{self.shape(expr.shape)}" if expr.shape else value
+        block = next(b for b in self.program.blocks if b.index == statement.region)
         if not expr.unless_hooked:
-            return Line(f"{statement.var} = {viewed}  # overwritten: nothing reads {value} after")
+            if not self._one_chunk(statement.var, block):
+                return Line(
+                    f"{statement.var} = {viewed}  # overwritten: nothing reads {value} after"
+                )
+            said = [f"Overwrites {value}, which nothing reads after."]
+            return self._allocated(statement.var, viewed, block, said)
         other = f"torch.empty_like({value})" + (
             f".view{self.shape(expr.shape)}" if expr.shape else ""
         )
-        return Line(
-            f"{statement.var} = {viewed} if not _hooked(self) else {other}",
-            comments=[f"Overwrites {value}, which nothing reads after, unless a hook may keep it."],
+        said = [f"Overwrites {value}, which nothing reads after, unless a hook may keep it."]
+        return self._allocated(
+            statement.var, f"{viewed} if not _hooked(self) else {other}", block, said
         )
 
     def _print_sumstart(self, statement: Statement, block: Block | None) -> Line:
@@ -570,7 +591,8 @@ class ForwardPrinter:
     def _rows_call(self, expr: Any) -> str:
         fixed, per_row = self.sym(expr.fixed), self.sym(expr.per_row)
         extent = self.arg_plain(expr.extent)
-        most = f"{self.num(expr.planned)} if {self.device}.type == 'cpu' else {extent}"
+        on_cpu = f"{device_of}.is_cpu" if (device_of := self.program.device_of) else "False"
+        most = f"{self.num(expr.planned)} if {on_cpu} else {extent}"
         if not expr.capped:
             most = extent
         return f"_rows({self.program.budget}, {fixed}, {per_row}, {most})"
@@ -633,7 +655,8 @@ class ForwardPrinter:
             return Line(write)
         buffer = expr.buffer  # NOTE [One chunk]
         return Line(
-            f"if {buffer} is None:\n    {buffer} = {_atom(chunk)}.contiguous()\nelse:\n    {write}"
+            f"if {buffer} is None:  # one chunk: the output itself (NOTE [One chunk])\n"
+            f"    {buffer} = {chunk}\n{write}"
         )
 
     def _print_bound(self, statement: Statement, block: Block | None) -> Line:
@@ -873,11 +896,6 @@ def _arg_names(statement: Statement) -> tuple[str, ...]:
     return tuple(sorted(statement.reads))
 
 
-#: above a loop's first buffer that one chunk skips
-_ONE_CHUNK_COMMENT = [
-    "Run as one chunk where every row fits: its result is then the output itself, with no",
-    "buffer (NOTE [One chunk]).",
-]
 #: above a loop's halo bounds
 _HALO_COMMENT = [
     "Halos: a kernel wider than one row reads rows beyond its output's, so each value is",
@@ -965,9 +983,9 @@ def to_cst(items: list[Any]) -> list[cst.BaseStatement]:
             loop = cst.parse_statement(f"{item.head}\n    pass\n")
             assert isinstance(loop, cst.For)
             out.append(loop.with_changes(body=cst.IndentedBlock(body=body), leading_lines=comments))
-        else:
-            stmt = cst.parse_statement(item.code + "\n")
-            out.append(stmt.with_changes(leading_lines=comments))
+        else:  # a line may hold more than one statement (NOTE [One chunk])
+            first, *rest = cst.parse_module(item.code + "\n").body
+            out += [first.with_changes(leading_lines=comments), *rest]
     return out
 
 

@@ -198,9 +198,7 @@ class GatedAttention(torch.nn.Module):
         # Chunk loop (evoformer.py:62-72), over a dim of length 8.
         # f32[32, 8, res, res] 49.0 MiB -> 6.1 MiB per chunk of 1.
         # In place, on chunks nothing else reads: `add_`.
-        matmul = torch.empty(
-            (32, 8, res, 8), dtype=self.q.weight.dtype, device=self.q.weight.device
-        )
+        matmul = self.q.weight.new_empty((32, 8, res, 8))
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
@@ -389,15 +387,9 @@ class OuterProductMean(torch.nn.Module):
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,
             2048 * res,
-            8 if msa.device.type == "cpu" else res,
+            8 if msa.is_cpu else res,
         )
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
-        out = (
-            torch.empty((res, res**2 // res, 32), dtype=a.dtype, device=a.device)
-            if chunk < res
-            else None
-        )
+        out = a.new_empty((res, res**2 // res, 32)) if chunk < res else None
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:133 in forward: outer = torch.einsum("sic,sjd->ijcd", a, b) / msa.shape[0]  # [r, r, c, c]
@@ -409,10 +401,9 @@ class OuterProductMean(torch.nn.Module):
             del outer
             out_chunk = self.out(flatten)
             del flatten
-            if out is None:
-                out = out_chunk.contiguous()
-            else:
-                out[start:stop] = out_chunk
+            if out is None:  # one chunk: the output itself (NOTE [One chunk])
+                out = out_chunk
+            out[start:stop] = out_chunk
             del out_chunk
         return out
 
@@ -562,15 +553,9 @@ class GatedAttention3(torch.nn.Module):
             self._chunking.budget,
             self.size_0 * res**2 + self.size_1 * res,
             32 * res**2 + 128 * res,
-            4 if x.device.type == "cpu" else res,
+            4 if x.is_cpu else res,
         )
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
-        matmul = (
-            torch.empty((res, 4, bias_res, 8), dtype=x.dtype, device=x.device)
-            if chunk < res
-            else None
-        )
+        matmul = x.new_empty((res, 4, bias_res, 8)) if chunk < res else None
         for start in range(0, res, chunk):
             stop = min(start + chunk, res)
             # evoformer.py:62 in forward: q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
@@ -608,10 +593,9 @@ class GatedAttention3(torch.nn.Module):
             # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
             matmul_chunk = torch.matmul(weights, v_1)
             del v_1, weights
-            if matmul is None:
-                matmul = matmul_chunk.contiguous()
-            else:
-                matmul[start:stop] = matmul_chunk
+            if matmul is None:  # one chunk: the output itself (NOTE [One chunk])
+                matmul = matmul_chunk
+            matmul[start:stop] = matmul_chunk
             del matmul_chunk
         del chunk
         # evoformer.py:72 in forward: o = (weights @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)

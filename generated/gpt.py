@@ -155,18 +155,9 @@ class Attention(torch.nn.Module):
         # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a
         # CPU at most the planned rows (cache-friendly), on a GPU all that fit.
         chunk = _rows(
-            self._chunking.budget,
-            8192 * seq,
-            64 * seq,
-            128 if x.device.type == "cpu" else seq,
+            self._chunking.budget, 8192 * seq, 64 * seq, 128 if x.is_cpu else seq
         )
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
-        matmul = (
-            torch.empty((1, 8, seq, 32), dtype=q.dtype, device=q.device)
-            if chunk < seq
-            else None
-        )
+        matmul = q.new_empty((1, 8, seq, 32)) if chunk < seq else None
         for start in range(0, seq, chunk):
             stop = min(start + chunk, seq)
             # gpt.py:35 in forward: causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -190,10 +181,9 @@ class Attention(torch.nn.Module):
             # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             matmul_chunk = torch.matmul(att_2, v_contiguous[:, :, :stop])
             del att_2
-            if matmul is None:
-                matmul = matmul_chunk.contiguous()
-            else:
-                matmul[:, :, start:stop] = matmul_chunk
+            if matmul is None:  # one chunk: the output itself (NOTE [One chunk])
+                matmul = matmul_chunk
+            matmul[:, :, start:stop] = matmul_chunk
             del matmul_chunk
         del chunk, q, transpose_contiguous, v_contiguous
         # gpt.py:39 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)

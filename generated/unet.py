@@ -406,15 +406,9 @@ class Attention(torch.nn.Module):
             self._chunking.budget,
             1024 + 1792 * x_size,
             16 * x_size,
-            256 if x.device.type == "cpu" else x_size,
+            256 if x.is_cpu else x_size,
         )
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
-        matmul = (
-            torch.empty((1, 2, x_size, 32), dtype=x.dtype, device=x.device)
-            if chunk < x_size
-            else None
-        )
+        matmul = x.new_empty((1, 2, x_size, 32)) if chunk < x_size else None
         for start in range(0, x_size, chunk):
             stop = min(start + chunk, x_size)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
@@ -434,10 +428,9 @@ class Attention(torch.nn.Module):
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             matmul_chunk = torch.matmul(att_1, v_contiguous)
             del att_1
-            if matmul is None:
-                matmul = matmul_chunk.contiguous()
-            else:
-                matmul[:, :, start:stop] = matmul_chunk
+            if matmul is None:  # one chunk: the output itself (NOTE [One chunk])
+                matmul = matmul_chunk
+            matmul[:, :, start:stop] = matmul_chunk
             del matmul_chunk
         del chunk, transpose_contiguous, v_contiguous
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
@@ -917,15 +910,9 @@ class Attention5(torch.nn.Module):
             self._chunking.budget,
             1024 + self.size_0 * x_size,
             16 * x_size,
-            256 if x.device.type == "cpu" else x_size,
+            256 if x.is_cpu else x_size,
         )
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
-        matmul = (
-            torch.empty((1, 2, x_size, 32), dtype=x.dtype, device=x.device)
-            if chunk < x_size
-            else None
-        )
+        matmul = x.new_empty((1, 2, x_size, 32)) if chunk < x_size else None
         for start in range(0, x_size, chunk):
             stop = min(start + chunk, x_size)
             # unet.py:79 in forward: q = self.to_q(x).view(b, t, self.heads, hd).transpose(1, 2)
@@ -945,10 +932,9 @@ class Attention5(torch.nn.Module):
             # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)
             matmul_chunk = torch.matmul(att_1, v_contiguous)
             del att_1
-            if matmul is None:
-                matmul = matmul_chunk.contiguous()
-            else:
-                matmul[:, :, start:stop] = matmul_chunk
+            if matmul is None:  # one chunk: the output itself (NOTE [One chunk])
+                matmul = matmul_chunk
+            matmul[:, :, start:stop] = matmul_chunk
             del matmul_chunk
         del chunk, transpose_contiguous, v_contiguous
         # unet.py:84 in forward: y = (att @ v).transpose(1, 2).reshape(b, t, c)

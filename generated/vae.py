@@ -557,14 +557,8 @@ class Upsample2D2(torch.nn.Module):
             8192 * width,
             4 * height,
         )
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
         hidden_states_1 = (
-            torch.empty(
-                (1, 64, 8 * height, 8 * width),
-                dtype=hidden_states.dtype,
-                device=hidden_states.device,
-            )
+            hidden_states.new_empty((1, 64, 8 * height, 8 * width))
             if chunk < 4 * height
             else None
         )
@@ -588,10 +582,11 @@ class Upsample2D2(torch.nn.Module):
                 :, :, 2 * start - lo_1_x2 : 2 * stop - lo_1_x2
             ]
             del hidden_states_2
-            if hidden_states_1 is None:
-                hidden_states_1 = hidden_states_chunk.contiguous()
-            else:
-                hidden_states_1[:, :, 2 * start : 2 * stop] = hidden_states_chunk
+            if (
+                hidden_states_1 is None
+            ):  # one chunk: the output itself (NOTE [One chunk])
+                hidden_states_1 = hidden_states_chunk
+            hidden_states_1[:, :, 2 * start : 2 * stop] = hidden_states_chunk
             del hidden_states_chunk
         return hidden_states_1
 
@@ -661,14 +656,8 @@ class ResnetBlock2D3(torch.nn.Module):
             del hidden_states_1
             hidden_states_stats_1.add(hidden_states_2)
             del hidden_states_2
-        # Run as one chunk where every row fits: its result is then the output itself, with no
-        # buffer (NOTE [One chunk]).
         output_tensor = (
-            torch.empty(
-                (1, 32, 8 * height, 8 * width),
-                dtype=input_tensor.dtype,
-                device=input_tensor.device,
-            )
+            input_tensor.new_empty((1, 32, 8 * height, 8 * width))
             if chunk < 8 * height
             else None
         )
@@ -723,10 +712,9 @@ class ResnetBlock2D3(torch.nn.Module):
             del hidden_states_6, input_tensor_1
             output_tensor_chunk = add.div_(1.0)
             del add
-            if output_tensor is None:
-                output_tensor = output_tensor_chunk.contiguous()
-            else:
-                output_tensor[:, :, start:stop] = output_tensor_chunk
+            if output_tensor is None:  # one chunk: the output itself (NOTE [One chunk])
+                output_tensor = output_tensor_chunk
+            output_tensor[:, :, start:stop] = output_tensor_chunk
             del output_tensor_chunk
         return output_tensor
 

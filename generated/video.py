@@ -55,9 +55,7 @@ class ChunkedVideoEncoder(torch.nn.Module):
         time = frames.shape[2]
         # Chunk loop (video.py:33-34, 45), over image columns, a dim of length 128.
         # f32[1, 64, time, 128, 128] 64.0 MiB -> 4.0 MiB per chunk of 8.
-        proj = torch.empty(
-            (1, 8, time, 128, 128), dtype=frames.dtype, device=frames.device
-        )
+        proj = frames.new_empty((1, 8, time, 128, 128))
         for start in range(0, 128, 8):
             stop = min(start + 8, 128)
             # Halos: a kernel wider than one row reads rows beyond its output's, so each value is

@@ -131,7 +131,7 @@ class Attention(torch.nn.Module):
         # Chunk loop (vit.py:38-40), over a dim of length 8.
         # f32[1, 8, 1601, 1601] 78.2 MiB -> 9.8 MiB per chunk of 1.
         # In place, on chunks nothing else reads: `div_`.
-        matmul = torch.empty((1, 8, 1601, 32), dtype=q.dtype, device=q.device)
+        matmul = q.new_empty((1, 8, 1601, 32))
         for start in range(0, 8, 1):
             stop = min(start + 1, 8)
             # vit.py:38 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)

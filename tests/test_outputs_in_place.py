@@ -72,8 +72,13 @@ def test_a_loop_output_overwrites_only_a_value_nothing_else_reads(
     # which write into `h` by rules of their own, tested in `tests/test_sums.py`
     monkeypatch.setattr(analysis.search, "contraction", lambda *args: None)
     source, planned, line = _emit(tmp_path, capsys, BODIES[case])
-    plain = "add = h  # overwritten: nothing reads h after" in source
-    guarded = "add = h if not _hooked(self) else torch.empty_like(h)" in source
+    # the loop is sized at run time: at one chunk, its chunk is `add` (NOTE [One chunk])
+    code = " ".join(source.split())
+    plain = "add = h if chunk < seq else None" in code
+    guarded = (
+        "if chunk < seq: add = h if not _hooked(self) else torch.empty_like(h) else: add = None"
+        in code
+    )
     assert (plain, guarded) == (case == "last read", case == "a layer's"), source
     assert "1 chunk loop(s)" in line, line
     estimated = line.split("estimated peak ", 1)[1].split(" for ", 1)[0]
@@ -102,10 +107,12 @@ def test_a_hook_keeping_a_layers_result_sees_it_unchanged(tmp_path: Path, capsys
     kept: dict[str, torch.Tensor] = {}
     for name, model in (("original", loaded.module), ("chunked", chunked)):
         model.mix.register_forward_hook(lambda m, args, out, name=name: kept.__setitem__(name, out))
-    with torch.no_grad():
-        expected, actual = loaded.module(*loaded.inputs), chunked(*loaded.inputs)
-    torch.testing.assert_close(actual, expected)
-    torch.testing.assert_close(kept["chunked"], kept["original"], rtol=0, atol=0)
+    # the example's length, and one short enough to run as one chunk (NOTE [One chunk])
+    for x in (*loaded.inputs, loaded.inputs[0][:, :8]):
+        with torch.no_grad():
+            expected, actual = loaded.module(x), chunked(x)
+        torch.testing.assert_close(actual, expected)
+        torch.testing.assert_close(kept["chunked"], kept["original"], rtol=0, atol=0)
 
 
 def test_an_output_of_another_shape_overwrites_a_value_viewed_in_it(tmp_path: Path, capsys) -> None:
@@ -118,7 +125,7 @@ def test_an_output_of_another_shape_overwrites_a_value_viewed_in_it(tmp_path: Pa
         "        return g.view(1, -1, 64) + self.down(torch.relu(self.up(self.norm(g.view(1, -1, 64)))))"
     )
     source, planned, line = _emit(tmp_path, capsys, body)
-    assert "add = g.view(1, seq, 64)  # overwritten: nothing reads g after" in source, source
+    assert "add = g.view(1, seq, 64) if chunk < seq else None" in " ".join(source.split()), source
     planned_text = line.split("estimated peak ", 1)[1].split(" for ", 1)[0].split(" -> ")[1]
     assert line.split("measured ", 1)[1].split(" -> ")[1].startswith(planned_text + " "), line
     import analysis.loops
