@@ -455,3 +455,21 @@ def test_the_vae_at_a_small_latent_runs_its_loops_as_one_chunk() -> None:
     assert empties.shapes == [], empties.shapes
     with torch.no_grad():
         assert compare(loaded.module(latent), out) is None
+
+
+def test_verification_runs_every_loop_as_one_chunk_too(emitted) -> None:
+    """`emit` verifies the one-chunk path as well (every loop sized at run time taking all
+    its rows, as on a GPU with memory to spare), which the example's chunks do not take: a
+    module wrong only there is caught (NOTE [One chunk])."""
+    from codegen.verify import verify
+    from analysis.errors import InternalError
+
+    path, generated = emitted
+    loaded = load_model_file(path)
+    source = generated.read_text()
+    verify(source, loaded.module, loaded.inputs)  # as emitted: both paths match
+    # wrong at one chunk only: no tensor of the output's shape to write the chunk into
+    wrong = source.replace(" if chunk < seq else None", " if chunk < seq else torch.zeros(1)")
+    assert wrong != source, source
+    with pytest.raises(InternalError, match="generated module failed to run"):
+        verify(wrong, loaded.module, loaded.inputs)
