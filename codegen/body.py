@@ -18,9 +18,10 @@ the layout the original's had, where the buffer's was contiguous: the one chunk 
 original's ops over every row, from the same inputs or contiguous copies of them (a view the
 code after the loop takes of it, as the original does, stays valid). At one chunk every span
 is the whole length, so the chunk is exactly the output's rows. A buffer written at shifted
-rows (NOTE [Cyclic shifts]), or by a loop of a fixed length and chunk, is allocated as before. The planned estimate counts the buffer: at one chunk
-the module holds less than it says. `emit` verifies this path as well as the example's chunks
-(`verify._one_chunk_mismatch`: every loop sized at run time takes all its rows).
+rows (NOTE [Cyclic shifts]), or by a loop of a fixed length and chunk, is allocated as before.
+The planned estimate counts the buffer: at one chunk the module holds less than it says. `emit`
+verifies this path as well as the example's chunks (`verify._one_chunk_mismatch`: every loop
+sized at run time takes all its rows).
 """
 
 from __future__ import annotations
