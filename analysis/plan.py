@@ -188,13 +188,23 @@ def dim_words(region: Region, graph: Graph) -> str:
         path, _, leaf = node.target.rpartition(".")
         kind = graph.module_types.get(path, "").rsplit(".", 1)[-1]
         roles = _WEIGHT_AXES.get(kind)
-        layer = path.rsplit(".", 1)[-1] or path
+        layer = _layer_called(path)
         if roles is not None and leaf == "weight" and axis < len(roles):
             return f"{layer}'s {roles[axis]}"
         if roles is not None and leaf == "bias":
             return f"{layer}'s {roles[0]}"
         return f"{node.target} axis {axis}"
     return f"{name} axis {axis}"
+
+
+def _layer_called(path: str) -> str:
+    """A layer as its model calls it: the last part of its path, with the container's name
+    before a `Sequential` index ("mlp.0", not "0")."""
+    parts = path.split(".")
+    last = len(parts) - 1
+    while last > 0 and parts[last].isdigit():
+        last -= 1
+    return ".".join(parts[last:]) or path
 
 
 #: what a convolution's spatial axes hold, by its input's rank (batch and channels first)

@@ -17,12 +17,17 @@ a tool that could not take it there:
     keys and values from the hidden states), and so are the rows it has made, in the smallest
     form they take on the way to an output; or, when that is larger, a value made before it
     and read again after it (the residual its block adds its output to, or what that is made
-    from), into which its rows can at best be summed (NOTE [Sums over the chunks]).
+    from), into which its rows can at best be summed (NOTE [Sums over the chunks]); counted
+    once when the keys are remade from it (NOTE [Products made once]).
   An attention with a mask is left out: a window needs only some keys at a time.
   The planner makes each projection once: it recomputes only cheap ops (NOTE [Recomputed
   values]), never a matrix product. So a plan that keeps the value the keys and values are made
   from, rather than the keys and values, also holds one head's keys and values for one batch
   entry, whole, while that head runs: its queries read every key (NOTE [One head's keys]).
+- **the time limit** the user set, or the default's (NOTE [Time limit]): a loop would have
+  lowered the peak, at more time than the limit leaves.
+- **the tool's limit**: the peak is at an op no loop cut through (one that mixes every dim,
+  named with its model line), or inside a loop already at its smallest useful chunk.
 
 NOTE [One head's keys]
 Below "the hidden states and the rows made" a plan must make some keys and values more than
@@ -32,10 +37,15 @@ lower needs keys and values for every chunk of queries, remade from the hidden s
 chunk repeats the key and value projections, at about 1.35x the time for a small encoder by
 the FLOP count, which is not a plan the tool makes. Keys and values that are views of the
 held value itself (no projection) add nothing.
-- **the time limit** the user set, or the default's (NOTE [Time limit]): a loop would have
-  lowered the peak, at more time than the limit leaves.
-- **the tool's limit**: the peak is at an op no loop cut through (one that mixes every dim,
-  named with its model line), or inside a loop already at its smallest useful chunk.
+
+NOTE [Products made once]
+The same rule bounds what a plan may remake at all: cheap ops and norms, never a matrix
+product (a linear, a convolution, an attention). So a value held for a loop over heads is one
+from which each head's keys and values are remade through their own projections alone: the
+hidden states, not the image a patch embedding's convolution made them from (torchvision
+ViT's first block holds the embeddings, 512 KiB, not nothing). A value read both before an
+attention and after it (the residual) is held through it, or a value it is remade from with
+no matrix product; when that is the value the keys are remade from, it is counted once.
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ from analysis.ir import (
     value_bytes,
 )
 from analysis.memory import SETUP, estimate_graph, estimate_plan, region_label
-from analysis.ops import dim_rule
+from analysis.ops import CONTRACTION, dim_rule, info, is_convolution
 from analysis.plan import ChunkPlan, describe_lines, format_bytes
 
 
@@ -105,13 +115,12 @@ def floor(graph: Graph) -> ModelFloor:
             )
     for node in graph.nodes:
         if facts.attends_all(node):
-            keys, rows = facts.keys_and_values(node), facts.rows(node.name)
-            across = facts.read_across(node.name)
-            total = keys + max(rows, across)
+            keys, rest, across = facts.attention_floor(node)
+            total = keys + rest
             where = node.source.cite().split(" in ")[0] if node.source else node.name
-            made = f"the rows it has made ({format_bytes(rows)})"
-            if across > rows:
-                made = f"a value it is added to after, or what that is made from ({format_bytes(across)})"
+            made = f"the rows it has made ({format_bytes(rest)})"
+            if across:
+                made = f"a value it is added to after, or what that is made from ({format_bytes(rest)})"
             found.append(
                 ModelFloor(
                     total,
@@ -163,6 +172,8 @@ class _Facts:
             self.depth[node.name] = self.depth[meet] + 1 if meet is not None else 1
             if node.target is SDPA:
                 self.attentions[node.name] = 0
+        #: the matrix products (attentions and convolutions too), as a bit set over positions
+        self.products = 0
         if self.attentions:  # ancestors, needed only where there are attentions
             ancestors = self.ancestors
             for node in graph.nodes:
@@ -170,6 +181,10 @@ class _Facts:
                 for ref in node.refs():
                     mine |= ancestors.get(ref, 0) | 1 << graph.position(ref)
                 ancestors[node.name] = mine
+                if node.kind == "op" and (
+                    info(node.target).cost == CONTRACTION or is_convolution(node)
+                ):
+                    self.products |= 1 << graph.position(node.name)
             for name in self.attentions:
                 self.attentions[name] = ancestors[name]
 
@@ -263,21 +278,86 @@ class _Facts:
         both are made from since the attention before (a loop over heads makes each head's
         keys and values from the hidden states, holding those whole instead; nothing, when
         they are made from the inputs), whichever is less."""
+        return min(keys for keys, _ in self._key_options(node))
+
+    def _key_options(self, node) -> list[tuple[int, str | None]]:
+        """The ways an attention's last queries may hold its keys and values, each with what
+        it holds and the value it remakes them from for each head: "" for none (all keys and
+        values whole), None for the inputs. A value counts only if each head's keys and
+        values are remade from it with no matrix product but their own projections (NOTE
+        [Products made once])."""
         key, value = node.args[1].name, node.args[2].name
         if self.roots.get(key, key) == self.roots.get(value, value):
             held = min(self.size(key) + self.size(value), self.size(self.roots.get(key, key)))
         else:
             held = self.size(key) + self.size(value)
+        options: list[tuple[int, str | None]] = [(held, "")]
         if key not in self.idom or value not in self.idom:
-            return held  # made from parameters alone
+            return options  # made from parameters alone
         source = self._meet(key, value)
-        if source is None:  # remade from the inputs
-            return min(held, self._one_head(node, None))
-        dominators, through = self._dominators(source)
-        if not through:  # remade from the inputs, with no attention on the way
-            return min(held, self._one_head(node, None))
-        kept = (self.size(d) + self._one_head(node, d) for d in [source, *dominators])
-        return min(held, *kept)
+        dominators, through = ([], []) if source is None else self._dominators(source)
+        options += [
+            (self.size(d) + self._one_head(node, d), d)
+            for d in ([] if source is None else [source, *dominators])
+            if self._per_head(node, d)
+        ]
+        if not through and self._per_head(node, None):  # remade from the inputs
+            options.append((self._one_head(node, None), None))
+        return options
+
+    def attention_floor(self, node) -> tuple[int, int, bool]:
+        """What an attention's last queries surely hold (NOTE [Whose limit]): its keys and
+        values, or what they are made from, with the larger of the rows it has made and each
+        value read across it, but a value the keys' own source makes again with no matrix
+        product (which is held already). Returns the keys' part, the rest, and whether the
+        rest is a value read across it."""
+        rows, across = self.rows(node.name), self.read_across(node.name)
+        best: tuple[int, int, bool] | None = None
+        for keys, source in self._key_options(node):
+            rest = max(
+                (
+                    held
+                    for held, v in across
+                    if not source or self._cone([v], source) & self.products
+                ),
+                default=0,
+            )
+            found = (keys, max(rows, rest), rest > rows)
+            if best is None or sum(found[:2]) < sum(best[:2]):
+                best = found
+        assert best is not None
+        return best
+
+    def _cone(self, names: list[str], source: str | None) -> int:
+        """The values made between `source` (None: the inputs) and `names`, with them, as a
+        bit set over graph positions."""
+        mask = 0
+        for name in names:
+            mask |= self.ancestors.get(name, 0) | 1 << self.graph.position(name)
+        if source is not None:
+            mask &= ~(self.ancestors.get(source, 0) | 1 << self.graph.position(source))
+        return mask
+
+    def _per_head(self, node, source: str | None) -> bool:
+        """Whether a plan holding `source` (None: the inputs) remakes an attention's keys and
+        values for each head with no matrix product but the last ones that make them (their
+        projections, split by head)."""
+        made = self._cone([a.name for a in node.args[1:3]], source) & self.products
+        last = made
+        for position in _bits(made):
+            last &= ~self.ancestors.get(self.graph.nodes[position].name, 0)
+        return made == last
+
+    def _held_across(self, name: str) -> int:
+        """The fewest bytes that keep `name`'s rows from before an attention until after it:
+        `name`, or a value every path to it passes through that makes it again with no matrix
+        product (NOTE [Products made once]); 0 when the inputs do."""
+        best, d = self.size(name), self.idom.get(name)
+        while d is not None:
+            if self._cone([name], d) & self.products:
+                return best
+            best, d = min(best, self.size(d)), self.idom[d]
+        return best if self._cone([name], None) & self.products else 0
 
     def _one_head(self, node, source: str | None) -> int:
         """The keys and values of one head and batch entry (NOTE [One head's keys]): what a
@@ -296,27 +376,28 @@ class _Facts:
                 held += rows * width * dtype_size(meta.dtype)
         return held
 
-    def read_across(self, name: str) -> int:
-        """The most an attention's last queries surely hold of one value made before it and
-        read again after it (the residual its block adds its output to): the value, or what
-        it is made from, and no more than the reader after the attention takes of it (a class
-        token's row). 0 when there is none. The attention's own rows may at best be summed
-        into it (a loop over heads adding each head's projected output into the residual), so
-        the floor counts the larger of the two, not both."""
+    def read_across(self, name: str) -> list[tuple[int, str]]:
+        """Each value made before an attention and read again after it (the residual its
+        block adds its output to), with the most its last queries surely hold of it: the
+        value, or what it is made from, and no more than the reader after the attention takes
+        of it (a class token's row). The attention's own rows may at best be summed into it
+        (a loop over heads adding each head's projected output into the residual), so the
+        floor counts the larger of the two, not both."""
         graph, mine = self.graph, self.ancestors.get(name, 0)
-        best, position = 0, graph.position(name)
+        found, position = [], graph.position(name)
         for value in graph.nodes[:position]:
             if not self._before(value.name, mine) or not isinstance(value.meta, TensorMeta):
                 continue
-            for user in graph.users(value.name):
-                if graph.position(user) <= position or not self._before(
-                    name, self.ancestors.get(user, 0)
-                ):
-                    continue
-                held = min(self.size(value.name), self.size(user))
-                if held > best:
-                    best = max(best, min(held, self.cut(value.name)))
-        return best
+            read = [
+                self.size(user)
+                for user in graph.users(value.name)
+                if graph.position(user) > position
+                and self._before(name, self.ancestors.get(user, 0))
+            ]
+            if read:
+                held = min(self.size(value.name), max(read))
+                found.append((min(held, self._held_across(value.name)), value.name))
+        return found
 
     def rows(self, name: str) -> int:
         """The smallest form an attention's made rows take on the way to the outputs: its
@@ -422,6 +503,14 @@ def estimate_gap(graph: Graph, estimated: int, measured: int, eager_stack: str) 
         f"the original measured {format_bytes(-gap)} below its estimate: the graph export "
         f"captured peaks at {ours}, which eager skips or runs in place; eager peaks at {at}"
     )
+
+
+def _bits(mask: int):
+    """The positions set in a bit set, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
 
 
 __all__ = ["ModelFloor", "estimate_agrees", "estimate_gap", "floor", "output_bytes", "shortfall"]

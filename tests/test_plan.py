@@ -180,6 +180,22 @@ WIDE_MLP = """
 """
 
 
+@pytest.mark.parametrize(
+    "path, called",
+    [
+        ("blocks.0.mlp.fc1", "fc1"),
+        ("encoder.layers.encoder_layer_0.mlp.0", "mlp.0"),  # torchvision's MLP, a Sequential
+        ("features.3.1", "features.3.1"),
+        ("fc", "fc"),
+    ],
+)
+def test_a_layer_in_a_sequential_is_named_with_its_container(path: str, called: str) -> None:
+    """A loop over `mlp.0`'s output features says so, not "0's output features"."""
+    from analysis.plan import _layer_called
+
+    assert _layer_called(path) == called
+
+
 def test_a_loop_over_a_layers_features_is_named_after_the_layer(tmp_path: Path, capsys) -> None:
     """One token and 16384 hidden features: the loop walks fc1's output features, and `plan`
     and `emit` say so in those words, not by the weight's graph name."""
@@ -403,9 +419,10 @@ def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(
     the 1 MiB of both, with the head it runs (256 KiB: NOTE [One head's keys]); for the first
     block's, made from the input itself, that head alone. With a dynamic length the views'
     sizes are read off the input, which does not make the keys depend on it. The second
-    attention's output is added to the first block's, which is held meanwhile (or what it is
-    made from: the first attention's head, remade, 256 KiB) and which the rows it makes can at
-    best be added into: that counts instead of its one row."""
+    attention's output is added to the first block's, which is held meanwhile and which the
+    rows it makes could at best be added into; but it is what that head's keys are remade from,
+    so it counts once (NOTE [Products made once]): the second block's floor is its hidden
+    states, one head's keys and values and the one row it makes."""
     from analysis.shortfall import _Facts, floor
 
     path = tmp_path / "model.py"
@@ -416,12 +433,40 @@ def test_an_attention_before_another_keeps_every_row_it_made_in_its_floor(
     assert facts.rows(first.name) == 512 * 1024 and facts.rows(second.name) == 40
     assert facts.keys_and_values(first) == 256 * 1024
     assert facts.keys_and_values(second) == 768 * 1024
+    assert facts.attention_floor(first) == (256 * 1024, 512 * 1024, False)
+    assert facts.attention_floor(second) == (768 * 1024, 40, False)
     found = floor(graph)
+    assert found.bytes == 768 * 1024 + 40, found
     assert found.words == (
         "the attention at model.py:13 holds its keys and values, or what they are made from "
-        "(768.0 KiB), with a value it is added to after, or what that is made from (256.0 KiB): "
-        "1.0 MiB"
+        "(768.0 KiB), with the rows it has made (40 B): 768.0 KiB"
     ), found
+
+
+def test_keys_made_through_a_patch_embedding_are_not_remade_from_the_image(tmp_path: Path) -> None:
+    """NOTE [Products made once]: with a patch embedding (a linear here) before the first
+    block, a loop over its heads cannot remake each head's keys and values from the input
+    without running the embedding again: it holds the embeddings (512 KiB) with the head it
+    runs (256 KiB), and the rows it makes (512 KiB), which the embeddings, its residual, are
+    not summed into while the heads still read them. Without the embedding, that head alone."""
+    from analysis.shortfall import _Facts, floor
+
+    embedded = (
+        textwrap.dedent(CLASSIFIER)
+        .replace(
+            "self.head = nn.Linear(64, 10)",
+            "self.head, self.embed = nn.Linear(64, 10), nn.Linear(64, 64)",
+        )
+        .replace("self.blocks(x)", "self.blocks(self.embed(x))")
+    )
+    path = tmp_path / "model.py"
+    path.write_text(embedded)
+    graph = capture(load_model_file(path))
+    facts = _Facts(graph)
+    first, second = (node for node in graph.nodes if facts.attends_all(node))
+    assert facts.attention_floor(first) == (768 * 1024, 512 * 1024, False)
+    assert facts.attention_floor(second) == (768 * 1024, 40, False)
+    assert floor(graph).bytes == 1280 * 1024
 
 
 def test_a_time_limit_the_unlimited_plan_fits_costs_no_memory() -> None:
