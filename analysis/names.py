@@ -7,7 +7,7 @@ import keyword
 import ast
 import operator
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Container, Mapping
 
 import sympy
 
@@ -70,7 +70,7 @@ def _layer_forward(node: Node, graph: Graph) -> bool:
     return layer is not None and kind.rpartition(".")[2] in layer[0]
 
 
-def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:
+def source_names(graph: Graph, layers: Container[str]) -> dict[str, str]:
     """Return, for the values a source line assigns, the base of a name made from its target.
 
     NOTE [Names from the source]
@@ -87,6 +87,15 @@ def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:
     the statement reads it, or reads a value sharing its storage, so the rebinding frees it
     exactly where the memory estimate does, and no `del` is needed.
     """
+    return {
+        name: f"{caller}_{target}" if caller else target
+        for name, (caller, target) in assignments(graph, layers).items()
+    }
+
+
+def assignments(graph: Graph, layers: Container[str]) -> dict[str, tuple[str, str]]:
+    """Return, for the values a source line assigns (NOTE [Names from the source]), the
+    module whose forward holds the line ("" for the model's own) and the name assigned."""
     outputs = graph.output_names()
     runs: list[tuple[str, Any, list[Node]]] = []
     current: dict[str, tuple[Any, list[Node]]] = {}
@@ -100,7 +109,7 @@ def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:
         else:
             current[caller] = (where, [node])
             runs.append((caller, node.source.code, current[caller][1]))
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
     for caller, code, run in runs:
         targets = _targets(code)
         if not targets:
@@ -111,16 +120,15 @@ def source_names(graph: Graph, layers: Mapping[str, object]) -> dict[str, str]:
             for n in run
             if n.name in outputs or any(graph.position(u) > end for u in graph.users(n.name))
         ]
-        prefix = f"{caller}_" if caller else ""
         if len(targets) == 1 and len(assigned) == 1:
-            found[assigned[0].name] = prefix + targets[0]
+            found[assigned[0].name] = (caller, targets[0])
         elif len(targets) > 1 and _elements(assigned, graph, len(targets)):
             for node in assigned:
-                found[node.name] = prefix + targets[node.args[1]]
+                found[node.name] = (caller, targets[node.args[1]])
     return found
 
 
-def _caller(module_path: str, layers: Mapping[str, object]) -> str:
+def _caller(module_path: str, layers: Container[str]) -> str:
     """The module whose forward holds the line: a layer's op belongs to the layer's caller."""
     return module_path.rpartition(".")[0] if module_path in layers else module_path
 
@@ -216,4 +224,4 @@ def _wrapped(
     return f"({text})" if isinstance(expr, sympy.Add) else text
 
 
-__all__ = ["Namespace", "size_code", "size_names", "source_names", "value_name"]
+__all__ = ["Namespace", "assignments", "size_code", "size_names", "source_names", "value_name"]

@@ -183,7 +183,7 @@ def dim_words(region: Region, graph: Graph) -> str:
     node = graph[name]
     spatial = spatial_words(region, graph)
     if spatial is not None:
-        return f"{spatial}, {name} axis {axis}"
+        return f"{spatial}, {value_words(name, graph)} axis {axis}"
     if node.kind in ("param", "buffer") and isinstance(node.target, str):
         path, _, leaf = node.target.rpartition(".")
         kind = graph.module_types.get(path, "").rsplit(".", 1)[-1]
@@ -194,7 +194,41 @@ def dim_words(region: Region, graph: Graph) -> str:
         if roles is not None and leaf == "bias":
             return f"{layer}'s {roles[0]}"
         return f"{node.target} axis {axis}"
-    return f"{name} axis {axis}"
+    return f"{value_words(name, graph)} axis {axis}"
+
+
+def value_words(name: str, graph: Graph) -> str:
+    """A value as the model's code calls it: the name its line assigns, with the module whose
+    forward holds the line ("blocks.0.attn's q"); the result of a layer that makes it alone
+    ("encoder.dropout's output") or a module returns; else its name in the graph."""
+    if "value words" not in graph.memo:
+        from analysis.names import assignments  # names -> fastpath -> causal -> plan
+
+        types = graph.module_types
+        layers = {
+            path
+            for path, kind in types.items()
+            if kind.startswith("torch.nn.modules.")
+            and not any(other.startswith(path + ".") for other in types)
+        }
+        ops: dict[str, list[str]] = {}
+        for node in graph.ops():
+            ops.setdefault(node.module_path, []).append(node.name)
+        found = {
+            n: f"{caller}'s {target}" if caller else target
+            for n, (caller, target) in assignments(graph, layers).items()
+        }
+        for path in layers:
+            if len(ops.get(path, ())) == 1:
+                found.setdefault(ops[path][0], f"{path}'s output")
+        for node in graph.ops():  # what a module returns (`return x + y`)
+            if node.name in found or not node.calls:
+                continue
+            call = node.calls[-1]
+            if all(call not in graph[user].calls for user in graph.users(node.name)):
+                found[node.name] = f"{call.partition('@')[0]}'s output"
+        graph.memo["value words"] = found
+    return graph.memo["value words"].get(name, name)
 
 
 def _layer_called(path: str) -> str:

@@ -7,13 +7,13 @@ Target: 20% of the original estimated peak (74.4 MiB).
 Estimated activation peak: 371.8 MiB before, 64.8 MiB after.
 Regions (source lines, chunked dim, chunk size, chunks, estimated peak while it runs):
   1. evoformer.py:62-72  8 (q's output features)  chunk 1  x8  17.5 MiB
-  2. evoformer.py:133-134  res (linear_13 axis 1)  chunk 8  x28  12.2 MiB
-  3. evoformer.py:62-72  res (layer_norm_9 axis 0)  chunk 4  x56  27.1 MiB
-  4. evoformer.py:62-72  res (layer_norm_10 axis 0)  chunk 4  x56  27.1 MiB
+  2. evoformer.py:133-134  res (blocks.0.outer_product_mean's a axis 1)  chunk 8  x28  12.2 MiB
+  3. evoformer.py:62-72  res (blocks.0.tri_att_start's z axis 0)  chunk 4  x56  27.1 MiB
+  4. evoformer.py:62-72  res (blocks.0.tri_att_end's z axis 0)  chunk 4  x56  27.1 MiB
   5. evoformer.py:62-72  8 (q's output features)  chunk 1  x8  25.4 MiB
-  6. evoformer.py:133-134  res (linear_55 axis 1)  chunk 8  x28  20.1 MiB
-  7. evoformer.py:62-72  res (layer_norm_21 axis 0)  chunk 4  x56  35.0 MiB
-  8. evoformer.py:62-72  res (layer_norm_22 axis 0)  chunk 4  x56  35.0 MiB
+  6. evoformer.py:133-134  res (blocks.1.outer_product_mean's a axis 1)  chunk 8  x28  20.1 MiB
+  7. evoformer.py:62-72  res (blocks.1.tri_att_start's z axis 0)  chunk 4  x56  35.0 MiB
+  8. evoformer.py:62-72  res (blocks.1.tri_att_end's z axis 0)  chunk 4  x56  35.0 MiB
 Chunk sizes above are at the example's size; loops resize them at run time (`memory_budget`).
 Written out in their parent's forward, not called as modules:
   blocks.0.msa_row_attn.attn.q: chunk loop 1 slices its weights or runs it in place

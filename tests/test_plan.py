@@ -196,6 +196,24 @@ def test_a_layer_in_a_sequential_is_named_with_its_container(path: str, called: 
     assert _layer_called(path) == called
 
 
+def test_a_value_a_loop_slices_is_named_as_the_model_code_calls_it(tmp_path: Path) -> None:
+    """A loop dim is named by the value it slices in the model's terms: the name its line
+    assigns in the module whose forward holds the line, a layer's result, or what a module
+    returns; not by graph names (`permute_1`, `add`) the reviewer finds nowhere."""
+    from analysis.plan import value_words
+
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(CLASSIFIER))
+    graph = capture(load_model_file(path))
+    attention = next(n for n in graph.nodes if n.name.startswith("scaled_dot_product"))
+    assert value_words(attention.args[0].name, graph) == "blocks.0's q"
+    out = next(n for n in graph.nodes if n.module_path == "blocks.0.out")
+    assert value_words(out.name, graph) == "blocks.0.out's output"
+    returned = next(u for u in graph.users(out.name))
+    assert value_words(returned, graph) == "blocks.0's output"
+    assert value_words("x", graph) == "x"  # an input keeps its name
+
+
 def test_a_loop_over_a_layers_features_is_named_after_the_layer(tmp_path: Path, capsys) -> None:
     """One token and 16384 hidden features: the loop walks fc1's output features, and `plan`
     and `emit` say so in those words, not by the weight's graph name."""
