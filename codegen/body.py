@@ -469,7 +469,7 @@ class ForwardPrinter:
 
     def _print_empty(self, statement: Statement, block: Block | None) -> Line:
         expr = statement.expr
-        block = next(b for b in self.program.blocks if b.index == statement.region)
+        block = self._block(statement.region)
         named = lambda value: block.copies.get(value) or self.value(value)  # noqa: E731
         like = f"{named(expr.dtype_of)}.dtype" if expr.dtype_of else str(expr.meta.dtype)
         device = f"{named(expr.device_of)}.device" if expr.device_of else self.device
@@ -479,16 +479,26 @@ class ForwardPrinter:
             code = f"{named(expr.dtype_of)}.new_empty({shape})"  # its dtype, on its device
         return self._allocated(statement.var, code, block)
 
+    def _block(self, region: int) -> Block:
+        """The loop block of a region."""
+        return next(b for b in self.program.blocks if b.index == region)
+
     def _allocated(
-        self, var: str, code: str, block: Block, comments: list[str] | None = None
+        self,
+        var: str,
+        code: str,
+        block: Block,
+        comments: list[str] | None = None,
+        conditional: bool = False,
     ) -> Line:
         """`var = code`, a loop's output buffer; where the loop may run as one chunk, made
-        only when it runs more (NOTE [One chunk])."""
+        only when it runs more (NOTE [One chunk]): an `if` statement where `code` is a
+        conditional expression itself."""
         comments = list(comments or [])
         if not self._one_chunk(var, block):
             return Line(f"{var} = {code}", comments)
         rows, extent = self.int_or(block.rows), self.arg_plain(block.extent)
-        if isinstance(ast.parse(code, mode="eval").body, ast.IfExp):  # spelled out
+        if conditional:
             return Line(
                 f"if {rows} < {extent}:\n    {var} = {code}\nelse:\n    {var} = None", comments
             )
@@ -509,7 +519,7 @@ class ForwardPrinter:
         expr = statement.expr
         value = self.value(expr.value)  # NOTE [Outputs in place]
         viewed = f"{value}.view{self.shape(expr.shape)}" if expr.shape else value
-        block = next(b for b in self.program.blocks if b.index == statement.region)
+        block = self._block(statement.region)
         if not expr.unless_hooked:
             if not self._one_chunk(statement.var, block):
                 return Line(
@@ -521,9 +531,8 @@ class ForwardPrinter:
             f".view{self.shape(expr.shape)}" if expr.shape else ""
         )
         said = [f"Overwrites {value}, which nothing reads after, unless a hook may keep it."]
-        return self._allocated(
-            statement.var, f"{viewed} if not _hooked(self) else {other}", block, said
-        )
+        code = f"{viewed} if not _hooked(self) else {other}"
+        return self._allocated(statement.var, code, block, said, conditional=True)
 
     def _print_sumstart(self, statement: Statement, block: Block | None) -> Line:
         """A sum's start (NOTE [Sums over the chunks]): the value the block adds the product
@@ -771,7 +780,7 @@ class ForwardPrinter:
     def _header(self, index: int) -> list[str]:
         """The comments that open a region: where it comes from, what it saves, what it skips."""
         graph = self.graph
-        block = next(b for b in self.program.blocks if b.index == index)
+        block = self._block(index)
         region = block.lowered.region
         where = describe_lines(region, graph)
         dim_name = symbol_name(region.extent, graph)
