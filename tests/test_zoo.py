@@ -34,6 +34,8 @@ def test_every_zoo_file_defines_the_model_contract() -> None:
 # missed while the heads' outputs were held in a buffer beside the residual
 # ConvNeXt: a loop summing its feed-forward over the hidden features, chosen greedily, stopped
 # its plan at 61%; planned again without sums, loops over rows meet the target
+# torchvision ViT: short of 80%, under its floor (NOTE [Products made once]): its first block
+# holds the patch embeddings, which a convolution made, while a loop over heads runs
 @pytest.mark.parametrize(
     "model",
     [
@@ -67,3 +69,5 @@ def test_a_zoo_row_is_measured_verified_at_two_sizes_and_explained(model: str) -
     assert "Ran with torch" in done.stdout
     if model in ("hf_segformer", "hf_clip_vision", "hf_convnext"):
         assert cells[8] == "", row  # met
+    if model in ("hf_bert_batch2", "torchvision_vit"):  # short of 80%, and it is the model's floor
+        assert cells[8].startswith("the model's floor: the attention at "), row
