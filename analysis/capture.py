@@ -242,6 +242,11 @@ def build_graph(ep: ExportedProgram, loaded: LoadedModel) -> Graph:
             model_file=str(loaded.path),
             model_class=type(loaded.module).__name__,
             module_types=_module_types(ep),
+            trainable=frozenset(
+                name
+                for name, parameter in loaded.module.named_parameters(remove_duplicate=False)
+                if parameter.requires_grad
+            ),
         )
     )
 

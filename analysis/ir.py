@@ -199,6 +199,9 @@ class Graph:
     #: their callers hold no arguments: chosen when those are what keeps the peak over the
     #: target (NOTE [Arguments held by the caller])
     inline_calls: frozenset[str] = frozenset()
+    #: the parameters (FQNs) that require grad: an attention mask that is one of them, or a
+    #: view of one, sends CPU SDPA down its unfused path even under no_grad
+    trainable: frozenset[str] = frozenset()
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
     _users: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
     _position: dict[str, int] = field(default_factory=dict, repr=False, compare=False)

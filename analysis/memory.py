@@ -172,20 +172,25 @@ def _mask_scratch(node: Node, graph: Graph, mask: str, fraction: float = 1.0) ->
 
 
 def _math_scratch(node: Node, graph: Graph, fraction: float = 1.0) -> int:
-    """SDPA on CPU with fewer key heads than query heads, broadcast rather than `enable_gqa`
-    (Falcon's multi-query attention), takes the unfused math path: it holds the scaled scores
-    and their softmax, both queries x keys per head, and with `is_causal` a float mask of
-    queries x keys. The fused kernel makes a float32 log-sum-exp per query and head beside
-    its output, and drops it (UNet2DConditionModel's 8 heads of 4096 pixels: 128 KiB).
-    `fraction`: the share of the queries a chunk runs."""
+    """SDPA on CPU takes the unfused math path with fewer key heads than query heads,
+    broadcast rather than `enable_gqa` (Falcon's multi-query attention), or with a mask that
+    requires grad, even under no_grad (a parameter, or a view of one: measured, 32 MiB of
+    scratch for 4 heads of 1024 queries, none with a buffer). It holds the scaled scores and
+    their softmax, both queries x keys per head, and with `is_causal` a float mask of queries
+    x keys. The fused kernel makes a float32 log-sum-exp per query and head beside its output,
+    and drops it (UNet2DConditionModel's 8 heads of 4096 pixels: 128 KiB). `fraction`: the
+    share of the queries a chunk runs."""
     if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
         return 0
     query, key = (graph[a.name].tensor for a in node.args[:2])
-    if query.rank < 3 or key.rank != query.rank or schema_arg(node, "enable_gqa", False):
+    unfused = _trainable_mask(node, graph)
+    if not unfused and (
+        query.rank < 3 or key.rank != query.rank or schema_arg(node, "enable_gqa", False)
+    ):
         return 0
     heads = [evaluate(size, graph.hints) for size in query.shape[:-2]]
     rows = evaluate(query.shape[-2], graph.hints) * fraction
-    if heads == [evaluate(size, graph.hints) for size in key.shape[:-2]]:
+    if not unfused and heads == [evaluate(size, graph.hints) for size in key.shape[:-2]]:
         # the fused kernel: its float32 log-sum-exp per query, made beside the output
         return math.ceil(math.prod(heads) * rows * 4)
     keys = evaluate(key.shape[-2], graph.hints)
@@ -193,6 +198,16 @@ def _math_scratch(node: Node, graph: Graph, fraction: float = 1.0) -> int:
     scores = math.prod(heads) * rows * keys * itemsize
     causal = rows * keys * itemsize if schema_arg(node, "is_causal", False) else 0
     return math.ceil(2 * scores + causal)
+
+
+def _trainable_mask(node: Node, graph: Graph) -> bool:
+    """Whether an SDPA call's mask is a parameter that requires grad, or a view of one."""
+    mask = node.args[3] if len(node.args) > 3 else node.kwarg("attn_mask")
+    if not isinstance(mask, Ref):
+        return False
+    roots, _ = storage_roots(graph)
+    root = graph[roots.get(mask.name, mask.name)]
+    return root.kind == "param" and root.target in graph.trainable
 
 
 def _causal_rows_scratch(node: Node, graph: Graph, rows: int) -> int:

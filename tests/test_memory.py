@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from codegen.measure import LiveStorageTracker, measure_peak
@@ -121,6 +122,57 @@ def test_sdpa_on_broadcast_key_heads_takes_the_math_path_and_is_estimated(tmp_pa
     chunked = measure_peak(instantiate(module, loaded.module), loaded.inputs)
     assert _within(planned.plan.planned_peak_bytes, chunked, 0.02), (planned.plan, chunked)
     assert chunked < original / 5
+
+
+TRAINABLE_MASK = """
+    import torch
+
+    class BiasedAttention(torch.nn.Module):
+        def __init__(self, trainable):
+            super().__init__()
+            self.qkv = torch.nn.Linear(64, 192)
+            # a learned additive bias over queries x keys, used whole as the mask
+            self.bias = torch.nn.Parameter(torch.zeros(512, 512), requires_grad=trainable)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+            return a.transpose(1, 2).reshape(1, -1, 64)
+
+    def make_model():
+        torch.manual_seed(0)
+        return BiasedAttention(TRAINABLE).eval()
+
+    def make_inputs():
+        return (torch.randn(1, 512, 64, generator=torch.Generator().manual_seed(0)),)
+"""
+
+
+@pytest.mark.parametrize("trainable", [True, False], ids=["requires_grad", "frozen"])
+def test_sdpa_with_a_mask_that_requires_grad_takes_the_math_path_and_is_estimated(
+    tmp_path, trainable: bool
+) -> None:
+    """A mask that is a parameter requiring grad sends CPU SDPA down its math path even under
+    no_grad (the scores and their softmax: 2 x 4 heads x 512 x 512 floats): estimated for the
+    original, and a loop over queries cuts it; a frozen one runs fused, holding none of it."""
+    import textwrap
+
+    from codegen.generate import generate
+    from analysis.select import Target
+
+    path = tmp_path / "biased.py"
+    path.write_text(textwrap.dedent(TRAINABLE_MASK).replace("TRAINABLE", str(trainable)))
+    planned, emitted = generate(path, Target(ratio=0.2), "--memory-ratio 0.2")
+    loaded = planned.loaded
+    original = measure_peak(loaded.module, loaded.inputs)
+    scores = 4 * 512 * 512 * 4
+    assert (original > 2 * scores) == trainable, original
+    assert _within(planned.plan.original_peak_bytes, original, 0.02), (planned.plan, original)
+    module, _ = import_source(emitted.source)
+    chunked = measure_peak(instantiate(module, loaded.module), loaded.inputs)
+    assert _within(planned.plan.planned_peak_bytes, chunked, 0.02), (planned.plan, chunked)
+    if trainable:
+        assert chunked < original / 4
 
 
 WINDOWS = """
