@@ -164,12 +164,19 @@ class ForwardPrinter:
             ModuleCall: self._print_modulecall,
             SizeValue: self._print_sizevalue,
         }
-        #: per region, its first hoisted value: the comment saying why it is out of the loop
+        #: per region, its first hoisted value after its header: the comment saying why it is
+        #: out of the loop (values hoisted before anything else of the region come before the
+        #: header, as the code before the loop they are)
         self._first_hoisted: dict[int | None, Statement] = {}
-        for item in reversed(program.body):
-            if isinstance(item, Statement) and item.region is not None:
-                if isinstance(item.expr, Call):
-                    self._first_hoisted[item.region] = item
+        opened: set[int] = set()
+        for item in program.body:
+            if _hoisted(item):
+                if item.region in opened:
+                    self._first_hoisted.setdefault(item.region, item)
+            elif isinstance(item, (Statement, Block)):
+                region = item.index if isinstance(item, Block) else item.region
+                if region is not None:
+                    opened.add(region)
 
     # ---------------------------------------------------------------- values
     def sym(self, expr: sympy.Expr, annotation: bool = False) -> str:
@@ -340,7 +347,9 @@ class ForwardPrinter:
                 del body[: len(run)]
                 continue
             region = item.index if isinstance(item, Block) else item.region
-            if region is not None and region not in opened:  # the region opens with its header
+            if _hoisted(item) and region not in opened:  # code before the loop's own
+                items.extend(self._item(item))
+            elif region is not None and region not in opened:  # the region opens with its header
                 opened.add(region)
                 self._cited = None
                 first = len(items)
@@ -873,6 +882,12 @@ def _padding_checked_call(op: Any, arg: Callable[[Any], str], chunked_rows: bool
     rendered += ["start"] if chunked_rows else []
     rendered += [f"{key}={arg(value)}" for key, value in kwargs.items()]
     return f"_attention({', '.join(rendered)})"
+
+
+def _hoisted(item: Any) -> bool:
+    """Whether a body item is a value of a loop's stretch made outside the loop (it does not
+    depend on the chunk)."""
+    return isinstance(item, Statement) and item.region is not None and isinstance(item.expr, Call)
 
 
 def _chained_run(item: Any, rest: list[Any]) -> list[Statement]:

@@ -375,12 +375,11 @@ class OuterProductMean(torch.nn.Module):
         m: "f32[32, res, 64]" = self.norm(msa)
         # evoformer.py:131 in forward: a = self.a(m)  # [s, r, c]
         a: "f32[32, res, 16]" = self.a(m)
-        # Chunk loop (evoformer.py:133-134), over `res`.
-        # f32[res, res, 16, 16] 49.0 MiB -> 1.8 MiB per chunk of 8.
-        # Hoisted: the next values do not depend on the chunk.
         # evoformer.py:132 in forward: b = self.b(m)  # [s, r, c]
         b: "f32[32, res, 16]" = self.b(m)
         del m
+        # Chunk loop (evoformer.py:133-134), over `res`.
+        # f32[res, res, 16, 16] 49.0 MiB -> 1.8 MiB per chunk of 8.
         # Rows per chunk: the most whose bytes (fixed, then per row) fit the budget; on a
         # CPU at most the planned rows (cache-friendly), on a GPU all that fit.
         chunk = _rows(

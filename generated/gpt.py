@@ -132,11 +132,6 @@ class Attention(torch.nn.Module):
         # gpt.py:32 in forward: q = q.view(b, t, self.heads, hd).transpose(1, 2)
         view: "f32[1, seq, 8, 32]" = q.view(1, seq, -1, 32)
         q: "f32[1, 8, seq, 32]" = view.transpose(1, 2)
-        # Chunk loop (gpt.py:35-39), over `seq`.
-        # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
-        # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
-        # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
-        # Hoisted: the next values do not depend on the chunk.
         # gpt.py:33 in forward: k = k.view(b, t, self.heads, hd).transpose(1, 2)
         view: "f32[1, seq, 8, 32]" = k.view(1, seq, -1, 32)
         k: "f32[1, 8, seq, 32]" = view.transpose(1, 2)
@@ -147,6 +142,10 @@ class Attention(torch.nn.Module):
         # gpt.py:36 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         transpose: "f32[1, 8, 32, seq]" = k.transpose(-1, -2)
         del k
+        # Chunk loop (gpt.py:35-39), over `seq`.
+        # f32[1, 8, seq, seq] 128.0 MiB -> 8.0 MiB per chunk of 128.
+        # In place, on chunks nothing else reads: `tril_`, `div_`, `bitwise_not_`, `masked_fill_`.
+        # Causal mask: each chunk attends only the keys up to its last query (NOTE [Causal key truncation]).
         # Each copied contiguous once: a matmul in the loop would copy each every chunk.
         v_contiguous = v.contiguous()
         del v

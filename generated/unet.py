@@ -376,10 +376,6 @@ class Attention(torch.nn.Module):
     @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, x):
         x_size = x.shape[1]
-        # Chunk loop (unet.py:79-84), over `height*width`.
-        # f32[1, 2, x_size, x_size] 128.0 MiB -> 8.0 MiB per chunk of 256.
-        # In place, on chunks nothing else reads: `div_`.
-        # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, x_size, 64]" = self.to_k(x)
         view: "f32[1, x_size, 2, 32]" = to_k.view(1, x_size, -1, 32)
@@ -395,6 +391,9 @@ class Attention(torch.nn.Module):
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         transpose: "f32[1, 2, 32, x_size]" = k.transpose(-1, -2)
         del k
+        # Chunk loop (unet.py:79-84), over `height*width`.
+        # f32[1, 2, x_size, x_size] 128.0 MiB -> 8.0 MiB per chunk of 256.
+        # In place, on chunks nothing else reads: `div_`.
         # Each copied contiguous once: a matmul in the loop would copy each every chunk.
         v_contiguous = v.contiguous()
         del v
@@ -880,10 +879,6 @@ class Attention5(torch.nn.Module):
     @torch.compiler.disable(recursive=False)  # compile runs its loops as written
     def forward(self, x):
         x_size = x.shape[1]
-        # Chunk loop (unet.py:79-84), over `height*width`.
-        # f32[1, 2, x_size, x_size] 128.0 MiB -> 8.0 MiB per chunk of 256.
-        # In place, on chunks nothing else reads: `div_`.
-        # Hoisted: the next values do not depend on the chunk.
         # unet.py:80 in forward: k = self.to_k(context).view(b, s, self.heads, hd).transpose(1, 2)
         to_k: "f32[1, x_size, 64]" = self.to_k(x)
         view: "f32[1, x_size, 2, 32]" = to_k.view(1, x_size, -1, 32)
@@ -899,6 +894,9 @@ class Attention5(torch.nn.Module):
         # unet.py:82 in forward: att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         transpose: "f32[1, 2, 32, x_size]" = k.transpose(-1, -2)
         del k
+        # Chunk loop (unet.py:79-84), over `height*width`.
+        # f32[1, 2, x_size, x_size] 128.0 MiB -> 8.0 MiB per chunk of 256.
+        # In place, on chunks nothing else reads: `div_`.
         # Each copied contiguous once: a matmul in the loop would copy each every chunk.
         v_contiguous = v.contiguous()
         del v

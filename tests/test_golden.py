@@ -52,3 +52,16 @@ def test_emission_is_deterministic(gpt_generated) -> None:
     planned, emitted = gpt_generated
     again = generate(EXAMPLES / "gpt.py", Target(ratio=0.2), "--memory-ratio 0.2")[1]
     assert again.source == emitted.source
+
+
+def test_a_loop_header_opens_the_loop_not_the_values_made_before_it() -> None:
+    """Values of a loop's stretch made outside it, before anything of the loop's own, read as
+    the code before the loop they are: the loop's header comes after them, right above what
+    the loop itself needs (its copies, its chunk size), and nothing is marked "Hoisted"."""
+    source = (GENERATED / "gpt.py").read_text()
+    lines = [line.strip() for line in source.splitlines()]
+    header = lines.index("# Chunk loop (gpt.py:35-39), over `seq`.")
+    made = lines.index('v: "f32[1, 8, seq, 32]" = view.transpose(1, 2)')
+    assert made < header, (made, header)
+    assert lines[header + 4].startswith("# Each copied contiguous once"), lines[header : header + 5]
+    assert "Hoisted" not in source
