@@ -276,8 +276,8 @@ class _Facts:
     def keys_and_values(self, node) -> int:
         """What its last queries surely hold of the keys and values: all of them, or a value
         both are made from since the attention before (a loop over heads makes each head's
-        keys and values from the hidden states, holding those whole instead; nothing, when
-        they are made from the inputs), whichever is less."""
+        keys and values from the hidden states, holding those whole instead; only the head's
+        own, when the inputs make them through their projections alone), whichever is less."""
         return min(keys for keys, _ in self._key_options(node))
 
     def _key_options(self, node) -> list[tuple[int, str | None]]:
