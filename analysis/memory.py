@@ -158,7 +158,7 @@ def _bool_mask(node: Node, graph: Graph) -> str | None:
     """Return the bool attention mask an SDPA call reads, if any."""
     if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
         return None
-    mask = node.args[3] if len(node.args) > 3 else node.kwarg("attn_mask")
+    mask = schema_arg(node, "attn_mask")
     if isinstance(mask, Ref) and graph[mask.name].tensor.dtype == torch.bool:
         return mask.name
     return None
@@ -202,7 +202,7 @@ def _math_scratch(node: Node, graph: Graph, fraction: float = 1.0) -> int:
 
 def _trainable_mask(node: Node, graph: Graph) -> bool:
     """Whether an SDPA call's mask is a parameter that requires grad, or a view of one."""
-    mask = node.args[3] if len(node.args) > 3 else node.kwarg("attn_mask")
+    mask = schema_arg(node, "attn_mask")
     if not isinstance(mask, Ref):
         return False
     roots, _ = storage_roots(graph)

@@ -164,19 +164,10 @@ class ForwardPrinter:
             ModuleCall: self._print_modulecall,
             SizeValue: self._print_sizevalue,
         }
-        #: per region, its first hoisted value after its header: the comment saying why it is
-        #: out of the loop (values hoisted before anything else of the region come before the
-        #: header, as the code before the loop they are)
+        #: per region, its first hoisted value after its header, found by `build`: the comment
+        #: saying why it is out of the loop (values hoisted before anything else of the region
+        #: come before the header, as the code before the loop they are)
         self._first_hoisted: dict[int | None, Statement] = {}
-        opened: set[int] = set()
-        for item in program.body:
-            if _hoisted(item):
-                if item.region in opened:
-                    self._first_hoisted.setdefault(item.region, item)
-            elif isinstance(item, (Statement, Block)):
-                region = item.index if isinstance(item, Block) else item.region
-                if region is not None:
-                    opened.add(region)
 
     # ---------------------------------------------------------------- values
     def sym(self, expr: sympy.Expr, annotation: bool = False) -> str:
@@ -356,6 +347,8 @@ class ForwardPrinter:
                 items.extend(self._item(item))
                 items[first].comments = self._header(region) + items[first].comments
             else:
+                if _hoisted(item):
+                    self._first_hoisted.setdefault(region, item)
                 items.extend(self._item(item))
             if isinstance(item, Block):
                 self._cited = None
