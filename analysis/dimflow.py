@@ -80,11 +80,20 @@ Its loop runs a first pass before the main one: each chunk makes the norm's inpu
 chunk's rows, by the same statements as the main loop up to it, and adds those rows to the
 statistics (`_GroupStats.add`, the same Chan combination); the main loop then normalizes with
 them. A norm whose input another recomputed norm's output feeds gets its pass after that
-one's, which it reads; no pass repeats another's work (the loop then ends before the
-later norm, or starts after the earlier), so the passes cost at most the loop once more. The
-estimate counts each pass's chunk values, the cost model its
-recomputation; selection keeps the pass only where it is worth its time (it meets the target
-faster, or lowers the peak more, than holding the input).
+one's, which it reads, and that pass makes the earlier norm's input again: a resnet block
+whose loop starts at the upsampling before it makes the upsampled image three times (both
+passes and the main loop), which is what lets the decoder hold neither that image nor its
+block's inner value whole. A value is made by at most `PASSES_PER_VALUE` (2) passes; a
+stretch needing more ends before the norm whose pass would make it once more, or starts after
+the first that made it, so the passes cost at most twice the loop more, never a cost growing
+with the square of its length. Since every pass remakes what the loop runs before its norm,
+the search also regrows such a stretch from the place between its start and the peak where
+the fewest bytes are live (`select._started_lower`): the values before it are held, not
+remade. Each chunk's statistics are its mean and then its squared deviations from it, through
+one float32 copy of the chunk (`torch.var_mean` runs ten times slower on CPU); the estimate
+counts that copy, in the passes and in `_group_stats`. The estimate counts each pass's chunk
+values, the cost model its recomputation; selection keeps the pass only where it is worth its
+time (it meets the target faster, or lowers the peak more, than holding the input).
 """
 
 from __future__ import annotations

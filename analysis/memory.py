@@ -344,6 +344,11 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
     for name, key in copies.items():
         nbytes = value_bytes(graph[name].meta, hints)
         stmts.append(Stmt(key=key, alloc=nbytes, uses=(name,), label=setup))
+    for step in lowered.steps:  # NOTE [Statistics before the loop]: `_group_stats`
+        scratch = _group_stats_scratch(graph, region, step)
+        if scratch:
+            uses = (step.operand(0).value,)
+            stmts.append(Stmt(key=None, uses=uses, label=setup, scratch=scratch))
     outputs = {name for name, _ in region.outputs}
     outer: set[str] = outputs | {total.value for total in lowered.sums}
     for number, done in enumerate(lowered.passes):  # NOTE [Statistics passes]
@@ -353,7 +358,7 @@ def region_program(graph: Graph, lowered: LoopRegion, index: int) -> list[Stmt]:
         meta = out_meta(graph[done.value])
         size = max(evaluate(done.rows.units(meta.shape[loop[done.value]]), hints), 1)
         share = done.rows.rows(region.chunk_size, size, evaluate(region.extent, hints)) / size
-        scratch = _float32_copies(meta, hints, share, 1)  # the chunk's rows read in float32
+        scratch = _float32_copy(meta, hints, share)  # the chunk's rows, centred in float32
         stmts.append(Stmt(key=None, uses=(done.value + key,), label=label, scratch=scratch))
         stmts.append(Stmt(key=None, uses=tuple(sorted(outer)), label=label))
     reuses = {name: value for name, value, _ in lowered.reuses}  # NOTE [Outputs in place]
@@ -465,6 +470,28 @@ def _group_norm_scratch(graph: Graph, step: LoopStep, chunk: int, extent: int) -
     if meta is None:
         return 0
     return _float32_copies(meta, graph.hints, made_fraction(graph, step, chunk, extent), 2)
+
+
+def _group_stats_scratch(graph: Graph, region: Region, step: LoopStep) -> int:
+    """The float32 copy `_group_stats` centres, one chunk of the norm's whole input at a time
+    (NOTE [Statistics before the loop]); 0 for a step that takes no statistics before the
+    loop."""
+    node = graph[step.node]
+    rule = dim_rule(node, graph)
+    if rule is None or not rule.whole_of(step.dim) or step.node in region.recomputed:
+        return 0
+    read = step.operand(0)
+    assert read is not None and read.rows is not None
+    meta = out_meta(graph[read.value])
+    length = max(evaluate(meta.shape[read.rows], graph.hints), 1)
+    scale = evaluate(read.span.total_scale, graph.hints)
+    rows = min(math.ceil(scale * region.chunk_size), length)
+    return _float32_copy(meta, graph.hints, rows / length)
+
+
+def _float32_copy(meta: TensorMeta, hints: Any, share: float) -> int:
+    """Bytes of a float32 copy of `share` of a value, in whatever dtype it is."""
+    return math.ceil(4 / meta.dtype.itemsize * value_bytes(meta, hints) * share)
 
 
 def _float32_copies(meta: TensorMeta, hints: Any, share: float, copies: int) -> int:

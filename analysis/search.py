@@ -445,21 +445,26 @@ def _rule(graph: Graph, name: str) -> DimRule:
     return rule
 
 
+#: the most statistics passes that may make one loop value (NOTE [Statistics passes])
+PASSES_PER_VALUE = 2
+
+
 def _recomputed_twice(
     graph: Graph, loop: dict[str, int], recomputed: list[str]
 ) -> tuple[str, str] | None:
-    """Two recomputed group norms, in order, whose statistics passes would both make one loop
-    value, or None. Each pass makes the norm's input from the loop's start: a later norm's pass
-    repeating an earlier one's would make the passes' cost grow with the square of the loop's
-    length, so the loop ends before the later norm, or starts after the earlier one (NOTE
-    [Statistics passes])."""
-    made: dict[str, str] = {}
+    """Two recomputed group norms, in order, whose statistics passes would make one loop value
+    with a pass between them that makes it too, or None. Each pass makes the norm's input from
+    the loop's start: passes repeating each other's work without a bound would make their cost
+    grow with the square of the loop's length, so a value is made by at most
+    `PASSES_PER_VALUE` passes, and the loop ends before the norm whose pass would make it once
+    more, or starts after the first that made it (NOTE [Statistics passes])."""
+    made: dict[str, list[str]] = {}
     for norm in recomputed:
-        values = made_for(graph, loop, statistics_input(graph, loop, norm))
-        twice = next((made[name] for name in values if name in made), None)
-        if twice is not None:
-            return twice, norm
-        made.update(dict.fromkeys(values, norm))
+        for name in made_for(graph, loop, statistics_input(graph, loop, norm)):
+            passes = made.setdefault(name, [])
+            if len(passes) == PASSES_PER_VALUE:
+                return passes[0], norm
+            passes.append(norm)
     return None
 
 

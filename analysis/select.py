@@ -46,6 +46,15 @@ misses its target because of the limit is made again aiming between the target a
 it reached, bisecting (`AIMS` times): an aim it reaches is lowered, one it misses is raised,
 and the lowest peak is kept (DistilBERT: 3.0 MiB, at 256 rows a chunk). The time limit
 holds for every aim; only the sizing changes.
+
+NOTE [Equal peaks]
+Blocks alike peak alike: the VAE decoder's last two resnet blocks each hold their input, its
+norm and its activation, 96 MiB apiece. A loop through one leaves the plan's peak where it
+was, at the other, so a stage that asked for a lower peak found no progress and stopped with
+neither chunked ("no loop through the peak lowered it"). A stage that gives up a loop to look
+again (`_replanned`) now counts progress by the peak and then by how many statements reach it
+(`_height`), which the next stage's loop through the other block brings down. The pair
+strictly falls at each stage, so stages cannot cycle.
 """
 
 from __future__ import annotations
@@ -442,9 +451,18 @@ def _replanned(
     for dropped in sorted(near, key=lambda r: abs(graph.position(r.span[-1]) - at)):
         fewer = tuple(r for r in regions if r is not dropped)
         found = _lowered(graph, fewer, estimate_plan(graph, fewer), label, budget, limit)
-        if found is not None and found[1].peak < profile.peak:
+        if found is not None and _height(found[1], profile.peak) < _height(profile, profile.peak):
             return found
     return None
+
+
+def _height(profile: Profile, peak: int) -> tuple[int, int]:
+    """A profile's peak, at 1% of `peak`, and how many statements reach it. Two blocks alike
+    peak alike: a loop through one leaves the plan's peak where it was, at the other, yet it
+    is progress (NOTE [Equal peaks])."""
+    unit = max(peak // 100, 1)
+    top = profile.peak // unit
+    return top, sum(1 for bytes_ in profile.footprint if bytes_ // unit == top)
 
 
 def _relaxed(
@@ -797,6 +815,7 @@ def _candidates(
         lo, hi = _stretch(graph, calls[-1])
         windows = [(max(first, lo), min(last, hi))]
     footprint = dict(zip(profile.labels, profile.footprint))
+    live = dict(zip(profile.labels, profile.live_after or profile.footprint))
     found: dict[tuple[Any, ...], Region] = {}
     for start, stop in dict.fromkeys(windows):
         ends = sorted(range(position, stop + 1), key=lambda i: (footprint.get(names[i], 0), i))
@@ -815,8 +834,32 @@ def _candidates(
                             if peak_node in region.loop_dims:
                                 key = (region.loop, region.recomputed, region.sums)
                                 found.setdefault(key, region)
+    for region in [region for region in found.values() if region.recomputed]:
+        for later in _started_lower(graph, names, region, peak_node, live):
+            found.setdefault((later.loop, later.recomputed, later.sums), later)
     trimmed = [_trimmed(region) for region in found.values()]
     return [*found.values(), *(region for region in trimmed if region is not None)]
+
+
+def _started_lower(
+    graph: Graph, names: list[str], region: Region, peak_node: str, live: dict[str, int]
+) -> list[Region]:
+    """The stretch regrown from where the fewest bytes are live between its start and the
+    peak, the latest such place: its statistics passes remake every value they run, so the
+    values made before that place are better held than remade (NOTE [Statistics passes])."""
+    first, position = graph.position(region.span[0]), graph.position(peak_node)
+    if first >= position:
+        return []
+    at = min(range(first - 1, position), key=lambda i: (live.get(names[i], 0), -i))
+    if at < first:
+        return []
+    last = graph.position(region.span[-1])
+    dim = region.loop_dims[peak_node]
+    return [
+        later
+        for later in grow(graph, names, at + 1, last, peak_node, dim, recompute=True)
+        if peak_node in later.loop_dims
+    ]
 
 
 def _trimmed(region: Region) -> Region | None:

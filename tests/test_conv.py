@@ -3,6 +3,7 @@ estimate against measurement, and what the header calls the loop."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 import json
@@ -25,7 +26,7 @@ from analysis.layers import standard_layers
 from analysis.pipeline import lower_plan
 from analysis.plan import ChunkPlan, format_bytes
 from analysis.program import Rows, Span, Statement
-from analysis.search import Conflict, grow, propagate
+from analysis.search import PASSES_PER_VALUE, Conflict, grow, propagate
 from analysis.select import Target, make_plan
 from analysis.shortfall import estimate_agrees
 from codegen.emit import emit_module
@@ -351,9 +352,10 @@ def test_a_group_norm_whose_input_the_loop_makes_takes_its_statistics_in_a_first
 
 
 def test_no_statistics_pass_makes_what_another_pass_makes() -> None:
-    """Two passes making the same values would cost the square of the loop's length: a
-    stretch over both norms is refused, and the loops found stop before the second norm, each
-    value made by one pass at most."""
+    """Passes repeating each other's work without a bound would cost the square of the loop's
+    length: a stretch over all four norms is refused, and the loops found make each value in
+    two passes at most (a resnet block's two norms, whose second pass makes the first's input
+    again)."""
     torch.manual_seed(0)
     layers = [nn.Conv2d(8, 32, 3, padding=1), nn.GroupNorm(2, 32), nn.SiLU()]
     layers += [nn.Conv2d(32, 8, 3, padding=1), nn.GroupNorm(2, 8)]
@@ -370,9 +372,9 @@ def test_no_statistics_pass_makes_what_another_pass_makes() -> None:
     assert passes, regions
     for region in passes:
         made = [{step.node for step in done.steps} for done in lower_region(graph, region).passes]
-        for index, values in enumerate(made):
-            for other in made[index + 1 :]:
-                assert not values & other, (values, other)
+        counts = collections.Counter(name for values in made for name in values)
+        assert max(counts.values()) <= PASSES_PER_VALUE, counts
+    assert any(len(lower_region(graph, region).passes) == 2 for region in passes), passes
     _emit_and_verify(graph, plan, model, inputs)
 
 
@@ -728,10 +730,10 @@ def test_plan_names_the_norms_a_statistics_pass_serves(tmp_path: Path, capsys) -
     path.write_text(RESNET)
     assert main(["plan", str(path), "--memory-ratio", "0.25"]) == 0
     out = capsys.readouterr().out
-    assert "a first pass recomputes the input of norm2 (block.py:" in out
+    assert "a first pass recomputes the input of norm1 (block.py:22), norm2 (block.py:23)" in out
     assert main(["plan", str(path), "--memory-ratio", "0.25", "--json"]) == 0
     regions = json.loads(capsys.readouterr().out)["regions"]
     passes = [p for region in regions for p in region["statistics_passes"]]
-    assert [p["module"] for p in passes] == ["norm2"], passes
+    assert [p["module"] for p in passes] == ["norm1", "norm2"], passes
     assert main(["plan", str(path), "--memory-ratio", "0.25", "--dump", "lower"]) == 0
     assert ", statistics pass for group_norm_1" in capsys.readouterr().out
