@@ -154,8 +154,12 @@ def _one_chunk_mismatch(
 ) -> str | None:
     """The mismatch, if any, with every loop sized at run time taking all its rows in one
     chunk, as on a device with memory to spare (NOTE [One chunk]): its output is then the
-    chunk itself, a path the example's chunks do not take."""
-    rows = module._rows
+    chunk itself, a path the example's chunks do not take. None when no loop is sized at run
+    time (no `_rows`): a loop of a fixed chunk over a dynamic length takes that path only on an
+    input no longer than its chunk, which this check cannot force."""
+    rows = getattr(module, "_rows", None)
+    if rows is None:
+        return None
     module._rows = lambda *args: 1 << 62
     try:
         return _mismatch(original, generated, inputs)
