@@ -17,6 +17,14 @@ REFRESH = "python scripts/regenerate.py"
 pytestmark = pytest.mark.default_time_limit  # as `scripts/regenerate.py` plans
 
 
+@pytest.fixture(autouse=True)
+def _untimed(monkeypatch) -> None:
+    """As `scripts/regenerate.py` emits: the cost model's plan, not one timed on this machine."""
+    import codegen.generate
+
+    monkeypatch.setattr(codegen.generate, "TIME_UNLIMITED", False)
+
+
 def _examples() -> list[Path]:
     return sorted(EXAMPLES.glob("*.py"))
 
